@@ -1,0 +1,41 @@
+# The two front-door commands, `make demo` and `make test`, each work on a fresh
+# machine on their own: they create .venv and install what they need first.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(EXTRAS)
+# EXTRAS=dev,torch installs the CPU torch wheel too (CI does); default is dev only.
+EXTRAS ?= dev
+
+.PHONY: install test lint demo devnet-up devnet-down bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: lint
+	$(BIN)/pytest
+
+demo: $(STAMP)
+	$(BIN)/aitbc devnet demo
+
+devnet-up: $(STAMP)
+	$(BIN)/aitbc devnet up
+
+devnet-down: $(STAMP)
+	$(BIN)/aitbc devnet down
+
+bench: $(STAMP)
+	$(BIN)/python bench/ledger.py
+
+clean:
+	rm -rf $(VENV) .devnet .mypy_cache .ruff_cache .pytest_cache

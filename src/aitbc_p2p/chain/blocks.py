@@ -1,0 +1,106 @@
+"""Building and validating blocks against a parent and a state view (pure)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from aitbc_p2p.chain.models import Block, BlockHeader, Genesis, Transaction, tx_root
+from aitbc_p2p.chain.state import Overlay, StateView, state_root
+from aitbc_p2p.chain.transition import ChainRules, apply_tx, apply_txs, check_stateless, genesis_state
+from aitbc_p2p.crypto import PrivateKey
+from aitbc_p2p.exceptions import TxRejected, ValidationError
+from aitbc_p2p.types import ZERO_HASH, Address, Hash32
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedBlock:
+    """A block with the state changes it makes; what a store commits in one batch."""
+
+    block: Block
+    state: Overlay
+
+
+def genesis_block(genesis: Genesis) -> AppliedBlock:
+    state = genesis_state(genesis)
+    header = BlockHeader(
+        chain_id=genesis.chain_id,
+        height=0,
+        parent=ZERO_HASH,
+        timestamp_ms=genesis.timestamp_ms,
+        proposer=Address(""),
+        tx_root=tx_root(()),
+        state_root=state_root(state.leaves()),
+    )
+    return AppliedBlock(Block(header, ()), state)
+
+
+def build_block(
+    key: PrivateKey,
+    parent: BlockHeader,
+    view: StateView,
+    candidates: Iterable[Transaction],
+    rules: ChainRules,
+    *,
+    timestamp_ms: int,
+    max_txs: int,
+) -> tuple[AppliedBlock, list[tuple[Transaction, TxRejected]]]:
+    """Build and sign the next block from candidate transactions, in order.
+
+    Candidates that no longer apply are left out and returned with their reason.
+    """
+    height = parent.height + 1
+    state = Overlay(view)
+    included: list[Transaction] = []
+    dropped: list[tuple[Transaction, TxRejected]] = []
+    for tx in candidates:
+        if len(included) >= max_txs:
+            break
+        try:
+            check_stateless(tx, rules)
+            apply_tx(state, tx, height=height)
+        except TxRejected as e:
+            dropped.append((tx, e))
+            continue
+        included.append(tx)
+    header = BlockHeader(
+        chain_id=rules.chain_id,
+        height=height,
+        parent=parent.hash,
+        timestamp_ms=max(timestamp_ms, parent.timestamp_ms),
+        proposer=key.address,
+        tx_root=tx_root(included),
+        state_root=state_root(state.leaves()),
+    ).signed(key)
+    return AppliedBlock(Block(header, tuple(included)), state), dropped
+
+
+def validate_block(block: Block, parent: BlockHeader, view: StateView, rules: ChainRules) -> AppliedBlock:
+    """Check a block against its parent and the parent's state; return its state changes.
+
+    Consensus rules (who may propose, timing) are checked by the engine, not here.
+
+    Raises:
+        ValidationError: any structural, signature, transaction or commitment failure.
+    """
+    h = block.header
+    if h.chain_id != rules.chain_id:
+        raise ValidationError(f"block for chain {h.chain_id!r}")
+    if h.height != parent.height + 1 or h.parent != parent.hash:
+        raise ValidationError(f"block {h.height} does not extend {parent.height}")
+    if h.timestamp_ms < parent.timestamp_ms:
+        raise ValidationError("block timestamp goes backwards")
+    h.verify_signature()
+    if tx_root(block.txs) != h.tx_root:
+        raise ValidationError("tx_root does not match the transactions")
+    try:
+        state = apply_txs(view, block.txs, rules, height=h.height)
+    except TxRejected as e:
+        raise ValidationError(f"block {h.height} holds an invalid transaction: {e}") from e
+    root: Hash32 = state_root(state.leaves())
+    if root != h.state_root:
+        raise ValidationError(f"block {h.height} state_root mismatch")
+    return AppliedBlock(block, state)

@@ -1,0 +1,35 @@
+"""Binary Merkle trees in the RFC 6962 style: leaves hashed with 0x00, nodes with 0x01.
+
+An odd node is promoted unchanged (no duplication), so no two different leaf lists share
+a root (specs/transactions.md, "Commitments").
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from aitbc_p2p.types import Hash32
+
+EMPTY_ROOT = Hash32(hashlib.sha256(b"").digest())
+
+
+def leaf_hash(data: bytes) -> Hash32:
+    return Hash32(hashlib.sha256(b"\x00" + data).digest())
+
+
+def node_hash(left: bytes, right: bytes) -> Hash32:
+    return Hash32(hashlib.sha256(b"\x01" + left + right).digest())
+
+
+def merkle_root(leaves: Sequence[bytes]) -> Hash32:
+    """Root over the leaf *data* (each hashed with :func:`leaf_hash`)."""
+    if not leaves:
+        return EMPTY_ROOT
+    level = [leaf_hash(leaf) for leaf in leaves]
+    while len(level) > 1:
+        nxt = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    return level[0]

@@ -1,0 +1,349 @@
+"""Transactions, blocks and genesis: frozen values with canonical wire forms.
+
+Wire shapes are normative in specs/transactions.md and specs/wire.md. ``from_wire``
+checks shape, types and bounds only; signatures and chain rules are checked by
+:mod:`aitbc_p2p.chain.validation` and :mod:`aitbc_p2p.chain.transition`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aitbc_p2p.chain.merkle import merkle_root
+from aitbc_p2p.codec import decode, encode
+from aitbc_p2p.crypto import Domain, PrivateKey, recover_address, sha256, signing_digest
+from aitbc_p2p.crypto.keys import validate_address
+from aitbc_p2p.exceptions import BadSignature, CodecError, CryptoError, TxRejected, ValidationError
+from aitbc_p2p.types import MAX_AMOUNT, ZERO_HASH, Address, Hash32
+
+MAX_TXS_PER_BLOCK = 5000
+MAX_METRICS = 16
+
+
+class TxKind(enum.StrEnum):
+    TRANSFER = "transfer"
+    JOB_OPEN = "job_open"
+    JOB_RECEIPT = "job_receipt"
+    JOB_SETTLE = "job_settle"
+    JOB_REFUND = "job_refund"
+
+
+def _malformed(message: str, **details: Any) -> TxRejected:
+    return TxRejected("Malformed", message, **details)
+
+
+def _need(obj: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    if name not in obj:
+        raise _malformed(f"missing field {name!r}")
+    value = obj[name]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise _malformed(f"field {name!r} has the wrong type")
+    return value
+
+
+def _uint(obj: Mapping[str, Any], name: str, *, low: int = 0, high: int = MAX_AMOUNT) -> int:
+    value: int = _need(obj, name, int)
+    if not low <= value <= high:
+        raise TxRejected("AmountOutOfRange", f"{name} must be in [{low}, {high}]", field=name)
+    return value
+
+
+def _address(obj: Mapping[str, Any], name: str) -> Address:
+    try:
+        return validate_address(_need(obj, name, str))
+    except CryptoError as e:
+        raise _malformed(f"field {name!r}: {e}") from e
+
+
+def _hash32(obj: Mapping[str, Any], name: str) -> Hash32:
+    value: bytes = _need(obj, name, bytes)
+    if len(value) != 32:
+        raise _malformed(f"field {name!r} must be 32 bytes")
+    return Hash32(value)
+
+
+def _exact_keys(obj: Mapping[str, Any], keys: set[str], what: str) -> None:
+    if set(obj) != keys:
+        raise _malformed(f"{what} fields must be exactly {sorted(keys)}", got=sorted(obj))
+
+
+_PAYLOAD_KEYS: dict[TxKind, set[str]] = {
+    TxKind.TRANSFER: {"to", "amount"},
+    TxKind.JOB_OPEN: {"job_id", "provider", "amount", "deadline"},
+    TxKind.JOB_RECEIPT: {"job_id", "result_hash", "cost", "metrics"},
+    TxKind.JOB_SETTLE: {"job_id"},
+    TxKind.JOB_REFUND: {"job_id"},
+}
+
+
+def _check_payload(kind: TxKind, payload: Mapping[str, Any]) -> None:
+    _exact_keys(payload, _PAYLOAD_KEYS[kind], f"{kind} payload")
+    if kind is TxKind.TRANSFER:
+        _address(payload, "to")
+        _uint(payload, "amount", low=1)
+    elif kind is TxKind.JOB_OPEN:
+        _hash32(payload, "job_id")
+        _address(payload, "provider")
+        _uint(payload, "amount", low=1)
+        _uint(payload, "deadline", low=1)
+    elif kind is TxKind.JOB_RECEIPT:
+        _hash32(payload, "job_id")
+        _hash32(payload, "result_hash")
+        _uint(payload, "cost")
+        metrics = _need(payload, "metrics", dict)
+        if len(metrics) > MAX_METRICS or not all(
+            isinstance(k, str) and len(k) <= 32 and isinstance(v, int) and 0 <= v <= MAX_AMOUNT
+            for k, v in metrics.items()
+        ):
+            raise _malformed("metrics must map at most 16 short names to uint64")
+    else:
+        _hash32(payload, "job_id")
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """A signed transaction. ``sender`` is proven by recovering the signer's address."""
+
+    chain_id: str
+    kind: TxKind
+    sender: Address
+    nonce: int
+    fee: int
+    payload: Mapping[str, Any]
+    signature: bytes = b""
+    hash: Hash32 = field(default=ZERO_HASH, compare=False)
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "chain_id": self.chain_id,
+            "kind": str(self.kind),
+            "from": self.sender,
+            "nonce": self.nonce,
+            "fee": self.fee,
+            "payload": dict(self.payload),
+        }
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"body": self.body(), "sig": self.signature}
+
+    def encode(self) -> bytes:
+        return encode(self.to_wire())
+
+    @classmethod
+    def create(
+        cls,
+        key: PrivateKey,
+        *,
+        chain_id: str,
+        kind: TxKind | str,
+        nonce: int,
+        fee: int,
+        payload: Mapping[str, Any],
+    ) -> Transaction:
+        """Build and sign a transaction from ``key``'s address. Raises TxRejected on bad fields."""
+        unsigned = {
+            "chain_id": chain_id,
+            "kind": str(kind),
+            "from": key.address,
+            "nonce": nonce,
+            "fee": fee,
+            "payload": dict(payload),
+        }
+        sig = key.sign(Domain.TX, chain_id, unsigned)
+        return cls.from_wire({"body": unsigned, "sig": sig})
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> Transaction:
+        """Parse the wire form. Checks shape and bounds, not the signature."""
+        if not isinstance(obj, dict):
+            raise _malformed("transaction must be a map")
+        _exact_keys(obj, {"body", "sig"}, "transaction")
+        body = _need(obj, "body", dict)
+        sig = _need(obj, "sig", bytes)
+        _exact_keys(body, {"chain_id", "kind", "from", "nonce", "fee", "payload"}, "body")
+        chain_id = _need(body, "chain_id", str)
+        try:
+            kind = TxKind(_need(body, "kind", str))
+        except ValueError as e:
+            raise _malformed(f"unknown transaction kind {body['kind']!r}") from e
+        payload = _need(body, "payload", dict)
+        _check_payload(kind, payload)
+        tx = cls(
+            chain_id=chain_id,
+            kind=kind,
+            sender=_address(body, "from"),
+            nonce=_uint(body, "nonce"),
+            fee=_uint(body, "fee"),
+            payload=payload,
+            signature=sig,
+        )
+        object.__setattr__(tx, "hash", sha256(encode(obj)))
+        return tx
+
+    @classmethod
+    def decode(cls, data: bytes) -> Transaction:
+        try:
+            return cls.from_wire(decode(data))
+        except CodecError as e:
+            raise _malformed(str(e)) from e
+
+    def verify_signature(self) -> None:
+        """Raise TxRejected('BadSignature') unless ``sender`` signed this body."""
+        try:
+            signer = recover_address(signing_digest(Domain.TX, self.chain_id, self.body()), self.signature)
+        except BadSignature as e:
+            raise TxRejected("BadSignature", str(e)) from e
+        if signer != self.sender:
+            raise TxRejected("BadSignature", "signature is not by the sender", sender=self.sender)
+
+    def parties(self) -> tuple[Address, ...]:
+        """Addresses whose history this transaction belongs to (besides job parties)."""
+        if self.kind is TxKind.TRANSFER:
+            return (self.sender, Address(self.payload["to"]))
+        if self.kind is TxKind.JOB_OPEN:
+            return (self.sender, Address(self.payload["provider"]))
+        return (self.sender,)
+
+
+@dataclass(frozen=True, slots=True)
+class BlockHeader:
+    chain_id: str
+    height: int
+    parent: Hash32
+    timestamp_ms: int
+    proposer: Address
+    tx_root: Hash32
+    state_root: Hash32
+    signature: bytes = b""
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "chain_id": self.chain_id,
+            "height": self.height,
+            "parent": self.parent,
+            "timestamp_ms": self.timestamp_ms,
+            "proposer": self.proposer,
+            "tx_root": self.tx_root,
+            "state_root": self.state_root,
+        }
+
+    @property
+    def hash(self) -> Hash32:
+        """The block id: SHA-256 of the canonical unsigned header."""
+        return sha256(encode(self.body()))
+
+    def signed(self, key: PrivateKey) -> BlockHeader:
+        sig = key.sign(Domain.BLOCK, self.chain_id, self.body())
+        return BlockHeader(**{**self._fields(), "signature": sig})
+
+    def _fields(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def verify_signature(self) -> None:
+        try:
+            signer = recover_address(signing_digest(Domain.BLOCK, self.chain_id, self.body()), self.signature)
+        except BadSignature as e:
+            raise ValidationError(f"block {self.height}: {e}") from e
+        if signer != self.proposer:
+            raise ValidationError(f"block {self.height} is not signed by its proposer")
+
+    @classmethod
+    def from_wire(cls, body: Any, sig: Any) -> BlockHeader:
+        try:
+            if not isinstance(body, dict) or not isinstance(sig, bytes):
+                raise _malformed("header must be a map and sig bytes")
+            keys = {"chain_id", "height", "parent", "timestamp_ms", "proposer", "tx_root", "state_root"}
+            _exact_keys(body, keys, "header")
+            proposer = _need(body, "proposer", str)
+            return cls(
+                chain_id=_need(body, "chain_id", str),
+                height=_uint(body, "height"),
+                parent=_hash32(body, "parent"),
+                timestamp_ms=_uint(body, "timestamp_ms"),
+                proposer=Address(proposer) if proposer == "" else _address(body, "proposer"),
+                tx_root=_hash32(body, "tx_root"),
+                state_root=_hash32(body, "state_root"),
+                signature=sig,
+            )
+        except TxRejected as e:
+            raise ValidationError(f"malformed header: {e.message}") from e
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    header: BlockHeader
+    txs: tuple[Transaction, ...] = ()
+
+    @property
+    def hash(self) -> Hash32:
+        return self.header.hash
+
+    @property
+    def height(self) -> int:
+        return self.header.height
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "header": self.header.body(),
+            "sig": self.header.signature,
+            "txs": [tx.to_wire() for tx in self.txs],
+        }
+
+    def encode(self) -> bytes:
+        return encode(self.to_wire())
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> Block:
+        if not isinstance(obj, dict) or set(obj) != {"header", "sig", "txs"}:
+            raise ValidationError("block must be a map of header, sig, txs")
+        txs = obj["txs"]
+        if not isinstance(txs, list) or len(txs) > MAX_TXS_PER_BLOCK:
+            raise ValidationError(f"block txs must be a list of at most {MAX_TXS_PER_BLOCK}")
+        try:
+            parsed = tuple(Transaction.from_wire(t) for t in txs)
+        except TxRejected as e:
+            raise ValidationError(f"block holds a malformed transaction: {e}") from e
+        return cls(BlockHeader.from_wire(obj["header"], obj["sig"]), parsed)
+
+    @classmethod
+    def decode(cls, data: bytes, *, max_size: int = 8 << 20) -> Block:
+        try:
+            return cls.from_wire(decode(data, max_size=max_size))
+        except CodecError as e:
+            raise ValidationError(f"malformed block: {e}") from e
+
+
+def tx_root(txs: Sequence[Transaction]) -> Hash32:
+    return merkle_root([tx.hash for tx in txs])
+
+
+@dataclass(frozen=True, slots=True)
+class Genesis:
+    """The chain's first state and rules. Its hash is in every handshake (specs/wire.md)."""
+
+    chain_id: str
+    timestamp_ms: int
+    alloc: tuple[tuple[Address, int], ...]
+    consensus: Mapping[str, Any]
+    min_fee: int = 1000
+    labels: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "chain_id": self.chain_id,
+            "timestamp_ms": self.timestamp_ms,
+            "alloc": [[addr, amount] for addr, amount in self.alloc],
+            "consensus": dict(self.consensus),
+            "min_fee": self.min_fee,
+        }
+
+    @property
+    def hash(self) -> Hash32:
+        return sha256(encode(self.to_wire()))
+
+    @property
+    def total_supply(self) -> int:
+        return sum(amount for _, amount in self.alloc)

@@ -1,0 +1,86 @@
+"""Deterministic CBOR encoding and a strict decoder.
+
+Consensus objects use only: unsigned/negative integers, byte strings, text strings,
+arrays, maps with text keys, booleans and null. No floats, no tags (specs/wire.md).
+A decoder accepts exactly one canonical item: re-encoding must give the same bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cbor2
+
+from aitbc_p2p.exceptions import CodecError
+
+MAX_SIZE = 1 << 20
+"""Largest encoded object accepted by :func:`decode` (1 MiB)."""
+MAX_DEPTH = 16
+"""Deepest nesting of arrays and maps accepted by :func:`decode`."""
+
+
+def _check(value: Any, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise CodecError(f"nesting deeper than {MAX_DEPTH}")
+    if value is None or isinstance(value, bool | str | bytes):
+        return
+    if isinstance(value, int):
+        if not -(2**64) <= value < 2**64:
+            raise CodecError("integer outside the 64-bit CBOR range")
+        return
+    if isinstance(value, list | tuple):
+        for item in value:
+            _check(item, depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise CodecError("map keys must be text")
+            _check(item, depth + 1)
+        return
+    raise CodecError(f"type not allowed in consensus objects: {type(value).__name__}")
+
+
+def encode(value: Any) -> bytes:
+    """Encode ``value`` canonically.
+
+    Raises:
+        CodecError: the value holds a float, a tag-producing type, a non-text map key,
+            an integer beyond 64 bits, or nests deeper than :data:`MAX_DEPTH`.
+    """
+    _check(value, 0)
+    try:
+        return cbor2.dumps(value, canonical=True)
+    except (cbor2.CBOREncodeError, TypeError, ValueError) as e:
+        raise CodecError(f"cannot encode: {e}") from e
+
+
+def decode(data: bytes, *, max_size: int = MAX_SIZE) -> Any:
+    """Decode exactly one canonical CBOR item of at most ``max_size`` bytes.
+
+    Raises:
+        CodecError: oversized input, trailing bytes, invalid CBOR, disallowed types
+            (floats, tags, non-text keys, undefined) or a non-canonical encoding.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise CodecError("input is not bytes")
+    data = bytes(data)
+    if len(data) > max_size:
+        raise CodecError(f"object of {len(data)} bytes exceeds {max_size}")
+    if not data:
+        raise CodecError("empty input")
+    try:
+        value = cbor2.loads(data, tag_hook=_reject_tag)
+    except CodecError:
+        raise
+    except Exception as e:  # noqa: BLE001 - cbor2 raises many types on garbage input
+        raise CodecError(f"invalid CBOR: {e}") from e
+    _check(value, 0)  # floats, undefined and other types are refused here
+    if encode(value) != data:
+        raise CodecError("not canonical CBOR (or trailing bytes)")
+    return value
+
+
+def _reject_tag(decoder: Any, tag: Any) -> Any:
+    raise CodecError(f"CBOR tag {tag.tag} not allowed")
+

@@ -1,0 +1,142 @@
+"""secp256k1 keys, ``aitbc1...`` bech32m addresses and recoverable signatures.
+
+A signature is 65 bytes ``r || s || v`` (v in {0, 1}), low-S only, over
+``SHA-256(canonical_cbor([domain_tag, chain_id, body]))``. One domain tag per
+object kind, so a signature made for one kind never verifies as another.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import secrets
+from typing import Any
+
+import coincurve
+from bech32m.codecs import DecodeError, Encoding, bech32_decode, bech32_encode, convertbits
+
+from aitbc_p2p.codec import encode
+from aitbc_p2p.exceptions import BadSignature, CryptoError
+from aitbc_p2p.types import Address, Hash32
+
+ADDRESS_HRP = "aitbc"
+SIGNATURE_SIZE = 65
+_SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+_HALF_N = _SECP256K1_N // 2
+
+
+class Domain(enum.StrEnum):
+    """Signature domain tags, one per signed object kind."""
+
+    TX = "aitbc/tx/1"
+    BLOCK = "aitbc/block/1"
+    VOTE = "aitbc/vote/1"
+    OFFER = "aitbc/offer/1"
+    BID = "aitbc/bid/1"
+    RECEIPT = "aitbc/receipt/1"
+    PROVIDER = "aitbc/provider/1"
+
+
+def sha256(data: bytes) -> Hash32:
+    return Hash32(hashlib.sha256(data).digest())
+
+
+def signing_digest(domain: Domain, chain_id: str, body: Any) -> Hash32:
+    """The 32-byte digest that a signature of ``body`` under ``domain`` covers."""
+    return sha256(encode([str(domain), chain_id, body]))
+
+
+def address_from_public_key(public_key: bytes) -> Address:
+    """``aitbc1`` + bech32m of the first 20 bytes of SHA-256(compressed public key)."""
+    if len(public_key) != 33:
+        raise CryptoError("expected a 33-byte compressed public key")
+    payload = sha256(public_key)[:20]
+    return Address(bech32_encode(ADDRESS_HRP, bytes(convertbits(payload, 8, 5)), Encoding.BECH32M))
+
+
+def validate_address(text: str) -> Address:
+    """Return ``text`` as an :data:`Address` if it is a well-formed ``aitbc1`` bech32m address.
+
+    Raises:
+        CryptoError: wrong prefix, bad checksum, wrong encoding or wrong length.
+    """
+    if not isinstance(text, str) or text != text.lower():
+        raise CryptoError(f"address must be a lowercase string: {text!r}")
+    try:
+        hrp, data, spec = bech32_decode(text)
+        payload = bytes(convertbits(data, 5, 8, pad=False))
+    except DecodeError as e:
+        raise CryptoError(f"invalid bech32m address: {text!r}") from e
+    if hrp != ADDRESS_HRP or spec != Encoding.BECH32M or len(payload) != 20:
+        raise CryptoError(f"not an aitbc address: {text!r}")
+    return Address(text)
+
+
+class PrivateKey:
+    """A secp256k1 private key. The same key is a peer's libp2p identity and wallet."""
+
+    __slots__ = ("_key", "address", "public_key")
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) != 32:
+            raise CryptoError("a private key is 32 bytes")
+        try:
+            self._key = coincurve.PrivateKey(secret)
+        except ValueError as e:
+            raise CryptoError("invalid secp256k1 private key") from e
+        self.public_key: bytes = self._key.public_key.format(compressed=True)
+        self.address: Address = address_from_public_key(self.public_key)
+
+    @classmethod
+    def generate(cls) -> PrivateKey:
+        return cls(secrets.token_bytes(32))
+
+    @classmethod
+    def from_hex(cls, text: str) -> PrivateKey:
+        try:
+            return cls(bytes.fromhex(text.strip()))
+        except ValueError as e:
+            raise CryptoError("private key hex is malformed") from e
+
+    @property
+    def secret(self) -> bytes:
+        return bytes(self._key.secret)
+
+    def sign_digest(self, digest: bytes) -> bytes:
+        """A 65-byte recoverable, low-S signature of a 32-byte digest."""
+        sig = bytes(self._key.sign_recoverable(digest, hasher=None))
+        # libsecp256k1 always emits low-S; the check guards the invariant the spec relies on.
+        assert int.from_bytes(sig[32:64], "big") <= _HALF_N
+        return sig
+
+    def sign(self, domain: Domain, chain_id: str, body: Any) -> bytes:
+        return self.sign_digest(signing_digest(domain, chain_id, body))
+
+    def __repr__(self) -> str:
+        return f"PrivateKey(address={self.address})"
+
+
+def recover_address(digest: bytes, signature: bytes) -> Address:
+    """The address whose key made ``signature`` over ``digest``.
+
+    Raises:
+        BadSignature: wrong length, high-S, bad recovery id, or no key recovers.
+    """
+    if not isinstance(signature, bytes) or len(signature) != SIGNATURE_SIZE:
+        raise BadSignature("signature must be 65 bytes")
+    s = int.from_bytes(signature[32:64], "big")
+    if not 0 < s <= _HALF_N:
+        raise BadSignature("signature S is not in the low half of the curve order")
+    if signature[64] not in (0, 1):
+        raise BadSignature("recovery id must be 0 or 1")
+    try:
+        public = coincurve.PublicKey.from_signature_and_message(signature, digest, hasher=None)
+    except (ValueError, TypeError) as e:
+        raise BadSignature("no public key recovers from this signature") from e
+    return address_from_public_key(public.format(compressed=True))
+
+
+def verify(domain: Domain, chain_id: str, body: Any, signature: bytes, signer: Address) -> None:
+    """Raise :class:`BadSignature` unless ``signer`` signed ``body`` under ``domain``."""
+    if recover_address(signing_digest(domain, chain_id, body), signature) != signer:
+        raise BadSignature(f"signature is not by {signer}")
