@@ -1,0 +1,172 @@
+"""Signed market messages gossiped on the job and provider topics (specs/market.md).
+
+Every message is ``{"body": {...}, "sig": <65 bytes>}`` signed under its own domain by
+the address the body names, so a bid can never pass for an offer or a capability record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Self
+
+from aitbc_p2p.codec import decode, encode
+from aitbc_p2p.crypto import Domain, PrivateKey, sha256, verify
+from aitbc_p2p.crypto.keys import validate_address
+from aitbc_p2p.exceptions import CodecError, CryptoError, MarketError
+from aitbc_p2p.types import MAX_AMOUNT, Address, Hash32, JobId
+
+MAX_MESSAGE_SIZE = 64 * 1024
+
+
+def _field(body: Mapping[str, Any], name: str, kind: type, *, bound: int = MAX_AMOUNT) -> Any:
+    value = body.get(name)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise MarketError(f"field {name!r} missing or of the wrong type")
+    if kind is int and not 0 <= value <= bound:
+        raise MarketError(f"field {name!r} out of range")
+    if kind in (str, bytes, list) and len(value) > 4096:
+        raise MarketError(f"field {name!r} too long")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Signed:
+    """Base of signed market messages: subclasses name their domain, fields and signer."""
+
+    body: Mapping[str, Any]
+    sig: bytes
+
+    DOMAIN: ClassVar[Domain]
+    SIGNER: ClassVar[str]
+    FIELDS: ClassVar[dict[str, type]]
+
+    @classmethod
+    def create(cls, key: PrivateKey, chain_id: str, **fields: Any) -> Self:
+        body = {**fields, cls.SIGNER: key.address, "chain_id": chain_id}
+        msg = cls(body, key.sign(cls.DOMAIN, chain_id, body))
+        msg.check()
+        return msg
+
+    def check(self) -> None:
+        """Shape, bounds and signature. Raises MarketError."""
+        expected = {**self.FIELDS, self.SIGNER: str, "chain_id": str}
+        if set(self.body) != set(expected):
+            raise MarketError(f"{type(self).__name__} fields must be {sorted(expected)}")
+        for name, kind in expected.items():
+            _field(self.body, name, kind)
+        try:
+            validate_address(self.body[self.SIGNER])
+            verify(self.DOMAIN, self.body["chain_id"], dict(self.body), self.sig, Address(self.body[self.SIGNER]))
+        except CryptoError as e:
+            raise MarketError(f"{type(self).__name__}: {e}") from e
+
+    @property
+    def signer(self) -> Address:
+        return Address(self.body[self.SIGNER])
+
+    @property
+    def chain_id(self) -> str:
+        return str(self.body["chain_id"])
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"body": dict(self.body), "sig": self.sig}
+
+    def encode(self) -> bytes:
+        return encode(self.to_wire())
+
+    @property
+    def id(self) -> Hash32:
+        return sha256(self.encode())
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> Self:
+        if not isinstance(obj, dict) or set(obj) != {"body", "sig"}:
+            raise MarketError("a signed message is a map of body and sig")
+        if not isinstance(obj["body"], dict) or not isinstance(obj["sig"], bytes):
+            raise MarketError("body must be a map, sig bytes")
+        msg = cls(obj["body"], obj["sig"])
+        msg.check()
+        return msg
+
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        try:
+            return cls.from_wire(decode(data, max_size=MAX_MESSAGE_SIZE))
+        except CodecError as e:
+            raise MarketError(f"malformed {cls.__name__}: {e}") from e
+
+
+class CapabilityRecord(Signed):
+    """What a provider offers; carries the seed's MinerCapabilities fields."""
+
+    DOMAIN = Domain.PROVIDER
+    SIGNER = "provider"
+    FIELDS = {
+        "miner_id": str,
+        "peer_id": str,
+        "mode": str,  # "gpu" | "cpu"
+        "gpu": bool,
+        "device": str,
+        "concurrency": int,
+        "workloads": list,
+        "limits": dict,  # vram_mb, ram_mb, max_runtime_s
+        "gflops": int,  # measured fp32 matmul throughput, GFLOP/s (integers on the wire)
+        "price_per_s": int,  # base units per second of compute
+        "timestamp_ms": int,
+    }
+
+
+class JobOffer(Signed):
+    """A client's request for compute. ``params_hash`` binds the payload sent later."""
+
+    DOMAIN = Domain.OFFER
+    SIGNER = "client"
+    FIELDS = {
+        "workload": str,
+        "params_hash": bytes,
+        "max_price": int,
+        "max_runtime_s": int,
+        "verification": str,
+        "timestamp_ms": int,
+    }
+
+    @property
+    def job_id(self) -> JobId:
+        return JobId(self.id.hex())
+
+
+class Bid(Signed):
+    """A provider's quote for an offer: the most it will charge and how to reach it."""
+
+    DOMAIN = Domain.BID
+    SIGNER = "provider"
+    FIELDS = {"job_id": str, "peer_id": str, "price": int, "price_per_s": int, "gflops": int}
+
+
+def select_bid(offer: JobOffer, bids: list[Bid]) -> Bid | None:
+    """The client's choice: cheapest acceptable quote, then highest throughput, then address.
+
+    Bids for another job, chain or above the offer's max price are ignored.
+    """
+    ok = [
+        b
+        for b in bids
+        if b.body["job_id"] == offer.job_id
+        and b.chain_id == offer.chain_id
+        and b.body["price"] <= offer.body["max_price"]
+    ]
+    if not ok:
+        return None
+    return min(ok, key=lambda b: (b.body["price"], -b.body["gflops"], b.signer))
+
+
+def quote(price_per_s: int, max_runtime_s: int) -> int:
+    """A provider's bid price: its rate over the offer's whole runtime cap."""
+    return price_per_s * max_runtime_s
+
+
+def job_cost(price_per_s: int, compute_ms: int, escrow: int) -> int:
+    """What the provider charges for ``compute_ms`` of work: metered, at least 1 unit, capped by escrow."""
+    metered = -(-price_per_s * compute_ms // 1000)
+    return min(escrow, max(1, metered))

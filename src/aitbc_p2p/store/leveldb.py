@@ -1,0 +1,51 @@
+"""The LevelDB adapter (the only module that imports plyvel)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import plyvel
+
+from aitbc_p2p.exceptions import StoreError
+
+
+class LevelDBKV:
+    """One LevelDB per data directory. Writes go through one write batch each."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._db = plyvel.DB(str(self.path), create_if_missing=True)
+        except (plyvel.Error, OSError) as e:
+            raise StoreError(f"cannot open LevelDB at {self.path}: {e}") from e
+
+    def get(self, key: bytes) -> bytes | None:
+        try:
+            value = self._db.get(key)
+        except (plyvel.Error, RuntimeError) as e:
+            raise StoreError(f"read failed: {e}") from e
+        return None if value is None else bytes(value)
+
+    def iterate(self, prefix: bytes, *, reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
+        try:
+            with self._db.iterator(prefix=prefix, reverse=reverse) as it:
+                for key, value in it:
+                    yield bytes(key), bytes(value)
+        except (plyvel.Error, RuntimeError) as e:
+            raise StoreError(f"iteration failed: {e}") from e
+
+    def write(self, puts: Iterable[tuple[bytes, bytes]], deletes: Iterable[bytes] = (), *, sync: bool = True) -> None:
+        try:
+            with self._db.write_batch(sync=sync) as batch:
+                for key, value in puts:
+                    batch.put(key, value)
+                for key in deletes:
+                    batch.delete(key)
+        except (plyvel.Error, RuntimeError) as e:
+            raise StoreError(f"write failed: {e}") from e
+
+    def close(self) -> None:
+        if not self._db.closed:
+            self._db.close()
