@@ -1,0 +1,19 @@
+"""L3 network adapter: libp2p host, gossip topics, framed request/response."""
+
+from aitbc_p2p.network.abc import GossipMessage, Network, RequestHandler, Validator
+from aitbc_p2p.network.host import Libp2pNetwork, open_libp2p_network, peer_id_of
+from aitbc_p2p.network.protocols import JOB_PROTOCOL, STATUS_PROTOCOL, SYNC_PROTOCOL, topic
+
+__all__ = [
+    "JOB_PROTOCOL",
+    "STATUS_PROTOCOL",
+    "SYNC_PROTOCOL",
+    "GossipMessage",
+    "Libp2pNetwork",
+    "Network",
+    "RequestHandler",
+    "Validator",
+    "open_libp2p_network",
+    "peer_id_of",
+    "topic",
+]

@@ -1,0 +1,51 @@
+"""The network seam the node uses: gossip topics and request/response protocols."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+
+
+@dataclass(frozen=True, slots=True)
+class GossipMessage:
+    topic: str
+    data: bytes
+    origin: str  # peer id of the publisher
+    via: str  # peer id we received it from
+
+
+Validator = Callable[[bytes], bool]
+"""Stateless check run before a message is accepted and relayed: decode, size, signature."""
+
+RequestHandler = Callable[[str, bytes], Awaitable[bytes]]
+"""``(peer_id, request) -> response`` for one request/response protocol."""
+
+
+class Network(Protocol):
+    @property
+    def peer_id(self) -> str: ...
+
+    def listen_addrs(self) -> list[str]:
+        """Full multiaddrs (with /p2p/<id>) that other peers can dial."""
+        ...
+
+    def connected_peers(self) -> list[str]: ...
+
+    async def connect(self, addr: str) -> str:
+        """Dial a full multiaddr; returns the remote peer id. Raises NetworkError."""
+        ...
+
+    async def disconnect(self, peer_id: str) -> None: ...
+
+    async def subscribe(self, topic: str, validator: Validator) -> trio.MemoryReceiveChannel[GossipMessage]: ...
+
+    async def publish(self, topic: str, data: bytes) -> None: ...
+
+    def set_request_handler(self, protocol: str, handler: RequestHandler) -> None: ...
+
+    async def request(self, peer_id: str, protocol: str, data: bytes, *, timeout: float = 10.0) -> bytes:
+        """Send one framed request on a new stream and read one framed response."""
+        ...

@@ -1,0 +1,24 @@
+"""Topic names, protocol ids and stream framing (specs/wire.md, specs/topics.md)."""
+
+from __future__ import annotations
+
+MAX_FRAME = 1 << 20
+"""Largest frame on any request/response protocol except sync (1 MiB)."""
+MAX_SYNC_FRAME = 16 << 20
+"""Largest sync response: a batch of whole blocks."""
+
+STATUS_PROTOCOL = "/aitbc/status/1"
+SYNC_PROTOCOL = "/aitbc/sync/1"
+JOB_PROTOCOL = "/aitbc/job/1"
+
+
+def topic(chain_id: str, name: str) -> str:
+    """``/aitbc/<chain-id>/<name>/1`` for name in tx, block, job, provider."""
+    if name not in ("tx", "block", "job", "provider"):
+        raise ValueError(f"unknown topic {name!r}")
+    return f"/aitbc/{chain_id}/{name}/1"
+
+
+def frame(data: bytes) -> bytes:
+    """A frame: 4-byte big-endian length, then the bytes."""
+    return len(data).to_bytes(4, "big") + data
