@@ -1,0 +1,50 @@
+"""Node configuration: keyword-only frozen data, passed down. Only the CLI reads files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aitbc_p2p.chain.models import Genesis
+from aitbc_p2p.crypto import PrivateKey
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProviderConfig:
+    """Selling compute. Names follow the seed miner guide (MINER_ID, ACCEL_MODE, ...)."""
+
+    miner_id: str
+    """A stable label for this provider (the seed's ``MINER_ID``)."""
+    price_per_s: int = 20_000_000
+    """Base units charged per second of compute; 0.02 AITBC/s as in the seeds."""
+    accel_mode: str = "auto"
+    """``auto`` | ``gpu`` | ``cpu`` (the seed's ``ACCEL_MODE``)."""
+    max_concurrency: int = 1
+    """Job slots (the seed's ``MAX_CONCURRENCY``)."""
+    max_runtime_s: int = 300
+    """The longest job this provider accepts."""
+    announce_interval_s: float = 10.0
+    """How often the signed capability record is gossiped."""
+    benchmark: bool = True
+    """Measure throughput at start-up (a short seeded matmul) for the capability record."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeConfig:
+    key: PrivateKey
+    """The peer's secp256k1 key: libp2p identity, block signer, provider wallet."""
+    genesis: Genesis
+    data_dir: Path | None = None
+    """LevelDB lives in ``data_dir/chain``; ``None`` keeps the chain in memory (tests)."""
+    listen: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/0",)
+    bootstrap: tuple[str, ...] = ()
+    """Full multiaddrs (``.../p2p/<peer id>``) dialled at start and whenever disconnected."""
+    provider: ProviderConfig | None = None
+    max_block_txs: int = 1000
+    bid_window_s: float = 1.5
+    """How long a client node collects bids for an offer before reporting them."""
+    job_deadline_blocks: int = 120
+    """Escrow deadline suggested to clients, in blocks after the current head."""
+    peer_interval_s: float = 1.0
+    """Cadence of the peer manager: reconnects, status exchange, sync."""
+    extra: dict[str, str] = field(default_factory=dict)

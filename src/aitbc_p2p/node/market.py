@@ -1,0 +1,383 @@
+"""The job market inside a node: client-side job tracking and the provider's side.
+
+Flow (specs/market.md): a client's signed offer is gossiped; providers that can run it
+gossip signed bids; the client's wallet picks one and opens escrow on chain naming that
+provider; once the escrow is committed, the client's node sends the payload straight
+to the provider over ``/aitbc/job/1``; the provider checks the escrow, runs the job,
+returns the result on the same stream, posts a receipt transaction and, once the
+receipt is committed, settles the escrow, which pays it and refunds the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from aitbc_p2p.chain.models import TxKind
+from aitbc_p2p.chain.state import Job, JobStatus
+from aitbc_p2p.codec import decode, encode
+from aitbc_p2p.compute import DeviceInfo, Executor
+from aitbc_p2p.exceptions import CodecError, MarketError, NetworkError, TxRejected
+from aitbc_p2p.market import Bid, CapabilityRecord, JobOffer, JobPayload, JobResult, job_cost, params_hash, quote
+from aitbc_p2p.network import JOB_PROTOCOL, GossipMessage
+from aitbc_p2p.node.config import ProviderConfig
+from aitbc_p2p.node.views import job_view, jsonable
+from aitbc_p2p.types import Address, Hash32, JobId, format_aitbc
+
+if TYPE_CHECKING:
+    from aitbc_p2p.node.node import Node
+
+logger = logging.getLogger(__name__)
+
+MAX_OFFERS_SEEN = 10_000
+ESCROW_WAIT_S = 20.0
+SETTLE_WAIT_S = 120.0
+
+
+@dataclass
+class ClientJob:
+    offer: JobOffer
+    workload: str
+    params: dict[str, Any]
+    phase: str = "bidding"  # bidding | bids_ready | running | result_received | failed
+    bids: dict[Address, Bid] = field(default_factory=dict)
+    result: JobResult | None = None
+    error: str = ""
+
+
+def _chain_job_id(job_id: JobId) -> Hash32 | None:
+    try:
+        raw = bytes.fromhex(job_id)
+    except ValueError:
+        return None
+    return Hash32(raw) if len(raw) == 32 else None
+
+
+class MarketService:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.providers: dict[Address, CapabilityRecord] = {}
+        self.client_jobs: dict[JobId, ClientJob] = {}
+        self._offers_seen: OrderedDict[JobId, JobOffer] = OrderedDict()
+        self._provider: ProviderConfig | None = None
+        self._device: DeviceInfo | None = None
+        self._executor: Executor | None = None
+        self._nursery: trio.Nursery | None = None
+        self._topic_job = node._topics["job"]
+        self._topic_provider = node._topics["provider"]
+
+    # -------------------------------------------------------------- set-up
+    def enable_provider(self, config: ProviderConfig, device: DeviceInfo, executor: Executor) -> None:
+        self._provider, self._device, self._executor = config, device, executor
+
+    def start(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        if self._provider is not None:
+            nursery.start_soon(self._announce_loop)
+
+    def provider_status(self) -> dict[str, Any] | None:
+        if self._provider is None or self._device is None or self._executor is None:
+            return None
+        return {
+            "miner_id": self._provider.miner_id,
+            "mode": self._device.mode,
+            "device": self._device.name,
+            "gflops": self._device.gflops,
+            "workloads": list(self._device.workloads),
+            "price_per_s": self._provider.price_per_s,
+            **self._executor.statistics(),
+        }
+
+    # ----------------------------------------------------- gossip validation
+    def valid_job_message(self, data: bytes) -> bool:
+        try:
+            self._parse_job_message(data)
+        except MarketError:
+            return False
+        return True
+
+    def _parse_job_message(self, data: bytes) -> JobOffer | Bid:
+        try:
+            envelope = decode(data, max_size=64 * 1024)
+        except CodecError as e:
+            raise MarketError(f"malformed job message: {e}") from e
+        if not isinstance(envelope, dict) or len(envelope) != 1:
+            raise MarketError("a job message is a map with one of offer, bid")
+        (kind, wire), = envelope.items()
+        msg: JobOffer | Bid
+        if kind == "offer":
+            msg = JobOffer.from_wire(wire)
+        elif kind == "bid":
+            msg = Bid.from_wire(wire)
+        else:
+            raise MarketError(f"unknown job message {kind!r}")
+        if msg.chain_id != self.node.genesis.chain_id:
+            raise MarketError("job message for another chain")
+        return msg
+
+    def valid_capability(self, data: bytes) -> bool:
+        try:
+            rec = CapabilityRecord.decode(data)
+        except MarketError:
+            return False
+        return rec.chain_id == self.node.genesis.chain_id
+
+    # ------------------------------------------------------------ gossip in
+    async def on_provider_topic(self, inbox: trio.MemoryReceiveChannel[GossipMessage]) -> None:
+        async for msg in inbox:
+            try:
+                rec = CapabilityRecord.decode(msg.data)
+            except MarketError:
+                continue
+            known = self.providers.get(rec.signer)
+            if known is None or rec.body["timestamp_ms"] >= known.body["timestamp_ms"]:
+                self.providers[rec.signer] = rec
+
+    async def on_job_topic(self, inbox: trio.MemoryReceiveChannel[GossipMessage]) -> None:
+        async for msg in inbox:
+            try:
+                parsed = self._parse_job_message(msg.data)
+            except MarketError as e:
+                logger.debug("job message ignored: %s", e)
+                continue
+            if isinstance(parsed, JobOffer):
+                await self._consider_offer(parsed)
+            else:
+                job = self.client_jobs.get(JobId(parsed.body["job_id"]))
+                if job is not None and parsed.body["price"] <= job.offer.body["max_price"]:
+                    job.bids[parsed.signer] = parsed
+
+    # -------------------------------------------------------------- client
+    async def submit(self, offer: JobOffer, workload: str, params: dict[str, Any]) -> JobId:
+        """Track a client's offer, keep its payload and gossip the offer.
+
+        Raises:
+            MarketError: wrong chain, or the payload does not match the offer's params hash.
+        """
+        offer.check()
+        if offer.chain_id != self.node.genesis.chain_id:
+            raise MarketError("offer is for another chain")
+        if workload != offer.body["workload"] or params_hash(workload, params) != offer.body["params_hash"]:
+            raise MarketError("workload or params do not match the offer's params_hash")
+        job_id = offer.job_id
+        if job_id not in self.client_jobs:
+            self.client_jobs[job_id] = ClientJob(offer, workload, params)
+            await self._publish_job({"offer": offer.to_wire()})
+            if self._nursery is not None:
+                self._nursery.start_soon(self._close_bidding, job_id)
+        return job_id
+
+    async def _close_bidding(self, job_id: JobId) -> None:
+        await trio.sleep(self.node.config.bid_window_s)
+        job = self.client_jobs[job_id]
+        if job.phase == "bidding":
+            job.phase = "bids_ready"
+
+    def on_head(self, height: int) -> None:
+        """After each new block: dispatch client jobs whose escrow is now committed."""
+        for job_id, job in self.client_jobs.items():
+            if job.phase not in ("bidding", "bids_ready"):
+                continue
+            chain_id = _chain_job_id(job_id)
+            escrow = self.node.store.state.job(chain_id) if chain_id else None
+            if escrow is None or escrow.status is not JobStatus.OPEN or escrow.client != job.offer.signer:
+                continue
+            bid = job.bids.get(escrow.provider)
+            if bid is None:
+                job.phase, job.error = "failed", "escrow names a provider that did not bid"
+                continue
+            job.phase = "running"
+            if self._nursery is not None:
+                self._nursery.start_soon(self._dispatch, job_id, job, bid)
+
+    async def _dispatch(self, job_id: JobId, job: ClientJob, bid: Bid) -> None:
+        payload = JobPayload(job_id, job.workload, job.params)
+        timeout = job.offer.body["max_runtime_s"] + ESCROW_WAIT_S + 10
+        try:
+            raw = await self.node.network.request(bid.body["peer_id"], JOB_PROTOCOL, payload.encode(), timeout=timeout)
+            result = JobResult.decode(raw)
+            if result.job_id != job_id:
+                raise MarketError("provider answered for another job")
+        except (NetworkError, MarketError) as e:
+            job.phase, job.error = "failed", str(e)
+            logger.warning("job %s failed: %s", job_id[:16], e)
+            return
+        job.result = result
+        job.phase = "result_received" if result.ok else "failed"
+        job.error = result.error
+        logger.info("job %s result received (ok=%s)", job_id[:16], result.ok)
+
+    def job_status(self, job_id: JobId) -> dict[str, Any] | None:
+        job = self.client_jobs.get(job_id)
+        chain_id = _chain_job_id(job_id)
+        escrow: Job | None = self.node.store.state.job(chain_id) if chain_id else None
+        if job is None and escrow is None:
+            return None
+        if escrow is not None and escrow.status is not JobStatus.OPEN:
+            status = str(escrow.status)
+        elif job is not None:
+            status = job.phase
+        else:
+            status = "open"
+        view: dict[str, Any] = {
+            "job_id": job_id,
+            "status": status,
+            "phase": job.phase if job else None,
+            "error": job.error if job else "",
+            "escrow": job_view(escrow) if escrow else None,
+            "receipt_id": escrow.receipt_tx.hex() if escrow and escrow.receipt_tx else None,
+            "result_available": bool(job and job.result and job.result.ok),
+        }
+        if job is not None:
+            view["workload"] = job.workload
+            view["client"] = job.offer.signer
+            view["offer"] = jsonable(dict(job.offer.body))
+            view["bids"] = [{**jsonable(dict(b.body)), "wire": b.encode().hex()} for b in job.bids.values()]
+        return view
+
+    def job_result(self, job_id: JobId) -> dict[str, Any] | None:
+        job = self.client_jobs.get(job_id)
+        if job is None or job.result is None:
+            return None
+        r = job.result
+        chain_id = _chain_job_id(job_id)
+        escrow = self.node.store.state.job(chain_id) if chain_id else None
+        try:
+            output = jsonable(decode(r.output)) if r.output else None
+        except CodecError:
+            output = None
+        return {
+            "job_id": job_id,
+            "ok": r.ok,
+            "error": r.error,
+            "output": output,
+            "output_hex": r.output.hex(),
+            "result_hash": r.result_hash.hex(),
+            "metrics": r.metrics,
+            "receipt_matches": bool(escrow and escrow.result_hash == r.result_hash),
+        }
+
+    # ------------------------------------------------------------ provider
+    def _capability(self) -> CapabilityRecord:
+        assert self._provider is not None and self._device is not None
+        cfg, dev = self._provider, self._device
+        return CapabilityRecord.create(
+            self.node.key,
+            self.node.genesis.chain_id,
+            miner_id=cfg.miner_id,
+            peer_id=self.node.network.peer_id,
+            mode=dev.mode,
+            gpu=dev.gpu,
+            device=dev.name[:200],
+            concurrency=cfg.max_concurrency,
+            workloads=list(dev.workloads),
+            limits={"vram_mb": dev.vram_mb, "ram_mb": dev.ram_mb, "max_runtime_s": cfg.max_runtime_s},
+            gflops=dev.gflops,
+            price_per_s=cfg.price_per_s,
+            timestamp_ms=self.node.clock_ms(),
+        )
+
+    async def _announce_loop(self) -> None:
+        assert self._provider is not None
+        while True:
+            rec = self._capability()
+            self.providers[rec.signer] = rec
+            try:
+                await self.node.network.publish(self._topic_provider, rec.encode())
+            except NetworkError as e:
+                logger.debug("capability announce failed: %s", e)
+            await trio.sleep(self._provider.announce_interval_s)
+
+    async def _consider_offer(self, offer: JobOffer) -> None:
+        cfg, dev = self._provider, self._device
+        if cfg is None or dev is None or offer.signer == self.node.key.address:
+            return
+        body = offer.body
+        price = quote(cfg.price_per_s, body["max_runtime_s"])
+        if body["workload"] not in dev.workloads or body["max_runtime_s"] > cfg.max_runtime_s or price > body["max_price"]:
+            return
+        self._offers_seen[offer.job_id] = offer
+        while len(self._offers_seen) > MAX_OFFERS_SEEN:
+            self._offers_seen.popitem(last=False)
+        bid = Bid.create(
+            self.node.key,
+            self.node.genesis.chain_id,
+            job_id=offer.job_id,
+            peer_id=self.node.network.peer_id,
+            price=price,
+            price_per_s=cfg.price_per_s,
+            gflops=dev.gflops,
+        )
+        await self._publish_job({"bid": bid.to_wire()})
+
+    async def _publish_job(self, envelope: dict[str, Any]) -> None:
+        try:
+            await self.node.network.publish(self._topic_job, encode(envelope))
+        except NetworkError as e:
+            logger.warning("job message not gossiped: %s", e)
+
+    async def _wait_escrow(self, chain_id: Hash32) -> Job | None:
+        with trio.move_on_after(ESCROW_WAIT_S):
+            while True:
+                escrow = self.node.store.state.job(chain_id)
+                if escrow is not None:
+                    return escrow
+                await self.node.wait_head_change()
+        return None
+
+    async def serve_job(self, peer: str, request: bytes) -> bytes:
+        """``/aitbc/job/1`` on the provider: check the offer and escrow, run, answer, receipt."""
+        payload = JobPayload.decode(request)  # MarketError here resets the stream
+        return (await self._run_job(payload)).encode()
+
+    async def _run_job(self, payload: JobPayload) -> JobResult:
+        job_id = payload.job_id
+        fail = lambda why: JobResult(job_id, False, error=why)  # noqa: E731
+        offer = self._offers_seen.get(job_id)
+        if self._provider is None or self._executor is None or offer is None:
+            return fail("this provider holds no bid for that job")
+        if payload.workload != offer.body["workload"] or params_hash(payload.workload, payload.params) != offer.body["params_hash"]:
+            return fail("payload does not match the offer")
+        chain_id = _chain_job_id(job_id)
+        escrow = await self._wait_escrow(chain_id) if chain_id else None
+        if escrow is None or escrow.provider != self.node.key.address or escrow.status is not JobStatus.OPEN:
+            return fail("no open escrow names this provider")
+        run = await self._executor.run(
+            payload.workload, payload.params, max_runtime_s=min(offer.body["max_runtime_s"], self._provider.max_runtime_s)
+        )
+        result = JobResult(job_id, run.ok, run.output, run.error, run.metrics)
+        if not run.ok:
+            logger.info("job %s failed: %s (no receipt, no payment)", job_id[:16], run.error)
+            return result
+        cost = job_cost(self._provider.price_per_s, run.metrics["compute_ms"], escrow.amount)
+        try:
+            await self.node.send_own_tx(
+                TxKind.JOB_RECEIPT,
+                {"job_id": escrow.job_id, "result_hash": result.result_hash, "cost": cost, "metrics": run.metrics},
+            )
+        except TxRejected as e:
+            logger.warning("receipt for job %s refused: %s", job_id[:16], e)
+            return result
+        logger.info("job %s done; receipt posted, cost %s AITBC", job_id[:16], format_aitbc(cost))
+        if self._nursery is not None:
+            self._nursery.start_soon(self._settle_when_receipted, escrow.job_id)
+        return result
+
+    async def _settle_when_receipted(self, chain_id: Hash32) -> None:
+        with trio.move_on_after(SETTLE_WAIT_S):
+            while True:
+                escrow = self.node.store.state.job(chain_id)
+                if escrow is not None and escrow.status is JobStatus.RECEIPTED:
+                    try:
+                        await self.node.send_own_tx(TxKind.JOB_SETTLE, {"job_id": chain_id})
+                    except TxRejected as e:
+                        logger.warning("settle of %s refused: %s", chain_id.hex()[:16], e)
+                    return
+                if escrow is not None and escrow.status is not JobStatus.OPEN:
+                    return
+                await self.node.wait_head_change()
+        logger.warning("receipt for %s not committed in time; not settled", chain_id.hex()[:16])

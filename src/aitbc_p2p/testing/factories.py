@@ -1,0 +1,140 @@
+"""Deterministic keys, genesis documents, transactions, chains and in-process networks."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from aitbc_p2p.chain.blocks import AppliedBlock, build_block, genesis_block
+from aitbc_p2p.chain.models import Genesis, Transaction, TxKind
+from aitbc_p2p.chain.state import Overlay, StateView
+from aitbc_p2p.chain.transition import ChainRules
+from aitbc_p2p.crypto import PrivateKey
+from aitbc_p2p.node import Node, NodeConfig, ProviderConfig, open_node
+from aitbc_p2p.store import MemoryKV, StoreStateView, schema
+from aitbc_p2p.types import Address, aitbc
+
+DEVNET_BALANCES = {"genesis": aitbc(1_000_000), "client": aitbc(10_000), "miner": aitbc(1_000)}
+"""The seeds' devnet allocation: genesis 1,000,000 AITBC, client 10,000, miner 1,000."""
+
+
+def make_key(label: str) -> PrivateKey:
+    """A deterministic key for ``label`` (test use only: anyone can derive it)."""
+    return PrivateKey(hashlib.sha256(b"aitbc-test-key:" + label.encode()).digest())
+
+
+def make_genesis(
+    authorities: Sequence[PrivateKey],
+    alloc: Mapping[Address, int] | None = None,
+    *,
+    engine: str | None = None,
+    chain_id: str = "ait-devnet",
+    block_time_ms: int = 500,
+    timestamp_ms: int = 0,
+    min_fee: int = 1000,
+) -> Genesis:
+    return Genesis(
+        chain_id=chain_id,
+        timestamp_ms=timestamp_ms,
+        alloc=tuple((alloc or {}).items()),
+        consensus={
+            "engine": engine or ("solo" if len(authorities) == 1 else "poa"),
+            "authorities": [k.address for k in authorities],
+            "block_time_ms": block_time_ms,
+        },
+        min_fee=min_fee,
+    )
+
+
+def make_tx(
+    key: PrivateKey,
+    kind: TxKind | str = TxKind.TRANSFER,
+    *,
+    nonce: int = 0,
+    fee: int = 1000,
+    chain_id: str = "ait-devnet",
+    **payload: Any,
+) -> Transaction:
+    if kind == TxKind.TRANSFER:
+        payload.setdefault("to", make_key("someone").address)
+        payload.setdefault("amount", 1)
+    return Transaction.create(key, chain_id=chain_id, kind=kind, nonce=nonce, fee=fee, payload=payload)
+
+
+class ChainBuilder:
+    """Builds valid chains in memory: ``ChainBuilder(genesis, keys).add_block(txs)``."""
+
+    def __init__(self, genesis: Genesis, authorities: Sequence[PrivateKey]) -> None:
+        self.genesis = genesis
+        self.rules = ChainRules.of(genesis)
+        self._keys = {k.address: k for k in authorities}
+        self.blocks: list[AppliedBlock] = [genesis_block(genesis)]
+        self._states: list[StateView] = [self.blocks[0].state]
+
+    @property
+    def state(self) -> StateView:
+        return self._states[-1]
+
+    def add_block(self, txs: Sequence[Transaction] = (), *, step_ms: int | None = None) -> AppliedBlock:
+        parent = self.blocks[-1].block.header
+        height = parent.height + 1
+        authorities = self.genesis.consensus["authorities"]
+        key = self._keys[authorities[height % len(authorities)]]
+        step = step_ms if step_ms is not None else int(self.genesis.consensus.get("block_time_ms", 1000))
+        applied, dropped = build_block(
+            key, parent, self.state, txs, self.rules, timestamp_ms=parent.timestamp_ms + step, max_txs=10_000
+        )
+        if dropped:
+            raise AssertionError(f"transactions did not apply: {dropped}")
+        self.blocks.append(applied)
+        self._states.append(_flatten(applied.state))
+        return applied
+
+
+def _flatten(state: Overlay) -> StateView:
+    """Detach an overlay from its base so that a long chain does not nest overlays."""
+    kv = MemoryKV()
+    kv.write([(schema.state_key(k), v) for k, v in state.leaves()])
+    return StoreStateView(kv)
+
+
+@asynccontextmanager
+async def open_test_network(
+    n: int,
+    *,
+    providers: Sequence[int] = (),
+    alloc: Mapping[Address, int] | None = None,
+    data_root: Path | None = None,
+    block_time_ms: int = 300,
+    **config: Any,
+) -> AsyncIterator[list[Node]]:
+    """``n`` real peers in this process on 127.0.0.1 (authorities ``peer0..``), fully connected.
+
+    Peers whose index is in ``providers`` sell compute (no start-up benchmark).
+    """
+    keys = [make_key(f"peer{i}") for i in range(n)]
+    genesis = make_genesis(keys, alloc, block_time_ms=block_time_ms)
+    async with AsyncExitStack() as stack:
+        nodes: list[Node] = []
+        for i, key in enumerate(keys):
+            provider = ProviderConfig(miner_id=f"peer{i}", benchmark=False, announce_interval_s=1.0) if i in providers else None
+            cfg = NodeConfig(
+                key=key,
+                genesis=genesis,
+                data_dir=(data_root / f"peer{i}") if data_root else None,
+                bootstrap=tuple(a for node in nodes for a in node.network.listen_addrs()),
+                provider=provider,
+                peer_interval_s=0.2,
+                **config,
+            )
+            nodes.append(await stack.enter_async_context(open_node(cfg)))
+        with trio.fail_after(20):
+            while any(len(node.network.connected_peers()) < n - 1 for node in nodes):
+                await trio.sleep(0.05)
+        yield nodes
+
