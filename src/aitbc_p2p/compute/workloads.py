@@ -89,7 +89,7 @@ def _bench_run(params: dict[str, Any], device: str) -> dict[str, Any]:
         torch.cuda.synchronize()
     elapsed = max(time.perf_counter() - start, 1e-9)
     flops = 2 * n**3 * iters
-    digest = hashlib.sha256(c.float().cpu().numpy().tobytes()).hexdigest()
+    digest = hashlib.sha256(bytes(c.float().cpu().contiguous().untyped_storage())).hexdigest()
     return {
         "n": n,
         "iters": iters,

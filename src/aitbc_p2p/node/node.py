@@ -25,6 +25,7 @@ import trio
 
 from aitbc_p2p.chain.blocks import build_block, validate_block
 from aitbc_p2p.chain.models import Block, Transaction
+from aitbc_p2p.chain.state import ACCOUNT_PREFIX, JOB_PREFIX, Account, Job, JobStatus, StateView
 from aitbc_p2p.chain.transition import ChainRules, check_stateless
 from aitbc_p2p.codec import decode, encode
 from aitbc_p2p.compute import Executor, detect
@@ -354,6 +355,10 @@ class Node:
             "provider": self.market.provider_status(),
         }
 
+    def supply(self) -> dict[str, Any]:
+        """Where every unit is: balances + escrow + burned must equal the genesis total."""
+        return supply_of(self.store.state, self.genesis.total_supply)
+
     def account(self, address: Address) -> dict[str, Any]:
         acct = self.store.state.account(address)
         return {
@@ -391,6 +396,25 @@ class Node:
 
     def providers(self) -> list[dict[str, Any]]:
         return [jsonable(dict(rec.body)) for rec in self.market.providers.values()]
+
+
+def supply_of(state: StateView, genesis_total: int) -> dict[str, Any]:
+    balances = escrowed = 0
+    for key, value in state.leaves():
+        if key.startswith(ACCOUNT_PREFIX):
+            balances += Account.decode(value).balance
+        elif key.startswith(JOB_PREFIX):
+            job = Job.decode(value)
+            if job.status in (JobStatus.OPEN, JobStatus.RECEIPTED):
+                escrowed += job.amount
+    burned = state.burned()
+    return {
+        "balances": balances,
+        "escrowed": escrowed,
+        "burned": burned,
+        "total": balances + escrowed + burned,
+        "genesis_total": genesis_total,
+    }
 
 
 def _open_kv(config: NodeConfig) -> KeyValueStore:

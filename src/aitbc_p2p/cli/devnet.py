@@ -1,0 +1,246 @@
+"""A local 3-peer devnet as real ``aitbc-peer`` processes, and the end-to-end demo.
+
+``up`` starts one process per ``nodes/devnet/peer*.toml`` with free ports on 127.0.0.1,
+each bootstrapping to the peers started before it; ``down`` stops them with SIGTERM;
+``demo`` runs a job from the client wallet through peer1's RPC and prints the outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from aitbc_p2p.cli.config import load_peer_config
+from aitbc_p2p.cli.peer import NODE_INFO
+from aitbc_p2p.crypto import load_key_file
+from aitbc_p2p.exceptions import ConfigError, RpcError
+from aitbc_p2p.network import peer_id_of
+from aitbc_p2p.rpc import RpcClient
+from aitbc_p2p.rpc.server import TOKEN_FILE
+from aitbc_p2p.types import aitbc, format_aitbc
+
+DEVNET_WALLET_PASSWORD = "devnet"
+STATE_FILE = "devnet.json"
+
+
+@dataclass(frozen=True)
+class PeerProcess:
+    name: str
+    pid: int
+    data_dir: Path
+    log: Path
+
+    def info(self) -> dict[str, Any]:
+        loaded: dict[str, Any] = json.loads((self.data_dir / NODE_INFO).read_text())
+        return loaded
+
+    def token(self) -> str:
+        return (self.data_dir / TOKEN_FILE).read_text().strip()
+
+    def rpc(self) -> RpcClient:
+        return RpcClient(self.info()["rpc_url"], token=self.token())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours counts as gone
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+def peer_configs(nodes_dir: Path) -> list[Path]:
+    found = sorted(Path(nodes_dir).glob("peer*.toml"))
+    if not found:
+        raise ConfigError(f"no peer*.toml in {nodes_dir}")
+    return found
+
+
+def load_state(run_dir: Path) -> list[PeerProcess]:
+    path = Path(run_dir) / STATE_FILE
+    if not path.exists():
+        return []
+    return [PeerProcess(p["name"], p["pid"], Path(p["data_dir"]), Path(p["log"])) for p in json.loads(path.read_text())]
+
+
+def start(nodes_dir: Path, run_dir: Path) -> list[PeerProcess]:
+    """Start a fresh devnet in ``run_dir`` (its old contents are removed)."""
+    if any(_alive(p.pid) for p in load_state(run_dir)):
+        raise ConfigError(f"a devnet is already running in {run_dir}; run 'aitbc devnet down' first")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    procs: list[PeerProcess] = []
+    bootstrap: list[str] = []
+    for config in peer_configs(nodes_dir):
+        name = config.stem
+        cfg = load_peer_config(config)
+        port = _free_port()
+        data_dir = (run_dir / name).resolve()
+        data_dir.mkdir()
+        log = run_dir / f"{name}.log"
+        cmd = [sys.executable, "-m", "aitbc_p2p.cli.peer", "run", "--config", str(config), "--data-dir", str(data_dir)]
+        cmd += ["--rpc-port", "0", "--listen", f"/ip4/127.0.0.1/tcp/{port}"]
+        for addr in bootstrap:
+            cmd += ["--bootstrap", addr]
+        with log.open("wb") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        procs.append(PeerProcess(name, proc.pid, data_dir, log))
+        bootstrap.append(f"/ip4/127.0.0.1/tcp/{port}/p2p/{peer_id_of(cfg.node.key)}")
+    (run_dir / STATE_FILE).write_text(
+        json.dumps([{"name": p.name, "pid": p.pid, "data_dir": str(p.data_dir), "log": str(p.log)} for p in procs], indent=2)
+    )
+    return procs
+
+
+async def wait_ready(
+    procs: list[PeerProcess], *, min_height: int = 2, timeout: float = 90.0, progress: Callable[[str], None] = print
+) -> None:
+    """Wait until every peer serves RPC, sees all the others and is past ``min_height``."""
+    want_peers = len(procs) - 1
+    last = ""
+    with trio.fail_after(timeout):
+        while True:
+            states = []
+            for p in procs:
+                if not _alive(p.pid):
+                    tail = p.log.read_text()[-2000:] if p.log.exists() else ""
+                    raise ConfigError(f"{p.name} exited during start-up; log tail:\n{tail}")
+                if not (p.data_dir / NODE_INFO).exists():
+                    states.append(f"{p.name}: starting")
+                    continue
+                try:
+                    async with p.rpc() as rpc:
+                        s = await rpc.status()
+                    states.append(f"{p.name}: height {s['height']}, {len(s['peers'])} peers")
+                except RpcError:
+                    states.append(f"{p.name}: starting")
+            line = " | ".join(states)
+            if line != last:
+                progress(f"  {line}")
+                last = line
+            if all(": height" in s for s in states):
+                parsed = [(int(s.split("height ")[1].split(",")[0]), int(s.split(", ")[1].split(" ")[0])) for s in states]
+                if all(h >= min_height and n >= want_peers for h, n in parsed):
+                    return
+            await trio.sleep(0.3)
+
+
+def stop(run_dir: Path, *, timeout: float = 15.0) -> list[str]:
+    """SIGTERM every devnet peer, SIGKILL what is left after ``timeout``; returns what was done."""
+    report = []
+    procs = load_state(run_dir)
+    for p in procs:
+        if _alive(p.pid):
+            os.kill(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        while _alive(p.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(p.pid):
+            os.kill(p.pid, signal.SIGKILL)
+            report.append(f"{p.name} (pid {p.pid}) killed after {timeout} s")
+        else:
+            report.append(f"{p.name} (pid {p.pid}) stopped")
+    (Path(run_dir) / STATE_FILE).unlink(missing_ok=True)
+    return report
+
+
+def _short_result(workload: str, output: Any) -> str:
+    if not isinstance(output, dict):
+        return str(output)[:80]
+    if workload == "torch_bench":
+        return f"{output['gflops']} GFLOP/s on {output['device']} ({output['n']}x{output['n']} {output['dtype']}, {output['iters']} iters)"
+    return json.dumps(output)[:80]
+
+
+async def run_demo(nodes_dir: Path, run_dir: Path, *, out: Callable[[str], None] = print) -> dict[str, Any]:
+    """Start the devnet, run one job end to end, print the outcome, stop the devnet."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    started = time.monotonic()
+
+    def say(text: str) -> None:
+        out(f"[{time.monotonic() - started:5.1f}s] {text}")
+
+    say(f"starting {len(peer_configs(nodes_dir))} aitbc-peer processes on 127.0.0.1 ...")
+    procs = start(nodes_dir, run_dir)
+    try:
+        await wait_ready(procs, progress=say)
+        say("devnet connected and producing blocks")
+        client = load_key_file(nodes_dir / "wallets" / "client.json", DEVNET_WALLET_PASSWORD)
+        async with procs[0].rpc() as rpc:
+            providers: list[dict[str, Any]] = []
+            with trio.fail_after(30):
+                while not providers:
+                    providers = await rpc.providers()
+                    await trio.sleep(0.3)
+            provider = providers[0]
+            workload = "torch_bench" if "torch_bench" in provider["workloads"] else "echo"
+            params: dict[str, Any] = (
+                {"n": 256, "iters": 20, "seed": 42, "dtype": "float32"} if workload == "torch_bench" else {"message": "hello from the AITBC devnet"}
+            )
+            say(f"provider {provider['miner_id']} ({provider['mode']}, {provider['device']}) offers {provider['workloads']}")
+            before = {
+                "client": (await rpc.account(client.address))["balance"],
+                "provider": (await rpc.account(provider["provider"]))["balance"],
+            }
+            supply_before = await rpc.supply()
+            job_id = await rpc.submit_job(client, workload, params, max_price=aitbc(5), max_runtime_s=30, progress=say)
+            job = await rpc.wait_job(job_id, timeout=60, progress=say)
+            result = await rpc.job_result(job_id) if job.get("result_available") else {}
+            after = {
+                "client": (await rpc.account(client.address))["balance"],
+                "provider": (await rpc.account(provider["provider"]))["balance"],
+            }
+            supply_after = await rpc.supply()
+        escrow = job.get("escrow") or {}
+        table = Table(title=f"AITBC devnet demo: {workload} job", show_header=False)
+        table.add_column(no_wrap=True)
+        table.add_column(overflow="fold")
+        rows = [
+            ("job id", job_id),
+            ("status", job["status"]),
+            ("result digest", result.get("result_hash", "-")),
+            ("result", _short_result(workload, result.get("output"))),
+            ("receipt id", job.get("receipt_id") or "-"),
+            ("cost", f"{escrow.get('cost_aitbc', '0')} AITBC (escrowed {escrow.get('amount_aitbc', '0')})"),
+            ("client balance", f"{format_aitbc(before['client'])} -> {format_aitbc(after['client'])} AITBC"),
+            ("provider balance", f"{format_aitbc(before['provider'])} -> {format_aitbc(after['provider'])} AITBC"),
+            ("total supply", f"{format_aitbc(supply_before['total'])} -> {format_aitbc(supply_after['total'])} AITBC"),
+        ]
+        for k, v in rows:
+            table.add_row(k, str(v))
+        console.print(table)
+        return {"job": job, "result": result, "before": before, "after": after, "supply": (supply_before, supply_after)}
+    finally:
+        say("stopping peers ...")
+        for line in stop(run_dir):
+            say(f"  {line}")
+

@@ -1,0 +1,235 @@
+"""``aitbc``: wallet, jobs, chain and devnet commands for people and scripts.
+
+The RPC to talk to: ``--rpc URL`` with ``--token-file FILE`` or ``--data-dir DIR``
+(env ``AITBC_RPC``, ``AITBC_RPC_TOKEN_FILE``); ``--devnet`` uses peer1 of a running devnet.
+A wallet is an encrypted key file (``--wallet FILE``); its password comes from
+``AITBC_WALLET_PASSWORD`` or a prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from aitbc_p2p.cli import devnet
+from aitbc_p2p.crypto import PrivateKey, load_key_file, save_key_file
+from aitbc_p2p.crypto.keys import validate_address
+from aitbc_p2p.exceptions import AitbcError, RpcError
+from aitbc_p2p.rpc import RpcClient
+from aitbc_p2p.rpc.server import TOKEN_FILE
+from aitbc_p2p.types import aitbc, format_aitbc
+
+DEFAULT_RPC = "http://127.0.0.1:8006"
+DEFAULT_NODES = Path("nodes/devnet")
+DEFAULT_RUN = Path(".devnet")
+
+
+def _password(args: argparse.Namespace, *, confirm: bool = False) -> str:
+    env = os.environ.get("AITBC_WALLET_PASSWORD")
+    if env is not None:
+        return env
+    if args.devnet:
+        return devnet.DEVNET_WALLET_PASSWORD
+    first = getpass.getpass("wallet password: ")
+    if confirm and getpass.getpass("again: ") != first:
+        raise AitbcError("passwords differ")
+    return first
+
+
+def _wallet_path(args: argparse.Namespace) -> Path:
+    if args.wallet:
+        return Path(args.wallet)
+    if args.devnet:
+        return args.nodes_dir / "wallets" / "client.json"
+    return Path.home() / ".aitbc" / "wallets" / "default.json"
+
+
+def _wallet(args: argparse.Namespace) -> PrivateKey:
+    return load_key_file(_wallet_path(args), _password(args))
+
+
+def _rpc(args: argparse.Namespace) -> RpcClient:
+    if args.devnet:
+        procs = devnet.load_state(args.run_dir)
+        if not procs:
+            raise AitbcError(f"no devnet running in {args.run_dir}; start one with 'aitbc devnet up'")
+        return procs[0].rpc()
+    url = args.rpc or os.environ.get("AITBC_RPC", DEFAULT_RPC)
+    token_file = args.token_file or os.environ.get("AITBC_RPC_TOKEN_FILE")
+    if token_file is None and args.data_dir:
+        token_file = str(Path(args.data_dir) / TOKEN_FILE)
+    if token_file is None:
+        raise AitbcError("the RPC needs a token: pass --token-file, --data-dir or --devnet")
+    return RpcClient(url, token=Path(token_file).read_text().strip())
+
+
+def _print(obj: Any) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+async def _wallet_cmd(args: argparse.Namespace) -> None:
+    if args.wallet_command == "new":
+        path = _wallet_path(args)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            raise AitbcError(f"{path} exists; refusing to overwrite a wallet")
+        key = PrivateKey.generate()
+        save_key_file(path, key, _password(args, confirm=True))
+        print(f"new wallet {path}\naddress {key.address}")
+        return
+    if args.wallet_command == "address":
+        print(_wallet(args).address)
+        return
+    key = _wallet(args)
+    async with _rpc(args) as rpc:
+        if args.wallet_command == "balance":
+            acct = await rpc.account(key.address)
+            print(f"{key.address}\nbalance {acct['balance_aitbc']} AITBC  (nonce {acct['nonce']})")
+        elif args.wallet_command == "send":
+            to = validate_address(args.to)
+            tx_hash = await rpc.transfer(key, to, aitbc(args.amount))
+            print(f"sent {args.amount} AITBC to {to}\ntx {tx_hash}")
+            if args.wait:
+                found = await rpc.wait_tx(tx_hash)
+                print(f"committed in block {found['height']}")
+        elif args.wallet_command == "history":
+            for tx in await rpc.history(key.address, args.limit):
+                p = tx["payload"]
+                amount = p.get("amount")
+                what = f"{format_aitbc(amount)} AITBC" if isinstance(amount, int) else ""
+                print(f"#{tx['height']:<6} {tx['kind']:<12} {tx['from'][:20]}... {what} {tx['hash'][:16]}")
+
+
+def _params(args: argparse.Namespace) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if args.message is not None:
+        params["message"] = args.message
+    if args.prompt is not None:
+        params["prompt"] = args.prompt
+    for item in args.param or []:
+        name, _, value = item.partition("=")
+        params[name] = int(value) if value.lstrip("-").isdigit() else value
+    return params
+
+
+async def _job_cmd(args: argparse.Namespace) -> None:
+    async with _rpc(args) as rpc:
+        if args.job_command == "submit":
+            key = _wallet(args)
+            job_id = await rpc.submit_job(
+                key,
+                args.workload,
+                _params(args),
+                max_price=aitbc(args.max_price),
+                max_runtime_s=args.max_runtime,
+                progress=lambda s: print(s, file=sys.stderr),
+            )
+            print(job_id)
+            if args.wait:
+                job = await rpc.wait_job(job_id, progress=lambda s: print(s, file=sys.stderr))
+                _print(job)
+        elif args.job_command == "status":
+            _print(await rpc.job(args.job_id))
+        elif args.job_command == "result":
+            _print(await rpc.job_result(args.job_id))
+
+
+async def _chain_cmd(args: argparse.Namespace) -> None:
+    async with _rpc(args) as rpc:
+        if args.chain_command == "status":
+            _print(await rpc.status())
+        elif args.chain_command == "supply":
+            _print(await rpc.supply())
+        elif args.chain_command == "providers":
+            _print(await rpc.providers())
+
+
+def _devnet_cmd(args: argparse.Namespace) -> None:
+    if args.devnet_command == "up":
+        procs = devnet.start(args.nodes_dir, args.run_dir)
+        trio.run(lambda: devnet.wait_ready(procs))
+        for p in procs:
+            info = p.info()
+            print(f"{p.name}: {info['address']}  rpc {info['rpc_url']}  log {p.log}")
+        print("devnet up; use 'aitbc --devnet ...' to talk to peer1, 'aitbc devnet down' to stop")
+    elif args.devnet_command == "down":
+        for line in devnet.stop(args.run_dir) or ["no devnet running"]:
+            print(line)
+    elif args.devnet_command == "demo":
+        trio.run(devnet.run_demo, args.nodes_dir, args.run_dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aitbc", description="AITBC wallet, jobs, chain and devnet.")
+    parser.add_argument("--rpc", help=f"peer RPC URL (default {DEFAULT_RPC}, env AITBC_RPC)")
+    parser.add_argument("--token-file", help="RPC token file (env AITBC_RPC_TOKEN_FILE)")
+    parser.add_argument("--data-dir", help="peer data directory holding rpc.token")
+    parser.add_argument("--wallet", help="wallet key file (default ~/.aitbc/wallets/default.json)")
+    parser.add_argument("--devnet", action="store_true", help="talk to peer1 of the local devnet with the client wallet")
+    parser.add_argument("--nodes-dir", type=Path, default=DEFAULT_NODES, help="devnet configs (default nodes/devnet)")
+    parser.add_argument("--run-dir", type=Path, default=DEFAULT_RUN, help="devnet run directory (default .devnet)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    wallet = sub.add_parser("wallet", help="keys, balance, payments").add_subparsers(dest="wallet_command", required=True)
+    wallet.add_parser("new", help="create an encrypted wallet key file")
+    wallet.add_parser("address", help="print the wallet's address")
+    wallet.add_parser("balance", help="balance and nonce")
+    send = wallet.add_parser("send", help="transfer AITBC: send AMOUNT ADDRESS")
+    send.add_argument("amount", help="AITBC, e.g. 50 or 0.25")
+    send.add_argument("to", help="recipient aitbc1... address")
+    send.add_argument("--wait", action="store_true", help="wait until committed")
+    hist = wallet.add_parser("history", help="committed transactions, newest first")
+    hist.add_argument("--limit", type=int, default=20)
+
+    job = sub.add_parser("job", help="submit and follow compute jobs").add_subparsers(dest="job_command", required=True)
+    submit = job.add_parser("submit", help="offer a job, pick a bid, open escrow")
+    submit.add_argument("--workload", default="echo", help="echo | torch_bench | ...")
+    submit.add_argument("--message", help="echo's message")
+    submit.add_argument("--prompt", help="prompt for text-generation workloads")
+    submit.add_argument("--param", action="append", help="extra parameter NAME=VALUE (integers stay integers)")
+    submit.add_argument("--max-price", default="5", help="most AITBC to pay (default 5)")
+    submit.add_argument("--max-runtime", type=int, default=60, help="runtime cap in seconds")
+    submit.add_argument("--wait", action="store_true", help="wait until settled, refunded or failed")
+    for name in ("status", "result"):
+        job.add_parser(name).add_argument("job_id")
+
+    chain = sub.add_parser("chain", help="chain and peer status").add_subparsers(dest="chain_command", required=True)
+    chain.add_parser("status")
+    chain.add_parser("supply")
+    chain.add_parser("providers")
+
+    dev = sub.add_parser("devnet", help="local 3-peer devnet").add_subparsers(dest="devnet_command", required=True)
+    dev.add_parser("up", help="start the peers in the background")
+    dev.add_parser("down", help="stop them")
+    dev.add_parser("demo", help="start, run one job end to end, print the outcome, stop")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "devnet":
+            _devnet_cmd(args)
+        elif args.command == "wallet":
+            trio.run(_wallet_cmd, args)
+        elif args.command == "job":
+            trio.run(_job_cmd, args)
+        elif args.command == "chain":
+            trio.run(_chain_cmd, args)
+    except RpcError as e:
+        print(f"aitbc: {e.code}: {e.message}", file=sys.stderr)
+        if e.details:
+            print(json.dumps(e.details, indent=2), file=sys.stderr)
+        return 1
+    except (AitbcError, ValueError, OSError) as e:
+        print(f"aitbc: {e}", file=sys.stderr)
+        return 1
+    return 0
+

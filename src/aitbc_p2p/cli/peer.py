@@ -1,0 +1,79 @@
+"""``aitbc-peer``: the daemon. ``aitbc-peer run --config nodes/devnet/peer1.toml``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import trio
+
+from aitbc_p2p.cli.config import PeerConfig, load_peer_config
+from aitbc_p2p.exceptions import AitbcError
+from aitbc_p2p.node import open_node
+from aitbc_p2p.rpc import ensure_token, serve_rpc
+
+logger = logging.getLogger("aitbc_p2p.peer")
+
+NODE_INFO = "node.json"
+
+
+async def run_peer(cfg: PeerConfig) -> None:
+    """Run node + RPC until SIGINT/SIGTERM; write ``node.json`` once both listen."""
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    token = ensure_token(cfg.data_dir)
+    info_path = cfg.data_dir / NODE_INFO
+    info_path.unlink(missing_ok=True)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with open_node(cfg.node) as node, trio.open_nursery() as nursery:
+            url = await nursery.start(lambda task_status: serve_rpc(node, token=token, host=cfg.rpc_host, port=cfg.rpc_port, task_status=task_status))
+            info = {
+                "pid": os.getpid(),
+                "address": node.key.address,
+                "peer_id": node.network.peer_id,
+                "listen": node.network.listen_addrs(),
+                "rpc_url": url,
+                "chain_id": node.genesis.chain_id,
+            }
+            tmp = info_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(info, indent=2) + "\n")
+            tmp.replace(info_path)
+            logger.info("peer %s serving RPC at %s", node.key.address, url)
+            async for signum in signals:
+                logger.info("signal %d: shutting down", signum)
+                nursery.cancel_scope.cancel()
+                break
+    info_path.unlink(missing_ok=True)
+    logger.info("stopped cleanly")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="aitbc-peer", description="Run an AITBC peer.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the peer daemon")
+    run.add_argument("--config", required=True, type=Path, help="peer TOML config")
+    run.add_argument("--data-dir", help="override data_dir")
+    run.add_argument("--rpc-port", type=int, help="override [rpc] port (0 picks a free port)")
+    run.add_argument("--listen", action="append", help="override listen multiaddrs")
+    run.add_argument("--bootstrap", action="append", help="override bootstrap multiaddrs")
+    run.add_argument("--log-level", default=os.environ.get("AITBC_LOG", "INFO"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("libp2p").setLevel(logging.WARNING)
+    try:
+        cfg = load_peer_config(
+            args.config, data_dir=args.data_dir, rpc_port=args.rpc_port, listen=args.listen, bootstrap=args.bootstrap
+        )
+        trio.run(run_peer, cfg)
+    except AitbcError as e:
+        print(f"aitbc-peer: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

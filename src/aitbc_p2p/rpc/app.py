@@ -1,0 +1,236 @@
+"""The local RPC: a QuartTrio app over a :class:`~aitbc_p2p.node.api.NodeAPI` (specs/rpc.md).
+
+Every route but ``/v1/health`` needs ``Authorization: Bearer <token>``, the token being
+the cookie file in the data directory. Errors use the seeds' envelope
+``{"error": {"code", "message", "details"}}``. POSTs honour ``Idempotency-Key``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections import OrderedDict
+from typing import Any
+
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from aitbc_p2p.chain.models import Transaction
+from aitbc_p2p.crypto.keys import validate_address
+from aitbc_p2p.exceptions import CryptoError, MarketError, TxRejected
+from aitbc_p2p.market.messages import JobOffer
+from aitbc_p2p.node.api import NodeAPI
+from aitbc_p2p.types import Address, Hash32, JobId
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY = 1 << 20
+IDEMPOTENCY_CACHE = 1024
+
+# HTTP status for each TxRejected reason (specs/rpc.md, "Errors").
+REASON_STATUS = {
+    "Malformed": 400,
+    "BadSignature": 400,
+    "WrongChain": 400,
+    "AmountOutOfRange": 400,
+    "NonceTooLow": 409,
+    "NonceTooHigh": 409,
+    "Duplicate": 409,
+    "InsufficientFunds": 422,
+    "Underpriced": 422,
+    "UnknownJob": 422,
+    "NotJobParty": 422,
+    "JobState": 422,
+    "PoolFull": 503,
+}
+
+
+def reason_code(reason: str) -> str:
+    """``NonceTooLow`` -> ``NONCE_TOO_LOW``."""
+    return "".join("_" + c if c.isupper() and i else c for i, c in enumerate(reason)).upper()
+
+
+class Problem(Exception):
+    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.details = status, code, message, details or {}
+
+
+def envelope(status: int, code: str, message: str, details: Any = None) -> Response:
+    body = json.dumps({"error": {"code": code, "message": message, "details": details or {}}}, default=_hexify)
+    return Response(body, status=status, content_type="application/json")
+
+
+def _hexify(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _json(value: Any, status: int = 200) -> Response:
+    return Response(json.dumps(value, default=_hexify), status=status, content_type="application/json")
+
+
+async def _body() -> dict[str, Any]:
+    raw = await request.get_data(cache=True)
+    try:
+        doc = json.loads(raw or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise Problem(400, "BAD_JSON", f"request body is not valid JSON: {e}") from e
+    if not isinstance(doc, dict):
+        raise Problem(400, "BAD_JSON", "request body must be a JSON object")
+    return doc
+
+
+def _hex_field(doc: dict[str, Any], name: str) -> bytes:
+    value = doc.get(name)
+    if not isinstance(value, str):
+        raise Problem(400, "BAD_REQUEST", f"field {name!r} must be a hex string")
+    try:
+        return bytes.fromhex(value)
+    except ValueError as e:
+        raise Problem(400, "BAD_REQUEST", f"field {name!r} is not hex") from e
+
+
+def _address(text: str) -> Address:
+    try:
+        return validate_address(text)
+    except CryptoError as e:
+        raise Problem(400, "BAD_ADDRESS", str(e)) from e
+
+
+def _no_floats(value: Any) -> Any:
+    if isinstance(value, float):
+        raise Problem(400, "BAD_PARAMS", "job parameters must not contain floats (use integers or strings)")
+    if isinstance(value, dict):
+        return {k: _no_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_floats(v) for v in value]
+    return value
+
+
+def create_app(api: NodeAPI, *, token: str, max_body: int = MAX_BODY) -> QuartTrio:
+    """The RPC app for ``api``. ``token`` guards every route but health."""
+    app = QuartTrio(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = max_body
+    idempotent: OrderedDict[tuple[str, str], tuple[int, bytes]] = OrderedDict()
+
+    @app.before_request
+    async def authenticate() -> Response | None:
+        if request.path == "/v1/health":
+            return None
+        header = request.headers.get("Authorization", "")
+        given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+        if not given or not hmac.compare_digest(given.encode(), token.encode()):
+            return envelope(401, "UNAUTHORIZED", "missing or wrong bearer token (see rpc.token in the data directory)")
+        key = request.headers.get("Idempotency-Key")
+        if request.method == "POST" and key:
+            cached = idempotent.get((request.path, key))
+            if cached is not None:
+                return Response(cached[1], status=cached[0], content_type="application/json")
+        return None
+
+    @app.after_request
+    async def remember(response: Response) -> Response:
+        key = request.headers.get("Idempotency-Key")
+        if request.method == "POST" and key and response.status_code < 500:
+            idempotent[(request.path, key)] = (response.status_code, await response.get_data())
+            while len(idempotent) > IDEMPOTENCY_CACHE:
+                idempotent.popitem(last=False)
+        return response
+
+    @app.errorhandler(Problem)
+    async def problem(e: Problem) -> Response:
+        return envelope(e.status, e.code, e.message, e.details)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(e: HTTPException) -> Response:
+        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "BODY_TOO_LARGE"}.get(e.code or 0, "HTTP_ERROR")
+        return envelope(e.code or 500, code, e.description or code)
+
+    @app.get("/v1/health")
+    async def health() -> Response:
+        return _json({"status": "ok"})
+
+    @app.get("/v1/status")
+    async def status() -> Response:
+        return _json(api.status())
+
+    @app.get("/v1/supply")
+    async def supply() -> Response:
+        return _json(api.supply())
+
+    @app.get("/v1/accounts/<address>")
+    async def account(address: str) -> Response:
+        return _json(api.account(_address(address)))
+
+    @app.get("/v1/accounts/<address>/history")
+    async def history(address: str) -> Response:
+        try:
+            limit = min(max(int(request.args.get("limit", "50")), 1), 500)
+        except ValueError as e:
+            raise Problem(400, "BAD_REQUEST", "limit must be an integer") from e
+        return _json({"address": address, "txs": api.history(_address(address), limit)})
+
+    @app.post("/v1/transactions")
+    async def submit_tx() -> Response:
+        raw = _hex_field(await _body(), "tx")
+        try:
+            tx = Transaction.decode(raw)
+            tx_hash = await api.submit_tx(tx)
+        except TxRejected as e:
+            details = {"reason": e.reason, **e.details}
+            raise Problem(REASON_STATUS.get(e.reason, 400), reason_code(e.reason), e.message, details) from e
+        return _json({"tx_hash": tx_hash.hex(), "status": "pending"}, 201)
+
+    @app.get("/v1/transactions/<tx_hash>")
+    async def tx_status(tx_hash: str) -> Response:
+        try:
+            found = api.tx_status(Hash32(bytes.fromhex(tx_hash)))
+        except ValueError as e:
+            raise Problem(400, "BAD_REQUEST", "transaction hash must be hex") from e
+        if found is None:
+            raise Problem(404, "NOT_FOUND", "no such transaction")
+        return _json(found)
+
+    @app.get("/v1/blocks/<int:height>")
+    async def block(height: int) -> Response:
+        found = api.block(height)
+        if found is None:
+            raise Problem(404, "NOT_FOUND", f"no block at height {height}")
+        return _json(found)
+
+    @app.post("/v1/jobs")
+    async def submit_job() -> Response:
+        doc = await _body()
+        raw = _hex_field(doc, "offer")
+        workload, params = doc.get("workload"), _no_floats(doc.get("params", {}))
+        if not isinstance(workload, str) or not isinstance(params, dict):
+            raise Problem(400, "BAD_REQUEST", "workload must be a string and params an object")
+        try:
+            job_id = await api.submit_job(JobOffer.decode(raw), workload, params)
+        except MarketError as e:
+            raise Problem(422, "BAD_OFFER", str(e)) from e
+        return _json({"job_id": job_id, "status": "bidding"}, 201)
+
+    @app.get("/v1/jobs/<job_id>")
+    async def job_status(job_id: str) -> Response:
+        found = api.job_status(JobId(job_id))
+        if found is None:
+            raise Problem(404, "NOT_FOUND", "no such job")
+        return _json(found)
+
+    @app.get("/v1/jobs/<job_id>/result")
+    async def job_result(job_id: str) -> Response:
+        found = api.job_result(JobId(job_id))
+        if found is None:
+            raise Problem(404, "NOT_FOUND", "no result for this job (yet)")
+        return _json(found)
+
+    @app.get("/v1/providers")
+    async def providers() -> Response:
+        return _json({"providers": api.providers()})
+
+    return app

@@ -1,0 +1,207 @@
+"""The SDK transport: an httpx client for a peer's local RPC, and the job flow on top.
+
+Keys never leave the caller: the client signs offers and transactions locally and
+sends only signed bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+import trio
+
+from aitbc_p2p.chain.models import Transaction, TxKind
+from aitbc_p2p.crypto import PrivateKey
+from aitbc_p2p.exceptions import MarketError, RpcError
+from aitbc_p2p.market import Bid, JobOffer, params_hash, select_bid
+from aitbc_p2p.rpc.server import TOKEN_FILE
+from aitbc_p2p.types import Address, JobId
+
+logger = logging.getLogger(__name__)
+
+TERMINAL_JOB_STATES = ("settled", "refunded", "failed")
+
+
+class RpcClient:
+    """``async with RpcClient(url, token=...) as rpc: await rpc.status()``."""
+
+    def __init__(self, url: str, *, token: str, timeout: float = 10.0, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=url.rstrip("/"),
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+            transport=transport,
+        )
+
+    @classmethod
+    def from_data_dir(cls, url: str, data_dir: Path, **kwargs: Any) -> RpcClient:
+        return cls(url, token=(Path(data_dir) / TOKEN_FILE).read_text().strip(), **kwargs)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _call(self, method: str, path: str, json: Any = None, *, idempotent: bool = True) -> Any:
+        headers = {"Idempotency-Key": str(uuid.uuid4())} if method == "POST" and idempotent else {}
+        try:
+            resp = await self._http.request(method, path, json=json, headers=headers)
+        except httpx.HTTPError as e:
+            raise RpcError(0, "UNREACHABLE", f"{method} {path}: {e}") from e
+        if resp.status_code >= 400:
+            try:
+                err = resp.json()["error"]
+                raise RpcError(resp.status_code, err["code"], err["message"], err.get("details"))
+            except (ValueError, KeyError, TypeError) as e:
+                raise RpcError(resp.status_code, "HTTP_ERROR", resp.text[:200]) from e
+        return resp.json()
+
+    async def health(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("GET", "/v1/health")
+        return result
+
+    async def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("GET", "/v1/status")
+        return result
+
+    async def supply(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("GET", "/v1/supply")
+        return result
+
+    async def account(self, address: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("GET", f"/v1/accounts/{address}")
+        return result
+
+    async def history(self, address: str, limit: int = 50) -> list[dict[str, Any]]:
+        result: dict[str, Any] = await self._call("GET", f"/v1/accounts/{address}/history?limit={limit}")
+        return list(result["txs"])
+
+    async def submit_tx(self, tx: Transaction) -> str:
+        result: dict[str, Any] = await self._call("POST", "/v1/transactions", {"tx": tx.encode().hex()})
+        return str(result["tx_hash"])
+
+    async def tx_status(self, tx_hash: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("GET", f"/v1/transactions/{tx_hash}")
+        return result
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("GET", f"/v1/jobs/{job_id}")
+        return result
+
+    async def job_result(self, job_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("GET", f"/v1/jobs/{job_id}/result")
+        return result
+
+    async def providers(self) -> list[dict[str, Any]]:
+        result: dict[str, Any] = await self._call("GET", "/v1/providers")
+        return list(result["providers"])
+
+    # ---------------------------------------------------------- signed flows
+    async def send(self, key: PrivateKey, kind: TxKind | str, payload: dict[str, Any], *, fee: int | None = None) -> str:
+        """Sign a transaction at the account's pending nonce and submit it; returns its hash."""
+        status = await self.status()
+        acct = await self.account(key.address)
+        tx = Transaction.create(
+            key,
+            chain_id=status["chain_id"],
+            kind=kind,
+            nonce=acct["pending_nonce"],
+            fee=status["min_fee"] if fee is None else fee,
+            payload=payload,
+        )
+        return await self.submit_tx(tx)
+
+    async def transfer(self, key: PrivateKey, to: Address, amount: int, *, fee: int | None = None) -> str:
+        return await self.send(key, TxKind.TRANSFER, {"to": to, "amount": amount}, fee=fee)
+
+    async def wait_tx(self, tx_hash: str, *, timeout: float = 30.0) -> dict[str, Any]:
+        with trio.fail_after(timeout):
+            while True:
+                found = await self.tx_status(tx_hash)
+                if found["status"] == "committed":
+                    return found
+                await trio.sleep(0.2)
+
+    async def submit_job(
+        self,
+        key: PrivateKey,
+        workload: str,
+        params: dict[str, Any],
+        *,
+        max_price: int,
+        max_runtime_s: int = 60,
+        bid_timeout: float = 15.0,
+        progress: Callable[[str], Awaitable[None] | None] | None = None,
+    ) -> JobId:
+        """Offer a job, choose a bid, open escrow for that provider; returns the job id.
+
+        Raises:
+            MarketError: no acceptable bid arrived within ``bid_timeout``.
+            RpcError: the node refused the offer or the escrow transaction.
+        """
+        status = await self.status()
+        offer = JobOffer.create(
+            key,
+            status["chain_id"],
+            workload=workload,
+            params_hash=params_hash(workload, params),
+            max_price=max_price,
+            max_runtime_s=max_runtime_s,
+            verification="none",
+            timestamp_ms=int(status["head_timestamp_ms"]),
+        )
+        posted = await self._call("POST", "/v1/jobs", {"offer": offer.encode().hex(), "workload": workload, "params": params})
+        job_id = JobId(posted["job_id"])
+        await _report(progress, f"offer {job_id[:16]} published; collecting bids")
+        bid: Bid | None = None
+        with trio.move_on_after(bid_timeout):
+            while True:
+                job = await self.job(job_id)
+                bids = [Bid.decode(bytes.fromhex(b["wire"])) for b in job.get("bids", [])]
+                if bids and job["phase"] != "bidding":
+                    bid = select_bid(offer, bids)
+                    break
+                await trio.sleep(0.2)
+        if bid is None:
+            raise MarketError(f"no acceptable bid for job {job_id} within {bid_timeout} s")
+        await _report(progress, f"chose provider {bid.signer} at {bid.body['price']} units; opening escrow")
+        deadline = int(status["height"]) + max(30, 4 * max_runtime_s)
+        payload = {"job_id": bytes.fromhex(job_id), "provider": bid.signer, "amount": bid.body["price"], "deadline": deadline}
+        await self.send(key, TxKind.JOB_OPEN, payload)
+        return job_id
+
+    async def wait_job(
+        self,
+        job_id: str,
+        *,
+        timeout: float = 120.0,
+        progress: Callable[[str], Awaitable[None] | None] | None = None,
+    ) -> dict[str, Any]:
+        """Poll until the job is settled, refunded or failed; returns its last status."""
+        last = ""
+        with trio.fail_after(timeout):
+            while True:
+                job = await self.job(job_id)
+                if job["status"] != last:
+                    last = job["status"]
+                    await _report(progress, f"job {job_id[:16]}: {last}")
+                if job["status"] in TERMINAL_JOB_STATES:
+                    return job
+                await trio.sleep(0.25)
+
+
+async def _report(progress: Callable[[str], Awaitable[None] | None] | None, text: str) -> None:
+    if progress is not None:
+        maybe = progress(text)
+        if maybe is not None:
+            await maybe
