@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
+	@# trio-typing (a dependency of libp2p) ships stubs for an old trio that shadow
+	@# trio's own inline types; mypy must see the real ones. The runtime module stays.
+	rm -rf $(VENV)/lib/python*/site-packages/trio-stubs
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -1,0 +1,91 @@
+"""aitbc_p2p: the peer of the AITBC decentralized GPU compute market.
+
+A peer keeps the chain in LevelDB, gossips transactions, blocks and job offers over
+libp2p, runs a pluggable consensus, may sell GPU compute, and serves a local RPC.
+
+The SDK in a few lines::
+
+    import trio
+    from aitbc_p2p import RpcClient, load_key_file, aitbc
+
+    async def main():
+        key = load_key_file("nodes/devnet/wallets/client.json", "devnet")
+        async with RpcClient("http://127.0.0.1:8006", token=open("rpc.token").read().strip()) as rpc:
+            job_id = await rpc.submit_job(key, "echo", {"message": "hi"}, max_price=aitbc(1))
+            print(await rpc.wait_job(job_id))
+
+    trio.run(main)
+
+Nothing happens at import time: no logging set-up, no I/O.
+"""
+
+from aitbc_p2p.chain import Block, BlockHeader, Genesis, Transaction, TxKind, genesis_from_json
+from aitbc_p2p.crypto import Domain, PrivateKey, load_key_file, save_key_file
+from aitbc_p2p.exceptions import (
+    AitbcError,
+    BadSignature,
+    CodecError,
+    ComputeError,
+    ConfigError,
+    ConsensusError,
+    CryptoError,
+    KeyFileError,
+    MarketError,
+    NetworkError,
+    RpcError,
+    StoreError,
+    TxRejected,
+    ValidationError,
+)
+from aitbc_p2p.market import Bid, CapabilityRecord, JobOffer, select_bid
+from aitbc_p2p.node import Node, NodeAPI, NodeConfig, ProviderConfig, open_node
+from aitbc_p2p.rpc import RpcClient, create_app, serve_rpc
+from aitbc_p2p.types import UNITS_PER_AITBC, Address, Hash32, JobId, aitbc, format_aitbc
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "UNITS_PER_AITBC",
+    "Address",
+    "AitbcError",
+    "BadSignature",
+    "Bid",
+    "Block",
+    "BlockHeader",
+    "CapabilityRecord",
+    "CodecError",
+    "ComputeError",
+    "ConfigError",
+    "ConsensusError",
+    "CryptoError",
+    "Domain",
+    "Genesis",
+    "Hash32",
+    "JobId",
+    "JobOffer",
+    "KeyFileError",
+    "MarketError",
+    "NetworkError",
+    "Node",
+    "NodeAPI",
+    "NodeConfig",
+    "PrivateKey",
+    "ProviderConfig",
+    "RpcClient",
+    "RpcError",
+    "StoreError",
+    "Transaction",
+    "TxKind",
+    "TxRejected",
+    "ValidationError",
+    "__version__",
+    "aitbc",
+    "create_app",
+    "format_aitbc",
+    "genesis_from_json",
+    "load_key_file",
+    "open_node",
+    "save_key_file",
+    "select_bid",
+    "serve_rpc",
+]

@@ -33,7 +33,7 @@ def aitbc(amount: int | str) -> int:
     """
     text = str(amount).strip()
     whole, _, frac = text.partition(".")
-    if not whole.lstrip("-").isdigit() and whole not in ("", "-") or (frac and not frac.isdigit()):
+    if (not whole.lstrip("-").isdigit() and whole not in ("", "-")) or (frac and not frac.isdigit()):
         raise ValueError(f"not an AITBC amount: {amount!r}")
     if len(frac) > 9:
         raise ValueError(f"more than 9 decimals: {amount!r}")

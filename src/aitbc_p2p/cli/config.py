@@ -17,7 +17,15 @@ from aitbc_p2p.node import NodeConfig, ProviderConfig
 
 KNOWN_TOP = {"data_dir", "key_file", "genesis", "listen", "bootstrap", "rpc", "provider", "node"}
 KNOWN_RPC = {"host", "port"}
-KNOWN_PROVIDER = {"miner_id", "price_per_s", "accel_mode", "max_concurrency", "max_runtime_s", "announce_interval_s", "benchmark"}
+KNOWN_PROVIDER = {
+    "miner_id",
+    "price_per_s",
+    "accel_mode",
+    "max_concurrency",
+    "max_runtime_s",
+    "announce_interval_s",
+    "benchmark",
+}
 KNOWN_NODE = {"max_block_txs", "bid_window_s", "peer_interval_s"}
 
 

@@ -108,11 +108,15 @@ def start(nodes_dir: Path, run_dir: Path) -> list[PeerProcess]:
         for addr in bootstrap:
             cmd += ["--bootstrap", addr]
         with log.open("wb") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         procs.append(PeerProcess(name, proc.pid, data_dir, log))
         bootstrap.append(f"/ip4/127.0.0.1/tcp/{port}/p2p/{peer_id_of(cfg.node.key)}")
     (run_dir / STATE_FILE).write_text(
-        json.dumps([{"name": p.name, "pid": p.pid, "data_dir": str(p.data_dir), "log": str(p.log)} for p in procs], indent=2)
+        json.dumps(
+            [{"name": p.name, "pid": p.pid, "data_dir": str(p.data_dir), "log": str(p.log)} for p in procs], indent=2
+        )
     )
     return procs
 
@@ -144,7 +148,9 @@ async def wait_ready(
                 progress(f"  {line}")
                 last = line
             if all(": height" in s for s in states):
-                parsed = [(int(s.split("height ")[1].split(",")[0]), int(s.split(", ")[1].split(" ")[0])) for s in states]
+                parsed = [
+                    (int(s.split("height ")[1].split(",")[0]), int(s.split(", ")[1].split(" ")[0])) for s in states
+                ]
                 if all(h >= min_height and n >= want_peers for h, n in parsed):
                     return
             await trio.sleep(0.3)
@@ -174,7 +180,10 @@ def _short_result(workload: str, output: Any) -> str:
     if not isinstance(output, dict):
         return str(output)[:80]
     if workload == "torch_bench":
-        return f"{output['gflops']} GFLOP/s on {output['device']} ({output['n']}x{output['n']} {output['dtype']}, {output['iters']} iters)"
+        return (
+            f"{output['gflops']} GFLOP/s on {output['device']} "
+            f"({output['n']}x{output['n']} {output['dtype']}, {output['iters']} iters)"
+        )
     return json.dumps(output)[:80]
 
 
@@ -204,9 +213,14 @@ async def run_demo(nodes_dir: Path, run_dir: Path, *, out: Callable[[str], None]
             provider = providers[0]
             workload = "torch_bench" if "torch_bench" in provider["workloads"] else "echo"
             params: dict[str, Any] = (
-                {"n": 256, "iters": 20, "seed": 42, "dtype": "float32"} if workload == "torch_bench" else {"message": "hello from the AITBC devnet"}
+                {"n": 256, "iters": 20, "seed": 42, "dtype": "float32"}
+                if workload == "torch_bench"
+                else {"message": "hello from the AITBC devnet"}
             )
-            say(f"provider {provider['miner_id']} ({provider['mode']}, {provider['device']}) offers {provider['workloads']}")
+            say(
+                f"provider {provider['miner_id']} ({provider['mode']}, {provider['device']}) "
+                f"offers {provider['workloads']}"
+            )
             before = {
                 "client": (await rpc.account(client.address))["balance"],
                 "provider": (await rpc.account(provider["provider"]))["balance"],
@@ -243,4 +257,3 @@ async def run_demo(nodes_dir: Path, run_dir: Path, *, out: Callable[[str], None]
         say("stopping peers ...")
         for line in stop(run_dir):
             say(f"  {line}")
-

@@ -47,7 +47,7 @@ def _wallet_path(args: argparse.Namespace) -> Path:
     if args.wallet:
         return Path(args.wallet)
     if args.devnet:
-        return args.nodes_dir / "wallets" / "client.json"
+        return Path(args.nodes_dir) / "wallets" / "client.json"
     return Path.home() / ".aitbc" / "wallets" / "default.json"
 
 
@@ -172,12 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--token-file", help="RPC token file (env AITBC_RPC_TOKEN_FILE)")
     parser.add_argument("--data-dir", help="peer data directory holding rpc.token")
     parser.add_argument("--wallet", help="wallet key file (default ~/.aitbc/wallets/default.json)")
-    parser.add_argument("--devnet", action="store_true", help="talk to peer1 of the local devnet with the client wallet")
+    parser.add_argument(
+        "--devnet", action="store_true", help="talk to peer1 of the local devnet with the client wallet"
+    )
     parser.add_argument("--nodes-dir", type=Path, default=DEFAULT_NODES, help="devnet configs (default nodes/devnet)")
     parser.add_argument("--run-dir", type=Path, default=DEFAULT_RUN, help="devnet run directory (default .devnet)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    wallet = sub.add_parser("wallet", help="keys, balance, payments").add_subparsers(dest="wallet_command", required=True)
+    wallet = sub.add_parser("wallet", help="keys, balance, payments").add_subparsers(
+        dest="wallet_command", required=True
+    )
     wallet.add_parser("new", help="create an encrypted wallet key file")
     wallet.add_parser("address", help="print the wallet's address")
     wallet.add_parser("balance", help="balance and nonce")
@@ -232,4 +236,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"aitbc: {e}", file=sys.stderr)
         return 1
     return 0
-

@@ -30,7 +30,11 @@ async def run_peer(cfg: PeerConfig) -> None:
     info_path.unlink(missing_ok=True)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_node(cfg.node) as node, trio.open_nursery() as nursery:
-            url = await nursery.start(lambda task_status: serve_rpc(node, token=token, host=cfg.rpc_host, port=cfg.rpc_port, task_status=task_status))
+            url = await nursery.start(
+                lambda task_status: serve_rpc(
+                    node, token=token, host=cfg.rpc_host, port=cfg.rpc_port, task_status=task_status
+                )
+            )
             info = {
                 "pid": os.getpid(),
                 "address": node.key.address,

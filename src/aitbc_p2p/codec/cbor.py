@@ -73,7 +73,7 @@ def decode(data: bytes, *, max_size: int = MAX_SIZE) -> Any:
         value = cbor2.loads(data, tag_hook=_reject_tag)
     except CodecError:
         raise
-    except Exception as e:  # noqa: BLE001 - cbor2 raises many types on garbage input
+    except Exception as e:
         raise CodecError(f"invalid CBOR: {e}") from e
     _check(value, 0)  # floats, undefined and other types are refused here
     if encode(value) != data:
@@ -83,4 +83,3 @@ def decode(data: bytes, *, max_size: int = MAX_SIZE) -> Any:
 
 def _reject_tag(decoder: Any, tag: Any) -> Any:
     raise CodecError(f"CBOR tag {tag.tag} not allowed")
-

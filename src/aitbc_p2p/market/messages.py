@@ -20,9 +20,10 @@ MAX_MESSAGE_SIZE = 64 * 1024
 
 
 def _field(body: Mapping[str, Any], name: str, kind: type, *, bound: int = MAX_AMOUNT) -> Any:
-    value = body.get(name)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+    raw = body.get(name)
+    if not isinstance(raw, kind) or (kind is int and isinstance(raw, bool)):
         raise MarketError(f"field {name!r} missing or of the wrong type")
+    value: Any = raw  # checked against ``kind`` above
     if kind is int and not 0 <= value <= bound:
         raise MarketError(f"field {name!r} out of range")
     if kind in (str, bytes, list) and len(value) > 4096:

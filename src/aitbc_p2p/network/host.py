@@ -106,7 +106,7 @@ class Libp2pNetwork:
         def check(_peer: ID, msg: Any) -> bool:
             try:
                 return bool(validator(bytes(msg.data)))
-            except Exception:  # noqa: BLE001 - a validator bug must not break the router
+            except Exception:
                 logger.exception("validator for %s raised", topic)
                 return False
 
@@ -193,7 +193,9 @@ async def open_libp2p_network(key: PrivateKey, listen: list[str]) -> AsyncIterat
     key_pair = create_new_key_pair(key.secret)
     host = new_host(
         key_pair=key_pair,
-        sec_opt={TProtocol(NOISE_PROTOCOL_ID): NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)},
+        sec_opt={
+            TProtocol(NOISE_PROTOCOL_ID): NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
+        },
         muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
     )
     gossipsub = GossipSub(
@@ -212,10 +214,14 @@ async def open_libp2p_network(key: PrivateKey, listen: list[str]) -> AsyncIterat
         addrs = [multiaddr.Multiaddr(a) for a in listen]
     except (ValueError, BaseLibp2pError) as e:
         raise NetworkError(f"bad listen address: {e}") from e
-    async with host.run(addrs), trio.open_nursery() as nursery:
-        async with background_trio_service(pubsub), background_trio_service(gossipsub):
-            await pubsub.wait_until_ready()
-            try:
-                yield Libp2pNetwork(host, pubsub, nursery)
-            finally:
-                nursery.cancel_scope.cancel()
+    async with (
+        host.run(addrs),
+        trio.open_nursery() as nursery,
+        background_trio_service(pubsub),
+        background_trio_service(gossipsub),
+    ):
+        await pubsub.wait_until_ready()
+        try:
+            yield Libp2pNetwork(host, pubsub, nursery)
+        finally:
+            nursery.cancel_scope.cancel()

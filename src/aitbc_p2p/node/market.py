@@ -107,7 +107,7 @@ class MarketService:
             raise MarketError(f"malformed job message: {e}") from e
         if not isinstance(envelope, dict) or len(envelope) != 1:
             raise MarketError("a job message is a map with one of offer, bid")
-        (kind, wire), = envelope.items()
+        ((kind, wire),) = envelope.items()
         msg: JobOffer | Bid
         if kind == "offer":
             msg = JobOffer.from_wire(wire)
@@ -298,7 +298,11 @@ class MarketService:
             return
         body = offer.body
         price = quote(cfg.price_per_s, body["max_runtime_s"])
-        if body["workload"] not in dev.workloads or body["max_runtime_s"] > cfg.max_runtime_s or price > body["max_price"]:
+        if (
+            body["workload"] not in dev.workloads
+            or body["max_runtime_s"] > cfg.max_runtime_s
+            or price > body["max_price"]
+        ):
             return
         self._offers_seen[offer.job_id] = offer
         while len(self._offers_seen) > MAX_OFFERS_SEEN:
@@ -336,18 +340,26 @@ class MarketService:
 
     async def _run_job(self, payload: JobPayload) -> JobResult:
         job_id = payload.job_id
-        fail = lambda why: JobResult(job_id, False, error=why)  # noqa: E731
+
+        def fail(why: str) -> JobResult:
+            return JobResult(job_id, False, error=why)
+
         offer = self._offers_seen.get(job_id)
         if self._provider is None or self._executor is None or offer is None:
             return fail("this provider holds no bid for that job")
-        if payload.workload != offer.body["workload"] or params_hash(payload.workload, payload.params) != offer.body["params_hash"]:
+        if (
+            payload.workload != offer.body["workload"]
+            or params_hash(payload.workload, payload.params) != offer.body["params_hash"]
+        ):
             return fail("payload does not match the offer")
         chain_id = _chain_job_id(job_id)
         escrow = await self._wait_escrow(chain_id) if chain_id else None
         if escrow is None or escrow.provider != self.node.key.address or escrow.status is not JobStatus.OPEN:
             return fail("no open escrow names this provider")
         run = await self._executor.run(
-            payload.workload, payload.params, max_runtime_s=min(offer.body["max_runtime_s"], self._provider.max_runtime_s)
+            payload.workload,
+            payload.params,
+            max_runtime_s=min(offer.body["max_runtime_s"], self._provider.max_runtime_s),
         )
         result = JobResult(job_id, run.ok, run.output, run.error, run.metrics)
         if not run.ok:

@@ -325,7 +325,9 @@ class Node:
                     await self.network.disconnect(peer)
                     continue
                 await self._exchange_status(peer)
-            ahead = [(h, p) for p, h in self._peer_heads.items() if h > self.store.head.height and p not in self._banned]
+            ahead = [
+                (h, p) for p, h in self._peer_heads.items() if h > self.store.head.height and p not in self._banned
+            ]
             if ahead:
                 target, peer = max(ahead)
                 try:
@@ -370,7 +372,10 @@ class Node:
         }
 
     def history(self, address: Address, limit: int) -> list[dict[str, Any]]:
-        return [{"height": loc.height, "index": loc.index, **tx_view(loc.tx)} for loc in self.store.history(address, limit=limit)]
+        return [
+            {"height": loc.height, "index": loc.index, **tx_view(loc.tx)}
+            for loc in self.store.history(address, limit=limit)
+        ]
 
     def tx_status(self, tx_hash: Hash32) -> dict[str, Any] | None:
         loc = self.store.find_tx(tx_hash)
@@ -448,7 +453,9 @@ async def open_node(config: NodeConfig, *, clock_ms: Callable[[], int] = wall_cl
             t = node._topics
             nursery.start_soon(node._on_tx, await network.subscribe(t["tx"], node._valid_tx))
             nursery.start_soon(node._on_block, await network.subscribe(t["block"], node._valid_block))
-            nursery.start_soon(node.market.on_job_topic, await network.subscribe(t["job"], node.market.valid_job_message))
+            nursery.start_soon(
+                node.market.on_job_topic, await network.subscribe(t["job"], node.market.valid_job_message)
+            )
             nursery.start_soon(
                 node.market.on_provider_topic, await network.subscribe(t["provider"], node.market.valid_capability)
             )
@@ -462,4 +469,3 @@ async def open_node(config: NodeConfig, *, clock_ms: Callable[[], int] = wall_cl
                 nursery.cancel_scope.cancel()
     finally:
         await trio.to_thread.run_sync(kv.close)
-

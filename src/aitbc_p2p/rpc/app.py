@@ -136,7 +136,7 @@ def create_app(api: NodeAPI, *, token: str, max_body: int = MAX_BODY) -> QuartTr
     async def remember(response: Response) -> Response:
         key = request.headers.get("Idempotency-Key")
         if request.method == "POST" and key and response.status_code < 500:
-            idempotent[(request.path, key)] = (response.status_code, await response.get_data())
+            idempotent[(request.path, key)] = (response.status_code, await response.get_data(as_text=False))
             while len(idempotent) > IDEMPOTENCY_CACHE:
                 idempotent.popitem(last=False)
         return response

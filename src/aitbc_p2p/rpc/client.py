@@ -31,7 +31,9 @@ TERMINAL_JOB_STATES = ("settled", "refunded", "failed")
 class RpcClient:
     """``async with RpcClient(url, token=...) as rpc: await rpc.status()``."""
 
-    def __init__(self, url: str, *, token: str, timeout: float = 10.0, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self, url: str, *, token: str, timeout: float = 10.0, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
         self._http = httpx.AsyncClient(
             base_url=url.rstrip("/"),
             headers={"Authorization": f"Bearer {token}"},
@@ -107,7 +109,9 @@ class RpcClient:
         return list(result["providers"])
 
     # ---------------------------------------------------------- signed flows
-    async def send(self, key: PrivateKey, kind: TxKind | str, payload: dict[str, Any], *, fee: int | None = None) -> str:
+    async def send(
+        self, key: PrivateKey, kind: TxKind | str, payload: dict[str, Any], *, fee: int | None = None
+    ) -> str:
         """Sign a transaction at the account's pending nonce and submit it; returns its hash."""
         status = await self.status()
         acct = await self.account(key.address)
@@ -160,7 +164,9 @@ class RpcClient:
             verification="none",
             timestamp_ms=int(status["head_timestamp_ms"]),
         )
-        posted = await self._call("POST", "/v1/jobs", {"offer": offer.encode().hex(), "workload": workload, "params": params})
+        posted = await self._call(
+            "POST", "/v1/jobs", {"offer": offer.encode().hex(), "workload": workload, "params": params}
+        )
         job_id = JobId(posted["job_id"])
         await _report(progress, f"offer {job_id[:16]} published; collecting bids")
         bid: Bid | None = None
@@ -176,7 +182,12 @@ class RpcClient:
             raise MarketError(f"no acceptable bid for job {job_id} within {bid_timeout} s")
         await _report(progress, f"chose provider {bid.signer} at {bid.body['price']} units; opening escrow")
         deadline = int(status["height"]) + max(30, 4 * max_runtime_s)
-        payload = {"job_id": bytes.fromhex(job_id), "provider": bid.signer, "amount": bid.body["price"], "deadline": deadline}
+        payload = {
+            "job_id": bytes.fromhex(job_id),
+            "provider": bid.signer,
+            "amount": bid.body["price"],
+            "deadline": deadline,
+        }
         await self.send(key, TxKind.JOB_OPEN, payload)
         return job_id
 

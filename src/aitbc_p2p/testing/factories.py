@@ -122,7 +122,11 @@ async def open_test_network(
     async with AsyncExitStack() as stack:
         nodes: list[Node] = []
         for i, key in enumerate(keys):
-            provider = ProviderConfig(miner_id=f"peer{i}", benchmark=False, announce_interval_s=1.0) if i in providers else None
+            provider = (
+                ProviderConfig(miner_id=f"peer{i}", benchmark=False, announce_interval_s=1.0)
+                if i in providers
+                else None
+            )
             cfg = NodeConfig(
                 key=key,
                 genesis=genesis,
@@ -134,7 +138,7 @@ async def open_test_network(
             )
             nodes.append(await stack.enter_async_context(open_node(cfg)))
         with trio.fail_after(20):
-            while any(len(node.network.connected_peers()) < n - 1 for node in nodes):
+            # libp2p has no "connected" event to wait on; poll its peer table.
+            while any(len(node.network.connected_peers()) < n - 1 for node in nodes):  # noqa: ASYNC110
                 await trio.sleep(0.05)
         yield nodes
-
