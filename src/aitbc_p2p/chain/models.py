@@ -152,6 +152,7 @@ class Transaction:
             "fee": fee,
             "payload": dict(payload),
         }
+        cls.from_wire({"body": unsigned, "sig": b""})  # bounds and shape before signing
         sig = key.sign(Domain.TX, chain_id, unsigned)
         return cls.from_wire({"body": unsigned, "sig": sig})
 

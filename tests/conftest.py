@@ -1,0 +1,46 @@
+"""Testing policy.
+
+* Pure code (codec, crypto, chain, consensus, mempool, market) is tested directly,
+  with hypothesis where inputs are open-ended.
+* Everything that claims a real part works uses the real part: libp2p hosts on
+  127.0.0.1 with port 0, LevelDB in ``tmp_path``, a real Hypercorn server answered
+  by httpx, and real ``aitbc-peer`` processes for the end-to-end devnet test.
+* Every I/O test runs under ``trio.fail_after``; tests wait for conditions, never
+  for fixed sleeps, and assert behaviour (state, balances, envelopes), not timing.
+* Timing lives in ``bench/``, never in tests.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from aitbc_p2p.testing import make_genesis, make_key
+
+
+@pytest.fixture(autouse=True)
+def _quiet_libp2p() -> Iterator[None]:
+    logging.getLogger("libp2p").setLevel(logging.WARNING)
+    yield
+
+
+@pytest.fixture
+def alice():
+    return make_key("alice")
+
+
+@pytest.fixture
+def bob():
+    return make_key("bob")
+
+
+@pytest.fixture
+def authority():
+    return make_key("authority")
+
+
+@pytest.fixture
+def genesis(alice, bob, authority):
+    return make_genesis([authority], {alice.address: 10**12, bob.address: 10**9})

@@ -1,0 +1,64 @@
+import cbor2
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from aitbc_p2p.codec import MAX_DEPTH, decode, encode
+from aitbc_p2p.exceptions import CodecError
+
+values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**64), 2**64 - 1) | st.binary(max_size=64) | st.text(max_size=32),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=5),
+    max_leaves=20,
+)
+
+
+@given(values)
+def test_roundtrip_is_canonical(value):
+    data = encode(value)
+    assert decode(data) == value
+    assert encode(decode(data)) == data
+
+
+def test_map_keys_sorted_canonically():
+    assert encode({"bb": 1, "a": 2}) == encode({"a": 2, "bb": 1})
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x18\x01",  # integer 1 in a non-minimal two-byte form
+        bytes.fromhex("a2616202616101"),  # map with keys out of canonical order
+        encode(1) + b"\x00",  # trailing bytes
+        b"\xfb\x3f\xf0\x00\x00\x00\x00\x00\x00",  # a float
+        cbor2.dumps(cbor2.CBORTag(42, b"x")),  # a tag
+        b"\x9f\x01\xff",  # indefinite-length array
+        b"",
+        b"\xff",
+        b"\xa1\x01\x02",  # non-text map key
+    ],
+)
+def test_rejects_non_canonical_or_disallowed(data):
+    with pytest.raises(CodecError):
+        decode(data)
+
+
+def test_rejects_oversized_input():
+    with pytest.raises(CodecError, match="exceeds"):
+        decode(encode(b"x" * 100), max_size=50)
+
+
+def test_rejects_deep_nesting():
+    deep: list = []
+    for _ in range(MAX_DEPTH + 2):
+        deep = [deep]
+    with pytest.raises(CodecError, match="deeper"):
+        encode(deep)
+    with pytest.raises(CodecError):
+        decode(cbor2.dumps(deep))
+
+
+@pytest.mark.parametrize("value", [1.5, {1: 2}, 2**64, -(2**64) - 1, object()])
+def test_encode_refuses_disallowed_values(value):
+    with pytest.raises(CodecError):
+        encode(value)

@@ -1,0 +1,89 @@
+import json
+
+import pytest
+from bech32m.codecs import Encoding, bech32_encode, convertbits
+
+from aitbc_p2p.crypto import Domain, PrivateKey, load_key_file, recover_address, save_key_file, signing_digest, verify
+from aitbc_p2p.crypto.keys import _SECP256K1_N, validate_address
+from aitbc_p2p.exceptions import BadSignature, CryptoError, KeyFileError
+
+
+def test_address_format(alice):
+    assert alice.address.startswith("aitbc1")
+    assert validate_address(alice.address) == alice.address
+
+
+def test_sign_and_recover(alice):
+    sig = alice.sign(Domain.TX, "ait-devnet", {"x": 1})
+    assert len(sig) == 65
+    verify(Domain.TX, "ait-devnet", {"x": 1}, sig, alice.address)
+
+
+def test_domain_separation(alice):
+    sig = alice.sign(Domain.TX, "ait-devnet", {"x": 1})
+    with pytest.raises(BadSignature):
+        verify(Domain.BID, "ait-devnet", {"x": 1}, sig, alice.address)
+
+
+def test_chain_separation(alice):
+    sig = alice.sign(Domain.TX, "ait-devnet", {"x": 1})
+    with pytest.raises(BadSignature):
+        verify(Domain.TX, "other-chain", {"x": 1}, sig, alice.address)
+
+
+def test_high_s_rejected(alice):
+    digest = signing_digest(Domain.TX, "ait-devnet", {"x": 1})
+    sig = alice.sign_digest(digest)
+    s = int.from_bytes(sig[32:64], "big")
+    high = sig[:32] + (_SECP256K1_N - s).to_bytes(32, "big") + bytes([sig[64] ^ 1])
+    with pytest.raises(BadSignature, match="low half"):
+        recover_address(digest, high)
+
+
+@pytest.mark.parametrize("sig", [b"", b"\x00" * 64, b"\x01" * 64 + b"\x05"])
+def test_malformed_signatures(sig):
+    with pytest.raises(BadSignature):
+        recover_address(b"\x00" * 32, sig)
+
+
+def test_rejects_bad_addresses(alice):
+    payload = bytes(convertbits(b"\x01" * 20, 8, 5))
+    bad = [
+        alice.address[:-1] + ("q" if alice.address[-1] != "q" else "p"),  # checksum
+        bech32_encode("aitbc", payload, Encoding.BECH32),  # bech32, not bech32m
+        bech32_encode("btc", payload, Encoding.BECH32M),  # wrong prefix
+        bech32_encode("aitbc", bytes(convertbits(b"\x01" * 19, 8, 5)), Encoding.BECH32M),  # wrong length
+        alice.address.upper(),
+        "",
+    ]
+    for text in bad:
+        with pytest.raises(CryptoError):
+            validate_address(text)
+
+
+def test_key_file_roundtrip(tmp_path, alice):
+    path = tmp_path / "w.json"
+    save_key_file(path, alice, "pw", scrypt_n=2**10)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert load_key_file(path, "pw").address == alice.address
+    with pytest.raises(KeyFileError, match="wrong password"):
+        load_key_file(path, "nope")
+    with pytest.raises(FileExistsError):
+        save_key_file(path, alice, "pw")
+
+
+def test_key_file_with_edited_address_fails(tmp_path, alice, bob):
+    path = tmp_path / "w.json"
+    save_key_file(path, alice, "pw", scrypt_n=2**10)
+    doc = json.loads(path.read_text())
+    doc["address"] = bob.address
+    path.write_text(json.dumps(doc))
+    with pytest.raises(KeyFileError):
+        load_key_file(path, "pw")
+
+
+def test_private_key_validation():
+    with pytest.raises(CryptoError):
+        PrivateKey(b"\x00" * 32)
+    with pytest.raises(CryptoError):
+        PrivateKey(b"\x01" * 31)
