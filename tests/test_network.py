@@ -1,0 +1,81 @@
+"""The libp2p adapter with real hosts on 127.0.0.1."""
+
+import multiaddr
+import pytest
+import trio
+from libp2p import new_host
+from libp2p.crypto.secp256k1 import create_new_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
+
+from aitbc_p2p.exceptions import NetworkError
+from aitbc_p2p.network import open_libp2p_network, peer_id_of
+from aitbc_p2p.network.protocols import topic
+from aitbc_p2p.testing import make_key
+
+LOCAL = ["/ip4/127.0.0.1/tcp/0"]
+
+
+async def test_request_response_and_gossip_validation():
+    with trio.fail_after(30):
+        async with open_libp2p_network(make_key("n1"), LOCAL) as n1, open_libp2p_network(make_key("n2"), LOCAL) as n2:
+            assert n1.peer_id == peer_id_of(make_key("n1"))
+
+            async def upper(peer, data):
+                assert peer == n1.peer_id
+                return data.upper()
+
+            n2.set_request_handler("/test/1", upper)
+            t = topic("ait-devnet", "tx")
+            inbox = await n1.subscribe(t, lambda data: not data.startswith(b"bad"))
+            await n2.subscribe(t, lambda data: not data.startswith(b"bad"))
+            assert await n1.connect(n2.listen_addrs()[0]) == n2.peer_id
+            assert await n1.request(n2.peer_id, "/test/1", b"ping") == b"PING"
+            # Gossip: keep publishing until the mesh forms; the invalid message never arrives.
+            while True:
+                await n2.publish(t, b"bad message")
+                await n2.publish(t, b"good message")
+                with trio.move_on_after(0.5):
+                    msg = await inbox.receive()
+                    break
+            assert msg.data == b"good message" and msg.origin == n2.peer_id
+
+
+async def test_oversized_frame_resets_the_stream():
+    with trio.fail_after(30):
+        async with open_libp2p_network(make_key("n1"), LOCAL) as n1, open_libp2p_network(make_key("n2"), LOCAL) as n2:
+            called = []
+
+            async def handler(peer, data):
+                called.append(data)
+                return b"ok"
+
+            n2.set_request_handler("/test/1", handler)
+            await n1.connect(n2.listen_addrs()[0])
+            stream = await n1._host.new_stream(n2._host.get_id(), [TProtocol("/test/1")])
+            await stream.write((256 << 20).to_bytes(4, "big"))  # claims 256 MiB
+            with pytest.raises(Exception):  # noqa: B017 - reset or EOF, depending on timing
+                data = await stream.read(4)
+                if not data:
+                    raise EOFError
+            assert called == []
+
+
+async def test_plaintext_only_peer_is_refused():
+    kp = create_new_key_pair(make_key("plain").secret)
+    plain = new_host(key_pair=kp, sec_opt={TProtocol(PLAINTEXT_PROTOCOL_ID): InsecureTransport(kp)})
+    with trio.fail_after(30):
+        async with open_libp2p_network(make_key("n1"), LOCAL) as n1, plain.run([multiaddr.Multiaddr(LOCAL[0])]):
+            with pytest.raises(Exception):  # noqa: B017 - libp2p raises its own negotiation errors
+                await plain.connect(info_from_p2p_addr(multiaddr.Multiaddr(n1.listen_addrs()[0])))
+            assert n1.connected_peers() == []
+
+
+async def test_connect_to_nowhere_is_a_network_error():
+    with trio.fail_after(30):
+        async with open_libp2p_network(make_key("n1"), LOCAL) as n1:
+            with pytest.raises(NetworkError):
+                await n1.connect(f"/ip4/127.0.0.1/tcp/1/p2p/{peer_id_of(make_key('x'))}")
+            with pytest.raises(NetworkError):
+                await n1.connect("not a multiaddr")

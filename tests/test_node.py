@@ -1,0 +1,130 @@
+"""Peers in this process over real libp2p on 127.0.0.1: blocks, sync, handshake, market."""
+
+import pytest
+import trio
+
+from aitbc_p2p.chain import Transaction
+from aitbc_p2p.chain.state import JobStatus
+from aitbc_p2p.market import JobOffer, params_hash, select_bid
+from aitbc_p2p.node import NodeConfig, open_node
+from aitbc_p2p.testing import make_genesis, make_key, make_tx, open_test_network
+from aitbc_p2p.types import Hash32, aitbc
+
+CLIENT = make_key("client")
+PROVIDER = make_key("peer2")
+ALLOC = {CLIENT.address: aitbc(10_000), PROVIDER.address: aitbc(1_000)}
+
+
+async def wait_for(predicate, timeout=30):
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.05)
+
+
+async def test_peers_agree_and_gossip_transactions(tmp_path):
+    async with open_test_network(3, alloc=ALLOC, data_root=tmp_path) as nodes:
+        tx = make_tx(CLIENT, to=make_key("dest").address, amount=12345)
+        await nodes[1].submit_tx(tx)
+        await wait_for(lambda: all(n.store.find_tx(tx.hash) for n in nodes))
+        target = max(n.store.head.height for n in nodes) + 1
+        await wait_for(lambda: all(n.store.head.height >= target for n in nodes))
+        hashes = {n.store.block(target).hash for n in nodes}
+        assert len(hashes) == 1
+        assert nodes[2].account(make_key("dest").address)["balance"] == 12345
+        proposers = {n.store.block(h).header.proposer for n in nodes for h in range(1, target + 1)}
+        assert len(proposers) == 3  # round robin
+
+
+async def test_late_peer_catches_up_by_sync(tmp_path):
+    async with open_test_network(2, alloc=ALLOC) as nodes:
+        await wait_for(lambda: nodes[0].store.head.height >= 6)
+        late = NodeConfig(
+            key=make_key("late"),
+            genesis=nodes[0].genesis,
+            data_dir=tmp_path / "late",
+            bootstrap=tuple(nodes[0].network.listen_addrs()),
+            peer_interval_s=0.2,
+        )
+        async with open_node(late) as node:
+            await wait_for(lambda: node.store.head.height >= 6)
+            h = node.store.head.height
+            assert node.store.block(h).hash == nodes[0].store.block(h).hash
+            assert node.store.block(1).hash == nodes[0].store.block(1).hash
+
+
+async def test_peer_with_another_genesis_is_disconnected():
+    async with open_test_network(1) as nodes:
+        stranger_key = make_key("stranger")
+        other = make_genesis([stranger_key], chain_id="not-ait-devnet")
+        cfg = NodeConfig(key=stranger_key, genesis=other, bootstrap=tuple(nodes[0].network.listen_addrs()), peer_interval_s=0.2)
+        async with open_node(cfg) as stranger:
+            await wait_for(lambda: nodes[0].network.peer_id in stranger._banned or stranger.network.peer_id in nodes[0]._banned)
+            await wait_for(lambda: stranger.network.peer_id not in nodes[0].network.connected_peers())
+            assert nodes[0].store.head.height >= 0 and stranger.store.head.height >= 0
+
+
+async def run_job(node, workload, params, *, max_price=aitbc(5)):
+    offer = JobOffer.create(
+        CLIENT, node.genesis.chain_id, workload=workload, params_hash=params_hash(workload, params),
+        max_price=max_price, max_runtime_s=30, verification="none", timestamp_ms=node.clock_ms(),
+    )  # fmt: skip
+    job_id = await node.submit_job(offer, workload, params)
+    await wait_for(lambda: node.job_status(job_id)["status"] == "bids_ready" and node.job_status(job_id)["bids"])
+    bid = select_bid(offer, list(node.market.client_jobs[job_id].bids.values()))
+    tx = Transaction.create(
+        CLIENT, chain_id=node.genesis.chain_id, kind="job_open",
+        nonce=node.mempool.pending_nonce(CLIENT.address, node.store.state), fee=node.genesis.min_fee,
+        payload={"job_id": bytes.fromhex(job_id), "provider": bid.signer, "amount": bid.body["price"], "deadline": node.store.head.height + 100},
+    )  # fmt: skip
+    await node.submit_tx(tx)
+    return job_id, bid
+
+
+async def test_job_flows_from_offer_to_settlement(tmp_path):
+    async with open_test_network(3, providers=[2], alloc=ALLOC, data_root=tmp_path) as nodes:
+        client_node = nodes[0]
+        await wait_for(lambda: PROVIDER.address in client_node.market.providers)
+        supply = client_node.supply()
+        job_id, bid = await run_job(client_node, "echo", {"message": "hello"})
+        assert bid.signer == PROVIDER.address
+        await wait_for(lambda: client_node.job_status(job_id)["status"] == "settled")
+        status = client_node.job_status(job_id)
+        result = client_node.job_result(job_id)
+        assert result["ok"] and result["output"] == {"message": "hello", "length": 5}
+        assert result["receipt_matches"]
+        escrow = client_node.store.state.job(Hash32(bytes.fromhex(job_id)))
+        assert escrow.status is JobStatus.SETTLED and 0 < escrow.cost <= escrow.amount == bid.body["price"]
+        assert status["receipt_id"] == escrow.receipt_tx.hex()
+        fee = client_node.genesis.min_fee
+        assert client_node.account(CLIENT.address)["balance"] == aitbc(10_000) - escrow.cost - fee
+        assert client_node.account(PROVIDER.address)["balance"] == aitbc(1_000) + escrow.cost - 2 * fee
+        after = client_node.supply()
+        assert after["total"] == supply["total"] == client_node.genesis.total_supply
+        assert after["burned"] == supply["burned"] + 3 * fee
+
+
+async def test_failed_job_pays_nothing():
+    async with open_test_network(2, providers=[1], alloc={CLIENT.address: aitbc(10_000), make_key("peer1").address: 0}) as nodes:
+        node = nodes[0]
+        await wait_for(lambda: node.market.providers)
+        job_id, _ = await run_job(node, "echo", {"message": 5})  # the provider refuses bad parameters
+        await wait_for(lambda: node.job_status(job_id)["status"] == "failed")
+        status = node.job_status(job_id)
+        assert "bad job" in status["error"] and status["receipt_id"] is None
+        assert status["escrow"]["status"] == "open"  # refundable by the client after the deadline
+        assert node.account(make_key("peer1").address)["balance"] == 0
+
+
+@pytest.mark.parametrize("max_price", [1])
+async def test_no_bid_above_max_price(max_price):
+    async with open_test_network(2, providers=[1], alloc=ALLOC) as nodes:
+        node = nodes[0]
+        await wait_for(lambda: node.market.providers)
+        params = {"message": "x"}
+        offer = JobOffer.create(
+            CLIENT, node.genesis.chain_id, workload="echo", params_hash=params_hash("echo", params),
+            max_price=max_price, max_runtime_s=30, verification="none", timestamp_ms=0,
+        )  # fmt: skip
+        job_id = await node.submit_job(offer, "echo", params)
+        await wait_for(lambda: node.job_status(job_id)["status"] == "bids_ready")
+        assert node.job_status(job_id)["bids"] == []

@@ -1,0 +1,70 @@
+"""One conformance suite that the memory twin and the LevelDB store both pass."""
+
+import pytest
+
+from aitbc_p2p.exceptions import StoreError
+from aitbc_p2p.store import ChainStore, LevelDBKV, MemoryKV
+from aitbc_p2p.testing import ChainBuilder, make_genesis, make_key, make_tx
+
+
+@pytest.fixture(params=["memory", "leveldb"])
+def make_kv(request, tmp_path):
+    if request.param == "memory":
+        kv = MemoryKV()
+        return lambda: kv
+    return lambda: LevelDBKV(tmp_path / "db")
+
+
+def test_kv_basics(make_kv):
+    kv = make_kv()
+    kv.write([(b"a:2", b"2"), (b"a:1", b"1"), (b"b:1", b"x")])
+    assert kv.get(b"a:1") == b"1" and kv.get(b"zz") is None
+    assert list(kv.iterate(b"a:")) == [(b"a:1", b"1"), (b"a:2", b"2")]
+    assert list(kv.iterate(b"a:", reverse=True)) == [(b"a:2", b"2"), (b"a:1", b"1")]
+    kv.write([(b"c", b"3")], [b"a:1"])
+    assert kv.get(b"a:1") is None and kv.get(b"c") == b"3"
+    kv.close()
+
+
+def test_chain_store_commits_blocks_state_and_indexes(make_kv, genesis, authority, alice, bob):
+    store = ChainStore(make_kv(), genesis)
+    assert store.head.height == 0
+    builder = ChainBuilder(genesis, [authority])
+    tx = make_tx(alice, to=bob.address, amount=7)
+    applied = builder.add_block([tx])
+    store.commit(applied)
+    assert store.head == applied.block.header
+    assert store.block(1) == applied.block
+    assert store.height_of(applied.block.hash) == 1
+    assert store.state.account(bob.address).balance == 10**9 + 7
+    assert store.find_tx(tx.hash).height == 1
+    assert [loc.tx.hash for loc in store.history(bob.address)] == [tx.hash]
+    assert [b.height for b in store.blocks(0, 10)] == [0, 1]
+    assert dict(store.state.leaves()) == dict(builder.state.leaves())
+
+
+def test_reopened_leveldb_resumes_at_last_block(tmp_path, genesis, authority, alice, bob):
+    builder = ChainBuilder(genesis, [authority])
+    store = ChainStore(LevelDBKV(tmp_path / "db"), genesis)
+    for i in range(3):
+        store.commit(builder.add_block([make_tx(alice, nonce=i, to=bob.address, amount=1)]))
+    head = store.head
+    store.close()
+    again = ChainStore(LevelDBKV(tmp_path / "db"), genesis)
+    assert again.head == head
+    assert again.state.account(alice.address).nonce == 3
+    again.close()
+
+
+def test_store_refuses_another_chain(tmp_path, genesis):
+    ChainStore(LevelDBKV(tmp_path / "db"), genesis).close()
+    other = make_genesis([make_key("x")], chain_id="elsewhere")
+    with pytest.raises(StoreError, match="another chain"):
+        ChainStore(LevelDBKV(tmp_path / "db"), other)
+
+
+def test_closed_store_raises(make_kv):
+    kv = make_kv()
+    kv.close()
+    with pytest.raises((StoreError, RuntimeError)):
+        kv.get(b"a")
