@@ -62,7 +62,12 @@ def test_stateless_checks(genesis, alice):
 
 @pytest.mark.parametrize(
     ("amount", "reason"),
-    [(0, "AmountOutOfRange"), (MAX_AMOUNT, "InsufficientFunds"), (MAX_AMOUNT + 1, "AmountOutOfRange"), (2**64, "AmountOutOfRange")],
+    [
+        (0, "AmountOutOfRange"),
+        (MAX_AMOUNT, "InsufficientFunds"),
+        (MAX_AMOUNT + 1, "AmountOutOfRange"),
+        (2**64, "AmountOutOfRange"),
+    ],
 )
 def test_amount_bounds(alice, amount, reason, chain):
     # 2**64 - 1 is representable (then too much); 2**64 and above are refused at parse.
@@ -102,7 +107,9 @@ def test_escrow_lifecycle_settles_exactly_once(chain, alice, bob):
     job = chain.state.job(Hash32(JOB))
     assert job.status is JobStatus.OPEN and job.amount == 10_000
     assert supply_of(chain.state, total)["escrowed"] == 10_000
-    receipt = make_tx(bob, TxKind.JOB_RECEIPT, job_id=JOB, result_hash=b"\x22" * 32, cost=4000, metrics={"compute_ms": 5})
+    receipt = make_tx(
+        bob, TxKind.JOB_RECEIPT, job_id=JOB, result_hash=b"\x22" * 32, cost=4000, metrics={"compute_ms": 5}
+    )
     chain.add_block([receipt])
     assert chain.state.job(Hash32(JOB)).status is JobStatus.RECEIPTED
     bob_before = chain.state.account(bob.address).balance
@@ -129,8 +136,12 @@ def test_escrow_rules(chain, alice, bob):
     rejected("AmountOutOfRange", apply_tx, Overlay(chain.state), make_tx(bob, TxKind.JOB_RECEIPT, **over), height=2)
     unknown = {**receipt, "job_id": b"\x33" * 32}
     rejected("UnknownJob", apply_tx, Overlay(chain.state), make_tx(bob, TxKind.JOB_RECEIPT, **unknown), height=2)
-    rejected("JobState", apply_tx, Overlay(chain.state), make_tx(alice, TxKind.JOB_SETTLE, nonce=2, job_id=JOB), height=3)
-    rejected("JobState", apply_tx, Overlay(chain.state), make_tx(alice, TxKind.JOB_REFUND, nonce=2, job_id=JOB), height=4)
+    rejected(
+        "JobState", apply_tx, Overlay(chain.state), make_tx(alice, TxKind.JOB_SETTLE, nonce=2, job_id=JOB), height=3
+    )
+    rejected(
+        "JobState", apply_tx, Overlay(chain.state), make_tx(alice, TxKind.JOB_REFUND, nonce=2, job_id=JOB), height=4
+    )
     rejected("JobState", apply_tx, Overlay(chain.state), make_tx(bob, TxKind.JOB_RECEIPT, **receipt), height=5)
 
 
@@ -165,7 +176,12 @@ def test_block_validation(chain, alice, bob, genesis):
             validate_block(bad, parent.block.header, parent.state, rules)
     # A correctly signed block whose state root lies.
     key = make_key("authority")
-    liar = Block(BlockHeader(**{**{k: getattr(block.header, k) for k in BlockHeader.__slots__}, "state_root": b"\x01" * 32}).signed(key), block.txs)
+    liar = Block(
+        BlockHeader(
+            **{**{k: getattr(block.header, k) for k in BlockHeader.__slots__}, "state_root": b"\x01" * 32}
+        ).signed(key),
+        block.txs,
+    )
     with pytest.raises(ValidationError, match="state_root"):
         validate_block(liar, parent.block.header, parent.state, rules)
 
@@ -173,7 +189,9 @@ def test_block_validation(chain, alice, bob, genesis):
 def test_build_block_drops_what_no_longer_applies(chain, alice, bob, genesis, authority):
     parent = chain.blocks[-1]
     txs = [make_tx(alice, nonce=0), make_tx(alice, nonce=0, amount=2), make_tx(bob, amount=10**10)]
-    applied, dropped = build_block(authority, parent.block.header, parent.state, txs, ChainRules.of(genesis), timestamp_ms=10, max_txs=10)
+    applied, dropped = build_block(
+        authority, parent.block.header, parent.state, txs, ChainRules.of(genesis), timestamp_ms=10, max_txs=10
+    )
     assert [tx.hash for tx in applied.block.txs] == [txs[0].hash]
     assert sorted(e.reason for _, e in dropped) == ["InsufficientFunds", "NonceTooLow"]
 

@@ -16,7 +16,12 @@ def header(height, proposer, ts):
 def test_poa_round_robin_and_timing():
     keys = [make_key(f"a{i}") for i in range(3)]
     engine = PoaEngine([k.address for k in keys], block_time_ms=1000)
-    assert [engine.proposer(h) for h in range(4)] == [keys[0].address, keys[1].address, keys[2].address, keys[0].address]
+    assert [engine.proposer(h) for h in range(4)] == [
+        keys[0].address,
+        keys[1].address,
+        keys[2].address,
+        keys[0].address,
+    ]
     parent = header(4, keys[1].address, 10_000)
     engine.validate_header(header(5, keys[2].address, 11_000), parent)
     with pytest.raises(ConsensusError, match="proposed by"):
@@ -76,7 +81,9 @@ def test_offer_bid_and_choice():
     assert JobOffer.decode(offer.encode()) == offer
 
     def bid(key, price, gflops=1):
-        return Bid.create(key, "ait-devnet", job_id=offer.job_id, peer_id="p", price=price, price_per_s=1, gflops=gflops)
+        return Bid.create(
+            key, "ait-devnet", job_id=offer.job_id, peer_id="p", price=price, price_per_s=1, gflops=gflops
+        )
 
     cheap, dear, too_dear = bid(p1, 50), bid(p2, 60, gflops=99), bid(p2, 101)
     assert select_bid(offer, [dear, cheap, too_dear]) == cheap

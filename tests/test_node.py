@@ -56,9 +56,13 @@ async def test_peer_with_another_genesis_is_disconnected():
     async with open_test_network(1) as nodes:
         stranger_key = make_key("stranger")
         other = make_genesis([stranger_key], chain_id="not-ait-devnet")
-        cfg = NodeConfig(key=stranger_key, genesis=other, bootstrap=tuple(nodes[0].network.listen_addrs()), peer_interval_s=0.2)
+        cfg = NodeConfig(
+            key=stranger_key, genesis=other, bootstrap=tuple(nodes[0].network.listen_addrs()), peer_interval_s=0.2
+        )
         async with open_node(cfg) as stranger:
-            await wait_for(lambda: nodes[0].network.peer_id in stranger._banned or stranger.network.peer_id in nodes[0]._banned)
+            await wait_for(
+                lambda: nodes[0].network.peer_id in stranger._banned or stranger.network.peer_id in nodes[0]._banned
+            )
             await wait_for(lambda: stranger.network.peer_id not in nodes[0].network.connected_peers())
             assert nodes[0].store.head.height >= 0 and stranger.store.head.height >= 0
 
@@ -104,7 +108,9 @@ async def test_job_flows_from_offer_to_settlement(tmp_path):
 
 
 async def test_failed_job_pays_nothing():
-    async with open_test_network(2, providers=[1], alloc={CLIENT.address: aitbc(10_000), make_key("peer1").address: 0}) as nodes:
+    async with open_test_network(
+        2, providers=[1], alloc={CLIENT.address: aitbc(10_000), make_key("peer1").address: 0}
+    ) as nodes:
         node = nodes[0]
         await wait_for(lambda: node.market.providers)
         job_id, _ = await run_job(node, "echo", {"message": 5})  # the provider refuses bad parameters

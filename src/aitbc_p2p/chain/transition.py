@@ -34,17 +34,6 @@ def check_stateless(tx: Transaction, rules: ChainRules) -> None:
     tx.verify_signature()
 
 
-def _debit(state: Overlay, address: Address, account: Account, amount: int) -> Account:
-    if account.balance < amount:
-        raise TxRejected(
-            "InsufficientFunds",
-            f"balance {account.balance} is below {amount}",
-            balance=account.balance,
-            needed=amount,
-        )
-    return Account(account.balance - amount, account.nonce)
-
-
 def _credit(state: Overlay, address: Address, amount: int) -> None:
     acct = state.account(address)
     if acct.balance + amount > MAX_AMOUNT:
@@ -72,12 +61,16 @@ def apply_tx(state: Overlay, tx: Transaction, *, height: int) -> None:
     if tx.nonce > sender.nonce:
         raise TxRejected("NonceTooHigh", f"nonce {tx.nonce} skips ahead", expected=sender.nonce)
     p = tx.payload
-    after = _debit(state, tx.sender, sender, tx.fee)
+    spend = tx.fee + (p["amount"] if tx.kind in (TxKind.TRANSFER, TxKind.JOB_OPEN) else 0)
+    if sender.balance < spend:
+        raise TxRejected(
+            "InsufficientFunds", f"balance {sender.balance} is below {spend}", balance=sender.balance, needed=spend
+        )
+    after = Account(sender.balance - spend, sender.nonce)
     credits: list[tuple[Address, int]] = []
     job_update: Job | None = None
 
     if tx.kind is TxKind.TRANSFER:
-        after = _debit(state, tx.sender, after, p["amount"])
         credits.append((Address(p["to"]), p["amount"]))
     elif tx.kind is TxKind.JOB_OPEN:
         job_id = Hash32(p["job_id"])
@@ -87,7 +80,6 @@ def apply_tx(state: Overlay, tx: Transaction, *, height: int) -> None:
             raise TxRejected("NotJobParty", "a client cannot hire itself")
         if p["deadline"] <= height:
             raise TxRejected("JobState", "deadline must be after the current height")
-        after = _debit(state, tx.sender, after, p["amount"])
         job_update = Job(job_id, tx.sender, Address(p["provider"]), p["amount"], p["deadline"], height)
     elif tx.kind is TxKind.JOB_RECEIPT:
         job = _job(state, tx)

@@ -41,6 +41,7 @@ class PeerProcess:
     pid: int
     data_dir: Path
     log: Path
+    cmd: tuple[str, ...] = ()
 
     def info(self) -> dict[str, Any]:
         loaded: dict[str, Any] = json.loads((self.data_dir / NODE_INFO).read_text())
@@ -85,7 +86,40 @@ def load_state(run_dir: Path) -> list[PeerProcess]:
     path = Path(run_dir) / STATE_FILE
     if not path.exists():
         return []
-    return [PeerProcess(p["name"], p["pid"], Path(p["data_dir"]), Path(p["log"])) for p in json.loads(path.read_text())]
+    return [
+        PeerProcess(p["name"], p["pid"], Path(p["data_dir"]), Path(p["log"]), tuple(p["cmd"]))
+        for p in json.loads(path.read_text())
+    ]
+
+
+def _save_state(run_dir: Path, procs: list[PeerProcess]) -> None:
+    doc = [
+        {"name": p.name, "pid": p.pid, "data_dir": str(p.data_dir), "log": str(p.log), "cmd": list(p.cmd)}
+        for p in procs
+    ]
+    (Path(run_dir) / STATE_FILE).write_text(json.dumps(doc, indent=2))
+
+
+def _spawn(cmd: tuple[str, ...], log: Path) -> int:
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    return proc.pid
+
+
+def restart_peer(run_dir: Path, name: str) -> PeerProcess:
+    """Start a stopped (or killed) devnet peer again on its data directory and ports."""
+    procs = load_state(run_dir)
+    for i, p in enumerate(procs):
+        if p.name == name:
+            if _alive(p.pid):
+                raise ConfigError(f"{name} is still running")
+            (p.data_dir / NODE_INFO).unlink(missing_ok=True)
+            procs[i] = PeerProcess(p.name, _spawn(p.cmd, p.log), p.data_dir, p.log, p.cmd)
+            _save_state(run_dir, procs)
+            return procs[i]
+    raise ConfigError(f"no devnet peer named {name}")
 
 
 def start(nodes_dir: Path, run_dir: Path) -> list[PeerProcess]:
@@ -107,17 +141,9 @@ def start(nodes_dir: Path, run_dir: Path) -> list[PeerProcess]:
         cmd += ["--rpc-port", "0", "--listen", f"/ip4/127.0.0.1/tcp/{port}"]
         for addr in bootstrap:
             cmd += ["--bootstrap", addr]
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-            )
-        procs.append(PeerProcess(name, proc.pid, data_dir, log))
+        procs.append(PeerProcess(name, _spawn(tuple(cmd), log), data_dir, log, tuple(cmd)))
         bootstrap.append(f"/ip4/127.0.0.1/tcp/{port}/p2p/{peer_id_of(cfg.node.key)}")
-    (run_dir / STATE_FILE).write_text(
-        json.dumps(
-            [{"name": p.name, "pid": p.pid, "data_dir": str(p.data_dir), "log": str(p.log)} for p in procs], indent=2
-        )
-    )
+    _save_state(run_dir, procs)
     return procs
 
 
