@@ -67,7 +67,8 @@ async def test_peer_with_another_genesis_is_disconnected():
             assert nodes[0].store.head.height >= 0 and stranger.store.head.height >= 0
 
 
-async def run_job(node, workload, params, *, max_price=aitbc(5)):
+async def run_job(node, workload, params, *, max_price=None):
+    max_price = aitbc(5) if max_price is None else max_price
     offer = JobOffer.create(
         CLIENT, node.genesis.chain_id, workload=workload, params_hash=params_hash(workload, params),
         max_price=max_price, max_runtime_s=30, verification="none", timestamp_ms=node.clock_ms(),
@@ -78,7 +79,10 @@ async def run_job(node, workload, params, *, max_price=aitbc(5)):
     tx = Transaction.create(
         CLIENT, chain_id=node.genesis.chain_id, kind="job_open",
         nonce=node.mempool.pending_nonce(CLIENT.address, node.store.state), fee=node.genesis.min_fee,
-        payload={"job_id": bytes.fromhex(job_id), "provider": bid.signer, "amount": bid.body["price"], "deadline": node.store.head.height + 100},
+        payload={
+            "job_id": bytes.fromhex(job_id), "provider": bid.signer,
+            "amount": bid.body["price"], "deadline": node.store.head.height + 100,
+        },
     )  # fmt: skip
     await node.submit_tx(tx)
     return job_id, bid

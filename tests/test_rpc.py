@@ -49,7 +49,7 @@ async def post_tx(http, tx):
 
 
 async def test_health_needs_no_token_but_everything_else_does(rpc):
-    node, http, url = rpc
+    node, _http, url = rpc
     async with httpx.AsyncClient(base_url=url) as anon:
         assert (await anon.get("/v1/health")).json() == {"status": "ok"}
         assert_envelope(await anon.get("/v1/status"), 401, "UNAUTHORIZED")
@@ -64,7 +64,7 @@ async def test_health_needs_no_token_but_everything_else_does(rpc):
 
 
 async def test_status_account_and_accepted_transaction(rpc):
-    node, http, url = rpc
+    _node, http, _url = rpc
     status = (await http.get("/v1/status")).json()
     assert status["chain_id"] == "ait-devnet" and status["consensus"] == "solo"
     tx = make_tx(CLIENT, to=DEST.address, amount=aitbc(1))
@@ -160,7 +160,7 @@ async def test_unknown_routes_and_jobs(rpc):
 
 
 async def test_idempotency_key_replays_the_first_answer(rpc):
-    node, http, _ = rpc
+    _node, http, _ = rpc
     tx = make_tx(CLIENT, to=DEST.address, amount=3)
     headers = {"Idempotency-Key": "k-1"}
     first = await http.post("/v1/transactions", json={"tx": tx.encode().hex()}, headers=headers)
@@ -170,7 +170,7 @@ async def test_idempotency_key_replays_the_first_answer(rpc):
 
 
 async def test_sdk_client_raises_rpc_errors(rpc):
-    node, _, url = rpc
+    _node, _, url = rpc
     async with RpcClient(url, token=TOKEN) as client:
         assert (await client.health())["status"] == "ok"
         tx_hash = await client.transfer(CLIENT, DEST.address, 7)
