@@ -11,7 +11,7 @@ The SDK in a few lines::
     async def main():
         key = load_key_file("nodes/devnet/wallets/client.json", "devnet")
         async with RpcClient("http://127.0.0.1:8006", token=open("rpc.token").read().strip()) as rpc:
-            job_id = await rpc.submit_job(key, "echo", {"message": "hi"}, max_price=aitbc(1))
+            job_id = await rpc.submit_job(key, "echo", {"message": "hi"}, max_price=aitbc(2))
             print(await rpc.wait_job(job_id))
 
     trio.run(main)
