@@ -24,7 +24,7 @@ from typing import Any
 import trio
 
 from aitbc_p2p.chain.blocks import build_block, validate_block
-from aitbc_p2p.chain.models import Block, Transaction
+from aitbc_p2p.chain.models import Block, BlockHeader, Transaction
 from aitbc_p2p.chain.state import ACCOUNT_PREFIX, JOB_PREFIX, Account, Job, JobStatus, StateView
 from aitbc_p2p.chain.transition import ChainRules, check_stateless
 from aitbc_p2p.codec import decode, encode
@@ -94,7 +94,7 @@ class Node:
 
     # ----------------------------------------------------------------- chain
     @property
-    def head(self) -> Any:
+    def head(self) -> BlockHeader:
         return self.store.head
 
     async def wait_head_change(self) -> None:
