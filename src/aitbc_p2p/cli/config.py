@@ -75,8 +75,13 @@ def load_peer_config(path: Path, **overrides: Any) -> PeerConfig:
         _unknown("[rpc]", rpc, KNOWN_RPC)
         provider = None
         if "provider" in doc:
-            _unknown("[provider]", doc["provider"], KNOWN_PROVIDER)
-            provider = ProviderConfig(**doc["provider"])
+            table = dict(doc["provider"])
+            _unknown("[provider]", table, KNOWN_PROVIDER)
+            models = table.pop("models", {})
+            if not isinstance(models, dict) or not all(isinstance(v, str) for v in models.values()):
+                raise ConfigError("[provider.models] maps model names to local directories")
+            resolved = {str(name): str((base / path).resolve()) for name, path in models.items()}
+            provider = ProviderConfig(**table, models=resolved)
         node_opts = doc.get("node", {})
         _unknown("[node]", node_opts, KNOWN_NODE)
         listen = tuple(overrides.get("listen") or doc.get("listen", ["/ip4/127.0.0.1/tcp/0"]))

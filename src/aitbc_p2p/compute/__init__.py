@@ -1,18 +1,34 @@
-"""L3 compute adapter: capability detection, workloads, executor. torch is optional."""
+"""L3 compute adapter: capability detection, workloads, and an executor of worker processes.
 
-from aitbc_p2p.compute.capability import ACCEL_MODES, DeviceInfo, detect
-from aitbc_p2p.compute.executor import Execution, Executor
-from aitbc_p2p.compute.workloads import WORKLOADS, Workload, available_workloads, get_workload, torch_available
+torch, transformers and the embedding model are optional extras, imported lazily and
+only inside worker processes; without them the package imports, reports CPU only and
+runs ``echo``.
+"""
+
+from aitbc_p2p.compute.capability import ACCEL_MODES, PEAK_TFLOPS, DeviceInfo, detect, peak_tflops
+from aitbc_p2p.compute.executor import Execution, Executor, open_executor
+from aitbc_p2p.compute.workloads import (
+    WORKLOADS,
+    RunContext,
+    Workload,
+    available_workloads,
+    get_workload,
+    torch_available,
+)
 
 __all__ = [
     "ACCEL_MODES",
+    "PEAK_TFLOPS",
     "WORKLOADS",
     "DeviceInfo",
     "Execution",
     "Executor",
+    "RunContext",
     "Workload",
     "available_workloads",
     "detect",
     "get_workload",
+    "open_executor",
+    "peak_tflops",
     "torch_available",
 ]

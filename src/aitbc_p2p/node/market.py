@@ -360,6 +360,7 @@ class MarketService:
             payload.workload,
             payload.params,
             max_runtime_s=min(offer.body["max_runtime_s"], self._provider.max_runtime_s),
+            max_ram_mb=self._provider.max_ram_mb,
         )
         result = JobResult(job_id, run.ok, run.output, run.error, run.metrics)
         if not run.ok:

@@ -17,8 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from functools import partial
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import trio
@@ -28,7 +27,7 @@ from aitbc_p2p.chain.models import Block, BlockHeader, Transaction
 from aitbc_p2p.chain.state import ACCOUNT_PREFIX, JOB_PREFIX, Account, Job, JobStatus, StateView
 from aitbc_p2p.chain.transition import ChainRules, check_stateless
 from aitbc_p2p.codec import decode, encode
-from aitbc_p2p.compute import Executor, detect
+from aitbc_p2p.compute import open_executor
 from aitbc_p2p.consensus import engine_for
 from aitbc_p2p.exceptions import (
     CodecError,
@@ -440,13 +439,25 @@ async def open_node(config: NodeConfig, *, clock_ms: Callable[[], int] = wall_cl
     kv = await trio.to_thread.run_sync(_open_kv, config)
     try:
         store = await trio.to_thread.run_sync(ChainStore, kv, config.genesis)
-        provider, device = config.provider, None
-        if provider is not None:
-            device = await trio.to_thread.run_sync(partial(detect, provider.accel_mode, benchmark=provider.benchmark))
-        async with open_libp2p_network(config.key, list(config.listen)) as network, trio.open_nursery() as nursery:
+        async with AsyncExitStack() as stack:
+            provider = config.provider
+            executor = None
+            if provider is not None:
+                executor = await stack.enter_async_context(
+                    open_executor(
+                        accel_mode=provider.accel_mode,
+                        slots=provider.max_concurrency,
+                        models=provider.models,
+                        ollama_url=provider.ollama_url,
+                        cache=config.data_dir / "compute-cache.json" if config.data_dir else None,
+                    )
+                )
+            network = await stack.enter_async_context(open_libp2p_network(config.key, list(config.listen)))
+            nursery = await stack.enter_async_context(trio.open_nursery())
             node = Node(config, store, network, nursery, clock_ms)
-            if provider is not None and device is not None:
-                node.market.enable_provider(provider, device, Executor(device.device, slots=provider.max_concurrency))
+            if provider is not None and executor is not None:
+                device = await executor.info(benchmark=provider.benchmark)
+                node.market.enable_provider(provider, device, executor)
             network.set_request_handler(STATUS_PROTOCOL, node._serve_status)
             network.set_request_handler(SYNC_PROTOCOL, node._serve_sync)
             network.set_request_handler(JOB_PROTOCOL, node.market.serve_job)
