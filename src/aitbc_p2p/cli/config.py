@@ -81,6 +81,7 @@ def load_peer_config(path: Path, **overrides: Any) -> PeerConfig:
             if not isinstance(models, dict) or not all(isinstance(v, str) for v in models.values()):
                 raise ConfigError("[provider.models] maps model names to local directories")
             resolved = {str(name): str((base / path).resolve()) for name, path in models.items()}
+            resolved.update({name: str(Path(path).resolve()) for name, path in (overrides.get("models") or {}).items()})
             provider = ProviderConfig(**table, models=resolved)
         node_opts = doc.get("node", {})
         _unknown("[node]", node_opts, KNOWN_NODE)

@@ -122,12 +122,23 @@ def restart_peer(run_dir: Path, name: str) -> PeerProcess:
     raise ConfigError(f"no devnet peer named {name}")
 
 
-def start(nodes_dir: Path, run_dir: Path) -> list[PeerProcess]:
-    """Start a fresh devnet in ``run_dir`` (its old contents are removed)."""
+def start(nodes_dir: Path, run_dir: Path, *, tiny_llm: bool = False) -> list[PeerProcess]:
+    """Start a fresh devnet in ``run_dir`` (its old contents are removed).
+
+    With ``tiny_llm`` (needs the ``llm`` extra), a tiny causal LM is built in the run
+    directory and every provider offers it to ``llm_gen`` as the model ``tiny``.
+    """
     if any(_alive(p.pid) for p in load_state(run_dir)):
         raise ConfigError(f"a devnet is already running in {run_dir}; run 'aitbc devnet down' first")
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
+    model_args: list[str] = []
+    if tiny_llm:
+        try:
+            from aitbc_p2p.testing.models import build_tiny_causal_lm
+        except ImportError as e:
+            raise ConfigError("--tiny-llm needs the llm extra: pip install 'aitbc-p2p[llm]'") from e
+        model_args = ["--model", f"tiny={build_tiny_causal_lm(run_dir / 'models' / 'tiny').resolve()}"]
     procs: list[PeerProcess] = []
     bootstrap: list[str] = []
     for config in peer_configs(nodes_dir):
@@ -141,6 +152,8 @@ def start(nodes_dir: Path, run_dir: Path) -> list[PeerProcess]:
         cmd += ["--rpc-port", "0", "--listen", f"/ip4/127.0.0.1/tcp/{port}"]
         for addr in bootstrap:
             cmd += ["--bootstrap", addr]
+        if cfg.node.provider is not None:
+            cmd += model_args
         procs.append(PeerProcess(name, _spawn(tuple(cmd), log), data_dir, log, tuple(cmd)))
         bootstrap.append(f"/ip4/127.0.0.1/tcp/{port}/p2p/{peer_id_of(cfg.node.key)}")
     _save_state(run_dir, procs)
@@ -210,11 +223,34 @@ def _short_result(workload: str, output: Any) -> str:
             f"{output['gflops']} GFLOP/s on {output['device']} "
             f"({output['n']}x{output['n']} {output['dtype']}, {output['iters']} iters)"
         )
+    if workload == "llm_gen":
+        rate = f"{output['tokens']} tokens, first after {output['ttft_ms']} ms, {output['tokens_per_s']} tokens/s"
+        return f"{rate}: {output['text'][:60]!r}"
+    if workload == "embed":
+        return f"{output['count']} x {output['dim']} {output['dtype']} vectors, {output['texts_per_s']} texts/s"
     return json.dumps(output)[:80]
 
 
-async def run_demo(nodes_dir: Path, run_dir: Path, *, out: Callable[[str], None] = print) -> dict[str, Any]:
-    """Start the devnet, run one job end to end, print the outcome, stop the devnet."""
+DEMO_PARAMS: dict[str, dict[str, Any]] = {
+    "torch_bench": {"n": 256, "iters": 20, "seed": 42, "dtype": "float32"},
+    "echo": {"message": "hello from the AITBC devnet"},
+    "embed": {"texts": ["a GPU market for AI agents", "providers sell compute for tokens"]},
+    "llm_gen": {"prompt": "What is machine learning?", "max_tokens": 32, "model": "tiny"},
+}
+
+
+async def run_demo(
+    nodes_dir: Path,
+    run_dir: Path,
+    *,
+    workload: str | None = None,
+    prompt: str | None = None,
+    out: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Start the devnet, run one job end to end, print the outcome, stop the devnet.
+
+    ``workload`` defaults to torch_bench where the provider offers it, else echo.
+    """
     from rich.console import Console
     from rich.table import Table
 
@@ -225,7 +261,9 @@ async def run_demo(nodes_dir: Path, run_dir: Path, *, out: Callable[[str], None]
         out(f"[{time.monotonic() - started:5.1f}s] {text}")
 
     say(f"starting {len(peer_configs(nodes_dir))} aitbc-peer processes on 127.0.0.1 ...")
-    procs = start(nodes_dir, run_dir)
+    if workload == "llm_gen":
+        say("building a tiny causal LM for llm_gen (model 'tiny') ...")
+    procs = start(nodes_dir, run_dir, tiny_llm=workload == "llm_gen")
     try:
         await wait_ready(procs, progress=say)
         say("devnet connected and producing blocks")
@@ -237,12 +275,13 @@ async def run_demo(nodes_dir: Path, run_dir: Path, *, out: Callable[[str], None]
                     providers = await rpc.providers()
                     await trio.sleep(0.3)
             provider = providers[0]
-            workload = "torch_bench" if "torch_bench" in provider["workloads"] else "echo"
-            params: dict[str, Any] = (
-                {"n": 256, "iters": 20, "seed": 42, "dtype": "float32"}
-                if workload == "torch_bench"
-                else {"message": "hello from the AITBC devnet"}
-            )
+            if workload is None:
+                workload = "torch_bench" if "torch_bench" in provider["workloads"] else "echo"
+            if workload not in provider["workloads"]:
+                raise ConfigError(f"the provider does not offer {workload} (it offers {provider['workloads']})")
+            params = dict(DEMO_PARAMS.get(workload, {}))
+            if prompt is not None:
+                params["prompt" if workload == "llm_gen" else "message"] = prompt
             say(
                 f"provider {provider['miner_id']} ({provider['mode']}, {provider['device']}) "
                 f"offers {provider['workloads']}"

@@ -13,6 +13,7 @@ import getpass
 import json
 import os
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +154,7 @@ async def _chain_cmd(args: argparse.Namespace) -> None:
 
 def _devnet_cmd(args: argparse.Namespace) -> None:
     if args.devnet_command == "up":
-        procs = devnet.start(args.nodes_dir, args.run_dir)
+        procs = devnet.start(args.nodes_dir, args.run_dir, tiny_llm=args.tiny_llm)
         trio.run(lambda: devnet.wait_ready(procs))
         for p in procs:
             info = p.info()
@@ -163,7 +164,7 @@ def _devnet_cmd(args: argparse.Namespace) -> None:
         for line in devnet.stop(args.run_dir) or ["no devnet running"]:
             print(line)
     elif args.devnet_command == "demo":
-        trio.run(devnet.run_demo, args.nodes_dir, args.run_dir)
+        trio.run(partial(devnet.run_demo, args.nodes_dir, args.run_dir, workload=args.workload, prompt=args.prompt))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -210,9 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     chain.add_parser("providers")
 
     dev = sub.add_parser("devnet", help="local 3-peer devnet").add_subparsers(dest="devnet_command", required=True)
-    dev.add_parser("up", help="start the peers in the background")
+    up = dev.add_parser("up", help="start the peers in the background")
+    up.add_argument("--tiny-llm", action="store_true", help="build a tiny LM so the provider offers llm_gen")
     dev.add_parser("down", help="stop them")
-    dev.add_parser("demo", help="start, run one job end to end, print the outcome, stop")
+    demo = dev.add_parser("demo", help="start, run one job end to end, print the outcome, stop")
+    demo.add_argument("--workload", help="echo | torch_bench | embed | llm_gen (default: torch_bench if offered)")
+    demo.add_argument("--prompt", help="llm_gen's prompt (or echo's message)")
     return parser
 
 

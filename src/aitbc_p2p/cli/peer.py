@@ -64,13 +64,19 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--rpc-port", type=int, help="override [rpc] port (0 picks a free port)")
     run.add_argument("--listen", action="append", help="override listen multiaddrs")
     run.add_argument("--bootstrap", action="append", help="override bootstrap multiaddrs")
+    run.add_argument("--model", action="append", help="add an llm_gen model NAME=PATH to [provider.models]")
     run.add_argument("--log-level", default=os.environ.get("AITBC_LOG", "INFO"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("libp2p").setLevel(logging.WARNING)
     try:
         cfg = load_peer_config(
-            args.config, data_dir=args.data_dir, rpc_port=args.rpc_port, listen=args.listen, bootstrap=args.bootstrap
+            args.config,
+            data_dir=args.data_dir,
+            rpc_port=args.rpc_port,
+            listen=args.listen,
+            bootstrap=args.bootstrap,
+            models=dict(m.split("=", 1) for m in args.model or []),
         )
         trio.run(run_peer, cfg)
     except AitbcError as e:
