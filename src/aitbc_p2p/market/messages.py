@@ -113,6 +113,8 @@ class CapabilityRecord(Signed):
         "workloads": list,
         "limits": dict,  # vram_mb, ram_mb, max_runtime_s
         "gflops": int,  # measured fp32 matmul throughput, GFLOP/s (integers on the wire)
+        "gflops_by_dtype": dict,  # measured GFLOP/s per dtype the device supports
+        "versions": dict,  # torch, cuda, driver
         "price_per_s": int,  # base units per second of compute
         "timestamp_ms": int,
     }

@@ -87,6 +87,7 @@ class MarketService:
             "mode": self._device.mode,
             "device": self._device.name,
             "gflops": self._device.gflops,
+            "gflops_by_dtype": dict(self._device.gflops_by_dtype),
             "workloads": list(self._device.workloads),
             "price_per_s": self._provider.price_per_s,
             **self._executor.statistics(),
@@ -277,6 +278,8 @@ class MarketService:
             workloads=list(dev.workloads),
             limits={"vram_mb": dev.vram_mb, "ram_mb": dev.ram_mb, "max_runtime_s": cfg.max_runtime_s},
             gflops=dev.gflops,
+            gflops_by_dtype=dict(dev.gflops_by_dtype),
+            versions={"torch": dev.torch_version, "cuda": dev.cuda_version, "driver": dev.driver_version},
             price_per_s=cfg.price_per_s,
             timestamp_ms=self.node.clock_ms(),
         )
