@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 
 from aitbc_p2p.chain.models import Block, BlockHeader, Genesis, Transaction, tx_root
@@ -47,10 +47,12 @@ def build_block(
     *,
     timestamp_ms: int,
     max_txs: int,
+    verified: Container[Hash32] = frozenset(),
 ) -> tuple[AppliedBlock, list[tuple[Transaction, TxRejected]]]:
     """Build and sign the next block from candidate transactions, in order.
 
     Candidates that no longer apply are left out and returned with their reason.
+    Signatures of candidates whose hash is in ``verified`` are not checked again.
     """
     height = parent.height + 1
     state = Overlay(view)
@@ -60,7 +62,7 @@ def build_block(
         if len(included) >= max_txs:
             break
         try:
-            check_stateless(tx, rules)
+            check_stateless(tx, rules, verified=tx.hash in verified)
             apply_tx(state, tx, height=height)
         except TxRejected as e:
             dropped.append((tx, e))
@@ -78,10 +80,18 @@ def build_block(
     return AppliedBlock(Block(header, tuple(included)), state), dropped
 
 
-def validate_block(block: Block, parent: BlockHeader, view: StateView, rules: ChainRules) -> AppliedBlock:
+def validate_block(
+    block: Block,
+    parent: BlockHeader,
+    view: StateView,
+    rules: ChainRules,
+    *,
+    verified: Container[Hash32] = frozenset(),
+) -> AppliedBlock:
     """Check a block against its parent and the parent's state; return its state changes.
 
     Consensus rules (who may propose, timing) are checked by the engine, not here.
+    Signatures of transactions whose hash is in ``verified`` are not checked again.
 
     Raises:
         ValidationError: any structural, signature, transaction or commitment failure.
@@ -97,7 +107,7 @@ def validate_block(block: Block, parent: BlockHeader, view: StateView, rules: Ch
     if tx_root(block.txs) != h.tx_root:
         raise ValidationError("tx_root does not match the transactions")
     try:
-        state = apply_txs(view, block.txs, rules, height=h.height)
+        state = apply_txs(view, block.txs, rules, height=h.height, verified=verified)
     except TxRejected as e:
         raise ValidationError(f"block {h.height} holds an invalid transaction: {e}") from e
     root: Hash32 = state_root(state.leaves())

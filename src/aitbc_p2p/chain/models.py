@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aitbc_p2p.chain.merkle import merkle_root
-from aitbc_p2p.codec import decode, encode
+from aitbc_p2p.codec import decode, encode, head
 from aitbc_p2p.crypto import Domain, PrivateKey, recover_address, sha256, signing_digest
 from aitbc_p2p.crypto.keys import validate_address
 from aitbc_p2p.exceptions import BadSignature, CodecError, CryptoError, TxRejected, ValidationError
@@ -115,6 +115,8 @@ class Transaction:
     payload: Mapping[str, Any]
     signature: bytes = b""
     hash: Hash32 = field(default=ZERO_HASH, compare=False)
+    raw: bytes = field(default=b"", compare=False, repr=False)
+    """The canonical encoding (set by ``from_wire``), so it is never encoded twice."""
 
     def body(self) -> dict[str, Any]:
         return {
@@ -130,7 +132,7 @@ class Transaction:
         return {"body": self.body(), "sig": self.signature}
 
     def encode(self) -> bytes:
-        return encode(self.to_wire())
+        return self.raw or encode(self.to_wire())
 
     @classmethod
     def create(
@@ -157,8 +159,11 @@ class Transaction:
         return cls.from_wire({"body": unsigned, "sig": sig})
 
     @classmethod
-    def from_wire(cls, obj: Any) -> Transaction:
-        """Parse the wire form. Checks shape and bounds, not the signature."""
+    def from_wire(cls, obj: Any, *, raw: bytes | None = None) -> Transaction:
+        """Parse the wire form. Checks shape and bounds, not the signature.
+
+        ``raw``: the canonical bytes ``obj`` was decoded from, if any (saves re-encoding).
+        """
         if not isinstance(obj, dict):
             raise _malformed("transaction must be a map")
         _exact_keys(obj, {"body", "sig"}, "transaction")
@@ -181,20 +186,23 @@ class Transaction:
             payload=payload,
             signature=sig,
         )
-        object.__setattr__(tx, "hash", sha256(encode(obj)))
+        data = raw if raw is not None else encode(obj)
+        object.__setattr__(tx, "raw", data)
+        object.__setattr__(tx, "hash", sha256(data))
         return tx
 
     @classmethod
     def decode(cls, data: bytes) -> Transaction:
         try:
-            return cls.from_wire(decode(data))
+            return cls.from_wire(decode(data), raw=bytes(data))
         except CodecError as e:
             raise _malformed(str(e)) from e
 
     def verify_signature(self) -> None:
         """Raise TxRejected('BadSignature') unless ``sender`` signed this body."""
         try:
-            signer = recover_address(signing_digest(Domain.TX, self.chain_id, self.body()), self.signature)
+            digest = signing_digest(Domain.TX, self.chain_id, self.body(), checked=True)  # checked by from_wire
+            signer = recover_address(digest, self.signature)
         except BadSignature as e:
             raise TxRejected("BadSignature", str(e)) from e
         if signer != self.sender:
@@ -277,6 +285,7 @@ class BlockHeader:
 class Block:
     header: BlockHeader
     txs: tuple[Transaction, ...] = ()
+    _raw: bytes = field(default=b"", compare=False, repr=False)
 
     @property
     def hash(self) -> Hash32:
@@ -294,7 +303,23 @@ class Block:
         }
 
     def encode(self) -> bytes:
-        return encode(self.to_wire())
+        """Canonical CBOR, assembled around the transactions' own encodings and cached.
+
+        Canonical map order is by encoded key: "sig", "txs" (3 bytes), then "header".
+        """
+        if not self._raw:
+            parts = [
+                head(5, 3),
+                encode("sig"),
+                encode(self.header.signature),
+                encode("txs"),
+                head(4, len(self.txs)),
+                *(tx.encode() for tx in self.txs),
+                encode("header"),
+                encode(self.header.body()),
+            ]
+            object.__setattr__(self, "_raw", b"".join(parts))
+        return self._raw
 
     @classmethod
     def from_wire(cls, obj: Any) -> Block:
@@ -304,7 +329,8 @@ class Block:
         if not isinstance(txs, list) or len(txs) > MAX_TXS_PER_BLOCK:
             raise ValidationError(f"block txs must be a list of at most {MAX_TXS_PER_BLOCK}")
         try:
-            parsed = tuple(Transaction.from_wire(t) for t in txs)
+            # The block was type-checked as a whole when decoded; hash each tx without re-walking it.
+            parsed = tuple(Transaction.from_wire(t, raw=encode(t, check=False)) for t in txs)
         except TxRejected as e:
             raise ValidationError(f"block holds a malformed transaction: {e}") from e
         return cls(BlockHeader.from_wire(obj["header"], obj["sig"]), parsed)
@@ -312,7 +338,9 @@ class Block:
     @classmethod
     def decode(cls, data: bytes, *, max_size: int = 8 << 20) -> Block:
         try:
-            return cls.from_wire(decode(data, max_size=max_size))
+            block = cls.from_wire(decode(data, max_size=max_size))
+            object.__setattr__(block, "_raw", bytes(data))
+            return block
         except CodecError as e:
             raise ValidationError(f"malformed block: {e}") from e
 

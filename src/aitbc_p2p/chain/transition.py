@@ -6,7 +6,7 @@ refused transaction changes nothing. Rules: specs/transactions.md.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 
 from aitbc_p2p.chain.models import Genesis, Transaction, TxKind
@@ -25,13 +25,17 @@ class ChainRules:
         return cls(genesis.chain_id, genesis.min_fee)
 
 
-def check_stateless(tx: Transaction, rules: ChainRules) -> None:
-    """Checks that need no state: chain id, fee floor, signature."""
+def check_stateless(tx: Transaction, rules: ChainRules, *, verified: bool = False) -> None:
+    """Checks that need no state: chain id, fee floor, signature.
+
+    ``verified``: the signature of this exact transaction (same hash) was already checked.
+    """
     if tx.chain_id != rules.chain_id:
         raise TxRejected("WrongChain", f"transaction is for chain {tx.chain_id!r}", expected=rules.chain_id)
     if tx.fee < rules.min_fee:
         raise TxRejected("Underpriced", f"fee {tx.fee} is below the minimum {rules.min_fee}", min_fee=rules.min_fee)
-    tx.verify_signature()
+    if not verified:
+        tx.verify_signature()
 
 
 def _credit(state: Overlay, address: Address, amount: int) -> None:
@@ -123,11 +127,21 @@ def apply_tx(state: Overlay, tx: Transaction, *, height: int) -> None:
     state.set_burned(state.burned() + tx.fee)
 
 
-def apply_txs(base: StateView, txs: Sequence[Transaction], rules: ChainRules, *, height: int) -> Overlay:
-    """Apply a block's transactions in order; the first refusal rejects them all."""
+def apply_txs(
+    base: StateView,
+    txs: Sequence[Transaction],
+    rules: ChainRules,
+    *,
+    height: int,
+    verified: Container[Hash32] = frozenset(),
+) -> Overlay:
+    """Apply a block's transactions in order; the first refusal rejects them all.
+
+    Signatures of transactions whose hash is in ``verified`` are not checked again.
+    """
     state = Overlay(base)
     for index, tx in enumerate(txs):
-        check_stateless(tx, rules)
+        check_stateless(tx, rules, verified=tx.hash in verified)
         try:
             apply_tx(state, tx, height=height)
         except TxRejected as e:

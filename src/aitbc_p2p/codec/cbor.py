@@ -41,18 +41,35 @@ def _check(value: Any, depth: int) -> None:
     raise CodecError(f"type not allowed in consensus objects: {type(value).__name__}")
 
 
-def encode(value: Any) -> bytes:
+def encode(value: Any, *, check: bool = True) -> bytes:
     """Encode ``value`` canonically.
+
+    ``check=False`` skips the type walk, for values built from already-checked data on
+    hot paths (hashing and signing what was just decoded); never for outside input.
 
     Raises:
         CodecError: the value holds a float, a tag-producing type, a non-text map key,
             an integer beyond 64 bits, or nests deeper than :data:`MAX_DEPTH`.
     """
-    _check(value, 0)
+    if check:
+        _check(value, 0)
     try:
         return cbor2.dumps(value, canonical=True)
     except (cbor2.CBOREncodeError, TypeError, ValueError) as e:
         raise CodecError(f"cannot encode: {e}") from e
+
+
+def head(major: int, length: int) -> bytes:
+    """The canonical head of a CBOR data item: major type and shortest-form length/value.
+
+    Used to assemble a canonical container around items that are already encoded.
+    """
+    if length < 24:
+        return bytes([major << 5 | length])
+    for info, size in ((24, 1), (25, 2), (26, 4), (27, 8)):
+        if length < 1 << (8 * size):
+            return bytes([major << 5 | info]) + length.to_bytes(size, "big")
+    raise CodecError("length beyond 64 bits")
 
 
 def decode(data: bytes, *, max_size: int = MAX_SIZE) -> Any:
@@ -76,7 +93,7 @@ def decode(data: bytes, *, max_size: int = MAX_SIZE) -> Any:
     except Exception as e:
         raise CodecError(f"invalid CBOR: {e}") from e
     _check(value, 0)  # floats, undefined and other types are refused here
-    if encode(value) != data:
+    if encode(value, check=False) != data:
         raise CodecError("not canonical CBOR (or trailing bytes)")
     return value
 

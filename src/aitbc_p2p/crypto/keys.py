@@ -8,6 +8,7 @@ object kind, so a signature made for one kind never verifies as another.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import secrets
 from typing import Any
@@ -41,13 +42,20 @@ def sha256(data: bytes) -> Hash32:
     return Hash32(hashlib.sha256(data).digest())
 
 
-def signing_digest(domain: Domain, chain_id: str, body: Any) -> Hash32:
-    """The 32-byte digest that a signature of ``body`` under ``domain`` covers."""
-    return sha256(encode([str(domain), chain_id, body]))
+def signing_digest(domain: Domain, chain_id: str, body: Any, *, checked: bool = False) -> Hash32:
+    """The 32-byte digest that a signature of ``body`` under ``domain`` covers.
+
+    ``checked=True`` when ``body`` was decoded by the strict decoder (skips the type walk).
+    """
+    return sha256(encode([str(domain), chain_id, body], check=not checked))
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def address_from_public_key(public_key: bytes) -> Address:
-    """``aitbc1`` + bech32m of the first 20 bytes of SHA-256(compressed public key)."""
+    """``aitbc1`` + bech32m of the first 20 bytes of SHA-256(compressed public key).
+
+    Cached: bech32m is pure Python and the same keys sign again and again.
+    """
     if len(public_key) != 33:
         raise CryptoError("expected a 33-byte compressed public key")
     payload = sha256(public_key)[:20]
@@ -60,7 +68,14 @@ def validate_address(text: str) -> Address:
     Raises:
         CryptoError: wrong prefix, bad checksum, wrong encoding or wrong length.
     """
-    if not isinstance(text, str) or text != text.lower():
+    if not isinstance(text, str):
+        raise CryptoError(f"address must be a lowercase string: {text!r}")
+    return _validate_address(text)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _validate_address(text: str) -> Address:
+    if text != text.lower():
         raise CryptoError(f"address must be a lowercase string: {text!r}")
     try:
         hrp, data, spec = bech32_decode(text)

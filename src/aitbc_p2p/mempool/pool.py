@@ -41,6 +41,10 @@ class Mempool:
         self.max_per_sender = max_per_sender
         self._by_sender: dict[Address, dict[int, Transaction]] = {}
         self._by_hash: dict[Hash32, Transaction] = {}
+        # Per sender: committed state with its queue applied, so that admitting the next
+        # nonce costs one apply instead of replaying the queue. Dropped whenever the pool
+        # loses transactions or the committed state moves (remove / prune).
+        self._projected: dict[Address, Overlay] = {}
         self._admitted = 0
         self._rejected = 0
 
@@ -53,29 +57,43 @@ class Mempool:
     def statistics(self) -> PoolStats:
         return PoolStats(len(self._by_hash), len(self._by_sender), self._admitted, self._rejected)
 
-    def add(self, tx: Transaction, view: StateView, *, height: int) -> None:
-        """Admit ``tx`` or raise :class:`TxRejected` with a named reason; nothing changes then."""
+    def add(self, tx: Transaction, view: StateView, *, height: int, verified: bool = False) -> None:
+        """Admit ``tx`` or raise :class:`TxRejected` with a named reason; nothing changes then.
+
+        ``verified``: its signature was already checked (e.g. in a parallel batch).
+        Every pooled transaction has a verified signature, so the pool doubles as the
+        set of hashes that block building and validation need not verify again.
+        """
         try:
-            self._admit(tx, view, height)
+            self._admit(tx, view, height, verified)
         except TxRejected:
             self._rejected += 1
             raise
         self._admitted += 1
 
-    def _admit(self, tx: Transaction, view: StateView, height: int) -> None:
+    def _admit(self, tx: Transaction, view: StateView, height: int, verified: bool) -> None:
         if tx.hash in self._by_hash:
             raise TxRejected("Duplicate", "transaction is already pending")
-        check_stateless(tx, self.rules)
+        check_stateless(tx, self.rules, verified=verified)
         queue = self._by_sender.get(tx.sender, {})
         if len(self._by_hash) >= self.max_size or len(queue) >= self.max_per_sender:
             raise TxRejected("PoolFull", "the pool or this sender's queue is full")
         if tx.nonce in queue:
             raise TxRejected("Duplicate", f"nonce {tx.nonce} is already pending", nonce=tx.nonce)
-        # Replay the sender's queue on top of committed state, then this transaction.
-        state = Overlay(view)
-        for nonce in sorted(queue):
-            apply_tx(state, queue[nonce], height=height + 1)
-        apply_tx(state, tx, height=height + 1)
+        projected = self._projected.get(tx.sender)
+        if projected is None or projected.base is not view:
+            projected = Overlay(view)
+            for nonce in sorted(queue):
+                apply_tx(projected, queue[nonce], height=height + 1)
+        trial = Overlay(projected)
+        apply_tx(trial, tx, height=height + 1)  # raises with a named reason; nothing changed
+        for address, account in trial.diff.accounts.items():
+            projected.set_account(address, account)
+        for job in trial.diff.jobs.values():
+            projected.set_job(job)
+        if trial.diff.burned is not None:
+            projected.set_burned(trial.diff.burned)
+        self._projected[tx.sender] = projected
         self._by_sender.setdefault(tx.sender, {})[tx.nonce] = tx
         self._by_hash[tx.hash] = tx
 
@@ -97,6 +115,7 @@ class Mempool:
                     yield q[i][1]
 
     def remove(self, txs: list[Transaction]) -> None:
+        self._projected.clear()
         for tx in txs:
             self._drop(tx)
 
@@ -111,6 +130,7 @@ class Mempool:
 
     def prune(self, view: StateView) -> None:
         """Drop transactions whose nonce the committed state has passed."""
+        self._projected.clear()
         for sender, queue in list(self._by_sender.items()):
             committed = view.account(sender).nonce
             for nonce in [n for n in queue if n < committed]:

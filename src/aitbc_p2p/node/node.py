@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from typing import Any
 
 import trio
@@ -48,6 +49,7 @@ from aitbc_p2p.network import (
 )
 from aitbc_p2p.node.config import NodeConfig
 from aitbc_p2p.node.market import MarketService
+from aitbc_p2p.node.verify import verify_signatures
 from aitbc_p2p.node.views import block_view, jsonable, tx_view
 from aitbc_p2p.store import ChainStore, LevelDBKV, MemoryKV
 from aitbc_p2p.store.abc import KeyValueStore
@@ -123,7 +125,15 @@ class Node:
             if block.header.timestamp_ms > self.clock_ms() + MAX_FUTURE_MS:
                 raise ValidationError(f"block {block.height} is too far in the future")
             self.engine.validate_header(block.header, head)
-            applied = await trio.to_thread.run_sync(validate_block, block, head, self.store.state, self.rules)
+            # Pooled transactions were verified on admission; verify the rest on all cores.
+            unseen = [tx for tx in block.txs if tx.hash not in self.mempool]
+            verified, bad = await verify_signatures(unseen)
+            if bad:
+                raise ValidationError(f"block {block.height} holds a badly signed transaction: {bad[0][1]}")
+            verified |= {tx.hash for tx in block.txs if tx.hash in self.mempool}
+            applied = await trio.to_thread.run_sync(
+                partial(validate_block, block, head, self.store.state, self.rules, verified=verified)
+            )
             await trio.to_thread.run_sync(self.store.commit, applied)
         self.mempool.remove(list(block.txs))
         self.mempool.prune(self.store.state)
@@ -160,6 +170,7 @@ class Node:
                     self.rules,
                     timestamp_ms=max(self.clock_ms(), self.engine.due_ms(head)),
                     max_txs=self.config.max_block_txs,
+                    verified=self.mempool,  # every pooled transaction was verified on admission
                 )
             )
             await trio.to_thread.run_sync(self.store.commit, applied)
