@@ -11,7 +11,8 @@
     │   └── TxRejected             a transaction refused, with a named ``reason``
     ├── ConsensusError             header not acceptable to the engine
     ├── StoreError                 the store cannot open, read or commit
-    ├── NetworkError               libp2p failures, handshake refusals
+    ├── NetworkError               libp2p failures
+    │   └── HandshakeRefused       the peer is on another chain (or sent a malformed status)
     ├── ComputeError               a workload failed or its parameters are bad
     ├── MarketError                job offers, bids and job tracking
     ├── ConfigError                a bad config file or genesis
@@ -74,6 +75,10 @@ class StoreError(AitbcError):
 
 class NetworkError(AitbcError):
     pass
+
+
+class HandshakeRefused(NetworkError):
+    """A peer's status shows another chain id or genesis, or cannot be read."""
 
 
 class ComputeError(AitbcError):

@@ -168,30 +168,29 @@ async def wait_ready(
     last = ""
     with trio.fail_after(timeout):
         while True:
-            states = []
+            states: list[tuple[int, int] | None] = []  # (height, peers), None while starting
             for p in procs:
                 if not _alive(p.pid):
                     tail = p.log.read_text()[-2000:] if p.log.exists() else ""
                     raise ConfigError(f"{p.name} exited during start-up; log tail:\n{tail}")
-                if not (p.data_dir / NODE_INFO).exists():
-                    states.append(f"{p.name}: starting")
-                    continue
-                try:
-                    async with p.rpc() as rpc:
-                        s = await rpc.status()
-                    states.append(f"{p.name}: height {s['height']}, {len(s['peers'])} peers")
-                except RpcError:
-                    states.append(f"{p.name}: starting")
-            line = " | ".join(states)
+                state = None
+                if (p.data_dir / NODE_INFO).exists():
+                    try:
+                        async with p.rpc() as rpc:
+                            s = await rpc.status()
+                        state = (int(s["height"]), len(s["peers"]))
+                    except RpcError:
+                        pass
+                states.append(state)
+            line = " | ".join(
+                f"{p.name}: starting" if st is None else f"{p.name}: height {st[0]}, {st[1]} peers"
+                for p, st in zip(procs, states, strict=True)
+            )
             if line != last:
                 progress(f"  {line}")
                 last = line
-            if all(": height" in s for s in states):
-                parsed = [
-                    (int(s.split("height ")[1].split(",")[0]), int(s.split(", ")[1].split(" ")[0])) for s in states
-                ]
-                if all(h >= min_height and n >= want_peers for h, n in parsed):
-                    return
+            if all(st is not None and st[0] >= min_height and st[1] >= want_peers for st in states):
+                return
             await trio.sleep(0.3)
 
 

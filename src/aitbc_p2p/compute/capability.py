@@ -76,6 +76,18 @@ def ram_mb() -> int:
         return 0
 
 
+def proc_status_mb(field: str, pid: int | str = "self") -> int:
+    """A memory field of ``/proc/<pid>/status`` (e.g. ``VmRSS``, ``VmHWM``) in MiB; 0 if unreadable."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) // 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:

@@ -25,7 +25,13 @@ from typing import Any
 import trio
 
 from aitbc_p2p.codec import decode, encode
-from aitbc_p2p.compute.capability import DeviceInfo, read_measure_cache, supported_dtypes, write_measure_cache
+from aitbc_p2p.compute.capability import (
+    DeviceInfo,
+    proc_status_mb,
+    read_measure_cache,
+    supported_dtypes,
+    write_measure_cache,
+)
 from aitbc_p2p.compute.workloads import get_workload
 from aitbc_p2p.exceptions import CodecError, ComputeError
 
@@ -42,17 +48,6 @@ class Execution:
     output: bytes  # canonical CBOR of the workload's result map (empty on failure)
     error: str = ""
     metrics: dict[str, int] = field(default_factory=dict)
-
-
-def _rss_mb(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) // 1024
-    except (OSError, ValueError):
-        pass
-    return 0
 
 
 class WorkerProcess:
@@ -258,7 +253,7 @@ class Executor:
 
     async def _watch_rss(self, worker: WorkerProcess, cap_mb: int, over: trio.Event) -> None:
         while True:
-            if _rss_mb(worker.pid) > cap_mb:
+            if proc_status_mb("VmRSS", worker.pid) > cap_mb:
                 logger.warning("worker %d above %d MiB; killing it", worker.pid, cap_mb)
                 over.set()
                 worker.kill()  # the job's read then ends with "worker process ended"

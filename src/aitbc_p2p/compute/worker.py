@@ -22,7 +22,7 @@ import traceback
 from typing import Any, BinaryIO
 
 from aitbc_p2p.codec import decode, encode
-from aitbc_p2p.compute.capability import choose_device, measure, probe
+from aitbc_p2p.compute.capability import choose_device, measure, probe, proc_status_mb
 from aitbc_p2p.compute.workloads import RunContext, get_workload, torch_available
 from aitbc_p2p.exceptions import AitbcError
 
@@ -45,17 +45,6 @@ def _reset_peak_rss() -> None:
             f.write("5")
     except OSError:
         pass
-
-
-def _peak_rss_mb() -> int:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) // 1024
-    except (OSError, ValueError):
-        pass
-    return 0
 
 
 class Worker:
@@ -106,7 +95,7 @@ class Worker:
         result = spec.run(clean, ctx)
         compute_ms = max(1, int((time.perf_counter() - start) * 1000))
         output = encode(result)
-        metrics = {"compute_ms": compute_ms, "output_bytes": len(output), "peak_rss_mb": _peak_rss_mb()}
+        metrics = {"compute_ms": compute_ms, "output_bytes": len(output), "peak_rss_mb": proc_status_mb("VmHWM")}
         if cuda:
             metrics["peak_vram_mb"] = int(torch.cuda.max_memory_allocated(self.device) // (1 << 20))
         for key in ("tokens", "ttft_ms", "tokens_per_s"):

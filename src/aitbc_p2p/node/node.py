@@ -33,6 +33,7 @@ from aitbc_p2p.consensus import engine_for
 from aitbc_p2p.exceptions import (
     CodecError,
     ConsensusError,
+    HandshakeRefused,
     NetworkError,
     TxRejected,
     ValidationError,
@@ -257,16 +258,16 @@ class Node:
 
     def _check_status(self, peer: str, status: Any) -> int:
         if not isinstance(status, dict) or not isinstance(status.get("height"), int):
-            raise NetworkError("malformed status")
+            raise HandshakeRefused("malformed status")
         if status.get("chain_id") != self.genesis.chain_id or status.get("genesis") != self.genesis.hash:
-            raise NetworkError(f"peer {peer} is on another chain ({status.get('chain_id')!r})")
+            raise HandshakeRefused(f"peer {peer} is on another chain ({status.get('chain_id')!r})")
         height: int = status["height"]
         return height
 
     async def _serve_status(self, peer: str, request: bytes) -> bytes:
         try:
             self._peer_heads[peer] = self._check_status(peer, decode(request))
-        except (CodecError, NetworkError) as e:
+        except (CodecError, HandshakeRefused) as e:
             logger.warning("refusing peer %s: %s", peer, e)
             self._banned.add(peer)
             self._nursery.start_soon(self.network.disconnect, peer)
@@ -286,17 +287,12 @@ class Node:
         try:
             raw = await self.network.request(peer, STATUS_PROTOCOL, encode(self.status_message()), timeout=5)
             self._peer_heads[peer] = self._check_status(peer, decode(raw))
-        except CodecError as e:
-            logger.warning("peer %s sent a malformed status: %s", peer, e)
+        except (CodecError, HandshakeRefused) as e:
+            logger.warning("disconnecting %s: %s", peer, e)
             self._banned.add(peer)
             await self.network.disconnect(peer)
-        except NetworkError as e:
-            if "another chain" in str(e):
-                logger.warning("disconnecting %s: %s", peer, e)
-                self._banned.add(peer)
-                await self.network.disconnect(peer)
-            else:
-                logger.debug("status with %s failed: %s", peer, e)
+        except NetworkError as e:  # unreachable or slow: try again next round
+            logger.debug("status with %s failed: %s", peer, e)
 
     async def sync_from(self, peer: str, target: int) -> None:
         """Fetch and import blocks from ``peer`` up to ``target``, a batch at a time."""
