@@ -43,4 +43,11 @@ def authority():
 
 @pytest.fixture
 def genesis(alice, bob, authority):
-    return make_genesis([authority], {alice.address: 10**12, bob.address: 10**9})
+    return make_genesis(
+        [authority],
+        {alice.address: 10**12, bob.address: 10**9, authority.address: 10**9},
+        providers=[bob.address],
+        arbiters=[authority.address],
+        dispute_blocks=2,
+        unbonding_blocks=3,
+    )

@@ -1,18 +1,24 @@
-"""The pure state transition, block validation and the supply invariant."""
+"""The pure state transition, every rejection reason, block validation and commitments."""
+
+from collections.abc import Callable
 
 import pytest
 
 from aitbc_p2p.chain import Genesis, Transaction, TxKind, genesis_from_json, genesis_to_json, validate_block
-from aitbc_p2p.chain.blocks import build_block
+from aitbc_p2p.chain.blocks import build_block, receipts_root
+from aitbc_p2p.chain.commitment import StateTree, bucket_of, prove
+from aitbc_p2p.chain.merkle import merkle_proof, verify_proof
 from aitbc_p2p.chain.models import Block, BlockHeader
-from aitbc_p2p.chain.state import JobStatus, Overlay
+from aitbc_p2p.chain.state import JobStatus, Overlay, account_key, supply_of
 from aitbc_p2p.chain.transition import ChainRules, apply_tx, check_stateless
-from aitbc_p2p.exceptions import ConfigError, TxRejected, ValidationError
-from aitbc_p2p.node.node import supply_of
-from aitbc_p2p.testing import ChainBuilder, make_key, make_tx
+from aitbc_p2p.chain.votes import Vote, VoteStep
+from aitbc_p2p.exceptions import REJECTION_REASONS, ConfigError, TxRejected, ValidationError
+from aitbc_p2p.mempool import Mempool
+from aitbc_p2p.testing import ChainBuilder, make_genesis, make_key, make_tx
 from aitbc_p2p.types import MAX_AMOUNT, Hash32
 
 JOB = b"\x11" * 32
+RESULT = b"\x22" * 32
 
 
 def rejected(reason, fn, *args, **kwargs):
@@ -27,62 +33,37 @@ def chain(genesis, authority):
     return ChainBuilder(genesis, [authority])
 
 
-def test_transfer_moves_funds_and_burns_fee(chain, alice, bob):
-    chain.add_block([make_tx(alice, to=bob.address, amount=500, fee=1000)])
-    assert chain.state.account(bob.address).balance == 10**9 + 500
-    assert chain.state.account(alice.address).balance == 10**12 - 1500
-    assert chain.state.account(alice.address).nonce == 1
-    assert chain.state.burned() == 1000
-    assert supply_of(chain.state, chain.genesis.total_supply)["total"] == chain.genesis.total_supply
-
-
-def test_nonce_rules(chain, alice, bob):
+def refuse(chain, reason, tx, *, height=None):
+    """``tx`` is refused at the next height with ``reason`` and the overlay stays empty."""
     state = Overlay(chain.state)
-    rejected("NonceTooHigh", apply_tx, state, make_tx(alice, nonce=1), height=1)
-    apply_tx(state, make_tx(alice, nonce=0), height=1)
-    rejected("NonceTooLow", apply_tx, state, make_tx(alice, nonce=0, amount=2), height=1)
+    h = height if height is not None else chain.blocks[-1].block.height + 1
+    rejected(reason, apply_tx, state, tx, height=h, rules=chain.rules)
+    assert state.changes == {}
 
 
-def test_overspend_changes_nothing(chain, bob, alice):
-    state = Overlay(chain.state)
-    rejected("InsufficientFunds", apply_tx, state, make_tx(bob, to=alice.address, amount=10**9), height=1)
-    assert state.diff.accounts == {} and state.diff.burned is None
+def _open(client, provider, amount=10_000, deadline=50, nonce=0, job_id=JOB):
+    payload = {"job_id": job_id, "provider": provider.address, "amount": amount, "deadline": deadline}
+    return make_tx(client, TxKind.JOB_OPEN, nonce=nonce, **payload)
 
 
-def test_stateless_checks(genesis, alice):
-    rules = ChainRules.of(genesis)
-    rejected("WrongChain", check_stateless, make_tx(alice, chain_id="other"), rules)
-    rejected("Underpriced", check_stateless, make_tx(alice, fee=999), rules)
-    good = make_tx(alice)
-    forged = Transaction.from_wire({"body": {**good.body(), "nonce": 5}, "sig": good.signature})
-    rejected("BadSignature", check_stateless, forged, rules)
-    stolen = Transaction.from_wire({"body": {**good.body(), "from": make_key("bob").address}, "sig": good.signature})
-    rejected("BadSignature", check_stateless, stolen, rules)
+def _receipt(provider, cost=4000, nonce=0, job_id=JOB):
+    return make_tx(
+        provider, TxKind.JOB_RECEIPT, nonce=nonce, job_id=job_id, result_hash=RESULT, cost=cost, metrics={"ms": 5}
+    )
 
 
-@pytest.mark.parametrize(
-    ("amount", "reason"),
-    [
-        (0, "AmountOutOfRange"),
-        (MAX_AMOUNT, "InsufficientFunds"),
-        (MAX_AMOUNT + 1, "AmountOutOfRange"),
-        (2**64, "AmountOutOfRange"),
-    ],
-)
-def test_amount_bounds(alice, amount, reason, chain):
-    # 2**64 - 1 is representable (then too much); 2**64 and above are refused at parse.
-    def build_and_apply():
-        apply_tx(Overlay(chain.state), make_tx(alice, amount=amount), height=1)
-
-    rejected(reason, build_and_apply)
+def _vote(key, block, height=7, rnd=0, step=VoteStep.PRECOMMIT, chain_id="ait-devnet"):
+    return Vote(chain_id, height, rnd, step, block, key.address).signed(key)
 
 
-@pytest.mark.parametrize("nonce", [-1, 2**64])
-def test_nonce_bounds(alice, nonce):
-    rejected("AmountOutOfRange", make_tx, alice, nonce=nonce)
+def total_is_conserved(chain):
+    supply = supply_of(chain.state, chain.genesis.total_supply)
+    assert supply["total"] == chain.genesis.total_supply, supply
+    return supply
 
 
-def test_malformed_wire_forms(alice):
+# ------------------------------------------------------------------ one test per reason
+def _malformed(chain, alice, bob, authority):
     good = make_tx(alice).to_wire()
     for bad in [
         None,
@@ -91,114 +72,379 @@ def test_malformed_wire_forms(alice):
         {"body": {**good["body"], "kind": "mint"}, "sig": good["sig"]},
         {"body": {**good["body"], "payload": {"to": "nope", "amount": 1}}, "sig": good["sig"]},
         {"body": {**good["body"], "fee": True}, "sig": good["sig"]},
+        {"body": {**good["body"], "kind": "job_resolve", "payload": {"job_id": JOB, "verdict": "x"}}, "sig": b""},
     ]:
         rejected("Malformed", Transaction.from_wire, bad)
     rejected("Malformed", Transaction.decode, b"\xff\x00")
 
 
-def _job_open(client, provider, amount=10_000, deadline=50, nonce=0):
-    payload = {"job_id": JOB, "provider": provider.address, "amount": amount, "deadline": deadline}
-    return make_tx(client, TxKind.JOB_OPEN, nonce=nonce, **payload)
+def _bad_signature(chain, alice, bob, authority):
+    good = make_tx(alice)
+    forged = Transaction.from_wire({"body": {**good.body(), "nonce": 5}, "sig": good.signature})
+    rejected("BadSignature", check_stateless, forged, chain.rules)
+    stolen = Transaction.from_wire({"body": {**good.body(), "from": bob.address}, "sig": good.signature})
+    rejected("BadSignature", check_stateless, stolen, chain.rules)
 
 
-def test_escrow_lifecycle_settles_exactly_once(chain, alice, bob):
-    total = chain.genesis.total_supply
-    chain.add_block([_job_open(alice, bob)])
-    job = chain.state.job(Hash32(JOB))
-    assert job.status is JobStatus.OPEN and job.amount == 10_000
-    assert supply_of(chain.state, total)["escrowed"] == 10_000
-    receipt = make_tx(
-        bob, TxKind.JOB_RECEIPT, job_id=JOB, result_hash=b"\x22" * 32, cost=4000, metrics={"compute_ms": 5}
-    )
-    chain.add_block([receipt])
-    assert chain.state.job(Hash32(JOB)).status is JobStatus.RECEIPTED
+def _wrong_chain(chain, alice, bob, authority):
+    rejected("WrongChain", check_stateless, make_tx(alice, chain_id="other"), chain.rules)
+
+
+def _underpriced(chain, alice, bob, authority):
+    rejected("Underpriced", check_stateless, make_tx(alice, fee=999), chain.rules)
+
+
+def _amount_out_of_range(chain, alice, bob, authority):
+    for amount in (0, MAX_AMOUNT + 1, 2**64 + 1):
+        rejected("AmountOutOfRange", make_tx, alice, amount=amount)
+    for nonce in (-1, 2**64):
+        rejected("AmountOutOfRange", make_tx, alice, nonce=nonce)
+    chain.add_block([_open(alice, bob)])
+    refuse(chain, "AmountOutOfRange", _receipt(bob, cost=10_001))
+
+
+def _nonce_too_low(chain, alice, bob, authority):
+    chain.add_block([make_tx(alice, nonce=0)])
+    refuse(chain, "NonceTooLow", make_tx(alice, nonce=0, amount=2))
+
+
+def _nonce_too_high(chain, alice, bob, authority):
+    refuse(chain, "NonceTooHigh", make_tx(alice, nonce=1))
+
+
+def _insufficient_funds(chain, alice, bob, authority):
+    refuse(chain, "InsufficientFunds", make_tx(bob, to=alice.address, amount=10**9))
+    refuse(chain, "InsufficientFunds", make_tx(bob, TxKind.STAKE, amount=10**9))
+
+
+def _insufficient_stake(chain, alice, bob, authority):
+    refuse(chain, "InsufficientStake", make_tx(alice, TxKind.UNSTAKE, amount=1))
+    refuse(chain, "InsufficientStake", make_tx(alice, TxKind.PROVIDER_REGISTER))
+    refuse(chain, "InsufficientStake", make_tx(bob, TxKind.UNSTAKE, amount=1))  # would fall below the minimum
+
+
+def _nothing_to_withdraw(chain, alice, bob, authority):
+    refuse(chain, "NothingToWithdraw", make_tx(alice, TxKind.WITHDRAW))
+    chain.add_block([make_tx(alice, TxKind.STAKE, amount=500), make_tx(alice, TxKind.UNSTAKE, nonce=1, amount=500)])
+    refuse(chain, "NothingToWithdraw", make_tx(alice, TxKind.WITHDRAW, nonce=2))  # not matured
+
+
+def _not_provider(chain, alice, bob, authority):
+    refuse(chain, "NotProvider", _open(bob, alice))
+    refuse(chain, "NotProvider", make_tx(alice, TxKind.PROVIDER_UNREGISTER))
+
+
+def _unknown_job(chain, alice, bob, authority):
+    refuse(chain, "UnknownJob", _receipt(bob))
+    refuse(chain, "UnknownJob", make_tx(alice, TxKind.JOB_SETTLE, job_id=JOB))
+
+
+def _not_job_party(chain, alice, bob, authority):
+    refuse(chain, "NotJobParty", _open(bob, bob))
+    chain.add_block([_open(alice, bob)])
+    refuse(chain, "NotJobParty", _receipt(authority))
+    refuse(chain, "NotJobParty", make_tx(bob, TxKind.JOB_REFUND, job_id=JOB))
+
+
+def _not_arbiter(chain, alice, bob, authority):
+    chain.add_block([_open(alice, bob)])
+    chain.add_block([_receipt(bob)])
+    chain.add_block([make_tx(alice, TxKind.JOB_DISPUTE, nonce=1, job_id=JOB)])
+    refuse(chain, "NotArbiter", make_tx(alice, TxKind.JOB_RESOLVE, nonce=2, job_id=JOB, verdict="client"))
+
+
+def _job_state(chain, alice, bob, authority):
+    refuse(chain, "JobState", _open(alice, bob, deadline=1))
+    chain.add_block([_open(alice, bob, deadline=4)])
+    refuse(chain, "JobState", make_tx(alice, TxKind.JOB_SETTLE, nonce=1, job_id=JOB))  # not receipted
+    refuse(chain, "JobState", make_tx(alice, TxKind.JOB_REFUND, nonce=1, job_id=JOB))  # before the deadline
+    refuse(chain, "JobState", _receipt(bob), height=5)  # after the deadline
+    refuse(chain, "JobState", make_tx(bob, TxKind.PROVIDER_UNREGISTER))  # escrow still names bob
+    chain.add_block([_receipt(bob)])
+    refuse(chain, "JobState", make_tx(bob, TxKind.JOB_SETTLE, nonce=1, job_id=JOB))  # dispute window open
+
+
+def _bad_evidence(chain, alice, bob, authority):
+    a = _vote(authority, b"\x01" * 32)
+    same = _vote(authority, b"\x01" * 32)
+    other_round = _vote(authority, b"\x02" * 32, rnd=1)
+    forged = Vote(a.chain_id, a.height, a.round, a.step, b"\x02" * 32, a.validator, a.signature)
+    for pair in [(a, same), (a, other_round), (a, forged)]:
+        refuse(chain, "BadEvidence", make_tx(alice, TxKind.SLASH, evidence=[v.to_wire() for v in pair]))
+    no_stake = make_key("nobody")
+    pair = (_vote(no_stake, b"\x01" * 32), _vote(no_stake, b"\x02" * 32))
+    refuse(chain, "BadEvidence", make_tx(alice, TxKind.SLASH, evidence=[v.to_wire() for v in pair]))
+
+
+def _duplicate(chain, alice, bob, authority):
+    chain.add_block([_open(alice, bob)])
+    refuse(chain, "Duplicate", _open(alice, bob, nonce=1))
+    refuse(chain, "Duplicate", make_tx(bob, TxKind.PROVIDER_REGISTER))
+    pool = Mempool(chain.rules)
+    tx = make_tx(alice, nonce=1)
+    pool.add(tx, chain.state, height=1)
+    rejected("Duplicate", pool.add, tx, chain.state, height=1)
+
+
+def _pool_full(chain, alice, bob, authority):
+    pool = Mempool(chain.rules, max_size=2, max_per_sender=2, max_future_per_sender=1)
+    pool.add(make_tx(alice, nonce=0), chain.state, height=0)
+    pool.add(make_tx(alice, nonce=5), chain.state, height=0)
+    rejected("PoolFull", pool.add, make_tx(alice, nonce=6), chain.state, height=0)  # future queue / per sender
+    rejected("PoolFull", pool.add, make_tx(bob, nonce=0), chain.state, height=0)  # pays no more than the tail
+    assert len(pool) == 2
+
+
+def _replacement_underpriced(chain, alice, bob, authority):
+    pool = Mempool(chain.rules)
+    pool.add(make_tx(alice, nonce=0, fee=1000), chain.state, height=0)
+    rejected("ReplacementUnderpriced", pool.add, make_tx(alice, nonce=0, fee=1099, amount=2), chain.state, height=0)
+
+
+SCENARIOS: dict[str, Callable] = {
+    "Malformed": _malformed,
+    "BadSignature": _bad_signature,
+    "WrongChain": _wrong_chain,
+    "Underpriced": _underpriced,
+    "AmountOutOfRange": _amount_out_of_range,
+    "NonceTooLow": _nonce_too_low,
+    "NonceTooHigh": _nonce_too_high,
+    "InsufficientFunds": _insufficient_funds,
+    "InsufficientStake": _insufficient_stake,
+    "NothingToWithdraw": _nothing_to_withdraw,
+    "NotProvider": _not_provider,
+    "UnknownJob": _unknown_job,
+    "NotJobParty": _not_job_party,
+    "NotArbiter": _not_arbiter,
+    "JobState": _job_state,
+    "BadEvidence": _bad_evidence,
+    "Duplicate": _duplicate,
+    "PoolFull": _pool_full,
+    "ReplacementUnderpriced": _replacement_underpriced,
+}
+
+
+def test_every_rejection_reason_has_a_test():
+    assert set(SCENARIOS) == set(REJECTION_REASONS)
+
+
+@pytest.mark.parametrize("reason", REJECTION_REASONS)
+def test_rejection_reason(reason, chain, alice, bob, authority):
+    SCENARIOS[reason](chain, alice, bob, authority)
+    total_is_conserved(chain)
+
+
+# ------------------------------------------------------------------ bounds at 2^64
+@pytest.mark.parametrize(
+    ("amount", "outcome"),
+    [(2**63 - 1, "InsufficientFunds"), (2**63, "InsufficientFunds"), (2**64 - 1, "InsufficientFunds")],
+)
+def test_amounts_up_to_the_bound_parse_and_are_checked_against_funds(chain, alice, amount, outcome):
+    refuse(chain, outcome, make_tx(alice, amount=amount))
+
+
+def test_balance_credit_at_the_bound(authority):
+    rich, poor = make_key("rich"), make_key("poor")
+
+    # 2^64-1 is reachable; one unit more (2^64) is refused, and nothing changes.
+    for start, reason in [(MAX_AMOUNT - 1001, None), (MAX_AMOUNT - 1000, "AmountOutOfRange")]:
+        genesis = make_genesis([authority], {rich.address: 10**6, poor.address: start})
+        chain = ChainBuilder(genesis, [authority])
+        tx = make_tx(rich, to=poor.address, amount=1001)
+        if reason is None:
+            chain.add_block([tx])
+            assert chain.state.account(poor.address).balance == MAX_AMOUNT
+        else:
+            refuse(chain, reason, tx)
+
+
+# ------------------------------------------------------------------ lifecycles
+def test_transfer_moves_funds_and_burns_fee(chain, alice, bob):
+    applied = chain.add_block([make_tx(alice, to=bob.address, amount=500, fee=1000)])
+    assert chain.state.account(bob.address).balance == 10**9 + 500
+    assert chain.state.account(alice.address).balance == 10**12 - 1500
+    assert chain.state.account(alice.address).nonce == 1
+    assert chain.state.burned() == 1000
+    assert applied.receipts[0].events == (("transfer", bob.address, 500),)
+    total_is_conserved(chain)
+
+
+def test_escrow_settles_exactly_once(chain, alice, bob):
+    chain.add_block([_open(alice, bob)])
+    assert chain.state.job(Hash32(JOB)).status is JobStatus.OPEN
+    assert total_is_conserved(chain)["escrowed"] == 10_000
+    assert chain.state.account(bob.address).active_jobs == 1
+    chain.add_block([_receipt(bob)])
     bob_before = chain.state.account(bob.address).balance
     alice_before = chain.state.account(alice.address).balance
-    chain.add_block([make_tx(alice, TxKind.JOB_SETTLE, nonce=1, job_id=JOB)])
+    chain.add_block([make_tx(alice, TxKind.JOB_SETTLE, nonce=1, job_id=JOB)])  # the client accepts at once
     assert chain.state.account(bob.address).balance == bob_before + 4000
     assert chain.state.account(alice.address).balance == alice_before + 6000 - 1000
     assert chain.state.job(Hash32(JOB)).status is JobStatus.SETTLED
-    rejected("JobState", apply_tx, Overlay(chain.state), make_tx(bob, TxKind.JOB_SETTLE, nonce=1, job_id=JOB), height=9)
-    assert supply_of(chain.state, total) | {} == {**supply_of(chain.state, total), "total": total}
+    assert chain.state.account(bob.address).active_jobs == 0
+    refuse(chain, "JobState", make_tx(bob, TxKind.JOB_SETTLE, nonce=1, job_id=JOB), height=9)
+    refuse(chain, "JobState", make_tx(alice, TxKind.JOB_REFUND, nonce=2, job_id=JOB), height=90)
+    assert total_is_conserved(chain)["escrowed"] == 0
 
 
-def test_escrow_rules(chain, alice, bob):
-    carol = make_key("carol")
-    chain.add_block([make_tx(alice, to=carol.address, amount=10**6)])
-    rejected("NotJobParty", apply_tx, Overlay(chain.state), _job_open(alice, alice, nonce=1), height=2)
-    rejected("JobState", apply_tx, Overlay(chain.state), _job_open(alice, bob, deadline=2, nonce=1), height=2)
-    rejected("InsufficientFunds", apply_tx, Overlay(chain.state), _job_open(bob, alice, amount=10**9), height=1)
-    chain.add_block([_job_open(alice, bob, deadline=4, nonce=1)])
-    rejected("Duplicate", apply_tx, Overlay(chain.state), _job_open(alice, bob, nonce=2), height=3)
-    receipt = dict(job_id=JOB, result_hash=b"\x22" * 32, cost=4000, metrics={})
-    rejected("NotJobParty", apply_tx, Overlay(chain.state), make_tx(carol, TxKind.JOB_RECEIPT, **receipt), height=2)
-    over = {**receipt, "cost": 10_001}
-    rejected("AmountOutOfRange", apply_tx, Overlay(chain.state), make_tx(bob, TxKind.JOB_RECEIPT, **over), height=2)
-    unknown = {**receipt, "job_id": b"\x33" * 32}
-    rejected("UnknownJob", apply_tx, Overlay(chain.state), make_tx(bob, TxKind.JOB_RECEIPT, **unknown), height=2)
-    rejected(
-        "JobState", apply_tx, Overlay(chain.state), make_tx(alice, TxKind.JOB_SETTLE, nonce=2, job_id=JOB), height=3
-    )
-    rejected(
-        "JobState", apply_tx, Overlay(chain.state), make_tx(alice, TxKind.JOB_REFUND, nonce=2, job_id=JOB), height=4
-    )
-    rejected("JobState", apply_tx, Overlay(chain.state), make_tx(bob, TxKind.JOB_RECEIPT, **receipt), height=5)
+def test_provider_settles_after_the_dispute_window(chain, alice, bob):
+    chain.add_block([_open(alice, bob)])
+    chain.add_block([_receipt(bob)])  # height 2, window until 4
+    chain.add_block()
+    chain.add_block()
+    chain.add_block([make_tx(bob, TxKind.JOB_SETTLE, nonce=1, job_id=JOB)])
+    assert chain.state.job(Hash32(JOB)).status is JobStatus.SETTLED
+
+
+@pytest.mark.parametrize("verdict", ["provider", "client"])
+def test_dispute_resolution(chain, alice, bob, authority, verdict):
+    chain.add_block([_open(alice, bob)])
+    chain.add_block([_receipt(bob)])
+    chain.add_block([make_tx(alice, TxKind.JOB_DISPUTE, nonce=1, job_id=JOB)])
+    assert chain.state.job(Hash32(JOB)).status is JobStatus.DISPUTED
+    refuse(chain, "JobState", make_tx(bob, TxKind.JOB_SETTLE, nonce=1, job_id=JOB), height=20)
+    stake = chain.state.account(bob.address).stake
+    alice_before, bob_before = chain.state.account(alice.address).balance, chain.state.account(bob.address).balance
+    chain.add_block([make_tx(authority, TxKind.JOB_RESOLVE, job_id=JOB, verdict=verdict)])
+    job = chain.state.job(Hash32(JOB))
+    if verdict == "provider":
+        assert job.status is JobStatus.SETTLED
+        assert chain.state.account(bob.address).balance == bob_before + 4000
+        assert chain.state.account(bob.address).stake == stake
+    else:
+        assert job.status is JobStatus.REFUNDED
+        assert chain.state.account(alice.address).balance == alice_before + 10_000
+        assert chain.state.account(bob.address).stake == stake - 10_000  # slashed by the job's amount
+    total_is_conserved(chain)
 
 
 def test_timeout_refund(chain, alice, bob):
-    chain.add_block([_job_open(alice, bob, deadline=2)])
+    chain.add_block([_open(alice, bob, deadline=2)])
     after_open = chain.state.account(alice.address).balance
     chain.add_block()
     chain.add_block([make_tx(alice, TxKind.JOB_REFUND, nonce=1, job_id=JOB)])
     assert chain.state.account(alice.address).balance == after_open + 10_000 - 1000
     assert chain.state.job(Hash32(JOB)).status is JobStatus.REFUNDED
+    total_is_conserved(chain)
 
 
+def test_stake_unbond_withdraw(chain, alice):
+    chain.add_block([make_tx(alice, TxKind.STAKE, amount=10**6)])
+    chain.add_block([make_tx(alice, TxKind.UNSTAKE, nonce=1, amount=4 * 10**5)])  # height 2, release at 5
+    acct = chain.state.account(alice.address)
+    assert acct.stake == 6 * 10**5 and acct.unbonding == ((4 * 10**5, 5),)
+    total_is_conserved(chain)
+    refuse(chain, "NothingToWithdraw", make_tx(alice, TxKind.WITHDRAW, nonce=2), height=4)
+    before = acct.balance
+    chain.add_block()
+    chain.add_block()
+    chain.add_block([make_tx(alice, TxKind.WITHDRAW, nonce=2)])
+    acct = chain.state.account(alice.address)
+    assert acct.unbonding == () and acct.balance == before + 4 * 10**5 - 1000
+    total_is_conserved(chain)
+
+
+def test_provider_registration_lifecycle(chain, alice, bob):
+    carol = make_key("carol")
+    chain.add_block([make_tx(alice, to=carol.address, amount=2 * 10**11)])
+    chain.add_block([make_tx(carol, TxKind.STAKE, amount=10**11), make_tx(carol, TxKind.PROVIDER_REGISTER, nonce=1)])
+    assert chain.state.account(carol.address).provider
+    chain.add_block([_open(alice, carol, nonce=1)])
+    refuse(chain, "JobState", make_tx(carol, TxKind.PROVIDER_UNREGISTER, nonce=2))
+
+
+def test_double_sign_slash_burns_stake_once(chain, alice, bob):
+    pair = [_vote(bob, b"\x01" * 32).to_wire(), _vote(bob, b"\x02" * 32).to_wire()]
+    stake = chain.state.account(bob.address).stake
+    burned = chain.state.burned()
+    chain.add_block([make_tx(alice, TxKind.SLASH, evidence=pair)])
+    assert chain.state.account(bob.address).stake == 0
+    assert chain.state.burned() == burned + stake + 1000
+    refuse(chain, "Duplicate", make_tx(alice, TxKind.SLASH, nonce=1, evidence=pair[::-1]))
+    total_is_conserved(chain)
+
+
+# ------------------------------------------------------------------ blocks and commitments
 def test_block_validation(chain, alice, bob, genesis):
     rules = ChainRules.of(genesis)
     parent = chain.blocks[-1]
+    parent_state = chain.state
     applied = chain.add_block([make_tx(alice, to=bob.address)])
     block = applied.block
-    assert validate_block(block, parent.block.header, parent.state, rules).block == block
+    assert validate_block(block, parent.block.header, parent_state, rules).block == block
     assert Block.decode(block.encode()) == block
 
-    def tampered(**changes):
-        fields = {k: getattr(block.header, k) for k in BlockHeader.__slots__}
-        return Block(BlockHeader(**{**fields, **changes}), block.txs)
+    def fields(**changes):
+        return {**{k: getattr(block.header, k) for k in BlockHeader.__slots__}, **changes}
 
+    key = make_key("authority")
     for bad in [
-        tampered(state_root=b"\x00" * 32),  # signature no longer matches
+        Block(BlockHeader(**fields(state_root=b"\x00" * 32)), block.txs),  # signature no longer matches
         Block(block.header, ()),  # tx_root mismatch
-        tampered(height=5),
-        tampered(chain_id="other"),
+        Block(BlockHeader(**fields(height=5)), block.txs),
+        Block(BlockHeader(**fields(chain_id="other")), block.txs),
     ]:
         with pytest.raises(ValidationError):
-            validate_block(bad, parent.block.header, parent.state, rules)
-    # A correctly signed block whose state root lies.
-    key = make_key("authority")
-    liar = Block(
-        BlockHeader(
-            **{**{k: getattr(block.header, k) for k in BlockHeader.__slots__}, "state_root": b"\x01" * 32}
-        ).signed(key),
-        block.txs,
-    )
-    with pytest.raises(ValidationError, match="state_root"):
-        validate_block(liar, parent.block.header, parent.state, rules)
+            validate_block(bad, parent.block.header, parent_state, rules)
+    for lie in ("state_root", "receipts_root"):  # correctly signed, but the commitment lies
+        liar = Block(BlockHeader(**fields(**{lie: b"\x01" * 32})).signed(key), block.txs)
+        with pytest.raises(ValidationError, match=lie):
+            validate_block(liar, parent.block.header, parent_state, rules)
 
 
 def test_build_block_drops_what_no_longer_applies(chain, alice, bob, genesis, authority):
     parent = chain.blocks[-1]
     txs = [make_tx(alice, nonce=0), make_tx(alice, nonce=0, amount=2), make_tx(bob, amount=10**10)]
     applied, dropped = build_block(
-        authority, parent.block.header, parent.state, txs, ChainRules.of(genesis), timestamp_ms=10, max_txs=10
+        authority, parent.block.header, chain.state, txs, ChainRules.of(genesis), timestamp_ms=10, max_txs=10
     )
     assert [tx.hash for tx in applied.block.txs] == [txs[0].hash]
     assert sorted(e.reason for _, e in dropped) == ["InsufficientFunds", "NonceTooLow"]
 
 
+def test_state_root_is_incremental_and_proofs_verify_offline(chain, alice, bob):
+    applied = chain.add_block([make_tx(alice, to=make_key(f"r{i}").address, nonce=i) for i in range(30)])
+    full = StateTree.from_records(chain.state.leaves())
+    assert full.root == applied.tree.root == applied.block.header.state_root
+    key = account_key(alice.address)
+    records = sorted(kv for kv in chain.state.leaves() if bucket_of(kv[0]) == bucket_of(key))
+    proof = prove(applied.tree, records, key)
+    assert proof is not None and proof.verify(applied.block.header.state_root)
+    assert not proof.verify(chain.blocks[-2].block.header.state_root)
+    tampered = type(proof)(proof.key, proof.value + b"\x00", proof.in_bucket, proof.bucket_path)
+    assert not tampered.verify(applied.block.header.state_root)
+
+
+def test_receipt_inclusion_proof_against_header(chain, alice, bob):
+    applied = chain.add_block([make_tx(alice, nonce=i, to=bob.address, amount=i + 1) for i in range(5)])
+    header = applied.block.header
+    assert receipts_root(applied.receipts) == header.receipts_root
+    leaves = [r.encode() for r in applied.receipts]
+    path = merkle_proof(leaves, 3)
+    assert verify_proof(header.receipts_root, leaves[3], path)
+    assert not verify_proof(header.receipts_root, leaves[2], path)
+
+
+def test_diverging_chains_differ_at_the_first_differing_block(genesis, authority, alice, bob):
+    a, b = ChainBuilder(genesis, [authority]), ChainBuilder(genesis, [authority])
+    for chain in (a, b):
+        chain.add_block([make_tx(alice, to=bob.address, amount=5)])
+    a.add_block([make_tx(alice, nonce=1, to=bob.address, amount=6)])
+    b.add_block([make_tx(alice, nonce=1, to=bob.address, amount=7)])
+    ha, hb = (c.blocks[2].block.header for c in (a, b))
+    assert a.blocks[1].block.hash == b.blocks[1].block.hash
+    assert ha.state_root != hb.state_root and ha.receipts_root != hb.receipts_root
+
+
 def test_genesis_json_roundtrip_and_errors(genesis):
     again = genesis_from_json(genesis_to_json(genesis))
     assert isinstance(again, Genesis) and again.hash == genesis.hash
-    for text in ["{", '{"chain_id": "x"}', genesis_to_json(genesis).replace('"balance": 1', '"balance": -1')]:
+    assert again.providers == genesis.providers and again.stakes == genesis.stakes
+    text = genesis_to_json(genesis)
+    bad_texts = ["{", '{"chain_id": "x"}', text.replace('"balance": 1', '"balance": -1')]
+    for bad in [*bad_texts, text.replace('"stake": ', '"stake": 1 + ')]:
         with pytest.raises(ConfigError):
-            genesis_from_json(text)
+            genesis_from_json(bad)
+    low = text.replace(f'"min_provider_stake": {genesis.min_provider_stake}', f'"min_provider_stake": {10**15}')
+    with pytest.raises(ConfigError, match="min_provider_stake"):
+        genesis_from_json(low)

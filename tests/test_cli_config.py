@@ -18,7 +18,7 @@ def test_devnet_configs_load():
     assert cfg.node.provider is not None and cfg.node.provider.miner_id == "peer3-gpu0"
     assert cfg.node.genesis.chain_id == "ait-devnet" and cfg.rpc_port == 0
     assert cfg.node.key.address in cfg.node.genesis.consensus["authorities"]
-    assert cfg.node.genesis.total_supply == (1_000_000 + 10_000 + 1_000) * 10**9
+    assert cfg.node.genesis.total_supply == (1_000_000 + 10_000 + 1_000 + 100) * 10**9
 
 
 @pytest.mark.parametrize("role", ["validator", "provider", "client"])

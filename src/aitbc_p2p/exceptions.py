@@ -50,13 +50,32 @@ class ValidationError(AitbcError):
     pass
 
 
-class TxRejected(ValidationError):
-    """A transaction was refused. ``reason`` is one of the names in specs/transactions.md.
+REJECTION_REASONS = (
+    "Malformed",
+    "BadSignature",
+    "WrongChain",
+    "Underpriced",
+    "AmountOutOfRange",
+    "NonceTooLow",
+    "NonceTooHigh",
+    "InsufficientFunds",
+    "InsufficientStake",
+    "NothingToWithdraw",
+    "NotProvider",
+    "UnknownJob",
+    "NotJobParty",
+    "NotArbiter",
+    "JobState",
+    "BadEvidence",
+    "Duplicate",
+    "PoolFull",
+    "ReplacementUnderpriced",
+)
+"""Every reason a transaction can be refused for (specs/transactions.md, "Rejection reasons")."""
 
-    Reasons: Malformed, BadSignature, WrongChain, NonceTooLow, NonceTooHigh,
-    InsufficientFunds, Underpriced, AmountOutOfRange, UnknownJob, NotJobParty,
-    JobState, Duplicate, PoolFull.
-    """
+
+class TxRejected(ValidationError):
+    """A transaction was refused. ``reason`` is one of :data:`REJECTION_REASONS`."""
 
     def __init__(self, reason: str, message: str, **details: Any) -> None:
         super().__init__(f"{reason}: {message}")

@@ -6,9 +6,11 @@ import logging
 from collections.abc import Container, Iterable
 from dataclasses import dataclass
 
+from aitbc_p2p.chain.commitment import StateTree
+from aitbc_p2p.chain.merkle import merkle_root
 from aitbc_p2p.chain.models import Block, BlockHeader, Genesis, Transaction, tx_root
-from aitbc_p2p.chain.state import Overlay, StateView, state_root
-from aitbc_p2p.chain.transition import ChainRules, apply_tx, apply_txs, check_stateless, genesis_state
+from aitbc_p2p.chain.state import Overlay, StateView
+from aitbc_p2p.chain.transition import ChainRules, Receipt, apply_tx, apply_txs, check_stateless, genesis_state
 from aitbc_p2p.crypto import PrivateKey
 from aitbc_p2p.exceptions import TxRejected, ValidationError
 from aitbc_p2p.types import ZERO_HASH, Address, Hash32
@@ -22,10 +24,17 @@ class AppliedBlock:
 
     block: Block
     state: Overlay
+    tree: StateTree
+    receipts: tuple[Receipt, ...] = ()
+
+
+def receipts_root(receipts: Iterable[Receipt]) -> Hash32:
+    return merkle_root([r.encode() for r in receipts])
 
 
 def genesis_block(genesis: Genesis) -> AppliedBlock:
     state = genesis_state(genesis)
+    tree = state.tree()
     header = BlockHeader(
         chain_id=genesis.chain_id,
         height=0,
@@ -33,9 +42,10 @@ def genesis_block(genesis: Genesis) -> AppliedBlock:
         timestamp_ms=genesis.timestamp_ms,
         proposer=Address(""),
         tx_root=tx_root(()),
-        state_root=state_root(state.leaves()),
+        state_root=tree.root,
+        receipts_root=receipts_root(()),
     )
-    return AppliedBlock(Block(header, ()), state)
+    return AppliedBlock(Block(header, ()), state, tree)
 
 
 def build_block(
@@ -48,6 +58,7 @@ def build_block(
     timestamp_ms: int,
     max_txs: int,
     verified: Container[Hash32] = frozenset(),
+    round: int = 0,
 ) -> tuple[AppliedBlock, list[tuple[Transaction, TxRejected]]]:
     """Build and sign the next block from candidate transactions, in order.
 
@@ -57,27 +68,32 @@ def build_block(
     height = parent.height + 1
     state = Overlay(view)
     included: list[Transaction] = []
+    receipts: list[Receipt] = []
     dropped: list[tuple[Transaction, TxRejected]] = []
     for tx in candidates:
         if len(included) >= max_txs:
             break
         try:
             check_stateless(tx, rules, verified=tx.hash in verified)
-            apply_tx(state, tx, height=height)
+            receipt = apply_tx(state, tx, height=height, rules=rules)  # a refusal changes nothing
         except TxRejected as e:
             dropped.append((tx, e))
             continue
+        receipts.append(Receipt(receipt.tx, len(included), receipt.fee, receipt.events))
         included.append(tx)
+    tree = state.tree()
     header = BlockHeader(
         chain_id=rules.chain_id,
         height=height,
         parent=parent.hash,
         timestamp_ms=max(timestamp_ms, parent.timestamp_ms),
         proposer=key.address,
+        round=round,
         tx_root=tx_root(included),
-        state_root=state_root(state.leaves()),
+        state_root=tree.root,
+        receipts_root=receipts_root(receipts),
     ).signed(key)
-    return AppliedBlock(Block(header, tuple(included)), state), dropped
+    return AppliedBlock(Block(header, tuple(included)), state, tree, tuple(receipts)), dropped
 
 
 def validate_block(
@@ -107,10 +123,12 @@ def validate_block(
     if tx_root(block.txs) != h.tx_root:
         raise ValidationError("tx_root does not match the transactions")
     try:
-        state = apply_txs(view, block.txs, rules, height=h.height, verified=verified)
+        state, receipts = apply_txs(view, block.txs, rules, height=h.height, verified=verified)
     except TxRejected as e:
         raise ValidationError(f"block {h.height} holds an invalid transaction: {e}") from e
-    root: Hash32 = state_root(state.leaves())
-    if root != h.state_root:
+    if receipts_root(receipts) != h.receipts_root:
+        raise ValidationError(f"block {h.height} receipts_root mismatch")
+    tree = state.tree()
+    if tree.root != h.state_root:
         raise ValidationError(f"block {h.height} state_root mismatch")
-    return AppliedBlock(block, state)
+    return AppliedBlock(block, state, tree, tuple(receipts))

@@ -5,7 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from aitbc_p2p.chain.models import Genesis
+from aitbc_p2p.chain.models import (
+    DEFAULT_DISPUTE_BLOCKS,
+    DEFAULT_MIN_PROVIDER_STAKE,
+    DEFAULT_UNBONDING_BLOCKS,
+    Genesis,
+)
 from aitbc_p2p.crypto.keys import validate_address
 from aitbc_p2p.exceptions import ConfigError, CryptoError
 from aitbc_p2p.types import MAX_AMOUNT, Address
@@ -20,13 +25,16 @@ def genesis_from_json(text: str) -> Genesis:
     try:
         doc = json.loads(text)
         alloc: list[tuple[Address, int]] = []
+        stakes: list[tuple[Address, int]] = []
+        providers: list[Address] = []
         labels: dict[str, str] = {}
         for entry in doc["alloc"]:
             address = validate_address(entry["address"])
-            units = entry["balance"]
-            if not isinstance(units, int) or isinstance(units, bool) or not 0 <= units <= MAX_AMOUNT:
-                raise ConfigError(f"balance of {address} must be an integer of base units")
-            alloc.append((address, units))
+            alloc.append((address, _units(entry, "balance", address)))
+            if "stake" in entry:
+                stakes.append((address, _units(entry, "stake", address)))
+            if entry.get("provider", False) is True:
+                providers.append(address)
             if "label" in entry:
                 labels[address] = str(entry["label"])
         consensus = doc["consensus"]
@@ -39,25 +47,54 @@ def genesis_from_json(text: str) -> Genesis:
             timestamp_ms=int(doc["timestamp_ms"]),
             alloc=tuple(alloc),
             consensus=consensus,
-            min_fee=int(doc.get("min_fee", 1000)),
+            min_fee=_units(doc, "min_fee", "the chain", 1000),
+            stakes=tuple(stakes),
+            providers=tuple(providers),
+            arbiters=tuple(validate_address(a) for a in doc.get("arbiters", [])),
+            unbonding_blocks=_units(doc, "unbonding_blocks", "the chain", DEFAULT_UNBONDING_BLOCKS),
+            dispute_blocks=_units(doc, "dispute_blocks", "the chain", DEFAULT_DISPUTE_BLOCKS),
+            min_provider_stake=_units(doc, "min_provider_stake", "the chain", DEFAULT_MIN_PROVIDER_STAKE),
             labels=labels,
         )
     except (ValueError, KeyError, TypeError, CryptoError) as e:
         raise ConfigError(f"bad genesis document: {e}") from e
     if len({a for a, _ in alloc}) != len(alloc):
         raise ConfigError("genesis allocates to the same address twice")
+    for address in genesis.providers:
+        if genesis.stake_of(address) < genesis.min_provider_stake:
+            raise ConfigError(f"provider {address} stakes less than min_provider_stake")
     return genesis
 
 
+def _units(doc: Any, name: str, who: str, default: int | None = None) -> int:
+    value = doc.get(name, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_AMOUNT:
+        raise ConfigError(f"{name} of {who} must be an integer in [0, 2^64-1]")
+    return value
+
+
 def genesis_to_json(genesis: Genesis) -> str:
+    stakes = dict(genesis.stakes)
+
+    def entry(a: Address, units: int) -> dict[str, Any]:
+        out: dict[str, Any] = {"address": a, "balance": units}
+        if a in stakes:
+            out["stake"] = stakes[a]
+        if a in genesis.providers:
+            out["provider"] = True
+        if a in genesis.labels:
+            out["label"] = genesis.labels[a]
+        return out
+
     doc: dict[str, Any] = {
         "chain_id": genesis.chain_id,
         "timestamp_ms": genesis.timestamp_ms,
         "min_fee": genesis.min_fee,
+        "unbonding_blocks": genesis.unbonding_blocks,
+        "dispute_blocks": genesis.dispute_blocks,
+        "min_provider_stake": genesis.min_provider_stake,
+        "arbiters": list(genesis.arbiters),
         "consensus": dict(genesis.consensus),
-        "alloc": [
-            {"address": a, "balance": units, **({"label": genesis.labels[a]} if a in genesis.labels else {})}
-            for a, units in genesis.alloc
-        ],
+        "alloc": [entry(a, units) for a, units in genesis.alloc],
     }
     return json.dumps(doc, indent=2) + "\n"

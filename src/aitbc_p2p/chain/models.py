@@ -21,14 +21,33 @@ from aitbc_p2p.types import MAX_AMOUNT, ZERO_HASH, Address, Hash32
 
 MAX_TXS_PER_BLOCK = 5000
 MAX_METRICS = 16
+MAX_ROUND = 2**32 - 1
+DEFAULT_UNBONDING_BLOCKS = 100
+DEFAULT_DISPUTE_BLOCKS = 10
+DEFAULT_MIN_PROVIDER_STAKE = 100 * 10**9
 
 
 class TxKind(enum.StrEnum):
     TRANSFER = "transfer"
+    STAKE = "stake"
+    UNSTAKE = "unstake"
+    WITHDRAW = "withdraw"
+    PROVIDER_REGISTER = "provider_register"
+    PROVIDER_UNREGISTER = "provider_unregister"
     JOB_OPEN = "job_open"
     JOB_RECEIPT = "job_receipt"
     JOB_SETTLE = "job_settle"
+    JOB_DISPUTE = "job_dispute"
+    JOB_RESOLVE = "job_resolve"
     JOB_REFUND = "job_refund"
+    SLASH = "slash"
+
+
+class Verdict(enum.StrEnum):
+    """An arbiter's ruling on a disputed job."""
+
+    PROVIDER = "provider"
+    CLIENT = "client"
 
 
 def _malformed(message: str, **details: Any) -> TxRejected:
@@ -72,11 +91,21 @@ def _exact_keys(obj: Mapping[str, Any], keys: set[str], what: str) -> None:
 
 _PAYLOAD_KEYS: dict[TxKind, set[str]] = {
     TxKind.TRANSFER: {"to", "amount"},
+    TxKind.STAKE: {"amount"},
+    TxKind.UNSTAKE: {"amount"},
+    TxKind.WITHDRAW: set(),
+    TxKind.PROVIDER_REGISTER: set(),
+    TxKind.PROVIDER_UNREGISTER: set(),
     TxKind.JOB_OPEN: {"job_id", "provider", "amount", "deadline"},
     TxKind.JOB_RECEIPT: {"job_id", "result_hash", "cost", "metrics"},
     TxKind.JOB_SETTLE: {"job_id"},
+    TxKind.JOB_DISPUTE: {"job_id"},
+    TxKind.JOB_RESOLVE: {"job_id", "verdict"},
     TxKind.JOB_REFUND: {"job_id"},
+    TxKind.SLASH: {"evidence"},
 }
+MOVES_AMOUNT = frozenset({TxKind.TRANSFER, TxKind.STAKE, TxKind.JOB_OPEN})
+"""Kinds whose ``amount`` leaves the sender's balance."""
 
 
 def _check_payload(kind: TxKind, payload: Mapping[str, Any]) -> None:
@@ -84,6 +113,20 @@ def _check_payload(kind: TxKind, payload: Mapping[str, Any]) -> None:
     if kind is TxKind.TRANSFER:
         _address(payload, "to")
         _uint(payload, "amount", low=1)
+    elif kind in (TxKind.STAKE, TxKind.UNSTAKE):
+        _uint(payload, "amount", low=1)
+    elif kind in (TxKind.WITHDRAW, TxKind.PROVIDER_REGISTER, TxKind.PROVIDER_UNREGISTER):
+        pass
+    elif kind is TxKind.JOB_RESOLVE:
+        _hash32(payload, "job_id")
+        try:
+            Verdict(_need(payload, "verdict", str))
+        except ValueError as e:
+            raise _malformed("verdict must be 'provider' or 'client'") from e
+    elif kind is TxKind.SLASH:
+        evidence = _need(payload, "evidence", list)
+        if len(evidence) != 2 or not all(isinstance(v, dict) for v in evidence):
+            raise _malformed("evidence must be two signed votes")
     elif kind is TxKind.JOB_OPEN:
         _hash32(payload, "job_id")
         _address(payload, "provider")
@@ -226,6 +269,9 @@ class BlockHeader:
     proposer: Address
     tx_root: Hash32
     state_root: Hash32
+    receipts_root: Hash32
+    round: int = 0
+    """The consensus round (or backup rank) in which this block was proposed."""
     signature: bytes = b""
 
     def body(self) -> dict[str, Any]:
@@ -235,8 +281,10 @@ class BlockHeader:
             "parent": self.parent,
             "timestamp_ms": self.timestamp_ms,
             "proposer": self.proposer,
+            "round": self.round,
             "tx_root": self.tx_root,
             "state_root": self.state_root,
+            "receipts_root": self.receipts_root,
         }
 
     @property
@@ -264,7 +312,10 @@ class BlockHeader:
         try:
             if not isinstance(body, dict) or not isinstance(sig, bytes):
                 raise _malformed("header must be a map and sig bytes")
-            keys = {"chain_id", "height", "parent", "timestamp_ms", "proposer", "tx_root", "state_root"}
+            keys = {
+                "chain_id", "height", "parent", "timestamp_ms", "proposer", "round",
+                "tx_root", "state_root", "receipts_root",
+            }  # fmt: skip
             _exact_keys(body, keys, "header")
             proposer = _need(body, "proposer", str)
             return cls(
@@ -273,8 +324,10 @@ class BlockHeader:
                 parent=_hash32(body, "parent"),
                 timestamp_ms=_uint(body, "timestamp_ms"),
                 proposer=Address(proposer) if proposer == "" else _address(body, "proposer"),
+                round=_uint(body, "round", high=MAX_ROUND),
                 tx_root=_hash32(body, "tx_root"),
                 state_root=_hash32(body, "state_root"),
+                receipts_root=_hash32(body, "receipts_root"),
                 signature=sig,
             )
         except TxRejected as e:
@@ -358,6 +411,15 @@ class Genesis:
     alloc: tuple[tuple[Address, int], ...]
     consensus: Mapping[str, Any]
     min_fee: int = 1000
+    stakes: tuple[tuple[Address, int], ...] = ()
+    """Initial bonded stake per address (validators of ``pos``, providers)."""
+    providers: tuple[Address, ...] = ()
+    """Addresses registered as providers at genesis (each needs ``min_provider_stake``)."""
+    arbiters: tuple[Address, ...] = ()
+    """Addresses that may resolve disputed jobs."""
+    unbonding_blocks: int = DEFAULT_UNBONDING_BLOCKS
+    dispute_blocks: int = DEFAULT_DISPUTE_BLOCKS
+    min_provider_stake: int = DEFAULT_MIN_PROVIDER_STAKE
     labels: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def to_wire(self) -> dict[str, Any]:
@@ -367,6 +429,12 @@ class Genesis:
             "alloc": [[addr, amount] for addr, amount in self.alloc],
             "consensus": dict(self.consensus),
             "min_fee": self.min_fee,
+            "stakes": [[addr, amount] for addr, amount in self.stakes],
+            "providers": list(self.providers),
+            "arbiters": list(self.arbiters),
+            "unbonding_blocks": self.unbonding_blocks,
+            "dispute_blocks": self.dispute_blocks,
+            "min_provider_stake": self.min_provider_stake,
         }
 
     @property
@@ -375,4 +443,7 @@ class Genesis:
 
     @property
     def total_supply(self) -> int:
-        return sum(amount for _, amount in self.alloc)
+        return sum(amount for _, amount in self.alloc) + sum(amount for _, amount in self.stakes)
+
+    def stake_of(self, address: str) -> int:
+        return sum(amount for a, amount in self.stakes if a == address)

@@ -1,46 +1,72 @@
 """State records, the read-only :class:`StateView` seam and a copy-on-write overlay.
 
-State is accounts (balance, nonce), jobs (escrow records) and the burned-fee counter.
-Every record is a leaf ``(key, canonical value)``; the header commits to the Merkle
-root of all leaves in key order (specs/transactions.md, "State commitment").
+State is accounts (balance, nonce, stake, unbonding, provider flag), jobs (escrow
+records), slashed-offence markers and the burned counter. Every record is a leaf
+``(key, canonical value)``; the header commits to them through the bucketed tree of
+:mod:`aitbc_p2p.chain.commitment` (specs/transactions.md, "State commitment").
 """
 
 from __future__ import annotations
 
 import enum
 import heapq
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from aitbc_p2p.chain.merkle import merkle_root
+from aitbc_p2p.chain.commitment import StateTree, bucket_of, bucket_root
 from aitbc_p2p.codec import decode, encode
 from aitbc_p2p.types import Address, Hash32
 
 ACCOUNT_PREFIX = b"a"
 JOB_PREFIX = b"j"
+EVIDENCE_PREFIX = b"e"
 BURNED_KEY = b"m:burned"
+MAX_UNBONDING = 16
+"""Unbonding entries an account may hold at once."""
 
 
 class JobStatus(enum.StrEnum):
     OPEN = "open"
     RECEIPTED = "receipted"
+    DISPUTED = "disputed"
     SETTLED = "settled"
     REFUNDED = "refunded"
+
+    @property
+    def escrowed(self) -> bool:
+        """Whether the job's amount is still locked."""
+        return self in (JobStatus.OPEN, JobStatus.RECEIPTED, JobStatus.DISPUTED)
 
 
 @dataclass(frozen=True, slots=True)
 class Account:
     balance: int = 0
     nonce: int = 0
+    stake: int = 0
+    """Bonded: slashable, counts for provider registration and validator weight."""
+    unbonding: tuple[tuple[int, int], ...] = ()
+    """``(amount, release_height)`` entries, still slashable until withdrawn."""
+    provider: bool = False
+    active_jobs: int = 0
+    """Jobs naming this account as provider whose escrow is not yet released."""
+
+    @property
+    def unbonding_total(self) -> int:
+        return sum(amount for amount, _ in self.unbonding)
 
     def encode(self) -> bytes:
-        return encode([self.balance, self.nonce])
+        return encode(
+            [self.balance, self.nonce, self.stake, [list(u) for u in self.unbonding], self.provider, self.active_jobs]
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> Account:
-        balance, nonce = decode(data)
-        return cls(balance, nonce)
+        balance, nonce, stake, unbonding, provider, active_jobs = decode(data)
+        return cls(balance, nonce, stake, tuple((a, h) for a, h in unbonding), provider, active_jobs)
+
+    def with_(self, **changes: Any) -> Account:
+        return replace(self, **changes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +84,7 @@ class Job:
     cost: int = 0
     metrics: dict[str, int] = field(default_factory=dict)
     receipt_tx: bytes = b""
+    receipt_height: int = 0
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -72,6 +99,7 @@ class Job:
             "cost": self.cost,
             "metrics": dict(self.metrics),
             "receipt_tx": self.receipt_tx,
+            "receipt_height": self.receipt_height,
         }
 
     def encode(self) -> bytes:
@@ -92,6 +120,7 @@ class Job:
             cost=w["cost"],
             metrics=dict(w["metrics"]),
             receipt_tx=w["receipt_tx"],
+            receipt_height=w["receipt_height"],
         )
 
     def with_(self, **changes: Any) -> Job:
@@ -106,86 +135,177 @@ def job_key(job_id: bytes) -> bytes:
     return JOB_PREFIX + job_id
 
 
+def evidence_key(offence: bytes) -> bytes:
+    return EVIDENCE_PREFIX + offence
+
+
 class StateView(Protocol):
     """Read-only access to committed state. Implementations must not block for long."""
 
+    def get(self, key: bytes) -> bytes | None:
+        """The raw record at a state key."""
+        ...
+
+    def bucket_items(self, bucket: int) -> Iterator[tuple[bytes, bytes]]:
+        """The records of one commitment bucket, in ascending key order."""
+        ...
+
+    def leaves(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every state record as (key, value), in no particular order."""
+        ...
+
+    def tree(self) -> StateTree:
+        """The commitment tree of this state."""
+        ...
+
     def account(self, address: Address) -> Account: ...
 
-    def job(self, job_id: Hash32) -> Job | None: ...
+    def job(self, job_id: bytes) -> Job | None: ...
 
     def burned(self) -> int: ...
 
-    def leaves(self) -> Iterator[tuple[bytes, bytes]]:
-        """Every state record as (key, value), in ascending key order."""
-        ...
+
+def read_account(view: StateView, address: Address) -> Account:
+    raw = view.get(account_key(address))
+    return Account() if raw is None else Account.decode(raw)
 
 
-@dataclass(slots=True)
-class StateDiff:
-    """The records a block (or the genesis) changes."""
+def read_job(view: StateView, job_id: bytes) -> Job | None:
+    raw = view.get(job_key(job_id))
+    return None if raw is None else Job.decode(raw)
 
-    accounts: dict[Address, Account] = field(default_factory=dict)
-    jobs: dict[Hash32, Job] = field(default_factory=dict)
-    burned: int | None = None
 
-    def items(self) -> Iterator[tuple[bytes, bytes]]:
-        for addr, acct in self.accounts.items():
-            yield account_key(addr), acct.encode()
-        for job_id, job in self.jobs.items():
-            yield job_key(job_id), job.encode()
-        if self.burned is not None:
-            yield BURNED_KEY, encode(self.burned)
+def read_burned(view: StateView) -> int:
+    raw = view.get(BURNED_KEY)
+    return 0 if raw is None else int(decode(raw))
 
 
 class Overlay:
-    """A :class:`StateView` over a base view that collects changes in a :class:`StateDiff`."""
+    """A :class:`StateView` over a base view that collects changes as raw records.
+
+    Typed readers (``account``, ``job``) decode once and cache per overlay.
+    """
 
     def __init__(self, base: StateView) -> None:
         self.base = base
-        self.diff = StateDiff()
+        self.changes: dict[bytes, bytes] = {}
+        self._accounts: dict[Address, Account] = {}
+        self._jobs: dict[bytes, Job | None] = {}
 
+    # typed access
     def account(self, address: Address) -> Account:
-        found = self.diff.accounts.get(address)
-        return found if found is not None else self.base.account(address)
+        found = self._accounts.get(address)
+        if found is None:
+            found = self._accounts[address] = read_account(self, address)
+        return found
 
-    def job(self, job_id: Hash32) -> Job | None:
-        found = self.diff.jobs.get(job_id)
-        return found if found is not None else self.base.job(job_id)
+    def job(self, job_id: bytes) -> Job | None:
+        if job_id not in self._jobs:
+            self._jobs[job_id] = read_job(self, job_id)
+        return self._jobs[job_id]
 
     def burned(self) -> int:
-        return self.diff.burned if self.diff.burned is not None else self.base.burned()
+        return read_burned(self)
+
+    def has_evidence(self, offence: bytes) -> bool:
+        return self.get(evidence_key(offence)) is not None
 
     def set_account(self, address: Address, account: Account) -> None:
-        self.diff.accounts[address] = account
+        self._accounts[address] = account
+        self.changes[account_key(address)] = account.encode()
 
     def set_job(self, job: Job) -> None:
-        self.diff.jobs[job.job_id] = job
+        self._jobs[job.job_id] = job
+        self.changes[job_key(job.job_id)] = job.encode()
 
     def set_burned(self, value: int) -> None:
-        self.diff.burned = value
+        self.changes[BURNED_KEY] = encode(value)
+
+    def set_evidence(self, offence: bytes, height: int) -> None:
+        self.changes[evidence_key(offence)] = encode(height)
+
+    def absorb(self, other: Overlay) -> None:
+        """Take ``other``'s changes (``other`` must sit on this overlay)."""
+        self.changes.update(other.changes)
+        self._accounts.update(other._accounts)
+        self._jobs.update(other._jobs)
+
+    # StateView
+    def get(self, key: bytes) -> bytes | None:
+        found = self.changes.get(key)
+        return found if found is not None else self.base.get(key)
+
+    def bucket_items(self, bucket: int) -> Iterator[tuple[bytes, bytes]]:
+        mine = sorted((k, v) for k, v in self.changes.items() if bucket_of(k) == bucket)
+        if not mine:
+            yield from self.base.bucket_items(bucket)
+            return
+        changed = {k for k, _ in mine}
+        yield from heapq.merge((kv for kv in self.base.bucket_items(bucket) if kv[0] not in changed), mine)
 
     def leaves(self) -> Iterator[tuple[bytes, bytes]]:
-        changed = dict(self.diff.items())
-        base = ((k, v) for k, v in self.base.leaves() if k not in changed)
-        yield from heapq.merge(base, sorted(changed.items()))
+        yield from ((k, v) for k, v in self.base.leaves() if k not in self.changes)
+        yield from self.changes.items()
+
+    def tree(self) -> StateTree:
+        """The base tree with every bucket this overlay touched re-hashed."""
+        by_bucket: dict[int, dict[bytes, bytes]] = {}
+        for k, v in self.changes.items():
+            by_bucket.setdefault(bucket_of(k), {})[k] = v
+        roots = {}
+        for bucket, changed in by_bucket.items():
+            records = dict(self.base.bucket_items(bucket))
+            records.update(changed)
+            roots[bucket] = bucket_root(sorted(records.items()))
+        return self.base.tree().updated(roots)
 
 
 class EmptyState:
     """The state before genesis."""
 
+    def get(self, key: bytes) -> bytes | None:
+        return None
+
+    def bucket_items(self, bucket: int) -> Iterator[tuple[bytes, bytes]]:
+        return iter(())
+
+    def leaves(self) -> Iterator[tuple[bytes, bytes]]:
+        return iter(())
+
+    def tree(self) -> StateTree:
+        return StateTree.empty()
+
     def account(self, address: Address) -> Account:
         return Account()
 
-    def job(self, job_id: Hash32) -> Job | None:
+    def job(self, job_id: bytes) -> Job | None:
         return None
 
     def burned(self) -> int:
         return 0
 
-    def leaves(self) -> Iterator[tuple[bytes, bytes]]:
-        return iter(())
 
-
-def state_root(leaves: Iterable[tuple[bytes, bytes]]) -> Hash32:
-    """Merkle root over ``encode([key, value])`` of each leaf, in key order."""
-    return merkle_root([encode([k, v]) for k, v in leaves])
+def supply_of(view: StateView, genesis_total: int) -> dict[str, int]:
+    """Where every unit is. Invariant: balances + escrowed + staked + unbonding + burned
+    equals the genesis total (nothing is minted)."""
+    balances = escrowed = staked = unbonding = 0
+    for key, value in view.leaves():
+        if key.startswith(ACCOUNT_PREFIX):
+            acct = Account.decode(value)
+            balances += acct.balance
+            staked += acct.stake
+            unbonding += acct.unbonding_total
+        elif key.startswith(JOB_PREFIX):
+            job = Job.decode(value)
+            if job.status.escrowed:
+                escrowed += job.amount
+    burned = view.burned()
+    return {
+        "balances": balances,
+        "escrowed": escrowed,
+        "staked": staked,
+        "unbonding": unbonding,
+        "burned": burned,
+        "total": balances + escrowed + staked + unbonding + burned,
+        "genesis_total": genesis_total,
+    }

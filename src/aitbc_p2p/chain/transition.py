@@ -1,17 +1,21 @@
 """The pure state transition: transactions applied to a :class:`StateView` overlay.
 
 No clock, no I/O. Every refusal is a :class:`TxRejected` with a named reason, and a
-refused transaction changes nothing. Rules: specs/transactions.md.
+refused transaction changes nothing: all checks run before the first write. Each applied
+transaction yields a :class:`Receipt`. Rules: specs/transactions.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Container, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-from aitbc_p2p.chain.models import Genesis, Transaction, TxKind
-from aitbc_p2p.chain.state import Account, EmptyState, Job, JobStatus, Overlay, StateView
-from aitbc_p2p.exceptions import TxRejected
+from aitbc_p2p.chain.models import MOVES_AMOUNT, Genesis, Transaction, TxKind, Verdict
+from aitbc_p2p.chain.state import MAX_UNBONDING, Account, EmptyState, Job, JobStatus, Overlay, StateView
+from aitbc_p2p.chain.votes import check_evidence
+from aitbc_p2p.codec import encode
+from aitbc_p2p.exceptions import TxRejected, ValidationError
 from aitbc_p2p.types import MAX_AMOUNT, Address, Hash32
 
 
@@ -19,10 +23,44 @@ from aitbc_p2p.types import MAX_AMOUNT, Address, Hash32
 class ChainRules:
     chain_id: str
     min_fee: int
+    unbonding_blocks: int = 100
+    dispute_blocks: int = 10
+    min_provider_stake: int = 0
+    arbiters: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, genesis: Genesis) -> ChainRules:
-        return cls(genesis.chain_id, genesis.min_fee)
+        return cls(
+            genesis.chain_id,
+            genesis.min_fee,
+            genesis.unbonding_blocks,
+            genesis.dispute_blocks,
+            genesis.min_provider_stake,
+            frozenset(genesis.arbiters),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What one transaction did: committed under the header's ``receipts_root``."""
+
+    tx: Hash32
+    index: int
+    fee: int
+    events: tuple[tuple[Any, ...], ...] = field(default=())
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"tx": self.tx, "index": self.index, "fee": self.fee, "events": [list(e) for e in self.events]}
+
+    def encode(self) -> bytes:
+        return encode(self.to_wire())
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> Receipt:
+        try:
+            return cls(Hash32(obj["tx"]), int(obj["index"]), int(obj["fee"]), tuple(tuple(e) for e in obj["events"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValidationError(f"malformed receipt: {e}") from e
 
 
 def check_stateless(tx: Transaction, rules: ChainRules, *, verified: bool = False) -> None:
@@ -38,11 +76,10 @@ def check_stateless(tx: Transaction, rules: ChainRules, *, verified: bool = Fals
         tx.verify_signature()
 
 
-def _credit(state: Overlay, address: Address, amount: int) -> None:
-    acct = state.account(address)
-    if acct.balance + amount > MAX_AMOUNT:
-        raise TxRejected("AmountOutOfRange", "credit would overflow the recipient's balance")
-    state.set_account(address, Account(acct.balance + amount, acct.nonce))
+def _add(value: int, amount: int, what: str) -> int:
+    if value + amount > MAX_AMOUNT:
+        raise TxRejected("AmountOutOfRange", f"{what} would exceed 2^64-1")
+    return value + amount
 
 
 def _job(state: Overlay, tx: Transaction) -> Job:
@@ -52,40 +89,134 @@ def _job(state: Overlay, tx: Transaction) -> Job:
     return job
 
 
-def apply_tx(state: Overlay, tx: Transaction, *, height: int) -> None:
+class _Writes:
+    """Account updates staged while checking, applied only when every check passed."""
+
+    def __init__(self, state: Overlay) -> None:
+        self.state = state
+        self.accounts: dict[Address, Account] = {}
+        self.jobs: list[Job] = []
+        self.burn = 0
+        self.evidence: bytes | None = None
+        self.events: list[tuple[Any, ...]] = []
+
+    def get(self, address: Address) -> Account:
+        return self.accounts.get(address) or self.state.account(address)
+
+    def put(self, address: Address, account: Account) -> None:
+        self.accounts[address] = account
+
+    def credit(self, address: Address, amount: int) -> None:
+        if amount:
+            acct = self.get(address)
+            self.put(address, acct.with_(balance=_add(acct.balance, amount, "balance")))
+
+    def provider_jobs(self, address: Address, delta: int) -> None:
+        acct = self.get(address)
+        self.put(address, acct.with_(active_jobs=max(0, acct.active_jobs + delta)))
+
+    def slash(self, address: Address, amount: int) -> int:
+        """Burn up to ``amount`` of bonded then unbonding stake; return what was burned."""
+        acct = self.get(address)
+        take = min(amount, acct.stake)
+        left = amount - take
+        unbonding: list[tuple[int, int]] = []
+        burned = take
+        for value, release in acct.unbonding:
+            cut = min(value, left)
+            left -= cut
+            burned += cut
+            if value - cut:
+                unbonding.append((value - cut, release))
+        self.put(address, acct.with_(stake=acct.stake - take, unbonding=tuple(unbonding)))
+        self.burn += burned
+        if burned:
+            self.events.append(("slashed", address, burned))
+        return burned
+
+
+def apply_tx(state: Overlay, tx: Transaction, *, height: int, rules: ChainRules) -> Receipt:
     """Apply one stateless-checked transaction at block ``height``; all checks come first.
 
     Raises:
-        TxRejected: NonceTooLow, NonceTooHigh, InsufficientFunds, UnknownJob, NotJobParty,
-            JobState, Duplicate, AmountOutOfRange. The overlay is unchanged then.
+        TxRejected: NonceTooLow, NonceTooHigh, InsufficientFunds, InsufficientStake,
+            NotProvider, UnknownJob, NotJobParty, NotArbiter, JobState, Duplicate,
+            NothingToWithdraw, BadEvidence, AmountOutOfRange. The overlay is unchanged then.
     """
     sender = state.account(tx.sender)
     if tx.nonce < sender.nonce:
         raise TxRejected("NonceTooLow", f"nonce {tx.nonce} already used", expected=sender.nonce)
     if tx.nonce > sender.nonce:
         raise TxRejected("NonceTooHigh", f"nonce {tx.nonce} skips ahead", expected=sender.nonce)
+    if sender.nonce >= MAX_AMOUNT:
+        raise TxRejected("AmountOutOfRange", "the account's nonce is exhausted")
     p = tx.payload
-    spend = tx.fee + (p["amount"] if tx.kind in (TxKind.TRANSFER, TxKind.JOB_OPEN) else 0)
+    spend = tx.fee + (p["amount"] if tx.kind in MOVES_AMOUNT else 0)
     if sender.balance < spend:
         raise TxRejected(
             "InsufficientFunds", f"balance {sender.balance} is below {spend}", balance=sender.balance, needed=spend
         )
-    after = Account(sender.balance - spend, sender.nonce)
-    credits: list[tuple[Address, int]] = []
-    job_update: Job | None = None
+    w = _Writes(state)
+    w.put(tx.sender, sender.with_(balance=sender.balance - spend, nonce=sender.nonce + 1))
+    w.burn = tx.fee
+    job_id = Hash32(p["job_id"]) if "job_id" in p else None
+    kind = tx.kind
 
-    if tx.kind is TxKind.TRANSFER:
-        credits.append((Address(p["to"]), p["amount"]))
-    elif tx.kind is TxKind.JOB_OPEN:
-        job_id = Hash32(p["job_id"])
+    if kind is TxKind.TRANSFER:
+        w.credit(Address(p["to"]), p["amount"])
+        w.events.append(("transfer", p["to"], p["amount"]))
+    elif kind is TxKind.STAKE:
+        me = w.get(tx.sender)
+        w.put(tx.sender, me.with_(stake=_add(me.stake, p["amount"], "stake")))
+        w.events.append(("staked", p["amount"]))
+    elif kind is TxKind.UNSTAKE:
+        me = w.get(tx.sender)
+        if p["amount"] > me.stake:
+            raise TxRejected("InsufficientStake", f"stake {me.stake} is below {p['amount']}", stake=me.stake)
+        if me.provider and me.stake - p["amount"] < rules.min_provider_stake:
+            raise TxRejected("InsufficientStake", "a registered provider keeps min_provider_stake; unregister first")
+        if len(me.unbonding) >= MAX_UNBONDING:
+            raise TxRejected("AmountOutOfRange", f"at most {MAX_UNBONDING} unbonding entries")
+        release = height + rules.unbonding_blocks
+        w.put(tx.sender, me.with_(stake=me.stake - p["amount"], unbonding=(*me.unbonding, (p["amount"], release))))
+        w.events.append(("unbonding", p["amount"], release))
+    elif kind is TxKind.WITHDRAW:
+        me = w.get(tx.sender)
+        ripe = sum(a for a, release in me.unbonding if release <= height)
+        if not ripe:
+            raise TxRejected("NothingToWithdraw", "no unbonding entry has matured")
+        rest = tuple(u for u in me.unbonding if u[1] > height)
+        w.put(tx.sender, me.with_(balance=_add(me.balance, ripe, "balance"), unbonding=rest))
+        w.events.append(("withdrawn", ripe))
+    elif kind is TxKind.PROVIDER_REGISTER:
+        me = w.get(tx.sender)
+        if me.provider:
+            raise TxRejected("Duplicate", "already a registered provider")
+        if me.stake < rules.min_provider_stake:
+            raise TxRejected("InsufficientStake", f"providers stake at least {rules.min_provider_stake}")
+        w.put(tx.sender, me.with_(provider=True))
+    elif kind is TxKind.PROVIDER_UNREGISTER:
+        me = w.get(tx.sender)
+        if not me.provider:
+            raise TxRejected("NotProvider", "not a registered provider")
+        if me.active_jobs:
+            raise TxRejected("JobState", f"{me.active_jobs} jobs still hold escrow with this provider")
+        w.put(tx.sender, me.with_(provider=False))
+    elif kind is TxKind.JOB_OPEN:
+        assert job_id is not None
+        provider = Address(p["provider"])
         if state.job(job_id) is not None:
             raise TxRejected("Duplicate", "an escrow with this job id exists")
-        if p["provider"] == tx.sender:
+        if provider == tx.sender:
             raise TxRejected("NotJobParty", "a client cannot hire itself")
+        if not w.get(provider).provider:
+            raise TxRejected("NotProvider", "the named provider is not registered", provider=provider)
         if p["deadline"] <= height:
             raise TxRejected("JobState", "deadline must be after the current height")
-        job_update = Job(job_id, tx.sender, Address(p["provider"]), p["amount"], p["deadline"], height)
-    elif tx.kind is TxKind.JOB_RECEIPT:
+        w.jobs.append(Job(job_id, tx.sender, provider, p["amount"], p["deadline"], height))
+        w.provider_jobs(provider, +1)
+        w.events.append(("escrowed", job_id, p["amount"]))
+    elif kind is TxKind.JOB_RECEIPT:
         job = _job(state, tx)
         if tx.sender != job.provider:
             raise TxRejected("NotJobParty", "only the job's provider posts its receipt")
@@ -93,38 +224,84 @@ def apply_tx(state: Overlay, tx: Transaction, *, height: int) -> None:
             raise TxRejected("JobState", f"job is {job.status}, deadline {job.deadline}")
         if p["cost"] > job.amount:
             raise TxRejected("AmountOutOfRange", "cost exceeds the escrowed amount")
-        job_update = job.with_(
-            status=JobStatus.RECEIPTED,
-            result_hash=p["result_hash"],
-            cost=p["cost"],
-            metrics=dict(p["metrics"]),
-            receipt_tx=tx.hash,
+        w.jobs.append(
+            job.with_(
+                status=JobStatus.RECEIPTED,
+                result_hash=p["result_hash"],
+                cost=p["cost"],
+                metrics=dict(p["metrics"]),
+                receipt_tx=tx.hash,
+                receipt_height=height,
+            )
         )
-    elif tx.kind is TxKind.JOB_SETTLE:
+    elif kind is TxKind.JOB_SETTLE:
         job = _job(state, tx)
         if tx.sender not in (job.client, job.provider):
             raise TxRejected("NotJobParty", "only the client or the provider settles")
         if job.status is not JobStatus.RECEIPTED:
             raise TxRejected("JobState", f"job is {job.status}, not receipted")
-        credits += [(job.provider, job.cost), (job.client, job.amount - job.cost)]
-        job_update = job.with_(status=JobStatus.SETTLED)
-    elif tx.kind is TxKind.JOB_REFUND:
+        window_end = job.receipt_height + rules.dispute_blocks
+        if tx.sender == job.provider and height <= window_end:
+            raise TxRejected("JobState", f"the client may dispute until height {window_end}", until=window_end)
+        _release(w, job, JobStatus.SETTLED)
+    elif kind is TxKind.JOB_DISPUTE:
+        job = _job(state, tx)
+        if tx.sender != job.client:
+            raise TxRejected("NotJobParty", "only the client disputes")
+        if job.status is not JobStatus.RECEIPTED or height > job.receipt_height + rules.dispute_blocks:
+            raise TxRejected("JobState", f"job is {job.status}; disputes close {rules.dispute_blocks} blocks after")
+        w.jobs.append(job.with_(status=JobStatus.DISPUTED))
+    elif kind is TxKind.JOB_RESOLVE:
+        job = _job(state, tx)
+        if tx.sender not in rules.arbiters:
+            raise TxRejected("NotArbiter", "only a genesis arbiter resolves disputes")
+        if job.status is not JobStatus.DISPUTED:
+            raise TxRejected("JobState", f"job is {job.status}, not disputed")
+        if Verdict(p["verdict"]) is Verdict.PROVIDER:
+            _release(w, job, JobStatus.SETTLED)
+        else:
+            _release(w, job, JobStatus.REFUNDED)
+            w.slash(job.provider, job.amount)
+    elif kind is TxKind.JOB_REFUND:
         job = _job(state, tx)
         if tx.sender != job.client:
             raise TxRejected("NotJobParty", "only the client claims a refund")
         if job.status is not JobStatus.OPEN or height <= job.deadline:
             raise TxRejected("JobState", f"job is {job.status}; refund only after deadline {job.deadline}")
-        credits.append((job.client, job.amount))
-        job_update = job.with_(status=JobStatus.REFUNDED)
+        _release(w, job, JobStatus.REFUNDED)
+    elif kind is TxKind.SLASH:
+        try:
+            offender, offence = check_evidence(rules.chain_id, p["evidence"])
+        except ValidationError as e:
+            raise TxRejected("BadEvidence", str(e)) from e
+        if state.has_evidence(offence):
+            raise TxRejected("Duplicate", "this offence was already slashed")
+        victim = w.get(offender)
+        if not victim.stake + victim.unbonding_total:
+            raise TxRejected("BadEvidence", "the offender has no stake to slash")
+        w.slash(offender, victim.stake + victim.unbonding_total)
+        w.evidence = offence
 
-    # Every check passed: write. Fees are burned (specs/transactions.md, "Fees").
-    state.set_account(tx.sender, Account(after.balance, after.nonce + 1))
-    for address, amount in credits:
-        if amount:
-            _credit(state, address, amount)
-    if job_update is not None:
-        state.set_job(job_update)
-    state.set_burned(state.burned() + tx.fee)
+    # Every check passed: write. Fees (and slashed stake) are burned ("Fees").
+    for address, account in w.accounts.items():
+        state.set_account(address, account)
+    for job in w.jobs:
+        state.set_job(job)
+    if w.evidence is not None:
+        state.set_evidence(w.evidence, height)
+    state.set_burned(_add(state.burned(), w.burn, "burned"))
+    return Receipt(tx.hash, 0, tx.fee, tuple(w.events))
+
+
+def _release(w: _Writes, job: Job, status: JobStatus) -> None:
+    """Release a job's escrow, which happens exactly once: settled pays the provider its
+    cost and returns the rest; refunded returns everything to the client."""
+    to_provider = job.cost if status is JobStatus.SETTLED else 0
+    w.credit(job.provider, to_provider)
+    w.credit(job.client, job.amount - to_provider)
+    w.provider_jobs(job.provider, -1)
+    w.jobs.append(job.with_(status=status))
+    w.events.append(("released", job.job_id, to_provider, job.amount - to_provider))
 
 
 def apply_txs(
@@ -134,27 +311,45 @@ def apply_txs(
     *,
     height: int,
     verified: Container[Hash32] = frozenset(),
-) -> Overlay:
+) -> tuple[Overlay, list[Receipt]]:
     """Apply a block's transactions in order; the first refusal rejects them all.
 
     Signatures of transactions whose hash is in ``verified`` are not checked again.
     """
     state = Overlay(base)
+    receipts: list[Receipt] = []
     for index, tx in enumerate(txs):
         check_stateless(tx, rules, verified=tx.hash in verified)
         try:
-            apply_tx(state, tx, height=height)
+            receipt = apply_tx(state, tx, height=height, rules=rules)
         except TxRejected as e:
             e.details["index"] = index
             raise
-    return state
+        receipts.append(Receipt(receipt.tx, index, receipt.fee, receipt.events))
+    return state, receipts
 
 
 def genesis_state(genesis: Genesis) -> Overlay:
+    """The allocations, stakes and provider registrations of the genesis.
+
+    Raises:
+        TxRejected: an amount out of range, or a provider without ``min_provider_stake``.
+    """
     state = Overlay(EmptyState())
+    w = _Writes(state)
     for address, amount in genesis.alloc:
         if not 0 <= amount <= MAX_AMOUNT:
             raise TxRejected("AmountOutOfRange", f"genesis allocation for {address}")
-        _credit(state, address, amount)
+        w.credit(address, amount)
+    for address, amount in genesis.stakes:
+        acct = w.get(address)
+        w.put(address, acct.with_(stake=_add(acct.stake, amount, "stake")))
+    for address in genesis.providers:
+        acct = w.get(address)
+        if acct.stake < genesis.min_provider_stake:
+            raise TxRejected("InsufficientStake", f"genesis provider {address} lacks min_provider_stake")
+        w.put(address, acct.with_(provider=True))
+    for address, account in w.accounts.items():
+        state.set_account(address, account)
     state.set_burned(0)
     return state

@@ -1,7 +1,10 @@
 """The consensus engine seam (specs/consensus.md).
 
-An engine decides who may propose at a height and when, accepts or refuses headers on
-consensus grounds, and says when a block is final. Engines are pure: time is a parameter.
+An engine decides who may propose a block at ``(height, round)`` and from when, accepts or
+refuses headers on consensus grounds, ranks competing tips for fork choice, and says how
+deep a block must be before it can never be reverted. Engines are pure: time is a
+parameter. BFT engines (``bft = True``) only commit blocks that carry a commit
+certificate, so they never fork; the node drives their rounds.
 """
 
 from __future__ import annotations
@@ -14,19 +17,25 @@ from aitbc_p2p.types import Address
 
 class ConsensusEngine(Protocol):
     name: str
+    bft: bool
+    block_time_ms: int
 
-    def proposer(self, height: int) -> Address:
-        """The authority expected to propose the block at ``height``."""
+    def proposer(self, height: int, round: int = 0) -> Address:
+        """The validator expected to propose at ``height`` in ``round`` (round 0 first)."""
         ...
 
-    def due_ms(self, parent: BlockHeader) -> int:
-        """The earliest timestamp (ms) at which the child of ``parent`` may be proposed."""
+    def due_ms(self, parent: BlockHeader, round: int = 0) -> int:
+        """The earliest timestamp (ms) of a child of ``parent`` proposed in ``round``."""
         ...
 
     def validate_header(self, header: BlockHeader, parent: BlockHeader) -> None:
         """Raise :class:`~aitbc_p2p.exceptions.ConsensusError` if consensus refuses ``header``."""
         ...
 
-    def is_final(self, height: int, head_height: int) -> bool:
-        """Whether the block at ``height`` can no longer be reverted given the head."""
+    def fork_score(self, header: BlockHeader) -> tuple[int, ...]:
+        """Fork choice: of two tips, the one with the higher score is the head."""
+        ...
+
+    def finality_depth(self) -> int:
+        """Blocks this many below the head are final: fork choice never reverts them."""
         ...

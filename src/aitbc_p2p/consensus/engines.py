@@ -1,8 +1,5 @@
-"""Reference engines: ``solo`` (one authority) and ``poa`` (round-robin authorities).
-
-Both are instant-finality in the skeleton: a peer only ever extends its head with a
-block that the engine's schedule allows, so there is nothing to reorganise. Backup
-proposers and stake-weighted BFT finality come with the ``pos`` engine (specs/consensus.md).
+"""Engines: ``solo``, ``poa`` (round-robin with backup proposers) and ``pos`` (stake-weighted
+proposers, BFT finality). Registered by name; the genesis picks one (specs/consensus.md).
 """
 
 from __future__ import annotations
@@ -11,43 +8,67 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from aitbc_p2p.chain.models import BlockHeader, Genesis
+from aitbc_p2p.codec import encode
 from aitbc_p2p.consensus.abc import ConsensusEngine
+from aitbc_p2p.crypto import sha256
 from aitbc_p2p.crypto.keys import validate_address
 from aitbc_p2p.exceptions import ConsensusError, CryptoError
 from aitbc_p2p.types import Address
 
 DEFAULT_BLOCK_TIME_MS = 1000
-MAX_FUTURE_DRIFT_MS = 5000
+MAX_BACKUP_ROUNDS = 64
 
 
 class PoaEngine:
-    """Round-robin proof of authority: authority ``height % n`` proposes block ``height``."""
+    """Round-robin proof of authority with backup proposers.
+
+    Authority ``(height + round) % n`` proposes in ``round``. Round 0 is due one block time
+    after the parent; round ``r`` a further ``r * backup_ms`` later, so when the primary is
+    down the next authority steps in. Fork choice prefers the longer chain, then the tip
+    proposed in the lower round (the primary), then the lower block id.
+    """
 
     name = "poa"
+    bft = False
 
-    def __init__(self, authorities: Sequence[Address], block_time_ms: int = DEFAULT_BLOCK_TIME_MS) -> None:
+    def __init__(
+        self,
+        authorities: Sequence[Address],
+        block_time_ms: int = DEFAULT_BLOCK_TIME_MS,
+        backup_ms: int | None = None,
+    ) -> None:
         if not authorities:
             raise ConsensusError(f"{self.name} needs at least one authority")
+        if len(set(authorities)) != len(authorities):
+            raise ConsensusError("authorities must be distinct")
         if block_time_ms <= 0:
             raise ConsensusError("block_time_ms must be positive")
         self.authorities = tuple(authorities)
         self.block_time_ms = block_time_ms
+        self.backup_ms = backup_ms if backup_ms is not None else 2 * block_time_ms
+        if self.backup_ms <= 0:
+            raise ConsensusError("backup_ms must be positive")
 
-    def proposer(self, height: int) -> Address:
-        return self.authorities[height % len(self.authorities)]
+    def proposer(self, height: int, round: int = 0) -> Address:
+        return self.authorities[(height + round) % len(self.authorities)]
 
-    def due_ms(self, parent: BlockHeader) -> int:
-        return parent.timestamp_ms + self.block_time_ms
+    def due_ms(self, parent: BlockHeader, round: int = 0) -> int:
+        return parent.timestamp_ms + self.block_time_ms + round * self.backup_ms
 
     def validate_header(self, header: BlockHeader, parent: BlockHeader) -> None:
-        expected = self.proposer(header.height)
+        if header.round >= max(MAX_BACKUP_ROUNDS, len(self.authorities)):
+            raise ConsensusError(f"block {header.height} claims round {header.round}")
+        expected = self.proposer(header.height, header.round)
         if header.proposer != expected:
-            raise ConsensusError(f"block {header.height} must be proposed by {expected}")
-        if header.timestamp_ms < self.due_ms(parent):
+            raise ConsensusError(f"block {header.height} round {header.round} must be proposed by {expected}")
+        if header.timestamp_ms < self.due_ms(parent, header.round):
             raise ConsensusError(f"block {header.height} proposed before its slot")
 
-    def is_final(self, height: int, head_height: int) -> bool:
-        return height <= head_height
+    def fork_score(self, header: BlockHeader) -> tuple[int, ...]:
+        return (header.height, -header.round, -int.from_bytes(header.hash, "big"))
+
+    def finality_depth(self) -> int:
+        return len(self.authorities)
 
 
 class SoloEngine(PoaEngine):
@@ -60,21 +81,114 @@ class SoloEngine(PoaEngine):
             raise ConsensusError("solo takes exactly one authority")
         super().__init__(authorities, block_time_ms)
 
+    def finality_depth(self) -> int:
+        return 0
 
-def _authorities(params: Mapping[str, Any]) -> list[Address]:
+
+class PosEngine:
+    """Stake-weighted proof of stake with Tendermint-style BFT finality.
+
+    The validators and their weights are the genesis stakes of the listed validators.
+    The proposer of ``(height, round)`` is drawn by stake from SHA-256 of the chain id,
+    height and round. A block is committed only with precommits from validators holding
+    more than 2/3 of the stake, so it is final at once; the rounds are run by the node
+    (:mod:`aitbc_p2p.consensus.tendermint`).
+    """
+
+    name = "pos"
+    bft = True
+
+    def __init__(
+        self,
+        chain_id: str,
+        stakes: Mapping[Address, int],
+        block_time_ms: int = DEFAULT_BLOCK_TIME_MS,
+        round_timeout_ms: int | None = None,
+    ) -> None:
+        if not stakes or any(w <= 0 for w in stakes.values()):
+            raise ConsensusError("pos needs validators with positive genesis stake")
+        self.chain_id = chain_id
+        self.weights = dict(sorted(stakes.items()))
+        self.total = sum(self.weights.values())
+        self.block_time_ms = block_time_ms
+        self.round_timeout_ms = round_timeout_ms if round_timeout_ms is not None else max(1000, 2 * block_time_ms)
+
+    @property
+    def validators(self) -> tuple[Address, ...]:
+        return tuple(self.weights)
+
+    def quorum(self) -> int:
+        """The least stake that is more than 2/3 of the total."""
+        return self.total * 2 // 3 + 1
+
+    def proposer(self, height: int, round: int = 0) -> Address:
+        draw = int.from_bytes(sha256(encode(["proposer", self.chain_id, height, round])), "big") % self.total
+        for address, weight in self.weights.items():
+            if draw < weight:
+                return address
+            draw -= weight
+        raise AssertionError("unreachable: draw < total")
+
+    def due_ms(self, parent: BlockHeader, round: int = 0) -> int:
+        return parent.timestamp_ms + self.block_time_ms
+
+    def validate_header(self, header: BlockHeader, parent: BlockHeader) -> None:
+        if header.round > 2**32 - 1:
+            raise ConsensusError("round out of range")
+        expected = self.proposer(header.height, header.round)
+        if header.proposer != expected:
+            raise ConsensusError(f"block {header.height} round {header.round} must be proposed by {expected}")
+        if header.timestamp_ms < self.due_ms(parent):
+            raise ConsensusError(f"block {header.height} proposed before its slot")
+
+    def fork_score(self, header: BlockHeader) -> tuple[int, ...]:
+        return (header.height,)
+
+    def finality_depth(self) -> int:
+        return 0
+
+
+def _authorities(params: Mapping[str, Any], key: str = "authorities") -> list[Address]:
     try:
-        return [validate_address(a) for a in params.get("authorities", [])]
+        return [validate_address(a) for a in params.get(key, [])]
     except CryptoError as e:
-        raise ConsensusError(f"bad authority: {e}") from e
+        raise ConsensusError(f"bad {key}: {e}") from e
 
 
-ENGINES: dict[str, Callable[[Mapping[str, Any]], ConsensusEngine]] = {
-    "solo": lambda p: SoloEngine(_authorities(p), int(p.get("block_time_ms", DEFAULT_BLOCK_TIME_MS))),
-    "poa": lambda p: PoaEngine(_authorities(p), int(p.get("block_time_ms", DEFAULT_BLOCK_TIME_MS))),
+def _int(params: Mapping[str, Any], key: str, default: int | None) -> int | None:
+    value = params.get(key, default)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConsensusError(f"{key} must be a positive integer")
+    return value
+
+
+def _block_time(p: Mapping[str, Any]) -> int:
+    value = _int(p, "block_time_ms", DEFAULT_BLOCK_TIME_MS)
+    assert value is not None
+    return value
+
+
+def _pos(genesis: Genesis) -> ConsensusEngine:
+    p = genesis.consensus
+    validators = _authorities(p, "validators")
+    stakes = {a: genesis.stake_of(a) for a in validators}
+    if len(stakes) != len(validators):
+        raise ConsensusError("validators must be distinct")
+    return PosEngine(genesis.chain_id, stakes, _block_time(p), _int(p, "round_timeout_ms", None))
+
+
+ENGINES: dict[str, Callable[[Genesis], ConsensusEngine]] = {
+    "solo": lambda g: SoloEngine(_authorities(g.consensus), _block_time(g.consensus)),
+    "poa": lambda g: PoaEngine(
+        _authorities(g.consensus), _block_time(g.consensus), _int(g.consensus, "backup_ms", None)
+    ),
+    "pos": _pos,
 }
 
 
-def register_engine(name: str, factory: Callable[[Mapping[str, Any]], ConsensusEngine]) -> None:
+def register_engine(name: str, factory: Callable[[Genesis], ConsensusEngine]) -> None:
     """Make an engine selectable by name in a genesis document."""
     ENGINES[name] = factory
 
@@ -89,4 +203,4 @@ def engine_for(genesis: Genesis) -> ConsensusEngine:
     factory = ENGINES.get(str(name))
     if factory is None:
         raise ConsensusError(f"unknown consensus engine {name!r}; known: {sorted(ENGINES)}")
-    return factory(genesis.consensus)
+    return factory(genesis)

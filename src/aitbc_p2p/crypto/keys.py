@@ -32,6 +32,7 @@ class Domain(enum.StrEnum):
     TX = "aitbc/tx/1"
     BLOCK = "aitbc/block/1"
     VOTE = "aitbc/vote/1"
+    PROPOSAL = "aitbc/proposal/1"
     OFFER = "aitbc/offer/1"
     BID = "aitbc/bid/1"
     RECEIPT = "aitbc/receipt/1"

@@ -1,13 +1,19 @@
-"""A nonce-ordered transaction pool (pure; the node owns it and passes state views in).
+"""The transaction pool (pure; the node owns it and passes state views in).
 
-Admission runs the stateless checks and the account checks against the committed state
-plus the sender's queued transactions, so a transaction accepted here would apply in
-the next block unless something ahead of it changes.
+Per sender, transactions wait in two queues: *ready* (nonces contiguous from the
+committed nonce, each checked to apply after the ones before it) and *future* (a capped
+queue of nonces beyond a gap, checked only for shape, signature and fee). Block building
+takes ready transactions by fee, each sender's in nonce order. A transaction at a nonce
+already pending replaces it if its fee is at least ``replace_bump_pct`` higher. A full
+pool evicts its cheapest tail transaction for a better-paying one. Every refusal is a
+named :class:`TxRejected` (specs/transactions.md, "Mempool").
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import heapq
+import itertools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from aitbc_p2p.chain.models import Transaction
@@ -18,14 +24,19 @@ from aitbc_p2p.types import Address, Hash32
 
 DEFAULT_MAX_SIZE = 10_000
 DEFAULT_MAX_PER_SENDER = 64
+DEFAULT_MAX_FUTURE_PER_SENDER = 16
+DEFAULT_REPLACE_BUMP_PCT = 10
 
 
 @dataclass(frozen=True, slots=True)
 class PoolStats:
     size: int
     senders: int
+    future: int
     admitted: int
     rejected: int
+    evicted: int
+    replaced: int
 
 
 class Mempool:
@@ -35,18 +46,22 @@ class Mempool:
         *,
         max_size: int = DEFAULT_MAX_SIZE,
         max_per_sender: int = DEFAULT_MAX_PER_SENDER,
+        max_future_per_sender: int = DEFAULT_MAX_FUTURE_PER_SENDER,
+        replace_bump_pct: int = DEFAULT_REPLACE_BUMP_PCT,
     ) -> None:
         self.rules = rules
         self.max_size = max_size
         self.max_per_sender = max_per_sender
-        self._by_sender: dict[Address, dict[int, Transaction]] = {}
+        self.max_future_per_sender = max_future_per_sender
+        self.replace_bump_pct = replace_bump_pct
+        self._ready: dict[Address, dict[int, Transaction]] = {}
+        self._future: dict[Address, dict[int, Transaction]] = {}
         self._by_hash: dict[Hash32, Transaction] = {}
-        # Per sender: committed state with its queue applied, so that admitting the next
-        # nonce costs one apply instead of replaying the queue. Dropped whenever the pool
-        # loses transactions or the committed state moves (remove / prune).
+        # Per sender: the view with its ready queue applied, so admitting the next nonce
+        # costs one apply. Dropped when the sender's queue changes other than by appending,
+        # or when the committed state moves.
         self._projected: dict[Address, Overlay] = {}
-        self._admitted = 0
-        self._rejected = 0
+        self._counts = {"admitted": 0, "rejected": 0, "evicted": 0, "replaced": 0}
 
     def __len__(self) -> int:
         return len(self._by_hash)
@@ -55,86 +70,227 @@ class Mempool:
         return tx_hash in self._by_hash
 
     def statistics(self) -> PoolStats:
-        return PoolStats(len(self._by_hash), len(self._by_sender), self._admitted, self._rejected)
+        future = sum(len(q) for q in self._future.values())
+        senders = len(set(self._ready) | set(self._future))
+        c = self._counts
+        return PoolStats(len(self), senders, future, c["admitted"], c["rejected"], c["evicted"], c["replaced"])
 
-    def add(self, tx: Transaction, view: StateView, *, height: int, verified: bool = False) -> None:
+    # ------------------------------------------------------------- admission
+    def add(self, tx: Transaction, view: StateView, *, height: int, verified: bool = False) -> list[Transaction]:
         """Admit ``tx`` or raise :class:`TxRejected` with a named reason; nothing changes then.
 
-        ``verified``: its signature was already checked (e.g. in a parallel batch).
-        Every pooled transaction has a verified signature, so the pool doubles as the
-        set of hashes that block building and validation need not verify again.
+        ``verified``: its signature was already checked (e.g. in a parallel batch). Every
+        pooled transaction has a verified signature, so the pool doubles as the set of
+        hashes that block building and validation need not verify again.
+
+        Returns the transactions that left the pool to make room (replaced or evicted).
         """
         try:
-            self._admit(tx, view, height, verified)
+            out = self._admit(tx, view, height, verified)
         except TxRejected:
-            self._rejected += 1
+            self._counts["rejected"] += 1
             raise
-        self._admitted += 1
+        self._counts["admitted"] += 1
+        return out
 
-    def _admit(self, tx: Transaction, view: StateView, height: int, verified: bool) -> None:
+    def _admit(self, tx: Transaction, view: StateView, height: int, verified: bool) -> list[Transaction]:
         if tx.hash in self._by_hash:
             raise TxRejected("Duplicate", "transaction is already pending")
         check_stateless(tx, self.rules, verified=verified)
-        queue = self._by_sender.get(tx.sender, {})
-        if len(self._by_hash) >= self.max_size or len(queue) >= self.max_per_sender:
-            raise TxRejected("PoolFull", "the pool or this sender's queue is full")
-        if tx.nonce in queue:
-            raise TxRejected("Duplicate", f"nonce {tx.nonce} is already pending", nonce=tx.nonce)
-        projected = self._projected.get(tx.sender)
+        committed = view.account(tx.sender).nonce
+        if tx.nonce < committed:
+            raise TxRejected("NonceTooLow", f"nonce {tx.nonce} already used", expected=committed)
+        ready = self._ready.get(tx.sender, {})
+        future = self._future.get(tx.sender, {})
+        following = committed + len(ready)
+        old = ready.get(tx.nonce) or future.get(tx.nonce)
+        if old is not None:
+            return self._replace(old, tx, view, height)
+        if len(ready) + len(future) >= self.max_per_sender:
+            raise TxRejected("PoolFull", f"this sender has {self.max_per_sender} pending transactions")
+        if tx.nonce > following:
+            if len(future) >= self.max_future_per_sender:
+                raise TxRejected(
+                    "PoolFull", f"at most {self.max_future_per_sender} future-nonce transactions per sender"
+                )
+            if view.account(tx.sender).balance < tx.fee:
+                raise TxRejected("InsufficientFunds", "the balance does not cover the fee")
+        trial = None
+        if tx.nonce == following:
+            projected = self._projection(tx.sender, view, height)
+            trial = Overlay(projected)
+            apply_tx(trial, tx, height=height + 1, rules=self.rules)  # raises with a named reason
+        evicted = self._make_room(tx)  # evicts another sender's transaction, if any
+        if trial is None:
+            self._future.setdefault(tx.sender, {})[tx.nonce] = tx
+        else:
+            projected.absorb(trial)
+            self._ready.setdefault(tx.sender, {})[tx.nonce] = tx
+            self._promote(tx.sender, view, height)
+        self._by_hash[tx.hash] = tx
+        return evicted
+
+    def _projection(self, sender: Address, view: StateView, height: int) -> Overlay:
+        projected = self._projected.get(sender)
         if projected is None or projected.base is not view:
             projected = Overlay(view)
-            for nonce in sorted(queue):
-                apply_tx(projected, queue[nonce], height=height + 1)
-        trial = Overlay(projected)
-        apply_tx(trial, tx, height=height + 1)  # raises with a named reason; nothing changed
-        for address, account in trial.diff.accounts.items():
-            projected.set_account(address, account)
-        for job in trial.diff.jobs.values():
-            projected.set_job(job)
-        if trial.diff.burned is not None:
-            projected.set_burned(trial.diff.burned)
-        self._projected[tx.sender] = projected
-        self._by_sender.setdefault(tx.sender, {})[tx.nonce] = tx
-        self._by_hash[tx.hash] = tx
+            for nonce in sorted(self._ready.get(sender, {})):
+                apply_tx(projected, self._ready[sender][nonce], height=height + 1, rules=self.rules)
+            self._projected[sender] = projected
+        return projected
 
+    def _apply_next(self, tx: Transaction, view: StateView, height: int) -> None:
+        projected = self._projection(tx.sender, view, height)
+        trial = Overlay(projected)
+        apply_tx(trial, tx, height=height + 1, rules=self.rules)  # raises with a named reason
+        projected.absorb(trial)
+
+    def _promote(self, sender: Address, view: StateView, height: int) -> None:
+        """Move future transactions that the new ready tail makes contiguous."""
+        future = self._future.get(sender)
+        while future:
+            following = view.account(sender).nonce + len(self._ready[sender])
+            tx = future.pop(following, None)
+            if tx is None:
+                break
+            try:
+                self._apply_next(tx, view, height)
+            except TxRejected:
+                self._forget(tx)
+                continue
+            self._ready[sender][tx.nonce] = tx
+        if not future:
+            self._future.pop(sender, None)
+
+    def _replace(self, old: Transaction, tx: Transaction, view: StateView, height: int) -> list[Transaction]:
+        floor = old.fee + max(1, old.fee * self.replace_bump_pct // 100)
+        if tx.fee < floor:
+            raise TxRejected(
+                "ReplacementUnderpriced", f"replacing nonce {tx.nonce} needs a fee of at least {floor}", min_fee=floor
+            )
+        ready = self._ready.get(tx.sender, {})
+        if tx.nonce not in ready:  # a future transaction: no state to check yet
+            self._future[tx.sender][tx.nonce] = tx
+            self._forget(old, keep_slot=True)
+            self._by_hash[tx.hash] = tx
+            self._counts["replaced"] += 1
+            return [old]
+        # Replay the ready queue with the replacement; later ones that no longer apply leave.
+        trial = Overlay(view)
+        kept: dict[int, Transaction] = {}
+        left: list[Transaction] = [old]
+        for nonce in sorted(ready):
+            candidate = tx if nonce == tx.nonce else ready[nonce]
+            try:
+                apply_tx(trial, candidate, height=height + 1, rules=self.rules)
+            except TxRejected:
+                if candidate is tx:
+                    raise
+                left += [ready[n] for n in sorted(ready) if n >= nonce]
+                break
+            kept[nonce] = candidate
+        for gone in left:
+            self._forget(gone)
+        self._ready[tx.sender] = kept
+        self._by_hash[tx.hash] = tx
+        self._projected[tx.sender] = trial
+        self._counts["replaced"] += 1
+        return left
+
+    def _make_room(self, incoming: Transaction) -> list[Transaction]:
+        """Evict the cheapest tail transaction if the pool is full and ``incoming`` pays more."""
+        if len(self._by_hash) < self.max_size:
+            return []
+        tails = [max(q.items())[1] for q in self._future.values() if q]
+        tails += [max(q.items())[1] for s, q in self._ready.items() if q and not self._future.get(s)]
+        cheapest = min(tails, key=lambda t: t.fee, default=None)
+        if cheapest is None or cheapest.fee >= incoming.fee or cheapest.sender == incoming.sender:
+            raise TxRejected("PoolFull", f"the pool holds {self.max_size} transactions that pay at least as much")
+        self._forget(cheapest)
+        self._counts["evicted"] += 1
+        return [cheapest]
+
+    def _forget(self, tx: Transaction, *, keep_slot: bool = False) -> None:
+        self._by_hash.pop(tx.hash, None)
+        self._projected.pop(tx.sender, None)
+        if keep_slot:
+            return
+        for queues in (self._ready, self._future):
+            queue = queues.get(tx.sender)
+            if queue is not None and queue.get(tx.nonce) is tx:
+                del queue[tx.nonce]
+                if not queue:
+                    del queues[tx.sender]
+
+    # ---------------------------------------------------------------- queries
     def pending_nonce(self, address: Address, view: StateView) -> int:
-        """The next nonce for ``address``, counting its queued transactions."""
-        nonce = view.account(address).nonce
-        queue = self._by_sender.get(address, {})
-        while nonce in queue:
-            nonce += 1
-        return nonce
+        """The next nonce for ``address``, counting its ready transactions."""
+        return view.account(address).nonce + len(self._ready.get(address, {}))
 
     def candidates(self) -> Iterator[Transaction]:
-        """Queued transactions, each sender's in nonce order, senders round-robin."""
-        queues = [sorted(q.items()) for q in self._by_sender.values()]
-        depth = max((len(q) for q in queues), default=0)
-        for i in range(depth):
-            for q in queues:
-                if i < len(q):
-                    yield q[i][1]
-
-    def remove(self, txs: list[Transaction]) -> None:
-        self._projected.clear()
-        for tx in txs:
-            self._drop(tx)
-
-    def _drop(self, tx: Transaction) -> None:
-        if self._by_hash.pop(tx.hash, None) is None:
-            return
-        queue = self._by_sender.get(tx.sender)
-        if queue is not None:
-            queue.pop(tx.nonce, None)
-            if not queue:
-                del self._by_sender[tx.sender]
-
-    def prune(self, view: StateView) -> None:
-        """Drop transactions whose nonce the committed state has passed."""
-        self._projected.clear()
-        for sender, queue in list(self._by_sender.items()):
-            committed = view.account(sender).nonce
-            for nonce in [n for n in queue if n < committed]:
-                self._drop(queue[nonce])
+        """Ready transactions, highest fee first, each sender's in nonce order."""
+        order = itertools.count()
+        heads: list[tuple[int, int, Iterator[Transaction]]] = []
+        firsts: dict[int, Transaction] = {}
+        for queue in self._ready.values():
+            it = iter([queue[n] for n in sorted(queue)])
+            first = next(it, None)
+            if first is not None:
+                seq = next(order)
+                firsts[seq] = first
+                heads.append((-first.fee, seq, it))
+        heapq.heapify(heads)
+        while heads:
+            _, seq, it = heapq.heappop(heads)
+            yield firsts.pop(seq)
+            following = next(it, None)
+            if following is not None:
+                seq = next(order)
+                firsts[seq] = following
+                heapq.heappush(heads, (-following.fee, seq, it))
 
     def pending(self) -> list[Transaction]:
         return list(self._by_hash.values())
+
+    def is_ready(self, tx_hash: Hash32) -> bool:
+        tx = self._by_hash.get(tx_hash)
+        return tx is not None and self._ready.get(tx.sender, {}).get(tx.nonce) is tx
+
+    # ------------------------------------------------------------ maintenance
+    def remove(self, txs: Iterable[Transaction]) -> None:
+        for tx in txs:
+            if tx.hash in self._by_hash:
+                self._forget(tx)
+        self._projected.clear()
+
+    def prune(self, view: StateView) -> None:
+        """After the committed state moved: drop used nonces, re-queue the rest."""
+        self._projected.clear()
+        for sender in list(set(self._ready) | set(self._future)):
+            committed = view.account(sender).nonce
+            waiting = {**self._future.pop(sender, {}), **self._ready.pop(sender, {})}
+            ready: dict[int, Transaction] = {}
+            future: dict[int, Transaction] = {}
+            for nonce in sorted(waiting):
+                tx = waiting[nonce]
+                if nonce < committed:
+                    self._by_hash.pop(tx.hash, None)
+                elif nonce == committed + len(ready):
+                    ready[nonce] = tx
+                else:
+                    future[nonce] = tx
+            if ready:
+                self._ready[sender] = ready
+            if future:
+                self._future[sender] = future
+
+    def reinject(self, txs: Iterable[Transaction], view: StateView, *, height: int) -> list[Transaction]:
+        """Re-admit transactions of reverted blocks; return those now pending again."""
+        back: list[Transaction] = []
+        for tx in sorted(txs, key=lambda t: (t.sender, t.nonce)):
+            try:
+                self.add(tx, view, height=height, verified=True)
+            except TxRejected:
+                continue
+            back.append(tx)
+        return back

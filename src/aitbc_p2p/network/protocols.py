@@ -13,8 +13,8 @@ JOB_PROTOCOL = "/aitbc/job/1"
 
 
 def topic(chain_id: str, name: str) -> str:
-    """``/aitbc/<chain-id>/<name>/1`` for name in tx, block, job, provider."""
-    if name not in ("tx", "block", "job", "provider"):
+    """``/aitbc/<chain-id>/<name>/1`` for name in tx, block, job, provider, consensus."""
+    if name not in ("tx", "block", "job", "provider", "consensus"):
         raise ValueError(f"unknown topic {name!r}")
     return f"/aitbc/{chain_id}/{name}/1"
 

@@ -24,6 +24,14 @@ class NodeAPI(Protocol):
 
     def tx_status(self, tx_hash: Hash32) -> dict[str, Any] | None: ...
 
+    def tx_proof(self, tx_hash: Hash32) -> dict[str, Any] | None:
+        """The receipt of a committed transaction with its Merkle path and block header."""
+        ...
+
+    def account_proof(self, address: Address) -> dict[str, Any] | None:
+        """An account record with its path to the head's state root."""
+        ...
+
     def block(self, height: int) -> dict[str, Any] | None: ...
 
     async def submit_job(self, offer: JobOffer, workload: str, params: dict[str, Any]) -> JobId:

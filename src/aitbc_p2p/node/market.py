@@ -78,6 +78,24 @@ class MarketService:
         self._nursery = nursery
         if self._provider is not None:
             nursery.start_soon(self._announce_loop)
+            nursery.start_soon(self._ensure_registered)
+
+    def registered(self) -> bool:
+        return self.node.store.state.account(self.node.key.address).provider
+
+    async def _ensure_registered(self) -> None:
+        """Stake ``min_provider_stake`` and register on chain if this provider is not yet."""
+        if self.registered():
+            return
+        me = self.node.store.state.account(self.node.key.address)
+        need = self.node.rules.min_provider_stake - me.stake
+        try:
+            if need > 0:
+                await self.node.send_own_tx(TxKind.STAKE, {"amount": need})
+            await self.node.send_own_tx(TxKind.PROVIDER_REGISTER, {})
+            logger.info("registering as a provider (stake %s AITBC)", format_aitbc(max(need, 0) + me.stake))
+        except TxRejected as e:
+            logger.warning("cannot register as a provider: %s; no bids until registered", e)
 
     def provider_status(self) -> dict[str, Any] | None:
         if self._provider is None or self._device is None or self._executor is None:
@@ -305,6 +323,7 @@ class MarketService:
             body["workload"] not in dev.workloads
             or body["max_runtime_s"] > cfg.max_runtime_s
             or price > body["max_price"]
+            or not self.registered()  # an escrow can only name a registered provider
         ):
             return
         self._offers_seen[offer.job_id] = offer
@@ -387,13 +406,18 @@ class MarketService:
         with trio.move_on_after(SETTLE_WAIT_S):
             while True:
                 escrow = self.node.store.state.job(chain_id)
-                if escrow is not None and escrow.status is JobStatus.RECEIPTED:
+                window_end = escrow.receipt_height + self.node.rules.dispute_blocks if escrow else 0
+                if (
+                    escrow is not None
+                    and escrow.status is JobStatus.RECEIPTED
+                    and self.node.head.height + 1 > window_end  # the client's dispute window is over
+                ):
                     try:
                         await self.node.send_own_tx(TxKind.JOB_SETTLE, {"job_id": chain_id})
                     except TxRejected as e:
                         logger.warning("settle of %s refused: %s", chain_id.hex()[:16], e)
                     return
-                if escrow is not None and escrow.status is not JobStatus.OPEN:
+                if escrow is not None and escrow.status not in (JobStatus.OPEN, JobStatus.RECEIPTED):
                     return
                 await self.node.wait_head_change()
         logger.warning("receipt for %s not committed in time; not settled", chain_id.hex()[:16])

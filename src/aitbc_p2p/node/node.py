@@ -23,13 +23,16 @@ from typing import Any
 
 import trio
 
-from aitbc_p2p.chain.blocks import build_block, validate_block
+from aitbc_p2p.chain.blocks import AppliedBlock, build_block, validate_block
 from aitbc_p2p.chain.models import Block, BlockHeader, Transaction
-from aitbc_p2p.chain.state import ACCOUNT_PREFIX, JOB_PREFIX, Account, Job, JobStatus, StateView
+from aitbc_p2p.chain.state import account_key, supply_of
 from aitbc_p2p.chain.transition import ChainRules, check_stateless
+from aitbc_p2p.chain.votes import Vote
 from aitbc_p2p.codec import decode, encode
+from aitbc_p2p.codec import head as cbor_head
 from aitbc_p2p.compute import open_executor
 from aitbc_p2p.consensus import engine_for
+from aitbc_p2p.consensus.tendermint import decode_certificate, encode_certificate, verify_certificate
 from aitbc_p2p.exceptions import (
     CodecError,
     ConsensusError,
@@ -48,6 +51,7 @@ from aitbc_p2p.network import (
     open_libp2p_network,
     topic,
 )
+from aitbc_p2p.node.bft import BftDriver
 from aitbc_p2p.node.config import NodeConfig
 from aitbc_p2p.node.market import MarketService
 from aitbc_p2p.node.verify import verify_signatures
@@ -60,6 +64,22 @@ logger = logging.getLogger(__name__)
 
 SYNC_BATCH = 64
 MAX_FUTURE_MS = 5_000
+MAX_REORG_FETCH = 256
+
+
+def encode_block_message(block: Block, certificate: bytes = b"\x80") -> bytes:
+    """``[block, certificate]`` as canonical CBOR, reusing the block's cached encoding.
+
+    The certificate is the CBOR list of precommits (empty for engines without votes).
+    """
+    return cbor_head(4, 2) + block.encode() + certificate
+
+
+def decode_block_message(obj: object) -> tuple[Block, tuple[Vote, ...]]:
+    """Parse a decoded ``[block, certificate]``. Raises ValidationError."""
+    if not isinstance(obj, list) or len(obj) != 2:
+        raise ValidationError("a block message is [block, certificate]")
+    return Block.from_wire(obj[0]), decode_certificate(obj[1])
 
 
 def wall_clock_ms() -> int:
@@ -91,8 +111,11 @@ class Node:
         self._head_changed = trio.Event()
         self._peer_heads: dict[str, int] = {}
         self._banned: set[str] = set()
-        self._topics = {name: topic(self.genesis.chain_id, name) for name in ("tx", "block", "job", "provider")}
+        self._topics = {
+            name: topic(self.genesis.chain_id, name) for name in ("tx", "block", "job", "provider", "consensus")
+        }
         self.market = MarketService(self)
+        self.bft: Any = None
 
     # ----------------------------------------------------------------- chain
     @property
@@ -111,79 +134,184 @@ class Node:
         self._head_changed = trio.Event()
         self.market.on_head(self.store.head.height)
 
-    async def import_block(self, block: Block) -> bool:
-        """Validate and commit ``block`` if it extends the head. Returns True if committed.
+    async def import_block(self, block: Block, certificate: tuple[Vote, ...] = ()) -> bool:
+        """Validate and commit ``block`` if it extends the head, or take it as a better tip.
+
+        BFT engines need the block's commit certificate. Returns True if committed.
 
         Raises:
             ValidationError / ConsensusError: the block is invalid (its sender is at fault).
         """
         async with self._import_lock:
             head = self.store.head
-            if block.height <= head.height:
+            if block.height == head.height and block.hash != head.hash and not self.engine.bft:
+                if block.header.parent == head.parent and self._better(block.header, head):
+                    return await self._reorg(head.height - 1, [block])
                 return False
             if block.height != head.height + 1 or block.header.parent != head.hash:
                 return False
-            if block.header.timestamp_ms > self.clock_ms() + MAX_FUTURE_MS:
-                raise ValidationError(f"block {block.height} is too far in the future")
-            self.engine.validate_header(block.header, head)
-            # Pooled transactions were verified on admission; verify the rest on all cores.
-            unseen = [tx for tx in block.txs if tx.hash not in self.mempool]
-            verified, bad = await verify_signatures(unseen)
-            if bad:
-                raise ValidationError(f"block {block.height} holds a badly signed transaction: {bad[0][1]}")
-            verified |= {tx.hash for tx in block.txs if tx.hash in self.mempool}
-            applied = await trio.to_thread.run_sync(
-                partial(validate_block, block, head, self.store.state, self.rules, verified=verified)
-            )
-            await trio.to_thread.run_sync(self.store.commit, applied)
-        self.mempool.remove(list(block.txs))
-        self.mempool.prune(self.store.state)
+            applied = await self._validate(block, head, certificate)
+            await self._commit(applied, certificate)
+        self._after_commit([block])
         logger.info("imported block %d (%d txs) from %s", block.height, len(block.txs), block.header.proposer)
-        self._advanced()
         return True
 
+    def topic(self, name: str) -> str:
+        return self._topics[name]
+
+    async def commit_decided(
+        self, block: Block, certificate: tuple[Vote, ...], applied: AppliedBlock | None = None
+    ) -> bool:
+        """Commit a block that BFT consensus decided (``applied``: its validated state, if known)."""
+        async with self._import_lock:
+            head = self.store.head
+            if block.height != head.height + 1 or block.header.parent != head.hash:
+                return False
+            if applied is None or applied.state.base is not self.store.state:
+                applied = await self._validate(block, head, certificate)
+            else:
+                verify_certificate(self.engine, block.hash, block.height, certificate)  # type: ignore[arg-type]
+            await self._commit(applied, certificate)
+        self._after_commit([block])
+        await self.publish_block(block, certificate)
+        return True
+
+    def _better(self, tip: BlockHeader, than: BlockHeader) -> bool:
+        return self.engine.fork_score(tip) > self.engine.fork_score(than)
+
+    async def _validate(
+        self,
+        block: Block,
+        parent: BlockHeader,
+        certificate: tuple[Vote, ...] = (),
+        *,
+        check_certificate: bool = True,
+    ) -> AppliedBlock:
+        """Consensus, signature and state checks of ``block`` on top of the head state."""
+        if block.header.timestamp_ms > self.clock_ms() + MAX_FUTURE_MS:
+            raise ValidationError(f"block {block.height} is too far in the future")
+        self.engine.validate_header(block.header, parent)
+        if self.engine.bft and check_certificate:
+            verify_certificate(self.engine, block.hash, block.height, certificate)  # type: ignore[arg-type]
+        # Pooled transactions were verified on admission; verify the rest on all cores.
+        unseen = [tx for tx in block.txs if tx.hash not in self.mempool]
+        verified, bad = await verify_signatures(unseen)
+        if bad:
+            raise ValidationError(f"block {block.height} holds a badly signed transaction: {bad[0][1]}")
+        verified |= {tx.hash for tx in block.txs if tx.hash in self.mempool}
+        return await trio.to_thread.run_sync(
+            partial(validate_block, block, parent, self.store.state, self.rules, verified=verified)
+        )
+
+    async def _commit(self, applied: AppliedBlock, certificate: tuple[Vote, ...] = ()) -> None:
+        cert = encode_certificate(certificate) if self.engine.bft else None
+        await trio.to_thread.run_sync(partial(self.store.commit, applied, certificate=cert))
+
+    def _after_commit(self, blocks: list[Block]) -> None:
+        for block in blocks:
+            self.mempool.remove(block.txs)
+        self.mempool.prune(self.store.state)
+        self._advanced()
+
+    async def _reorg(self, ancestor: int, blocks: list[Block]) -> bool:
+        """Switch the main chain to ``blocks`` (which extend block ``ancestor``); import lock held.
+
+        Reverts at most ``finality_depth`` blocks; if a new block is invalid, the old chain
+        is restored. Transactions of reverted blocks go back to the pool and are re-announced.
+        """
+        head = self.store.head
+        if head.height - ancestor > self.engine.finality_depth():
+            logger.warning("refusing a reorg of %d blocks: below finality", head.height - ancestor)
+            return False
+        reverted: list[Block] = []
+        while self.store.head.height > ancestor:
+            reverted.append(await trio.to_thread.run_sync(self.store.revert_head))
+        try:
+            for block in blocks:
+                await self._commit(await self._validate(block, self.store.head))
+        except (ValidationError, ConsensusError) as e:
+            logger.warning("reorg to a fork failed (%s); restoring the old chain", e)
+            while self.store.head.height > ancestor:
+                await trio.to_thread.run_sync(self.store.revert_head)
+            for block in reversed(reverted):
+                await self._commit(await self._validate(block, self.store.head))
+            raise
+        kept = {tx.hash for b in blocks for tx in b.txs}
+        orphans = [tx for b in reverted for tx in b.txs if tx.hash not in kept]
+        self._after_commit(blocks)
+        back = self.mempool.reinject(orphans, self.store.state, height=self.store.head.height)
+        logger.warning(
+            "reorg: reverted %d blocks to %d, now at %d; %d txs pending again",
+            len(reverted), ancestor, self.store.head.height, len(back),
+        )  # fmt: skip
+        for tx in back:
+            self._nursery.start_soon(self._announce_tx, tx)
+        return True
+
+    async def _announce_tx(self, tx: Transaction) -> None:
+        try:
+            await self.network.publish(self._topics["tx"], tx.encode())
+        except NetworkError as e:
+            logger.warning("could not gossip tx %s: %s", tx.hash.hex()[:16], e)
+
     async def _produce_blocks(self) -> None:
+        """Non-BFT engines: propose when a round of the next height is ours and due.
+
+        Round 0 is the primary's; when it is late, backup rounds fall due one after another.
+        """
+        rounds = len(getattr(self.engine, "authorities", (None,)))
         while True:
             head = self.store.head
             height = head.height + 1
-            if self.engine.proposer(height) != self.key.address:
+            mine = [r for r in range(rounds) if self.engine.proposer(height, r) == self.key.address]
+            if not mine:
                 with trio.move_on_after(1.0):
                     await self.wait_head_change()
                 continue
-            delay_ms = self.engine.due_ms(head) - self.clock_ms()
-            if delay_ms > 0:
-                with trio.move_on_after(delay_ms / 1000):
+            now = self.clock_ms()
+            due = [(self.engine.due_ms(head, r), r) for r in mine]
+            ready = [(t, r) for t, r in due if t <= now]
+            if not ready:
+                with trio.move_on_after((min(due)[0] - now) / 1000):
                     await self.wait_head_change()
                 continue
-            await self._propose(height)
+            await self._propose(height, round=min(ready, key=lambda tr: tr[1])[1])
 
-    async def _propose(self, height: int) -> None:
+    async def _propose(self, height: int, *, round: int = 0) -> None:
         async with self._import_lock:
             head = self.store.head
             if head.height + 1 != height:
                 return
-            applied, dropped = await trio.to_thread.run_sync(
-                lambda: build_block(
-                    self.key,
-                    head,
-                    self.store.state,
-                    list(self.mempool.candidates()),
-                    self.rules,
-                    timestamp_ms=max(self.clock_ms(), self.engine.due_ms(head)),
-                    max_txs=self.config.max_block_txs,
-                    verified=self.mempool,  # every pooled transaction was verified on admission
-                )
-            )
-            await trio.to_thread.run_sync(self.store.commit, applied)
+            applied, dropped = await self._build(head, round)
+            await self._commit(applied)
         block = applied.block
-        self.mempool.remove(list(block.txs) + [tx for tx, _ in dropped])
-        self.mempool.prune(self.store.state)
+        self.mempool.remove([tx for tx, _ in dropped])
         for tx, err in dropped:
             logger.info("dropped tx %s: %s", tx.hash.hex()[:16], err)
-        logger.info("proposed block %d with %d txs", block.height, len(block.txs))
-        self._advanced()
+        self._after_commit([block])
+        logger.info("proposed block %d (round %d) with %d txs", block.height, round, len(block.txs))
+        await self.publish_block(block)
+
+    async def _build(self, head: BlockHeader, round: int) -> tuple[AppliedBlock, list[Any]]:
+        return await trio.to_thread.run_sync(
+            lambda: build_block(
+                self.key,
+                head,
+                self.store.state,
+                list(self.mempool.candidates()),
+                self.rules,
+                timestamp_ms=max(self.clock_ms(), self.engine.due_ms(head, round)),
+                max_txs=self.config.max_block_txs,
+                verified=self.mempool,  # every pooled transaction was verified on admission
+                round=round,
+            )
+        )
+
+    async def publish_block(self, block: Block, certificate: tuple[Vote, ...] = ()) -> None:
         try:
-            await self.network.publish(self._topics["block"], block.encode())
+            await self.network.publish(
+                self._topics["block"], encode_block_message(block, encode_certificate(certificate))
+            )
         except NetworkError as e:
             logger.warning("could not gossip block %d: %s", block.height, e)
 
@@ -220,9 +348,9 @@ class Node:
 
     def _valid_block(self, data: bytes) -> bool:
         try:
-            block = Block.decode(data)
+            block, _ = decode_block_message(decode(data, max_size=8 << 20))
             block.header.verify_signature()
-        except ValidationError:
+        except (ValidationError, CodecError):
             return False
         return block.header.chain_id == self.genesis.chain_id
 
@@ -238,12 +366,12 @@ class Node:
     async def _on_block(self, inbox: trio.MemoryReceiveChannel[GossipMessage]) -> None:
         async for msg in inbox:
             try:
-                block = Block.decode(msg.data)
+                block, certificate = decode_block_message(decode(msg.data, max_size=8 << 20))
                 if block.height > self.store.head.height + 1:
                     self._peer_heads[msg.origin] = max(self._peer_heads.get(msg.origin, 0), block.height)
                     continue  # the peer manager syncs the gap
-                await self.import_block(block)
-            except (ValidationError, ConsensusError) as e:
+                await self.import_block(block, certificate)
+            except (ValidationError, ConsensusError, CodecError) as e:
                 logger.warning("rejected block from %s: %s", msg.origin, e)
 
     # ------------------------------------------------------------------ peers
@@ -281,7 +409,10 @@ class Node:
             raise NetworkError(f"bad sync request: {e}") from e
         end = min(end, start + SYNC_BATCH - 1)
         blocks = await trio.to_thread.run_sync(self.store.blocks, start, end)
-        return encode([b.to_wire() for b in blocks])
+        parts = [cbor_head(4, len(blocks))]
+        for b in blocks:
+            parts.append(encode_block_message(b, self.store.certificate(b.height) or b"\x80"))
+        return b"".join(parts)
 
     async def _exchange_status(self, peer: str) -> None:
         try:
@@ -294,23 +425,62 @@ class Node:
         except NetworkError as e:  # unreachable or slow: try again next round
             logger.debug("status with %s failed: %s", peer, e)
 
+    async def _fetch(self, peer: str, start: int, end: int) -> list[tuple[Block, tuple[Vote, ...]]]:
+        raw = await self.network.request(peer, SYNC_PROTOCOL, encode({"from": start, "to": end}), timeout=30)
+        try:
+            items = decode(raw, max_size=16 << 20)
+            if not isinstance(items, list):
+                raise ValidationError("sync response must be a list")
+            return [decode_block_message(item) for item in items]
+        except (CodecError, ValidationError) as e:
+            raise NetworkError(f"bad sync response from {peer}: {e}") from e
+
     async def sync_from(self, peer: str, target: int) -> None:
-        """Fetch and import blocks from ``peer`` up to ``target``, a batch at a time."""
+        """Fetch and import blocks from ``peer`` up to ``target``, a batch at a time.
+
+        If the peer's chain forks from ours below our head and its tip is better, switch.
+        """
         while self.store.head.height < target:
             start = self.store.head.height + 1
-            raw = await self.network.request(
-                peer, SYNC_PROTOCOL, encode({"from": start, "to": min(target, start + SYNC_BATCH - 1)}), timeout=30
-            )
-            try:
-                blocks = [Block.from_wire(w) for w in decode(raw, max_size=16 << 20)]
-            except (CodecError, ValidationError) as e:
-                raise NetworkError(f"bad sync response from {peer}: {e}") from e
-            if not blocks:
+            batch = await self._fetch(peer, start, min(target, start + SYNC_BATCH - 1))
+            if not batch:
                 return
-            for block in blocks:
-                if not await self.import_block(block) and block.height > self.store.head.height:
+            first = batch[0][0]
+            if first.header.parent != self.store.head.hash:
+                await self._sync_fork(peer, target)
+                return
+            for block, certificate in batch:
+                if not await self.import_block(block, certificate) and block.height > self.store.head.height:
                     raise NetworkError(f"sync block {block.height} from {peer} does not extend our head")
             logger.info("synced to %d from %s", self.store.head.height, peer)
+
+    async def _sync_fork(self, peer: str, target: int) -> None:
+        """The peer's chain forks from ours: find the common block, compare tips, maybe switch."""
+        if self.engine.bft:
+            raise NetworkError(f"{peer} serves a chain that conflicts with our final blocks")
+        head = self.store.head.height
+        low = max(0, head - self.engine.finality_depth())
+        theirs: list[Block] = []
+        height = low
+        while height <= min(target, low + MAX_REORG_FETCH):
+            batch = await self._fetch(peer, height, min(target, height + SYNC_BATCH - 1))
+            if not batch:
+                break
+            theirs += [b for b, _ in batch]
+            height = theirs[-1].height + 1
+        ancestor = None
+        for block in theirs:
+            ours = self.store.block(block.height)
+            if ours is None or ours.hash != block.hash:
+                break
+            ancestor = block.height
+        if ancestor is None:
+            raise NetworkError(f"{peer}'s chain shares no block with ours above the final height {low}")
+        fork = [b for b in theirs if b.height > ancestor]
+        if not fork or not self._better(fork[-1].header, self.store.head):
+            return
+        async with self._import_lock:
+            await self._reorg(ancestor, fork)
 
     async def _manage_peers(self) -> None:
         backoff: dict[str, float] = {}
@@ -353,7 +523,8 @@ class Node:
             "head_hash": head.hash.hex(),
             "head_timestamp_ms": head.timestamp_ms,
             "consensus": self.engine.name,
-            "next_proposer": self.engine.proposer(head.height + 1),
+            "next_proposer": self.engine.proposer(head.height + 1, 0),
+            "final_height": max(0, head.height - self.engine.finality_depth()),
             "address": self.key.address,
             "peer_id": self.network.peer_id,
             "listen": self.network.listen_addrs(),
@@ -375,7 +546,23 @@ class Node:
             "balance_aitbc": format_aitbc(acct.balance),
             "nonce": acct.nonce,
             "pending_nonce": self.mempool.pending_nonce(address, self.store.state),
+            "stake": acct.stake,
+            "unbonding": [{"amount": a, "release_height": h} for a, h in acct.unbonding],
+            "provider": acct.provider,
+            "active_jobs": acct.active_jobs,
         }
+
+    def tx_proof(self, tx_hash: Hash32) -> dict[str, Any] | None:
+        proof = self.store.receipt_proof(tx_hash)
+        return None if proof is None else jsonable(proof.to_wire())
+
+    def account_proof(self, address: Address) -> dict[str, Any] | None:
+        proof = self.store.state_proof(account_key(address))
+        if proof is None:
+            return None
+        head = self.store.head
+        view: dict[str, Any] = jsonable({"height": head.height, "state_root": head.state_root, **proof.to_wire()})
+        return view
 
     def history(self, address: Address, limit: int) -> list[dict[str, Any]]:
         return [
@@ -409,23 +596,13 @@ class Node:
         return [jsonable(dict(rec.body)) for rec in self.market.providers.values()]
 
 
-def supply_of(state: StateView, genesis_total: int) -> dict[str, Any]:
-    balances = escrowed = 0
-    for key, value in state.leaves():
-        if key.startswith(ACCOUNT_PREFIX):
-            balances += Account.decode(value).balance
-        elif key.startswith(JOB_PREFIX):
-            job = Job.decode(value)
-            if job.status in (JobStatus.OPEN, JobStatus.RECEIPTED):
-                escrowed += job.amount
-    burned = state.burned()
-    return {
-        "balances": balances,
-        "escrowed": escrowed,
-        "burned": burned,
-        "total": balances + escrowed + burned,
-        "genesis_total": genesis_total,
-    }
+def _valid_consensus(data: bytes) -> bool:
+    """Stateless gate for the consensus topic: a one-key map of a vote or a proposal."""
+    try:
+        obj = decode(data, max_size=8 << 20)
+    except CodecError:
+        return False
+    return isinstance(obj, dict) and len(obj) == 1 and ("vote" in obj or "proposal" in obj)
 
 
 def _open_kv(config: NodeConfig) -> KeyValueStore:
@@ -477,7 +654,12 @@ async def open_node(config: NodeConfig, *, clock_ms: Callable[[], int] = wall_cl
             nursery.start_soon(
                 node.market.on_provider_topic, await network.subscribe(t["provider"], node.market.valid_capability)
             )
-            nursery.start_soon(node._produce_blocks)
+            if node.engine.bft:
+                driver = BftDriver(node, node.engine)  # type: ignore[arg-type]
+                node.bft = driver
+                nursery.start_soon(driver.run, await network.subscribe(t["consensus"], _valid_consensus))
+            else:
+                nursery.start_soon(node._produce_blocks)
             nursery.start_soon(node._manage_peers)
             node.market.start(nursery)
             logger.info("node %s up at %s, head %d", node.key.address, network.listen_addrs(), store.head.height)

@@ -195,6 +195,23 @@ def create_app(api: NodeAPI, *, token: str, max_body: int = MAX_BODY) -> QuartTr
             raise Problem(404, "NOT_FOUND", "no such transaction")
         return _json(found)
 
+    @app.get("/v1/transactions/<tx_hash>/proof")
+    async def tx_proof(tx_hash: str) -> Response:
+        try:
+            found = api.tx_proof(Hash32(bytes.fromhex(tx_hash)))
+        except ValueError as e:
+            raise Problem(400, "BAD_REQUEST", "transaction hash must be hex") from e
+        if found is None:
+            raise Problem(404, "NOT_FOUND", "no committed transaction with this hash")
+        return _json(found)
+
+    @app.get("/v1/accounts/<address>/proof")
+    async def account_proof(address: str) -> Response:
+        found = api.account_proof(_address(address))
+        if found is None:
+            raise Problem(404, "NOT_FOUND", "no such account in the state")
+        return _json(found)
+
     @app.get("/v1/blocks/<int:height>")
     async def block(height: int) -> Response:
         found = api.block(height)

@@ -1,7 +1,9 @@
-"""The chain store: blocks, state and indexes over a :class:`KeyValueStore`.
+"""The chain store: blocks, state, receipts and indexes over a :class:`KeyValueStore`.
 
-A block, its state changes and its indexes commit in one synced write batch, so a
-reopened store is always at the last whole block (specs/wire.md, "Storage").
+A block, its state changes, its receipts, its undo record and its indexes commit in one
+synced write batch, so a reopened store is always at the last whole block; on opening,
+the recomputed state root must equal the head's (specs/wire.md, "Storage"). The undo
+record lets fork choice revert blocks that are not final.
 """
 
 from __future__ import annotations
@@ -9,14 +11,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from aitbc_p2p.chain.blocks import AppliedBlock, genesis_block
+from aitbc_p2p.chain.commitment import StateProof, StateTree, bucket_of, bucket_root, prove
+from aitbc_p2p.chain.merkle import merkle_proof
 from aitbc_p2p.chain.models import Block, BlockHeader, Genesis, Transaction
-from aitbc_p2p.chain.state import BURNED_KEY, Account, Job, account_key, job_key
-from aitbc_p2p.codec import decode
+from aitbc_p2p.chain.state import Account, Job, read_account, read_burned, read_job
+from aitbc_p2p.chain.transition import Receipt
+from aitbc_p2p.codec import decode, encode
 from aitbc_p2p.exceptions import StoreError
 from aitbc_p2p.store import schema
 from aitbc_p2p.store.abc import KeyValueStore
+from aitbc_p2p.store.crash import crash_point
 from aitbc_p2p.types import Address, Hash32
 
 logger = logging.getLogger(__name__)
@@ -25,25 +32,37 @@ logger = logging.getLogger(__name__)
 class StoreStateView:
     """The committed state as a :class:`~aitbc_p2p.chain.state.StateView`."""
 
-    def __init__(self, kv: KeyValueStore) -> None:
+    def __init__(self, kv: KeyValueStore, tree: StateTree | None = None) -> None:
         self._kv = kv
+        self._tree = tree
 
-    def account(self, address: Address) -> Account:
-        raw = self._kv.get(schema.state_key(account_key(address)))
-        return Account() if raw is None else Account.decode(raw)
+    def get(self, key: bytes) -> bytes | None:
+        return self._kv.get(schema.state_key(key))
 
-    def job(self, job_id: Hash32) -> Job | None:
-        raw = self._kv.get(schema.state_key(job_key(job_id)))
-        return None if raw is None else Job.decode(raw)
-
-    def burned(self) -> int:
-        raw = self._kv.get(schema.state_key(BURNED_KEY))
-        return 0 if raw is None else int(decode(raw))
+    def bucket_items(self, bucket: int) -> Iterator[tuple[bytes, bytes]]:
+        n = len(schema.state_bucket_prefix(bucket))
+        for key, value in self._kv.iterate(schema.state_bucket_prefix(bucket)):
+            yield key[n:], value
 
     def leaves(self) -> Iterator[tuple[bytes, bytes]]:
-        n = len(schema.STATE)
+        n = len(schema.STATE) + 2
         for key, value in self._kv.iterate(schema.STATE):
             yield key[n:], value
+
+    def tree(self) -> StateTree:
+        if self._tree is None:
+            self._tree = StateTree.from_records(self.leaves())
+        return self._tree
+
+    # typed readers
+    def account(self, address: Address) -> Account:
+        return read_account(self, address)
+
+    def job(self, job_id: bytes) -> Job | None:
+        return read_job(self, job_id)
+
+    def burned(self) -> int:
+        return read_burned(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +70,23 @@ class TxLocation:
     tx: Transaction
     height: int
     index: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptProof:
+    """That a receipt is in a block: verify it offline against the block's header."""
+
+    header: BlockHeader
+    receipt: Receipt
+    path: list[tuple[bool, Hash32]]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "header": self.header.body(),
+            "sig": self.header.signature,
+            "receipt": self.receipt.to_wire(),
+            "path": [[left, h] for left, h in self.path],
+        }
 
 
 class ChainStore:
@@ -63,12 +99,17 @@ class ChainStore:
         stored = kv.get(schema.GENESIS)
         if stored is None:
             self.kv.write([(schema.SCHEMA, bytes([schema.SCHEMA_VERSION])), (schema.GENESIS, genesis.hash)])
-            self.commit(genesis_block(genesis))
+            applied = genesis_block(genesis)
+            self._head = applied.block.header  # commit() checks the parent against this
+            self.state._tree = StateTree.empty()
+            self.commit(applied)
         elif stored != genesis.hash:
             raise StoreError("the data directory holds another chain (genesis hash differs)")
         elif kv.get(schema.SCHEMA) != bytes([schema.SCHEMA_VERSION]):
             raise StoreError("the data directory uses an unknown store schema version")
         self._head = self._load_head()
+        if self.state.tree().root != self._head.state_root:
+            raise StoreError(f"stored state does not match the state root of head block {self._head.height}")
 
     def _load_head(self) -> BlockHeader:
         raw = self.kv.get(schema.HEAD)
@@ -83,29 +124,109 @@ class ChainStore:
     def head(self) -> BlockHeader:
         return self._head
 
-    def commit(self, applied: AppliedBlock) -> None:
-        """Write the block, its state changes and indexes in one synced batch."""
+    def commit(self, applied: AppliedBlock, *, certificate: bytes | None = None) -> None:
+        """Write the block, its state changes, receipts, undo record and indexes in one synced batch.
+
+        ``applied`` must extend the head (height 0: the genesis) and sit on this store's state.
+        """
         block = applied.block
         h = block.height
+        if h and (block.header.parent != self._head.hash or h != self._head.height + 1):
+            raise StoreError(f"block {h} does not extend the head {self._head.height}")
+        changes = applied.state.changes
+        undo = [[k] if (old := self.state.get(k)) is None else [k, old] for k in sorted(changes)]
         puts: list[tuple[bytes, bytes]] = [
             (schema.block_key(h), block.encode()),
             (schema.hash_key(block.hash), schema.u64(h)),
             (schema.HEAD, schema.u64(h) + block.hash),
+            (schema.receipts_key(h), encode([r.to_wire() for r in applied.receipts])),
+            (schema.undo_key(h), encode(undo)),
         ]
-        puts += [(schema.state_key(k), v) for k, v in applied.state.diff.items()]
+        if certificate is not None:
+            puts.append((schema.cert_key(h), certificate))
+        puts += [(schema.state_key(k), v) for k, v in changes.items()]
         for i, tx in enumerate(block.txs):
             puts.append((schema.tx_key(tx.hash), schema.u64(h) + schema.u32(i)))
-            parties = set(tx.parties())
-            job = applied.state.job(Hash32(tx.payload["job_id"])) if "job_id" in tx.payload else None
+            puts += [(schema.history_key(a, h, i), tx.hash) for a in sorted(self._parties(tx, applied))]
+        crash_point("commit.before_batch")
+        self.kv.write(puts, [schema.fork_key(block.hash)], sync=True)
+        crash_point("commit.after_batch")
+        self.state._tree = applied.tree
+        self._head = block.header
+        crash_point("commit.after_head")
+
+    @staticmethod
+    def _parties(tx: Transaction, applied: AppliedBlock) -> set[str]:
+        parties: set[str] = set(tx.parties())
+        if "job_id" in tx.payload:
+            job = applied.state.job(tx.payload["job_id"])
             if job is not None:
                 parties |= {job.client, job.provider}
-            puts += [(schema.history_key(a, h, i), tx.hash) for a in sorted(parties)]
-        self.kv.write(puts, sync=True)
-        self._head = block.header
+        return parties
+
+    def revert_head(self) -> Block:
+        """Undo the head block (not the genesis) in one synced batch; keep it as a side block."""
+        h = self._head.height
+        if h == 0:
+            raise StoreError("the genesis cannot be reverted")
+        block = self.block(h)
+        raw_undo = self.kv.get(schema.undo_key(h))
+        parent = self.block(h - 1)
+        if block is None or raw_undo is None or parent is None:
+            raise StoreError(f"block {h} has no undo record")
+        puts: list[tuple[bytes, bytes]] = [
+            (schema.HEAD, schema.u64(h - 1) + parent.hash),
+            (schema.fork_key(block.hash), block.encode()),
+        ]
+        deletes: list[bytes] = [
+            schema.block_key(h),
+            schema.hash_key(block.hash),
+            schema.receipts_key(h),
+            schema.undo_key(h),
+            schema.cert_key(h),
+        ]
+        touched: set[int] = set()
+        for entry in decode(raw_undo):
+            touched.add(bucket_of(entry[0]))
+            if len(entry) == 1:
+                deletes.append(schema.state_key(entry[0]))
+            else:
+                puts.append((schema.state_key(entry[0]), entry[1]))
+        for i, tx in enumerate(block.txs):
+            deletes.append(schema.tx_key(tx.hash))
+            deletes += [schema.history_key(a, h, i) for a in tx.parties()]
+        deletes += self._job_history_keys(block)
+        self.kv.write(puts, deletes, sync=True)
+        tree = self.state.tree().updated({b: bucket_root(self.state.bucket_items(b)) for b in touched})
+        self.state._tree = tree
+        self._head = parent.header
+        if tree.root != parent.header.state_root:
+            raise StoreError(f"state after reverting block {h} does not match block {h - 1}")
+        return block
+
+    def _job_history_keys(self, block: Block) -> list[bytes]:
+        out: list[bytes] = []
+        h = block.height
+        for i, tx in enumerate(block.txs):
+            if "job_id" in tx.payload:
+                job = self.state.job(tx.payload["job_id"])
+                if job is not None:
+                    out += [schema.history_key(a, h, i) for a in (job.client, job.provider)]
+        return out
 
     def block(self, height: int) -> Block | None:
         raw = self.kv.get(schema.block_key(height))
         return None if raw is None else Block.decode(raw)
+
+    def side_block(self, block_hash: bytes) -> Block | None:
+        raw = self.kv.get(schema.fork_key(block_hash))
+        return None if raw is None else Block.decode(raw)
+
+    def put_side_block(self, block: Block) -> None:
+        self.kv.write([(schema.fork_key(block.hash), block.encode())], sync=False)
+
+    def certificate(self, height: int) -> bytes | None:
+        return self.kv.get(schema.cert_key(height))
 
     def height_of(self, block_hash: bytes) -> int | None:
         raw = self.kv.get(schema.hash_key(block_hash))
@@ -121,6 +242,10 @@ class ChainStore:
             out.append(block)
         return out
 
+    def receipts(self, height: int) -> list[Receipt]:
+        raw = self.kv.get(schema.receipts_key(height))
+        return [] if raw is None else [Receipt.from_wire(r) for r in decode(raw)]
+
     def find_tx(self, tx_hash: bytes) -> TxLocation | None:
         raw = self.kv.get(schema.tx_key(tx_hash))
         if raw is None:
@@ -130,6 +255,22 @@ class ChainStore:
         if block is None:
             raise StoreError(f"tx index points at missing block {height}")
         return TxLocation(block.txs[index], height, index)
+
+    def receipt_proof(self, tx_hash: bytes) -> ReceiptProof | None:
+        """The receipt of a committed transaction with its path to the header's receipts_root."""
+        loc = self.find_tx(tx_hash)
+        if loc is None:
+            return None
+        receipts = self.receipts(loc.height)
+        block = self.block(loc.height)
+        if block is None or loc.index >= len(receipts):
+            raise StoreError(f"receipts of block {loc.height} are missing")
+        path = merkle_proof([r.encode() for r in receipts], loc.index)
+        return ReceiptProof(block.header, receipts[loc.index], path)
+
+    def state_proof(self, key: bytes) -> StateProof | None:
+        """A proof that a state record is under the head's state_root, or None if absent."""
+        return prove(self.state.tree(), list(self.state.bucket_items(bucket_of(key))), key)
 
     def history(self, address: Address, *, limit: int = 100) -> list[TxLocation]:
         """The newest ``limit`` committed transactions touching ``address``, newest first."""

@@ -12,7 +12,7 @@ import trio
 
 from aitbc_p2p.chain.blocks import AppliedBlock, build_block, genesis_block
 from aitbc_p2p.chain.models import Genesis, Transaction, TxKind
-from aitbc_p2p.chain.state import Overlay, StateView
+from aitbc_p2p.chain.state import StateView
 from aitbc_p2p.chain.transition import ChainRules
 from aitbc_p2p.crypto import PrivateKey
 from aitbc_p2p.node import Node, NodeConfig, ProviderConfig, open_node
@@ -37,7 +37,16 @@ def make_genesis(
     block_time_ms: int = 500,
     timestamp_ms: int = 0,
     min_fee: int = 1000,
+    stakes: Mapping[Address, int] | None = None,
+    providers: Sequence[Address] = (),
+    arbiters: Sequence[Address] = (),
+    **params: Any,
 ) -> Genesis:
+    """A genesis for tests. Each of ``providers`` gets ``min_provider_stake`` bonded unless
+    ``stakes`` says otherwise; ``params``: other Genesis fields and ``consensus`` extras."""
+    min_provider_stake = params.pop("min_provider_stake", aitbc(100))
+    genesis_fields = {k: params.pop(k) for k in ("unbonding_blocks", "dispute_blocks") if k in params}
+    all_stakes = {a: min_provider_stake for a in providers} | dict(stakes or {})
     return Genesis(
         chain_id=chain_id,
         timestamp_ms=timestamp_ms,
@@ -46,8 +55,14 @@ def make_genesis(
             "engine": engine or ("solo" if len(authorities) == 1 else "poa"),
             "authorities": [k.address for k in authorities],
             "block_time_ms": block_time_ms,
+            **params,
         },
         min_fee=min_fee,
+        stakes=tuple(all_stakes.items()),
+        providers=tuple(providers),
+        arbiters=tuple(arbiters),
+        min_provider_stake=min_provider_stake,
+        **genesis_fields,
     )
 
 
@@ -74,7 +89,7 @@ class ChainBuilder:
         self.rules = ChainRules.of(genesis)
         self._keys = {k.address: k for k in authorities}
         self.blocks: list[AppliedBlock] = [genesis_block(genesis)]
-        self._states: list[StateView] = [self.blocks[0].state]
+        self._states: list[StateView] = [_flatten(self.blocks[0])]
 
     @property
     def state(self) -> StateView:
@@ -92,15 +107,15 @@ class ChainBuilder:
         if dropped:
             raise AssertionError(f"transactions did not apply: {dropped}")
         self.blocks.append(applied)
-        self._states.append(_flatten(applied.state))
+        self._states.append(_flatten(applied))
         return applied
 
 
-def _flatten(state: Overlay) -> StateView:
-    """Detach an overlay from its base so that a long chain does not nest overlays."""
+def _flatten(applied: AppliedBlock) -> StateView:
+    """Detach a block's state from its base so that a long chain does not nest overlays."""
     kv = MemoryKV()
-    kv.write([(schema.state_key(k), v) for k, v in state.leaves()])
-    return StoreStateView(kv)
+    kv.write([(schema.state_key(k), v) for k, v in applied.state.leaves()])
+    return StoreStateView(kv, applied.tree)
 
 
 @asynccontextmanager
@@ -118,7 +133,7 @@ async def open_test_network(
     Peers whose index is in ``providers`` sell compute (no start-up benchmark).
     """
     keys = [make_key(f"peer{i}") for i in range(n)]
-    genesis = make_genesis(keys, alloc, block_time_ms=block_time_ms)
+    genesis = make_genesis(keys, alloc, block_time_ms=block_time_ms, providers=[keys[i].address for i in providers])
     async with AsyncExitStack() as stack:
         nodes: list[Node] = []
         for i, key in enumerate(keys):

@@ -1,0 +1,268 @@
+"""The node side of BFT consensus: runs :class:`HeightMachine` rounds over gossip.
+
+Proposals and votes travel on ``/aitbc/<chain>/consensus/1`` as ``{"proposal": ...}`` or
+``{"vote": ...}``. Every signature this validator gives goes through the store's
+:class:`VoteGuard` first (persisted, synced), so it never signs two conflicting messages,
+also across a crash. A decided block is committed with its certificate and gossiped on
+the block topic; peers that missed the rounds import it (or sync it) by certificate.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from aitbc_p2p.chain.blocks import AppliedBlock
+from aitbc_p2p.chain.models import Block, TxKind
+from aitbc_p2p.chain.votes import Vote
+from aitbc_p2p.codec import decode, encode
+from aitbc_p2p.consensus.engines import PosEngine
+from aitbc_p2p.consensus.tendermint import (
+    ArmTimeout,
+    BuildAndPropose,
+    CastVote,
+    Commit,
+    HeightMachine,
+    Proposal,
+    Propose,
+    Step,
+)
+from aitbc_p2p.exceptions import CodecError, ConsensusError, NetworkError, TxRejected, ValidationError
+from aitbc_p2p.network import GossipMessage
+from aitbc_p2p.store.crash import crash_point
+from aitbc_p2p.store.votes import VoteGuard
+from aitbc_p2p.types import Address
+
+if TYPE_CHECKING:
+    from aitbc_p2p.node.node import Node
+
+logger = logging.getLogger(__name__)
+
+MAX_BUFFERED = 4096
+"""Consensus messages kept for the next heights while this peer finishes the current one."""
+
+
+class BftDriver:
+    def __init__(self, node: Node, engine: PosEngine) -> None:
+        self.node = node
+        self.engine = engine
+        self.guard = VoteGuard(node.store.kv, node.key, node.genesis.chain_id)
+        self.topic = node.topic("consensus")
+        self.machine: HeightMachine | None = None
+        self._applied: dict[bytes, AppliedBlock] = {}
+        self._buffer: deque[tuple[int, dict[str, Any]]] = deque(maxlen=MAX_BUFFERED)
+        self._slashed: set[bytes] = set()
+        self._nursery: trio.Nursery | None = None
+        self._wake = trio.Event()
+
+    @property
+    def me(self) -> Address | None:
+        return self.node.key.address if self.node.key.address in self.engine.weights else None
+
+    # ------------------------------------------------------------ run loop
+    async def run(self, inbox: trio.MemoryReceiveChannel[GossipMessage]) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._receive, inbox)
+            while True:
+                height = self.node.head.height + 1
+                self._start_height(height)
+                while self.node.head.height < height:
+                    await self.node.wait_head_change()
+
+    def _start_height(self, height: int) -> None:
+        self._applied.clear()
+        self.machine = HeightMachine(self.engine, height, self.me)
+        self._restore_lock()
+        self.machine.start(0)
+        for h, msg in list(self._buffer):
+            if h == height:
+                self._nursery_start(self._handle, msg)
+        self._buffer = deque(((h, m) for h, m in self._buffer if h > height), maxlen=MAX_BUFFERED)
+        self._pump()
+
+    def _restore_lock(self) -> None:
+        """After a restart mid-height, keep the lock that our last precommit implies."""
+        assert self.machine is not None
+        last = self.guard.last("precommit")
+        if last is None or last[0] != self.machine.height or not last[2]:
+            return
+        block = self.node.store.side_block(last[2])
+        if block is not None:
+            self.machine.locked, self.machine.locked_round = block, last[1]
+            self.machine.valid, self.machine.valid_round = block, last[1]
+
+    def _nursery_start(self, fn: Any, *args: Any) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(fn, *args)
+
+    # ------------------------------------------------------------ inbound
+    async def _receive(self, inbox: trio.MemoryReceiveChannel[GossipMessage]) -> None:
+        async for msg in inbox:
+            try:
+                obj = decode(msg.data, max_size=8 << 20)
+                if not isinstance(obj, dict) or len(obj) != 1:
+                    raise ValidationError("consensus message must be a one-key map")
+            except (CodecError, ValidationError) as e:
+                logger.debug("bad consensus message from %s: %s", msg.origin, e)
+                continue
+            await self._handle(obj)
+
+    async def _handle(self, obj: dict[str, Any]) -> None:
+        machine = self.machine
+        if machine is None:
+            return
+        try:
+            if "vote" in obj:
+                vote = Vote.from_wire(obj["vote"])
+                if vote.chain_id != self.engine.chain_id:
+                    return
+                if vote.height > machine.height:
+                    self._buffer.append((vote.height, obj))
+                    return
+                if vote.height < machine.height:
+                    return
+                vote.verify()
+                machine.on_vote(vote)
+                self._report_equivocation()
+            elif "proposal" in obj:
+                proposal = Proposal.from_wire(obj["proposal"])
+                if proposal.chain_id != self.engine.chain_id:
+                    return
+                if proposal.height > machine.height:
+                    self._buffer.append((proposal.height, obj))
+                    return
+                if proposal.height < machine.height:
+                    return
+                proposal.verify(self.engine)
+                valid = await self._check_block(proposal.block)
+                if self.machine is machine:
+                    machine.on_proposal(proposal, valid=valid)
+        except (ValidationError, ConsensusError) as e:
+            logger.debug("consensus message refused: %s", e)
+            return
+        self._pump()
+
+    async def _check_block(self, block: Block) -> bool:
+        """Whether ``block`` is a valid child of the head (state and all), remembered by id."""
+        head = self.node.head
+        if block.hash in self._applied:
+            return True
+        if block.header.parent != head.hash or block.height != head.height + 1:
+            return False
+        try:
+            applied = await self.node._validate(block, head, certificate=(), check_certificate=False)
+        except (ValidationError, ConsensusError) as e:
+            logger.info("proposal for %d is invalid: %s", block.height, e)
+            return False
+        self._applied[block.hash] = applied
+        await trio.to_thread.run_sync(self.node.store.put_side_block, block)  # to restore a lock after a crash
+        return True
+
+    # ------------------------------------------------------------ actions
+    def _pump(self) -> None:
+        machine = self.machine
+        if machine is None:
+            return
+        for action in machine.take_actions():
+            if isinstance(action, ArmTimeout):
+                self._nursery_start(self._timeout, machine, action)
+            elif isinstance(action, CastVote):
+                self._cast(machine, action)
+            elif isinstance(action, BuildAndPropose):
+                self._nursery_start(self._build_and_propose, machine, action.round)
+            elif isinstance(action, Propose):
+                self._nursery_start(self._propose, machine, action.round, action.block, action.valid_round)
+            elif isinstance(action, Commit):
+                self._nursery_start(self._commit, machine, action)
+
+    async def _timeout(self, machine: HeightMachine, action: ArmTimeout) -> None:
+        await trio.sleep(action.delay_ms / 1000)
+        if self.machine is machine:
+            machine.on_timeout(action.step, action.round)
+            self._pump()
+
+    def _cast(self, machine: HeightMachine, action: CastVote) -> None:
+        try:
+            vote = self.guard.sign_vote(machine.height, action.round, action.step, action.block)
+        except ConsensusError as e:
+            logger.warning("not voting: %s", e)
+            return
+        machine.on_vote(vote)
+        self._nursery_start(self._publish, {"vote": vote.to_wire()}, "vote.after_release")
+
+    async def _publish(self, obj: dict[str, Any], crash: str | None = None) -> None:
+        try:
+            await self.node.network.publish(self.topic, encode(obj))
+        except NetworkError as e:
+            logger.debug("could not gossip consensus message: %s", e)
+        if crash:
+            crash_point(crash)
+
+    async def _build_and_propose(self, machine: HeightMachine, round: int) -> None:
+        head = self.node.head
+        delay = self.engine.due_ms(head, round) - self.node.clock_ms()
+        if delay > 0:
+            await trio.sleep(delay / 1000)
+        if self.machine is not machine or self.node.head.hash != head.hash:
+            return
+        applied, _ = await self.node._build(head, round)
+        self._applied[applied.block.hash] = applied
+        await self._propose(machine, round, applied.block, -1)
+
+    async def _propose(self, machine: HeightMachine, round: int, block: Block, valid_round: int) -> None:
+        if self.machine is not machine:
+            return
+        proposal = Proposal(self.engine.chain_id, machine.height, round, valid_round, block, self.node.key.address)
+        try:
+            sig = self.guard.sign_proposal(
+                machine.height, round, block.hash, lambda: proposal.signed(self.node.key).signature
+            )
+        except ConsensusError as e:
+            logger.warning("not proposing: %s", e)
+            return
+        signed = Proposal(proposal.chain_id, proposal.height, round, valid_round, block, proposal.proposer, sig)
+        await trio.to_thread.run_sync(self.node.store.put_side_block, block)
+        machine.on_proposal(signed, valid=True)
+        self._pump()
+        await self._publish({"proposal": signed.to_wire()})
+
+    async def _commit(self, machine: HeightMachine, action: Commit) -> None:
+        applied = self._applied.get(action.block.hash)
+        try:
+            committed = await self.node.commit_decided(action.block, action.certificate, applied)
+        except (ValidationError, ConsensusError) as e:
+            logger.error("could not commit decided block %d: %s", action.block.height, e)
+            return
+        if committed:
+            logger.info(
+                "committed block %d round %d (%d txs, %d precommits)",
+                action.block.height, action.round, len(action.block.txs), len(action.certificate),
+            )  # fmt: skip
+
+    # ------------------------------------------------------------ evidence
+    def _report_equivocation(self) -> None:
+        machine = self.machine
+        if machine is None:
+            return
+        while machine.evidence:
+            a, b = machine.evidence.pop()
+            offence = (a.validator, a.height, a.round, str(a.step))
+            key = encode(list(offence))
+            if key in self._slashed:
+                continue
+            self._slashed.add(key)
+            logger.warning("validator %s double-signed at %d/%d; posting slash evidence", *offence[:3])
+            self._nursery_start(self._post_slash, [a.to_wire(), b.to_wire()])
+
+    async def _post_slash(self, evidence: list[Any]) -> None:
+        try:
+            await self.node.send_own_tx(TxKind.SLASH, {"evidence": evidence})
+        except TxRejected as e:
+            logger.info("slash evidence not posted: %s", e)
+
+
+__all__ = ["BftDriver", "Step"]

@@ -1,0 +1,210 @@
+"""Consensus engines, the BFT round machine, commit certificates and the vote guard."""
+
+import pytest
+
+from aitbc_p2p.chain.models import Block, BlockHeader
+from aitbc_p2p.chain.votes import NIL, Vote, VoteStep
+from aitbc_p2p.consensus import PoaEngine, PosEngine, SoloEngine, engine_for
+from aitbc_p2p.consensus.tendermint import (
+    ArmTimeout,
+    BuildAndPropose,
+    CastVote,
+    Commit,
+    HeightMachine,
+    Proposal,
+    Propose,
+    Step,
+    verify_certificate,
+)
+from aitbc_p2p.exceptions import ConsensusError
+from aitbc_p2p.store import LevelDBKV
+from aitbc_p2p.store.votes import VoteGuard
+from aitbc_p2p.testing import make_genesis, make_key
+
+Z = b"\x00" * 32
+
+
+def header(height, proposer, ts, round=0):
+    return BlockHeader("c", height, Z, ts, proposer, Z, Z, Z, round)
+
+
+def test_poa_round_robin_with_backup_rounds():
+    keys = [make_key(f"a{i}") for i in range(3)]
+    engine = PoaEngine([k.address for k in keys], block_time_ms=1000, backup_ms=500)
+    assert [engine.proposer(h) for h in range(4)] == [keys[i % 3].address for i in range(4)]
+    assert engine.proposer(5, 1) == keys[0].address  # the backup for height 5
+    parent = header(4, keys[1].address, 10_000)
+    engine.validate_header(header(5, keys[2].address, 11_000), parent)
+    engine.validate_header(header(5, keys[0].address, 11_500, round=1), parent)
+    with pytest.raises(ConsensusError, match="proposed by"):
+        engine.validate_header(header(5, keys[0].address, 11_000), parent)
+    with pytest.raises(ConsensusError, match="slot"):
+        engine.validate_header(header(5, keys[2].address, 10_999), parent)
+    with pytest.raises(ConsensusError, match="slot"):  # a backup must wait for its round
+        engine.validate_header(header(5, keys[0].address, 11_499, round=1), parent)
+    primary, backup = header(5, keys[2].address, 11_000), header(5, keys[0].address, 11_500, round=1)
+    assert engine.fork_score(primary) > engine.fork_score(backup)
+    assert engine.fork_score(header(6, keys[0].address, 12_000, round=2)) > engine.fork_score(primary)
+
+
+def test_engine_selection_by_genesis():
+    a, b = make_key("a"), make_key("b")
+    assert isinstance(engine_for(make_genesis([a])), SoloEngine)
+    assert engine_for(make_genesis([a, b])).name == "poa"
+    pos = engine_for(make_genesis([a, b], engine="pos", stakes={a.address: 3, b.address: 1}, validators=[a.address, b.address]))
+    assert isinstance(pos, PosEngine) and pos.total == 4 and pos.quorum() == 3
+    with pytest.raises(ConsensusError, match="unknown"):
+        engine_for(make_genesis([a], engine="nakamoto"))
+    with pytest.raises(ConsensusError, match="exactly one"):
+        engine_for(make_genesis([a, b], engine="solo"))
+    with pytest.raises(ConsensusError, match="positive"):
+        engine_for(make_genesis([a, b], engine="pos", validators=[a.address]))
+
+
+def test_pos_proposers_follow_stake():
+    heavy, light = make_key("heavy"), make_key("light")
+    engine = PosEngine("c", {heavy.address: 9, light.address: 1})
+    picks = [engine.proposer(h, r) for h in range(500) for r in range(2)]
+    share = picks.count(heavy.address) / len(picks)
+    assert 0.85 < share < 0.95
+
+
+# ------------------------------------------------------------------ the round machine
+KEYS = [make_key(f"v{i}") for i in range(4)]
+ENGINE = PosEngine("c", {k.address: 10 for k in KEYS}, block_time_ms=100, round_timeout_ms=100)
+
+
+def block_for(round, proposer):
+    head = BlockHeader("c", 1, Z, 100, proposer.address, Z, Z, Z, round).signed(proposer)
+    return Block(head, ())
+
+
+class Net:
+    """Four machines passing messages in memory; ``down`` never speak."""
+
+    def __init__(self, down=()):
+        self.down = {KEYS[i].address for i in down}
+        self.machines = {k.address: HeightMachine(ENGINE, 1, k.address) for k in KEYS}
+        self.keys = {k.address: k for k in KEYS}
+        self.timeouts: list[tuple[str, ArmTimeout]] = []
+        self.commits: dict[str, Commit] = {}
+
+    def run(self, rounds_of_timeouts=6):
+        for m in self.machines.values():
+            m.start(0)
+        for _ in range(rounds_of_timeouts):
+            self.flush()
+            pending, self.timeouts = self.timeouts, []
+            for who, t in pending:
+                if who not in self.commits:
+                    self.machines[who].on_timeout(t.step, t.round)
+        self.flush()
+
+    def flush(self):
+        busy = True
+        while busy:
+            busy = False
+            for who, m in self.machines.items():
+                for action in m.take_actions():
+                    busy = True
+                    self.act(who, action)
+
+    def act(self, who, action):
+        if who in self.down:
+            return
+        key = self.keys[who]
+        if isinstance(action, BuildAndPropose | Propose):
+            block = block_for(action.round, key) if isinstance(action, BuildAndPropose) else action.block
+            vr = -1 if isinstance(action, BuildAndPropose) else action.valid_round
+            p = Proposal("c", 1, action.round, vr, block, key.address).signed(key)
+            p.verify(ENGINE)
+            for m in self.machines.values():
+                m.on_proposal(p, valid=True)
+        elif isinstance(action, CastVote):
+            vote = Vote("c", 1, action.round, action.step, action.block, key.address).signed(key)
+            for m in self.machines.values():
+                m.on_vote(vote)
+        elif isinstance(action, ArmTimeout):
+            self.timeouts.append((who, action))
+        elif isinstance(action, Commit):
+            self.commits[who] = action
+
+
+def test_four_validators_decide_one_block():
+    net = Net()
+    net.run()
+    assert len(net.commits) == 4
+    decided = {c.block.hash for c in net.commits.values()}
+    assert len(decided) == 1
+    for c in net.commits.values():
+        assert verify_certificate(ENGINE, c.block.hash, 1, c.certificate) == c.round
+
+
+@pytest.mark.parametrize("down", range(4))
+def test_one_validator_down_still_decides(down):
+    net = Net(down=[down])
+    net.run()
+    live = {k.address for i, k in enumerate(KEYS) if i != down}
+    assert live <= set(net.commits)
+    assert len({net.commits[a].block.hash for a in live}) == 1
+    if ENGINE.proposer(1, 0) == KEYS[down].address:
+        assert all(net.commits[a].round >= 1 for a in live)  # round 0's proposer was silent
+
+
+def test_two_down_never_decides():
+    net = Net(down=[0, 1])
+    net.run()
+    assert not net.commits
+
+
+def test_lock_keeps_a_validator_on_its_precommitted_block():
+    m = HeightMachine(ENGINE, 1, KEYS[0].address)
+    m.start(0)
+    proposer = next(k for k in KEYS if k.address == ENGINE.proposer(1, 0))
+    b0 = block_for(0, proposer)
+    m.on_proposal(Proposal("c", 1, 0, -1, b0, proposer.address).signed(proposer), valid=True)
+    for k in KEYS[1:]:
+        m.on_vote(Vote("c", 1, 0, VoteStep.PREVOTE, b0.hash, k.address).signed(k))
+    assert m.locked is b0 and m.locked_round == 0
+    m.on_timeout(Step.PRECOMMIT, 0)  # no decision: round 1 with another proposal
+    p1 = next(k for k in KEYS if k.address == ENGINE.proposer(1, 1))
+    other = block_for(1, p1)
+    m.take_actions()
+    m.on_proposal(Proposal("c", 1, 1, -1, other, p1.address).signed(p1), valid=True)
+    votes = [a for a in m.take_actions() if isinstance(a, CastVote) and a.step is VoteStep.PREVOTE]
+    if other.hash != b0.hash:
+        assert votes and votes[0].block == NIL  # locked on b0: never prevotes the other block
+
+
+def test_certificate_checks():
+    b = block_for(0, KEYS[0])
+    votes = [Vote("c", 1, 0, VoteStep.PRECOMMIT, b.hash, k.address).signed(k) for k in KEYS]
+    assert verify_certificate(ENGINE, b.hash, 1, votes[:3]) == 0
+    for bad, why in [
+        (votes[:2], "quorum"),
+        (votes[:2] + [votes[0]], "repeated"),
+        ([*votes[:2], Vote("c", 1, 0, VoteStep.PRECOMMIT, Z, KEYS[2].address).signed(KEYS[2])], "something else"),
+        ([*votes[:2], Vote("c", 1, 0, VoteStep.PRECOMMIT, b.hash, make_key("x").address).signed(make_key("x"))], "unknown"),
+        ([], "no commit"),
+    ]:
+        with pytest.raises(ConsensusError, match=why):
+            verify_certificate(ENGINE, b.hash, 1, bad)
+
+
+def test_vote_guard_never_signs_conflicting_votes_across_reopen(tmp_path):
+    key = KEYS[0]
+    kv = LevelDBKV(tmp_path / "db")
+    guard = VoteGuard(kv, key, "c")
+    a = guard.sign_vote(5, 0, VoteStep.PRECOMMIT, b"\x01" * 32)
+    assert guard.sign_vote(5, 0, VoteStep.PRECOMMIT, b"\x01" * 32).signature == a.signature
+    with pytest.raises(ConsensusError, match="conflicting"):
+        guard.sign_vote(5, 0, VoteStep.PRECOMMIT, b"\x02" * 32)
+    kv.close()
+    kv = LevelDBKV(tmp_path / "db")
+    again = VoteGuard(kv, key, "c")
+    with pytest.raises(ConsensusError, match="conflicting"):
+        again.sign_vote(5, 0, VoteStep.PRECOMMIT, NIL)
+    with pytest.raises(ConsensusError, match="already signed"):
+        again.sign_vote(4, 3, VoteStep.PRECOMMIT, NIL)
+    again.sign_vote(5, 1, VoteStep.PRECOMMIT, NIL)  # a later round is a new slot
+    kv.close()
