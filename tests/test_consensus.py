@@ -51,7 +51,8 @@ def test_engine_selection_by_genesis():
     a, b = make_key("a"), make_key("b")
     assert isinstance(engine_for(make_genesis([a])), SoloEngine)
     assert engine_for(make_genesis([a, b])).name == "poa"
-    pos = engine_for(make_genesis([a, b], engine="pos", stakes={a.address: 3, b.address: 1}, validators=[a.address, b.address]))
+    stakes = {a.address: 3, b.address: 1}
+    pos = engine_for(make_genesis([a, b], engine="pos", stakes=stakes, validators=[a.address, b.address]))
     assert isinstance(pos, PosEngine) and pos.total == 4 and pos.quorum() == 3
     with pytest.raises(ConsensusError, match="unknown"):
         engine_for(make_genesis([a], engine="nakamoto"))
@@ -179,12 +180,13 @@ def test_lock_keeps_a_validator_on_its_precommitted_block():
 def test_certificate_checks():
     b = block_for(0, KEYS[0])
     votes = [Vote("c", 1, 0, VoteStep.PRECOMMIT, b.hash, k.address).signed(k) for k in KEYS]
+    stranger = make_key("x")
     assert verify_certificate(ENGINE, b.hash, 1, votes[:3]) == 0
     for bad, why in [
         (votes[:2], "quorum"),
-        (votes[:2] + [votes[0]], "repeated"),
+        ([*votes[:2], votes[0]], "repeated"),
         ([*votes[:2], Vote("c", 1, 0, VoteStep.PRECOMMIT, Z, KEYS[2].address).signed(KEYS[2])], "something else"),
-        ([*votes[:2], Vote("c", 1, 0, VoteStep.PRECOMMIT, b.hash, make_key("x").address).signed(make_key("x"))], "unknown"),
+        ([*votes[:2], Vote("c", 1, 0, VoteStep.PRECOMMIT, b.hash, stranger.address).signed(stranger)], "unknown"),
         ([], "no commit"),
     ]:
         with pytest.raises(ConsensusError, match=why):
