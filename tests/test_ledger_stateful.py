@@ -202,8 +202,7 @@ class Ledger(RuleBasedStateMachine):
     def escrows_match_the_model(self):
         for job_id, job in self.jobs.items():
             stored = self.store.state.job(job_id)
-            if stored is None:
-                assert False, "a modelled job is missing"
+            assert stored is not None, "a modelled job is missing"
             assert str(stored.status) == job["status"]
             assert (job_id in self.released) == (stored.status in (JobStatus.SETTLED, JobStatus.REFUNDED))
 

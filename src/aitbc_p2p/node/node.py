@@ -581,7 +581,17 @@ class Node:
 
     def block(self, height: int) -> dict[str, Any] | None:
         block = self.store.block(height)
-        return None if block is None else block_view(block)
+        if block is None:
+            return None
+        view = block_view(block)
+        raw = self.store.certificate(height)
+        if raw is not None:
+            votes = decode_certificate(decode(raw))
+            view["certificate"] = {
+                "round": votes[0].round if votes else None,
+                "validators": sorted(v.validator for v in votes),
+            }
+        return view
 
     async def submit_job(self, offer: Any, workload: str, params: dict[str, Any]) -> JobId:
         return await self.market.submit(offer, workload, params)
