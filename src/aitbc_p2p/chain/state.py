@@ -56,8 +56,10 @@ class Account:
         return sum(amount for amount, _ in self.unbonding)
 
     def encode(self) -> bytes:
+        # Every field is a bounded int or bool set by the transition: no type walk needed.
         return encode(
-            [self.balance, self.nonce, self.stake, [list(u) for u in self.unbonding], self.provider, self.active_jobs]
+            [self.balance, self.nonce, self.stake, [list(u) for u in self.unbonding], self.provider, self.active_jobs],
+            check=False,
         )
 
     @classmethod
@@ -66,7 +68,16 @@ class Account:
         return cls(balance, nonce, stake, tuple((a, h) for a, h in unbonding), provider, active_jobs)
 
     def with_(self, **changes: Any) -> Account:
-        return replace(self, **changes)
+        # Hot path (several per transaction): a plain constructor call beats dataclasses.replace.
+        g = changes.get
+        return Account(
+            g("balance", self.balance),
+            g("nonce", self.nonce),
+            g("stake", self.stake),
+            g("unbonding", self.unbonding),
+            g("provider", self.provider),
+            g("active_jobs", self.active_jobs),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +114,7 @@ class Job:
         }
 
     def encode(self) -> bytes:
-        return encode(self.to_wire())
+        return encode(self.to_wire(), check=False)  # built from a checked transaction payload
 
     @classmethod
     def decode(cls, data: bytes) -> Job:
@@ -188,47 +199,70 @@ class Overlay:
 
     def __init__(self, base: StateView) -> None:
         self.base = base
-        self.changes: dict[bytes, bytes] = {}
+        self._raw: dict[bytes, bytes] = {}
+        # Accounts written since the last flush, encoded only when raw records are read:
+        # a block touching an account many times encodes it once.
+        self._pending: dict[Address, Account] = {}
         self._accounts: dict[Address, Account] = {}
         self._jobs: dict[bytes, Job | None] = {}
+        self._burned: int | None = None
 
-    # typed access
+    # typed access: every write goes through a setter that updates both the typed
+    # cache and the raw changes, so an address not cached here is the base's.
     def account(self, address: Address) -> Account:
         found = self._accounts.get(address)
         if found is None:
-            found = self._accounts[address] = read_account(self, address)
+            found = self._accounts[address] = self.base.account(address)
         return found
 
     def job(self, job_id: bytes) -> Job | None:
         if job_id not in self._jobs:
-            self._jobs[job_id] = read_job(self, job_id)
+            self._jobs[job_id] = self.base.job(job_id)
         return self._jobs[job_id]
 
     def burned(self) -> int:
-        return read_burned(self)
+        if self._burned is None:
+            self._burned = self.base.burned()
+        return self._burned
 
     def has_evidence(self, offence: bytes) -> bool:
         return self.get(evidence_key(offence)) is not None
 
+    @property
+    def changes(self) -> dict[bytes, bytes]:
+        """Every changed record, raw: ``state key -> canonical value``."""
+        if self._pending:
+            for address, account in self._pending.items():
+                self._raw[account_key(address)] = account.encode()
+            self._pending.clear()
+        return self._raw
+
     def set_account(self, address: Address, account: Account) -> None:
         self._accounts[address] = account
-        self.changes[account_key(address)] = account.encode()
+        self._pending[address] = account
 
     def set_job(self, job: Job) -> None:
         self._jobs[job.job_id] = job
-        self.changes[job_key(job.job_id)] = job.encode()
+        self._raw[job_key(job.job_id)] = job.encode()
 
     def set_burned(self, value: int) -> None:
-        self.changes[BURNED_KEY] = encode(value)
+        self._burned = value
+        self._raw[BURNED_KEY] = encode(value, check=False)
 
     def set_evidence(self, offence: bytes, height: int) -> None:
-        self.changes[evidence_key(offence)] = encode(height)
+        self._raw[evidence_key(offence)] = encode(height)
 
     def absorb(self, other: Overlay) -> None:
         """Take ``other``'s changes (``other`` must sit on this overlay)."""
-        self.changes.update(other.changes)
+        for key in other._raw:
+            if key.startswith(ACCOUNT_PREFIX):
+                self._pending.pop(Address(key[len(ACCOUNT_PREFIX) :].decode()), None)
+        self._raw.update(other._raw)
+        self._pending.update(other._pending)
         self._accounts.update(other._accounts)
         self._jobs.update(other._jobs)
+        if other._burned is not None and BURNED_KEY in other.changes:
+            self._burned = other._burned
 
     # StateView
     def get(self, key: bytes) -> bytes | None:

@@ -48,12 +48,15 @@ class Receipt:
     index: int
     fee: int
     events: tuple[tuple[Any, ...], ...] = field(default=())
+    _raw: bytes = field(default=b"", compare=False, repr=False)
 
     def to_wire(self) -> dict[str, Any]:
         return {"tx": self.tx, "index": self.index, "fee": self.fee, "events": [list(e) for e in self.events]}
 
     def encode(self) -> bytes:
-        return encode(self.to_wire())
+        if not self._raw:  # built by the transition from checked values: no type walk
+            object.__setattr__(self, "_raw", encode(self.to_wire(), check=False))
+        return self._raw
 
     @classmethod
     def from_wire(cls, obj: Any) -> Receipt:
