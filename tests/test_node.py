@@ -4,10 +4,12 @@ import pytest
 import trio
 
 from aitbc_p2p.chain import Transaction
+from aitbc_p2p.chain.blocks import build_block
 from aitbc_p2p.chain.state import JobStatus
+from aitbc_p2p.chain.transition import ChainRules
 from aitbc_p2p.market import JobOffer, params_hash, select_bid
 from aitbc_p2p.node import NodeConfig, open_node
-from aitbc_p2p.testing import make_genesis, make_key, make_tx, open_test_network
+from aitbc_p2p.testing import ChainBuilder, make_genesis, make_key, make_tx, open_test_network
 from aitbc_p2p.types import Hash32, aitbc
 
 CLIENT = make_key("client")
@@ -138,3 +140,39 @@ async def test_no_bid_above_max_price(max_price):
         job_id = await node.submit_job(offer, "echo", params)
         await wait_for(lambda: node.job_status(job_id)["status"] == "bids_ready")
         assert node.job_status(job_id)["bids"] == []
+
+
+async def test_poa_backup_proposer_covers_an_authority_that_is_down():
+    async with open_test_network(
+        2, alloc=ALLOC, absent=1, block_time_ms=200, genesis_params={"backup_ms": 200}
+    ) as nodes:
+        await wait_for(lambda: all(n.store.head.height >= 7 for n in nodes), timeout=60)
+        engine = nodes[0].engine
+        down = make_key("peer2").address
+        for h in range(1, 7):
+            header = nodes[0].store.block(h).header
+            assert nodes[1].store.block(h).hash == header.hash
+            assert header.proposer != down
+            assert header.round == (1 if engine.proposer(h, 0) == down else 0)
+
+
+async def test_poa_fork_choice_reorgs_to_the_primary_and_re_pools_reverted_txs(tmp_path):
+    a, b = make_key("auth-a"), make_key("auth-b")
+    genesis = make_genesis([a, b], ALLOC, block_time_ms=1000, backup_ms=2000)
+    rules = ChainRules.of(genesis)
+    cfg = NodeConfig(key=make_key("follower"), genesis=genesis, data_dir=tmp_path / "f", peer_interval_s=0.2)
+    async with open_node(cfg) as node:
+        g = node.store.head
+        tx = make_tx(CLIENT, to=make_key("dest").address, amount=5)
+        backup, _ = build_block(a, g, node.store.state, [tx], rules, timestamp_ms=3000, max_txs=10, round=1)
+        assert await node.import_block(backup.block)  # the backup's block while the primary is late
+        assert node.store.find_tx(tx.hash) is not None
+        genesis_state = ChainBuilder(genesis, [a, b]).state
+        primary, _ = build_block(b, g, genesis_state, [], rules, timestamp_ms=1000, max_txs=10)
+        assert await node.import_block(primary.block)  # same height, lower round: the better tip
+        assert node.store.head == primary.block.header
+        assert node.store.find_tx(tx.hash) is None and tx.hash in node.mempool  # pending again
+        assert node.store.state.account(CLIENT.address).nonce == 0
+        assert node.supply()["total"] == genesis.total_supply
+        assert not await node.import_block(backup.block)  # the worse tip is not taken back
+        assert node.store.side_block(backup.block.hash) == backup.block

@@ -214,6 +214,9 @@ async def open_libp2p_network(key: PrivateKey, listen: list[str]) -> AsyncIterat
         addrs = [multiaddr.Multiaddr(a) for a in listen]
     except (ValueError, BaseLibp2pError) as e:
         raise NetworkError(f"bad listen address: {e}") from e
+    # py-libp2p 0.8.1's service contexts swallow an exception raised in the body (their
+    # shutdown cancels the scope it travels through), so keep it and raise it after them.
+    failure: BaseException | None = None
     async with (
         host.run(addrs),
         trio.open_nursery() as nursery,
@@ -223,5 +226,10 @@ async def open_libp2p_network(key: PrivateKey, listen: list[str]) -> AsyncIterat
         await pubsub.wait_until_ready()
         try:
             yield Libp2pNetwork(host, pubsub, nursery)
+        except BaseException as e:
+            failure = e
+            raise
         finally:
             nursery.cancel_scope.cancel()
+    if failure is not None:
+        raise failure

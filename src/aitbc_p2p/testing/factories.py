@@ -126,14 +126,24 @@ async def open_test_network(
     alloc: Mapping[Address, int] | None = None,
     data_root: Path | None = None,
     block_time_ms: int = 300,
+    absent: int = 0,
+    genesis_params: Mapping[str, Any] | None = None,
     **config: Any,
 ) -> AsyncIterator[list[Node]]:
     """``n`` real peers in this process on 127.0.0.1 (authorities ``peer0..``), fully connected.
 
-    Peers whose index is in ``providers`` sell compute (no start-up benchmark).
+    Peers whose index is in ``providers`` sell compute (no start-up benchmark). ``absent``
+    more authorities are in the genesis but never start (a peer that is down).
     """
-    keys = [make_key(f"peer{i}") for i in range(n)]
-    genesis = make_genesis(keys, alloc, block_time_ms=block_time_ms, providers=[keys[i].address for i in providers])
+    keys = [make_key(f"peer{i}") for i in range(n + absent)]
+    genesis = make_genesis(
+        keys,
+        alloc,
+        block_time_ms=block_time_ms,
+        providers=[keys[i].address for i in providers],
+        **dict(genesis_params or {}),
+    )
+    keys = keys[:n]
     async with AsyncExitStack() as stack:
         nodes: list[Node] = []
         for i, key in enumerate(keys):
