@@ -11,8 +11,9 @@ import pytest
 import trio
 
 from aitbc_p2p.chain import Transaction
-from aitbc_p2p.exceptions import RpcError
+from aitbc_p2p.exceptions import REJECTION_REASONS, RpcError
 from aitbc_p2p.rpc import RpcClient, serve_rpc
+from aitbc_p2p.rpc.app import REASON_STATUS, reason_code
 from aitbc_p2p.testing import make_key, make_tx, open_test_network
 from aitbc_p2p.types import aitbc
 
@@ -182,3 +183,8 @@ async def test_sdk_client_raises_rpc_errors(rpc):
         with pytest.raises(RpcError) as info:
             await bad.status()
         assert info.value.status == 401
+
+
+def test_every_rejection_reason_has_an_http_status_and_code():
+    assert set(REASON_STATUS) == set(REJECTION_REASONS)
+    assert reason_code("ReplacementUnderpriced") == "REPLACEMENT_UNDERPRICED"

@@ -115,15 +115,12 @@ class Mempool:
                 )
             if view.account(tx.sender).balance < tx.fee:
                 raise TxRejected("InsufficientFunds", "the balance does not cover the fee")
-        trial = None
-        if tx.nonce == following:
-            projected = self._projection(tx.sender, view, height)
-            trial = Overlay(projected)
-            apply_tx(trial, tx, height=height + 1, rules=self.rules)  # raises with a named reason
+        staged = self._trial(tx, view, height) if tx.nonce == following else None  # raises a named reason
         evicted = self._make_room(tx)  # evicts another sender's transaction, if any
-        if trial is None:
+        if staged is None:
             self._future.setdefault(tx.sender, {})[tx.nonce] = tx
         else:
+            projected, trial = staged
             projected.absorb(trial)
             self._ready.setdefault(tx.sender, {})[tx.nonce] = tx
             self._promote(tx.sender, view, height)
@@ -139,11 +136,16 @@ class Mempool:
             self._projected[sender] = projected
         return projected
 
-    def _apply_next(self, tx: Transaction, view: StateView, height: int) -> None:
+    def _trial(self, tx: Transaction, view: StateView, height: int) -> tuple[Overlay, Overlay]:
+        """``(projection, trial)``: ``tx`` applied on top of its sender's projection, which
+        takes it only when the caller absorbs the trial.
+
+        Raises TxRejected with a named reason; the projection is unchanged then.
+        """
         projected = self._projection(tx.sender, view, height)
         trial = Overlay(projected)
-        apply_tx(trial, tx, height=height + 1, rules=self.rules)  # raises with a named reason
-        projected.absorb(trial)
+        apply_tx(trial, tx, height=height + 1, rules=self.rules)
+        return projected, trial
 
     def _promote(self, sender: Address, view: StateView, height: int) -> None:
         """Move future transactions that the new ready tail makes contiguous."""
@@ -154,10 +156,11 @@ class Mempool:
             if tx is None:
                 break
             try:
-                self._apply_next(tx, view, height)
+                projected, trial = self._trial(tx, view, height)
             except TxRejected:
                 self._forget(tx)
                 continue
+            projected.absorb(trial)
             self._ready[sender][tx.nonce] = tx
         if not future:
             self._future.pop(sender, None)

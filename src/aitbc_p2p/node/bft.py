@@ -56,7 +56,8 @@ class BftDriver:
         self._buffer: deque[tuple[int, dict[str, Any]]] = deque(maxlen=MAX_BUFFERED)
         self._slashed: set[bytes] = set()
         self._nursery: trio.Nursery | None = None
-        self._wake = trio.Event()
+        # The guard's synced writes run in a worker thread, one signature at a time.
+        self._sign_lock = trio.Lock()
 
     @property
     def me(self) -> Address | None:
@@ -171,7 +172,7 @@ class BftDriver:
             if isinstance(action, ArmTimeout):
                 self._nursery_start(self._timeout, machine, action)
             elif isinstance(action, CastVote):
-                self._cast(machine, action)
+                self._nursery_start(self._cast, machine, action)
             elif isinstance(action, BuildAndPropose):
                 self._nursery_start(self._build_and_propose, machine, action.round)
             elif isinstance(action, Propose):
@@ -185,14 +186,19 @@ class BftDriver:
             machine.on_timeout(action.step, action.round)
             self._pump()
 
-    def _cast(self, machine: HeightMachine, action: CastVote) -> None:
+    async def _cast(self, machine: HeightMachine, action: CastVote) -> None:
         try:
-            vote = self.guard.sign_vote(machine.height, action.round, action.step, action.block)
+            async with self._sign_lock:
+                vote = await trio.to_thread.run_sync(
+                    self.guard.sign_vote, machine.height, action.round, action.step, action.block
+                )
         except ConsensusError as e:
             logger.warning("not voting: %s", e)
             return
-        machine.on_vote(vote)
-        self._nursery_start(self._publish, {"vote": vote.to_wire()}, "vote.after_release")
+        if self.machine is machine:
+            machine.on_vote(vote)
+            self._pump()
+        await self._publish({"vote": vote.to_wire()}, "vote.after_release")
 
     async def _publish(self, obj: dict[str, Any], crash: str | None = None) -> None:
         try:
@@ -218,14 +224,21 @@ class BftDriver:
             return
         proposal = Proposal(self.engine.chain_id, machine.height, round, valid_round, block, self.node.key.address)
         try:
-            sig = self.guard.sign_proposal(
-                machine.height, round, block.hash, lambda: proposal.signed(self.node.key).signature
-            )
+            async with self._sign_lock:
+                sig = await trio.to_thread.run_sync(
+                    self.guard.sign_proposal,
+                    machine.height,
+                    round,
+                    block.hash,
+                    lambda: proposal.signed(self.node.key).signature,
+                )
         except ConsensusError as e:
             logger.warning("not proposing: %s", e)
             return
         signed = Proposal(proposal.chain_id, proposal.height, round, valid_round, block, proposal.proposer, sig)
         await trio.to_thread.run_sync(self.node.store.put_side_block, block)
+        if self.machine is not machine:
+            return
         machine.on_proposal(signed, valid=True)
         self._pump()
         await self._publish({"proposal": signed.to_wire()})

@@ -35,13 +35,19 @@ REASON_STATUS = {
     "BadSignature": 400,
     "WrongChain": 400,
     "AmountOutOfRange": 400,
+    "BadEvidence": 400,
     "NonceTooLow": 409,
     "NonceTooHigh": 409,
     "Duplicate": 409,
+    "ReplacementUnderpriced": 409,
     "InsufficientFunds": 422,
+    "InsufficientStake": 422,
+    "NothingToWithdraw": 422,
     "Underpriced": 422,
+    "NotProvider": 422,
     "UnknownJob": 422,
     "NotJobParty": 422,
+    "NotArbiter": 422,
     "JobState": 422,
     "PoolFull": 503,
 }
@@ -92,6 +98,13 @@ def _hex_field(doc: dict[str, Any], name: str) -> bytes:
         return bytes.fromhex(value)
     except ValueError as e:
         raise Problem(400, "BAD_REQUEST", f"field {name!r} is not hex") from e
+
+
+def _tx_hash(text: str) -> Hash32:
+    try:
+        return Hash32(bytes.fromhex(text))
+    except ValueError as e:
+        raise Problem(400, "BAD_REQUEST", "transaction hash must be hex") from e
 
 
 def _address(text: str) -> Address:
@@ -187,20 +200,14 @@ def create_app(api: NodeAPI, *, token: str, max_body: int = MAX_BODY) -> QuartTr
 
     @app.get("/v1/transactions/<tx_hash>")
     async def tx_status(tx_hash: str) -> Response:
-        try:
-            found = api.tx_status(Hash32(bytes.fromhex(tx_hash)))
-        except ValueError as e:
-            raise Problem(400, "BAD_REQUEST", "transaction hash must be hex") from e
+        found = api.tx_status(_tx_hash(tx_hash))
         if found is None:
             raise Problem(404, "NOT_FOUND", "no such transaction")
         return _json(found)
 
     @app.get("/v1/transactions/<tx_hash>/proof")
     async def tx_proof(tx_hash: str) -> Response:
-        try:
-            found = api.tx_proof(Hash32(bytes.fromhex(tx_hash)))
-        except ValueError as e:
-            raise Problem(400, "BAD_REQUEST", "transaction hash must be hex") from e
+        found = api.tx_proof(_tx_hash(tx_hash))
         if found is None:
             raise Problem(404, "NOT_FOUND", "no committed transaction with this hash")
         return _json(found)

@@ -17,7 +17,7 @@ from aitbc_p2p.chain.blocks import AppliedBlock, genesis_block
 from aitbc_p2p.chain.commitment import StateProof, StateTree, bucket_of, bucket_root, prove
 from aitbc_p2p.chain.merkle import merkle_proof
 from aitbc_p2p.chain.models import Block, BlockHeader, Genesis, Transaction
-from aitbc_p2p.chain.state import Account, Job, read_account, read_burned, read_job
+from aitbc_p2p.chain.state import Account, Job, StateView, read_account, read_burned, read_job
 from aitbc_p2p.chain.transition import Receipt
 from aitbc_p2p.codec import decode, encode
 from aitbc_p2p.exceptions import StoreError
@@ -89,6 +89,23 @@ class ReceiptProof:
         }
 
 
+def _history_keys(block: Block, view: StateView) -> list[tuple[bytes, int]]:
+    """``(history key, tx index)`` for every party of every transaction in ``block``.
+
+    ``view`` is the state after the block: a job transaction also belongs to the job's
+    client and provider.
+    """
+    out: list[tuple[bytes, int]] = []
+    for i, tx in enumerate(block.txs):
+        parties: set[str] = set(tx.parties())
+        if "job_id" in tx.payload:
+            job = view.job(tx.payload["job_id"])
+            if job is not None:
+                parties |= {job.client, job.provider}
+        out += [(schema.history_key(a, block.height, i), i) for a in sorted(parties)]
+    return out
+
+
 class ChainStore:
     """Blocks and state of one chain. Synchronous: call blocking methods off the event loop."""
 
@@ -145,24 +162,14 @@ class ChainStore:
         if certificate is not None:
             puts.append((schema.cert_key(h), certificate))
         puts += [(schema.state_key(k), v) for k, v in changes.items()]
-        for i, tx in enumerate(block.txs):
-            puts.append((schema.tx_key(tx.hash), schema.u64(h) + schema.u32(i)))
-            puts += [(schema.history_key(a, h, i), tx.hash) for a in sorted(self._parties(tx, applied))]
+        puts += [(schema.tx_key(tx.hash), schema.u64(h) + schema.u32(i)) for i, tx in enumerate(block.txs)]
+        puts += [(key, block.txs[i].hash) for key, i in _history_keys(block, applied.state)]
         crash_point("commit.before_batch")
         self.kv.write(puts, [schema.fork_key(block.hash)], sync=True)
         crash_point("commit.after_batch")
         self.state._tree = applied.tree
         self._head = block.header
         crash_point("commit.after_head")
-
-    @staticmethod
-    def _parties(tx: Transaction, applied: AppliedBlock) -> set[str]:
-        parties: set[str] = set(tx.parties())
-        if "job_id" in tx.payload:
-            job = applied.state.job(tx.payload["job_id"])
-            if job is not None:
-                parties |= {job.client, job.provider}
-        return parties
 
     def revert_head(self) -> Block:
         """Undo the head block (not the genesis) in one synced batch; keep it as a side block."""
@@ -192,10 +199,8 @@ class ChainStore:
                 deletes.append(schema.state_key(entry[0]))
             else:
                 puts.append((schema.state_key(entry[0]), entry[1]))
-        for i, tx in enumerate(block.txs):
-            deletes.append(schema.tx_key(tx.hash))
-            deletes += [schema.history_key(a, h, i) for a in tx.parties()]
-        deletes += self._job_history_keys(block)
+        deletes += [schema.tx_key(tx.hash) for tx in block.txs]
+        deletes += [key for key, _ in _history_keys(block, self.state)]  # the state is still the block's
         self.kv.write(puts, deletes, sync=True)
         tree = self.state.tree().updated({b: bucket_root(self.state.bucket_items(b)) for b in touched})
         self.state._tree = tree
@@ -203,16 +208,6 @@ class ChainStore:
         if tree.root != parent.header.state_root:
             raise StoreError(f"state after reverting block {h} does not match block {h - 1}")
         return block
-
-    def _job_history_keys(self, block: Block) -> list[bytes]:
-        out: list[bytes] = []
-        h = block.height
-        for i, tx in enumerate(block.txs):
-            if "job_id" in tx.payload:
-                job = self.state.job(tx.payload["job_id"])
-                if job is not None:
-                    out += [schema.history_key(a, h, i) for a in (job.client, job.provider)]
-        return out
 
     def block(self, height: int) -> Block | None:
         raw = self.kv.get(schema.block_key(height))
