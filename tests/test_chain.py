@@ -392,6 +392,25 @@ def test_block_validation(chain, alice, bob, genesis):
             validate_block(liar, parent.block.header, parent_state, rules)
 
 
+def test_block_decoding_refuses_non_canonical_bytes(chain, alice, bob):
+    """A block's canonical form is checked from its parts: the same content in another
+    key order, with a non-minimal integer, or with trailing bytes is refused."""
+    import cbor2
+
+    block = chain.add_block([make_tx(alice, to=bob.address), make_tx(bob, to=alice.address)]).block
+    data = block.encode()
+    assert Block.decode(data) == block
+    obj = cbor2.loads(data)
+    reordered = cbor2.dumps({"header": obj["header"], "txs": obj["txs"], "sig": obj["sig"]})
+    assert cbor2.loads(reordered) == obj and reordered != data
+    tx_reordered = dict(obj, txs=[{"body": t["body"], "sig": t["sig"]} for t in obj["txs"]])
+    long_int = data.replace(b"\x66height\x01", b"\x66height\x18\x01", 1)  # height 1 in two bytes
+    assert long_int != data
+    for bad in (reordered, cbor2.dumps(tx_reordered), long_int, data + b"\x00"):
+        with pytest.raises(ValidationError, match="malformed block"):
+            Block.decode(bad)
+
+
 def test_build_block_drops_what_no_longer_applies(chain, alice, bob, genesis, authority):
     parent = chain.blocks[-1]
     txs = [make_tx(alice, nonce=0), make_tx(alice, nonce=0, amount=2), make_tx(bob, amount=10**10)]

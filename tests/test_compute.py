@@ -95,7 +95,9 @@ def test_torch_bench_is_seeded_and_commits_to_rows():
     bench = get_workload("torch_bench")
     params = bench.validate({"n": 64, "iters": 2, "seed": 7})
     a, b = bench.run(params, RunContext()), bench.run(params, RunContext())
-    assert a["digest"] == b["digest"] and a["rows_root"] == b["rows_root"] and a["gflops"] > 0
+    assert a["digest"] == b["digest"] and a["rows_root"] == b["rows_root"]
+    # A timing figure: whole GFLOP/s as a uint64 metric, 0 on a slow moment at this size.
+    assert isinstance(a["gflops"], int) and a["gflops"] >= 0
     other = bench.run(bench.validate({"n": 64, "iters": 2, "seed": 8}), RunContext())
     assert other["digest"] != a["digest"]
     row, proof = prove_row(params, 5)

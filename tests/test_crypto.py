@@ -87,3 +87,23 @@ def test_private_key_validation():
         PrivateKey(b"\x00" * 32)
     with pytest.raises(CryptoError):
         PrivateKey(b"\x01" * 31)
+
+
+def test_digest_from_encoded_body_equals_digest_of_body(alice, bob):
+    """Transactions verify from the body's received bytes; that digest must be the one
+    the signer computed from the body value, for every kind of payload."""
+    from aitbc_p2p.chain import Transaction
+    from aitbc_p2p.crypto.keys import signing_digest_encoded
+    from aitbc_p2p.testing import make_tx
+
+    txs = [
+        make_tx(alice, to=bob.address, amount=7),
+        Transaction.create(alice, chain_id="ait-other", kind="stake", nonce=3, fee=10**6, payload={"amount": 2**63}),
+    ]
+    for tx in txs:
+        received = Transaction.decode(tx.encode())
+        assert received.body_raw and tx.encode().endswith(received.body_raw)
+        assert signing_digest_encoded(Domain.TX, received.chain_id, received.body_raw) == signing_digest(
+            Domain.TX, received.chain_id, received.body()
+        )
+        received.verify_signature()

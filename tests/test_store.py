@@ -68,3 +68,17 @@ def test_closed_store_raises(make_kv):
     kv.close()
     with pytest.raises((StoreError, RuntimeError)):
         kv.get(b"a")
+
+
+def test_cached_accounts_follow_commits_and_reverts(make_kv, genesis, authority, alice, bob):
+    """Committed-state reads are cached between commits; a commit or revert must never
+    leave a stale account behind."""
+    store = ChainStore(make_kv(), genesis)
+    builder = ChainBuilder(genesis, [authority])
+    before = store.state.account(bob.address).balance  # now cached
+    store.commit(builder.add_block([make_tx(alice, to=bob.address, amount=5)]))
+    assert store.state.account(bob.address).balance == before + 5
+    assert store.state.account(alice.address).nonce == 1
+    store.revert_head()
+    assert store.state.account(bob.address).balance == before
+    assert store.state.account(alice.address).nonce == 0

@@ -15,7 +15,7 @@ from typing import Any
 from aitbc_p2p.chain.merkle import merkle_root
 from aitbc_p2p.codec import decode, encode, head
 from aitbc_p2p.crypto import Domain, PrivateKey, recover_address, sha256, signing_digest
-from aitbc_p2p.crypto.keys import validate_address
+from aitbc_p2p.crypto.keys import signing_digest_encoded, validate_address
 from aitbc_p2p.exceptions import BadSignature, CodecError, CryptoError, TxRejected, ValidationError
 from aitbc_p2p.types import MAX_AMOUNT, ZERO_HASH, Address, Hash32
 
@@ -160,6 +160,8 @@ class Transaction:
     hash: Hash32 = field(default=ZERO_HASH, compare=False)
     raw: bytes = field(default=b"", compare=False, repr=False)
     """The canonical encoding (set by ``from_wire``), so it is never encoded twice."""
+    body_raw: bytes = field(default=b"", compare=False, repr=False)
+    """The canonical encoding of ``body()``: a slice of ``raw``, what the signature covers."""
 
     def body(self) -> dict[str, Any]:
         return {
@@ -232,6 +234,11 @@ class Transaction:
         data = raw if raw is not None else encode(obj)
         object.__setattr__(tx, "raw", data)
         object.__setattr__(tx, "hash", sha256(data))
+        # Canonical map order puts "sig" (3 bytes) before "body" (4), so the body's bytes
+        # are the tail of ``raw`` after a fixed prefix.
+        prefix = b"\xa2\x63sig" + head(2, len(sig)) + sig + b"\x64body"
+        if data.startswith(prefix):
+            object.__setattr__(tx, "body_raw", data[len(prefix) :])
         return tx
 
     @classmethod
@@ -244,7 +251,10 @@ class Transaction:
     def verify_signature(self) -> None:
         """Raise TxRejected('BadSignature') unless ``sender`` signed this body."""
         try:
-            digest = signing_digest(Domain.TX, self.chain_id, self.body(), checked=True)  # checked by from_wire
+            if self.body_raw:
+                digest = signing_digest_encoded(Domain.TX, self.chain_id, self.body_raw)
+            else:
+                digest = signing_digest(Domain.TX, self.chain_id, self.body(), checked=True)
             signer = recover_address(digest, self.signature)
         except BadSignature as e:
             raise TxRejected("BadSignature", str(e)) from e
@@ -391,11 +401,15 @@ class Block:
     @classmethod
     def decode(cls, data: bytes, *, max_size: int = 8 << 20) -> Block:
         try:
-            block = cls.from_wire(decode(data, max_size=max_size))
-            object.__setattr__(block, "_raw", bytes(data))
-            return block
+            # Each transaction is encoded canonically for its hash anyway, so the block's
+            # canonical form is checked by assembling it from those parts, not by encoding
+            # the whole block a second time.
+            block = cls.from_wire(decode(data, max_size=max_size, canonical=False))
         except CodecError as e:
             raise ValidationError(f"malformed block: {e}") from e
+        if block.encode() != data:
+            raise ValidationError("malformed block: not canonical CBOR (or trailing bytes)")
+        return block
 
 
 def tx_root(txs: Sequence[Transaction]) -> Hash32:

@@ -261,7 +261,7 @@ class Overlay:
         self._pending.update(other._pending)
         self._accounts.update(other._accounts)
         self._jobs.update(other._jobs)
-        if other._burned is not None and BURNED_KEY in other.changes:
+        if other._burned is not None and BURNED_KEY in other._raw:  # set_burned writes _raw
             self._burned = other._burned
 
     # StateView

@@ -19,13 +19,52 @@ MAX_DEPTH = 16
 """Deepest nesting of arrays and maps accepted by :func:`decode`."""
 
 
+_LOW = -(2**64)
+_HIGH = 2**64
+
+
+def _leaf_ok(value: Any) -> bool:
+    """True for an allowed scalar; raises for an out-of-range integer; False otherwise."""
+    t = type(value)
+    if t is str or t is bytes or t is bool or value is None:
+        return True
+    if t is int:
+        if not _LOW <= value < _HIGH:
+            raise CodecError("integer outside the 64-bit CBOR range")
+        return True
+    return False
+
+
 def _check(value: Any, depth: int) -> None:
+    # Hot path (every decoded message): exact-type tests on leaves inline, recursion only
+    # for containers, and the isinstance walk only for subclasses (str enums and the like).
     if depth > MAX_DEPTH:
         raise CodecError(f"nesting deeper than {MAX_DEPTH}")
-    if value is None or isinstance(value, bool | str | bytes):
+    t = type(value)
+    if (t is dict or t is list or t is tuple) and value and depth >= MAX_DEPTH:
+        raise CodecError(f"nesting deeper than {MAX_DEPTH}")  # its items would be deeper
+    if t is dict:
+        for key, item in value.items():
+            if type(key) is not str and not isinstance(key, str):
+                raise CodecError("map keys must be text")
+            if not _leaf_ok(item):
+                _check(item, depth + 1)
+        return
+    if t is list or t is tuple:
+        for item in value:
+            if not _leaf_ok(item):
+                _check(item, depth + 1)
+        return
+    if _leaf_ok(value):
+        return
+    _check_slow(value, depth)
+
+
+def _check_slow(value: Any, depth: int) -> None:
+    if isinstance(value, bool | str | bytes):
         return
     if isinstance(value, int):
-        if not -(2**64) <= value < 2**64:
+        if not _LOW <= value < _HIGH:
             raise CodecError("integer outside the 64-bit CBOR range")
         return
     if isinstance(value, list | tuple):
@@ -72,8 +111,12 @@ def head(major: int, length: int) -> bytes:
     raise CodecError("length beyond 64 bits")
 
 
-def decode(data: bytes, *, max_size: int = MAX_SIZE) -> Any:
+def decode(data: bytes, *, max_size: int = MAX_SIZE, canonical: bool = True) -> Any:
     """Decode exactly one canonical CBOR item of at most ``max_size`` bytes.
+
+    ``canonical=False`` leaves the canonical-form check to the caller, for containers
+    that re-assemble their encoding from parts they encode anyway (blocks); the caller
+    must then compare that encoding with ``data``.
 
     Raises:
         CodecError: oversized input, trailing bytes, invalid CBOR, disallowed types
@@ -93,7 +136,7 @@ def decode(data: bytes, *, max_size: int = MAX_SIZE) -> Any:
     except Exception as e:
         raise CodecError(f"invalid CBOR: {e}") from e
     _check(value, 0)  # floats, undefined and other types are refused here
-    if encode(value, check=False) != data:
+    if canonical and encode(value, check=False) != data:
         raise CodecError("not canonical CBOR (or trailing bytes)")
     return value
 

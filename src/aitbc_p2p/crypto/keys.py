@@ -16,7 +16,7 @@ from typing import Any
 import coincurve
 from bech32m.codecs import DecodeError, Encoding, bech32_decode, bech32_encode, convertbits
 
-from aitbc_p2p.codec import encode
+from aitbc_p2p.codec import encode, head
 from aitbc_p2p.exceptions import BadSignature, CryptoError
 from aitbc_p2p.types import Address, Hash32
 
@@ -49,6 +49,20 @@ def signing_digest(domain: Domain, chain_id: str, body: Any, *, checked: bool = 
     ``checked=True`` when ``body`` was decoded by the strict decoder (skips the type walk).
     """
     return sha256(encode([str(domain), chain_id, body], check=not checked))
+
+
+def signing_digest_encoded(domain: Domain, chain_id: str, body_cbor: bytes) -> Hash32:
+    """:func:`signing_digest` of a body given as its canonical CBOR bytes.
+
+    The preimage is a 3-array of two text strings and the body, so it is assembled from
+    the bytes a transaction arrived in, without building or encoding the body again.
+    """
+    return sha256(b"\x83" + _text(str(domain)) + _text(chain_id) + body_cbor)
+
+
+def _text(value: str) -> bytes:
+    data = value.encode()
+    return head(3, len(data)) + data
 
 
 @functools.lru_cache(maxsize=1 << 16)

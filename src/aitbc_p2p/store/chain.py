@@ -30,11 +30,26 @@ logger = logging.getLogger(__name__)
 
 
 class StoreStateView:
-    """The committed state as a :class:`~aitbc_p2p.chain.state.StateView`."""
+    """The committed state as a :class:`~aitbc_p2p.chain.state.StateView`.
+
+    Decoded accounts are cached until the next commit or revert. Readers may run in
+    worker threads while a commit runs in another, so a read stores its result only if no
+    commit started meanwhile (a generation number), and a commit bumps the generation
+    before it clears the cache.
+    """
+
+    MAX_CACHED = 1 << 16
 
     def __init__(self, kv: KeyValueStore, tree: StateTree | None = None) -> None:
         self._kv = kv
         self._tree = tree
+        self._accounts: dict[Address, Account] = {}
+        self._generation = 0
+
+    def changed(self) -> None:
+        """Call after every write to the state records."""
+        self._generation += 1
+        self._accounts.clear()
 
     def get(self, key: bytes) -> bytes | None:
         return self._kv.get(schema.state_key(key))
@@ -56,7 +71,13 @@ class StoreStateView:
 
     # typed readers
     def account(self, address: Address) -> Account:
-        return read_account(self, address)
+        found = self._accounts.get(address)
+        if found is None:
+            generation = self._generation
+            found = read_account(self, address)
+            if generation == self._generation and len(self._accounts) < self.MAX_CACHED:
+                self._accounts[address] = found
+        return found
 
     def job(self, job_id: bytes) -> Job | None:
         return read_job(self, job_id)
@@ -166,6 +187,7 @@ class ChainStore:
         puts += [(key, block.txs[i].hash) for key, i in _history_keys(block, applied.state)]
         crash_point("commit.before_batch")
         self.kv.write(puts, [schema.fork_key(block.hash)], sync=True)
+        self.state.changed()
         crash_point("commit.after_batch")
         self.state._tree = applied.tree
         self._head = block.header
@@ -202,6 +224,7 @@ class ChainStore:
         deletes += [schema.tx_key(tx.hash) for tx in block.txs]
         deletes += [key for key, _ in _history_keys(block, self.state)]  # the state is still the block's
         self.kv.write(puts, deletes, sync=True)
+        self.state.changed()
         tree = self.state.tree().updated({b: bucket_root(self.state.bucket_items(b)) for b in touched})
         self.state._tree = tree
         self._head = parent.header
