@@ -79,3 +79,95 @@ async def test_connect_to_nowhere_is_a_network_error():
                 await n1.connect(f"/ip4/127.0.0.1/tcp/1/p2p/{peer_id_of(make_key('x'))}")
             with pytest.raises(NetworkError):
                 await n1.connect("not a multiaddr")
+
+
+async def test_a_peer_flooding_invalid_gossip_is_graylisted_then_banned_while_honest_gossip_flows():
+    """REJECT penalizes the forwarder, IGNORE does not; a flooder is graylisted within
+    seconds, then disconnected and kept off, and every honest message still arrives."""
+    from aitbc_p2p.network import ValidationResult
+
+    def judge(data: bytes) -> ValidationResult:
+        if data.startswith(b"good"):
+            return ValidationResult.ACCEPT
+        if data.startswith(b"later"):
+            return ValidationResult.IGNORE
+        return ValidationResult.REJECT
+
+    def accept_all(data: bytes) -> ValidationResult:
+        return ValidationResult.ACCEPT
+
+    t = topic("ait-devnet", "tx")
+    with trio.fail_after(60):
+        async with (
+            open_libp2p_network(make_key("receiver"), LOCAL) as receiver,
+            open_libp2p_network(make_key("honest"), LOCAL) as honest,
+            open_libp2p_network(make_key("flooder"), LOCAL) as flooder,
+        ):
+            inbox = await receiver.subscribe(t, judge)
+            await honest.subscribe(t, accept_all)
+            await flooder.subscribe(t, accept_all)
+            await honest.connect(receiver.listen_addrs()[0])
+            await flooder.connect(receiver.listen_addrs()[0])
+            # Wait for both meshes: each peer's messages reach the receiver.
+            for sender in (honest, flooder):
+                n = 0
+                while receiver.verdicts["accept"] + receiver.verdicts["ignore"] == 0 or sender is flooder:
+                    n += 1
+                    await sender.publish(t, (b"good-mesh-%d" if sender is honest else b"later-%d") % n)
+                    await trio.sleep(0.1)
+                    if sender is flooder and receiver.verdicts["ignore"]:
+                        break
+            while True:  # drain the mesh-forming messages
+                with trio.move_on_after(0.3):
+                    await inbox.receive()
+                    continue
+                break
+
+            # IGNORE costs nothing.
+            for i in range(30):
+                await flooder.publish(t, b"later-%d" % (1000 + i))
+            while receiver.verdicts["ignore"] < 30:
+                await trio.sleep(0.05)
+            assert receiver.scores.score(flooder.peer_id) == 0.0
+
+            # The flood, with honest traffic interleaved.
+            received: list[bytes] = []
+            sent: list[bytes] = []
+
+            async def collect() -> None:
+                async for msg in inbox:
+                    received.append(msg.data)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(collect)
+                start = trio.current_time()
+                graylisted_after = banned_after = None
+                i = 0
+                while banned_after is None or len(received) < len(sent):
+                    i += 1
+                    if banned_after is None:
+                        try:
+                            await flooder.publish(t, b"forged-%d" % i)
+                        except NetworkError:
+                            pass
+                    sent.append(b"good-%d" % i)
+                    await honest.publish(t, sent[-1])
+                    await trio.sleep(0.02)
+                    if graylisted_after is None and receiver.scores.graylisted(flooder.peer_id):
+                        graylisted_after = trio.current_time() - start
+                    if banned_after is None and receiver.scores.banned(flooder.peer_id):
+                        banned_after = trio.current_time() - start
+                nursery.cancel_scope.cancel()
+            assert graylisted_after is not None and graylisted_after < 5
+            assert banned_after is not None and banned_after < 10
+            assert received == sent  # every honest message, in order, none lost
+            assert receiver.scores.score(honest.peer_id) == 0.0
+            with trio.fail_after(5):
+                while flooder.peer_id in receiver.connected_peers():
+                    await trio.sleep(0.1)
+            await trio.sleep(1.5)  # a dial back is cut again by the ban
+            with pytest.raises(NetworkError):
+                await flooder.connect(receiver.listen_addrs()[0])
+                await trio.sleep(1.5)
+                if flooder.peer_id not in receiver.connected_peers():
+                    raise NetworkError("cut")

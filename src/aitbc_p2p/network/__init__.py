@@ -1,8 +1,9 @@
 """L3 network adapter: libp2p host, gossip topics, framed request/response."""
 
-from aitbc_p2p.network.abc import GossipMessage, Network, RequestHandler, Validator
+from aitbc_p2p.network.abc import GossipMessage, Network, RequestHandler, ValidationResult, Validator
 from aitbc_p2p.network.host import Libp2pNetwork, open_libp2p_network, peer_id_of
 from aitbc_p2p.network.protocols import JOB_PROTOCOL, STATUS_PROTOCOL, SYNC_PROTOCOL, topic
+from aitbc_p2p.network.scoring import PeerScores, ScoringPolicy
 
 __all__ = [
     "JOB_PROTOCOL",
@@ -11,7 +12,10 @@ __all__ = [
     "GossipMessage",
     "Libp2pNetwork",
     "Network",
+    "PeerScores",
     "RequestHandler",
+    "ScoringPolicy",
+    "ValidationResult",
     "Validator",
     "open_libp2p_network",
     "peer_id_of",

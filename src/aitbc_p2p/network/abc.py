@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -17,8 +18,26 @@ class GossipMessage:
     via: str  # peer id we received it from
 
 
-Validator = Callable[[bytes], bool]
-"""Stateless check run before a message is accepted and relayed: decode, size, signature."""
+class ValidationResult(enum.Enum):
+    """What the stateless gate makes of a gossiped message (specs/topics.md).
+
+    ACCEPT: deliver and relay. IGNORE: maybe honest (a duplicate, a future nonce, an
+    unknown parent): neither deliver nor relay, no penalty. REJECT: provably bad (a bad
+    signature, another chain, malformed bytes): neither deliver nor relay, and the peer
+    that forwarded it is penalized.
+    """
+
+    ACCEPT = "accept"
+    IGNORE = "ignore"
+    REJECT = "reject"
+
+
+Validator = Callable[[bytes], "ValidationResult | bool | Awaitable[ValidationResult]"]
+"""Stateless check run before a message is accepted and relayed: decode, size, signature.
+
+A coroutine function may be given (its checks then run concurrently, e.g. signature
+batches in worker threads). ``True`` means ACCEPT and ``False`` REJECT.
+"""
 
 RequestHandler = Callable[[str, bytes], Awaitable[bytes]]
 """``(peer_id, request) -> response`` for one request/response protocol."""

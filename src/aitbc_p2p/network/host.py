@@ -7,6 +7,7 @@ the peer's secp256k1 key, so a peer id names the same key as the peer's address.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,8 +22,11 @@ from libp2p.custom_types import TProtocol
 from libp2p.exceptions import BaseLibp2pError
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.pubsub import pubsub as libp2p_pubsub
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
+from libp2p.pubsub.rpc_queue import RpcQueue
+from libp2p.pubsub.score import ScoreParams, TopicScoreParams
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
@@ -31,13 +35,56 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from aitbc_p2p.crypto import PrivateKey
 from aitbc_p2p.exceptions import NetworkError
-from aitbc_p2p.network.abc import GossipMessage, RequestHandler, Validator
+from aitbc_p2p.network.abc import GossipMessage, RequestHandler, ValidationResult, Validator
 from aitbc_p2p.network.protocols import MAX_FRAME, MAX_SYNC_FRAME, SYNC_PROTOCOL, frame
+from aitbc_p2p.network.scoring import PeerScores, ScoringPolicy
 
 logger = logging.getLogger(__name__)
 
 GOSSIP_PROTOCOLS = [TProtocol("/meshsub/1.1.0"), TProtocol("/meshsub/1.0.0")]
+"""Not /meshsub/1.2.0: in py-libp2p 0.8.1 it costs 2 to 3 times the CPU per message
+(IDONTWANT to every mesh peer, a signed peer record on every RPC)."""
 INBOX_SIZE = 4096
+OUTBOUND_QUEUE_SIZE = 4096
+"""RPCs queued per peer before py-libp2p drops (silently, at DEBUG). Its default is 32."""
+SUBSCRIPTION_CHANNEL_SIZE = 1024
+"""py-libp2p's per-subscription channel (default 32); :meth:`Libp2pNetwork._pump` drains it."""
+
+
+class _RoomyRpcQueue(RpcQueue):
+    def __init__(self, max_size: int = OUTBOUND_QUEUE_SIZE, **kwargs: Any) -> None:
+        super().__init__(max_size, **kwargs)
+
+
+def _tune_libp2p() -> None:
+    """py-libp2p 0.8.1 sizes the outbound queue by a default argument (so its module
+    constant does nothing) and the subscription channel by a module constant; both
+    drop honest bursts. Replace the names the pubsub module looks up at run time."""
+    if getattr(libp2p_pubsub, "RpcQueue", None) is RpcQueue:
+        setattr(libp2p_pubsub, "RpcQueue", _RoomyRpcQueue)  # noqa: B010 (a patch, not an attribute of ours)
+    libp2p_pubsub.SUBSCRIPTION_CHANNEL_SIZE = SUBSCRIPTION_CHANNEL_SIZE
+
+
+def _score_params(scores: PeerScores) -> ScoreParams:
+    """Gossipsub v1.1 scoring driven by our REJECT penalties (P6, application score).
+
+    P4 (invalid messages) stays at weight 0: py-libp2p counts every failed validation,
+    IGNORE included, and IGNORE must cost nothing. Behaviour penalties (IHAVE/IWANT
+    spam, GRAFT floods) keep py-libp2p's accounting.
+    """
+    policy = scores.policy
+    return ScoreParams(
+        p4_invalid_messages=TopicScoreParams(weight=0.0),
+        p5_behavior_penalty_weight=1.0,
+        p5_behavior_penalty_threshold=10.0,
+        p5_behavior_penalty_decay=0.9,
+        p6_appl_slack_weight=1.0,
+        app_specific_score_fn=lambda peer: scores.score(str(peer)),
+        publish_threshold=policy.graylist_below,
+        gossip_threshold=policy.graylist_below / 2,
+        graylist_threshold=policy.graylist_below,
+        accept_px_threshold=0.0,
+    )
 _IO_ERRORS = (BaseLibp2pError, OSError, EOFError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
@@ -73,10 +120,14 @@ async def read_frame(stream: Any, max_size: int = MAX_FRAME) -> bytes:
 class Libp2pNetwork:
     """A running libp2p host with gossipsub. Open it with :func:`open_libp2p_network`."""
 
-    def __init__(self, host: Any, pubsub: Any, nursery: trio.Nursery) -> None:
+    def __init__(self, host: Any, pubsub: Any, nursery: trio.Nursery, scores: PeerScores) -> None:
         self._host = host
         self._pubsub = pubsub
         self._nursery = nursery
+        self.scores = scores
+        self.verdicts: dict[str, int] = {v.value: 0 for v in ValidationResult} | {"graylisted": 0}
+        """Counts of stateless verdicts on received gossip (and of messages dropped unread
+        from graylisted peers), for status and metrics."""
 
     @property
     def peer_id(self) -> str:
@@ -103,18 +154,78 @@ class Libp2pNetwork:
             logger.debug("disconnect %s: %s", peer_id, e)
 
     async def subscribe(self, topic: str, validator: Validator) -> trio.MemoryReceiveChannel[GossipMessage]:
-        def check(_peer: ID, msg: Any) -> bool:
-            try:
-                return bool(validator(bytes(msg.data)))
-            except Exception:
-                logger.exception("validator for %s raised", topic)
-                return False
+        """Subscribe with a stateless gate. A graylisted forwarder's messages are dropped
+        unread; a REJECT penalizes the forwarder (:class:`PeerScores`)."""
+        me = self._host.get_id()
 
-        self._pubsub.set_topic_validator(topic, check, False)
+        def judge(peer: ID, result: Any) -> bool:
+            verdict = result if isinstance(result, ValidationResult) else ValidationResult.REJECT
+            if result is True:
+                verdict = ValidationResult.ACCEPT
+            self.verdicts[verdict.value] += 1
+            if verdict is ValidationResult.REJECT and peer != me:
+                self._penalize(str(peer), topic)
+            return verdict is ValidationResult.ACCEPT
+
+        def refused(peer: ID) -> bool:
+            if peer == me or not self.scores.graylisted(str(peer)):
+                return False
+            self.verdicts["graylisted"] += 1
+            self._penalize(str(peer), topic, self.scores.policy.graylisted_message_penalty)
+            return True
+
+        if inspect.iscoroutinefunction(validator):
+
+            async def check_async(peer: ID, msg: Any) -> bool:
+                if refused(peer):
+                    return False
+                try:
+                    return judge(peer, await validator(bytes(msg.data)))
+                except Exception:
+                    logger.exception("validator for %s raised", topic)
+                    return False
+
+            self._pubsub.set_topic_validator(topic, check_async, True)
+        else:
+
+            def check(peer: ID, msg: Any) -> bool:
+                if refused(peer):
+                    return False
+                try:
+                    return judge(peer, validator(bytes(msg.data)))
+                except Exception:
+                    logger.exception("validator for %s raised", topic)
+                    return False
+
+            self._pubsub.set_topic_validator(topic, check, False)
         sub = await self._pubsub.subscribe(topic)
         send, receive = trio.open_memory_channel[GossipMessage](INBOX_SIZE)
         self._nursery.start_soon(self._pump, topic, sub, send)
         return receive
+
+    def _penalize(self, peer: str, topic: str, amount: float | None = None) -> None:
+        was_banned = self.scores.banned(peer)
+        score = self.scores.penalize(peer, amount)
+        if self.scores.banned(peer) and not was_banned:
+            logger.warning("peer %s banned for %.0f s: score %.1f after invalid %s gossip",
+                           peer, self.scores.policy.ban_s, score, topic)  # fmt: skip
+            self._pubsub.add_to_blacklist(ID.from_base58(peer))
+            self._nursery.start_soon(self.disconnect, peer)
+
+    async def _enforce_bans(self) -> None:
+        """Keep banned peers off (they may dial back) and lift bans once served."""
+        while True:
+            await trio.sleep(1)
+            banned = set(self.scores.banned_peers())
+            for peer_id in list(self._pubsub.blacklisted_peers):
+                if str(peer_id) not in banned:
+                    self._pubsub.remove_from_blacklist(peer_id)
+            for peer in self.connected_peers():
+                if peer in banned:
+                    await self.disconnect(peer)
+
+    def peer_scores(self) -> dict[str, dict[str, float | int | bool]]:
+        return self.scores.snapshot()
 
     async def _pump(self, topic: str, sub: Any, send: trio.MemorySendChannel[GossipMessage]) -> None:
         # libp2p's subscription buffer is small (32); drain it at once into our own inbox.
@@ -184,12 +295,16 @@ async def _reset(stream: Any) -> None:
 
 
 @asynccontextmanager
-async def open_libp2p_network(key: PrivateKey, listen: list[str]) -> AsyncIterator[Libp2pNetwork]:
+async def open_libp2p_network(
+    key: PrivateKey, listen: list[str], *, scoring: ScoringPolicy | None = None
+) -> AsyncIterator[Libp2pNetwork]:
     """Start a libp2p host on ``listen`` multiaddrs (e.g. ``/ip4/127.0.0.1/tcp/0``).
 
     Only Noise (security) and Yamux (muxer) are offered: a peer that offers only
     plaintext or SECIO fails to negotiate. Everything stops when the context exits.
     """
+    _tune_libp2p()
+    scores = PeerScores(scoring or ScoringPolicy(), trio.current_time)
     key_pair = create_new_key_pair(key.secret)
     host = new_host(
         key_pair=key_pair,
@@ -206,8 +321,9 @@ async def open_libp2p_network(key: PrivateKey, listen: list[str]) -> AsyncIterat
         heartbeat_initial_delay=0.1,
         heartbeat_interval=1,
         # Spam protection counts our own publishes too and drops honest bursts; peer
-        # scoring replaces it (issue: networking).
+        # scoring (REJECT penalties) replaces it.
         spam_protection_enabled=False,
+        score_params=_score_params(scores),
     )
     pubsub = Pubsub(host, gossipsub, msg_id_constructor=_content_id)
     try:
@@ -225,7 +341,9 @@ async def open_libp2p_network(key: PrivateKey, listen: list[str]) -> AsyncIterat
     ):
         await pubsub.wait_until_ready()
         try:
-            yield Libp2pNetwork(host, pubsub, nursery)
+            network = Libp2pNetwork(host, pubsub, nursery, scores)
+            nursery.start_soon(network._enforce_bans)
+            yield network
         except BaseException as e:
             failure = e
             raise
