@@ -85,6 +85,8 @@ def _score_params(scores: PeerScores) -> ScoreParams:
         graylist_threshold=policy.graylist_below,
         accept_px_threshold=0.0,
     )
+
+
 _IO_ERRORS = (BaseLibp2pError, OSError, EOFError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
@@ -154,7 +156,8 @@ class Libp2pNetwork:
             logger.debug("disconnect %s: %s", peer_id, e)
 
     async def subscribe(self, topic: str, validator: Validator) -> trio.MemoryReceiveChannel[GossipMessage]:
-        """Subscribe with a stateless gate. A graylisted forwarder's messages are dropped
+        """Subscribe with a stateless gate for what peers forward (our own publishes pass:
+        the node checks them first). A graylisted forwarder's messages are dropped
         unread; a REJECT penalizes the forwarder (:class:`PeerScores`)."""
         me = self._host.get_id()
 
@@ -177,6 +180,8 @@ class Libp2pNetwork:
         if inspect.iscoroutinefunction(validator):
 
             async def check_async(peer: ID, msg: Any) -> bool:
+                if peer == me:
+                    return True  # our own publish: checked before it was made
                 if refused(peer):
                     return False
                 try:
@@ -189,6 +194,8 @@ class Libp2pNetwork:
         else:
 
             def check(peer: ID, msg: Any) -> bool:
+                if peer == me:
+                    return True  # our own publish: checked before it was made
                 if refused(peer):
                     return False
                 try:

@@ -53,4 +53,8 @@ class NodeConfig:
     """Escrow deadline suggested to clients, in blocks after the current head."""
     peer_interval_s: float = 1.0
     """Cadence of the peer manager: reconnects, status exchange, sync."""
+    bundle_interval_s: float = 0.05
+    """Outgoing transactions wait at most this long to be gossiped together in a bundle."""
+    reannounce_s: float = 30.0
+    """Pending transactions are gossiped again at this cadence, closing gossip's gaps."""
     extra: dict[str, str] = field(default_factory=dict)

@@ -14,6 +14,7 @@ Services (all children of the node's nursery):
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -26,7 +27,7 @@ import trio
 from aitbc_p2p.chain.blocks import AppliedBlock, build_block, validate_block
 from aitbc_p2p.chain.models import Block, BlockHeader, Transaction
 from aitbc_p2p.chain.state import account_key, supply_of
-from aitbc_p2p.chain.transition import ChainRules, check_stateless
+from aitbc_p2p.chain.transition import ChainRules
 from aitbc_p2p.chain.votes import Vote
 from aitbc_p2p.codec import decode, encode
 from aitbc_p2p.codec import head as cbor_head
@@ -48,13 +49,15 @@ from aitbc_p2p.network import (
     SYNC_PROTOCOL,
     GossipMessage,
     Network,
+    ValidationResult,
     open_libp2p_network,
     topic,
 )
 from aitbc_p2p.node.bft import BftDriver
+from aitbc_p2p.node.bundles import decode_bundle, split_bundles
 from aitbc_p2p.node.config import NodeConfig
 from aitbc_p2p.node.market import MarketService
-from aitbc_p2p.node.verify import verify_signatures
+from aitbc_p2p.node.verify import Verified, decode_and_verify, verify_signatures
 from aitbc_p2p.node.views import block_view, jsonable, tx_view
 from aitbc_p2p.store import ChainStore, LevelDBKV, MemoryKV
 from aitbc_p2p.store.abc import KeyValueStore
@@ -64,6 +67,8 @@ logger = logging.getLogger(__name__)
 
 SYNC_BATCH = 64
 MAX_FUTURE_MS = 5_000
+MAX_PENDING_CHECKS = 256
+"""Stateless results of accepted bundles kept for the stateful stage (oldest dropped first)."""
 MAX_REORG_FETCH = 256
 
 
@@ -116,6 +121,9 @@ class Node:
         }
         self.market = MarketService(self)
         self.bft: Any = None
+        self._outbox: list[bytes] = []
+        self._outbox_ready = trio.Event()
+        self._bundle_checks: dict[bytes, Verified] = {}
 
     # ----------------------------------------------------------------- chain
     @property
@@ -249,10 +257,35 @@ class Node:
         return True
 
     async def _announce_tx(self, tx: Transaction) -> None:
-        try:
-            await self.network.publish(self._topics["tx"], tx.encode())
-        except NetworkError as e:
-            logger.warning("could not gossip tx %s: %s", tx.hash.hex()[:16], e)
+        self._queue_for_gossip([tx])
+
+    def _queue_for_gossip(self, txs: list[Transaction]) -> None:
+        self._outbox.extend(tx.encode() for tx in txs)
+        self._outbox_ready.set()
+
+    async def _gossip_bundles(self) -> None:
+        """Publish queued transactions in bundles: one message per ``bundle_interval_s``
+        (or per MAX_BUNDLE transactions), since gossip costs per message, not per byte."""
+        while True:
+            await self._outbox_ready.wait()
+            await trio.sleep(self.config.bundle_interval_s)
+            self._outbox_ready = trio.Event()
+            pending, self._outbox = self._outbox, []
+            for bundle in split_bundles(pending):
+                try:
+                    await self.network.publish(self._topics["tx"], bundle)
+                except NetworkError as e:
+                    logger.warning("could not gossip a bundle of transactions: %s", e)
+
+    async def _reannounce(self) -> None:
+        """Gossip what is still pending again: a peer that missed it (down, partitioned,
+        joined late) gets it; peers that saw the same bundle drop it as seen."""
+        while True:
+            await trio.sleep(self.config.reannounce_s)
+            pending = list(self.mempool.candidates())
+            if pending:
+                logger.debug("re-announcing %d pending transactions", len(pending))
+                self._queue_for_gossip(pending)
 
     async def _produce_blocks(self) -> None:
         """Non-BFT engines: propose when a round of the next height is ours and due.
@@ -320,10 +353,7 @@ class Node:
         if self.store.find_tx(tx.hash) is not None:
             raise TxRejected("Duplicate", "transaction is already committed")
         self.mempool.add(tx, self.store.state, height=self.store.head.height)
-        try:
-            await self.network.publish(self._topics["tx"], tx.encode())
-        except NetworkError as e:
-            logger.warning("could not gossip tx %s: %s", tx.hash.hex()[:16], e)
+        self._queue_for_gossip([tx])
         return tx.hash
 
     async def send_own_tx(self, kind: str, payload: dict[str, Any]) -> Hash32:
@@ -339,29 +369,58 @@ class Node:
         return await self.submit_tx(tx)
 
     # -------------------------------------------------------------- gossip in
-    def _valid_tx(self, data: bytes) -> bool:
+    async def _valid_bundle(self, data: bytes) -> ValidationResult:
+        """Stateless gate of the tx topic: a well-formed bundle whose every transaction
+        decodes, is for this chain and is signed by its sender (signatures in worker
+        threads). Honest peers relay only bundles they checked, so one bad transaction
+        makes the whole bundle a REJECT. The result is kept for :meth:`_on_tx`."""
+        digest = hashlib.sha256(data).digest()
         try:
-            check_stateless(Transaction.decode(data), self.rules)
-        except TxRejected:
-            return False
-        return True
+            items = decode_bundle(data)
+        except CodecError as e:
+            logger.debug("rejected tx bundle: %s", e)
+            return ValidationResult.REJECT
+        verified = await decode_and_verify(items, self.genesis.chain_id)
+        if verified.rejected:
+            i, reason = verified.rejected[0]
+            logger.debug("rejected tx bundle: tx %d: %s", i, reason)
+            return ValidationResult.REJECT
+        if len(self._bundle_checks) >= MAX_PENDING_CHECKS:
+            self._bundle_checks.pop(next(iter(self._bundle_checks)))
+        self._bundle_checks[digest] = verified
+        return ValidationResult.ACCEPT
 
-    def _valid_block(self, data: bytes) -> bool:
+    def _valid_block(self, data: bytes) -> ValidationResult:
         try:
             block, _ = decode_block_message(decode(data, max_size=8 << 20))
             block.header.verify_signature()
         except (ValidationError, CodecError):
-            return False
-        return block.header.chain_id == self.genesis.chain_id
+            return ValidationResult.REJECT
+        if block.header.chain_id != self.genesis.chain_id:
+            return ValidationResult.REJECT
+        if self.store.height_of(block.hash) is not None:
+            return ValidationResult.IGNORE  # already have it
+        return ValidationResult.ACCEPT
 
     async def _on_tx(self, inbox: trio.MemoryReceiveChannel[GossipMessage]) -> None:
+        """The stateful stage: admit each transaction of an accepted bundle. A refusal
+        here (a used nonce, a short balance) is not the sender's fault: it is dropped."""
         async for msg in inbox:
-            try:
-                tx = Transaction.decode(msg.data)
-                if tx.hash not in self.mempool and self.store.find_tx(tx.hash) is None:
-                    self.mempool.add(tx, self.store.state, height=self.store.head.height)
-            except TxRejected as e:
-                logger.debug("gossiped tx ignored: %s", e)
+            if msg.origin == self.network.peer_id:
+                continue  # our own bundle: its transactions are pooled already
+            verified = self._bundle_checks.pop(hashlib.sha256(msg.data).digest(), None)
+            if verified is None:  # our own bundle, or its check fell out of the cache
+                try:
+                    verified = await decode_and_verify(decode_bundle(msg.data), self.genesis.chain_id)
+                except CodecError:
+                    continue
+            for tx in verified.txs:
+                if tx.hash in self.mempool or self.store.find_tx(tx.hash) is not None:
+                    continue
+                try:
+                    self.mempool.add(tx, self.store.state, height=self.store.head.height, verified=True)
+                except TxRejected as e:
+                    logger.debug("gossiped tx ignored: %s", e)
 
     async def _on_block(self, inbox: trio.MemoryReceiveChannel[GossipMessage]) -> None:
         async for msg in inbox:
@@ -656,7 +715,9 @@ async def open_node(config: NodeConfig, *, clock_ms: Callable[[], int] = wall_cl
             network.set_request_handler(SYNC_PROTOCOL, node._serve_sync)
             network.set_request_handler(JOB_PROTOCOL, node.market.serve_job)
             t = node._topics
-            nursery.start_soon(node._on_tx, await network.subscribe(t["tx"], node._valid_tx))
+            nursery.start_soon(node._on_tx, await network.subscribe(t["tx"], node._valid_bundle))
+            nursery.start_soon(node._gossip_bundles)
+            nursery.start_soon(node._reannounce)
             nursery.start_soon(node._on_block, await network.subscribe(t["block"], node._valid_block))
             nursery.start_soon(
                 node.market.on_job_topic, await network.subscribe(t["job"], node.market.valid_job_message)
