@@ -65,7 +65,7 @@ def node_path(
 
     batches = [wire[i : i + block_size] for i in range(0, len(wire), block_size)]
     start = time.perf_counter()
-    trio.run(partial(admit_pipelined, batches, genesis.chain_id, admit))
+    trio.run(partial(admit_pipelined, batches, rules, admit))
     admitted = time.perf_counter()
     committed = 0
     shipped: list[bytes] = []

@@ -1,8 +1,11 @@
 """The stateless stage: decode, chain id and signatures of encoded transactions."""
 
 from aitbc_p2p.chain import Transaction
+from aitbc_p2p.chain.transition import ChainRules
 from aitbc_p2p.node.verify import MIN_PARALLEL, Verified, admit_pipelined, decode_and_verify
-from aitbc_p2p.testing import make_key, make_tx
+from aitbc_p2p.testing import make_genesis, make_key, make_tx
+
+RULES = ChainRules.of(make_genesis([make_key("verify-authority")], {}))
 
 
 def _forged(tx: Transaction, thief_address: str) -> bytes:
@@ -16,11 +19,17 @@ async def test_every_refusal_is_reported_in_input_order(alice, bob):
     other_chain = Transaction.create(
         alice, chain_id="ait-other", kind="transfer", nonce=0, fee=10**6, payload={"to": bob.address, "amount": 1}
     )
+    cheap = make_tx(alice, nonce=5, to=bob.address, fee=RULES.min_fee - 1)
     batch = [good[0].encode(), b"\xff\x00", good[1].encode(), other_chain.encode(), _forged(good[2], bob.address)]
-    batch.append(good[2].encode())
-    out = await decode_and_verify(batch, good[0].chain_id)
+    batch += [good[2].encode(), cheap.encode()]
+    out = await decode_and_verify(batch, RULES)
     assert [tx.hash for tx in out.txs] == [good[0].hash, good[1].hash, good[2].hash]
-    assert [(i, e.reason) for i, e in out.rejected] == [(1, "Malformed"), (3, "WrongChain"), (4, "BadSignature")]
+    assert [(i, e.reason) for i, e in out.rejected] == [
+        (1, "Malformed"),
+        (3, "WrongChain"),
+        (4, "BadSignature"),
+        (6, "Underpriced"),
+    ]
 
 
 async def test_large_batches_split_across_threads_keep_order_and_catch_forgeries(alice, bob):
@@ -28,7 +37,7 @@ async def test_large_batches_split_across_threads_keep_order_and_catch_forgeries
     txs = [make_tx(k, nonce=n, to=bob.address) for n in range(MIN_PARALLEL) for k in senders]
     encoded = [tx.encode() for tx in txs]
     encoded[100] = _forged(txs[100], alice.address)
-    out = await decode_and_verify(encoded, txs[0].chain_id, threads=3)
+    out = await decode_and_verify(encoded, RULES, threads=3)
     assert [tx.hash for tx in out.txs] == [tx.hash for i, tx in enumerate(txs) if i != 100]
     assert [(i, e.reason) for i, e in out.rejected] == [(100, "BadSignature")]
 
@@ -41,6 +50,6 @@ async def test_pipelined_admission_sees_every_batch_once_in_order(alice, bob):
     async def admit(verified: Verified) -> None:
         seen.append(verified)
 
-    await admit_pipelined(batches, txs[0].chain_id, admit)
+    await admit_pipelined(batches, RULES, admit)
     assert [tx.hash for v in seen for tx in v.txs] == [tx.hash for tx in txs]
     assert len(seen) == 4

@@ -170,20 +170,23 @@ class Libp2pNetwork:
                 self._penalize(str(peer), topic)
             return verdict is ValidationResult.ACCEPT
 
-        def refused(peer: ID) -> bool:
-            if peer == me or not self.scores.graylisted(str(peer)):
-                return False
+        def gate(peer: ID) -> bool | None:
+            """The answer before reading the message, if there is one: our own publishes
+            pass (the node checks them first); a graylisted forwarder's are dropped unread."""
+            if peer == me:
+                return True
+            if not self.scores.graylisted(str(peer)):
+                return None
             self.verdicts["graylisted"] += 1
             self._penalize(str(peer), topic, self.scores.policy.graylisted_message_penalty)
-            return True
+            return False
 
         if inspect.iscoroutinefunction(validator):
 
             async def check_async(peer: ID, msg: Any) -> bool:
-                if peer == me:
-                    return True  # our own publish: checked before it was made
-                if refused(peer):
-                    return False
+                early = gate(peer)
+                if early is not None:
+                    return early
                 try:
                     return judge(peer, await validator(bytes(msg.data)))
                 except Exception:
@@ -194,10 +197,9 @@ class Libp2pNetwork:
         else:
 
             def check(peer: ID, msg: Any) -> bool:
-                if peer == me:
-                    return True  # our own publish: checked before it was made
-                if refused(peer):
-                    return False
+                early = gate(peer)
+                if early is not None:
+                    return early
                 try:
                     return judge(peer, validator(bytes(msg.data)))
                 except Exception:
@@ -230,9 +232,6 @@ class Libp2pNetwork:
             for peer in self.connected_peers():
                 if peer in banned:
                     await self.disconnect(peer)
-
-    def peer_scores(self) -> dict[str, dict[str, float | int | bool]]:
-        return self.scores.snapshot()
 
     async def _pump(self, topic: str, sub: Any, send: trio.MemorySendChannel[GossipMessage]) -> None:
         # libp2p's subscription buffer is small (32); drain it at once into our own inbox.

@@ -369,25 +369,28 @@ class Node:
         return await self.submit_tx(tx)
 
     # -------------------------------------------------------------- gossip in
+    async def _check_bundle(self, data: bytes) -> Verified:
+        """The stateless stage for a tx-topic message. Raises CodecError for a malformed bundle."""
+        return await decode_and_verify(decode_bundle(data), self.rules)
+
     async def _valid_bundle(self, data: bytes) -> ValidationResult:
         """Stateless gate of the tx topic: a well-formed bundle whose every transaction
-        decodes, is for this chain and is signed by its sender (signatures in worker
-        threads). Honest peers relay only bundles they checked, so one bad transaction
-        makes the whole bundle a REJECT. The result is kept for :meth:`_on_tx`."""
-        digest = hashlib.sha256(data).digest()
+        decodes, is for this chain, pays the fee floor and is signed by its sender
+        (signatures in worker threads). Honest peers relay only bundles they checked, so
+        one bad transaction makes the whole bundle a REJECT. The result is kept for
+        :meth:`_on_tx`."""
         try:
-            items = decode_bundle(data)
+            verified = await self._check_bundle(data)
         except CodecError as e:
             logger.debug("rejected tx bundle: %s", e)
             return ValidationResult.REJECT
-        verified = await decode_and_verify(items, self.genesis.chain_id)
         if verified.rejected:
             i, reason = verified.rejected[0]
             logger.debug("rejected tx bundle: tx %d: %s", i, reason)
             return ValidationResult.REJECT
         if len(self._bundle_checks) >= MAX_PENDING_CHECKS:
             self._bundle_checks.pop(next(iter(self._bundle_checks)))
-        self._bundle_checks[digest] = verified
+        self._bundle_checks[hashlib.sha256(data).digest()] = verified
         return ValidationResult.ACCEPT
 
     def _valid_block(self, data: bytes) -> ValidationResult:
@@ -411,7 +414,7 @@ class Node:
             verified = self._bundle_checks.pop(hashlib.sha256(msg.data).digest(), None)
             if verified is None:  # our own bundle, or its check fell out of the cache
                 try:
-                    verified = await decode_and_verify(decode_bundle(msg.data), self.genesis.chain_id)
+                    verified = await self._check_bundle(msg.data)
                 except CodecError:
                     continue
             for tx in verified.txs:

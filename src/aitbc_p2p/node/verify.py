@@ -5,8 +5,8 @@ Two entry points:
 
 - :func:`verify_signatures` checks transactions that are already decoded (a block's).
 - :func:`decode_and_verify` is the stateless stage for transactions that arrive as bytes
-  (gossip bundles, RPC batches): decode, shape and bounds and chain id, then signatures
-  in worker threads. :func:`admit_pipelined` overlaps it with the stateful stage (the
+  (gossip bundles, RPC batches): decode, shape and bounds, chain id and fee floor, then
+  signatures in worker threads. :func:`admit_pipelined` overlaps it with the stateful stage (the
   mempool, on the Trio thread): while one batch is admitted the next one is verified.
 """
 
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import trio
 
 from aitbc_p2p.chain.models import Transaction
+from aitbc_p2p.chain.transition import ChainRules, check_stateless
 from aitbc_p2p.exceptions import TxRejected
 from aitbc_p2p.types import Hash32
 
@@ -69,30 +70,26 @@ class Verified:
     """(position in the batch, reason) of each one refused."""
 
 
-def decode_batch(encoded: Sequence[bytes], chain_id: str) -> tuple[list[tuple[int, Transaction]], Verified]:
-    """Decode each transaction and check its chain id: (decoded with positions, refusals so far)."""
+async def decode_and_verify(encoded: Sequence[bytes], rules: ChainRules, *, threads: int | None = None) -> Verified:
+    """The stateless stage: decode each transaction and apply the stateless rules (chain
+    id, fee floor) here, then check signatures in worker threads. Never raises for bad
+    input: each refusal is reported with its reason.
+
+    Decoding stays on the calling thread: it is pure Python and holds the GIL, so in a
+    worker it would only contend with the signature checks (measured: slower than one
+    thread doing everything).
+    """
     out = Verified()
     decoded: list[tuple[int, Transaction]] = []
     for i, data in enumerate(encoded):
         try:
             tx = Transaction.decode(data)
-            if tx.chain_id != chain_id:
-                raise TxRejected("WrongChain", f"transaction is for chain {tx.chain_id!r}", expected=chain_id)
+            check_stateless(tx, rules, verified=True)  # the signature is checked below, in threads
         except TxRejected as e:
             out.rejected.append((i, e))
         else:
             decoded.append((i, tx))
-    return decoded, out
-
-
-async def verify_decoded(
-    decoded: list[tuple[int, Transaction]], out: Verified, *, threads: int | None = None
-) -> Verified:
-    """Check the signatures of :func:`decode_batch`'s output in worker threads; fill ``out``."""
     _, bad = await verify_signatures([tx for _, tx in decoded], threads=threads)
-    if not bad:
-        out.txs = [tx for _, tx in decoded]
-        return out
     reasons = {id(tx): e for tx, e in bad}
     for i, tx in decoded:
         if id(tx) in reasons:
@@ -103,22 +100,9 @@ async def verify_decoded(
     return out
 
 
-async def decode_and_verify(encoded: Sequence[bytes], chain_id: str, *, threads: int | None = None) -> Verified:
-    """The stateless stage: decode each transaction and check its chain id here, then its
-    signature in worker threads. Never raises for bad input: each refusal is reported
-    with its reason.
-
-    Decoding stays on the calling thread: it is pure Python and holds the GIL, so in a
-    worker it would only contend with the signature checks (measured: slower than one
-    thread doing everything).
-    """
-    decoded, out = decode_batch(encoded, chain_id)
-    return await verify_decoded(decoded, out, threads=threads)
-
-
 async def admit_pipelined(
     batches: Iterable[Sequence[bytes]],
-    chain_id: str,
+    rules: ChainRules,
     admit: Callable[[Verified], Awaitable[None] | None],
     *,
     threads: int | None = None,
@@ -134,7 +118,7 @@ async def admit_pipelined(
     async def produce() -> None:
         async with send:
             for batch in batches:
-                await send.send(await decode_and_verify(batch, chain_id, threads=threads))
+                await send.send(await decode_and_verify(batch, rules, threads=threads))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(produce)
