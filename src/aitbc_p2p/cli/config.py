@@ -15,7 +15,7 @@ from aitbc_p2p.crypto import PrivateKey
 from aitbc_p2p.exceptions import ConfigError, CryptoError
 from aitbc_p2p.node import NodeConfig, ProviderConfig
 
-KNOWN_TOP = {"data_dir", "key_file", "genesis", "listen", "bootstrap", "rpc", "provider", "node"}
+KNOWN_TOP = {"data_dir", "key_file", "genesis", "listen", "bootstrap", "announce", "rpc", "provider", "node"}
 KNOWN_RPC = {"host", "port"}
 KNOWN_PROVIDER = {
     "miner_id",
@@ -26,7 +26,17 @@ KNOWN_PROVIDER = {
     "announce_interval_s",
     "benchmark",
 }
-KNOWN_NODE = {"max_block_txs", "bid_window_s", "peer_interval_s"}
+NODE_TYPES: dict[str, type | tuple[type, ...]] = {
+    "max_block_txs": int,
+    "bid_window_s": (int, float),
+    "peer_interval_s": (int, float),
+    "bundle_interval_s": (int, float),
+    "reannounce_s": (int, float),
+    "peer_floor": int,
+    "peer_ceiling": int,
+    "mdns": bool,
+}
+KNOWN_NODE = set(NODE_TYPES)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,16 +95,22 @@ def load_peer_config(path: Path, **overrides: Any) -> PeerConfig:
             provider = ProviderConfig(**table, models=resolved)
         node_opts = doc.get("node", {})
         _unknown("[node]", node_opts, KNOWN_NODE)
+        for name, value in node_opts.items():
+            # bool is an int in Python; only mdns takes one.
+            if not isinstance(value, NODE_TYPES[name]) or (isinstance(value, bool) and NODE_TYPES[name] is not bool):
+                raise ConfigError(f"[node] {name} has the wrong type: {value!r}")
         listen = tuple(overrides.get("listen") or doc.get("listen", ["/ip4/127.0.0.1/tcp/0"]))
         bootstrap = tuple(overrides.get("bootstrap") or doc.get("bootstrap", []))
-        if not all(isinstance(a, str) for a in listen + bootstrap):
-            raise ConfigError("listen and bootstrap must be lists of multiaddr strings")
+        announce = tuple(doc.get("announce", []))
+        if not all(isinstance(a, str) for a in listen + bootstrap + announce):
+            raise ConfigError("listen, bootstrap and announce must be lists of multiaddr strings")
         node = NodeConfig(
             key=key,
             genesis=genesis,
             data_dir=data_dir,
             listen=listen,
             bootstrap=bootstrap,
+            announce=announce,
             provider=provider,
             **node_opts,
         )
@@ -102,7 +118,8 @@ def load_peer_config(path: Path, **overrides: Any) -> PeerConfig:
         rpc_port = int(port if port is not None else rpc.get("port", 8006))
         if not 0 <= rpc_port <= 65535:
             raise ConfigError(f"rpc port {rpc_port} out of range")
-        return PeerConfig(node=node, data_dir=data_dir, rpc_host=str(rpc.get("host", "127.0.0.1")), rpc_port=rpc_port)
+        rpc_host = str(overrides.get("rpc_host") or rpc.get("host", "127.0.0.1"))
+        return PeerConfig(node=node, data_dir=data_dir, rpc_host=rpc_host, rpc_port=rpc_port)
     except KeyError as e:
         raise ConfigError(f"config {path} lacks {e}") from e
     except (TypeError, ValueError) as e:

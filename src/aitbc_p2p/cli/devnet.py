@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,9 +54,9 @@ class PeerProcess:
         return RpcClient(self.info()["rpc_url"], token=self.token())
 
 
-def _free_port() -> int:
+def _free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         port: int = s.getsockname()[1]
         return port
 
@@ -122,11 +122,24 @@ def restart_peer(run_dir: Path, name: str) -> PeerProcess:
     raise ConfigError(f"no devnet peer named {name}")
 
 
-def start(nodes_dir: Path, run_dir: Path, *, tiny_llm: bool = False) -> list[PeerProcess]:
+def start(
+    nodes_dir: Path,
+    run_dir: Path,
+    *,
+    tiny_llm: bool = False,
+    hosts: Sequence[str] = (),
+    wrap: Sequence[Sequence[str]] = (),
+    bootstrap_first: bool = False,
+) -> list[PeerProcess]:
     """Start a fresh devnet in ``run_dir`` (its old contents are removed).
 
     With ``tiny_llm`` (needs the ``llm`` extra), a tiny causal LM is built in the run
     directory and every provider offers it to ``llm_gen`` as the model ``tiny``.
+
+    ``hosts`` gives peer i its own IPv4 address for libp2p and RPC (default 127.0.0.1);
+    ``wrap`` prefixes peer i's command (``ip netns exec ns1``, say). Each peer bootstraps
+    from all the peers before it, or with ``bootstrap_first`` from the first only, so
+    that it must find the rest by peer exchange.
     """
     if any(_alive(p.pid) for p in load_state(run_dir)):
         raise ConfigError(f"a devnet is already running in {run_dir}; run 'aitbc devnet down' first")
@@ -141,21 +154,24 @@ def start(nodes_dir: Path, run_dir: Path, *, tiny_llm: bool = False) -> list[Pee
         model_args = ["--model", f"tiny={build_tiny_causal_lm(run_dir / 'models' / 'tiny').resolve()}"]
     procs: list[PeerProcess] = []
     bootstrap: list[str] = []
-    for config in peer_configs(nodes_dir):
+    for i, config in enumerate(peer_configs(nodes_dir)):
         name = config.stem
         cfg = load_peer_config(config)
-        port = _free_port()
+        host = hosts[i] if i < len(hosts) else "127.0.0.1"
+        # An address of another network namespace cannot be bound here; ports are its own there.
+        port = _free_port(host if host.startswith("127.") else "127.0.0.1")
         data_dir = (run_dir / name).resolve()
         data_dir.mkdir()
         log = run_dir / f"{name}.log"
-        cmd = [sys.executable, "-m", "aitbc_p2p.cli.peer", "run", "--config", str(config), "--data-dir", str(data_dir)]
-        cmd += ["--rpc-port", "0", "--listen", f"/ip4/127.0.0.1/tcp/{port}"]
-        for addr in bootstrap:
+        cmd = [*(wrap[i] if i < len(wrap) else ())]
+        cmd += [sys.executable, "-m", "aitbc_p2p.cli.peer", "run", "--config", str(config), "--data-dir", str(data_dir)]
+        cmd += ["--rpc-host", host, "--rpc-port", "0", "--listen", f"/ip4/{host}/tcp/{port}"]
+        for addr in bootstrap[:1] if bootstrap_first else bootstrap:
             cmd += ["--bootstrap", addr]
         if cfg.node.provider is not None:
             cmd += model_args
         procs.append(PeerProcess(name, _spawn(tuple(cmd), log), data_dir, log, tuple(cmd)))
-        bootstrap.append(f"/ip4/127.0.0.1/tcp/{port}/p2p/{peer_id_of(cfg.node.key)}")
+        bootstrap.append(f"/ip4/{host}/tcp/{port}/p2p/{peer_id_of(cfg.node.key)}")
     _save_state(run_dir, procs)
     return procs
 

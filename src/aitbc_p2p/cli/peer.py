@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run the peer daemon")
     run.add_argument("--config", required=True, type=Path, help="peer TOML config")
     run.add_argument("--data-dir", help="override data_dir")
+    run.add_argument("--rpc-host", help="override [rpc] host (an address on this host; keep it private)")
     run.add_argument("--rpc-port", type=int, help="override [rpc] port (0 picks a free port)")
     run.add_argument("--listen", action="append", help="override listen multiaddrs")
     run.add_argument("--bootstrap", action="append", help="override bootstrap multiaddrs")
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_peer_config(
             args.config,
             data_dir=args.data_dir,
+            rpc_host=args.rpc_host,
             rpc_port=args.rpc_port,
             listen=args.listen,
             bootstrap=args.bootstrap,

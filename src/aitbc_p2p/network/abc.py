@@ -53,6 +53,10 @@ class Network(Protocol):
 
     def connected_peers(self) -> list[str]: ...
 
+    def discovered(self) -> dict[str, list[str]]:
+        """Peers found by local discovery (mDNS): peer id -> full multiaddrs to dial."""
+        ...
+
     async def connect(self, addr: str) -> str:
         """Dial a full multiaddr; returns the remote peer id. Raises NetworkError."""
         ...

@@ -19,9 +19,13 @@ from libp2p import new_host
 from libp2p.crypto.secp256k1 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.discovery.events.peerDiscovery import peerDiscovery
+from libp2p.discovery.mdns.mdns import create_mdns_discovery
 from libp2p.exceptions import BaseLibp2pError
+from libp2p.network.auto_connector import AutoConnector
+from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
-from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.pubsub import pubsub as libp2p_pubsub
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
@@ -51,6 +55,11 @@ SUBSCRIPTION_CHANNEL_SIZE = 1024
 """py-libp2p's per-subscription channel (default 32); :meth:`Libp2pNetwork._pump` drains it."""
 
 
+INBOUND_SLOTS = 1 << 30
+MAX_CONNECTIONS_PER_PEER = 2
+"""Two, not one: peers that dial each other at the same moment briefly hold two."""
+
+
 class _RoomyRpcQueue(RpcQueue):
     def __init__(self, max_size: int = OUTBOUND_QUEUE_SIZE, **kwargs: Any) -> None:
         super().__init__(max_size, **kwargs)
@@ -63,6 +72,28 @@ def _tune_libp2p() -> None:
     if getattr(libp2p_pubsub, "RpcQueue", None) is RpcQueue:
         setattr(libp2p_pubsub, "RpcQueue", _RoomyRpcQueue)  # noqa: B010 (a patch, not an attribute of ours)
     libp2p_pubsub.SUBSCRIPTION_CHANNEL_SIZE = SUBSCRIPTION_CHANNEL_SIZE
+
+
+class _NoAutoConnector(AutoConnector):
+    """py-libp2p's auto-connector dials every peer in the peerstore (inbound peers'
+    ephemeral ports, banned peers) up to half its high watermark. The node's peer
+    manager dials instead: bootstrap, exchanged and discovered addresses, with backoff,
+    bans and a floor (specs/wire.md)."""
+
+    async def maybe_connect(self) -> None:
+        return None
+
+
+def _connection_config(max_peers: int) -> ConnectionConfig:
+    """A hard ceiling of ``max_peers`` connections, in and out (the swarm refuses the
+    one past it at registration); two at most to one peer; no pruning below it."""
+    return ConnectionConfig(
+        max_connections=max_peers,
+        min_connections=0,
+        low_watermark=0,
+        high_watermark=max_peers,
+        max_connections_per_peer=MAX_CONNECTIONS_PER_PEER,
+    )
 
 
 def _score_params(scores: PeerScores) -> ScoreParams:
@@ -122,7 +153,9 @@ async def read_frame(stream: Any, max_size: int = MAX_FRAME) -> bytes:
 class Libp2pNetwork:
     """A running libp2p host with gossipsub. Open it with :func:`open_libp2p_network`."""
 
-    def __init__(self, host: Any, pubsub: Any, nursery: trio.Nursery, scores: PeerScores) -> None:
+    def __init__(
+        self, host: Any, pubsub: Any, nursery: trio.Nursery, scores: PeerScores, discovered: dict[str, list[str]]
+    ) -> None:
         self._host = host
         self._pubsub = pubsub
         self._nursery = nursery
@@ -130,6 +163,11 @@ class Libp2pNetwork:
         self.verdicts: dict[str, int] = {v.value: 0 for v in ValidationResult} | {"graylisted": 0}
         """Counts of stateless verdicts on received gossip (and of messages dropped unread
         from graylisted peers), for status and metrics."""
+        self._discovered = discovered
+
+    def discovered(self) -> dict[str, list[str]]:
+        """Peers found by local discovery (mDNS): peer id -> full multiaddrs to dial."""
+        return dict(self._discovered)
 
     @property
     def peer_id(self) -> str:
@@ -144,6 +182,9 @@ class Libp2pNetwork:
     async def connect(self, addr: str) -> str:
         try:
             info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+            # py-libp2p refuses to dial a peer for 60 s after a failed dial; the caller's
+            # backoff (1 s doubling to 60 s) decides when to try again instead.
+            self._host.get_network().unblock_peer(info.peer_id)
             await self._host.connect(info)
         except (*_IO_ERRORS, ValueError) as e:
             raise NetworkError(f"cannot connect to {addr}: {e}") from e
@@ -302,13 +343,26 @@ async def _reset(stream: Any) -> None:
 
 @asynccontextmanager
 async def open_libp2p_network(
-    key: PrivateKey, listen: list[str], *, scoring: ScoringPolicy | None = None
+    key: PrivateKey,
+    listen: list[str],
+    *,
+    scoring: ScoringPolicy | None = None,
+    max_peers: int = 50,
+    mdns: str | None = None,
 ) -> AsyncIterator[Libp2pNetwork]:
     """Start a libp2p host on ``listen`` multiaddrs (e.g. ``/ip4/127.0.0.1/tcp/0``).
 
     Only Noise (security) and Yamux (muxer) are offered: a peer that offers only
-    plaintext or SECIO fails to negotiate. Everything stops when the context exits.
+    plaintext or SECIO fails to negotiate. At most ``max_peers`` connections are held,
+    inbound and outbound together. ``mdns``, when given, announces this host on the LAN
+    under that name (at most 10 characters; peers of one chain share it) and records
+    the peers it hears in :meth:`Libp2pNetwork.discovered`. Everything stops when the
+    context exits.
     """
+    if max_peers < 1:
+        raise NetworkError(f"max_peers must be at least 1, not {max_peers}")
+    if mdns is not None and not (0 < len(mdns) <= 10 and mdns.isalnum()):
+        raise NetworkError(f"mdns name must be 1 to 10 letters or digits, not {mdns!r}")
     _tune_libp2p()
     scores = PeerScores(scoring or ScoringPolicy(), trio.current_time)
     key_pair = create_new_key_pair(key.secret)
@@ -318,7 +372,17 @@ async def open_libp2p_network(
             TProtocol(NOISE_PROTOCOL_ID): NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
         },
         muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+        connection_config=_connection_config(max_peers),
     )
+    swarm: Any = host.get_network()  # a Swarm; typed as its interface
+    swarm.auto_connector = _NoAutoConnector(swarm)
+    # py-libp2p 0.8.1 holds an inbound slot until the swarm stops, not until the
+    # connection closes, so its inbound limiter would refuse everyone after max_peers
+    # inbound connections in a lifetime. The live count is capped at registration.
+    swarm._inbound_limiter.total_tokens = INBOUND_SLOTS
+    if mdns is not None:
+        # BasicHost starts and stops what it holds here with the host.
+        setattr(host, "mDNS", create_mdns_discovery(swarm, private_network_fingerprint=mdns, host=host))  # noqa: B010
     gossipsub = GossipSub(
         protocols=GOSSIP_PROTOCOLS,
         degree=6,
@@ -339,21 +403,35 @@ async def open_libp2p_network(
     # py-libp2p 0.8.1's service contexts swallow an exception raised in the body (their
     # shutdown cancels the scope it travels through), so keep it and raise it after them.
     failure: BaseException | None = None
-    async with (
-        host.run(addrs),
-        trio.open_nursery() as nursery,
-        background_trio_service(pubsub),
-        background_trio_service(gossipsub),
-    ):
-        await pubsub.wait_until_ready()
-        try:
-            network = Libp2pNetwork(host, pubsub, nursery, scores)
-            nursery.start_soon(network._enforce_bans)
-            yield network
-        except BaseException as e:
-            failure = e
-            raise
-        finally:
-            nursery.cancel_scope.cancel()
+    discovered: dict[str, list[str]] = {}
+    me = str(host.get_id())
+
+    def on_discovered(info: PeerInfo) -> None:
+        # Called from zeroconf's thread, for every host in this process: one atomic store.
+        peer = str(info.peer_id)
+        if mdns is not None and peer != me:
+            discovered[peer] = [f"{a}/p2p/{peer}" for a in info.addrs if "/p2p/" not in str(a)]
+
+    # Registered before the host runs, so what mDNS hears at once is not missed.
+    peerDiscovery.register_peer_discovered_handler(on_discovered)
+    try:
+        async with (
+            host.run(addrs),
+            trio.open_nursery() as nursery,
+            background_trio_service(pubsub),
+            background_trio_service(gossipsub),
+        ):
+            await pubsub.wait_until_ready()
+            network = Libp2pNetwork(host, pubsub, nursery, scores, discovered)
+            try:
+                nursery.start_soon(network._enforce_bans)
+                yield network
+            except BaseException as e:
+                failure = e
+                raise
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        peerDiscovery.unregister_peer_discovered_handler(on_discovered)
     if failure is not None:
         raise failure

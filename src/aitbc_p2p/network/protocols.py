@@ -10,6 +10,7 @@ MAX_SYNC_FRAME = 16 << 20
 STATUS_PROTOCOL = "/aitbc/status/1"
 SYNC_PROTOCOL = "/aitbc/sync/1"
 JOB_PROTOCOL = "/aitbc/job/1"
+PEERS_PROTOCOL = "/aitbc/peers/1"
 
 
 def topic(chain_id: str, name: str) -> str:

@@ -45,6 +45,15 @@ class NodeConfig:
     listen: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/0",)
     bootstrap: tuple[str, ...] = ()
     """Full multiaddrs (``.../p2p/<peer id>``) dialled at start and whenever disconnected."""
+    announce: tuple[str, ...] = ()
+    """Addresses told to peers in place of the listen addresses (a host behind NAT, or one
+    listening on 0.0.0.0, which no one can dial). ``/p2p/<peer id>`` is appended."""
+    peer_floor: int = 8
+    """Below this many connected peers, dial peers learnt by exchange and mDNS."""
+    peer_ceiling: int = 50
+    """At most this many connections, inbound and outbound together; the next is refused."""
+    mdns: bool = False
+    """Announce and find peers of this chain on the LAN by mDNS."""
     provider: ProviderConfig | None = None
     max_block_txs: int = 1000
     bid_window_s: float = 1.5
@@ -58,3 +67,9 @@ class NodeConfig:
     reannounce_s: float = 30.0
     """Pending transactions are gossiped again at this cadence, closing gossip's gaps."""
     extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.peer_ceiling <= 10_000:
+            raise ValueError(f"peer_ceiling must be 1 to 10000, not {self.peer_ceiling}")
+        if not 0 <= self.peer_floor <= self.peer_ceiling:
+            raise ValueError(f"peer_floor must be 0 to peer_ceiling ({self.peer_ceiling}), not {self.peer_floor}")

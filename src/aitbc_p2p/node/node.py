@@ -45,6 +45,7 @@ from aitbc_p2p.exceptions import (
 from aitbc_p2p.mempool import Mempool
 from aitbc_p2p.network import (
     JOB_PROTOCOL,
+    PEERS_PROTOCOL,
     STATUS_PROTOCOL,
     SYNC_PROTOCOL,
     GossipMessage,
@@ -57,6 +58,7 @@ from aitbc_p2p.node.bft import BftDriver
 from aitbc_p2p.node.bundles import decode_bundle, split_bundles
 from aitbc_p2p.node.config import NodeConfig
 from aitbc_p2p.node.market import MarketService
+from aitbc_p2p.node.peers import Backoff, PeerBook
 from aitbc_p2p.node.verify import Verified, decode_and_verify, verify_signatures
 from aitbc_p2p.node.views import block_view, jsonable, tx_view
 from aitbc_p2p.store import ChainStore, LevelDBKV, MemoryKV
@@ -66,6 +68,8 @@ from aitbc_p2p.types import Address, Hash32, JobId, format_aitbc
 logger = logging.getLogger(__name__)
 
 SYNC_BATCH = 64
+EXCHANGE_EVERY_S = 10.0
+"""How often, while under the peer floor, each connected peer is asked for more peers."""
 MAX_FUTURE_MS = 5_000
 MAX_PENDING_CHECKS = 256
 """Stateless results of accepted bundles kept for the stateful stage (oldest dropped first)."""
@@ -116,6 +120,10 @@ class Node:
         self._head_changed = trio.Event()
         self._peer_heads: dict[str, int] = {}
         self._banned: set[str] = set()
+        self.peers = PeerBook(network.peer_id)
+        self._backoff = Backoff(trio.current_time)
+        self._dialing: set[str] = set()
+        self._exchanged: dict[str, float] = {}
         self._topics = {
             name: topic(self.genesis.chain_id, name) for name in ("tx", "block", "job", "provider", "consensus")
         }
@@ -444,7 +452,14 @@ class Node:
             "genesis": self.genesis.hash,
             "height": head.height,
             "head": head.hash,
+            "listen": self._advertised(),
         }
+
+    def _advertised(self) -> list[str]:
+        me = self.network.peer_id
+        if not self.config.announce:
+            return self.network.listen_addrs()
+        return [a if "/p2p/" in a else f"{a}/p2p/{me}" for a in self.config.announce]
 
     def _check_status(self, peer: str, status: Any) -> int:
         if not isinstance(status, dict) or not isinstance(status.get("height"), int):
@@ -452,16 +467,37 @@ class Node:
         if status.get("chain_id") != self.genesis.chain_id or status.get("genesis") != self.genesis.hash:
             raise HandshakeRefused(f"peer {peer} is on another chain ({status.get('chain_id')!r})")
         height: int = status["height"]
+        self.peers.verified(peer, status.get("listen"))
         return height
+
+    def _refuse(self, peer: str) -> None:
+        self._banned.add(peer)
+        self.peers.forget(peer)
+        self._peer_heads.pop(peer, None)
 
     async def _serve_status(self, peer: str, request: bytes) -> bytes:
         try:
             self._peer_heads[peer] = self._check_status(peer, decode(request))
         except (CodecError, HandshakeRefused) as e:
             logger.warning("refusing peer %s: %s", peer, e)
-            self._banned.add(peer)
+            self._refuse(peer)
             self._nursery.start_soon(self.network.disconnect, peer)
         return encode(self.status_message())
+
+    async def _serve_peers(self, peer: str, request: bytes) -> bytes:
+        """Peer exchange: verified peers of this chain, for a peer that passed the handshake."""
+        if peer not in self._peer_heads:
+            raise NetworkError("peer exchange before a status handshake")
+        return encode(self.peers.share(exclude=peer))
+
+    async def _exchange_peers(self, peer: str) -> None:
+        self._exchanged[peer] = trio.current_time()
+        try:
+            raw = await self.network.request(peer, PEERS_PROTOCOL, encode({}), timeout=5)
+            learnt = self.peers.heard_all(decode(raw))
+            logger.debug("peer exchange with %s: %d new", peer, learnt)
+        except (NetworkError, CodecError) as e:
+            logger.debug("peer exchange with %s failed: %s", peer, e)
 
     async def _serve_sync(self, peer: str, request: bytes) -> bytes:
         try:
@@ -482,7 +518,7 @@ class Node:
             self._peer_heads[peer] = self._check_status(peer, decode(raw))
         except (CodecError, HandshakeRefused) as e:
             logger.warning("disconnecting %s: %s", peer, e)
-            self._banned.add(peer)
+            self._refuse(peer)
             await self.network.disconnect(peer)
         except NetworkError as e:  # unreachable or slow: try again next round
             logger.debug("status with %s failed: %s", peer, e)
@@ -544,25 +580,57 @@ class Node:
         async with self._import_lock:
             await self._reorg(ancestor, fork)
 
-    async def _manage_peers(self) -> None:
-        backoff: dict[str, float] = {}
-        while True:
-            connected = set(self.network.connected_peers())
-            for addr in self.config.bootstrap:
-                peer = addr.rsplit("/p2p/", 1)[-1]
-                if peer in connected or peer in self._banned or trio.current_time() < backoff.get(addr, 0):
+    async def _dial(self, peer: str, addrs: list[str]) -> None:
+        """Dial ``peer`` at its first address that answers; failures back off (1 s .. 60 s)."""
+        self._dialing.add(peer)
+        try:
+            for addr in addrs:
+                if not self._backoff.ready(addr):
                     continue
                 try:
                     await self.network.connect(addr)
-                    backoff.pop(addr, None)
+                    self._backoff.succeeded(addr)
+                    return
                 except NetworkError as e:
-                    logger.debug("bootstrap %s: %s", addr, e)
-                    backoff[addr] = trio.current_time() + 2.0
-            for peer in self.network.connected_peers():
+                    delay = self._backoff.failed(addr)
+                    logger.debug("dial %s failed (next try in %.0f s): %s", addr, delay, e)
+        finally:
+            self._dialing.discard(peer)
+
+    def _dial_more(self, connected: set[str]) -> None:
+        """Bootstrap peers always; below the floor, peers learnt by exchange and mDNS too.
+        Dials run concurrently, so an address that hangs does not stall the others."""
+        skip = connected | self._banned | self._dialing
+        for addr in self.config.bootstrap:
+            peer = addr.rsplit("/p2p/", 1)[-1]
+            if peer not in skip and self._backoff.ready(addr):
+                skip.add(peer)
+                self._nursery.start_soon(self._dial, peer, [addr])
+        room = min(self.config.peer_floor, self.config.peer_ceiling) - len(connected) - len(self._dialing)
+        if room <= 0:
+            return
+        for peer, addrs in self.network.discovered().items():
+            self.peers.heard(peer, addrs)
+        for peer, addrs in self.peers.to_dial(skip):
+            if room <= 0:
+                break
+            if any(self._backoff.ready(a) for a in addrs):
+                self._nursery.start_soon(self._dial, peer, addrs)
+                room -= 1
+
+    async def _manage_peers(self) -> None:
+        while True:
+            connected = set(self.network.connected_peers())
+            self._dial_more(connected)
+            now = trio.current_time()
+            for peer in connected:
                 if peer in self._banned:
                     await self.network.disconnect(peer)
                     continue
                 await self._exchange_status(peer)
+                due = peer not in self._exchanged or now - self._exchanged[peer] >= EXCHANGE_EVERY_S
+                if due and len(connected) < self.config.peer_floor and peer in self._peer_heads:
+                    await self._exchange_peers(peer)
             ahead = [
                 (h, p) for p, h in self._peer_heads.items() if h > self.store.head.height and p not in self._banned
             ]
@@ -708,7 +776,15 @@ async def open_node(config: NodeConfig, *, clock_ms: Callable[[], int] = wall_cl
                         cache=config.data_dir / "compute-cache.json" if config.data_dir else None,
                     )
                 )
-            network = await stack.enter_async_context(open_libp2p_network(config.key, list(config.listen)))
+            network = await stack.enter_async_context(
+                open_libp2p_network(
+                    config.key,
+                    list(config.listen),
+                    max_peers=config.peer_ceiling,
+                    # Peers of one chain share an mDNS service name: its genesis hash.
+                    mdns=config.genesis.hash.hex()[:10] if config.mdns else None,
+                )
+            )
             nursery = await stack.enter_async_context(trio.open_nursery())
             node = Node(config, store, network, nursery, clock_ms)
             if provider is not None and executor is not None:
@@ -716,6 +792,7 @@ async def open_node(config: NodeConfig, *, clock_ms: Callable[[], int] = wall_cl
                 node.market.enable_provider(provider, device, executor)
             network.set_request_handler(STATUS_PROTOCOL, node._serve_status)
             network.set_request_handler(SYNC_PROTOCOL, node._serve_sync)
+            network.set_request_handler(PEERS_PROTOCOL, node._serve_peers)
             network.set_request_handler(JOB_PROTOCOL, node.market.serve_job)
             t = node._topics
             nursery.start_soon(node._on_tx, await network.subscribe(t["tx"], node._valid_bundle))
