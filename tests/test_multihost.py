@@ -1,0 +1,152 @@
+"""Peers as separate ``aitbc-peer`` processes on distinct addresses.
+
+1. nodes/devnet/ (three PoA authorities) on distinct loopback addresses (127.0.0.2-4),
+   each peer bootstrapping from the first only: they find each other by peer exchange
+   and agree on one chain.
+2. Where the machine allows (root and ``ip netns``): nodes/pos-devnet/ (four validators,
+   BFT finality), each peer in its own network namespace, joined to a bridge by a veth
+   pair. One validator is cut off (its link taken down); the other three, above the 2/3
+   quorum, go on committing; the link comes back and all four converge on one head.
+
+(PoA is not partitioned here: an authority cut off alone keeps proposing on its turns,
+and past ``n`` blocks its fork is deeper than PoA's reorg limit, so it never rejoins.
+specs/consensus.md says so.)
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import trio
+
+from aitbc_p2p.cli import devnet
+from aitbc_p2p.exceptions import RpcError
+
+NODES = Path(__file__).resolve().parents[1] / "nodes" / "devnet"
+POS_NODES = Path(__file__).resolve().parents[1] / "nodes" / "pos-devnet"
+pytestmark = pytest.mark.slow
+
+
+async def _status(proc):
+    async with proc.rpc() as rpc:
+        return await rpc.status()
+
+
+async def _block_hash(proc, height):
+    async with proc.rpc() as rpc:
+        return (await rpc._call("GET", f"/v1/blocks/{height}"))["header"]["hash"]
+
+
+async def _converged(procs, *, above, timeout):
+    """Wait until all peers are past ``above`` and hold the same block at a common height."""
+    with trio.fail_after(timeout):
+        while True:
+            try:
+                heights = [(await _status(p))["height"] for p in procs]
+                h = min(heights)
+                if h > above and len({await _block_hash(p, h) for p in procs}) == 1:
+                    return h
+            except RpcError:
+                pass  # a block not stored yet, or a peer mid-reorg
+            await trio.sleep(0.5)
+
+
+async def test_peers_on_distinct_loopback_addresses_find_each_other(tmp_path):
+    hosts = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+    procs = devnet.start(NODES, tmp_path / "run", hosts=hosts, bootstrap_first=True)
+    try:
+        with trio.fail_after(90):  # each sees both others, though it was told only of the first
+            await devnet.wait_ready(procs, min_height=3, progress=lambda s: None)
+        for proc, host in zip(procs, hosts, strict=True):
+            status = await _status(proc)
+            assert all(a.startswith(f"/ip4/{host}/tcp/") for a in status["listen"])
+        await _converged(procs, above=3, timeout=30)
+    finally:
+        devnet.stop(tmp_path / "run")
+
+
+def _ip(*args, check=True):
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
+
+
+def _netns_unavailable() -> str | None:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        return "needs root and iproute2 to make network namespaces"
+    probe = f"aitbc-probe-{os.getpid()}"
+    made = _ip("netns", "add", probe, check=False)
+    if made.returncode != 0:
+        return f"ip netns add failed: {made.stderr.strip()}"
+    _ip("netns", "del", probe, check=False)
+    return None
+
+
+class Namespaces:
+    """n namespaces with one veth each, bridged in the root namespace on 10.88.x.0/24."""
+
+    def __init__(self, n):
+        tag = os.getpid() % 100_000
+        self.names = [f"aitbc-{tag}-{i}" for i in range(n)]
+        self.links = [f"av{tag}r{i}" for i in range(n)]  # root-side ends (15 characters at most)
+        self.bridge = f"ab{tag}"
+        subnet = 16 + tag % 200
+        self.hosts = [f"10.88.{subnet}.{i + 1}" for i in range(n)]
+        self.gateway = f"10.88.{subnet}.254"
+
+    def up(self):
+        _ip("link", "add", self.bridge, "type", "bridge")
+        _ip("addr", "add", f"{self.gateway}/24", "dev", self.bridge)
+        _ip("link", "set", self.bridge, "up")
+        for ns, link, host in zip(self.names, self.links, self.hosts, strict=True):
+            inner = f"{link[:-2]}i{link[-1]}"
+            _ip("netns", "add", ns)
+            _ip("link", "add", link, "type", "veth", "peer", "name", inner)
+            _ip("link", "set", inner, "netns", ns)
+            _ip("link", "set", link, "master", self.bridge)
+            _ip("link", "set", link, "up")
+            _ip("-n", ns, "addr", "add", f"{host}/24", "dev", inner)
+            _ip("-n", ns, "link", "set", inner, "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+
+    def cut(self, i, *, off):
+        _ip("link", "set", self.links[i], "down" if off else "up")
+
+    def down(self):
+        for ns in self.names:
+            _ip("netns", "del", ns, check=False)
+        for link in self.links:
+            _ip("link", "del", link, check=False)
+        _ip("link", "del", self.bridge, check=False)
+
+
+async def test_a_partition_heals_and_all_peers_converge_on_one_head(tmp_path):
+    reason = _netns_unavailable()
+    if reason:
+        pytest.skip(reason)
+    nets = Namespaces(4)
+    run_dir = tmp_path / "run"
+    try:
+        nets.up()
+        wrap = [("ip", "netns", "exec", ns) for ns in nets.names]
+        procs = devnet.start(POS_NODES, run_dir, hosts=nets.hosts, wrap=wrap, bootstrap_first=True)
+        with trio.fail_after(120):
+            await devnet.wait_ready(procs, min_height=2, progress=lambda s: None)
+        before = await _converged(procs, above=2, timeout=30)
+        nets.cut(3, off=True)  # one validator alone; three (3/4 of the stake) together
+        rpc = urlsplit(procs[3].info()["rpc_url"])
+        with pytest.raises(OSError):  # it is out of reach
+            socket.create_connection((rpc.hostname, rpc.port), timeout=1).close()
+        majority = procs[:3]
+        with trio.fail_after(120):  # the three go on committing, a later round covering its turns
+            while min([(await _status(p))["height"] for p in majority]) < before + 5:
+                await trio.sleep(0.5)
+        nets.cut(3, off=False)
+        healed = await _converged(procs, above=before + 5, timeout=120)
+        later = await _converged(procs, above=healed + 1, timeout=60)  # and they stay together
+        assert later > healed
+    finally:
+        devnet.stop(run_dir)
+        nets.down()
