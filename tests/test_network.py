@@ -10,7 +10,7 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
 
 from aitbc_p2p.exceptions import NetworkError
-from aitbc_p2p.network import open_libp2p_network, peer_id_of
+from aitbc_p2p.network import ValidationResult, open_libp2p_network, peer_id_of
 from aitbc_p2p.network.protocols import topic
 from aitbc_p2p.testing import make_key
 
@@ -171,3 +171,38 @@ async def test_a_peer_flooding_invalid_gossip_is_graylisted_then_banned_while_ho
                 await trio.sleep(1.5)
                 if flooder.peer_id not in receiver.connected_peers():
                     raise NetworkError("cut")
+
+
+async def test_a_copy_that_arrives_while_the_first_is_checked_is_checked_and_delivered_once():
+    """py-libp2p marks a message seen only after its validator returns; copies relayed by
+    other peers meanwhile must not be checked (signatures) and delivered again."""
+    t = topic("ait-devnet", "tx")
+    calls: list[bytes] = []
+
+    async def slow_gate(data):
+        calls.append(data)
+        await trio.sleep(0.3)  # a bundle's signature checks, say
+        return ValidationResult.ACCEPT
+
+    with trio.fail_after(60):
+        async with (
+            open_libp2p_network(make_key("dup-a"), LOCAL) as a,
+            open_libp2p_network(make_key("dup-b"), LOCAL) as b,
+            open_libp2p_network(make_key("dup-x"), LOCAL) as x,
+        ):
+            inbox = await x.subscribe(t, slow_gate)
+            await a.subscribe(t, lambda data: True)
+            await b.subscribe(t, lambda data: True)
+            for dialer, target in ((a, x), (a, b), (b, x)):  # x hears a directly and through b
+                await dialer.connect(target.listen_addrs()[0])
+            await trio.sleep(2.5)  # subscriptions travel; the mesh grafts on the 1 s heartbeat
+            sent = [f"message {i}".encode() for i in range(5)]
+            for data in sent:
+                await a.publish(t, data)
+            got = []
+            with trio.move_on_after(3):
+                async for msg in inbox:
+                    got.append(msg.data)
+            assert sorted(got) == sorted(sent)  # each once
+            assert sorted(calls) == sorted(sent)  # each checked once
+            assert x.verdicts["duplicate"] > 0  # copies did arrive, and were dropped

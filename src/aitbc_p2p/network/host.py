@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -55,6 +56,8 @@ SUBSCRIPTION_CHANNEL_SIZE = 1024
 """py-libp2p's per-subscription channel (default 32); :meth:`Libp2pNetwork._pump` drains it."""
 
 
+RECENTLY_ACCEPTED = 4096
+"""Message ids remembered per topic to drop late copies (see ``subscribe``)."""
 INBOUND_SLOTS = 1 << 30
 MAX_CONNECTIONS_PER_PEER = 2
 """Two, not one: peers that dial each other at the same moment briefly hold two."""
@@ -160,9 +163,9 @@ class Libp2pNetwork:
         self._pubsub = pubsub
         self._nursery = nursery
         self.scores = scores
-        self.verdicts: dict[str, int] = {v.value: 0 for v in ValidationResult} | {"graylisted": 0}
-        """Counts of stateless verdicts on received gossip (and of messages dropped unread
-        from graylisted peers), for status and metrics."""
+        self.verdicts: dict[str, int] = {v.value: 0 for v in ValidationResult} | {"graylisted": 0, "duplicate": 0}
+        """Counts of stateless verdicts on received gossip, of messages dropped unread from
+        graylisted peers and of copies that arrived while the first was being checked."""
         self._discovered = discovered
 
     def discovered(self) -> dict[str, list[str]]:
@@ -223,16 +226,35 @@ class Libp2pNetwork:
             return False
 
         if inspect.iscoroutinefunction(validator):
+            checking: set[bytes] = set()
+            accepted: OrderedDict[bytes, None] = OrderedDict()
 
             async def check_async(peer: ID, msg: Any) -> bool:
                 early = gate(peer)
                 if early is not None:
                     return early
+                # py-libp2p 0.8.1 checks its seen-cache before a copy waits for a
+                # validator slot and marks a message seen only after its validator
+                # returns, so copies from other peers would be checked (signatures and
+                # all), delivered and relayed again. The first copy decides; the others
+                # are dropped (as IGNORE: no penalty).
+                msg_id = _content_id(msg)
+                if msg_id in checking or msg_id in accepted:
+                    self.verdicts["duplicate"] += 1
+                    return False
+                checking.add(msg_id)
                 try:
-                    return judge(peer, await validator(bytes(msg.data)))
+                    ok = judge(peer, await validator(bytes(msg.data)))
                 except Exception:
                     logger.exception("validator for %s raised", topic)
                     return False
+                finally:
+                    checking.discard(msg_id)
+                if ok:
+                    accepted[msg_id] = None
+                    if len(accepted) > RECENTLY_ACCEPTED:
+                        accepted.popitem(last=False)
+                return ok
 
             self._pubsub.set_topic_validator(topic, check_async, True)
         else:
