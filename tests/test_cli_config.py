@@ -53,6 +53,12 @@ BASE = 'data_dir = "d"\nkey_file = "node.key"\ngenesis = "genesis.json"\n'
         (BASE, {"key": "00" * 32}, "node key"),
         (BASE, {"genesis": "{"}, "bad genesis"),
         (BASE, {"genesis": '{"chain_id": "x", "timestamp_ms": 0, "alloc": [], "consensus": {}}'}, "engine"),
+        (BASE + "[node]\npeer_floor = 9\npeer_ceiling = 4\n", {}, "peer_floor"),
+        (BASE + "[node]\npeer_ceiling = 0\n", {}, "peer_ceiling"),
+        (BASE + "[node]\nmdns = 'yes'\n", {}, "wrong type"),
+        (BASE + "[node]\npeer_floor = true\n", {}, "wrong type"),
+        (BASE + "[node]\npeer_floor = 2.5\n", {}, "wrong type"),
+        (BASE + "announce = [4001]\n", {}, "multiaddr"),
     ],
 )
 def test_bad_configs_are_refused(tmp_path, text, kwargs, match):
@@ -75,3 +81,10 @@ def test_daemon_exits_2_with_one_line(tmp_path):
     )
     assert out.returncode == 2
     assert out.stderr.strip().startswith("aitbc-peer: unknown keys") and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_peer_options_reach_the_node(tmp_path):
+    text = BASE + 'announce = ["/ip4/198.51.100.4/tcp/4001"]\n[node]\npeer_floor = 3\npeer_ceiling = 9\nmdns = true\n'
+    node = load_peer_config(write_config(tmp_path, text)).node
+    assert (node.peer_floor, node.peer_ceiling, node.mdns) == (3, 9, True)
+    assert node.announce == ("/ip4/198.51.100.4/tcp/4001",)
