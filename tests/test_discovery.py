@@ -13,7 +13,7 @@ import trio
 from aitbc_p2p.exceptions import NetworkError
 from aitbc_p2p.network import open_libp2p_network, peer_id_of
 from aitbc_p2p.node import NodeConfig, open_node
-from aitbc_p2p.node.peers import BACKOFF_MAX_S, MAX_ADDRS, MAX_KNOWN, MAX_SHARED, Backoff, PeerBook
+from aitbc_p2p.node.peers import BACKOFF_MAX_S, MAX_ADDRS, MAX_BACKOFFS, MAX_KNOWN, MAX_SHARED, Backoff, PeerBook
 from aitbc_p2p.testing import make_genesis, make_key
 
 LOCAL = ["/ip4/127.0.0.1/tcp/0"]
@@ -34,6 +34,18 @@ def test_backoff_doubles_to_a_cap_and_a_success_clears_it():
     assert backoff.ready("x")
     backoff.succeeded("x")
     assert backoff.failed("x") == 1  # starts over
+
+
+def test_backoff_forgets_addresses_long_since_due_once_it_holds_many():
+    now = [0.0]
+    backoff = Backoff(lambda: now[0])
+    backoff.failed("old")
+    backoff.failed("old")
+    for i in range(MAX_BACKOFFS):
+        backoff.failed(f"addr{i}")
+    now[0] = 1000.0
+    backoff.failed("trigger")  # over the limit: entries due for more than a minute go
+    assert backoff.failed("old") == 1  # forgotten, so it starts over instead of doubling to 4
 
 
 def test_the_book_keeps_only_dialable_addresses_that_name_their_peer():

@@ -18,6 +18,7 @@ MAX_KNOWN = 512
 """Peers remembered in each of the book's two tables; the oldest go first."""
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 60.0
+MAX_BACKOFFS = 4096
 _UNDIALABLE = ("/ip4/0.0.0.0/", "/ip6/::/")
 
 
@@ -50,9 +51,12 @@ class Backoff:
 
     def failed(self, addr: str) -> float:
         """Record a failed dial; returns the delay before the next try."""
+        now = self._clock()
+        if len(self._until) >= MAX_BACKOFFS:  # forget addresses long since due (the book evicts peers)
+            self._until = {a: e for a, e in self._until.items() if e[0] > now - BACKOFF_MAX_S}
         last = self._until.get(addr, (0.0, 0.0))[1]
         delay = min(BACKOFF_MAX_S, last * 2 if last else BACKOFF_FIRST_S)
-        self._until[addr] = (self._clock() + delay, delay)
+        self._until[addr] = (now + delay, delay)
         return delay
 
     def succeeded(self, addr: str) -> None:
@@ -79,23 +83,25 @@ class PeerBook:
         if good:
             _put(self._verified, peer, good)
 
-    def heard(self, peer: str, addrs: Any) -> None:
+    def heard(self, peer: str, addrs: Any) -> bool:
+        """Note ``peer``'s addresses from an exchange or mDNS; True if it is new to us."""
         good = dialable_addrs(peer, addrs)
-        if peer != self._me and good and peer not in self._verified:
-            _put(self._heard, peer, good)
+        if peer == self._me or not good or peer in self._verified:
+            return False
+        new = peer not in self._heard
+        _put(self._heard, peer, good)
+        return new
 
     def heard_all(self, entries: Any) -> int:
         """Learn from a ``/aitbc/peers/1`` response: ``[[peer id, [addr, ...]], ...]``.
-        Malformed entries are skipped; returns how many were usable."""
+        Malformed entries are skipped; returns how many peers were new."""
         if not isinstance(entries, list):
             return 0
-        n = 0
-        for entry in entries[:MAX_SHARED]:
-            if isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str):
-                before = len(self)
-                self.heard(entry[0], entry[1])
-                n += len(self) > before
-        return n
+        return sum(
+            self.heard(entry[0], entry[1])
+            for entry in entries[:MAX_SHARED]
+            if isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)
+        )
 
     def forget(self, peer: str) -> None:
         self._verified.pop(peer, None)
