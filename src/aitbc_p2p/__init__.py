@@ -16,8 +16,15 @@ The SDK in a few lines::
 
     trio.run(main)
 
-Nothing happens at import time: no logging set-up, no I/O.
+Nothing happens at import time: no logging set-up, no I/O. The node and the RPC (and
+with them libp2p, Quart and Hypercorn) load on first use, so ``import aitbc_p2p.chain``
+or a signature-checking worker process starts in a fraction of the time.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from aitbc_p2p.chain import Block, BlockHeader, Genesis, Transaction, TxKind, genesis_from_json
 from aitbc_p2p.crypto import Domain, PrivateKey, load_key_file, save_key_file
@@ -38,9 +45,32 @@ from aitbc_p2p.exceptions import (
     ValidationError,
 )
 from aitbc_p2p.market import Bid, CapabilityRecord, JobOffer, select_bid
-from aitbc_p2p.node import Node, NodeAPI, NodeConfig, ProviderConfig, open_node
-from aitbc_p2p.rpc import RpcClient, create_app, serve_rpc
 from aitbc_p2p.types import UNITS_PER_AITBC, Address, Hash32, JobId, aitbc, format_aitbc
+
+if TYPE_CHECKING:
+    from aitbc_p2p.node import Node, NodeAPI, NodeConfig, ProviderConfig, open_node
+    from aitbc_p2p.rpc import RpcClient, create_app, serve_rpc
+
+_LAZY = {
+    "Node": "aitbc_p2p.node",
+    "NodeAPI": "aitbc_p2p.node",
+    "NodeConfig": "aitbc_p2p.node",
+    "ProviderConfig": "aitbc_p2p.node",
+    "open_node": "aitbc_p2p.node",
+    "RpcClient": "aitbc_p2p.rpc",
+    "create_app": "aitbc_p2p.rpc",
+    "serve_rpc": "aitbc_p2p.rpc",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'aitbc_p2p' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 

@@ -13,7 +13,7 @@ from typing import Any
 from aitbc_p2p.chain.genesis import genesis_from_json
 from aitbc_p2p.crypto import PrivateKey
 from aitbc_p2p.exceptions import ConfigError, CryptoError
-from aitbc_p2p.node import NodeConfig, ProviderConfig
+from aitbc_p2p.node.config import NodeConfig, ProviderConfig
 
 KNOWN_TOP = {"data_dir", "key_file", "genesis", "listen", "bootstrap", "announce", "rpc", "provider", "node"}
 KNOWN_RPC = {"host", "port"}

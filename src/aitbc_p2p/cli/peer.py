@@ -14,8 +14,6 @@ import trio
 
 from aitbc_p2p.cli.config import PeerConfig, load_peer_config
 from aitbc_p2p.exceptions import AitbcError
-from aitbc_p2p.node import open_node
-from aitbc_p2p.rpc import ensure_token, serve_rpc
 
 logger = logging.getLogger("aitbc_p2p.peer")
 
@@ -24,6 +22,11 @@ NODE_INFO = "node.json"
 
 async def run_peer(cfg: PeerConfig) -> None:
     """Run node + RPC until SIGINT/SIGTERM; write ``node.json`` once both listen."""
+    # Imported here, not at the top: worker processes that verify signatures start by
+    # importing this (their parent's main) module, and need neither libp2p nor Quart.
+    from aitbc_p2p.node import open_node
+    from aitbc_p2p.rpc import ensure_token, serve_rpc
+
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     token = ensure_token(cfg.data_dir)
     info_path = cfg.data_dir / NODE_INFO
