@@ -5,6 +5,7 @@ import pytest
 from aitbc_p2p.chain.transition import ChainRules
 from aitbc_p2p.exceptions import TxRejected
 from aitbc_p2p.mempool import Mempool
+from aitbc_p2p.store import ChainStore, LevelDBKV
 from aitbc_p2p.testing import ChainBuilder, make_key, make_tx
 
 
@@ -107,3 +108,23 @@ def test_prune_after_commit_and_reinject_after_reorg(chain, genesis, alice):
     back = fresh.reinject(txs[:2], ChainBuilder(genesis, [make_key("authority")]).state, height=0)
     assert back == txs[:2]
     assert [tx.nonce for tx in fresh.candidates()] == [0, 1, 2]
+
+
+def test_admission_while_a_block_is_written_sees_one_consistent_state(tmp_path, chain, genesis, alice, bob):
+    """The node writes a block in a worker thread while gossip admission goes on. The
+    pool must judge each arrival against the state its queues match: the next nonce after
+    its ready queue is ready, not "future" (which would count against the 16-slot cap)."""
+    store = ChainStore(LevelDBKV(tmp_path / "db"), genesis)
+    pool = Mempool(ChainRules.of(genesis))
+    txs = [make_tx(alice, nonce=n, to=bob.address) for n in range(6)]
+    for tx in txs[:5]:
+        pool.add(tx, store.state, height=0)
+    store.write_block(chain.add_block(txs[:3]))  # in the node: a worker thread
+    store.state._accounts.clear()  # as for an account not read since the last publish
+    pool.add(txs[5], store.state, height=store.head.height)
+    assert pool.is_ready(txs[5].hash)
+    store.publish()  # then, in one step on the event loop:
+    pool.remove(txs[:3])
+    pool.prune(store.state)
+    assert [tx.nonce for tx in pool.candidates()] == [3, 4, 5]
+    store.close()

@@ -2,6 +2,7 @@
 
 import pytest
 
+from aitbc_p2p.chain.commitment import bucket_of, bucket_root
 from aitbc_p2p.exceptions import StoreError
 from aitbc_p2p.store import ChainStore, LevelDBKV, MemoryKV
 from aitbc_p2p.testing import ChainBuilder, make_genesis, make_key, make_tx
@@ -82,3 +83,70 @@ def test_cached_accounts_follow_commits_and_reverts(make_kv, genesis, authority,
     store.revert_head()
     assert store.state.account(bob.address).balance == before
     assert store.state.account(alice.address).nonce == 0
+
+
+def test_a_written_block_is_invisible_until_published(make_kv, genesis, authority, alice, bob):
+    """The node writes a block in a worker thread while the event loop keeps reading:
+    until ``publish``, readers see the old head, balances, nonces and state tree."""
+    store = ChainStore(make_kv(), genesis)
+    builder = ChainBuilder(genesis, [authority])
+    store.commit(builder.add_block([make_tx(alice, nonce=0, to=bob.address, amount=5)]))
+    head, tree = store.head, store.state.tree()
+    leaves = dict(store.state.leaves())
+    before = {a: store.state.account(a) for a in (alice.address, bob.address)}
+    carol = make_key("carol")  # a record that does not exist yet
+    applied = builder.add_block([make_tx(alice, nonce=1, to=carol.address, amount=9)])
+    store.state._accounts.clear()  # readers below go to the store, not to the cache
+    store.write_block(applied)
+    assert store.head == head and store.state.tree() is tree
+    assert {a: store.state.account(a) for a in (alice.address, bob.address)} == before
+    assert store.state.account(carol.address).balance == 0
+    assert dict(store.state.leaves()) == leaves
+    for bucket in {bucket_of(k) for k in applied.state.changes}:
+        assert bucket_root(store.state.bucket_items(bucket)) == bucket_root(
+            (k, v) for k, v in leaves.items() if bucket_of(k) == bucket
+        )
+    assert store.block(2) == applied.block  # the block itself is on disk already
+    with pytest.raises(StoreError, match="not yet published"):
+        store.write_block(applied)
+    store.publish()
+    assert store.head == applied.block.header
+    assert store.state.account(alice.address).nonce == 2
+    assert store.state.account(carol.address).balance == 9
+    assert dict(store.state.leaves()) == dict(builder.state.leaves())
+
+
+def test_a_written_revert_is_invisible_until_published(make_kv, genesis, authority, alice, bob):
+    store = ChainStore(make_kv(), genesis)
+    builder = ChainBuilder(genesis, [authority])
+    store.commit(builder.add_block([make_tx(alice, nonce=0, to=bob.address, amount=5)]))
+    parent = store.head
+    applied = builder.add_block([make_tx(alice, nonce=1, to=make_key("carol").address, amount=9)])
+    store.commit(applied)
+    leaves = dict(store.state.leaves())
+    reverted = store.write_revert()
+    assert reverted == applied.block
+    assert store.head == applied.block.header
+    assert store.state.account(alice.address).nonce == 2
+    assert dict(store.state.leaves()) == leaves
+    store.publish()
+    assert store.head == parent
+    assert store.state.account(alice.address).nonce == 1
+    assert store.state.tree().root == parent.state_root
+
+
+def test_a_failed_write_leaves_the_state_as_it_was(make_kv, genesis, authority, alice, bob, monkeypatch):
+    store = ChainStore(make_kv(), genesis)
+    builder = ChainBuilder(genesis, [authority])
+    applied = builder.add_block([make_tx(alice, nonce=0, to=bob.address, amount=5)])
+
+    def disk_full(*args, **kwargs):
+        raise StoreError("write failed: disk full")
+
+    monkeypatch.setattr(store.kv, "write", disk_full)
+    with pytest.raises(StoreError, match="disk full"):
+        store.write_block(applied)
+    monkeypatch.undo()
+    assert store.head.height == 0 and store.state._shadow == {}
+    store.commit(applied)  # nothing half-done blocks the next write
+    assert store.state.account(bob.address).balance == 10**9 + 5

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Container, Iterable
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
 
 from aitbc_p2p.chain.commitment import StateTree
@@ -11,6 +11,7 @@ from aitbc_p2p.chain.merkle import merkle_root
 from aitbc_p2p.chain.models import Block, BlockHeader, Genesis, Transaction, tx_root
 from aitbc_p2p.chain.state import Overlay, StateView
 from aitbc_p2p.chain.transition import ChainRules, Receipt, apply_tx, apply_txs, check_stateless, genesis_state
+from aitbc_p2p.codec import head
 from aitbc_p2p.crypto import PrivateKey
 from aitbc_p2p.exceptions import TxRejected, ValidationError
 from aitbc_p2p.types import ZERO_HASH, Address, Hash32
@@ -30,6 +31,11 @@ class AppliedBlock:
 
 def receipts_root(receipts: Iterable[Receipt]) -> Hash32:
     return merkle_root([r.encode() for r in receipts])
+
+
+def encode_receipts(receipts: Sequence[Receipt]) -> bytes:
+    """The canonical CBOR array of ``receipts``, from each one's cached encoding."""
+    return head(4, len(receipts)) + b"".join(r.encode() for r in receipts)
 
 
 def genesis_block(genesis: Genesis) -> AppliedBlock:

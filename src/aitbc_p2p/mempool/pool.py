@@ -230,8 +230,12 @@ class Mempool:
         """The next nonce for ``address``, counting its ready transactions."""
         return view.account(address).nonce + len(self._ready.get(address, {}))
 
-    def candidates(self) -> Iterator[Transaction]:
-        """Ready transactions, highest fee first, each sender's in nonce order."""
+    def candidates(self, limit: int | None = None) -> Iterator[Transaction]:
+        """Ready transactions, highest fee first, each sender's in nonce order (the first
+        ``limit`` of them). Iterate on the thread that changes the pool, or take a list."""
+        if limit is not None:
+            yield from itertools.islice(self.candidates(), limit)
+            return
         order = itertools.count()
         heads: list[tuple[int, int, Iterator[Transaction]]] = []
         firsts: dict[int, Transaction] = {}
@@ -266,10 +270,14 @@ class Mempool:
                 self._forget(tx)
         self._projected.clear()
 
-    def prune(self, view: StateView) -> None:
-        """After the committed state moved: drop used nonces, re-queue the rest."""
+    def prune(self, view: StateView, senders: Iterable[Address] | None = None) -> None:
+        """After the committed state moved: drop used nonces, re-queue the rest.
+
+        ``senders``: only theirs can have moved (the senders of the committed block's
+        transactions: a nonce moves only with its own account's transactions); default all.
+        """
         self._projected.clear()
-        for sender in list(set(self._ready) | set(self._future)):
+        for sender in list(set(self._ready) | set(self._future)) if senders is None else set(senders):
             committed = view.account(sender).nonce
             waiting = {**self._future.pop(sender, {}), **self._ready.pop(sender, {})}
             ready: dict[int, Transaction] = {}

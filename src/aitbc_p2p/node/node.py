@@ -168,7 +168,6 @@ class Node:
                 return False
             applied = await self._validate(block, head, certificate)
             await self._commit(applied, certificate)
-        self._after_commit([block])
         logger.info("imported block %d (%d txs) from %s", block.height, len(block.txs), block.header.proposer)
         return True
 
@@ -188,7 +187,6 @@ class Node:
             else:
                 verify_certificate(self.engine, block.hash, block.height, certificate)  # type: ignore[arg-type]
             await self._commit(applied, certificate)
-        self._after_commit([block])
         await self.publish_block(block, certificate)
         return True
 
@@ -220,13 +218,26 @@ class Node:
         )
 
     async def _commit(self, applied: AppliedBlock, certificate: tuple[Vote, ...] = ()) -> None:
+        """Write the block in a worker thread (a synced batch), then publish it."""
         cert = encode_certificate(certificate) if self.engine.bft else None
-        await trio.to_thread.run_sync(partial(self.store.commit, applied, certificate=cert))
+        await trio.to_thread.run_sync(partial(self.store.write_block, applied, certificate=cert))
+        self._publish([applied.block])
 
-    def _after_commit(self, blocks: list[Block]) -> None:
-        for block in blocks:
+    async def _revert_head(self) -> Block:
+        block = await trio.to_thread.run_sync(self.store.write_revert)
+        self._publish([])
+        return block
+
+    def _publish(self, committed: list[Block]) -> None:
+        """The written change becomes the state everyone on the event loop sees, and the
+        pool moves with it in the same step: no checkpoint in between, so an admission
+        never meets a state whose nonces the pool has not caught up with."""
+        self.store.publish()
+        for block in committed:
             self.mempool.remove(block.txs)
-        self.mempool.prune(self.store.state)
+        # After a revert (nothing committed) any sender's nonce may have gone back.
+        senders = {tx.sender for block in committed for tx in block.txs} if committed else None
+        self.mempool.prune(self.store.state, senders)
         self._advanced()
 
     async def _reorg(self, ancestor: int, blocks: list[Block]) -> bool:
@@ -241,20 +252,19 @@ class Node:
             return False
         reverted: list[Block] = []
         while self.store.head.height > ancestor:
-            reverted.append(await trio.to_thread.run_sync(self.store.revert_head))
+            reverted.append(await self._revert_head())
         try:
             for block in blocks:
                 await self._commit(await self._validate(block, self.store.head))
         except (ValidationError, ConsensusError) as e:
             logger.warning("reorg to a fork failed (%s); restoring the old chain", e)
             while self.store.head.height > ancestor:
-                await trio.to_thread.run_sync(self.store.revert_head)
+                await self._revert_head()
             for block in reversed(reverted):
                 await self._commit(await self._validate(block, self.store.head))
             raise
         kept = {tx.hash for b in blocks for tx in b.txs}
         orphans = [tx for b in reverted for tx in b.txs if tx.hash not in kept]
-        self._after_commit(blocks)
         back = self.mempool.reinject(orphans, self.store.state, height=self.store.head.height)
         logger.warning(
             "reorg: reverted %d blocks to %d, now at %d; %d txs pending again",
@@ -329,24 +339,27 @@ class Node:
         self.mempool.remove([tx for tx, _ in dropped])
         for tx, err in dropped:
             logger.info("dropped tx %s: %s", tx.hash.hex()[:16], err)
-        self._after_commit([block])
         logger.info("proposed block %d (round %d) with %d txs", block.height, round, len(block.txs))
         await self.publish_block(block)
 
     async def _build(self, head: BlockHeader, round: int) -> tuple[AppliedBlock, list[Any]]:
-        return await trio.to_thread.run_sync(
-            lambda: build_block(
-                self.key,
-                head,
-                self.store.state,
-                list(self.mempool.candidates()),
-                self.rules,
-                timestamp_ms=max(self.clock_ms(), self.engine.due_ms(head, round)),
-                max_txs=self.config.max_block_txs,
-                verified=self.mempool,  # every pooled transaction was verified on admission
-                round=round,
-            )
+        # The candidates are taken here, on the event loop that admits into the pool:
+        # iterating it in the worker thread would race admissions. Twice the block leaves
+        # room for candidates that no longer apply without walking a pool of ten thousand.
+        candidates = list(self.mempool.candidates(limit=2 * self.config.max_block_txs))
+        build = partial(
+            build_block,
+            self.key,
+            head,
+            self.store.state,
+            candidates,
+            self.rules,
+            timestamp_ms=max(self.clock_ms(), self.engine.due_ms(head, round)),
+            max_txs=self.config.max_block_txs,
+            verified=self.mempool,  # every pooled transaction was verified on admission
+            round=round,
         )
+        return await trio.to_thread.run_sync(build)
 
     async def publish_block(self, block: Block, certificate: tuple[Vote, ...] = ()) -> None:
         try:

@@ -9,11 +9,11 @@ record lets fork choice revert blocks that are not final.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from aitbc_p2p.chain.blocks import AppliedBlock, genesis_block
+from aitbc_p2p.chain.blocks import AppliedBlock, encode_receipts, genesis_block
 from aitbc_p2p.chain.commitment import StateProof, StateTree, bucket_of, bucket_root, prove
 from aitbc_p2p.chain.merkle import merkle_proof
 from aitbc_p2p.chain.models import Block, BlockHeader, Genesis, Transaction
@@ -32,10 +32,15 @@ logger = logging.getLogger(__name__)
 class StoreStateView:
     """The committed state as a :class:`~aitbc_p2p.chain.state.StateView`.
 
-    Decoded accounts are cached until the next commit or revert. Readers may run in
-    worker threads while a commit runs in another, so a read stores its result only if no
-    commit started meanwhile (a generation number), and a commit bumps the generation
-    before it clears the cache.
+    It shows the state of the *published* head. A block is written (in a worker thread)
+    before it is published (on the event loop, in one step with everything that must move
+    with it, such as the mempool): while the batch is written and until it is published,
+    the records it changes are read from a *shadow* of their old values, so a reader on
+    the event loop never sees half a block or a state ahead of ``ChainStore.head``.
+
+    Decoded accounts are cached until the next publish. Readers may run in worker threads
+    while a write runs in another, so a read stores its result only if no publish came
+    meanwhile (a generation number).
     """
 
     MAX_CACHED = 1 << 16
@@ -45,24 +50,54 @@ class StoreStateView:
         self._tree = tree
         self._accounts: dict[Address, Account] = {}
         self._generation = 0
+        self._shadow: dict[bytes, bytes | None] = {}
 
     def changed(self) -> None:
-        """Call after every write to the state records."""
+        """Call when written state records become visible: drops the shadow and the cache."""
         self._generation += 1
+        self._shadow = {}
         self._accounts.clear()
 
+    def shadow(self, old: dict[bytes, bytes | None]) -> None:
+        """Keep showing these values (None: absent) until :meth:`changed`. Call before
+        writing new values for the same keys."""
+        self._shadow = old
+
     def get(self, key: bytes) -> bytes | None:
-        return self._kv.get(schema.state_key(key))
+        # The store first, the shadow second: a writer sets the shadow before it writes,
+        # so a value read here that is already new is always covered by the shadow.
+        value = self._kv.get(schema.state_key(key))
+        shadow = self._shadow
+        return shadow.get(key, value)
+
+    def _shadowed(
+        self, items: Iterator[tuple[bytes, bytes]], keep: Callable[[bytes], bool]
+    ) -> Iterator[tuple[bytes, bytes]]:
+        stored = list(items)  # read all first (a LevelDB iterator is a snapshot), then the shadow
+        shadow = self._shadow
+        if not shadow:
+            return iter(stored)
+        merged = dict(stored)
+        for key, old in shadow.items():
+            if not keep(key):
+                continue
+            if old is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = old
+        return iter(sorted(merged.items()))
 
     def bucket_items(self, bucket: int) -> Iterator[tuple[bytes, bytes]]:
-        n = len(schema.state_bucket_prefix(bucket))
-        for key, value in self._kv.iterate(schema.state_bucket_prefix(bucket)):
-            yield key[n:], value
+        return self._shadowed(
+            _strip(self._kv.iterate(schema.state_bucket_prefix(bucket))), lambda k: bucket_of(k) == bucket
+        )
 
     def leaves(self) -> Iterator[tuple[bytes, bytes]]:
-        n = len(schema.STATE) + 2
-        for key, value in self._kv.iterate(schema.STATE):
-            yield key[n:], value
+        return self._shadowed(_strip(self._kv.iterate(schema.STATE)), lambda k: True)
+
+    def stored_bucket_items(self, bucket: int) -> Iterator[tuple[bytes, bytes]]:
+        """What the store holds now, written but unpublished records included."""
+        return _strip(self._kv.iterate(schema.state_bucket_prefix(bucket)))
 
     def tree(self) -> StateTree:
         if self._tree is None:
@@ -84,6 +119,13 @@ class StoreStateView:
 
     def burned(self) -> int:
         return read_burned(self)
+
+
+def _strip(items: Iterator[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:
+    """State records without their ``s:`` + bucket prefix: ``(record key, value)``."""
+    n = len(schema.STATE) + 2
+    for key, value in items:
+        yield key[n:], value
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +176,7 @@ class ChainStore:
         self.kv = kv
         self.genesis = genesis
         self.state = StoreStateView(kv)
+        self._unpublished: tuple[BlockHeader, StateTree] | None = None
         stored = kv.get(schema.GENESIS)
         if stored is None:
             self.kv.write([(schema.SCHEMA, bytes([schema.SCHEMA_VERSION])), (schema.GENESIS, genesis.hash)])
@@ -163,21 +206,29 @@ class ChainStore:
         return self._head
 
     def commit(self, applied: AppliedBlock, *, certificate: bytes | None = None) -> None:
-        """Write the block, its state changes, receipts, undo record and indexes in one synced batch.
+        """:meth:`write_block` and :meth:`publish` at once."""
+        self.write_block(applied, certificate=certificate)
+        self.publish()
+
+    def write_block(self, applied: AppliedBlock, *, certificate: bytes | None = None) -> None:
+        """Write the block, its state changes, receipts, undo record and indexes in one
+        synced batch. Readers keep seeing the old head and state until :meth:`publish`.
 
         ``applied`` must extend the head (height 0: the genesis) and sit on this store's state.
         """
         block = applied.block
         h = block.height
+        self._check_published()
         if h and (block.header.parent != self._head.hash or h != self._head.height + 1):
             raise StoreError(f"block {h} does not extend the head {self._head.height}")
         changes = applied.state.changes
-        undo = [[k] if (old := self.state.get(k)) is None else [k, old] for k in sorted(changes)]
+        old = {k: self.state.get(k) for k in changes}
+        undo = [[k] if (v := old[k]) is None else [k, v] for k in sorted(changes)]
         puts: list[tuple[bytes, bytes]] = [
             (schema.block_key(h), block.encode()),
             (schema.hash_key(block.hash), schema.u64(h)),
             (schema.HEAD, schema.u64(h) + block.hash),
-            (schema.receipts_key(h), encode([r.to_wire() for r in applied.receipts])),
+            (schema.receipts_key(h), encode_receipts(applied.receipts)),
             (schema.undo_key(h), encode(undo)),
         ]
         if certificate is not None:
@@ -186,15 +237,45 @@ class ChainStore:
         puts += [(schema.tx_key(tx.hash), schema.u64(h) + schema.u32(i)) for i, tx in enumerate(block.txs)]
         puts += [(key, block.txs[i].hash) for key, i in _history_keys(block, applied.state)]
         crash_point("commit.before_batch")
-        self.kv.write(puts, [schema.fork_key(block.hash)], sync=True)
-        self.state.changed()
+        self._write(old, puts, [schema.fork_key(block.hash)])
+        self._unpublished = (block.header, applied.tree)
         crash_point("commit.after_batch")
-        self.state._tree = applied.tree
-        self._head = block.header
+
+    def publish(self) -> None:
+        """Make the last write visible: head, state and state tree move together, in one
+        step on the caller's thread (call it on the event loop, with whatever must move
+        with the state, such as the mempool, and no checkpoint in between)."""
+        if self._unpublished is None:
+            return
+        header, tree = self._unpublished
+        self._unpublished = None
+        self.state.changed()
+        self.state._tree = tree
+        self._head = header
         crash_point("commit.after_head")
 
+    def _check_published(self) -> None:
+        if self._unpublished is not None:
+            raise StoreError(f"block {self._unpublished[0].height} is written but not yet published")
+
+    def _write(self, old: dict[bytes, bytes | None], puts: list[tuple[bytes, bytes]], deletes: list[bytes]) -> None:
+        self.state.shadow(old)
+        try:
+            self.kv.write(puts, deletes, sync=True)
+        except BaseException:
+            self.state.shadow({})  # the batch is all or nothing: nothing changed
+            raise
+
     def revert_head(self) -> Block:
-        """Undo the head block (not the genesis) in one synced batch; keep it as a side block."""
+        """:meth:`write_revert` and :meth:`publish` at once."""
+        block = self.write_revert()
+        self.publish()
+        return block
+
+    def write_revert(self) -> Block:
+        """Undo the head block (not the genesis) in one synced batch; keep it as a side block.
+        Readers see the parent as the head only after :meth:`publish`."""
+        self._check_published()
         h = self._head.height
         if h == 0:
             raise StoreError("the genesis cannot be reverted")
@@ -215,20 +296,21 @@ class ChainStore:
             schema.cert_key(h),
         ]
         touched: set[int] = set()
+        old: dict[bytes, bytes | None] = {}
         for entry in decode(raw_undo):
             touched.add(bucket_of(entry[0]))
+            old[entry[0]] = self.state.get(entry[0])
             if len(entry) == 1:
                 deletes.append(schema.state_key(entry[0]))
             else:
                 puts.append((schema.state_key(entry[0]), entry[1]))
         deletes += [schema.tx_key(tx.hash) for tx in block.txs]
         deletes += [key for key, _ in _history_keys(block, self.state)]  # the state is still the block's
-        self.kv.write(puts, deletes, sync=True)
-        self.state.changed()
-        tree = self.state.tree().updated({b: bucket_root(self.state.bucket_items(b)) for b in touched})
-        self.state._tree = tree
-        self._head = parent.header
+        self._write(old, puts, deletes)
+        tree = self.state.tree().updated({b: bucket_root(self.state.stored_bucket_items(b)) for b in touched})
+        self._unpublished = (parent.header, tree)
         if tree.root != parent.header.state_root:
+            self.publish()  # what is on disk now
             raise StoreError(f"state after reverting block {h} does not match block {h - 1}")
         return block
 
