@@ -1,8 +1,17 @@
 """The stateless stage: decode, chain id and signatures of encoded transactions."""
 
+import multiprocessing
+import os
+import pickle
+import subprocess
+import sys
+
 from aitbc_p2p.chain import Transaction
+from aitbc_p2p.chain.batch import Checked, check_encoded
 from aitbc_p2p.chain.transition import ChainRules
-from aitbc_p2p.node.verify import MIN_PARALLEL, Verified, admit_pipelined, decode_and_verify
+from aitbc_p2p.exceptions import TxRejected
+from aitbc_p2p.node import verify
+from aitbc_p2p.node.verify import MIN_PARALLEL, admit_pipelined, decode_and_verify, verify_signatures
 from aitbc_p2p.testing import make_genesis, make_key, make_tx
 
 RULES = ChainRules.of(make_genesis([make_key("verify-authority")], {}))
@@ -32,12 +41,12 @@ async def test_every_refusal_is_reported_in_input_order(alice, bob):
     ]
 
 
-async def test_large_batches_split_across_threads_keep_order_and_catch_forgeries(alice, bob):
+async def test_large_batches_split_across_worker_processes_keep_order_and_catch_forgeries(alice, bob):
     senders = [make_key(f"verify-{i}") for i in range(4)]
     txs = [make_tx(k, nonce=n, to=bob.address) for n in range(MIN_PARALLEL) for k in senders]
     encoded = [tx.encode() for tx in txs]
     encoded[100] = _forged(txs[100], alice.address)
-    out = await decode_and_verify(encoded, RULES, threads=3)
+    out = await decode_and_verify(encoded, RULES, parallel=3)
     assert [tx.hash for tx in out.txs] == [tx.hash for i, tx in enumerate(txs) if i != 100]
     assert [(i, e.reason) for i, e in out.rejected] == [(100, "BadSignature")]
 
@@ -45,11 +54,65 @@ async def test_large_batches_split_across_threads_keep_order_and_catch_forgeries
 async def test_pipelined_admission_sees_every_batch_once_in_order(alice, bob):
     txs = [make_tx(alice, nonce=n, to=bob.address) for n in range(10)]
     batches = [[tx.encode() for tx in txs[i : i + 3]] for i in range(0, 10, 3)]
-    seen: list[Verified] = []
+    seen: list[Checked] = []
 
-    async def admit(verified: Verified) -> None:
+    async def admit(verified: Checked) -> None:
         seen.append(verified)
 
     await admit_pipelined(batches, RULES, admit)
     assert [tx.hash for v in seen for tx in v.txs] == [tx.hash for tx in txs]
     assert len(seen) == 4
+
+
+def _die_in_a_worker(encoded: list[bytes], rules: ChainRules, start: int) -> Checked:
+    """check_encoded, except that a worker process running it dies at once."""
+    if multiprocessing.parent_process() is not None:
+        os._exit(3)
+    return check_encoded(encoded, rules, start)
+
+
+async def test_a_chunk_whose_worker_dies_is_checked_again_in_a_thread(alice, bob, monkeypatch, caplog):
+    txs = [make_tx(alice, nonce=n, to=bob.address) for n in range(2 * MIN_PARALLEL)]
+    encoded = [tx.encode() for tx in txs]
+    encoded[7] = _forged(txs[7], bob.address)
+    monkeypatch.setattr(verify, "check_encoded", _die_in_a_worker)
+    out = await decode_and_verify(encoded, RULES, parallel=2)
+    assert [tx.hash for tx in out.txs] == [tx.hash for i, tx in enumerate(txs) if i != 7]
+    assert [(i, e.reason) for i, e in out.rejected] == [(7, "BadSignature")]
+    assert "verifying worker process died" in caplog.text
+
+
+async def test_block_signatures_are_checked_in_worker_processes(alice, bob):
+    senders = [make_key(f"verify-{i}") for i in range(3)]
+    txs = [make_tx(k, nonce=n, to=bob.address) for n in range(MIN_PARALLEL) for k in senders]
+    forged = Transaction.decode(_forged(txs[130], alice.address))
+    txs[130] = forged
+    good, bad = await verify_signatures(txs, parallel=2)
+    assert good == {tx.hash for tx in txs} - {forged.hash}
+    assert [(tx.hash, e.reason) for tx, e in bad] == [(forged.hash, "BadSignature")]
+
+
+def test_transactions_and_refusals_survive_the_trip_back_from_a_worker(alice, bob):
+    tx = make_tx(alice, nonce=4, to=bob.address, amount=9)
+    back = pickle.loads(pickle.dumps(tx))
+    assert back == tx
+    assert (back.raw, back.hash, back.body_raw) == (tx.raw, tx.hash, tx.body_raw)
+    back.verify_signature()
+    refusal = pickle.loads(pickle.dumps(TxRejected("NonceTooLow", "nonce 3 already used", expected=4)))
+    assert (refusal.reason, refusal.message, refusal.details) == (
+        "NonceTooLow",
+        "nonce 3 already used",
+        {"expected": 4},
+    )
+    assert str(refusal) == "NonceTooLow: nonce 3 already used"
+
+
+def test_importing_the_chain_core_does_not_load_the_network_stack():
+    # Each verifying worker process imports the chain core; libp2p and Quart would cost
+    # it a second of start-up and tens of megabytes.
+    code = (
+        "import sys, aitbc_p2p.chain.batch, aitbc_p2p.cli.peer;"
+        "print(sorted({'libp2p', 'quart', 'hypercorn'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -83,6 +83,14 @@ class TxRejected(ValidationError):
         self.message = message
         self.details = details
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Verifying worker processes send refusals back: keep reason, message and details.
+        return (_rebuild_rejection, (type(self), self.reason, self.message, self.details))
+
+
+def _rebuild_rejection(cls: type[TxRejected], reason: str, message: str, details: dict[str, Any]) -> TxRejected:
+    return cls(reason, message, **details)
+
 
 class ConsensusError(AitbcError):
     pass

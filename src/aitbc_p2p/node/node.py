@@ -24,6 +24,7 @@ from typing import Any
 
 import trio
 
+from aitbc_p2p.chain.batch import Checked
 from aitbc_p2p.chain.blocks import AppliedBlock, build_block, validate_block
 from aitbc_p2p.chain.models import Block, BlockHeader, Transaction
 from aitbc_p2p.chain.state import account_key, supply_of
@@ -59,7 +60,7 @@ from aitbc_p2p.node.bundles import decode_bundle, split_bundles
 from aitbc_p2p.node.config import NodeConfig
 from aitbc_p2p.node.market import MarketService
 from aitbc_p2p.node.peers import Backoff, PeerBook
-from aitbc_p2p.node.verify import Verified, decode_and_verify, verify_signatures
+from aitbc_p2p.node.verify import decode_and_verify, verify_signatures, warm_up
 from aitbc_p2p.node.views import block_view, jsonable, tx_view
 from aitbc_p2p.store import ChainStore, LevelDBKV, MemoryKV
 from aitbc_p2p.store.abc import KeyValueStore
@@ -131,7 +132,7 @@ class Node:
         self.bft: Any = None
         self._outbox: list[bytes] = []
         self._outbox_ready = trio.Event()
-        self._bundle_checks: dict[bytes, Verified] = {}
+        self._bundle_checks: dict[bytes, Checked] = {}
 
     # ----------------------------------------------------------------- chain
     @property
@@ -390,14 +391,14 @@ class Node:
         return await self.submit_tx(tx)
 
     # -------------------------------------------------------------- gossip in
-    async def _check_bundle(self, data: bytes) -> Verified:
+    async def _check_bundle(self, data: bytes) -> Checked:
         """The stateless stage for a tx-topic message. Raises CodecError for a malformed bundle."""
         return await decode_and_verify(decode_bundle(data), self.rules)
 
     async def _valid_bundle(self, data: bytes) -> ValidationResult:
         """Stateless gate of the tx topic: a well-formed bundle whose every transaction
         decodes, is for this chain, pays the fee floor and is signed by its sender
-        (signatures in worker threads). Honest peers relay only bundles they checked, so
+        (decoding and signatures in worker processes). Honest peers relay only bundles they checked, so
         one bad transaction makes the whole bundle a REJECT. The result is kept for
         :meth:`_on_tx`."""
         try:
@@ -808,6 +809,7 @@ async def open_node(config: NodeConfig, *, clock_ms: Callable[[], int] = wall_cl
             network.set_request_handler(PEERS_PROTOCOL, node._serve_peers)
             network.set_request_handler(JOB_PROTOCOL, node.market.serve_job)
             t = node._topics
+            nursery.start_soon(warm_up)  # the verifying worker processes, before the first big bundle
             nursery.start_soon(node._on_tx, await network.subscribe(t["tx"], node._valid_bundle))
             nursery.start_soon(node._gossip_bundles)
             nursery.start_soon(node._reannounce)
