@@ -5,13 +5,14 @@ from collections.abc import Callable
 import pytest
 
 from aitbc_p2p.chain import Genesis, Transaction, TxKind, genesis_from_json, genesis_to_json, validate_block
-from aitbc_p2p.chain.blocks import build_block, receipts_root
-from aitbc_p2p.chain.commitment import StateTree, bucket_of, prove
+from aitbc_p2p.chain.blocks import build_block, encode_receipts, receipts_root
+from aitbc_p2p.chain.commitment import StateTree, bucket_of, leaf_data, prove
 from aitbc_p2p.chain.merkle import merkle_proof, verify_proof
 from aitbc_p2p.chain.models import Block, BlockHeader
 from aitbc_p2p.chain.state import JobStatus, Overlay, account_key, supply_of
-from aitbc_p2p.chain.transition import ChainRules, apply_tx, check_stateless
+from aitbc_p2p.chain.transition import ChainRules, Receipt, apply_tx, check_stateless
 from aitbc_p2p.chain.votes import Vote, VoteStep
+from aitbc_p2p.codec import encode
 from aitbc_p2p.exceptions import REJECTION_REASONS, ConfigError, TxRejected, ValidationError
 from aitbc_p2p.mempool import Mempool
 from aitbc_p2p.testing import ChainBuilder, make_genesis, make_key, make_tx
@@ -467,3 +468,20 @@ def test_genesis_json_roundtrip_and_errors(genesis):
     low = text.replace(f'"min_provider_stake": {genesis.min_provider_stake}', f'"min_provider_stake": {10**15}')
     with pytest.raises(ConfigError, match="min_provider_stake"):
         genesis_from_json(low)
+
+
+@pytest.mark.parametrize(
+    "receipt",
+    [
+        Receipt(Hash32(b"\x11" * 32), 0, 0),
+        Receipt(Hash32(b"\x22" * 32), 999, 10**6, (("transfer", "aitbc1abc", "aitbc1def", 2**64 - 1), ("burn", 7))),
+        Receipt(Hash32(b"\x33" * 32), 2**32, 2**40, (("job_open", b"\x01" * 32, "aitbc1x", {"max_price": 5}),)),
+    ],
+)
+def test_assembled_receipt_and_record_encodings_are_the_canonical_ones(receipt):
+    """Receipts and state-tree leaves are assembled from parts on the hot path; the bytes
+    must be exactly canonical CBOR, or roots would differ from the spec's."""
+    assert receipt.encode() == encode(receipt.to_wire())
+    assert encode_receipts([receipt, receipt]) == encode([receipt.to_wire(), receipt.to_wire()])
+    key, value = b"a" * 23, b"v" * 300
+    assert leaf_data(key, value) == encode([key, value])

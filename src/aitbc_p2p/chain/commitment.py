@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aitbc_p2p.chain.merkle import EMPTY_ROOT, leaf_hash, merkle_proof, merkle_root, node_hash
-from aitbc_p2p.codec import encode
+from aitbc_p2p.codec import head
 from aitbc_p2p.types import Hash32
 
 BUCKET_BITS = 16
@@ -36,7 +36,8 @@ def bucket_prefix(bucket: int) -> bytes:
 
 
 def leaf_data(key: bytes, value: bytes) -> bytes:
-    return encode([key, value])
+    """``canonical([key, value])``, assembled: an array of two byte strings."""
+    return b"\x82" + head(2, len(key)) + key + head(2, len(value)) + value
 
 
 def bucket_root(records: Iterable[tuple[bytes, bytes]]) -> Hash32:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from aitbc_p2p.chain.commitment import StateTree, bucket_of, bucket_root
-from aitbc_p2p.codec import decode, encode
+from aitbc_p2p.codec import decode, decode_record, encode
 from aitbc_p2p.types import Address, Hash32
 
 ACCOUNT_PREFIX = b"a"
@@ -64,7 +64,8 @@ class Account:
 
     @classmethod
     def decode(cls, data: bytes) -> Account:
-        balance, nonce, stake, unbonding, provider, active_jobs = decode(data)
+        # A state record this node wrote (several reads per transaction): no strict walk.
+        balance, nonce, stake, unbonding, provider, active_jobs = decode_record(data)
         return cls(balance, nonce, stake, tuple((a, h) for a, h in unbonding), provider, active_jobs)
 
     def with_(self, **changes: Any) -> Account:

@@ -14,7 +14,7 @@ from typing import Any
 from aitbc_p2p.chain.models import MOVES_AMOUNT, Genesis, Transaction, TxKind, Verdict
 from aitbc_p2p.chain.state import MAX_UNBONDING, Account, EmptyState, Job, JobStatus, Overlay, StateView
 from aitbc_p2p.chain.votes import check_evidence
-from aitbc_p2p.codec import encode
+from aitbc_p2p.codec import encode, head
 from aitbc_p2p.exceptions import TxRejected, ValidationError
 from aitbc_p2p.types import MAX_AMOUNT, Address, Hash32
 
@@ -40,6 +40,10 @@ class ChainRules:
         )
 
 
+_RECEIPT_TX = b"\xa4\x62tx\x58\x20"
+"""A 4-map, its first key "tx" and the head of a 32-byte string."""
+
+
 @dataclass(frozen=True, slots=True)
 class Receipt:
     """What one transaction did: committed under the header's ``receipts_root``."""
@@ -54,8 +58,15 @@ class Receipt:
         return {"tx": self.tx, "index": self.index, "fee": self.fee, "events": [list(e) for e in self.events]}
 
     def encode(self) -> bytes:
-        if not self._raw:  # built by the transition from checked values: no type walk
-            object.__setattr__(self, "_raw", encode(self.to_wire(), check=False))
+        if not self._raw and (len(self.tx) != 32 or self.fee < 0 or self.index < 0):
+            object.__setattr__(self, "_raw", encode(self.to_wire()))  # not from the transition
+        if not self._raw:
+            # canonical(to_wire()), assembled (once per receipt per block, so it counts):
+            # the keys in canonical order (shorter first), then the values built by the
+            # transition from checked data, so no type walk.
+            events = encode([list(e) for e in self.events], check=False)
+            raw = _RECEIPT_TX + self.tx + b"\x63fee" + head(0, self.fee) + b"\x65index" + head(0, self.index)
+            object.__setattr__(self, "_raw", raw + b"\x66events" + events)
         return self._raw
 
     @classmethod

@@ -141,5 +141,20 @@ def decode(data: bytes, *, max_size: int = MAX_SIZE, canonical: bool = True) -> 
     return value
 
 
+def decode_record(data: bytes) -> Any:
+    """Decode a record that this node encoded itself and keeps in its own store, such as
+    a state record: no canonical-form or type walk (the bytes were checked before they
+    were written, and the state root check on opening catches a corrupted store).
+    Never for bytes from outside: use :func:`decode`.
+
+    Raises:
+        CodecError: the bytes are not CBOR at all.
+    """
+    try:
+        return cbor2.loads(data)
+    except Exception as e:
+        raise CodecError(f"invalid CBOR record: {e}") from e
+
+
 def _reject_tag(decoder: Any, tag: Any) -> Any:
     raise CodecError(f"CBOR tag {tag.tag} not allowed")
