@@ -1,20 +1,23 @@
 """Ledger throughput: the raw single-core ceiling against the node's own path, in one run.
 
 (a) raw: decode each transaction, verify its signature, update balances in a dict.
-(b) node: the proposer's path. Mempool admission of encoded transactions as gossip
-    delivers them in bundles (decode and signature checks in worker threads on all cores,
-    overlapping the stateful admission of the previous bundle on the Trio thread), block
-    building from the pool with 1000-transaction blocks (apply, receipts, state root; no
-    second verification), and the synced LevelDB commit.
+(b) node: the proposer's path, with the node's concurrency. Gossip bundles of encoded
+    transactions go through the stateless stage (decode and signatures in worker
+    processes on every core, several bundles ahead) into mempool admission on the Trio
+    thread; meanwhile the proposer builds 1000-transaction blocks from the pool (apply,
+    receipts, state root, no second signature check) and commits each one as the node
+    does: a synced LevelDB batch written in a thread, then published together with the
+    pool's prune in one step on the Trio thread.
+(c) sync import: a fresh peer imports the blocks of (b) as a syncing peer does (decode,
+    signatures in worker processes, apply, state root, synced commit); ``--txs 1000000``
+    makes it 1,000 full blocks.
 
 Prints progress to stderr and, as its last line, JSON:
 {"bench": "ledger", "raw_single_core_tx_s": ..., "node_tx_s": ..., "ratio": ..., "import_tx_s": ...}
-(c) sync import: a fresh peer imports the blocks of (b) as a syncing peer does (decode,
-    parallel signature checks, apply, state root, synced commit); ``--txs 1000000``
-    makes it 1,000 full blocks.
 (a) and (b) alternate ``--repeat`` times (default 5) and the medians are reported, with the
 range of the per-run ratios: on a shared 2-core machine single runs vary by 30 %.
-Run: .venv/bin/python bench/ledger.py [--txs 4000] [--block-size 1000] [--repeat 5]
+The worker processes are started before the first run, as a running node has them.
+Run: .venv/bin/python bench/ledger.py [--txs 4000] [--block-size 1000] [--bundle 250] [--repeat 5]
 """
 
 from __future__ import annotations
@@ -31,15 +34,17 @@ from pathlib import Path
 import trio
 
 from aitbc_p2p.chain import Block, Genesis, Transaction, build_block, validate_block
+from aitbc_p2p.chain.batch import Checked
 from aitbc_p2p.chain.transition import ChainRules
 from aitbc_p2p.crypto import PrivateKey
 from aitbc_p2p.mempool import Mempool
-from aitbc_p2p.node.verify import Verified, admit_pipelined, verify_signatures
+from aitbc_p2p.node.verify import admit_pipelined, verify_signatures, warm_up
 from aitbc_p2p.store import ChainStore, LevelDBKV
 from aitbc_p2p.testing import make_genesis, make_key, make_tx
+from aitbc_p2p.types import Address
 
 
-def raw_ceiling(wire: list[bytes], funded: list[str], dest: str) -> float:
+def raw_ceiling(wire: list[bytes], funded: list[Address], dest: Address) -> float:
     """(a) decode, verify and update balances in a dict, on one core: tx/s."""
     start = time.perf_counter()
     balances = dict.fromkeys(funded, 10**15)
@@ -51,86 +56,125 @@ def raw_ceiling(wire: list[bytes], funded: list[str], dest: str) -> float:
     return len(wire) / (time.perf_counter() - start)
 
 
-def node_path(
-    wire: list[bytes], genesis: Genesis, authority: PrivateKey, block_size: int, db: Path, *, quiet: bool
+async def node_path(
+    wire: list[bytes], genesis: Genesis, authority: PrivateKey, block_size: int, bundle: int, db: Path, *, quiet: bool
 ) -> tuple[float, list[bytes]]:
-    """(b) admission, block building and the synced commit on a real LevelDB: (tx/s, blocks)."""
+    """(b) admission and block production at once, on a real LevelDB: (tx/s, blocks)."""
     rules = ChainRules.of(genesis)
-    store = ChainStore(LevelDBKV(db), genesis)
+    store = await trio.to_thread.run_sync(ChainStore, LevelDBKV(db), genesis)
+    # Room for every transaction: admission may run ahead of block production here.
     pool = Mempool(rules, max_size=len(wire) + 1, max_per_sender=len(wire) + 1)
-
-    def admit(verified: Verified) -> None:
-        for tx in verified.txs:
-            pool.add(tx, store.state, height=store.head.height, verified=True)
-
-    batches = [wire[i : i + block_size] for i in range(0, len(wire), block_size)]
-    start = time.perf_counter()
-    trio.run(partial(admit_pipelined, batches, rules, admit))
-    admitted = time.perf_counter()
-    committed = 0
     shipped: list[bytes] = []
-    while len(pool):
-        head = store.head
-        applied, _ = build_block(
-            authority, head, store.state, list(pool.candidates()), rules,
-            timestamp_ms=head.timestamp_ms + 1, max_txs=block_size, verified=pool,
-        )  # fmt: skip
-        store.commit(applied)
-        shipped.append(applied.block.encode())
-        pool.remove(list(applied.block.txs))
-        committed += len(applied.block.txs)
-        if not quiet:
-            print(f"  block {applied.block.height}: {committed}/{len(wire)} committed", file=sys.stderr)
+    admitted = trio.Event()
+    arrived = [trio.Event()]
+
+    def admit(checked: Checked) -> None:
+        for tx in checked.txs:
+            pool.add(tx, store.state, height=store.head.height, verified=True)
+        arrived[0].set()
+        arrived[0] = trio.Event()
+
+    async def produce() -> None:
+        committed = 0
+        while committed < len(wire):
+            if len(pool) < block_size and not admitted.is_set():
+                await arrived[0].wait()
+                continue
+            head = store.head
+            build = partial(
+                build_block, authority, head, store.state, list(pool.candidates(limit=2 * block_size)), rules,
+                timestamp_ms=head.timestamp_ms + 1, max_txs=block_size, verified=pool,
+            )  # fmt: skip
+            applied, _ = await trio.to_thread.run_sync(build)
+            await trio.to_thread.run_sync(store.write_block, applied)
+            store.publish()  # as Node._publish: the pool moves with the state, no checkpoint between
+            pool.remove(applied.block.txs)
+            pool.prune(store.state, {tx.sender for tx in applied.block.txs})
+            shipped.append(applied.block.encode())
+            committed += len(applied.block.txs)
+            if not quiet:
+                print(f"  block {applied.block.height}: {committed}/{len(wire)} committed", file=sys.stderr)
+
+    bundles = [wire[i : i + bundle] for i in range(0, len(wire), bundle)]
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(produce)
+        await admit_pipelined(bundles, rules, admit)
+        admitted.set()
+        arrived[0].set()
     elapsed = time.perf_counter() - start
     store.close()
-    print(f"  node: {committed / elapsed:,.0f} tx/s (admission {admitted - start:.2f} s of {elapsed:.2f} s)",
-          file=sys.stderr)  # fmt: skip
-    return committed / elapsed, shipped
+    print(f"  node: {len(wire) / elapsed:,.0f} tx/s in {len(shipped)} blocks", file=sys.stderr)
+    return len(wire) / elapsed, shipped
 
 
-def sync_import(shipped: list[bytes], genesis: Genesis, db: Path) -> float:
-    """(c) a peer receiving full blocks, as in sync: decode, verify on all cores, apply,
-    state root, synced commit. Returns seconds."""
+async def sync_import(shipped: list[bytes], genesis: Genesis, db: Path) -> float:
+    """(c) a peer receiving full blocks, as in sync: decode, verify in worker processes,
+    apply and state root in a thread, synced commit. Returns seconds."""
     rules = ChainRules.of(genesis)
     syncing = ChainStore(LevelDBKV(db), genesis)
     start = time.perf_counter()
     for data in shipped:
         block = Block.decode(data)
-        good, _ = trio.run(verify_signatures, block.txs)
-        syncing.commit(validate_block(block, syncing.head, syncing.state, rules, verified=good))
+        good, _ = await verify_signatures(block.txs)
+        applied = await trio.to_thread.run_sync(
+            partial(validate_block, block, syncing.head, syncing.state, rules, verified=good)
+        )
+        await trio.to_thread.run_sync(syncing.write_block, applied)
+        syncing.publish()
     elapsed = time.perf_counter() - start
     syncing.close()
     return elapsed
+
+
+async def measure(
+    args: argparse.Namespace,
+    wire: list[bytes],
+    funded: list[str],
+    dest: str,
+    genesis: Genesis,
+    authority: PrivateKey,
+    tmp: Path,
+) -> tuple[list[float], list[float], list[bytes], float]:
+    """(a) and (b) alternating, then (c): (raw tx/s per run, node tx/s per run, blocks, import seconds)."""
+    await warm_up()
+    raws: list[float] = []
+    nodes: list[float] = []
+    shipped: list[bytes] = []
+    for run in range(args.repeat):
+        # Alternate, so that a noisy neighbour slows both sides alike.
+        raws.append(raw_ceiling(wire, funded, dest))
+        print(f"run {run + 1}/{args.repeat}: raw {raws[-1]:,.0f} tx/s", file=sys.stderr)
+        node, shipped = await node_path(
+            wire, genesis, authority, args.block_size, args.bundle, tmp / f"db{run}", quiet=run > 0
+        )
+        nodes.append(node)
+    return raws, nodes, shipped, await sync_import(shipped, genesis, tmp / "sync")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--txs", type=int, default=4000)
     parser.add_argument("--block-size", type=int, default=1000)
-    parser.add_argument("--senders", type=int, default=40)
+    parser.add_argument("--bundle", type=int, default=250, help="transactions per gossip bundle")
+    parser.add_argument(
+        "--per-sender", type=int, default=16, help="transactions per sender (the pool holds at most 64 per sender)"
+    )
     parser.add_argument("--repeat", type=int, default=5, help="alternating raw and node runs; medians reported")
     args = parser.parse_args()
 
     authority = make_key("bench-authority")
-    senders = [make_key(f"bench-sender-{i}") for i in range(args.senders)]
+    per_sender = args.per_sender
+    senders = [make_key(f"bench-sender-{i}") for i in range(max(1, args.txs // per_sender))]
     funded = [k.address for k in senders]
     genesis = make_genesis([authority], dict.fromkeys(funded, 10**15), block_time_ms=1)
-    per_sender = args.txs // len(senders)
     dest = make_key("bench-dest").address
-    print(f"signing {per_sender * len(senders)} transactions ...", file=sys.stderr)
+    print(f"signing {per_sender * len(senders)} transactions from {len(senders)} senders ...", file=sys.stderr)
     txs = [make_tx(k, nonce=n, to=dest, amount=1) for n in range(per_sender) for k in senders]
     wire = [tx.encode() for tx in txs]
 
-    raws: list[float] = []
-    nodes: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for run in range(args.repeat):
-            # Alternate, so that a noisy neighbour slows both sides alike.
-            raws.append(raw_ceiling(wire, funded, dest))
-            print(f"run {run + 1}/{args.repeat}: raw {raws[-1]:,.0f} tx/s", file=sys.stderr)
-            node, shipped = node_path(wire, genesis, authority, args.block_size, Path(tmp) / f"db{run}", quiet=run > 0)
-            nodes.append(node)
-        import_s = sync_import(shipped, genesis, Path(tmp) / "sync")
+        raws, nodes, shipped, import_s = trio.run(measure, args, wire, funded, dest, genesis, authority, Path(tmp))
     raw, node = statistics.median(raws), statistics.median(nodes)
     ratios = sorted(n / r for n, r in zip(nodes, raws, strict=True))
     committed = len(wire)
