@@ -88,8 +88,7 @@ async def node_path(
             applied, _ = await trio.to_thread.run_sync(build)
             await trio.to_thread.run_sync(store.write_block, applied)
             store.publish()  # as Node._publish: the pool moves with the state, no checkpoint between
-            pool.remove(applied.block.txs)
-            pool.prune(store.state, {tx.sender for tx in applied.block.txs})
+            pool.settle(store.state, [applied.block])
             shipped.append(applied.block.encode())
             committed += len(applied.block.txs)
             if not quiet:

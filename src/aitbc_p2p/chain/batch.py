@@ -13,10 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from aitbc_p2p.chain.models import Transaction
+from aitbc_p2p.chain.models import Transaction, check_tx_signature
 from aitbc_p2p.chain.transition import ChainRules, check_stateless
-from aitbc_p2p.crypto import recover_address
-from aitbc_p2p.exceptions import BadSignature, TxRejected
+from aitbc_p2p.exceptions import TxRejected
 from aitbc_p2p.types import Address, Hash32
 
 SignatureItem = tuple[Hash32, bytes, Address]
@@ -57,12 +56,9 @@ def signature_item(tx: Transaction) -> SignatureItem:
 def check_signatures(items: Sequence[SignatureItem], start: int = 0) -> list[tuple[int, TxRejected]]:
     """(position, BadSignature) for each item whose signature does not recover to its sender."""
     bad: list[tuple[int, TxRejected]] = []
-    for i, (digest, signature, sender) in enumerate(items, start):
+    for i, item in enumerate(items, start):
         try:
-            signer = recover_address(digest, signature)
-        except BadSignature as e:
-            bad.append((i, TxRejected("BadSignature", str(e))))
-            continue
-        if signer != sender:
-            bad.append((i, TxRejected("BadSignature", "signature is not by the sender", sender=sender)))
+            check_tx_signature(*item)
+        except TxRejected as e:
+            bad.append((i, e))
     return bad

@@ -265,12 +265,7 @@ class Transaction:
 
     def verify_signature(self) -> None:
         """Raise TxRejected('BadSignature') unless ``sender`` signed this body."""
-        try:
-            signer = recover_address(self.signing_digest(), self.signature)
-        except BadSignature as e:
-            raise TxRejected("BadSignature", str(e)) from e
-        if signer != self.sender:
-            raise TxRejected("BadSignature", "signature is not by the sender", sender=self.sender)
+        check_tx_signature(self.signing_digest(), self.signature, self.sender)
 
     def parties(self) -> tuple[Address, ...]:
         """Addresses whose history this transaction belongs to (besides job parties)."""
@@ -279,6 +274,16 @@ class Transaction:
         if self.kind is TxKind.JOB_OPEN:
             return (self.sender, Address(self.payload["provider"]))
         return (self.sender,)
+
+
+def check_tx_signature(digest: bytes, signature: bytes, sender: Address) -> None:
+    """Raise TxRejected('BadSignature') unless ``sender`` made ``signature`` over ``digest``."""
+    try:
+        signer = recover_address(digest, signature)
+    except BadSignature as e:
+        raise TxRejected("BadSignature", str(e)) from e
+    if signer != sender:
+        raise TxRejected("BadSignature", "signature is not by the sender", sender=sender)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from aitbc_p2p.chain.models import Transaction
+from aitbc_p2p.chain.models import Block, Transaction
 from aitbc_p2p.chain.state import Overlay, StateView
 from aitbc_p2p.chain.transition import ChainRules, apply_tx, check_stateless
 from aitbc_p2p.exceptions import TxRejected
@@ -294,6 +294,14 @@ class Mempool:
                 self._ready[sender] = ready
             if future:
                 self._future[sender] = future
+
+    def settle(self, view: StateView, committed: Iterable[Block]) -> None:
+        """After the committed state moved to ``view``: drop the committed blocks'
+        transactions and prune their senders; with no block (a revert), every sender."""
+        blocks = list(committed)
+        for block in blocks:
+            self.remove(block.txs)
+        self.prune(view, {tx.sender for block in blocks for tx in block.txs} if blocks else None)
 
     def reinject(self, txs: Iterable[Transaction], view: StateView, *, height: int) -> list[Transaction]:
         """Re-admit transactions of reverted blocks; return those now pending again."""

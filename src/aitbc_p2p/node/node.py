@@ -234,11 +234,7 @@ class Node:
         pool moves with it in the same step: no checkpoint in between, so an admission
         never meets a state whose nonces the pool has not caught up with."""
         self.store.publish()
-        for block in committed:
-            self.mempool.remove(block.txs)
-        # After a revert (nothing committed) any sender's nonce may have gone back.
-        senders = {tx.sender for block in committed for tx in block.txs} if committed else None
-        self.mempool.prune(self.store.state, senders)
+        self.mempool.settle(self.store.state, committed)
         self._advanced()
 
     async def _reorg(self, ancestor: int, blocks: list[Block]) -> bool:

@@ -9,7 +9,7 @@ record lets fork choice revert blocks that are not final.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,49 +51,37 @@ class StoreStateView:
         self._accounts: dict[Address, Account] = {}
         self._generation = 0
         self._shadow: dict[bytes, bytes | None] = {}
+        self._shadow_buckets: dict[int, dict[bytes, bytes | None]] = {}
 
     def changed(self) -> None:
         """Call when written state records become visible: drops the shadow and the cache."""
         self._generation += 1
-        self._shadow = {}
+        self._shadow, self._shadow_buckets = {}, {}
         self._accounts.clear()
 
     def shadow(self, old: dict[bytes, bytes | None]) -> None:
         """Keep showing these values (None: absent) until :meth:`changed`. Call before
-        writing new values for the same keys."""
+        writing new values for the same keys (the writer's thread also groups them by
+        bucket here, so a bucket read does not hash every shadowed key)."""
+        by_bucket: dict[int, dict[bytes, bytes | None]] = {}
+        for key, value in old.items():
+            by_bucket.setdefault(bucket_of(key), {})[key] = value
+        self._shadow_buckets = by_bucket
         self._shadow = old
 
     def get(self, key: bytes) -> bytes | None:
         # The store first, the shadow second: a writer sets the shadow before it writes,
         # so a value read here that is already new is always covered by the shadow.
         value = self._kv.get(schema.state_key(key))
-        shadow = self._shadow
-        return shadow.get(key, value)
-
-    def _shadowed(
-        self, items: Iterator[tuple[bytes, bytes]], keep: Callable[[bytes], bool]
-    ) -> Iterator[tuple[bytes, bytes]]:
-        stored = list(items)  # read all first (a LevelDB iterator is a snapshot), then the shadow
-        shadow = self._shadow
-        if not shadow:
-            return iter(stored)
-        merged = dict(stored)
-        for key, old in shadow.items():
-            if not keep(key):
-                continue
-            if old is None:
-                merged.pop(key, None)
-            else:
-                merged[key] = old
-        return iter(sorted(merged.items()))
+        return self._shadow.get(key, value)
 
     def bucket_items(self, bucket: int) -> Iterator[tuple[bytes, bytes]]:
-        return self._shadowed(
-            _strip(self._kv.iterate(schema.state_bucket_prefix(bucket))), lambda k: bucket_of(k) == bucket
-        )
+        stored = list(self.stored_bucket_items(bucket))  # all first (a LevelDB iterator is a snapshot)
+        return _overlaid(stored, self._shadow_buckets.get(bucket))
 
     def leaves(self) -> Iterator[tuple[bytes, bytes]]:
-        return self._shadowed(_strip(self._kv.iterate(schema.STATE)), lambda k: True)
+        stored = list(_strip(self._kv.iterate(schema.STATE)))
+        return _overlaid(stored, self._shadow)
 
     def stored_bucket_items(self, bucket: int) -> Iterator[tuple[bytes, bytes]]:
         """What the store holds now, written but unpublished records included."""
@@ -119,6 +107,21 @@ class StoreStateView:
 
     def burned(self) -> int:
         return read_burned(self)
+
+
+def _overlaid(
+    stored: list[tuple[bytes, bytes]], shadow: dict[bytes, bytes | None] | None
+) -> Iterator[tuple[bytes, bytes]]:
+    """``stored`` records (in key order) with the shadowed ones shown at their old values."""
+    if not shadow:
+        return iter(stored)
+    merged = dict(stored)
+    for key, old in shadow.items():
+        if old is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = old
+    return iter(sorted(merged.items()))
 
 
 def _strip(items: Iterator[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:
