@@ -9,7 +9,7 @@ from aitbc_p2p.chain.blocks import build_block, encode_receipts, receipts_root
 from aitbc_p2p.chain.commitment import StateTree, bucket_of, leaf_data, prove
 from aitbc_p2p.chain.merkle import merkle_proof, verify_proof
 from aitbc_p2p.chain.models import Block, BlockHeader
-from aitbc_p2p.chain.state import JobStatus, Overlay, account_key, supply_of
+from aitbc_p2p.chain.state import Account, JobStatus, Overlay, account_key, supply_of
 from aitbc_p2p.chain.transition import ChainRules, Receipt, apply_tx, check_stateless
 from aitbc_p2p.chain.votes import Vote, VoteStep
 from aitbc_p2p.codec import encode
@@ -270,6 +270,15 @@ def test_transfer_moves_funds_and_burns_fee(chain, alice, bob):
     total_is_conserved(chain)
 
 
+def test_a_transfer_to_oneself_costs_the_fee_only(chain, alice):
+    before = chain.state.account(alice.address)
+    applied = chain.add_block([make_tx(alice, to=alice.address, amount=500, fee=1000)])
+    after = chain.state.account(alice.address)
+    assert (after.balance, after.nonce) == (before.balance - 1000, before.nonce + 1)
+    assert applied.receipts[0].events == (("transfer", alice.address, 500),)
+    total_is_conserved(chain)
+
+
 def test_escrow_settles_exactly_once(chain, alice, bob):
     chain.add_block([_open(alice, bob)])
     assert chain.state.job(Hash32(JOB)).status is JobStatus.OPEN
@@ -475,6 +484,9 @@ def test_genesis_json_roundtrip_and_errors(genesis):
     [
         Receipt(Hash32(b"\x11" * 32), 0, 0),
         Receipt(Hash32(b"\x22" * 32), 999, 10**6, (("transfer", "aitbc1abc", "aitbc1def", 2**64 - 1), ("burn", 7))),
+        Receipt(Hash32(b"\x44" * 32), 1000, 10**4, (("transfer", "aitbc1" + "q" * 58, 2**64 - 1),)),
+        Receipt(Hash32(b"\x55" * 32), 23, 24, (("transfer", "aitbc1q", 0),)),
+        Receipt(Hash32(b"\x66" * 32), 1, 1, (("transfer", b"not text", 5),)),  # not from the transition
         Receipt(Hash32(b"\x33" * 32), 2**32, 2**40, (("job_open", b"\x01" * 32, "aitbc1x", {"max_price": 5}),)),
     ],
 )
@@ -485,3 +497,17 @@ def test_assembled_receipt_and_record_encodings_are_the_canonical_ones(receipt):
     assert encode_receipts([receipt, receipt]) == encode([receipt.to_wire(), receipt.to_wire()])
     key, value = b"a" * 23, b"v" * 300
     assert leaf_data(key, value) == encode([key, value])
+
+
+@pytest.mark.parametrize(
+    "account",
+    [
+        Account(),
+        Account(2**64 - 1, 2**64 - 1, 2**64 - 1, ((2**64 - 1, 2**32), (1, 23), (24, 255), (256, 65535)), True, 9),
+        Account(10**15, 24, 0, (), False, 65536),
+    ],
+)
+def test_assembled_account_encoding_is_the_canonical_one(account):
+    wire = [account.balance, account.nonce, account.stake, [list(u) for u in account.unbonding]]
+    assert account.encode() == encode([*wire, account.provider, account.active_jobs])
+    assert Account.decode(account.encode()) == account

@@ -93,6 +93,21 @@ def test_full_pool_evicts_the_cheapest_tail(chain, genesis, alice, bob, authorit
     assert pool.statistics().evicted == 1
 
 
+def test_a_full_pool_names_a_transactions_own_fault_first_and_keeps_its_queues(chain, genesis, alice, bob, authority):
+    pool = Mempool(ChainRules.of(genesis), max_size=3)
+    state = chain.state
+    for key, fee in ((alice, 5000), (bob, 3000), (authority, 4000)):
+        pool.add(make_tx(key, nonce=0, fee=fee), state, height=0)
+    # It would pay enough to evict bob's, but it cannot apply: nothing is evicted.
+    refused("InsufficientFunds", pool, make_tx(alice, nonce=1, amount=10**19, fee=9000), state)
+    refused("PoolFull", pool, make_tx(alice, nonce=1, fee=1000), state)
+    pool.max_size = 4
+    # Neither refusal moved alice's projected nonce.
+    late = make_tx(alice, nonce=1, fee=1000)
+    pool.add(late, state, height=0)
+    assert pool.is_ready(late.hash) and pool.pending_nonce(alice.address, state) == 2
+
+
 def test_prune_after_commit_and_reinject_after_reorg(chain, genesis, alice):
     pool = Mempool(ChainRules.of(genesis))
     txs = [make_tx(alice, nonce=n) for n in range(3)]
@@ -120,7 +135,7 @@ def test_admission_while_a_block_is_written_sees_one_consistent_state(tmp_path, 
     for tx in txs[:5]:
         pool.add(tx, store.state, height=0)
     store.write_block(chain.add_block(txs[:3]))  # in the node: a worker thread
-    store.state._accounts.clear()  # as for an account not read since the last publish
+    store.state.clear_cache()  # as for an account not read since the last publish
     pool.add(txs[5], store.state, height=store.head.height)
     assert pool.is_ready(txs[5].hash)
     store.publish()  # then, in one step on the event loop:

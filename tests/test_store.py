@@ -5,6 +5,7 @@ import pytest
 from aitbc_p2p.chain.commitment import bucket_of, bucket_root
 from aitbc_p2p.exceptions import StoreError
 from aitbc_p2p.store import ChainStore, LevelDBKV, MemoryKV
+from aitbc_p2p.store.chain import StoreStateView
 from aitbc_p2p.testing import ChainBuilder, make_genesis, make_key, make_tx
 
 
@@ -22,6 +23,13 @@ def test_kv_basics(make_kv):
     assert kv.get(b"a:1") == b"1" and kv.get(b"zz") is None
     assert list(kv.iterate(b"a:")) == [(b"a:1", b"1"), (b"a:2", b"2")]
     assert list(kv.iterate(b"a:", reverse=True)) == [(b"a:2", b"2"), (b"a:1", b"1")]
+    # Any order of prefixes, one list each, an empty one where nothing matches.
+    assert kv.scan([b"b:", b"a:", b"zz", b"a:2"]) == [
+        [(b"b:1", b"x")],
+        [(b"a:1", b"1"), (b"a:2", b"2")],
+        [],
+        [(b"a:2", b"2")],
+    ]
     kv.write([(b"c", b"3")], [b"a:1"])
     assert kv.get(b"a:1") is None and kv.get(b"c") == b"3"
     kv.close()
@@ -85,6 +93,32 @@ def test_cached_accounts_follow_commits_and_reverts(make_kv, genesis, authority,
     assert store.state.account(alice.address).nonce == 0
 
 
+def test_cached_records_agree_with_the_store(make_kv, genesis, authority, alice, bob):
+    """A publish updates the record cache with the block's writes instead of dropping it;
+    every cached record must equal what a cold reader finds in the store."""
+    store = ChainStore(make_kv(), genesis)
+    builder = ChainBuilder(genesis, [authority])
+    carol = make_key("carol").address
+
+    def agrees() -> None:
+        cold = StoreStateView(store.kv)
+        leaves = dict(cold.leaves())
+        assert leaves == dict(builder.state.leaves())
+        assert {key: store.state.get(key) for key in leaves} == leaves
+        assert store.state.burned() == cold.burned() == builder.state.burned()
+        assert store.state.account(carol) == cold.account(carol)
+
+    for nonce in range(3):
+        store.state.account(carol)  # cached before it exists, then written
+        store.commit(builder.add_block([make_tx(alice, nonce=nonce, to=(carol, bob.address)[nonce % 2], amount=5)]))
+        agrees()
+    store.revert_head()
+    builder = ChainBuilder(genesis, [authority])
+    builder.add_block([make_tx(alice, nonce=0, to=carol, amount=5)])
+    builder.add_block([make_tx(alice, nonce=1, to=bob.address, amount=5)])
+    agrees()
+
+
 def test_a_written_block_is_invisible_until_published(make_kv, genesis, authority, alice, bob):
     """The node writes a block in a worker thread while the event loop keeps reading:
     until ``publish``, readers see the old head, balances, nonces and state tree."""
@@ -96,16 +130,15 @@ def test_a_written_block_is_invisible_until_published(make_kv, genesis, authorit
     before = {a: store.state.account(a) for a in (alice.address, bob.address)}
     carol = make_key("carol")  # a record that does not exist yet
     applied = builder.add_block([make_tx(alice, nonce=1, to=carol.address, amount=9)])
-    store.state._accounts.clear()  # readers below go to the store, not to the cache
+    store.state.clear_cache()  # readers below go to the store, not to the cache
     store.write_block(applied)
     assert store.head == head and store.state.tree() is tree
     assert {a: store.state.account(a) for a in (alice.address, bob.address)} == before
     assert store.state.account(carol.address).balance == 0
     assert dict(store.state.leaves()) == leaves
-    for bucket in {bucket_of(k) for k in applied.state.changes}:
-        assert bucket_root(store.state.bucket_items(bucket)) == bucket_root(
-            (k, v) for k, v in leaves.items() if bucket_of(k) == bucket
-        )
+    touched = {bucket_of(k) for k in applied.state.changes}
+    for bucket, records in store.state.bucket_records(touched).items():
+        assert bucket_root(records) == bucket_root((k, v) for k, v in leaves.items() if bucket_of(k) == bucket)
     assert store.block(2) == applied.block  # the block itself is on disk already
     with pytest.raises(StoreError, match="not yet published"):
         store.write_block(applied)

@@ -42,6 +42,18 @@ class ChainRules:
 
 _RECEIPT_TX = b"\xa4\x62tx\x58\x20"
 """A 4-map, its first key "tx" and the head of a 32-byte string."""
+_TRANSFER_EVENTS = b"\x81\x83\x68transfer"
+"""A 1-array holding a 3-array whose first item is the text "transfer"."""
+
+
+def _encode_events(events: tuple[tuple[Any, ...], ...]) -> bytes:
+    """``canonical([list(e) for e in events])``; a transfer's one event is assembled."""
+    if len(events) == 1 and len(event := events[0]) == 3 and event[0] == "transfer":
+        _, to, amount = event
+        if type(to) is str and type(amount) is int and 0 <= amount <= MAX_AMOUNT:
+            raw = to.encode()
+            return _TRANSFER_EVENTS + head(3, len(raw)) + raw + head(0, amount)
+    return encode([list(e) for e in events], check=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +76,7 @@ class Receipt:
             # canonical(to_wire()), assembled (once per receipt per block, so it counts):
             # the keys in canonical order (shorter first), then the values built by the
             # transition from checked data, so no type walk.
-            events = encode([list(e) for e in self.events], check=False)
+            events = _encode_events(self.events)
             raw = _RECEIPT_TX + self.tx + b"\x63fee" + head(0, self.fee) + b"\x65index" + head(0, self.index)
             object.__setattr__(self, "_raw", raw + b"\x66events" + events)
         return self._raw
@@ -149,8 +161,9 @@ class _Writes:
         return burned
 
 
-def apply_tx(state: Overlay, tx: Transaction, *, height: int, rules: ChainRules) -> Receipt:
-    """Apply one stateless-checked transaction at block ``height``; all checks come first.
+def apply_tx(state: Overlay, tx: Transaction, *, height: int, rules: ChainRules, index: int = 0) -> Receipt:
+    """Apply one stateless-checked transaction at block ``height`` (the block's
+    ``index``-th); all checks come first.
 
     Raises:
         TxRejected: NonceTooLow, NonceTooHigh, InsufficientFunds, InsufficientStake,
@@ -170,16 +183,32 @@ def apply_tx(state: Overlay, tx: Transaction, *, height: int, rules: ChainRules)
         raise TxRejected(
             "InsufficientFunds", f"balance {sender.balance} is below {spend}", balance=sender.balance, needed=spend
         )
+    paid = Account(
+        sender.balance - spend, sender.nonce + 1, sender.stake, sender.unbonding, sender.provider, sender.active_jobs
+    )
+    kind = tx.kind
+    if kind is TxKind.TRANSFER:
+        # The bulk of every block, so without the staging below: the same checks (only
+        # the recipient's bound can fail now), then the same writes.
+        to, amount = Address(p["to"]), p["amount"]
+        recipient = paid if to == tx.sender else state.account(to)
+        credited = Account(
+            _add(recipient.balance, amount, "balance"), recipient.nonce, recipient.stake, recipient.unbonding,
+            recipient.provider, recipient.active_jobs,
+        )  # fmt: skip
+        burned = _add(state.burned(), tx.fee, "burned")
+        state.set_account(tx.sender, paid)
+        if amount:
+            state.set_account(to, credited)
+        state.set_burned(burned)
+        return Receipt(tx.hash, index, tx.fee, (("transfer", to, amount),))
+
     w = _Writes(state)
-    w.put(tx.sender, sender.with_(balance=sender.balance - spend, nonce=sender.nonce + 1))
+    w.put(tx.sender, paid)
     w.burn = tx.fee
     job_id = Hash32(p["job_id"]) if "job_id" in p else None
-    kind = tx.kind
 
-    if kind is TxKind.TRANSFER:
-        w.credit(Address(p["to"]), p["amount"])
-        w.events.append(("transfer", p["to"], p["amount"]))
-    elif kind is TxKind.STAKE:
+    if kind is TxKind.STAKE:
         me = w.get(tx.sender)
         w.put(tx.sender, me.with_(stake=_add(me.stake, p["amount"], "stake")))
         w.events.append(("staked", p["amount"]))
@@ -304,7 +333,7 @@ def apply_tx(state: Overlay, tx: Transaction, *, height: int, rules: ChainRules)
     if w.evidence is not None:
         state.set_evidence(w.evidence, height)
     state.set_burned(_add(state.burned(), w.burn, "burned"))
-    return Receipt(tx.hash, 0, tx.fee, tuple(w.events))
+    return Receipt(tx.hash, index, tx.fee, tuple(w.events))
 
 
 def _release(w: _Writes, job: Job, status: JobStatus) -> None:
@@ -335,11 +364,10 @@ def apply_txs(
     for index, tx in enumerate(txs):
         check_stateless(tx, rules, verified=tx.hash in verified)
         try:
-            receipt = apply_tx(state, tx, height=height, rules=rules)
+            receipts.append(apply_tx(state, tx, height=height, rules=rules, index=index))
         except TxRejected as e:
             e.details["index"] = index
             raise
-        receipts.append(Receipt(receipt.tx, index, receipt.fee, receipt.events))
     return state, receipts
 
 

@@ -103,11 +103,17 @@ def head(major: int, length: int) -> bytes:
 
     Used to assemble a canonical container around items that are already encoded.
     """
+    # Unrolled: several calls per transaction on the block-building path.
     if length < 24:
-        return bytes([major << 5 | length])
-    for info, size in ((24, 1), (25, 2), (26, 4), (27, 8)):
-        if length < 1 << (8 * size):
-            return bytes([major << 5 | info]) + length.to_bytes(size, "big")
+        return bytes((major << 5 | length,))
+    if length < 0x100:
+        return bytes((major << 5 | 24, length))
+    if length < 0x10000:
+        return bytes((major << 5 | 25,)) + length.to_bytes(2, "big")
+    if length < 0x100000000:
+        return bytes((major << 5 | 26,)) + length.to_bytes(4, "big")
+    if length < 0x10000000000000000:
+        return bytes((major << 5 | 27,)) + length.to_bytes(8, "big")
     raise CodecError("length beyond 64 bits")
 
 

@@ -115,13 +115,20 @@ class Mempool:
                 )
             if view.account(tx.sender).balance < tx.fee:
                 raise TxRejected("InsufficientFunds", "the balance does not cover the fee")
-        staged = self._trial(tx, view, height) if tx.nonce == following else None  # raises a named reason
-        evicted = self._make_room(tx)  # evicts another sender's transaction, if any
-        if staged is None:
+        if tx.nonce > following:
+            evicted = self._make_room(tx)  # evicts another sender's transaction, if any
             self._future.setdefault(tx.sender, {})[tx.nonce] = tx
         else:
-            projected, trial = staged
-            projected.absorb(trial)
+            projected = self._projection(tx.sender, view, height)
+            if len(self._by_hash) < self.max_size:
+                # A refused transaction changes nothing, so it may go straight on top.
+                apply_tx(projected, tx, height=height + 1, rules=self.rules)  # raises a named reason
+                evicted = []
+            else:  # its own reason before PoolFull, and the projection untouched by either
+                trial = Overlay(projected)
+                apply_tx(trial, tx, height=height + 1, rules=self.rules)
+                evicted = self._make_room(tx)
+                projected.absorb(trial)
             self._ready.setdefault(tx.sender, {})[tx.nonce] = tx
             self._promote(tx.sender, view, height)
         self._by_hash[tx.hash] = tx
@@ -136,17 +143,6 @@ class Mempool:
             self._projected[sender] = projected
         return projected
 
-    def _trial(self, tx: Transaction, view: StateView, height: int) -> tuple[Overlay, Overlay]:
-        """``(projection, trial)``: ``tx`` applied on top of its sender's projection, which
-        takes it only when the caller absorbs the trial.
-
-        Raises TxRejected with a named reason; the projection is unchanged then.
-        """
-        projected = self._projection(tx.sender, view, height)
-        trial = Overlay(projected)
-        apply_tx(trial, tx, height=height + 1, rules=self.rules)
-        return projected, trial
-
     def _promote(self, sender: Address, view: StateView, height: int) -> None:
         """Move future transactions that the new ready tail makes contiguous."""
         future = self._future.get(sender)
@@ -156,11 +152,10 @@ class Mempool:
             if tx is None:
                 break
             try:
-                projected, trial = self._trial(tx, view, height)
-            except TxRejected:
+                apply_tx(self._projection(sender, view, height), tx, height=height + 1, rules=self.rules)
+            except TxRejected:  # the projection is unchanged
                 self._forget(tx)
                 continue
-            projected.absorb(trial)
             self._ready[sender][tx.nonce] = tx
         if not future:
             self._future.pop(sender, None)
@@ -279,8 +274,11 @@ class Mempool:
         self._projected.clear()
         for sender in list(set(self._ready) | set(self._future)) if senders is None else set(senders):
             committed = view.account(sender).nonce
+            ready = self._ready.get(sender)
+            if ready and sender not in self._future and next(iter(ready)) == committed:
+                continue  # the usual case: the block took a prefix of the ready queue
             waiting = {**self._future.pop(sender, {}), **self._ready.pop(sender, {})}
-            ready: dict[int, Transaction] = {}
+            ready = {}
             future: dict[int, Transaction] = {}
             for nonce in sorted(waiting):
                 tx = waiting[nonce]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 
 
@@ -11,6 +11,11 @@ class KeyValueStore(Protocol):
 
     def iterate(self, prefix: bytes, *, reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
         """Items whose key starts with ``prefix``, in key order (or reversed)."""
+        ...
+
+    def scan(self, prefixes: Sequence[bytes]) -> list[list[tuple[bytes, bytes]]]:
+        """The items under each prefix, in key order, all read from one snapshot: many
+        small prefix reads for the price of one iterator and a seek each."""
         ...
 
     def write(self, puts: Iterable[tuple[bytes, bytes]], deletes: Iterable[bytes] = (), *, sync: bool = True) -> None:

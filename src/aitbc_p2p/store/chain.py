@@ -9,7 +9,7 @@ record lets fork choice revert blocks that are not final.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,20 @@ from aitbc_p2p.types import Address, Hash32
 logger = logging.getLogger(__name__)
 
 
+_UNCACHED = object()
+
+
+@dataclass(frozen=True, slots=True)
+class _Written:
+    """A block written but not yet published: what :meth:`ChainStore.publish` moves."""
+
+    header: BlockHeader
+    tree: StateTree
+    records: Mapping[bytes, bytes] | None = None
+    """Every state record written, or None (a revert): the read caches are dropped then."""
+    accounts: Mapping[Address, Account] | None = None
+
+
 class StoreStateView:
     """The committed state as a :class:`~aitbc_p2p.chain.state.StateView`.
 
@@ -38,9 +52,11 @@ class StoreStateView:
     the records it changes are read from a *shadow* of their old values, so a reader on
     the event loop never sees half a block or a state ahead of ``ChainStore.head``.
 
-    Decoded accounts are cached until the next publish. Readers may run in worker threads
-    while a write runs in another, so a read stores its result only if no publish came
-    meanwhile (a generation number).
+    Records read are cached, raw, and accounts also decoded; a publish updates both
+    caches with what the block wrote (a revert empties them), so a block's reads and the
+    old values its write keeps in the undo record and the shadow rarely reach LevelDB.
+    Readers may run in worker threads while a write runs in another, so a read stores
+    its result only if no publish came meanwhile (a generation number).
     """
 
     MAX_CACHED = 1 << 16
@@ -48,15 +64,33 @@ class StoreStateView:
     def __init__(self, kv: KeyValueStore, tree: StateTree | None = None) -> None:
         self._kv = kv
         self._tree = tree
+        self._records: dict[bytes, bytes | None] = {}
         self._accounts: dict[Address, Account] = {}
         self._generation = 0
         self._shadow: dict[bytes, bytes | None] = {}
         self._shadow_buckets: dict[int, dict[bytes, bytes | None]] = {}
 
-    def changed(self) -> None:
-        """Call when written state records become visible: drops the shadow and the cache."""
+    def changed(
+        self, records: Mapping[bytes, bytes] | None = None, accounts: Mapping[Address, Account] | None = None
+    ) -> None:
+        """Call when written state records become visible: drops the shadow, and the
+        caches unless ``records`` holds every record written and ``accounts`` the new
+        value of every account among them."""
         self._generation += 1
         self._shadow, self._shadow_buckets = {}, {}
+        if records is None or accounts is None:
+            self.clear_cache()
+            return
+        if len(self._records) + len(records) > self.MAX_CACHED:
+            self._records.clear()
+        if len(self._accounts) + len(accounts) > self.MAX_CACHED:
+            self._accounts.clear()
+        self._records.update(records)
+        self._accounts.update(accounts)
+
+    def clear_cache(self) -> None:
+        """Forget every cached record: the next reads go to the store."""
+        self._records.clear()
         self._accounts.clear()
 
     def shadow(self, old: dict[bytes, bytes | None]) -> None:
@@ -70,22 +104,30 @@ class StoreStateView:
         self._shadow = old
 
     def get(self, key: bytes) -> bytes | None:
+        cached = self._records.get(key, _UNCACHED)
+        if cached is not _UNCACHED:
+            return cached  # type: ignore[return-value]
+        generation = self._generation
         # The store first, the shadow second: a writer sets the shadow before it writes,
         # so a value read here that is already new is always covered by the shadow.
-        value = self._kv.get(schema.state_key(key))
-        return self._shadow.get(key, value)
+        value = self._shadow.get(key, self._kv.get(schema.state_key(key)))
+        if generation == self._generation and len(self._records) < self.MAX_CACHED:
+            self._records[key] = value
+        return value
 
-    def bucket_items(self, bucket: int) -> Iterator[tuple[bytes, bytes]]:
-        stored = list(self.stored_bucket_items(bucket))  # all first (a LevelDB iterator is a snapshot)
-        return _overlaid(stored, self._shadow_buckets.get(bucket))
+    def bucket_records(self, buckets: Iterable[int]) -> dict[int, list[tuple[bytes, bytes]]]:
+        stored = self.stored_bucket_records(buckets)  # one snapshot, then the shadow
+        return {bucket: _overlaid(items, self._shadow_buckets.get(bucket)) for bucket, items in stored.items()}
 
     def leaves(self) -> Iterator[tuple[bytes, bytes]]:
         stored = list(_strip(self._kv.iterate(schema.STATE)))
-        return _overlaid(stored, self._shadow)
+        return iter(_overlaid(stored, self._shadow))
 
-    def stored_bucket_items(self, bucket: int) -> Iterator[tuple[bytes, bytes]]:
+    def stored_bucket_records(self, buckets: Iterable[int]) -> dict[int, list[tuple[bytes, bytes]]]:
         """What the store holds now, written but unpublished records included."""
-        return _strip(self._kv.iterate(schema.state_bucket_prefix(bucket)))
+        wanted = list(buckets)
+        found = self._kv.scan([schema.state_bucket_prefix(bucket) for bucket in wanted])
+        return {bucket: list(_strip(items)) for bucket, items in zip(wanted, found, strict=True)}
 
     def tree(self) -> StateTree:
         if self._tree is None:
@@ -106,25 +148,23 @@ class StoreStateView:
         return read_job(self, job_id)
 
     def burned(self) -> int:
-        return read_burned(self)
+        return read_burned(self)  # through the record cache
 
 
-def _overlaid(
-    stored: list[tuple[bytes, bytes]], shadow: dict[bytes, bytes | None] | None
-) -> Iterator[tuple[bytes, bytes]]:
+def _overlaid(stored: list[tuple[bytes, bytes]], shadow: dict[bytes, bytes | None] | None) -> list[tuple[bytes, bytes]]:
     """``stored`` records (in key order) with the shadowed ones shown at their old values."""
     if not shadow:
-        return iter(stored)
+        return stored
     merged = dict(stored)
     for key, old in shadow.items():
         if old is None:
             merged.pop(key, None)
         else:
             merged[key] = old
-    return iter(sorted(merged.items()))
+    return sorted(merged.items())
 
 
-def _strip(items: Iterator[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:
+def _strip(items: Iterable[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:
     """State records without their ``s:`` + bucket prefix: ``(record key, value)``."""
     n = len(schema.STATE) + 2
     for key, value in items:
@@ -162,13 +202,15 @@ def _history_keys(block: Block, view: StateView) -> list[tuple[bytes, int]]:
     client and provider.
     """
     out: list[tuple[bytes, int]] = []
+    height = schema.u64(block.height)
     for i, tx in enumerate(block.txs):
         parties: set[str] = set(tx.parties())
         if "job_id" in tx.payload:
             job = view.job(tx.payload["job_id"])
             if job is not None:
                 parties |= {job.client, job.provider}
-        out += [(schema.history_key(a, block.height, i), i) for a in sorted(parties)]
+        at = height + schema.u32(i)
+        out += [(schema.history_prefix(a) + at, i) for a in sorted(parties)]  # history_key, per block
     return out
 
 
@@ -179,7 +221,7 @@ class ChainStore:
         self.kv = kv
         self.genesis = genesis
         self.state = StoreStateView(kv)
-        self._unpublished: tuple[BlockHeader, StateTree] | None = None
+        self._unpublished: _Written | None = None
         stored = kv.get(schema.GENESIS)
         if stored is None:
             self.kv.write([(schema.SCHEMA, bytes([schema.SCHEMA_VERSION])), (schema.GENESIS, genesis.hash)])
@@ -241,7 +283,7 @@ class ChainStore:
         puts += [(key, block.txs[i].hash) for key, i in _history_keys(block, applied.state)]
         crash_point("commit.before_batch")
         self._write(old, puts, [schema.fork_key(block.hash)])
-        self._unpublished = (block.header, applied.tree)
+        self._unpublished = _Written(block.header, applied.tree, changes, applied.state.accounts)
         crash_point("commit.after_batch")
 
     def publish(self) -> None:
@@ -250,16 +292,15 @@ class ChainStore:
         with the state, such as the mempool, and no checkpoint in between)."""
         if self._unpublished is None:
             return
-        header, tree = self._unpublished
-        self._unpublished = None
-        self.state.changed()
-        self.state._tree = tree
-        self._head = header
+        written, self._unpublished = self._unpublished, None
+        self.state.changed(written.records, written.accounts)
+        self.state._tree = written.tree
+        self._head = written.header
         crash_point("commit.after_head")
 
     def _check_published(self) -> None:
         if self._unpublished is not None:
-            raise StoreError(f"block {self._unpublished[0].height} is written but not yet published")
+            raise StoreError(f"block {self._unpublished.header.height} is written but not yet published")
 
     def _write(self, old: dict[bytes, bytes | None], puts: list[tuple[bytes, bytes]], deletes: list[bytes]) -> None:
         self.state.shadow(old)
@@ -310,8 +351,9 @@ class ChainStore:
         deletes += [schema.tx_key(tx.hash) for tx in block.txs]
         deletes += [key for key, _ in _history_keys(block, self.state)]  # the state is still the block's
         self._write(old, puts, deletes)
-        tree = self.state.tree().updated({b: bucket_root(self.state.stored_bucket_items(b)) for b in touched})
-        self._unpublished = (parent.header, tree)
+        stored = self.state.stored_bucket_records(sorted(touched))
+        tree = self.state.tree().updated({b: bucket_root(records) for b, records in stored.items()})
+        self._unpublished = _Written(parent.header, tree)
         if tree.root != parent.header.state_root:
             self.publish()  # what is on disk now
             raise StoreError(f"state after reverting block {h} does not match block {h - 1}")
@@ -373,7 +415,8 @@ class ChainStore:
 
     def state_proof(self, key: bytes) -> StateProof | None:
         """A proof that a state record is under the head's state_root, or None if absent."""
-        return prove(self.state.tree(), list(self.state.bucket_items(bucket_of(key))), key)
+        bucket = bucket_of(key)
+        return prove(self.state.tree(), self.state.bucket_records([bucket])[bucket], key)
 
     def history(self, address: Address, *, limit: int = 100) -> list[TxLocation]:
         """The newest ``limit`` committed transactions touching ``address``, newest first."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import plyvel
@@ -35,6 +35,22 @@ class LevelDBKV:
                     yield bytes(key), bytes(value)
         except (plyvel.Error, RuntimeError) as e:
             raise StoreError(f"iteration failed: {e}") from e
+
+    def scan(self, prefixes: Sequence[bytes]) -> list[list[tuple[bytes, bytes]]]:
+        out: list[list[tuple[bytes, bytes]]] = []
+        try:
+            with self._db.snapshot() as snapshot, snapshot.iterator() as it:
+                for prefix in prefixes:
+                    it.seek(prefix)
+                    items: list[tuple[bytes, bytes]] = []
+                    for key, value in it:
+                        if not key.startswith(prefix):
+                            break
+                        items.append((bytes(key), bytes(value)))
+                    out.append(items)
+        except (plyvel.Error, RuntimeError) as e:
+            raise StoreError(f"iteration failed: {e}") from e
+        return out
 
     def write(self, puts: Iterable[tuple[bytes, bytes]], deletes: Iterable[bytes] = (), *, sync: bool = True) -> None:
         try:

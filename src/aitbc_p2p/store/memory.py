@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 from aitbc_p2p.exceptions import StoreError
 
@@ -28,6 +28,9 @@ class MemoryKV:
             keys.append(key)
         for key in reversed(keys) if reverse else keys:
             yield key, self._data[key]
+
+    def scan(self, prefixes: Sequence[bytes]) -> list[list[tuple[bytes, bytes]]]:
+        return [list(self.iterate(prefix)) for prefix in prefixes]
 
     def write(self, puts: Iterable[tuple[bytes, bytes]], deletes: Iterable[bytes] = (), *, sync: bool = True) -> None:
         self._check()
