@@ -16,7 +16,9 @@ Prints progress to stderr and, as its last line, JSON:
 {"bench": "ledger", "raw_single_core_tx_s": ..., "node_tx_s": ..., "ratio": ..., "import_tx_s": ...}
 (a) and (b) alternate ``--repeat`` times (default 5) and the medians are reported, with the
 range of the per-run ratios: on a shared 2-core machine single runs vary by 30 %.
-The worker processes are started before the first run, as a running node has them.
+The worker processes are started before the first run, as a running node has them, and
+the garbage collector is tuned as the daemon tunes it (aitbc_p2p.node.runtime), for the
+whole process: both paths run under the same settings.
 Run: .venv/bin/python bench/ledger.py [--txs 4000] [--block-size 1000] [--bundle 250] [--repeat 5]
 """
 
@@ -38,6 +40,7 @@ from aitbc_p2p.chain.batch import Checked
 from aitbc_p2p.chain.transition import ChainRules
 from aitbc_p2p.crypto import PrivateKey
 from aitbc_p2p.mempool import Mempool
+from aitbc_p2p.node.runtime import tune_gc
 from aitbc_p2p.node.verify import admit_pipelined, verify_signatures, warm_up
 from aitbc_p2p.store import ChainStore, LevelDBKV
 from aitbc_p2p.testing import make_genesis, make_key, make_tx
@@ -169,8 +172,8 @@ def main() -> None:
     genesis = make_genesis([authority], dict.fromkeys(funded, 10**15), block_time_ms=1)
     dest = make_key("bench-dest").address
     print(f"signing {per_sender * len(senders)} transactions from {len(senders)} senders ...", file=sys.stderr)
-    txs = [make_tx(k, nonce=n, to=dest, amount=1) for n in range(per_sender) for k in senders]
-    wire = [tx.encode() for tx in txs]
+    wire = [make_tx(k, nonce=n, to=dest, amount=1).encode() for n in range(per_sender) for k in senders]
+    tune_gc()  # as the daemon does once it has started; for both paths alike
 
     with tempfile.TemporaryDirectory() as tmp:
         raws, nodes, shipped, import_s = trio.run(measure, args, wire, funded, dest, genesis, authority, Path(tmp))

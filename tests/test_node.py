@@ -176,3 +176,18 @@ async def test_poa_fork_choice_reorgs_to_the_primary_and_re_pools_reverted_txs(t
         assert node.supply()["total"] == genesis.total_supply
         assert not await node.import_block(backup.block)  # the worse tip is not taken back
         assert node.store.side_block(backup.block.hash) == backup.block
+
+
+def test_the_daemons_gc_tuning_freezes_what_is_alive_and_collects_less_often():
+    """Process-wide, so checked in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import gc; from aitbc_p2p.node.runtime import GEN0_THRESHOLD, tune_gc\n"
+        "alive = [[i] for i in range(1000)]; default = gc.get_threshold()\n"
+        "tune_gc()\n"
+        "print(default[0], gc.get_threshold() == (GEN0_THRESHOLD, *default[1:]), gc.get_freeze_count() > 1000)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["700", "True", "True"]

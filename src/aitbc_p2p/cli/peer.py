@@ -25,6 +25,7 @@ async def run_peer(cfg: PeerConfig) -> None:
     # Imported here, not at the top: worker processes that verify signatures start by
     # importing this (their parent's main) module, and need neither libp2p nor Quart.
     from aitbc_p2p.node import open_node
+    from aitbc_p2p.node.runtime import tune_gc
     from aitbc_p2p.rpc import ensure_token, serve_rpc
 
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
@@ -33,6 +34,7 @@ async def run_peer(cfg: PeerConfig) -> None:
     info_path.unlink(missing_ok=True)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_node(cfg.node) as node, trio.open_nursery() as nursery:
+            tune_gc()  # after start-up: what is alive now stays, and is no longer walked
             url = await nursery.start(
                 lambda task_status: serve_rpc(
                     node, token=token, host=cfg.rpc_host, port=cfg.rpc_port, task_status=task_status
