@@ -2,7 +2,7 @@
 
 import pytest
 
-from aitbc_p2p.chain.commitment import bucket_of, bucket_root
+from aitbc_p2p.chain.commitment import StateTree, bucket_of, bucket_root
 from aitbc_p2p.exceptions import StoreError
 from aitbc_p2p.store import ChainStore, LevelDBKV, MemoryKV
 from aitbc_p2p.store.chain import StoreStateView
@@ -94,8 +94,8 @@ def test_cached_accounts_follow_commits_and_reverts(make_kv, genesis, authority,
 
 
 def test_cached_records_agree_with_the_store(make_kv, genesis, authority, alice, bob):
-    """A publish updates the record cache with the block's writes instead of dropping it;
-    every cached record must equal what a cold reader finds in the store."""
+    """A publish updates the caches (records, accounts, bucket contents) with the block's
+    writes instead of dropping them; every cached read must equal a cold reader's."""
     store = ChainStore(make_kv(), genesis)
     builder = ChainBuilder(genesis, [authority])
     carol = make_key("carol").address
@@ -107,9 +107,13 @@ def test_cached_records_agree_with_the_store(make_kv, genesis, authority, alice,
         assert {key: store.state.get(key) for key in leaves} == leaves
         assert store.state.burned() == cold.burned() == builder.state.burned()
         assert store.state.account(carol) == cold.account(carol)
+        buckets = sorted({bucket_of(key) for key in leaves})
+        assert store.state.bucket_records(buckets) == cold.bucket_records(buckets)
+        assert store.state.tree().root == StateTree.from_records(leaves.items()).root == store.head.state_root
 
     for nonce in range(3):
         store.state.account(carol)  # cached before it exists, then written
+        store.state.bucket_records([bucket_of(b"a" + carol.encode())])
         store.commit(builder.add_block([make_tx(alice, nonce=nonce, to=(carol, bob.address)[nonce % 2], amount=5)]))
         agrees()
     store.revert_head()

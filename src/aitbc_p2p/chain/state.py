@@ -207,6 +207,8 @@ class Overlay:
         self._jobs: dict[bytes, Job | None] = {}
         self._burned: int | None = None
         self._burned_set = False  # encoded into the raw changes only when they are read
+        self.bucket_contents: dict[int, list[tuple[bytes, bytes]]] = {}
+        """Set by :meth:`tree`: every bucket it re-hashed, with all its records here."""
 
     # typed access: every write goes through a setter that updates both the typed
     # cache and the raw changes, so an address not cached here is the base's.
@@ -305,13 +307,14 @@ class Overlay:
         """The base tree with every bucket this overlay touched re-hashed."""
         by_bucket = self._changes_by_bucket()
         base = self.base.bucket_records(sorted(by_bucket))
-        roots = {}
+        contents = {}
         for bucket, changed in by_bucket.items():
             records = base[bucket]
             if records:
                 changed = {**dict(records), **changed}
-            roots[bucket] = bucket_root(sorted(changed.items()))
-        return self.base.tree().updated(roots)
+            contents[bucket] = sorted(changed.items())
+        self.bucket_contents = contents
+        return self.base.tree().updated({bucket: bucket_root(records) for bucket, records in contents.items()})
 
 
 class EmptyState:

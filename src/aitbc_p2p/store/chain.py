@@ -41,6 +41,8 @@ class _Written:
     records: Mapping[bytes, bytes] | None = None
     """Every state record written, or None (a revert): the read caches are dropped then."""
     accounts: Mapping[Address, Account] | None = None
+    buckets: Mapping[int, list[tuple[bytes, bytes]]] | None = None
+    """The new contents of buckets the block changed, as its state tree computed them."""
 
 
 class StoreStateView:
@@ -52,30 +54,38 @@ class StoreStateView:
     the records it changes are read from a *shadow* of their old values, so a reader on
     the event loop never sees half a block or a state ahead of ``ChainStore.head``.
 
-    Records read are cached, raw, and accounts also decoded; a publish updates both
-    caches with what the block wrote (a revert empties them), so a block's reads and the
-    old values its write keeps in the undo record and the shadow rarely reach LevelDB.
+    Records read are cached, raw, and accounts also decoded, and so are the contents of
+    commitment buckets; a publish updates the caches with what the block wrote (a revert
+    empties them), so a block's reads, the buckets its state root re-hashes and the old
+    values its write keeps in the undo record and the shadow rarely reach LevelDB.
     Readers may run in worker threads while a write runs in another, so a read stores
     its result only if no publish came meanwhile (a generation number).
     """
 
     MAX_CACHED = 1 << 16
+    MAX_CACHED_BUCKETS = 1 << 14
+    """A quarter of the buckets: about a quarter of the state's records."""
 
     def __init__(self, kv: KeyValueStore, tree: StateTree | None = None) -> None:
         self._kv = kv
         self._tree = tree
         self._records: dict[bytes, bytes | None] = {}
         self._accounts: dict[Address, Account] = {}
+        self._buckets: dict[int, list[tuple[bytes, bytes]]] = {}
         self._generation = 0
         self._shadow: dict[bytes, bytes | None] = {}
         self._shadow_buckets: dict[int, dict[bytes, bytes | None]] = {}
 
     def changed(
-        self, records: Mapping[bytes, bytes] | None = None, accounts: Mapping[Address, Account] | None = None
+        self,
+        records: Mapping[bytes, bytes] | None = None,
+        accounts: Mapping[Address, Account] | None = None,
+        buckets: Mapping[int, list[tuple[bytes, bytes]]] | None = None,
     ) -> None:
         """Call when written state records become visible: drops the shadow, and the
-        caches unless ``records`` holds every record written and ``accounts`` the new
-        value of every account among them."""
+        caches unless ``records`` holds every record written, ``accounts`` the new value
+        of every account among them and ``buckets`` the new contents of buckets (a
+        bucket of a written record that is missing there is dropped from the cache)."""
         self._generation += 1
         self._shadow, self._shadow_buckets = {}, {}
         if records is None or accounts is None:
@@ -87,11 +97,20 @@ class StoreStateView:
             self._accounts.clear()
         self._records.update(records)
         self._accounts.update(accounts)
+        fresh = buckets or {}
+        for key in records:
+            bucket = bucket_of(key)
+            if bucket not in fresh:
+                self._buckets.pop(bucket, None)
+        if len(self._buckets) + len(fresh) > self.MAX_CACHED_BUCKETS:
+            self._buckets.clear()
+        self._buckets.update(fresh)
 
     def clear_cache(self) -> None:
-        """Forget every cached record: the next reads go to the store."""
+        """Forget every cached record and bucket: the next reads go to the store."""
         self._records.clear()
         self._accounts.clear()
+        self._buckets.clear()
 
     def shadow(self, old: dict[bytes, bytes | None]) -> None:
         """Keep showing these values (None: absent) until :meth:`changed`. Call before
@@ -116,8 +135,23 @@ class StoreStateView:
         return value
 
     def bucket_records(self, buckets: Iterable[int]) -> dict[int, list[tuple[bytes, bytes]]]:
-        stored = self.stored_bucket_records(buckets)  # one snapshot, then the shadow
-        return {bucket: _overlaid(items, self._shadow_buckets.get(bucket)) for bucket, items in stored.items()}
+        """The lists returned are shared with the cache: read them, never change them."""
+        out: dict[int, list[tuple[bytes, bytes]]] = {}
+        missing: list[int] = []
+        for bucket in buckets:
+            cached = self._buckets.get(bucket)
+            if cached is None:
+                missing.append(bucket)
+            else:
+                out[bucket] = cached
+        if missing:
+            generation = self._generation
+            stored = self.stored_bucket_records(missing)  # one snapshot, then the shadow
+            found = {bucket: _overlaid(items, self._shadow_buckets.get(bucket)) for bucket, items in stored.items()}
+            if generation == self._generation and len(self._buckets) + len(found) <= self.MAX_CACHED_BUCKETS:
+                self._buckets.update(found)
+            out.update(found)
+        return out
 
     def leaves(self) -> Iterator[tuple[bytes, bytes]]:
         stored = list(_strip(self._kv.iterate(schema.STATE)))
@@ -283,7 +317,8 @@ class ChainStore:
         puts += [(key, block.txs[i].hash) for key, i in _history_keys(block, applied.state)]
         crash_point("commit.before_batch")
         self._write(old, puts, [schema.fork_key(block.hash)])
-        self._unpublished = _Written(block.header, applied.tree, changes, applied.state.accounts)
+        state = applied.state
+        self._unpublished = _Written(block.header, applied.tree, changes, state.accounts, state.bucket_contents)
         crash_point("commit.after_batch")
 
     def publish(self) -> None:
@@ -293,7 +328,7 @@ class ChainStore:
         if self._unpublished is None:
             return
         written, self._unpublished = self._unpublished, None
-        self.state.changed(written.records, written.accounts)
+        self.state.changed(written.records, written.accounts, written.buckets)
         self.state._tree = written.tree
         self._head = written.header
         crash_point("commit.after_head")
