@@ -9,6 +9,7 @@ record lets fork choice revert blocks that are not final.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -59,7 +60,8 @@ class StoreStateView:
     empties them), so a block's reads, the buckets its state root re-hashes and the old
     values its write keeps in the undo record and the shadow rarely reach LevelDB.
     Readers may run in worker threads while a write runs in another, so a read stores
-    its result only if no publish came meanwhile (a generation number).
+    its result only if no publish came meanwhile (a generation number, checked and the
+    result stored under the same lock that a publish takes to move it).
     """
 
     MAX_CACHED = 1 << 16
@@ -73,6 +75,7 @@ class StoreStateView:
         self._accounts: dict[Address, Account] = {}
         self._buckets: dict[int, list[tuple[bytes, bytes]]] = {}
         self._generation = 0
+        self._lock = threading.Lock()  # a publish against a reader's store of what it read
         self._shadow: dict[bytes, bytes | None] = {}
         self._shadow_buckets: dict[int, dict[bytes, bytes | None]] = {}
 
@@ -86,6 +89,15 @@ class StoreStateView:
         caches unless ``records`` holds every record written, ``accounts`` the new value
         of every account among them and ``buckets`` the new contents of buckets (a
         bucket of a written record that is missing there is dropped from the cache)."""
+        with self._lock:
+            self._published(records, accounts, buckets)
+
+    def _published(
+        self,
+        records: Mapping[bytes, bytes] | None,
+        accounts: Mapping[Address, Account] | None,
+        buckets: Mapping[int, list[tuple[bytes, bytes]]] | None,
+    ) -> None:
         self._generation += 1
         self._shadow, self._shadow_buckets = {}, {}
         if records is None or accounts is None:
@@ -130,8 +142,9 @@ class StoreStateView:
         # The store first, the shadow second: a writer sets the shadow before it writes,
         # so a value read here that is already new is always covered by the shadow.
         value = self._shadow.get(key, self._kv.get(schema.state_key(key)))
-        if generation == self._generation and len(self._records) < self.MAX_CACHED:
-            self._records[key] = value
+        with self._lock:
+            if generation == self._generation and len(self._records) < self.MAX_CACHED:
+                self._records[key] = value
         return value
 
     def bucket_records(self, buckets: Iterable[int]) -> dict[int, list[tuple[bytes, bytes]]]:
@@ -148,8 +161,9 @@ class StoreStateView:
             generation = self._generation
             stored = self.stored_bucket_records(missing)  # one snapshot, then the shadow
             found = {bucket: _overlaid(items, self._shadow_buckets.get(bucket)) for bucket, items in stored.items()}
-            if generation == self._generation and len(self._buckets) + len(found) <= self.MAX_CACHED_BUCKETS:
-                self._buckets.update(found)
+            with self._lock:
+                if generation == self._generation and len(self._buckets) + len(found) <= self.MAX_CACHED_BUCKETS:
+                    self._buckets.update(found)
             out.update(found)
         return out
 
@@ -174,8 +188,9 @@ class StoreStateView:
         if found is None:
             generation = self._generation
             found = read_account(self, address)
-            if generation == self._generation and len(self._accounts) < self.MAX_CACHED:
-                self._accounts[address] = found
+            with self._lock:
+                if generation == self._generation and len(self._accounts) < self.MAX_CACHED:
+                    self._accounts[address] = found
         return found
 
     def job(self, job_id: bytes) -> Job | None:
