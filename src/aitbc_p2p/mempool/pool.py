@@ -274,11 +274,11 @@ class Mempool:
         self._projected.clear()
         for sender in list(set(self._ready) | set(self._future)) if senders is None else set(senders):
             committed = view.account(sender).nonce
-            ready = self._ready.get(sender)
-            if ready and sender not in self._future and next(iter(ready)) == committed:
+            queue = self._ready.get(sender)
+            if queue and sender not in self._future and next(iter(queue)) == committed:
                 continue  # the usual case: the block took a prefix of the ready queue
             waiting = {**self._future.pop(sender, {}), **self._ready.pop(sender, {})}
-            ready = {}
+            ready: dict[int, Transaction] = {}
             future: dict[int, Transaction] = {}
             for nonce in sorted(waiting):
                 tx = waiting[nonce]

@@ -90,33 +90,25 @@ class StoreStateView:
         of every account among them and ``buckets`` the new contents of buckets (a
         bucket of a written record that is missing there is dropped from the cache)."""
         with self._lock:
-            self._published(records, accounts, buckets)
-
-    def _published(
-        self,
-        records: Mapping[bytes, bytes] | None,
-        accounts: Mapping[Address, Account] | None,
-        buckets: Mapping[int, list[tuple[bytes, bytes]]] | None,
-    ) -> None:
-        self._generation += 1
-        self._shadow, self._shadow_buckets = {}, {}
-        if records is None or accounts is None:
-            self.clear_cache()
-            return
-        if len(self._records) + len(records) > self.MAX_CACHED:
-            self._records.clear()
-        if len(self._accounts) + len(accounts) > self.MAX_CACHED:
-            self._accounts.clear()
-        self._records.update(records)
-        self._accounts.update(accounts)
-        fresh = buckets or {}
-        for key in records:
-            bucket = bucket_of(key)
-            if bucket not in fresh:
-                self._buckets.pop(bucket, None)
-        if len(self._buckets) + len(fresh) > self.MAX_CACHED_BUCKETS:
-            self._buckets.clear()
-        self._buckets.update(fresh)
+            self._generation += 1
+            self._shadow, self._shadow_buckets = {}, {}
+            if records is None or accounts is None:
+                self.clear_cache()
+                return
+            if len(self._records) + len(records) > self.MAX_CACHED:
+                self._records.clear()
+            if len(self._accounts) + len(accounts) > self.MAX_CACHED:
+                self._accounts.clear()
+            self._records.update(records)
+            self._accounts.update(accounts)
+            fresh = buckets or {}
+            for key in records:
+                bucket = bucket_of(key)
+                if bucket not in fresh:
+                    self._buckets.pop(bucket, None)
+            if len(self._buckets) + len(fresh) > self.MAX_CACHED_BUCKETS:
+                self._buckets.clear()
+            self._buckets.update(fresh)
 
     def clear_cache(self) -> None:
         """Forget every cached record and bucket: the next reads go to the store."""
@@ -251,15 +243,13 @@ def _history_keys(block: Block, view: StateView) -> list[tuple[bytes, int]]:
     client and provider.
     """
     out: list[tuple[bytes, int]] = []
-    height = schema.u64(block.height)
     for i, tx in enumerate(block.txs):
         parties: set[str] = set(tx.parties())
         if "job_id" in tx.payload:
             job = view.job(tx.payload["job_id"])
             if job is not None:
                 parties |= {job.client, job.provider}
-        at = height + schema.u32(i)
-        out += [(schema.history_prefix(a) + at, i) for a in sorted(parties)]  # history_key, per block
+        out += [(schema.history_key(a, block.height, i), i) for a in sorted(parties)]
     return out
 
 
