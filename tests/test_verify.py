@@ -5,6 +5,11 @@ import os
 import pickle
 import subprocess
 import sys
+import time
+from functools import partial
+
+import trio
+import trio_parallel
 
 from aitbc_p2p.chain import Transaction
 from aitbc_p2p.chain.batch import Checked, check_encoded
@@ -90,6 +95,45 @@ async def test_block_signatures_are_checked_in_worker_processes(alice, bob):
     good, bad = await verify_signatures(txs, parallel=2)
     assert good == {tx.hash for tx in txs} - {forged.hash}
     assert [(tx.hash, e.reason) for tx, e in bad] == [(forged.hash, "BadSignature")]
+
+
+async def test_workers_start_together_and_run_below_the_node_s_priority():
+    await verify.warm_up()
+    stats = trio_parallel.default_context_statistics()
+    assert stats.idle_workers + stats.running_workers >= verify.WORKERS_PER_CORE * (os.cpu_count() or 2)
+    own = os.nice(0)
+    pieces = [(0,)] * (verify.WORKERS_PER_CORE * (os.cpu_count() or 2))
+    workers = await verify._in_workers(os.nice, pieces)  # os.nice(0): a process's niceness
+    assert workers == [min(19, own + verify.WORKER_NICENESS)] * len(pieces)
+    assert os.nice(0) == own  # the node's own process keeps its priority
+
+
+async def test_worker_jobs_in_flight_are_capped_at_two_per_core(alice, bob, monkeypatch):
+    monkeypatch.setattr(verify, "check_encoded", _slow_check)
+    txs = [make_tx(alice, nonce=n, to=bob.address) for n in range(2 * MIN_PARALLEL)]
+    batch = [tx.encode() for tx in txs]
+    cap = verify.WORKERS_PER_CORE * (os.cpu_count() or 2)
+    limiter = verify._limiter()
+    peak = [0]
+
+    async def watch() -> None:
+        while True:
+            peak[0] = max(peak[0], limiter.borrowed_tokens)
+            await trio.sleep(0.01)
+
+    async with trio.open_nursery() as outer:
+        outer.start_soon(watch)
+        async with trio.open_nursery() as jobs:
+            for _ in range(cap):  # two chunks (worker jobs) each: twice the cap
+                jobs.start_soon(partial(decode_and_verify, batch, RULES, parallel=2))
+        outer.cancel_scope.cancel()
+    assert peak[0] == cap
+    assert limiter.borrowed_tokens == 0
+
+
+def _slow_check(encoded: list[bytes], rules: ChainRules, start: int) -> Checked:
+    time.sleep(0.2)
+    return check_encoded(encoded, rules, start)
 
 
 def test_transactions_and_refusals_survive_the_trip_back_from_a_worker(alice, bob):
