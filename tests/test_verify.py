@@ -131,6 +131,25 @@ async def test_worker_jobs_in_flight_are_capped_at_two_per_core(alice, bob, monk
     assert limiter.borrowed_tokens == 0
 
 
+async def test_a_big_batch_is_split_across_free_workers_and_sent_whole_when_they_are_busy():
+    cores = os.cpu_count() or 2
+    n = 4 * cores * MIN_PARALLEL
+    assert len(verify._chunks(n, None)) == cores  # idle: split, for latency
+    limiter = verify._limiter()
+    holders = [object() for _ in range(int(limiter.total_tokens))]
+    for holder in holders:
+        await limiter.acquire_on_behalf_of(holder)
+    try:
+        assert verify._chunks(n, None) == [(0, n)]  # busy: one job, for throughput
+    finally:
+        for holder in holders:
+            limiter.release_on_behalf_of(holder)
+    assert verify._chunks(MIN_PARALLEL - 1, None) == [(0, MIN_PARALLEL - 1)]
+    # One big chunk still goes to a worker process; only a small batch runs in a thread.
+    assert await verify._in_workers(os.getpid, [()]) != [os.getpid()]
+    assert await verify._in_workers(os.getpid, [()], small=True) == [os.getpid()]
+
+
 def _slow_check(encoded: list[bytes], rules: ChainRules, start: int) -> Checked:
     time.sleep(0.2)
     return check_encoded(encoded, rules, start)

@@ -1,11 +1,13 @@
 """Stateless checks on every core, off the Trio thread.
 
-A batch of at least :data:`MIN_PARALLEL` transactions is split into one contiguous chunk
-per core, and each chunk is checked in a worker process (trio-parallel; spawned on first
-use and kept). Threads would not do: decoding is pure Python and holds the GIL, so in
-threads it runs one at a time with the node's own work (admission, block building, the
-commit), and a thread returning from libsecp256k1 waits for the GIL behind all of it
-(measured with bench/ledger.py: two verifying threads gained 1.2x over one, not 2x).
+A batch of at least :data:`MIN_PARALLEL` transactions is checked in worker processes
+(trio-parallel; started by :func:`warm_up` and kept): split into one contiguous chunk per
+core while workers are free (latency), or as one job when earlier batches keep them busy
+(throughput: each job costs the event loop a fixed share of pickling and pipe work).
+Threads would not do: decoding is pure Python and holds the GIL, so in threads it runs
+one at a time with the node's own work (admission, block building, the commit), and a
+thread returning from libsecp256k1 waits for the GIL behind all of it (measured with
+bench/ledger.py: two verifying threads gained 1.2x over one, not 2x).
 A worker returns decoded transactions, which unpickle in about a tenth of a decode.
 
 Two jobs per core are in flight (:data:`WORKERS_PER_CORE`), in workers running at a lower
@@ -13,7 +15,8 @@ CPU priority (:data:`WORKER_NICENESS`): when a worker finishes a chunk, the next
 already waiting in another worker, so the core does not idle while the Trio thread (busy
 admitting, or holding the GIL for a block) is slow to hand it more; and when the Trio
 thread wants a core, the kernel gives it one ahead of the workers. Measured with
-bench/ledger.py: busy time of the two cores went from 0.82 to 0.93 of the run.
+bench/ledger.py (2 cores): busy time of the cores went from 0.82 to 0.93 of the node run,
+and one job per bundle under load cut the event loop's CPU by about a sixth.
 
 A smaller batch is checked in one thread: a round trip to a worker costs more than it.
 If a worker dies (killed, out of memory), its chunk is checked again in a thread: no
@@ -66,8 +69,14 @@ T = TypeVar("T")
 
 
 def _chunks(n: int, parallel: int | None) -> list[tuple[int, int]]:
-    """Contiguous ``(start, end)`` ranges: one per core (or ``parallel``), none under MIN_PARALLEL."""
-    count = max(1, min(parallel or _cores(), math.ceil(n / MIN_PARALLEL)))
+    """Contiguous ``(start, end)`` ranges, none under MIN_PARALLEL: ``parallel`` of them, by
+    default one per core but no more than the worker slots free now. An idle node splits a
+    batch across its cores, for latency; a busy one (its slots taken by earlier batches)
+    checks each batch as one job, for throughput: every job costs the event loop about as
+    much as a hundred transactions' worth of pickling and pipe transfers."""
+    if parallel is None:
+        parallel = min(_cores(), int(_limiter().available_tokens))
+    count = max(1, min(parallel, math.ceil(n / MIN_PARALLEL)))
     size = math.ceil(n / count) if n else 0
     return [(start, min(start + size, n)) for start in range(0, n, size)] if n else []
 
@@ -98,11 +107,12 @@ def _in_background(fn: Callable[..., T], *args: Any) -> T:
     return fn(*args)
 
 
-async def _in_workers(fn: Callable[..., T], pieces: Sequence[tuple[Any, ...]]) -> list[T]:
-    """``fn(*args)`` for each args tuple: in worker processes when there are several,
-    else in a thread. Results in input order."""
-    if len(pieces) == 1:
-        return [await trio.to_thread.run_sync(fn, *pieces[0])]
+async def _in_workers(fn: Callable[..., T], pieces: Sequence[tuple[Any, ...]], *, small: bool = False) -> list[T]:
+    """``fn(*args)`` for each args tuple, in worker processes; in a thread when the batch
+    is ``small`` (under MIN_PARALLEL: a round trip to a worker costs more). Results in
+    input order."""
+    if small:
+        return [await trio.to_thread.run_sync(fn, *args) for args in pieces]
     results: list[Any] = [None] * len(pieces)
 
     async def run(i: int) -> None:
@@ -134,7 +144,8 @@ async def decode_and_verify(encoded: Sequence[bytes], rules: ChainRules, *, para
     that needs no state, its signature included. Never raises for bad input: each
     refusal is reported with its position and reason."""
     encoded = list(encoded)
-    parts = await _in_workers(check_encoded, [(encoded[a:b], rules, a) for a, b in _chunks(len(encoded), parallel)])
+    pieces = [(encoded[a:b], rules, a) for a, b in _chunks(len(encoded), parallel)]
+    parts = await _in_workers(check_encoded, pieces, small=len(encoded) < MIN_PARALLEL)
     out = Checked()
     for part in parts:
         out.txs += part.txs
@@ -148,7 +159,8 @@ async def verify_signatures(
     """Verify every signature off the Trio thread. Returns (hashes of the good
     transactions, the bad ones with their reasons)."""
     items = [signature_item(tx) for tx in txs]
-    parts = await _in_workers(check_signatures, [(items[a:b], a) for a, b in _chunks(len(items), parallel)])
+    pieces = [(items[a:b], a) for a, b in _chunks(len(items), parallel)]
+    parts = await _in_workers(check_signatures, pieces, small=len(items) < MIN_PARALLEL)
     bad = [(txs[i], e) for part in parts for i, e in part]
     rejected = {tx.hash for tx, _ in bad}
     return {tx.hash for tx in txs if tx.hash not in rejected}, bad
