@@ -16,9 +16,9 @@ Prints progress to stderr and, as its last line, JSON:
 {"bench": "ledger", "raw_single_core_tx_s": ..., "node_tx_s": ..., "ratio": ..., "import_tx_s": ...}
 (a) and (b) alternate ``--repeat`` times (default 5) and the medians are reported, with the
 range of the per-run ratios: on a shared 2-core machine single runs vary by 30 %.
-The worker processes are started before the first run, as a running node has them, and
-the garbage collector is tuned as the daemon tunes it (aitbc_p2p.node.runtime), for the
-whole process: both paths run under the same settings.
+The worker processes (two per core) are started before the first run, as a node under
+load has them, and the garbage collector is tuned as the daemon tunes it
+(aitbc_p2p.node.runtime), for the whole process: both paths run under the same settings.
 Run: .venv/bin/python bench/ledger.py [--txs 4000] [--block-size 1000] [--bundle 250] [--repeat 5]
 """
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -41,7 +42,7 @@ from aitbc_p2p.chain.transition import ChainRules
 from aitbc_p2p.crypto import PrivateKey
 from aitbc_p2p.mempool import Mempool
 from aitbc_p2p.node.runtime import tune_gc
-from aitbc_p2p.node.verify import admit_pipelined, verify_signatures, warm_up
+from aitbc_p2p.node.verify import WORKERS_PER_CORE, admit_pipelined, verify_signatures, warm_up
 from aitbc_p2p.store import ChainStore, LevelDBKV
 from aitbc_p2p.testing import make_genesis, make_key, make_tx
 from aitbc_p2p.types import Address
@@ -139,7 +140,7 @@ async def measure(
     tmp: Path,
 ) -> tuple[list[float], list[float], list[bytes], float]:
     """(a) and (b) alternating, then (c): (raw tx/s per run, node tx/s per run, blocks, import seconds)."""
-    await warm_up()
+    await warm_up(WORKERS_PER_CORE * (os.cpu_count() or 2))  # all of them, as a node under load has them
     raws: list[float] = []
     nodes: list[float] = []
     shipped: list[bytes] = []

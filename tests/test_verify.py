@@ -98,7 +98,7 @@ async def test_block_signatures_are_checked_in_worker_processes(alice, bob):
 
 
 async def test_workers_start_together_and_run_below_the_node_s_priority():
-    await verify.warm_up()
+    await verify.warm_up(verify.WORKERS_PER_CORE * (os.cpu_count() or 2))
     stats = trio_parallel.default_context_statistics()
     assert stats.idle_workers + stats.running_workers >= verify.WORKERS_PER_CORE * (os.cpu_count() or 2)
     own = os.nice(0)

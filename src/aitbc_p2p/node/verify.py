@@ -10,7 +10,7 @@ thread returning from libsecp256k1 waits for the GIL behind all of it (measured 
 bench/ledger.py: two verifying threads gained 1.2x over one, not 2x).
 A worker returns decoded transactions, which unpickle in about a tenth of a decode.
 
-Two jobs per core are in flight (:data:`WORKERS_PER_CORE`), in workers running at a lower
+Up to two jobs per core are in flight (:data:`WORKERS_PER_CORE`), in workers running at a lower
 CPU priority (:data:`WORKER_NICENESS`): when a worker finishes a chunk, the next one is
 already waiting in another worker, so the core does not idle while the Trio thread (busy
 admitting, or holding the GIL for a block) is slow to hand it more; and when the Trio
@@ -128,14 +128,15 @@ async def _in_workers(fn: Callable[..., T], pieces: Sequence[tuple[Any, ...]], *
     return results
 
 
-async def warm_up() -> None:
-    """Start every worker process now rather than on the first big batches: a spawn, and
-    importing the chain code a job needs, take a few tenths of a second of CPU each. They
-    stay until idle for ten minutes."""
+async def warm_up(workers: int | None = None) -> None:
+    """Start ``workers`` worker processes now (default: one per core) rather than on the
+    first big batches: a spawn, and importing the chain code a job needs, take a few
+    tenths of a second of CPU each. The second worker per core starts when load first
+    queues jobs behind the first ones. Workers retire after ten idle minutes."""
     limiter = _limiter()
     job = partial(trio_parallel.run_sync, _in_background, check_signatures, [], limiter=limiter)  # imports it
     async with trio.open_nursery() as nursery:
-        for _ in range(WORKERS_PER_CORE * _cores()):  # concurrent jobs: each needs its own worker
+        for _ in range(min(workers or _cores(), int(limiter.total_tokens))):  # each needs its own worker
             nursery.start_soon(job)
 
 
