@@ -5,7 +5,7 @@ import pytest
 from aitbc_p2p.chain.commitment import StateTree, bucket_of, bucket_root
 from aitbc_p2p.exceptions import StoreError
 from aitbc_p2p.store import ChainStore, LevelDBKV, MemoryKV
-from aitbc_p2p.store.chain import StoreStateView
+from aitbc_p2p.store.chain import StoreStateView, TxLocation
 from aitbc_p2p.testing import ChainBuilder, make_genesis, make_key, make_tx
 
 
@@ -143,11 +143,18 @@ def test_a_written_block_is_invisible_until_published(make_kv, genesis, authorit
     touched = {bucket_of(k) for k in applied.state.changes}
     for bucket, records in store.state.bucket_records(touched).items():
         assert bucket_root(records) == bucket_root((k, v) for k, v in leaves.items() if bucket_of(k) == bucket)
-    assert store.block(2) == applied.block  # the block itself is on disk already
+    tx = applied.block.txs[0]
+    assert store.block(2) is None and store.receipts(2) == [] and store.certificate(2) is None
+    assert store.find_tx(tx.hash) is None and store.receipt_proof(tx.hash) is None
+    assert [loc.tx for loc in store.history(carol.address)] == []
+    assert store.height_of(applied.block.hash) == 2  # on disk already: gossip of it is a duplicate
     with pytest.raises(StoreError, match="not yet published"):
         store.write_block(applied)
     store.publish()
     assert store.head == applied.block.header
+    assert store.block(2) == applied.block and len(store.receipts(2)) == 1
+    assert store.find_tx(tx.hash) == TxLocation(tx, 2, 0)
+    assert [loc.tx for loc in store.history(carol.address)] == [tx]
     assert store.state.account(alice.address).nonce == 2
     assert store.state.account(carol.address).balance == 9
     assert dict(store.state.leaves()) == dict(builder.state.leaves())

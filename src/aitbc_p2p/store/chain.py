@@ -280,7 +280,7 @@ class ChainStore:
         raw = self.kv.get(schema.HEAD)
         if raw is None:
             raise StoreError("store has no head block")
-        block = self.block(int.from_bytes(raw[:8], "big"))
+        block = self._stored_block(int.from_bytes(raw[:8], "big"))
         if block is None or block.hash != raw[8:]:
             raise StoreError("store head points at a missing block")
         return block.header
@@ -399,7 +399,14 @@ class ChainStore:
             raise StoreError(f"state after reverting block {h} does not match block {h - 1}")
         return block
 
+    # Readers see the published chain only: a block written by write_block, its
+    # transactions, receipts and certificate show once publish moves the head (and the
+    # state) to it. Otherwise a transaction could read as committed while the balances
+    # it changed still read as before.
     def block(self, height: int) -> Block | None:
+        return self._stored_block(height) if height <= self._head.height else None
+
+    def _stored_block(self, height: int) -> Block | None:
         raw = self.kv.get(schema.block_key(height))
         return None if raw is None else Block.decode(raw)
 
@@ -411,9 +418,11 @@ class ChainStore:
         self.kv.write([(schema.fork_key(block.hash), block.encode())], sync=False)
 
     def certificate(self, height: int) -> bytes | None:
-        return self.kv.get(schema.cert_key(height))
+        return self.kv.get(schema.cert_key(height)) if height <= self._head.height else None
 
     def height_of(self, block_hash: bytes) -> int | None:
+        """The height of a block on the chain, written but unpublished included (it is
+        ours already: gossip of it is a duplicate)."""
         raw = self.kv.get(schema.hash_key(block_hash))
         return None if raw is None else int.from_bytes(raw, "big")
 
@@ -428,7 +437,7 @@ class ChainStore:
         return out
 
     def receipts(self, height: int) -> list[Receipt]:
-        raw = self.kv.get(schema.receipts_key(height))
+        raw = self.kv.get(schema.receipts_key(height)) if height <= self._head.height else None
         return [] if raw is None else [Receipt.from_wire(r) for r in decode(raw)]
 
     def find_tx(self, tx_hash: bytes) -> TxLocation | None:
@@ -436,6 +445,8 @@ class ChainStore:
         if raw is None:
             return None
         height, index = int.from_bytes(raw[:8], "big"), int.from_bytes(raw[8:], "big")
+        if height > self._head.height:
+            return None  # written, not yet published
         block = self.block(height)
         if block is None:
             raise StoreError(f"tx index points at missing block {height}")
