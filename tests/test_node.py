@@ -1,14 +1,19 @@
 """Peers in this process over real libp2p on 127.0.0.1: blocks, sync, handshake, market."""
 
+from functools import partial
+
 import pytest
 import trio
 
-from aitbc_p2p.chain import Transaction
+from aitbc_p2p.chain import Block, Transaction
 from aitbc_p2p.chain.blocks import build_block
 from aitbc_p2p.chain.state import JobStatus
 from aitbc_p2p.chain.transition import ChainRules
+from aitbc_p2p.codec import decode, encode
+from aitbc_p2p.exceptions import NetworkError, ValidationError
 from aitbc_p2p.market import JobOffer, params_hash, select_bid
 from aitbc_p2p.node import NodeConfig, open_node
+from aitbc_p2p.node.node import decode_sync_item
 from aitbc_p2p.testing import ChainBuilder, make_genesis, make_key, make_tx, open_test_network
 from aitbc_p2p.types import Hash32, aitbc
 
@@ -52,6 +57,52 @@ async def test_late_peer_catches_up_by_sync(tmp_path):
             h = node.store.head.height
             assert node.store.block(h).hash == nodes[0].store.block(h).hash
             assert node.store.block(1).hash == nodes[0].store.block(1).hash
+
+
+async def test_sync_refuses_a_forged_or_malformed_block_and_keeps_the_blocks_before_it(tmp_path, monkeypatch):
+    async with open_test_network(1, alloc=ALLOC) as nodes:
+        source = nodes[0]
+        tx = make_tx(CLIENT, to=make_key("dest").address, amount=5)
+        await source.submit_tx(tx)
+        await wait_for(lambda: source.store.find_tx(tx.hash) is not None)
+        at = source.store.find_tx(tx.hash).height
+        await wait_for(lambda: source.store.head.height >= at + 2)
+        # What the source's sync server sends for blocks 1..at+2, as it sends it.
+        request = encode({"from": 1, "to": at + 2})
+        served = [decode_sync_item(item) for item in decode(await source._serve_sync("", request))]
+        assert [Block.decode(b).height for b, _ in served] == list(range(1, at + 3))
+
+        config = NodeConfig(key=make_key("late"), genesis=source.genesis, data_dir=tmp_path / "late")
+        async with open_node(config) as late:
+            monkeypatch.setattr(late, "_fetch", partial(served_from, served))
+            await late.sync_from("source", at - 1)
+            # Block ``at`` as its proposer could sign it, but holding the client's transfer
+            # signed by someone else: every root matches, only the signature is wrong.
+            signed_by_forger = make_tx(make_key("forger"), to=make_key("dest").address, amount=5)
+            body = {**signed_by_forger.body(), "from": CLIENT.address}
+            forged = Transaction.from_wire({"body": body, "sig": signed_by_forger.signature})
+            stamp = Block.decode(served[at - 1][0]).header.timestamp_ms
+            applied, _ = build_block(
+                make_key("peer0"), late.store.head, late.store.state, [forged], late.rules,
+                timestamp_ms=stamp, max_txs=10, verified={forged.hash},
+            )  # fmt: skip
+            assert applied.block.txs == (forged,)
+            for bad, error in ((applied.block.encode(), ValidationError), (b"\x00not a block", NetworkError)):
+                items = [*served[: at - 1], (bad, served[at - 1][1]), *served[at:]]
+                monkeypatch.setattr(late, "_fetch", partial(served_from, items))
+                with pytest.raises(error):
+                    await late.sync_from("source", at + 2)
+                assert late.store.head.hash == source.store.block(at - 1).hash  # up to the block before it
+                assert late.account(CLIENT.address)["nonce"] == 0
+            monkeypatch.setattr(late, "_fetch", partial(served_from, served))
+            await late.sync_from("source", at + 2)
+            assert late.store.head.hash == source.store.block(at + 2).hash
+            assert late.store.state.tree().root == source.store.block(at + 2).header.state_root
+
+
+async def served_from(items, peer, start, end):
+    """A sync peer that serves ``items`` (blocks 1, 2, ...) as they are."""
+    return items[start - 1 : end]
 
 
 async def test_peer_with_another_genesis_is_disconnected():

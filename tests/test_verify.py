@@ -8,16 +8,26 @@ import sys
 import time
 from functools import partial
 
+import pytest
 import trio
 import trio_parallel
 
-from aitbc_p2p.chain import Transaction
-from aitbc_p2p.chain.batch import Checked, check_encoded
+from aitbc_p2p.chain import Block, Transaction
+from aitbc_p2p.chain.batch import Checked, CheckedBlock, check_encoded
 from aitbc_p2p.chain.transition import ChainRules
+from aitbc_p2p.codec import encode
 from aitbc_p2p.exceptions import TxRejected
 from aitbc_p2p.node import verify
-from aitbc_p2p.node.verify import MIN_PARALLEL, admit_pipelined, decode_and_verify, verify_signatures
-from aitbc_p2p.testing import make_genesis, make_key, make_tx
+from aitbc_p2p.node.verify import (
+    MIN_PARALLEL,
+    MIN_PARALLEL_BLOCK_BYTES,
+    admit_pipelined,
+    decode_and_verify,
+    decode_block,
+    pipelined,
+    verify_signatures,
+)
+from aitbc_p2p.testing import ChainBuilder, make_genesis, make_key, make_tx
 
 RULES = ChainRules.of(make_genesis([make_key("verify-authority")], {}))
 
@@ -67,6 +77,80 @@ async def test_pipelined_admission_sees_every_batch_once_in_order(alice, bob):
     await admit_pipelined(batches, RULES, admit)
     assert [tx.hash for v in seen for tx in v.txs] == [tx.hash for tx in txs]
     assert len(seen) == 4
+
+
+async def test_pipelined_checks_run_ahead_and_each_result_is_consumed_in_order():
+    started: list[int] = []
+    consumed: list[tuple[int, int]] = []
+
+    async def check(i: int) -> int:
+        started.append(i)
+        await trio.sleep(0.05 * (6 - i))  # later items finish first
+        return i * i
+
+    async def consume(i: int, square: int) -> None:
+        if i == 0:
+            assert started == [0, 1, 2, 3]  # the next ``ahead`` items are being checked already
+        consumed.append((i, square))
+
+    await pipelined(range(6), check, consume, ahead=3)
+    assert consumed == [(i, i * i) for i in range(6)]
+
+
+async def test_a_failing_consumer_stops_the_pipeline_and_its_error_comes_out_as_it_is():
+    finished: list[int] = []
+
+    async def check(i: int) -> int:
+        await trio.sleep(0.01 if i < 2 else 5)
+        finished.append(i)
+        return i
+
+    def consume(i: int, _: int) -> None:
+        if i == 1:
+            raise ValueError("item 1 is bad")
+
+    with trio.fail_after(3), pytest.raises(ValueError, match="item 1 is bad"):
+        await pipelined(range(10), check, consume, ahead=4)
+    assert sorted(finished) == [0, 1]  # the slow checks behind it were cancelled, not awaited
+
+
+def _block_of(txs: list[Transaction]) -> Block:
+    """A block (for a decoding test: the header is some other block's) holding ``txs``."""
+    authority = make_key("verify-authority")
+    builder = ChainBuilder(make_genesis([authority], {}), [authority])
+    return Block(builder.add_block([]).block.header, tuple(txs))
+
+
+async def test_a_synced_block_is_decoded_and_its_signatures_checked_in_a_worker(alice, bob):
+    senders = [make_key(f"verify-{i}") for i in range(2)]
+    txs = [make_tx(k, nonce=n, to=bob.address) for n in range(MIN_PARALLEL) for k in senders]
+    txs[5] = Transaction.decode(_forged(txs[5], alice.address))
+    block = _block_of(txs)
+    assert len(block.encode()) >= MIN_PARALLEL_BLOCK_BYTES
+    checked = await decode_block(block.encode())
+    assert checked.block == block and checked.error == ""
+    assert [(i, e.reason) for i, e in checked.bad] == [(5, "BadSignature")]
+    assert checked.verified() == {tx.hash for tx in txs} - {txs[5].hash}
+    for garbage in (b"", b"\xff", block.encode()[:-1], block.encode() + b"\x00", encode_noncanonical(block)):
+        refused = await decode_block(garbage)
+        assert refused.block is None and refused.error.startswith("malformed block"), garbage[:8]
+        assert refused.verified() == set()
+
+
+def encode_noncanonical(block: Block) -> bytes:
+    """The block's fields, in the wrong map order."""
+    wire = block.to_wire()
+    return b"\xa3" + b"".join(encode(k) + encode(wire[k]) for k in ("header", "sig", "txs"))
+
+
+def _checker_pid(data: bytes) -> CheckedBlock:
+    return CheckedBlock(error=str(os.getpid()))
+
+
+async def test_a_big_block_goes_to_a_worker_process_and_a_small_one_to_a_thread(monkeypatch):
+    monkeypatch.setattr(verify, "check_block", _checker_pid)
+    assert (await decode_block(b"x" * MIN_PARALLEL_BLOCK_BYTES)).error != str(os.getpid())
+    assert (await decode_block(b"x" * (MIN_PARALLEL_BLOCK_BYTES - 1))).error == str(os.getpid())
 
 
 def _die_in_a_worker(encoded: list[bytes], rules: ChainRules, start: int) -> Checked:

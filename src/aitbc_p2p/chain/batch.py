@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from aitbc_p2p.chain.models import Transaction, check_tx_signature
+from aitbc_p2p.chain.models import Block, Transaction, check_tx_signature
 from aitbc_p2p.chain.transition import ChainRules, check_stateless
-from aitbc_p2p.exceptions import TxRejected
+from aitbc_p2p.exceptions import TxRejected, ValidationError
 from aitbc_p2p.types import Address, Hash32
 
 SignatureItem = tuple[Hash32, bytes, Address]
@@ -62,3 +62,34 @@ def check_signatures(items: Sequence[SignatureItem], start: int = 0) -> list[tup
         except TxRejected as e:
             bad.append((i, e))
     return bad
+
+
+@dataclass(slots=True)
+class CheckedBlock:
+    """A block decoded from its canonical bytes, with its transactions' signatures checked."""
+
+    block: Block | None = None
+    """None: the bytes are not a canonical block (``error`` says why)."""
+    error: str = ""
+    bad: list[tuple[int, TxRejected]] = field(default_factory=list)
+    """(position, BadSignature) of each transaction whose signature fails."""
+
+    def verified(self) -> set[Hash32]:
+        """Hashes of the block's transactions whose signatures hold."""
+        if self.block is None:
+            return set()
+        bad = {i for i, _ in self.bad}
+        return {tx.hash for i, tx in enumerate(self.block.txs) if i not in bad}
+
+
+def check_block(data: bytes) -> CheckedBlock:
+    """Decode a block and check every transaction's signature; never raises for bad input.
+
+    The stateless part of importing a block (what a syncing peer does for each one it is
+    sent); its header, consensus and state are checked in order, on the node's side.
+    """
+    try:
+        block = Block.decode(data)
+    except ValidationError as e:
+        return CheckedBlock(error=str(e))
+    return CheckedBlock(block, bad=check_signatures([signature_item(tx) for tx in block.txs]))

@@ -2,11 +2,19 @@
 
 from aitbc_p2p.network.abc import GossipMessage, Network, RequestHandler, ValidationResult, Validator
 from aitbc_p2p.network.host import Libp2pNetwork, open_libp2p_network, peer_id_of
-from aitbc_p2p.network.protocols import JOB_PROTOCOL, PEERS_PROTOCOL, STATUS_PROTOCOL, SYNC_PROTOCOL, topic
+from aitbc_p2p.network.protocols import (
+    JOB_PROTOCOL,
+    MAX_SYNC_FRAME,
+    PEERS_PROTOCOL,
+    STATUS_PROTOCOL,
+    SYNC_PROTOCOL,
+    topic,
+)
 from aitbc_p2p.network.scoring import PeerScores, ScoringPolicy
 
 __all__ = [
     "JOB_PROTOCOL",
+    "MAX_SYNC_FRAME",
     "PEERS_PROTOCOL",
     "STATUS_PROTOCOL",
     "SYNC_PROTOCOL",

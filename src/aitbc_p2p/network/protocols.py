@@ -8,7 +8,7 @@ MAX_SYNC_FRAME = 16 << 20
 """Largest sync response: a batch of whole blocks."""
 
 STATUS_PROTOCOL = "/aitbc/status/1"
-SYNC_PROTOCOL = "/aitbc/sync/1"
+SYNC_PROTOCOL = "/aitbc/sync/2"
 JOB_PROTOCOL = "/aitbc/job/1"
 PEERS_PROTOCOL = "/aitbc/peers/1"
 

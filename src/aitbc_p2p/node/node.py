@@ -18,13 +18,14 @@ import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from collections.abc import Set as AbstractSet
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from typing import Any
 
 import trio
 
-from aitbc_p2p.chain.batch import Checked
+from aitbc_p2p.chain.batch import Checked, CheckedBlock
 from aitbc_p2p.chain.blocks import AppliedBlock, build_block, validate_block
 from aitbc_p2p.chain.models import Block, BlockHeader, Transaction
 from aitbc_p2p.chain.state import account_key, supply_of
@@ -46,6 +47,7 @@ from aitbc_p2p.exceptions import (
 from aitbc_p2p.mempool import Mempool
 from aitbc_p2p.network import (
     JOB_PROTOCOL,
+    MAX_SYNC_FRAME,
     PEERS_PROTOCOL,
     STATUS_PROTOCOL,
     SYNC_PROTOCOL,
@@ -60,7 +62,7 @@ from aitbc_p2p.node.bundles import decode_bundle, split_bundles
 from aitbc_p2p.node.config import NodeConfig
 from aitbc_p2p.node.market import MarketService
 from aitbc_p2p.node.peers import Backoff, PeerBook
-from aitbc_p2p.node.verify import decode_and_verify, verify_signatures, warm_up
+from aitbc_p2p.node.verify import BLOCKS_AHEAD, decode_and_verify, decode_block, pipelined, verify_signatures, warm_up
 from aitbc_p2p.node.views import block_view, jsonable, tx_view
 from aitbc_p2p.store import ChainStore, LevelDBKV, MemoryKV
 from aitbc_p2p.store.abc import KeyValueStore
@@ -69,6 +71,7 @@ from aitbc_p2p.types import Address, Hash32, JobId, format_aitbc
 logger = logging.getLogger(__name__)
 
 SYNC_BATCH = 64
+"""Most blocks in one sync response (fewer when they would pass MAX_SYNC_FRAME)."""
 EXCHANGE_EVERY_S = 10.0
 """How often, while under the peer floor, each connected peer is asked for more peers."""
 MAX_FUTURE_MS = 5_000
@@ -90,6 +93,23 @@ def decode_block_message(obj: object) -> tuple[Block, tuple[Vote, ...]]:
     if not isinstance(obj, list) or len(obj) != 2:
         raise ValidationError("a block message is [block, certificate]")
     return Block.from_wire(obj[0]), decode_certificate(obj[1])
+
+
+def encode_sync_item(encoded_block: bytes, certificate: bytes = b"\x80") -> bytes:
+    """``[block bytes, certificate]``: one block of a sync response, the block as a byte
+    string so that the receiver decodes it in a worker process."""
+    return cbor_head(4, 2) + cbor_head(2, len(encoded_block)) + encoded_block + certificate
+
+
+def decode_sync_item(obj: object) -> tuple[bytes, tuple[Vote, ...]]:
+    """Parse a decoded ``[block bytes, certificate]``. Raises ValidationError."""
+    if not isinstance(obj, list) or len(obj) != 2 or not isinstance(obj[0], bytes):
+        raise ValidationError("a sync item is [block bytes, certificate]")
+    return obj[0], decode_certificate(obj[1])
+
+
+class _Forked(Exception):
+    """The first block of a sync batch does not extend our head."""
 
 
 def wall_clock_ms() -> int:
@@ -151,10 +171,13 @@ class Node:
         self._head_changed = trio.Event()
         self.market.on_head(self.store.head.height)
 
-    async def import_block(self, block: Block, certificate: tuple[Vote, ...] = ()) -> bool:
+    async def import_block(
+        self, block: Block, certificate: tuple[Vote, ...] = (), *, verified: AbstractSet[Hash32] = frozenset()
+    ) -> bool:
         """Validate and commit ``block`` if it extends the head, or take it as a better tip.
 
-        BFT engines need the block's commit certificate. Returns True if committed.
+        BFT engines need the block's commit certificate. ``verified``: hashes of its
+        transactions whose signatures were checked already. Returns True if committed.
 
         Raises:
             ValidationError / ConsensusError: the block is invalid (its sender is at fault).
@@ -167,7 +190,7 @@ class Node:
                 return False
             if block.height != head.height + 1 or block.header.parent != head.hash:
                 return False
-            applied = await self._validate(block, head, certificate)
+            applied = await self._validate(block, head, certificate, verified=verified)
             await self._commit(applied, certificate)
         logger.info("imported block %d (%d txs) from %s", block.height, len(block.txs), block.header.proposer)
         return True
@@ -201,6 +224,7 @@ class Node:
         certificate: tuple[Vote, ...] = (),
         *,
         check_certificate: bool = True,
+        verified: AbstractSet[Hash32] = frozenset(),
     ) -> AppliedBlock:
         """Consensus, signature and state checks of ``block`` on top of the head state."""
         if block.header.timestamp_ms > self.clock_ms() + MAX_FUTURE_MS:
@@ -209,13 +233,13 @@ class Node:
         if self.engine.bft and check_certificate:
             verify_certificate(self.engine, block.hash, block.height, certificate)  # type: ignore[arg-type]
         # Pooled transactions were verified on admission; verify the rest on all cores.
-        unseen = [tx for tx in block.txs if tx.hash not in self.mempool]
-        verified, bad = await verify_signatures(unseen)
+        unseen = [tx for tx in block.txs if tx.hash not in self.mempool and tx.hash not in verified]
+        good, bad = await verify_signatures(unseen)
         if bad:
             raise ValidationError(f"block {block.height} holds a badly signed transaction: {bad[0][1]}")
-        verified |= {tx.hash for tx in block.txs if tx.hash in self.mempool}
+        good |= {tx.hash for tx in block.txs if tx.hash in self.mempool or tx.hash in verified}
         return await trio.to_thread.run_sync(
-            partial(validate_block, block, parent, self.store.state, self.rules, verified=verified)
+            partial(validate_block, block, parent, self.store.state, self.rules, verified=good)
         )
 
     async def _commit(self, applied: AppliedBlock, certificate: tuple[Vote, ...] = ()) -> None:
@@ -516,11 +540,16 @@ class Node:
         except (CodecError, KeyError, TypeError, ValueError) as e:
             raise NetworkError(f"bad sync request: {e}") from e
         end = min(end, start + SYNC_BATCH - 1)
-        blocks = await trio.to_thread.run_sync(self.store.blocks, start, end)
-        parts = [cbor_head(4, len(blocks))]
-        for b in blocks:
-            parts.append(encode_block_message(b, self.store.certificate(b.height) or b"\x80"))
-        return b"".join(parts)
+        room = MAX_SYNC_FRAME - 16  # the array's head
+        encoded = await trio.to_thread.run_sync(partial(self.store.encoded_blocks, start, end, max_bytes=room))
+        parts: list[bytes] = []
+        for height, raw in enumerate(encoded, max(start, 0)):
+            item = encode_sync_item(raw, self.store.certificate(height) or b"\x80")
+            room -= len(item)
+            if parts and room < 0:
+                break
+            parts.append(item)
+        return cbor_head(4, len(parts)) + b"".join(parts)
 
     async def _exchange_status(self, peer: str) -> None:
         try:
@@ -533,33 +562,50 @@ class Node:
         except NetworkError as e:  # unreachable or slow: try again next round
             logger.debug("status with %s failed: %s", peer, e)
 
-    async def _fetch(self, peer: str, start: int, end: int) -> list[tuple[Block, tuple[Vote, ...]]]:
+    async def _fetch(self, peer: str, start: int, end: int) -> list[tuple[bytes, tuple[Vote, ...]]]:
+        """Blocks ``start..end`` from ``peer``, each still encoded, with its certificate."""
         raw = await self.network.request(peer, SYNC_PROTOCOL, encode({"from": start, "to": end}), timeout=30)
         try:
-            items = decode(raw, max_size=16 << 20)
+            items = decode(raw, max_size=MAX_SYNC_FRAME)
             if not isinstance(items, list):
                 raise ValidationError("sync response must be a list")
-            return [decode_block_message(item) for item in items]
+            return [decode_sync_item(item) for item in items]
         except (CodecError, ValidationError) as e:
             raise NetworkError(f"bad sync response from {peer}: {e}") from e
 
+    @staticmethod
+    def _served_block(peer: str, checked: CheckedBlock) -> Block:
+        if checked.block is None:
+            raise NetworkError(f"bad sync response from {peer}: {checked.error}")
+        return checked.block
+
     async def sync_from(self, peer: str, target: int) -> None:
-        """Fetch and import blocks from ``peer`` up to ``target``, a batch at a time.
+        """Fetch and import blocks from ``peer`` up to ``target``, a batch at a time; each
+        block is decoded and its signatures checked in a worker while the ones before it
+        are applied.
 
         If the peer's chain forks from ours below our head and its tip is better, switch.
         """
+
+        async def import_one(item: tuple[bytes, tuple[Vote, ...]], checked: CheckedBlock) -> None:
+            block = self._served_block(peer, checked)
+            head = self.store.head
+            if item is batch[0] and block.height == head.height + 1 and block.header.parent != head.hash:
+                raise _Forked
+            imported = await self.import_block(block, item[1], verified=checked.verified())
+            if not imported and block.height > self.store.head.height:
+                raise NetworkError(f"sync block {block.height} from {peer} does not extend our head")
+
         while self.store.head.height < target:
             start = self.store.head.height + 1
             batch = await self._fetch(peer, start, min(target, start + SYNC_BATCH - 1))
             if not batch:
                 return
-            first = batch[0][0]
-            if first.header.parent != self.store.head.hash:
+            try:
+                await pipelined(batch, lambda item: decode_block(item[0]), import_one, ahead=BLOCKS_AHEAD)
+            except _Forked:
                 await self._sync_fork(peer, target)
                 return
-            for block, certificate in batch:
-                if not await self.import_block(block, certificate) and block.height > self.store.head.height:
-                    raise NetworkError(f"sync block {block.height} from {peer} does not extend our head")
             logger.info("synced to %d from %s", self.store.head.height, peer)
 
     async def _sync_fork(self, peer: str, target: int) -> None:
@@ -574,7 +620,12 @@ class Node:
             batch = await self._fetch(peer, height, min(target, height + SYNC_BATCH - 1))
             if not batch:
                 break
-            theirs += [b for b, _ in batch]
+            await pipelined(
+                batch,
+                lambda item: decode_block(item[0]),
+                lambda _, checked: theirs.append(self._served_block(peer, checked)),
+                ahead=BLOCKS_AHEAD,
+            )
             height = theirs[-1].height + 1
         ancestor = None
         for block in theirs:

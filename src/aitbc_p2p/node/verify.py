@@ -27,8 +27,11 @@ Entry points:
 - :func:`decode_and_verify`: transactions that arrive as bytes (gossip bundles, RPC
   batches): decode, shape and bounds, chain id and fee floor, signature.
 - :func:`verify_signatures`: transactions already decoded (a block's).
-- :func:`admit_pipelined`: feeds a stateful stage (the mempool) with checked batches, in
-  order, while later batches are checked.
+- :func:`decode_block`: a block that arrives as bytes (sync): decoded, every signature
+  checked.
+- :func:`pipelined`: feeds a stateful stage with each item's check, in order, while later
+  items are checked: :func:`admit_pipelined` (gossip bundles into the mempool) and sync
+  (each block decoded and verified in a worker while the ones before it are applied).
 """
 
 from __future__ import annotations
@@ -39,12 +42,12 @@ import multiprocessing
 import os
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import trio
 import trio_parallel
 
-from aitbc_p2p.chain.batch import Checked, check_encoded, check_signatures, signature_item
+from aitbc_p2p.chain.batch import Checked, CheckedBlock, check_block, check_encoded, check_signatures, signature_item
 from aitbc_p2p.chain.models import Transaction
 from aitbc_p2p.chain.transition import ChainRules
 from aitbc_p2p.exceptions import TxRejected
@@ -54,6 +57,12 @@ logger = logging.getLogger(__name__)
 
 MIN_PARALLEL = 64
 """Below this many transactions one thread is faster than worker processes."""
+
+MIN_PARALLEL_BLOCK_BYTES = 16 << 10
+"""A block smaller than this (about MIN_PARALLEL transfers) is checked in a thread."""
+
+BLOCKS_AHEAD = 4
+"""Sync: blocks decoded and verified in workers while an earlier one is applied."""
 
 WORKERS_PER_CORE = 2
 """Worker jobs in flight per core: one being checked, the next one waiting."""
@@ -66,6 +75,8 @@ _LIMITER: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("ait
 _lowered = False
 
 T = TypeVar("T")
+I = TypeVar("I")  # noqa: E741
+R = TypeVar("R")
 
 
 def _chunks(n: int, parallel: int | None) -> list[tuple[int, int]]:
@@ -167,14 +178,63 @@ async def verify_signatures(
     return {tx.hash for tx in txs if tx.hash not in rejected}, bad
 
 
-class _Pending:
-    """One batch's verdict, delivered when its check finishes."""
+async def decode_block(data: bytes) -> CheckedBlock:
+    """A block's bytes decoded and its transactions' signatures checked, in a worker
+    process (in a thread when it is small). Never raises for bad input."""
+    (checked,) = await _in_workers(check_block, [(data,)], small=len(data) < MIN_PARALLEL_BLOCK_BYTES)
+    return checked
 
-    __slots__ = ("checked", "ready")
+
+class _Pending(Generic[R]):
+    """One item's check, delivered when it finishes."""
+
+    __slots__ = ("ready", "result")
 
     def __init__(self) -> None:
         self.ready = trio.Event()
-        self.checked = Checked()
+        self.result: R | None = None
+
+
+async def pipelined(
+    items: Iterable[I],
+    check: Callable[[I], Awaitable[R]],
+    consume: Callable[[I, R], Awaitable[None] | None],
+    *,
+    ahead: int = 4,
+) -> None:
+    """``consume(item, await check(item))`` for each item, in order, while up to ``ahead``
+    later items are being checked: the checks (in workers) do not wait for the stateful
+    stage, nor it for one slow check. An exception from ``consume`` stops the checks
+    still running and is raised as it is."""
+    send, receive = trio.open_memory_channel[tuple[I, _Pending[R]]](ahead)
+    failed: list[Exception] = []
+
+    async def run_check(item: I, pending: _Pending[R]) -> None:
+        pending.result = await check(item)
+        pending.ready.set()
+
+    async def produce(nursery: trio.Nursery) -> None:
+        async with send:
+            for item in items:
+                pending = _Pending[R]()
+                await send.send((item, pending))  # waits while ``ahead`` items are unconsumed
+                nursery.start_soon(run_check, item, pending)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(produce, nursery)
+        async with receive:
+            async for item, pending in receive:
+                await pending.ready.wait()
+                try:
+                    result = consume(item, pending.result)  # type: ignore[arg-type]
+                    if result is not None:
+                        await result
+                except Exception as e:  # noqa: BLE001 - raised below, outside the nursery
+                    failed.append(e)
+                    nursery.cancel_scope.cancel()
+                    break
+    if failed:
+        raise failed[0]
 
 
 async def admit_pipelined(
@@ -186,26 +246,10 @@ async def admit_pipelined(
     parallel: int | None = None,
 ) -> None:
     """Feed ``admit`` (the stateful stage, on the Trio thread) each batch's stateless
-    verdict, in batch order, while up to ``ahead`` later batches are being checked: the
-    workers do not wait for the stateful stage, nor it for one slow chunk."""
-    send, receive = trio.open_memory_channel[_Pending](ahead)
-
-    async def check(batch: Sequence[bytes], pending: _Pending) -> None:
-        pending.checked = await decode_and_verify(batch, rules, parallel=parallel)
-        pending.ready.set()
-
-    async def produce(nursery: trio.Nursery) -> None:
-        async with send:
-            for batch in batches:
-                pending = _Pending()
-                await send.send(pending)  # waits while ``ahead`` batches are unadmitted
-                nursery.start_soon(check, batch, pending)
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(produce, nursery)
-        async with receive:
-            async for pending in receive:
-                await pending.ready.wait()
-                result = admit(pending.checked)
-                if result is not None:
-                    await result
+    verdict, in batch order, while up to ``ahead`` later batches are being checked."""
+    await pipelined(
+        batches,
+        partial(decode_and_verify, rules=rules, parallel=parallel),
+        lambda _, checked: admit(checked),
+        ahead=ahead,
+    )

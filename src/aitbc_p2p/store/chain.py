@@ -428,12 +428,22 @@ class ChainStore:
 
     def blocks(self, start: int, end: int) -> list[Block]:
         """Blocks ``start..end`` inclusive that exist, in order."""
-        out: list[Block] = []
+        return [Block.decode(raw) for raw in self.encoded_blocks(start, end)]
+
+    def encoded_blocks(self, start: int, end: int, *, max_bytes: int | None = None) -> list[bytes]:
+        """The canonical encodings of blocks ``start..end`` inclusive that exist, in order,
+        as stored (nothing decoded); with ``max_bytes``, only as many as fit in it (and at
+        least the first)."""
+        out: list[bytes] = []
+        size = 0
         for height in range(max(start, 0), min(end, self._head.height) + 1):
-            block = self.block(height)
-            if block is None:
+            raw = self.kv.get(schema.block_key(height))
+            if raw is None:
                 break
-            out.append(block)
+            size += len(raw)
+            if out and max_bytes is not None and size > max_bytes:
+                break
+            out.append(raw)
         return out
 
     def receipts(self, height: int) -> list[Receipt]:
