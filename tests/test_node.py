@@ -13,7 +13,8 @@ from aitbc_p2p.codec import decode, encode
 from aitbc_p2p.exceptions import NetworkError, ValidationError
 from aitbc_p2p.market import JobOffer, params_hash, select_bid
 from aitbc_p2p.node import NodeConfig, open_node
-from aitbc_p2p.node.node import decode_sync_item
+from aitbc_p2p.node import node as node_module
+from aitbc_p2p.node.node import decode_sync_item, encode_sync_item
 from aitbc_p2p.testing import ChainBuilder, make_genesis, make_key, make_tx, open_test_network
 from aitbc_p2p.types import Hash32, aitbc
 
@@ -71,6 +72,12 @@ async def test_sync_refuses_a_forged_or_malformed_block_and_keeps_the_blocks_bef
         request = encode({"from": 1, "to": at + 2})
         served = [decode_sync_item(item) for item in decode(await source._serve_sync("", request))]
         assert [Block.decode(b).height for b, _ in served] == list(range(1, at + 3))
+        # A response stops before the block that would take it past the frame limit.
+        two = sum(len(encode_sync_item(b)) for b, _ in served[:2])
+        for limit, count in ((16 + two, 2), (16 + two - 1, 1), (1, 1)):
+            monkeypatch.setattr(node_module, "MAX_SYNC_FRAME", limit)
+            assert len(decode(await source._serve_sync("", request))) == count
+        monkeypatch.undo()
 
         config = NodeConfig(key=make_key("late"), genesis=source.genesis, data_dir=tmp_path / "late")
         async with open_node(config) as late:

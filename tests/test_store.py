@@ -49,6 +49,11 @@ def test_chain_store_commits_blocks_state_and_indexes(make_kv, genesis, authorit
     assert store.find_tx(tx.hash).height == 1
     assert [loc.tx.hash for loc in store.history(bob.address)] == [tx.hash]
     assert [b.height for b in store.blocks(0, 10)] == [0, 1]
+    encoded = [store.block(0).encode(), applied.block.encode()]
+    assert store.encoded_blocks(0, 10) == encoded
+    assert store.encoded_blocks(0, 10, max_bytes=sum(map(len, encoded))) == encoded
+    assert store.encoded_blocks(0, 10, max_bytes=sum(map(len, encoded)) - 1) == encoded[:1]
+    assert store.encoded_blocks(1, 10, max_bytes=1) == encoded[1:]  # at least one
     assert dict(store.state.leaves()) == dict(builder.state.leaves())
 
 
