@@ -128,6 +128,28 @@ def test_cached_records_agree_with_the_store(make_kv, genesis, authority, alice,
     agrees()
 
 
+def test_full_caches_keep_their_newer_half_and_agree_with_the_store(make_kv, genesis, authority, alice):
+    """Past their bounds the caches drop their older half, not everything, and what they
+    keep still equals what the store holds."""
+    store = ChainStore(make_kv(), genesis)
+    store.state.MAX_CACHED, store.state.MAX_CACHED_BUCKET_RECORDS = 8, 12
+    builder = ChainBuilder(genesis, [authority])
+    friends = [make_key(f"friend{i}").address for i in range(10)]
+    for nonce, friend in enumerate(friends):
+        store.state.account(friend)  # a read, cached
+        store.commit(builder.add_block([make_tx(alice, nonce=nonce, to=friend, amount=5)]))
+        view = store.state
+        assert len(view._records) <= 8 and len(view._accounts) <= 8
+        assert view._bucket_records == sum(map(len, view._buckets.values())) <= 12
+        assert friend in view._accounts  # the newest stay
+        assert len(view._accounts) >= 4 and (nonce < 8 or view._bucket_records >= 6)  # halved, not emptied
+        cold = StoreStateView(store.kv)
+        assert all(account == cold.account(address) for address, account in view._accounts.items())
+        assert all(value == cold.get(key) for key, value in view._records.items())
+        assert all(records == cold.bucket_records([b])[b] for b, records in view._buckets.items())
+    assert store.state.tree().root == store.head.state_root == StateTree.from_records(builder.state.leaves()).root
+
+
 def test_a_written_block_is_invisible_until_published(make_kv, genesis, authority, alice, bob):
     """The node writes a block in a worker thread while the event loop keeps reading:
     until ``publish``, readers see the old head, balances, nonces and state tree."""
