@@ -121,7 +121,7 @@ async def sync_import(shipped: list[bytes], genesis: Genesis, db: Path) -> float
 
     async def apply(_: bytes, checked: CheckedBlock) -> None:
         if checked.block is None or checked.bad:
-            raise SystemExit(f"bench: a shipped block does not check: {checked.error or checked.bad}")
+            raise RuntimeError(f"a shipped block does not check: {checked.error or checked.bad}")
         applied = await trio.to_thread.run_sync(
             partial(validate_block, checked.block, syncing.head, syncing.state, rules, verified=checked.verified())
         )
