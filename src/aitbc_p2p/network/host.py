@@ -453,6 +453,12 @@ async def open_libp2p_network(
                 raise
             finally:
                 nursery.cancel_scope.cancel()
+                # Close the connections while pubsub still runs: a subscription message
+                # that arrives after its service stopped makes py-libp2p 0.8.1 start a
+                # task in a closed nursery, and that error tears down the host's exit.
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    for peer in network.connected_peers():
+                        await network.disconnect(peer)
     finally:
         peerDiscovery.unregister_peer_discovered_handler(on_discovered)
     if failure is not None:
