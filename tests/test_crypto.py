@@ -3,8 +3,17 @@ import json
 import pytest
 from bech32m.codecs import Encoding, bech32_encode, convertbits
 
-from aitbc_p2p.crypto import Domain, PrivateKey, load_key_file, recover_address, save_key_file, signing_digest, verify
-from aitbc_p2p.crypto.keys import _SECP256K1_N, validate_address
+from aitbc_p2p.crypto import (
+    Domain,
+    PrivateKey,
+    load_key_file,
+    recover_address,
+    save_key_file,
+    sha256,
+    signing_digest,
+    verify,
+)
+from aitbc_p2p.crypto.keys import _SECP256K1_N, is_key_of, recover_public_key, validate_address
 from aitbc_p2p.exceptions import BadSignature, CryptoError, KeyFileError
 
 
@@ -59,6 +68,31 @@ def test_rejects_bad_addresses(alice):
     for text in bad:
         with pytest.raises(CryptoError):
             validate_address(text)
+
+
+def test_is_key_of_agrees_with_the_encoded_address(alice, bob):
+    """Signature checks compare a key's hash with the address's payload instead of
+    encoding the key's address: the two must agree, and no other spelling of the same
+    20 bytes (other prefix, bech32 instead of bech32m, upper case, bad checksum) passes."""
+    digest = signing_digest(Domain.TX, "ait-devnet", {"x": 1})
+    key = recover_public_key(digest, alice.sign_digest(digest))
+    assert key == alice.public_key
+    assert is_key_of(key, alice.address) and recover_address(digest, alice.sign_digest(digest)) == alice.address
+    assert not is_key_of(key, bob.address)
+    assert not is_key_of(bob.public_key, alice.address)
+    payload = bytes(convertbits(sha256(alice.public_key)[:20], 8, 5))
+    assert bech32_encode("aitbc", payload, Encoding.BECH32M) == alice.address
+    for other in (
+        bech32_encode("btc", payload, Encoding.BECH32M),
+        bech32_encode("aitbc", payload, Encoding.BECH32),
+        alice.address.upper(),
+        alice.address[:-1] + ("q" if alice.address[-1] != "q" else "p"),
+        alice.address + "q",
+        "",
+    ):
+        assert not is_key_of(key, other), other
+        with pytest.raises(BadSignature):
+            verify(Domain.TX, "ait-devnet", {"x": 1}, alice.sign_digest(digest), other)
 
 
 def test_key_file_roundtrip(tmp_path, alice):

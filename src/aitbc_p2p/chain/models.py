@@ -15,7 +15,7 @@ from typing import Any
 from aitbc_p2p.chain.merkle import merkle_root
 from aitbc_p2p.codec import decode, encode, head
 from aitbc_p2p.crypto import Domain, PrivateKey, recover_address, sha256, signing_digest
-from aitbc_p2p.crypto.keys import signing_digest_encoded, validate_address
+from aitbc_p2p.crypto.keys import is_key_of, recover_public_key, signing_digest_encoded, validate_address
 from aitbc_p2p.exceptions import BadSignature, CodecError, CryptoError, TxRejected, ValidationError
 from aitbc_p2p.types import MAX_AMOUNT, ZERO_HASH, Address, Hash32
 
@@ -279,10 +279,10 @@ class Transaction:
 def check_tx_signature(digest: bytes, signature: bytes, sender: Address) -> None:
     """Raise TxRejected('BadSignature') unless ``sender`` made ``signature`` over ``digest``."""
     try:
-        signer = recover_address(digest, signature)
+        key = recover_public_key(digest, signature)
     except BadSignature as e:
         raise TxRejected("BadSignature", str(e)) from e
-    if signer != sender:
+    if not is_key_of(key, sender):  # no address encoded: see is_key_of
         raise TxRejected("BadSignature", "signature is not by the sender", sender=sender)
 
 

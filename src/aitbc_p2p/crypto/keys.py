@@ -85,11 +85,13 @@ def validate_address(text: str) -> Address:
     """
     if not isinstance(text, str):
         raise CryptoError(f"address must be a lowercase string: {text!r}")
-    return _validate_address(text)
+    _address_payload(text)
+    return Address(text)
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _validate_address(text: str) -> Address:
+def _address_payload(text: str) -> bytes:
+    """The 20 bytes a well-formed address encodes (cached: bech32m is pure Python)."""
     if text != text.lower():
         raise CryptoError(f"address must be a lowercase string: {text!r}")
     try:
@@ -99,7 +101,29 @@ def _validate_address(text: str) -> Address:
         raise CryptoError(f"invalid bech32m address: {text!r}") from e
     if hrp != ADDRESS_HRP or spec != Encoding.BECH32M or len(payload) != 20:
         raise CryptoError(f"not an aitbc address: {text!r}")
-    return Address(text)
+    return payload
+
+
+def is_key_of(public_key: bytes, address: str) -> bool:
+    """Whether ``address`` is the address of ``public_key`` (33 bytes, compressed).
+
+    Compares the key's hash with the 20 bytes the address encodes, so no address is
+    encoded: bech32m encoding costs about 30 us in pure Python, nearly as much as
+    recovering the key, and a peer sees most senders for the first time. A well-formed
+    lowercase address and its payload determine each other, so this agrees with
+    ``address_from_public_key(public_key) == address``; a malformed address is no key's.
+    """
+    try:
+        return sha256(public_key)[:20] == _address_payload(address)
+    except CryptoError:
+        return False
+
+
+def clear_address_caches() -> None:
+    """Forget every address decoded and every key's address derived so far (benchmarks
+    use it to measure a peer that sees its senders for the first time)."""
+    _address_payload.cache_clear()
+    address_from_public_key.cache_clear()
 
 
 class PrivateKey:
@@ -152,6 +176,15 @@ def recover_address(digest: bytes, signature: bytes) -> Address:
     Raises:
         BadSignature: wrong length, high-S, bad recovery id, or no key recovers.
     """
+    return address_from_public_key(recover_public_key(digest, signature))
+
+
+def recover_public_key(digest: bytes, signature: bytes) -> bytes:
+    """The compressed public key that made ``signature`` over ``digest``.
+
+    Raises:
+        BadSignature: wrong length, high-S, bad recovery id, or no key recovers.
+    """
     if not isinstance(signature, bytes) or len(signature) != SIGNATURE_SIZE:
         raise BadSignature("signature must be 65 bytes")
     s = int.from_bytes(signature[32:64], "big")
@@ -163,10 +196,10 @@ def recover_address(digest: bytes, signature: bytes) -> Address:
         public = coincurve.PublicKey.from_signature_and_message(signature, digest, hasher=None)
     except (ValueError, TypeError) as e:
         raise BadSignature("no public key recovers from this signature") from e
-    return address_from_public_key(public.format(compressed=True))
+    return bytes(public.format(compressed=True))
 
 
 def verify(domain: Domain, chain_id: str, body: Any, signature: bytes, signer: Address) -> None:
     """Raise :class:`BadSignature` unless ``signer`` signed ``body`` under ``domain``."""
-    if recover_address(signing_digest(domain, chain_id, body), signature) != signer:
+    if not is_key_of(recover_public_key(signing_digest(domain, chain_id, body), signature), signer):
         raise BadSignature(f"signature is not by {signer}")
