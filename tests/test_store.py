@@ -70,6 +70,36 @@ def test_reopened_leveldb_resumes_at_last_block(tmp_path, genesis, authority, al
     again.close()
 
 
+def test_a_store_written_with_compression_reopens(tmp_path, genesis, authority, alice, bob, monkeypatch):
+    """Tables are now stored uncompressed; a data directory whose tables an earlier
+    version compressed with snappy (LevelDB's default) must read as before."""
+    import aitbc_p2p.store.leveldb as leveldb
+
+    plain = leveldb.plyvel.DB
+    monkeypatch.setattr(leveldb.plyvel, "DB", lambda *a, **k: plain(*a, **{**k, "compression": "snappy"}))
+    builder = ChainBuilder(genesis, [authority])
+    kv = LevelDBKV(tmp_path / "db")
+    store = ChainStore(kv, genesis)
+    for i in range(3):
+        store.commit(builder.add_block([make_tx(alice, nonce=i, to=bob.address, amount=1)]))
+    kv.write([(b"zz", b"a" * 100_000)])
+    kv._db.compact_range()  # into tables, compressed
+    assert sum(f.stat().st_size for f in (tmp_path / "db").glob("*.ldb")) < 50_000
+    head = store.head
+    store.close()
+    monkeypatch.setattr(leveldb.plyvel, "DB", plain)
+
+    kv = LevelDBKV(tmp_path / "db")
+    again = ChainStore(kv, genesis)
+    assert again.head == head and kv.get(b"zz") == b"a" * 100_000
+    again.commit(builder.add_block([make_tx(alice, nonce=3, to=bob.address, amount=1)]))
+    kv._db.compact_range()  # old compressed and new plain tables merged
+    assert again.state.account(alice.address).nonce == 4
+    assert dict(again.state.leaves()) == dict(builder.state.leaves())
+    assert [again.block(h).hash for h in range(5)] == [b.block.hash for b in builder.blocks]
+    again.close()
+
+
 def test_store_refuses_another_chain(tmp_path, genesis):
     ChainStore(LevelDBKV(tmp_path / "db"), genesis).close()
     other = make_genesis([make_key("x")], chain_id="elsewhere")
