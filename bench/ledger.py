@@ -17,9 +17,11 @@ Prints progress to stderr and, as its last line, JSON:
 {"bench": "ledger", "raw_single_core_tx_s": ..., "node_tx_s": ..., "ratio": ..., "import_tx_s": ...}
 (a) and (b) alternate ``--repeat`` times (default 5) and the medians are reported, with the
 range of the per-run ratios: on a shared 2-core machine single runs vary by 30 %.
-The worker processes (two per core) are started before the first run, as a node under
-load has them, and the garbage collector is tuned as the daemon tunes it
-(aitbc_p2p.node.runtime), for the whole process: both paths run under the same settings.
+Every run starts cold, as a peer that sees these senders for the first time: (a) with
+its address caches emptied, (b) and (c) with fresh worker processes (two per core, all
+started before the clock starts, as a node under load has them). The garbage collector
+is tuned as the daemon tunes it (aitbc_p2p.node.runtime), for the whole process: both
+paths run under the same settings.
 Run: .venv/bin/python bench/ledger.py [--txs 4000] [--block-size 1000] [--bundle 250] [--repeat 5]
 """
 
@@ -36,11 +38,13 @@ from functools import partial
 from pathlib import Path
 
 import trio
+import trio_parallel
 
 from aitbc_p2p.chain import Genesis, Transaction, build_block, validate_block
 from aitbc_p2p.chain.batch import Checked, CheckedBlock
 from aitbc_p2p.chain.transition import ChainRules
 from aitbc_p2p.crypto import PrivateKey
+from aitbc_p2p.crypto.keys import clear_address_caches
 from aitbc_p2p.mempool import Mempool
 from aitbc_p2p.node.runtime import tune_gc
 from aitbc_p2p.node.verify import BLOCKS_AHEAD, WORKERS_PER_CORE, admit_pipelined, decode_block, pipelined, warm_up
@@ -50,7 +54,9 @@ from aitbc_p2p.types import Address
 
 
 def raw_ceiling(wire: list[bytes], funded: list[Address], dest: Address) -> float:
-    """(a) decode, verify and update balances in a dict, on one core: tx/s."""
+    """(a) decode, verify and update balances in a dict, on one core: tx/s. Starts with
+    cold address caches, as (b)'s fresh workers do."""
+    clear_address_caches()
     start = time.perf_counter()
     balances = dict.fromkeys(funded, 10**15)
     for data in wire:
@@ -64,7 +70,9 @@ def raw_ceiling(wire: list[bytes], funded: list[Address], dest: Address) -> floa
 async def node_path(
     wire: list[bytes], genesis: Genesis, authority: PrivateKey, block_size: int, bundle: int, db: Path, *, quiet: bool
 ) -> tuple[float, list[bytes]]:
-    """(b) admission and block production at once, on a real LevelDB: (tx/s, blocks)."""
+    """(b) admission and block production at once, on a real LevelDB: (tx/s, blocks).
+    Call it with fresh, started workers (see :func:`measure`)."""
+    clear_address_caches()
     rules = ChainRules.of(genesis)
     store = await trio.to_thread.run_sync(ChainStore, LevelDBKV(db), genesis)
     # Room for every transaction: admission may run ahead of block production here.
@@ -145,7 +153,6 @@ async def measure(
     tmp: Path,
 ) -> tuple[list[float], list[float], list[bytes], float]:
     """(a) and (b) alternating, then (c): (raw tx/s per run, node tx/s per run, blocks, import seconds)."""
-    await warm_up(WORKERS_PER_CORE * (os.cpu_count() or 2))  # all of them, as a node under load has them
     raws: list[float] = []
     nodes: list[float] = []
     shipped: list[bytes] = []
@@ -153,11 +160,18 @@ async def measure(
         # Alternate, so that a noisy neighbour slows both sides alike.
         raws.append(raw_ceiling(wire, funded, dest))
         print(f"run {run + 1}/{args.repeat}: raw {raws[-1]:,.0f} tx/s", file=sys.stderr)
-        node, shipped = await node_path(
-            wire, genesis, authority, args.block_size, args.bundle, tmp / f"db{run}", quiet=run > 0
-        )
+        # Fresh workers for each run, all started, as a node under load has them: none
+        # remembers the senders of an earlier run, just as (a) starts with cold caches.
+        async with trio_parallel.cache_scope():
+            await warm_up(WORKERS_PER_CORE * (os.cpu_count() or 2))
+            node, shipped = await node_path(
+                wire, genesis, authority, args.block_size, args.bundle, tmp / f"db{run}", quiet=run > 0
+            )
         nodes.append(node)
-    return raws, nodes, shipped, await sync_import(shipped, genesis, tmp / "sync")
+    async with trio_parallel.cache_scope():
+        await warm_up(WORKERS_PER_CORE * (os.cpu_count() or 2))
+        imported = await sync_import(shipped, genesis, tmp / "sync")
+    return raws, nodes, shipped, imported
 
 
 def main() -> None:
