@@ -5,16 +5,17 @@ from functools import partial
 import pytest
 import trio
 
-from aitbc_p2p.chain import Block, Transaction
+from aitbc_p2p.chain import Block, BlockHeader, Transaction
 from aitbc_p2p.chain.blocks import build_block
 from aitbc_p2p.chain.state import JobStatus
 from aitbc_p2p.chain.transition import ChainRules
 from aitbc_p2p.codec import decode, encode
 from aitbc_p2p.exceptions import NetworkError, ValidationError
 from aitbc_p2p.market import JobOffer, params_hash, select_bid
+from aitbc_p2p.network import GossipMessage, ValidationResult
 from aitbc_p2p.node import NodeConfig, open_node
 from aitbc_p2p.node import node as node_module
-from aitbc_p2p.node.node import decode_sync_item, encode_sync_item
+from aitbc_p2p.node.node import decode_sync_item, encode_block_message, encode_sync_item
 from aitbc_p2p.testing import ChainBuilder, make_genesis, make_key, make_tx, open_test_network
 from aitbc_p2p.types import Hash32, aitbc
 
@@ -105,6 +106,60 @@ async def test_sync_refuses_a_forged_or_malformed_block_and_keeps_the_blocks_bef
             await late.sync_from("source", at + 2)
             assert late.store.head.hash == source.store.block(at + 2).hash
             assert late.store.state.tree().root == source.store.block(at + 2).header.state_root
+
+
+async def test_the_block_gate_refuses_forged_blocks_and_an_accepted_one_is_decoded_once(tmp_path, monkeypatch):
+    """A gossiped block is decoded and all its signatures checked in a worker by the
+    topic's gate; a bad header or transaction signature is a REJECT, and the import uses
+    the gate's result instead of decoding the block again."""
+    async with open_test_network(1, alloc=ALLOC) as nodes:
+        config = NodeConfig(key=make_key("late"), genesis=nodes[0].genesis, data_dir=tmp_path / "late")
+        async with open_node(config) as late:
+            proposer, head = make_key("peer0"), late.store.head
+
+            def block_with(tx, key=proposer):
+                applied, _ = build_block(
+                    key, head, late.store.state, [tx], late.rules, timestamp_ms=late.engine.due_ms(head), max_txs=10,
+                    verified={tx.hash},
+                )  # fmt: skip
+                assert applied.block.txs == (tx,)
+                return applied.block
+
+            honest = block_with(make_tx(CLIENT, to=make_key("dest").address, amount=5))
+            signed_by_forger = make_tx(make_key("forger"), to=make_key("dest").address, amount=5)
+            forged_tx = Transaction.from_wire(
+                {"body": {**signed_by_forger.body(), "from": CLIENT.address}, "sig": signed_by_forger.signature}
+            )
+            renamed = BlockHeader(**{**honest.header._fields(), "proposer": make_key("peer1").address})
+            elsewhere = BlockHeader(**{**honest.header._fields(), "chain_id": "ait-elsewhere"}).signed(proposer)
+            for message in (
+                encode_block_message(block_with(forged_tx)),  # a transaction not signed by its sender
+                encode_block_message(Block(renamed, honest.txs)),  # a header not signed by its proposer
+                encode_block_message(Block(elsewhere, honest.txs)),  # another chain
+                encode_block_message(honest)[:-3],  # truncated
+                b"\x82\x01\x02",  # not a block
+            ):
+                assert await late._valid_block(message) is ValidationResult.REJECT
+            assert not late._block_checks
+
+            message = encode_block_message(honest)
+            assert await late._valid_block(message) is ValidationResult.ACCEPT
+            assert len(late._block_checks) == 1
+
+            async def must_not_decode(data):
+                raise AssertionError("the gate's result was not used")
+
+            monkeypatch.setattr(late, "_check_block", must_not_decode)
+            send, receive = trio.open_memory_channel(1)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(late._on_block, receive)
+                await send.send(GossipMessage("block", message, origin="peer0", via="peer0"))
+                await wait_for(lambda: late.store.head.height == 1)
+                nursery.cancel_scope.cancel()
+            assert late.store.head.hash == honest.hash and not late._block_checks
+            assert late.account(CLIENT.address)["nonce"] == 1
+            monkeypatch.undo()
+            assert await late._valid_block(message) is ValidationResult.IGNORE  # already have it
 
 
 async def served_from(items, peer, start, end):

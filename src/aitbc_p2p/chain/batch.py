@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from aitbc_p2p.chain.models import Block, Transaction, check_tx_signature
 from aitbc_p2p.chain.transition import ChainRules, check_stateless
-from aitbc_p2p.exceptions import TxRejected, ValidationError
+from aitbc_p2p.codec import decode
+from aitbc_p2p.exceptions import CodecError, TxRejected, ValidationError
 from aitbc_p2p.types import Address, Hash32
 
 SignatureItem = tuple[Hash32, bytes, Address]
@@ -93,3 +95,25 @@ def check_block(data: bytes) -> CheckedBlock:
     except ValidationError as e:
         return CheckedBlock(error=str(e))
     return CheckedBlock(block, bad=check_signatures([signature_item(tx) for tx in block.txs]))
+
+
+def split_block_message(obj: object) -> tuple[Block, Any]:
+    """A decoded block-topic message ``[block, certificate]`` (specs/topics.md): the block
+    parsed, the certificate as it was decoded (the consensus layer parses it). Raises
+    ValidationError."""
+    if not isinstance(obj, list) or len(obj) != 2:
+        raise ValidationError("a block message is [block, certificate]")
+    return Block.from_wire(obj[0]), obj[1]
+
+
+def check_block_message(data: bytes, max_size: int = 8 << 20) -> tuple[CheckedBlock, Any]:
+    """A gossiped block message decoded, its header's signature and every transaction's
+    signature checked: (the block, the certificate as decoded CBOR). Never raises for bad
+    input: a malformed message or a header not signed by its proposer is a CheckedBlock
+    with no block and the reason in ``error``."""
+    try:
+        block, certificate = split_block_message(decode(data, max_size=max_size))
+        block.header.verify_signature()
+    except (ValidationError, CodecError) as e:
+        return CheckedBlock(error=str(e)), None
+    return CheckedBlock(block, bad=check_signatures([signature_item(tx) for tx in block.txs])), certificate

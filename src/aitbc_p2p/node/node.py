@@ -62,7 +62,15 @@ from aitbc_p2p.node.bundles import decode_bundle, split_bundles
 from aitbc_p2p.node.config import NodeConfig
 from aitbc_p2p.node.market import MarketService
 from aitbc_p2p.node.peers import Backoff, PeerBook
-from aitbc_p2p.node.verify import BLOCKS_AHEAD, decode_and_verify, decode_block, pipelined, verify_signatures, warm_up
+from aitbc_p2p.node.verify import (
+    BLOCKS_AHEAD,
+    decode_and_verify,
+    decode_block,
+    decode_block_message,
+    pipelined,
+    verify_signatures,
+    warm_up,
+)
 from aitbc_p2p.node.views import block_view, jsonable, tx_view
 from aitbc_p2p.store import ChainStore, LevelDBKV, MemoryKV
 from aitbc_p2p.store.abc import KeyValueStore
@@ -86,13 +94,6 @@ def encode_block_message(block: Block, certificate: bytes = b"\x80") -> bytes:
     The certificate is the CBOR list of precommits (empty for engines without votes).
     """
     return cbor_head(4, 2) + block.encode() + certificate
-
-
-def decode_block_message(obj: object) -> tuple[Block, tuple[Vote, ...]]:
-    """Parse a decoded ``[block, certificate]``. Raises ValidationError."""
-    if not isinstance(obj, list) or len(obj) != 2:
-        raise ValidationError("a block message is [block, certificate]")
-    return Block.from_wire(obj[0]), decode_certificate(obj[1])
 
 
 def encode_sync_item(encoded_block: bytes, certificate: bytes = b"\x80") -> bytes:
@@ -153,6 +154,7 @@ class Node:
         self._outbox: list[bytes] = []
         self._outbox_ready = trio.Event()
         self._bundle_checks: dict[bytes, Checked] = {}
+        self._block_checks: dict[bytes, tuple[Block, tuple[Vote, ...], AbstractSet[Hash32]]] = {}
 
     # ----------------------------------------------------------------- chain
     @property
@@ -435,16 +437,34 @@ class Node:
         self._bundle_checks[hashlib.sha256(data).digest()] = verified
         return ValidationResult.ACCEPT
 
-    def _valid_block(self, data: bytes) -> ValidationResult:
+    async def _check_block(self, data: bytes) -> tuple[Block, tuple[Vote, ...], AbstractSet[Hash32]]:
+        """A block-topic message decoded, its header's and transactions' signatures
+        checked, in a worker process (the event loop only unpickles the result):
+        (block, certificate, hashes of its transactions). Raises ValidationError."""
+        checked, certificate = await decode_block_message(data)
+        if checked.block is None:
+            raise ValidationError(checked.error)
+        if checked.bad:
+            raise ValidationError(f"block {checked.block.height} holds a badly signed transaction: {checked.bad[0][1]}")
+        return checked.block, decode_certificate(certificate), checked.verified()
+
+    async def _valid_block(self, data: bytes) -> ValidationResult:
+        """Stateless gate of the block topic: a well-formed block for this chain, signed by
+        its proposer, every transaction signed by its sender. The result is kept for
+        :meth:`_on_block`, so the block is decoded once."""
         try:
-            block, _ = decode_block_message(decode(data, max_size=8 << 20))
-            block.header.verify_signature()
-        except (ValidationError, CodecError):
+            checked = await self._check_block(data)
+        except ValidationError as e:
+            logger.debug("rejected block message: %s", e)
             return ValidationResult.REJECT
+        block = checked[0]
         if block.header.chain_id != self.genesis.chain_id:
             return ValidationResult.REJECT
         if self.store.height_of(block.hash) is not None:
             return ValidationResult.IGNORE  # already have it
+        if len(self._block_checks) >= MAX_PENDING_CHECKS:
+            self._block_checks.pop(next(iter(self._block_checks)))
+        self._block_checks[hashlib.sha256(data).digest()] = checked
         return ValidationResult.ACCEPT
 
     async def _on_tx(self, inbox: trio.MemoryReceiveChannel[GossipMessage]) -> None:
@@ -470,11 +490,14 @@ class Node:
     async def _on_block(self, inbox: trio.MemoryReceiveChannel[GossipMessage]) -> None:
         async for msg in inbox:
             try:
-                block, certificate = decode_block_message(decode(msg.data, max_size=8 << 20))
+                checked = self._block_checks.pop(hashlib.sha256(msg.data).digest(), None)
+                if checked is None:  # our own block, or its check fell out of the cache
+                    checked = await self._check_block(msg.data)
+                block, certificate, verified = checked
                 if block.height > self.store.head.height + 1:
                     self._peer_heads[msg.origin] = max(self._peer_heads.get(msg.origin, 0), block.height)
                     continue  # the peer manager syncs the gap
-                await self.import_block(block, certificate)
+                await self.import_block(block, certificate, verified=verified)
             except (ValidationError, ConsensusError, CodecError) as e:
                 logger.warning("rejected block from %s: %s", msg.origin, e)
 

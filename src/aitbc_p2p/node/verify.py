@@ -28,7 +28,8 @@ Entry points:
   batches): decode, shape and bounds, chain id and fee floor, signature.
 - :func:`verify_signatures`: transactions already decoded (a block's).
 - :func:`decode_block`: a block that arrives as bytes (sync): decoded, every signature
-  checked.
+  checked. :func:`decode_block_message`: the same for a gossiped block message, whose
+  header signature is checked there too.
 - :func:`pipelined`: feeds a stateful stage with each item's check, in order, while later
   items are checked: :func:`admit_pipelined` (gossip bundles into the mempool) and sync
   (each block decoded and verified in a worker while the ones before it are applied).
@@ -47,7 +48,15 @@ from typing import Any, Generic, TypeVar
 import trio
 import trio_parallel
 
-from aitbc_p2p.chain.batch import Checked, CheckedBlock, check_block, check_encoded, check_signatures, signature_item
+from aitbc_p2p.chain.batch import (
+    Checked,
+    CheckedBlock,
+    check_block,
+    check_block_message,
+    check_encoded,
+    check_signatures,
+    signature_item,
+)
 from aitbc_p2p.chain.models import Transaction
 from aitbc_p2p.chain.transition import ChainRules
 from aitbc_p2p.exceptions import TxRejected
@@ -182,6 +191,14 @@ async def decode_block(data: bytes) -> CheckedBlock:
     """A block's bytes decoded and its transactions' signatures checked, in a worker
     process (in a thread when it is small). Never raises for bad input."""
     (checked,) = await _in_workers(check_block, [(data,)], small=len(data) < MIN_PARALLEL_BLOCK_BYTES)
+    return checked
+
+
+async def decode_block_message(data: bytes) -> tuple[CheckedBlock, Any]:
+    """A block-topic message (``[block, certificate]``) decoded, its header's and its
+    transactions' signatures checked, in a worker process (in a thread when it is small):
+    (the block, the certificate as decoded CBOR). Never raises for bad input."""
+    (checked,) = await _in_workers(check_block_message, [(data,)], small=len(data) < MIN_PARALLEL_BLOCK_BYTES)
     return checked
 
 
