@@ -84,6 +84,9 @@ EXCHANGE_EVERY_S = 10.0
 """How often, while under the peer floor, each connected peer is asked for more peers."""
 MAX_FUTURE_MS = 5_000
 MAX_PENDING_CHECKS = 256
+MAX_PENDING_BLOCK_CHECKS = 16
+"""Gossiped blocks whose gate result waits for delivery (a full one decoded is about
+1.2 MB); blocks are delivered one by one right after their check, so few ever wait."""
 """Stateless results of accepted bundles kept for the stateful stage (oldest dropped first)."""
 MAX_REORG_FETCH = 256
 
@@ -462,7 +465,7 @@ class Node:
             return ValidationResult.REJECT
         if self.store.height_of(block.hash) is not None:
             return ValidationResult.IGNORE  # already have it
-        if len(self._block_checks) >= MAX_PENDING_CHECKS:
+        if len(self._block_checks) >= MAX_PENDING_BLOCK_CHECKS:
             self._block_checks.pop(next(iter(self._block_checks)))
         self._block_checks[hashlib.sha256(data).digest()] = checked
         return ValidationResult.ACCEPT
