@@ -84,10 +84,10 @@ EXCHANGE_EVERY_S = 10.0
 """How often, while under the peer floor, each connected peer is asked for more peers."""
 MAX_FUTURE_MS = 5_000
 MAX_PENDING_CHECKS = 256
+"""Stateless results of accepted bundles kept for the stateful stage (oldest dropped first)."""
 MAX_PENDING_BLOCK_CHECKS = 16
 """Gossiped blocks whose gate result waits for delivery (a full one decoded is about
 1.2 MB); blocks are delivered one by one right after their check, so few ever wait."""
-"""Stateless results of accepted bundles kept for the stateful stage (oldest dropped first)."""
 MAX_REORG_FETCH = 256
 
 
