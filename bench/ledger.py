@@ -34,6 +34,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 
@@ -143,6 +145,15 @@ async def sync_import(shipped: list[bytes], genesis: Genesis, db: Path) -> float
     return elapsed
 
 
+@asynccontextmanager
+async def fresh_workers() -> AsyncIterator[None]:
+    """New worker processes for what runs inside, all started, as a node under load has
+    them: none remembers the senders of an earlier run, just as (a) starts with cold caches."""
+    async with trio_parallel.cache_scope():
+        await warm_up(WORKERS_PER_CORE * (os.cpu_count() or 2))
+        yield
+
+
 async def measure(
     args: argparse.Namespace,
     wire: list[bytes],
@@ -160,16 +171,12 @@ async def measure(
         # Alternate, so that a noisy neighbour slows both sides alike.
         raws.append(raw_ceiling(wire, funded, dest))
         print(f"run {run + 1}/{args.repeat}: raw {raws[-1]:,.0f} tx/s", file=sys.stderr)
-        # Fresh workers for each run, all started, as a node under load has them: none
-        # remembers the senders of an earlier run, just as (a) starts with cold caches.
-        async with trio_parallel.cache_scope():
-            await warm_up(WORKERS_PER_CORE * (os.cpu_count() or 2))
+        async with fresh_workers():
             node, shipped = await node_path(
                 wire, genesis, authority, args.block_size, args.bundle, tmp / f"db{run}", quiet=run > 0
             )
         nodes.append(node)
-    async with trio_parallel.cache_scope():
-        await warm_up(WORKERS_PER_CORE * (os.cpu_count() or 2))
+    async with fresh_workers():
         imported = await sync_import(shipped, genesis, tmp / "sync")
     return raws, nodes, shipped, imported
 

@@ -191,7 +191,7 @@ class Node:
             head = self.store.head
             if block.height == head.height and block.hash != head.hash and not self.engine.bft:
                 if block.header.parent == head.parent and self._better(block.header, head):
-                    return await self._reorg(head.height - 1, [block])
+                    return await self._reorg(head.height - 1, [block], verified)
                 return False
             if block.height != head.height + 1 or block.header.parent != head.hash:
                 return False
@@ -266,11 +266,12 @@ class Node:
         self.mempool.settle(self.store.state, committed)
         self._advanced()
 
-    async def _reorg(self, ancestor: int, blocks: list[Block]) -> bool:
+    async def _reorg(self, ancestor: int, blocks: list[Block], verified: AbstractSet[Hash32] = frozenset()) -> bool:
         """Switch the main chain to ``blocks`` (which extend block ``ancestor``); import lock held.
 
         Reverts at most ``finality_depth`` blocks; if a new block is invalid, the old chain
         is restored. Transactions of reverted blocks go back to the pool and are re-announced.
+        ``verified``: hashes of the new blocks' transactions whose signatures were checked.
         """
         head = self.store.head
         if head.height - ancestor > self.engine.finality_depth():
@@ -281,13 +282,14 @@ class Node:
             reverted.append(await self._revert_head())
         try:
             for block in blocks:
-                await self._commit(await self._validate(block, self.store.head))
+                await self._commit(await self._validate(block, self.store.head, verified=verified))
         except (ValidationError, ConsensusError) as e:
             logger.warning("reorg to a fork failed (%s); restoring the old chain", e)
             while self.store.head.height > ancestor:
                 await self._revert_head()
+            ours = {tx.hash for b in reverted for tx in b.txs}  # checked when first committed
             for block in reversed(reverted):
-                await self._commit(await self._validate(block, self.store.head))
+                await self._commit(await self._validate(block, self.store.head, verified=ours))
             raise
         kept = {tx.hash for b in blocks for tx in b.txs}
         orphans = [tx for b in reverted for tx in b.txs if tx.hash not in kept]
@@ -641,17 +643,18 @@ class Node:
         head = self.store.head.height
         low = max(0, head - self.engine.finality_depth())
         theirs: list[Block] = []
+        verified: set[Hash32] = set()
+
+        def collect(_: object, checked: CheckedBlock) -> None:
+            theirs.append(self._served_block(peer, checked))
+            verified.update(checked.verified())
+
         height = low
         while height <= min(target, low + MAX_REORG_FETCH):
             batch = await self._fetch(peer, height, min(target, height + SYNC_BATCH - 1))
             if not batch:
                 break
-            await pipelined(
-                batch,
-                lambda item: decode_block(item[0]),
-                lambda _, checked: theirs.append(self._served_block(peer, checked)),
-                ahead=BLOCKS_AHEAD,
-            )
+            await pipelined(batch, lambda item: decode_block(item[0]), collect, ahead=BLOCKS_AHEAD)
             height = theirs[-1].height + 1
         ancestor = None
         for block in theirs:
@@ -665,7 +668,7 @@ class Node:
         if not fork or not self._better(fork[-1].header, self.store.head):
             return
         async with self._import_lock:
-            await self._reorg(ancestor, fork)
+            await self._reorg(ancestor, fork, verified)
 
     async def _dial(self, peer: str, addrs: list[str]) -> None:
         """Dial ``peer`` at its first address that answers; failures back off (1 s .. 60 s)."""
