@@ -1,4 +1,20 @@
-"""The network seam the node uses: gossip topics and request/response protocols."""
+"""The network seam the node uses: gossip topics and request/response protocols.
+
+The exception contract, which every adapter keeps (specs/wire.md, "What a peer can do
+to a node"): nothing a remote peer sends (a frame, an RPC, a gossiped message, a
+request) ends the node or a task of it. The worst it earns is a reset stream, a
+dropped message, a lower score, a graylist or a ban, for that peer alone:
+
+* a :data:`Validator` or :data:`RequestHandler` that raises is the end of that message
+  or stream; an :class:`~aitbc_p2p.exceptions.AitbcError` from a request handler counts
+  as a REJECT against the peer, any other exception is logged as a bug of ours;
+* malformed transport or gossip frames reset the stream and penalize the sender;
+* each peer's inbound requests are limited in number and rate (see
+  :mod:`aitbc_p2p.network.limits`); a peer that keeps flooding is banned.
+
+Callers of :meth:`Network.request` and :meth:`Network.publish` get
+:class:`~aitbc_p2p.exceptions.NetworkError` and nothing else for the network's failures.
+"""
 
 from __future__ import annotations
 

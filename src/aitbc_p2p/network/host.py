@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
+import socket
+import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -37,10 +39,12 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
+from libp2p.transport.tcp import tcp as libp2p_tcp
 
 from aitbc_p2p.crypto import PrivateKey
-from aitbc_p2p.exceptions import NetworkError
+from aitbc_p2p.exceptions import AitbcError, NetworkError
 from aitbc_p2p.network.abc import GossipMessage, RequestHandler, ValidationResult, Validator
+from aitbc_p2p.network.limits import Refused, RequestLimits, RequestPolicy
 from aitbc_p2p.network.protocols import MAX_FRAME, MAX_SYNC_FRAME, SYNC_PROTOCOL, frame
 from aitbc_p2p.network.scoring import PeerScores, ScoringPolicy
 
@@ -68,13 +72,73 @@ class _RoomyRpcQueue(RpcQueue):
         super().__init__(max_size, **kwargs)
 
 
+def _reuse_address_only(sock: Any) -> None:
+    """SO_REUSEADDR (a restart may bind the port its last run left in TIME_WAIT) but not
+    SO_REUSEPORT, which py-libp2p 0.8.1 sets for hole punching (unused here): with it a
+    second peer could listen on a port already in use and share its connections."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+
+
 def _tune_libp2p() -> None:
     """py-libp2p 0.8.1 sizes the outbound queue by a default argument (so its module
     constant does nothing) and the subscription channel by a module constant; both
-    drop honest bursts. Replace the names the pubsub module looks up at run time."""
+    drop honest bursts. Replace the names the pubsub module looks up at run time. The
+    TCP transport's listen sockets get SO_REUSEADDR only (:func:`_reuse_address_only`)."""
+    libp2p_tcp._set_reuse_flags = _reuse_address_only
     if getattr(libp2p_pubsub, "RpcQueue", None) is RpcQueue:
         setattr(libp2p_pubsub, "RpcQueue", _RoomyRpcQueue)  # noqa: B010 (a patch, not an attribute of ours)
     libp2p_pubsub.SUBSCRIPTION_CHANNEL_SIZE = SUBSCRIPTION_CHANNEL_SIZE
+
+
+class _GuardedPubsub(Pubsub):
+    """py-libp2p's Pubsub with the exception contract of :mod:`aitbc_p2p.network.abc`.
+
+    In py-libp2p 0.8.1 a peer's malformed RPC (five bytes that are not a protobuf)
+    raises ``DecodeError`` out of the stream's read loop, through the connection's
+    nursery, and ends the process; a message whose fields break its relay path does the
+    same from a service task. Here both end in a reset stream and a penalty for the
+    sender, never in the node.
+
+    Sequence numbers start at the wall clock in nanoseconds rather than seconds: a
+    restarted peer must never reuse the numbers its previous run sent (peers would drop
+    its messages as repeats), and at most one number a nanosecond keeps them ahead.
+    """
+
+    def __init__(self, *args: Any, on_misbehaviour: Callable[[str, str], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.counter = time.time_ns()
+        self._on_misbehaviour = on_misbehaviour
+
+    async def stream_handler(self, stream: Any) -> None:
+        peer = stream.muxed_conn.peer_id
+        try:
+            await super().stream_handler(stream)
+        except Exception as e:  # noqa: BLE001 (a task edge: what a peer sends never ends the node)
+            logger.info("malformed pubsub RPC from %s: %s: %s", peer, type(e).__name__, e)
+            self._on_misbehaviour(str(peer), "malformed pubsub RPC")
+            await _reset(stream)
+            self._handle_dead_peer(peer)
+
+    async def push_msg(self, msg_forwarder: ID, msg: Any) -> None:
+        try:
+            await super().push_msg(msg_forwarder, msg)
+        except Exception as e:  # noqa: BLE001 (a task edge, as above)
+            logger.info("pubsub message from %s refused: %s: %s", msg_forwarder, type(e).__name__, e)
+            self._on_misbehaviour(str(msg_forwarder), "malformed pubsub message")
+
+
+class _ContentAddressedGossipSub(GossipSub):
+    """GossipSub without py-libp2p 0.8.1's seqno "equivocation" check.
+
+    That check keeps every message ever relayed (a map that never shrinks) and drops,
+    with a heavy penalty for the publisher, any message whose (publisher, seqno) was
+    seen before with other data: exactly what a restarted peer's messages look like.
+    Our message ids are content hashes and every topic validates its payloads, so two
+    messages with one seqno are simply two messages.
+    """
+
+    def _check_equivocation(self, msg: Any) -> bool:
+        return True
 
 
 class _NoAutoConnector(AutoConnector):
@@ -157,7 +221,13 @@ class Libp2pNetwork:
     """A running libp2p host with gossipsub. Open it with :func:`open_libp2p_network`."""
 
     def __init__(
-        self, host: Any, pubsub: Any, nursery: trio.Nursery, scores: PeerScores, discovered: dict[str, list[str]]
+        self,
+        host: Any,
+        pubsub: Any,
+        nursery: trio.Nursery,
+        scores: PeerScores,
+        discovered: dict[str, list[str]],
+        limits: RequestLimits | None = None,
     ) -> None:
         self._host = host
         self._pubsub = pubsub
@@ -167,6 +237,8 @@ class Libp2pNetwork:
         """Counts of stateless verdicts on received gossip, of messages dropped unread from
         graylisted peers and of copies that arrived while the first was being checked."""
         self._discovered = discovered
+        self.limits = limits or RequestLimits(RequestPolicy(), trio.current_time)
+        """Per-peer limits on inbound requests, every protocol together."""
 
     def discovered(self) -> dict[str, list[str]]:
         """Peers found by local discovery (mDNS): peer id -> full multiaddrs to dial."""
@@ -211,7 +283,7 @@ class Libp2pNetwork:
                 verdict = ValidationResult.ACCEPT
             self.verdicts[verdict.value] += 1
             if verdict is ValidationResult.REJECT and peer != me:
-                self._penalize(str(peer), topic)
+                self._penalize(str(peer), f"invalid {topic} gossip")
             return verdict is ValidationResult.ACCEPT
 
         def gate(peer: ID) -> bool | None:
@@ -222,7 +294,7 @@ class Libp2pNetwork:
             if not self.scores.graylisted(str(peer)):
                 return None
             self.verdicts["graylisted"] += 1
-            self._penalize(str(peer), topic, self.scores.policy.graylisted_message_penalty)
+            self._penalize(str(peer), f"{topic} gossip while graylisted", self.scores.policy.graylisted_message_penalty)
             return False
 
         if inspect.iscoroutinefunction(validator):
@@ -275,12 +347,13 @@ class Libp2pNetwork:
         self._nursery.start_soon(self._pump, topic, sub, send)
         return receive
 
-    def _penalize(self, peer: str, topic: str, amount: float | None = None) -> None:
+    def _penalize(self, peer: str, what: str, amount: float | None = None) -> None:
+        """Lower ``peer``'s score for ``what`` it did; ban and disconnect it below the floor."""
         was_banned = self.scores.banned(peer)
         score = self.scores.penalize(peer, amount)
         if self.scores.banned(peer) and not was_banned:
-            logger.warning("peer %s banned for %.0f s: score %.1f after invalid %s gossip",
-                           peer, self.scores.policy.ban_s, score, topic)  # fmt: skip
+            logger.warning("peer %s banned for %.0f s: score %.1f after %s",
+                           peer, self.scores.policy.ban_s, score, what)  # fmt: skip
             self._pubsub.add_to_blacklist(ID.from_base58(peer))
             self._nursery.start_soon(self.disconnect, peer)
 
@@ -318,11 +391,24 @@ class Libp2pNetwork:
             raise NetworkError(f"publish on {topic} failed: {e}") from e
 
     def set_request_handler(self, protocol: str, handler: RequestHandler) -> None:
+        """Serve ``protocol`` with ``handler``, within each peer's request limits
+        (:mod:`aitbc_p2p.network.limits`). Whatever the peer sends, the worst outcome is
+        a reset stream and a penalty for that peer (the contract in network/abc.py)."""
         max_request = MAX_FRAME
 
         async def on_stream(stream: Any) -> None:
             peer = str(stream.muxed_conn.peer_id)
             try:
+                wait = self.limits.admit(peer)
+            except Refused as e:
+                logger.info("%s from %s refused: %s", protocol, peer, e)
+                self._penalize(peer, f"{protocol} flooding", self.limits.policy.over_rate_penalty)
+                await _reset(stream)
+                return
+            try:
+                if wait:
+                    self._penalize(peer, f"{protocol} over its rate", self.limits.policy.over_rate_penalty)
+                    await trio.sleep(wait)
                 request = await read_frame(stream, max_request)
                 response = await handler(peer, request)
                 await stream.write(frame(response))
@@ -333,6 +419,15 @@ class Libp2pNetwork:
             except _IO_ERRORS as e:
                 logger.debug("%s stream from %s failed: %s", protocol, peer, e)
                 await _reset(stream)
+            except AitbcError as e:  # the peer's request broke a rule of ours: its fault
+                logger.info("%s from %s refused: %s: %s", protocol, peer, type(e).__name__, e)
+                self._penalize(peer, f"a malformed {protocol} request")
+                await _reset(stream)
+            except Exception:  # a task edge: a bug of ours must not end the node either
+                logger.exception("%s handler failed on a request from %s", protocol, peer)
+                await _reset(stream)
+            finally:
+                self.limits.release(peer)
 
         self._host.set_stream_handler(TProtocol(protocol), on_stream)
 
@@ -369,6 +464,7 @@ async def open_libp2p_network(
     listen: list[str],
     *,
     scoring: ScoringPolicy | None = None,
+    requests: RequestPolicy | None = None,
     max_peers: int = 50,
     mdns: str | None = None,
 ) -> AsyncIterator[Libp2pNetwork]:
@@ -405,7 +501,7 @@ async def open_libp2p_network(
     if mdns is not None:
         # BasicHost starts and stops what it holds here with the host.
         setattr(host, "mDNS", create_mdns_discovery(swarm, private_network_fingerprint=mdns, host=host))  # noqa: B010
-    gossipsub = GossipSub(
+    gossipsub = _ContentAddressedGossipSub(
         protocols=GOSSIP_PROTOCOLS,
         degree=6,
         degree_low=4,
@@ -417,7 +513,13 @@ async def open_libp2p_network(
         spam_protection_enabled=False,
         score_params=_score_params(scores),
     )
-    pubsub = Pubsub(host, gossipsub, msg_id_constructor=_content_id)
+    running: list[Libp2pNetwork] = []
+
+    def on_misbehaviour(peer: str, what: str) -> None:
+        if running:
+            running[0]._penalize(peer, what)
+
+    pubsub = _GuardedPubsub(host, gossipsub, msg_id_constructor=_content_id, on_misbehaviour=on_misbehaviour)
     try:
         addrs = [multiaddr.Multiaddr(a) for a in listen]
     except (ValueError, BaseLibp2pError) as e:
@@ -444,8 +546,14 @@ async def open_libp2p_network(
             background_trio_service(gossipsub),
         ):
             await pubsub.wait_until_ready()
-            network = Libp2pNetwork(host, pubsub, nursery, scores, discovered)
+            limits = RequestLimits(requests or RequestPolicy(), trio.current_time)
+            network = Libp2pNetwork(host, pubsub, nursery, scores, discovered, limits)
+            running.append(network)
             try:
+                # py-libp2p logs a failed bind and goes on without that address.
+                unbound = [str(a) for a in addrs if str(a) not in swarm.listeners]
+                if unbound:
+                    raise NetworkError(f"cannot listen on {', '.join(unbound)}: address in use or unavailable")
                 nursery.start_soon(network._enforce_bans)
                 yield network
             except BaseException as e:
@@ -459,6 +567,13 @@ async def open_libp2p_network(
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
                     for peer in network.connected_peers():
                         await network.disconnect(peer)
+                    # py-libp2p 0.8.1 leaves its listening sockets open when the host
+                    # stops, so a restart in the same process could not bind its port.
+                    for listener in list(swarm.listeners.values()):
+                        try:
+                            await listener.close()
+                        except (*_IO_ERRORS, BaseLibp2pError) as e:
+                            logger.debug("closing listener: %s", e)
     finally:
         peerDiscovery.unregister_peer_discovered_handler(on_discovered)
     if failure is not None:
