@@ -62,3 +62,36 @@ def test_rejects_deep_nesting():
 def test_encode_refuses_disallowed_values(value):
     with pytest.raises(CodecError):
         encode(value)
+
+
+@pytest.mark.parametrize(
+    ("hex_data", "tag"),
+    [
+        ("c11a514b67b0", 1),  # epoch datetime: cbor2 would build a datetime
+        ("c249010000000000000000", 2),  # bignum: an integer past 64 bits
+        ("d86400", 100),  # epoch date
+        ("d8236161", 35),  # a regular expression: cbor2 would compile a stranger's pattern
+        ("d9010280", 258),  # a set
+        ("d9d9f7a0", 55799),  # self-described CBOR: cbor2 would strip it silently
+        ("da0001869f00", 99999),  # a tag no decoder knows
+        ("d81843a0", 24),  # embedded CBOR
+    ],
+)
+def test_every_tag_is_refused_by_number_before_any_decoder_runs(hex_data, tag):
+    with pytest.raises(CodecError, match=f"CBOR tag {tag} not allowed"):
+        decode(bytes.fromhex(hex_data))
+
+
+@pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 10_000, 100_000])
+def test_deep_nesting_is_refused_without_recursing(depth):
+    data = b"\x81" * depth + b"\x00"
+    with pytest.raises(CodecError):
+        decode(data, max_size=len(data))
+    data = b"\xa1\x61a" * depth + b"\x00"  # maps, too
+    with pytest.raises(CodecError):
+        decode(data, max_size=len(data))
+
+
+def test_duplicate_map_keys_are_refused():
+    with pytest.raises(CodecError, match="Duplicate"):
+        decode(bytes.fromhex("a2616101616101"))

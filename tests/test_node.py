@@ -175,9 +175,8 @@ async def test_peer_with_another_genesis_is_disconnected():
             key=stranger_key, genesis=other, bootstrap=tuple(nodes[0].network.listen_addrs()), peer_interval_s=0.2
         )
         async with open_node(cfg) as stranger:
-            await wait_for(
-                lambda: nodes[0].network.peer_id in stranger._banned or stranger.network.peer_id in nodes[0]._banned
-            )
+            me, them = nodes[0].network, stranger.network
+            await wait_for(lambda: them.banned(me.peer_id) or me.banned(them.peer_id))
             await wait_for(lambda: stranger.network.peer_id not in nodes[0].network.connected_peers())
             assert nodes[0].store.head.height >= 0 and stranger.store.head.height >= 0
 

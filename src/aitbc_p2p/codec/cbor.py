@@ -7,6 +7,7 @@ A decoder accepts exactly one canonical item: re-encoding must give the same byt
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import cbor2
@@ -136,10 +137,20 @@ def decode(data: bytes, *, max_size: int = MAX_SIZE, canonical: bool = True) -> 
     if not data:
         raise CodecError("empty input")
     try:
-        value = cbor2.loads(data, tag_hook=_reject_tag)
+        value = cbor2.loads(
+            data,
+            semantic_decoders=_NO_TAGS,
+            tag_hook=_reject_tag,
+            max_depth=MAX_DEPTH + 1,
+            allow_indefinite=False,
+            allow_duplicate_keys=False,
+            strict_hashable_types=True,
+        )
     except CodecError:
         raise
-    except Exception as e:
+    except Exception as e:  # cbor2 raises CBORDecodeError and, for some inputs, others
+        if isinstance(e.__cause__, CodecError):  # a tag, refused by _NO_TAGS
+            raise CodecError(str(e.__cause__)) from e
         raise CodecError(f"invalid CBOR: {e}") from e
     _check(value, 0)  # floats, undefined and other types are refused here
     if canonical and encode(value, check=False) != data:
@@ -162,5 +173,31 @@ def decode_record(data: bytes) -> Any:
         raise CodecError(f"invalid CBOR record: {e}") from e
 
 
-def _reject_tag(decoder: Any, tag: Any) -> Any:
-    raise CodecError(f"CBOR tag {tag.tag} not allowed")
+class _NoTags(Mapping[int, Any]):
+    """cbor2's table of semantic tag decoders, refusing every tag.
+
+    cbor2 6 looks a tag up here before its own decoders (dates, bignums, regular
+    expressions, sets, ...), so no decoder of a tag ever runs on a peer's bytes: the
+    tag is refused where it stands, whatever it is.
+    """
+
+    def __getitem__(self, tag: int) -> Any:
+        raise CodecError(f"CBOR tag {tag} not allowed")
+
+    def __contains__(self, tag: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+_NO_TAGS = _NoTags()
+
+
+def _reject_tag(decoder: Any, *tag: Any) -> Any:
+    """cbor2's hook for tags it has no decoder for (never reached: :data:`_NO_TAGS`
+    claims them all); refuses, whatever it is passed."""
+    raise CodecError("CBOR tags are not allowed")

@@ -5,10 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from aitbc_p2p.codec import decode, encode
+from aitbc_p2p.codec import decode, encode, fields
 from aitbc_p2p.crypto import sha256
 from aitbc_p2p.exceptions import CodecError, MarketError
 from aitbc_p2p.types import Hash32, JobId
+
+MAX_JOB_ID = 64
+"""A job id is the hex of a 32-byte hash."""
+MAX_WORKLOAD_NAME = 64
+MAX_RESULT_METRICS = 16
 
 
 def params_hash(workload: str, params: dict[str, Any]) -> Hash32:
@@ -32,13 +37,14 @@ class JobPayload:
 
     @classmethod
     def decode(cls, data: bytes) -> JobPayload:
+        """Parse a payload from the job stream. Raises MarketError, for anything malformed."""
         try:
-            w = decode(data)
-            if not isinstance(w, dict) or set(w) != {"job_id", "workload", "params"}:
-                raise MarketError("payload must be a map of job_id, workload, params")
-            if not isinstance(w["params"], dict):
-                raise MarketError("params must be a map")
-            return cls(JobId(str(w["job_id"])), str(w["workload"]), w["params"])
+            w = fields.record(decode(data), ("job_id", "workload", "params"), "a job payload")
+            return cls(
+                JobId(fields.text(w, "job_id", max_len=MAX_JOB_ID)),
+                fields.text(w, "workload", max_len=MAX_WORKLOAD_NAME),
+                fields.mapping(w, "params"),
+            )
         except CodecError as e:
             raise MarketError(f"malformed job payload: {e}") from e
 
@@ -64,8 +70,16 @@ class JobResult:
 
     @classmethod
     def decode(cls, data: bytes, *, max_size: int = 1 << 20) -> JobResult:
+        """Parse a provider's answer. Raises MarketError, for anything malformed."""
         try:
-            w = decode(data, max_size=max_size)
-            return cls(JobId(w["job_id"]), bool(w["ok"]), bytes(w["output"]), str(w["error"]), dict(w["metrics"]))
-        except (CodecError, KeyError, TypeError) as e:
+            keys = ("job_id", "ok", "output", "error", "metrics")
+            w = fields.record(decode(data, max_size=max_size), keys, "a job result")
+            return cls(
+                JobId(fields.text(w, "job_id", max_len=MAX_JOB_ID)),
+                fields.boolean(w, "ok"),
+                fields.blob(w, "output", max_len=max_size),
+                fields.text(w, "error"),
+                fields.uint_map(w, "metrics", max_items=MAX_RESULT_METRICS),
+            )
+        except CodecError as e:
             raise MarketError(f"malformed job result: {e}") from e

@@ -271,6 +271,22 @@ class Libp2pNetwork:
         except _IO_ERRORS as e:
             logger.debug("disconnect %s: %s", peer_id, e)
 
+    def ban(self, peer_id: str, reason: str) -> None:
+        if not self.scores.banned(peer_id):
+            logger.warning("peer %s banned for %.0f s: %s", peer_id, self.scores.policy.ban_s, reason)
+        self.scores.ban(peer_id, reason)
+        self._blacklist(peer_id)
+
+    def banned(self, peer_id: str) -> bool:
+        return self.scores.banned(peer_id)
+
+    def _blacklist(self, peer_id: str) -> None:
+        try:
+            self._pubsub.add_to_blacklist(ID.from_base58(peer_id))
+        except ValueError:
+            return
+        self._nursery.start_soon(self.disconnect, peer_id)
+
     async def subscribe(self, topic: str, validator: Validator) -> trio.MemoryReceiveChannel[GossipMessage]:
         """Subscribe with a stateless gate for what peers forward (our own publishes pass:
         the node checks them first). A graylisted forwarder's messages are dropped
@@ -354,8 +370,7 @@ class Libp2pNetwork:
         if self.scores.banned(peer) and not was_banned:
             logger.warning("peer %s banned for %.0f s: score %.1f after %s",
                            peer, self.scores.policy.ban_s, score, what)  # fmt: skip
-            self._pubsub.add_to_blacklist(ID.from_base58(peer))
-            self._nursery.start_soon(self.disconnect, peer)
+            self._blacklist(peer)
 
     async def _enforce_bans(self) -> None:
         """Keep banned peers off (they may dial back) and lift bans once served."""

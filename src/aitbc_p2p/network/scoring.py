@@ -14,6 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+MAX_TRACKED = 4096
+"""Peers whose scores are kept; past it, the ones closest to zero are forgotten first
+(a banned peer is never forgotten before its ban is served)."""
+
 
 @dataclass(frozen=True, slots=True)
 class ScoringPolicy:
@@ -56,7 +60,22 @@ class PeerScores:
             self.rejected[peer] = self.rejected.get(peer, 0) + 1
         if value < self.policy.disconnect_below:
             self._banned_until[peer] = self._clock() + self.policy.ban_s
+        if len(self._scores) > MAX_TRACKED:
+            self._forget_mildest()
         return value
+
+    def ban(self, peer: str, why: str = "") -> None:
+        """Refuse ``peer`` for ``ban_s`` whatever its score (e.g. a handshake for another chain)."""
+        self._banned_until[peer] = self._clock() + self.policy.ban_s
+
+    def _forget_mildest(self) -> None:
+        keep = MAX_TRACKED * 3 // 4
+        ranked = sorted(
+            (p for p in self._scores if p not in self._banned_until), key=lambda p: abs(self.score(p))
+        )
+        for peer in ranked[: len(self._scores) - keep]:
+            del self._scores[peer]
+            self.rejected.pop(peer, None)
 
     def graylisted(self, peer: str) -> bool:
         return self.score(peer) < self.policy.graylist_below or self.banned(peer)

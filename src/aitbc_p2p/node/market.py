@@ -34,6 +34,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_OFFERS_SEEN = 10_000
+MAX_PROVIDERS = 1024
+"""Capability records kept (the least recently announced dropped first)."""
+MAX_BIDS_PER_JOB = 64
+"""Bids kept per client job; past it a bid must beat the dearest kept one."""
+MAX_CLIENT_JOBS = 10_000
+"""Client jobs tracked; past it the oldest finished ones are dropped."""
 ESCROW_WAIT_S = 20.0
 SETTLE_WAIT_S = 120.0
 
@@ -60,8 +66,8 @@ def _chain_job_id(job_id: JobId) -> Hash32 | None:
 class MarketService:
     def __init__(self, node: Node) -> None:
         self.node = node
-        self.providers: dict[Address, CapabilityRecord] = {}
-        self.client_jobs: dict[JobId, ClientJob] = {}
+        self.providers: OrderedDict[Address, CapabilityRecord] = OrderedDict()
+        self.client_jobs: OrderedDict[JobId, ClientJob] = OrderedDict()
         self._offers_seen: OrderedDict[JobId, JobOffer] = OrderedDict()
         self._provider: ProviderConfig | None = None
         self._device: DeviceInfo | None = None
@@ -152,9 +158,16 @@ class MarketService:
                 rec = CapabilityRecord.decode(msg.data)
             except MarketError:
                 continue
-            known = self.providers.get(rec.signer)
-            if known is None or rec.body["timestamp_ms"] >= known.body["timestamp_ms"]:
-                self.providers[rec.signer] = rec
+            self._remember_provider(rec)
+
+    def _remember_provider(self, rec: CapabilityRecord) -> None:
+        known = self.providers.get(rec.signer)
+        if known is not None and rec.body["timestamp_ms"] < known.body["timestamp_ms"]:
+            return
+        self.providers[rec.signer] = rec
+        self.providers.move_to_end(rec.signer)
+        while len(self.providers) > MAX_PROVIDERS:
+            self.providers.popitem(last=False)
 
     async def on_job_topic(self, inbox: trio.MemoryReceiveChannel[GossipMessage]) -> None:
         async for msg in inbox:
@@ -163,12 +176,24 @@ class MarketService:
             except MarketError as e:
                 logger.debug("job message ignored: %s", e)
                 continue
-            if isinstance(parsed, JobOffer):
-                await self._consider_offer(parsed)
-            else:
-                job = self.client_jobs.get(JobId(parsed.body["job_id"]))
-                if job is not None and parsed.body["price"] <= job.offer.body["max_price"]:
-                    job.bids[parsed.signer] = parsed
+            try:
+                if isinstance(parsed, JobOffer):
+                    await self._consider_offer(parsed)
+                else:
+                    self._take_bid(parsed)
+            except Exception:  # a task edge: one message must not end the market
+                logger.exception("job message from %s not handled", msg.origin)
+
+    def _take_bid(self, bid: Bid) -> None:
+        job = self.client_jobs.get(JobId(bid.body["job_id"]))
+        if job is None or job.phase not in ("bidding", "bids_ready") or bid.body["price"] > job.offer.body["max_price"]:
+            return
+        if bid.signer not in job.bids and len(job.bids) >= MAX_BIDS_PER_JOB:
+            dearest = max(job.bids.values(), key=lambda b: b.body["price"])
+            if bid.body["price"] >= dearest.body["price"]:
+                return
+            del job.bids[dearest.signer]
+        job.bids[bid.signer] = bid
 
     # -------------------------------------------------------------- client
     async def submit(self, offer: JobOffer, workload: str, params: dict[str, Any]) -> JobId:
@@ -185,15 +210,23 @@ class MarketService:
         job_id = offer.job_id
         if job_id not in self.client_jobs:
             self.client_jobs[job_id] = ClientJob(offer, workload, params)
+            self._forget_old_jobs()
             await self._publish_job({"offer": offer.to_wire()})
             if self._nursery is not None:
                 self._nursery.start_soon(self._close_bidding, job_id)
         return job_id
 
+    def _forget_old_jobs(self) -> None:
+        if len(self.client_jobs) <= MAX_CLIENT_JOBS:
+            return
+        done = [j for j, job in self.client_jobs.items() if job.phase in ("result_received", "failed")]
+        for job_id in done[: len(self.client_jobs) - MAX_CLIENT_JOBS]:
+            del self.client_jobs[job_id]
+
     async def _close_bidding(self, job_id: JobId) -> None:
         await trio.sleep(self.node.config.bid_window_s)
-        job = self.client_jobs[job_id]
-        if job.phase == "bidding":
+        job = self.client_jobs.get(job_id)
+        if job is not None and job.phase == "bidding":
             job.phase = "bids_ready"
 
     def on_head(self, height: int) -> None:
@@ -214,6 +247,13 @@ class MarketService:
                 self._nursery.start_soon(self._dispatch, job_id, job, bid)
 
     async def _dispatch(self, job_id: JobId, job: ClientJob, bid: Bid) -> None:
+        try:
+            await self._dispatch_unguarded(job_id, job, bid)
+        except Exception as e:  # a task edge in the node's nursery: fail the job, not the node
+            logger.exception("job %s dispatch failed", job_id[:16])
+            job.phase, job.error = "failed", f"internal error: {type(e).__name__}"
+
+    async def _dispatch_unguarded(self, job_id: JobId, job: ClientJob, bid: Bid) -> None:
         payload = JobPayload(job_id, job.workload, job.params)
         timeout = job.offer.body["max_runtime_s"] + ESCROW_WAIT_S + 10
         try:
@@ -306,7 +346,7 @@ class MarketService:
         assert self._provider is not None
         while True:
             rec = self._capability()
-            self.providers[rec.signer] = rec
+            self._remember_provider(rec)
             try:
                 await self.node.network.publish(self._topic_provider, rec.encode())
             except NetworkError as e:

@@ -144,7 +144,7 @@ class Node:
         self._import_lock = trio.Lock()
         self._head_changed = trio.Event()
         self._peer_heads: dict[str, int] = {}
-        self._banned: set[str] = set()
+        """Heads that connected peers told us (pruned to the connected ones each round)."""
         self.peers = PeerBook(network.peer_id)
         self._backoff = Backoff(trio.current_time)
         self._dialing: set[str] = set()
@@ -500,7 +500,8 @@ class Node:
                     checked = await self._check_block(msg.data)
                 block, certificate, verified = checked
                 if block.height > self.store.head.height + 1:
-                    self._peer_heads[msg.origin] = max(self._peer_heads.get(msg.origin, 0), block.height)
+                    if msg.origin in self._peer_heads:  # a peer we handshook with, not any name on a message
+                        self._peer_heads[msg.origin] = max(self._peer_heads[msg.origin], block.height)
                     continue  # the peer manager syncs the gap
                 await self.import_block(block, certificate, verified=verified)
             except (ValidationError, ConsensusError, CodecError) as e:
@@ -532,8 +533,8 @@ class Node:
         self.peers.verified(peer, status.get("listen"))
         return height
 
-    def _refuse(self, peer: str) -> None:
-        self._banned.add(peer)
+    def _refuse(self, peer: str, reason: str) -> None:
+        self.network.ban(peer, reason)
         self.peers.forget(peer)
         self._peer_heads.pop(peer, None)
 
@@ -542,8 +543,7 @@ class Node:
             self._peer_heads[peer] = self._check_status(peer, decode(request))
         except (CodecError, HandshakeRefused) as e:
             logger.warning("refusing peer %s: %s", peer, e)
-            self._refuse(peer)
-            self._nursery.start_soon(self.network.disconnect, peer)
+            self._refuse(peer, str(e))
         return encode(self.status_message())
 
     async def _serve_peers(self, peer: str, request: bytes) -> bytes:
@@ -585,8 +585,7 @@ class Node:
             self._peer_heads[peer] = self._check_status(peer, decode(raw))
         except (CodecError, HandshakeRefused) as e:
             logger.warning("disconnecting %s: %s", peer, e)
-            self._refuse(peer)
-            await self.network.disconnect(peer)
+            self._refuse(peer, str(e))
         except NetworkError as e:  # unreachable or slow: try again next round
             logger.debug("status with %s failed: %s", peer, e)
 
@@ -690,10 +689,10 @@ class Node:
     def _dial_more(self, connected: set[str]) -> None:
         """Bootstrap peers always; below the floor, peers learnt by exchange and mDNS too.
         Dials run concurrently, so an address that hangs does not stall the others."""
-        skip = connected | self._banned | self._dialing
+        skip = connected | self._dialing
         for addr in self.config.bootstrap:
             peer = addr.rsplit("/p2p/", 1)[-1]
-            if peer not in skip and self._backoff.ready(addr):
+            if peer not in skip and not self.network.banned(peer) and self._backoff.ready(addr):
                 skip.add(peer)
                 self._nursery.start_soon(self._dial, peer, [addr])
         room = min(self.config.peer_floor, self.config.peer_ceiling) - len(connected) - len(self._dialing)
@@ -704,17 +703,20 @@ class Node:
         for peer, addrs in self.peers.to_dial(skip):
             if room <= 0:
                 break
-            if any(self._backoff.ready(a) for a in addrs):
+            if not self.network.banned(peer) and any(self._backoff.ready(a) for a in addrs):
                 self._nursery.start_soon(self._dial, peer, addrs)
                 room -= 1
 
     async def _manage_peers(self) -> None:
         while True:
             connected = set(self.network.connected_peers())
+            for gone in [p for p in self._peer_heads if p not in connected]:
+                del self._peer_heads[gone]
+            self._exchanged = {p: t for p, t in self._exchanged.items() if p in connected}
             self._dial_more(connected)
             now = trio.current_time()
             for peer in connected:
-                if peer in self._banned:
+                if self.network.banned(peer):
                     await self.network.disconnect(peer)
                     continue
                 await self._exchange_status(peer)
@@ -722,7 +724,7 @@ class Node:
                 if due and len(connected) < self.config.peer_floor and peer in self._peer_heads:
                     await self._exchange_peers(peer)
             ahead = [
-                (h, p) for p, h in self._peer_heads.items() if h > self.store.head.height and p not in self._banned
+                (h, p) for p, h in self._peer_heads.items() if h > self.store.head.height and not self.network.banned(p)
             ]
             if ahead:
                 target, peer = max(ahead)
