@@ -210,3 +210,37 @@ def test_vote_guard_never_signs_conflicting_votes_across_reopen(tmp_path):
         again.sign_vote(4, 3, VoteStep.PRECOMMIT, NIL)
     again.sign_vote(5, 1, VoteStep.PRECOMMIT, NIL)  # a later round is a new slot
     kv.close()
+
+
+def _a_proposal_wire():
+    from aitbc_p2p.testing import ChainBuilder
+
+    key = make_key("p-author")
+    genesis = make_genesis([key])
+    block = ChainBuilder(genesis, [key]).add_block().block
+    return Proposal(genesis.chain_id, 1, 0, -1, block, key.address).signed(key).to_wire()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"sig": 2**27},  # bytes(2**27) would allocate 128 MiB from five bytes
+        {"sig": -1},
+        {"sig": b"\x01" * 200},
+        {"height": "1"},  # int("1") would coerce
+        {"height": True},
+        {"round": -1},
+        {"valid_round": -2},
+        {"chain_id": 5},
+        {"proposer": "not an address"},
+        {"block": 7},
+        {"extra": 1},
+    ],
+)
+def test_a_malformed_proposal_is_a_validation_error(change):
+    from aitbc_p2p.exceptions import ValidationError
+
+    wire = _a_proposal_wire()
+    assert Proposal.from_wire(wire).to_wire() == wire
+    with pytest.raises(ValidationError, match=r"malformed proposal|block"):
+        Proposal.from_wire({**wire, **change})

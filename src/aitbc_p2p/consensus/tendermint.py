@@ -16,12 +16,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aitbc_p2p.chain.models import Block
+from aitbc_p2p.chain.models import MAX_ROUND, Block
 from aitbc_p2p.chain.votes import NIL, Vote, VoteStep
-from aitbc_p2p.codec import encode
+from aitbc_p2p.codec import encode, fields
 from aitbc_p2p.consensus.engines import PosEngine
 from aitbc_p2p.crypto import Domain, PrivateKey, recover_address, signing_digest
-from aitbc_p2p.exceptions import BadSignature, ConsensusError, ValidationError
+from aitbc_p2p.crypto.keys import validate_address
+from aitbc_p2p.exceptions import BadSignature, CodecError, ConsensusError, CryptoError, ValidationError
 from aitbc_p2p.types import Address
 
 
@@ -83,18 +84,33 @@ class Proposal:
 
     @classmethod
     def from_wire(cls, obj: Any) -> Proposal:
+        """Parse shape and bounds (not the signature). Raises :class:`ValidationError`."""
         try:
+            w = fields.record(obj, _PROPOSAL_KEYS, "a proposal")
+            height = fields.uint(w, "height")
+            round_ = fields.uint(w, "round", high=MAX_ROUND)
+            valid_round = _int(w, "valid_round", low=-1, high=MAX_ROUND)
             return cls(
-                chain_id=str(obj["chain_id"]),
-                height=int(obj["height"]),
-                round=int(obj["round"]),
-                valid_round=int(obj["valid_round"]),
-                block=Block.from_wire(obj["block"]),
-                proposer=Address(str(obj["proposer"])),
-                signature=bytes(obj["sig"]),
+                chain_id=fields.text(w, "chain_id", max_len=64),
+                height=height,
+                round=round_,
+                valid_round=valid_round,
+                block=Block.from_wire(w["block"]),
+                proposer=validate_address(fields.text(w, "proposer", max_len=128)),
+                signature=fields.blob(w, "sig", max_len=65),
             )
-        except (KeyError, TypeError, ValueError) as e:
+        except (CodecError, CryptoError) as e:
             raise ValidationError(f"malformed proposal: {e}") from e
+
+
+_PROPOSAL_KEYS = ("chain_id", "height", "round", "valid_round", "block", "proposer", "sig")
+
+
+def _int(obj: Any, name: str, *, low: int, high: int) -> int:
+    value = obj[name]
+    if type(value) is not int or not low <= value <= high:
+        raise CodecError(f"field {name!r} must be an integer in [{low}, {high}]")
+    return value
 
 
 # ------------------------------------------------------------------ actions

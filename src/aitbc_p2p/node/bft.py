@@ -110,7 +110,10 @@ class BftDriver:
             except (CodecError, ValidationError) as e:
                 logger.debug("bad consensus message from %s: %s", msg.origin, e)
                 continue
-            await self._handle(obj)
+            try:
+                await self._handle(obj)
+            except Exception:  # a task edge: one message must not end consensus
+                logger.exception("consensus message from %s not handled", msg.origin)
 
     async def _handle(self, obj: dict[str, Any]) -> None:
         machine = self.machine
