@@ -12,7 +12,7 @@ from aitbc_p2p.chain.transition import ChainRules
 from aitbc_p2p.codec import decode, encode
 from aitbc_p2p.exceptions import NetworkError, ValidationError
 from aitbc_p2p.market import JobOffer, params_hash, select_bid
-from aitbc_p2p.network import GossipMessage, ValidationResult
+from aitbc_p2p.network import GossipMessage, ValidationResult, peer_id_of
 from aitbc_p2p.node import NodeConfig, open_node
 from aitbc_p2p.node import node as node_module
 from aitbc_p2p.node.node import decode_sync_item, encode_block_message, encode_sync_item
@@ -112,15 +112,16 @@ async def test_the_block_gate_refuses_forged_blocks_and_an_accepted_one_is_decod
     """A gossiped block is decoded and all its signatures checked in a worker by the
     topic's gate; a bad header or transaction signature is a REJECT, and the import uses
     the gate's result instead of decoding the block again."""
-    async with open_test_network(1, alloc=ALLOC) as nodes:
+    async with open_test_network(1, alloc=ALLOC, absent=1) as nodes:
         config = NodeConfig(key=make_key("late"), genesis=nodes[0].genesis, data_dir=tmp_path / "late")
         async with open_node(config) as late:
             proposer, head = make_key("peer0"), late.store.head
 
-            def block_with(tx, key=proposer):
+            # Two authorities, peer1 absent: height 1 is peer1's in round 0 and peer0's in round 1.
+            def block_with(tx, key=proposer, round=1):
                 applied, _ = build_block(
-                    key, head, late.store.state, [tx], late.rules, timestamp_ms=late.engine.due_ms(head), max_txs=10,
-                    verified={tx.hash},
+                    key, head, late.store.state, [tx], late.rules, timestamp_ms=late.engine.due_ms(head, round),
+                    max_txs=10, verified={tx.hash}, round=round,
                 )  # fmt: skip
                 assert applied.block.txs == (tx,)
                 return applied.block
@@ -132,7 +133,17 @@ async def test_the_block_gate_refuses_forged_blocks_and_an_accepted_one_is_decod
             )
             renamed = BlockHeader(**{**honest.header._fields(), "proposer": make_key("peer1").address})
             elsewhere = BlockHeader(**{**honest.header._fields(), "chain_id": "ait-elsewhere"}).signed(proposer)
+            outsider, authority1 = make_key("outsider"), make_key("peer1")
+            junk = [make_tx(CLIENT, nonce=n, to=make_key("dest").address, amount=1) for n in range(500)]
+            by_outsider, _ = build_block(
+                outsider, head, late.store.state, junk, late.rules, timestamp_ms=late.engine.due_ms(head, 1),
+                max_txs=1000, verified={tx.hash for tx in junk}, round=1,
+            )  # fmt: skip
+            assert len(encode_block_message(by_outsider.block)) > 100_000  # ~121 KB of validly signed junk
             for message in (
+                encode_block_message(by_outsider.block),  # an outsider naming itself proposer
+                encode_block_message(block_with(make_tx(CLIENT, to=make_key("dest").address, amount=5), outsider)),
+                encode_block_message(block_with(honest.txs[0], authority1)),  # an authority out of turn
                 encode_block_message(block_with(forged_tx)),  # a transaction not signed by its sender
                 encode_block_message(Block(renamed, honest.txs)),  # a header not signed by its proposer
                 encode_block_message(Block(elsewhere, honest.txs)),  # another chain
@@ -160,6 +171,23 @@ async def test_the_block_gate_refuses_forged_blocks_and_an_accepted_one_is_decod
             assert late.account(CLIENT.address)["nonce"] == 1
             monkeypatch.undo()
             assert await late._valid_block(message) is ValidationResult.IGNORE  # already have it
+
+            # A block that passes the gate (its scheduled proposer signed it) but that the
+            # chain refuses costs its publisher a REJECT; the relaying peers are not at fault.
+            head = late.store.head
+            future, _ = build_block(
+                proposer, head, late.store.state, [], late.rules, timestamp_ms=late.clock_ms() + 60_000, max_txs=10
+            )
+            message = encode_block_message(future.block)
+            assert await late._valid_block(message) is ValidationResult.ACCEPT
+            publisher = peer_id_of(proposer)
+            send, receive = trio.open_memory_channel(1)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(late._on_block, receive)
+                await send.send(GossipMessage("block", message, origin=publisher, via="relay"))
+                await wait_for(lambda: late.network.scores.rejected.get(publisher) == 1)
+                nursery.cancel_scope.cancel()
+            assert late.store.head == head and late.network.scores.score("relay") == 0.0
 
 
 async def served_from(items, peer, start, end):

@@ -280,6 +280,9 @@ class Libp2pNetwork:
     def banned(self, peer_id: str) -> bool:
         return self.scores.banned(peer_id)
 
+    def penalize(self, peer_id: str, reason: str) -> None:
+        self._penalize(peer_id, reason)
+
     def _blacklist(self, peer_id: str) -> None:
         try:
             self._pubsub.add_to_blacklist(ID.from_base58(peer_id))

@@ -465,6 +465,12 @@ class Node:
         block = checked[0]
         if block.header.chain_id != self.genesis.chain_id:
             return ValidationResult.REJECT
+        if block.header.proposer != self.engine.proposer(block.height, block.header.round):
+            # Signed by its proposer, but that is not who the schedule names for its
+            # height and round (an outsider, or an authority out of turn): no one
+            # honest could have made it, so no one honest relays it (specs/topics.md).
+            logger.debug("rejected block %d: %s is not its scheduled proposer", block.height, block.header.proposer)
+            return ValidationResult.REJECT
         if self.store.height_of(block.hash) is not None:
             return ValidationResult.IGNORE  # already have it
         if len(self._block_checks) >= MAX_PENDING_BLOCK_CHECKS:
@@ -506,6 +512,10 @@ class Node:
                 await self.import_block(block, certificate, verified=verified)
             except (ValidationError, ConsensusError, CodecError) as e:
                 logger.warning("rejected block from %s: %s", msg.origin, e)
+                if msg.origin and msg.origin != self.network.peer_id:
+                    # The publisher made a block the chain refuses; the peers that relayed
+                    # it checked only what the gate can, so they are not at fault.
+                    self.network.penalize(msg.origin, f"an invalid block ({e})")
 
     # ------------------------------------------------------------------ peers
     def status_message(self) -> dict[str, Any]:
