@@ -111,6 +111,11 @@ def _nonce_too_low(chain, alice, bob, authority):
 
 def _nonce_too_high(chain, alice, bob, authority):
     refuse(chain, "NonceTooHigh", make_tx(alice, nonce=1))
+    # The pool waits for a gap to fill only up to max_per_sender nonces ahead.
+    pool = Mempool(chain.rules, max_per_sender=64)
+    pool.add(make_tx(alice, nonce=63), chain.state, height=0)
+    for nonce in (64, 1000, 2**64 - 1):
+        rejected("NonceTooHigh", pool.add, make_tx(alice, nonce=nonce), chain.state, height=0)
 
 
 def _insufficient_funds(chain, alice, bob, authority):
@@ -188,10 +193,10 @@ def _duplicate(chain, alice, bob, authority):
 
 
 def _pool_full(chain, alice, bob, authority):
-    pool = Mempool(chain.rules, max_size=2, max_per_sender=2, max_future_per_sender=1)
+    pool = Mempool(chain.rules, max_size=2, max_per_sender=4, max_future_per_sender=1)
     pool.add(make_tx(alice, nonce=0), chain.state, height=0)
-    pool.add(make_tx(alice, nonce=5), chain.state, height=0)
-    rejected("PoolFull", pool.add, make_tx(alice, nonce=6), chain.state, height=0)  # future queue / per sender
+    pool.add(make_tx(alice, nonce=2), chain.state, height=0)
+    rejected("PoolFull", pool.add, make_tx(alice, nonce=3), chain.state, height=0)  # future queue
     rejected("PoolFull", pool.add, make_tx(bob, nonce=0), chain.state, height=0)  # pays no more than the tail
     assert len(pool) == 2
 

@@ -143,3 +143,26 @@ def test_admission_while_a_block_is_written_sees_one_consistent_state(tmp_path, 
     pool.prune(store.state)
     assert [tx.nonce for tx in pool.candidates()] == [3, 4, 5]
     store.close()
+
+
+def test_future_transactions_are_capped_in_all_and_expire(chain, genesis, alice, bob, authority):
+    """Future nonces pay nothing until their gap fills: a bounded share of the pool, for
+    a bounded time, and a nonce far ahead is refused outright (NonceTooHigh)."""
+    pool = Mempool(ChainRules.of(genesis), max_future=2, future_ttl_blocks=3)
+    state = chain.state
+    refused("NonceTooHigh", pool, make_tx(alice, nonce=1000), state)
+    refused("NonceTooHigh", pool, make_tx(alice, nonce=2**64 - 1), state)
+    pool.add(make_tx(alice, nonce=5), state, height=0)
+    pool.add(make_tx(bob, nonce=5), state, height=1)
+    refused("PoolFull", pool, make_tx(authority, nonce=5), state)  # the pool's future share is full
+    pool.add(make_tx(authority, nonce=0), state, height=1)  # ready ones still get in
+    assert pool.statistics().future == 2
+    for _ in range(4):  # blocks go by; alice's gap never fills
+        chain.add_block()
+    pool.settle(chain.state, [chain.blocks[-1].block])  # height 4: admitted at 0, past 0 + 3
+    assert pool.statistics().future == 1 and pool.statistics().expired == 1
+    pool.add(make_tx(authority, nonce=7), chain.state, height=4)  # room again
+    chain.add_block()
+    pool.settle(chain.state, [chain.blocks[-1].block])  # height 5: bob's (admitted at 1) expires too
+    assert pool.statistics().future == 1 and pool.statistics().expired == 2
+    assert [tx.sender for tx in pool.pending() if not pool.is_ready(tx.hash)] == [authority.address]

@@ -26,6 +26,11 @@ DEFAULT_MAX_SIZE = 10_000
 DEFAULT_MAX_PER_SENDER = 64
 DEFAULT_MAX_FUTURE_PER_SENDER = 16
 DEFAULT_REPLACE_BUMP_PCT = 10
+DEFAULT_MAX_FUTURE = DEFAULT_MAX_SIZE // 4
+"""Future transactions in all: they pay nothing until their gap fills, so they may hold
+at most a quarter of the pool (specs/transactions.md, "Mempool")."""
+DEFAULT_FUTURE_TTL_BLOCKS = 300
+"""Blocks a future transaction waits for its gap to fill before it is dropped."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +42,7 @@ class PoolStats:
     rejected: int
     evicted: int
     replaced: int
+    expired: int
 
 
 class Mempool:
@@ -48,20 +54,28 @@ class Mempool:
         max_per_sender: int = DEFAULT_MAX_PER_SENDER,
         max_future_per_sender: int = DEFAULT_MAX_FUTURE_PER_SENDER,
         replace_bump_pct: int = DEFAULT_REPLACE_BUMP_PCT,
+        max_future: int = DEFAULT_MAX_FUTURE,
+        future_ttl_blocks: int = DEFAULT_FUTURE_TTL_BLOCKS,
     ) -> None:
         self.rules = rules
         self.max_size = max_size
         self.max_per_sender = max_per_sender
         self.max_future_per_sender = max_future_per_sender
         self.replace_bump_pct = replace_bump_pct
+        self.max_future = max_future
+        self.future_ttl_blocks = future_ttl_blocks
         self._ready: dict[Address, dict[int, Transaction]] = {}
         self._future: dict[Address, dict[int, Transaction]] = {}
         self._by_hash: dict[Hash32, Transaction] = {}
+        self._future_since: dict[Hash32, int] = {}
+        """Height at which each future transaction was admitted (for its expiry)."""
+        self._height = 0
+        """The latest committed height this pool has heard of."""
         # Per sender: the view with its ready queue applied, so admitting the next nonce
         # costs one apply. Dropped when the sender's queue changes other than by appending,
         # or when the committed state moves.
         self._projected: dict[Address, Overlay] = {}
-        self._counts = {"admitted": 0, "rejected": 0, "evicted": 0, "replaced": 0}
+        self._counts = {"admitted": 0, "rejected": 0, "evicted": 0, "replaced": 0, "expired": 0}
 
     def __len__(self) -> int:
         return len(self._by_hash)
@@ -70,10 +84,12 @@ class Mempool:
         return tx_hash in self._by_hash
 
     def statistics(self) -> PoolStats:
-        future = sum(len(q) for q in self._future.values())
         senders = len(set(self._ready) | set(self._future))
         c = self._counts
-        return PoolStats(len(self), senders, future, c["admitted"], c["rejected"], c["evicted"], c["replaced"])
+        return PoolStats(
+            len(self), senders, len(self._future_since), c["admitted"], c["rejected"], c["evicted"], c["replaced"],
+            c["expired"],
+        )  # fmt: skip
 
     # ------------------------------------------------------------- admission
     def add(self, tx: Transaction, view: StateView, *, height: int, verified: bool = False) -> list[Transaction]:
@@ -94,6 +110,7 @@ class Mempool:
         return out
 
     def _admit(self, tx: Transaction, view: StateView, height: int, verified: bool) -> list[Transaction]:
+        self._height = max(self._height, height)
         if tx.hash in self._by_hash:
             raise TxRejected("Duplicate", "transaction is already pending")
         check_stateless(tx, self.rules, verified=verified)
@@ -108,7 +125,15 @@ class Mempool:
             return self._replace(old, tx, view, height)
         if len(ready) + len(future) >= self.max_per_sender:
             raise TxRejected("PoolFull", f"this sender has {self.max_per_sender} pending transactions")
+        if tx.nonce >= committed + self.max_per_sender:
+            raise TxRejected(
+                "NonceTooHigh",
+                f"nonce {tx.nonce} is more than {self.max_per_sender - 1} past the next one",
+                expected=following,
+            )
         if tx.nonce > following:
+            if len(self._future_since) >= self.max_future:
+                raise TxRejected("PoolFull", f"the pool holds {self.max_future} future-nonce transactions")
             if len(future) >= self.max_future_per_sender:
                 raise TxRejected(
                     "PoolFull", f"at most {self.max_future_per_sender} future-nonce transactions per sender"
@@ -118,6 +143,7 @@ class Mempool:
         if tx.nonce > following:
             evicted = self._make_room(tx)  # evicts another sender's transaction, if any
             self._future.setdefault(tx.sender, {})[tx.nonce] = tx
+            self._future_since[tx.hash] = height
         else:
             projected = self._projection(tx.sender, view, height)
             if len(self._by_hash) < self.max_size:
@@ -151,6 +177,7 @@ class Mempool:
             tx = future.pop(following, None)
             if tx is None:
                 break
+            self._future_since.pop(tx.hash, None)
             try:
                 apply_tx(self._projection(sender, view, height), tx, height=height + 1, rules=self.rules)
             except TxRejected:  # the projection is unchanged
@@ -171,6 +198,7 @@ class Mempool:
             self._future[tx.sender][tx.nonce] = tx
             self._forget(old, keep_slot=True)
             self._by_hash[tx.hash] = tx
+            self._future_since[tx.hash] = height
             self._counts["replaced"] += 1
             return [old]
         # Replay the ready queue with the replacement; later ones that no longer apply leave.
@@ -210,6 +238,7 @@ class Mempool:
 
     def _forget(self, tx: Transaction, *, keep_slot: bool = False) -> None:
         self._by_hash.pop(tx.hash, None)
+        self._future_since.pop(tx.hash, None)
         self._projected.pop(tx.sender, None)
         if keep_slot:
             return
@@ -284,10 +313,13 @@ class Mempool:
                 tx = waiting[nonce]
                 if nonce < committed:
                     self._by_hash.pop(tx.hash, None)
+                    self._future_since.pop(tx.hash, None)
                 elif nonce == committed + len(ready):
                     ready[nonce] = tx
+                    self._future_since.pop(tx.hash, None)
                 else:
                     future[nonce] = tx
+                    self._future_since.setdefault(tx.hash, self._height)
             if ready:
                 self._ready[sender] = ready
             if future:
@@ -299,7 +331,21 @@ class Mempool:
         blocks = list(committed)
         for block in blocks:
             self.remove(block.txs)
+        if blocks:
+            self._height = blocks[-1].height
         self.prune(view, {tx.sender for block in blocks for tx in block.txs} if blocks else None)
+        if blocks:
+            self.expire(self._height)
+
+    def expire(self, height: int) -> list[Transaction]:
+        """Drop future transactions that waited more than ``future_ttl_blocks`` blocks for
+        their gap to fill (they pay nothing while they wait); returns them."""
+        cutoff = height - self.future_ttl_blocks
+        stale = [self._by_hash[h] for h, since in self._future_since.items() if since < cutoff]
+        for tx in stale:
+            self._forget(tx)
+        self._counts["expired"] += len(stale)
+        return stale
 
     def reinject(self, txs: Iterable[Transaction], view: StateView, *, height: int) -> list[Transaction]:
         """Re-admit transactions of reverted blocks; return those now pending again."""
