@@ -18,8 +18,9 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from aitbc_p2p.chain.models import Transaction
+from aitbc_p2p.codec import encode
 from aitbc_p2p.crypto.keys import validate_address
-from aitbc_p2p.exceptions import CryptoError, MarketError, TxRejected
+from aitbc_p2p.exceptions import CodecError, CryptoError, MarketError, TxRejected
 from aitbc_p2p.market.messages import JobOffer
 from aitbc_p2p.node.api import NodeAPI
 from aitbc_p2p.types import Address, Hash32, JobId
@@ -75,6 +76,15 @@ def _hexify(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def _closing(response: Response) -> Response:
+    """Mark an answer given before the request's body was read: the server closes the
+    connection after it. Kept alive, the unread body would sit where the client's next
+    request is expected, and that request would never be answered."""
+    if request.method not in ("GET", "HEAD"):
+        response.headers["Connection"] = "close"
+    return response
+
+
 def _json(value: Any, status: int = 200) -> Response:
     return Response(json.dumps(value, default=_hexify), status=status, content_type="application/json")
 
@@ -85,6 +95,8 @@ async def _body() -> dict[str, Any]:
         doc = json.loads(raw or b"null")
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise Problem(400, "BAD_JSON", f"request body is not valid JSON: {e}") from e
+    except RecursionError as e:  # the stdlib parser recurses per level of nesting
+        raise Problem(400, "BAD_JSON", "request body nests too deeply") from e
     if not isinstance(doc, dict):
         raise Problem(400, "BAD_JSON", "request body must be a JSON object")
     return doc
@@ -114,13 +126,17 @@ def _address(text: str) -> Address:
         raise Problem(400, "BAD_ADDRESS", str(e)) from e
 
 
-def _no_floats(value: Any) -> Any:
-    if isinstance(value, float):
-        raise Problem(400, "BAD_PARAMS", "job parameters must not contain floats (use integers or strings)")
-    if isinstance(value, dict):
-        return {k: _no_floats(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_no_floats(v) for v in value]
+def _job_params(value: Any) -> dict[str, Any]:
+    """Job parameters as the codec will hash them: a map of at most MAX_DEPTH levels,
+    integers in 64 bits, no floats (specs/rpc.md, "Jobs")."""
+    if not isinstance(value, dict):
+        raise Problem(400, "BAD_PARAMS", "params must be an object")
+    try:
+        encode(value)  # the codec's own checks: depth, integer range, no floats
+    except CodecError as e:
+        if "float" in str(e):
+            raise Problem(400, "BAD_PARAMS", "job parameters must not contain floats (use integers or strings)") from e
+        raise Problem(400, "BAD_PARAMS", f"job parameters cannot be encoded: {e}") from e
     return value
 
 
@@ -137,12 +153,14 @@ def create_app(api: NodeAPI, *, token: str, max_body: int = MAX_BODY) -> QuartTr
         header = request.headers.get("Authorization", "")
         given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
         if not given or not hmac.compare_digest(given.encode(), token.encode()):
-            return envelope(401, "UNAUTHORIZED", "missing or wrong bearer token (see rpc.token in the data directory)")
+            return _closing(
+                envelope(401, "UNAUTHORIZED", "missing or wrong bearer token (see rpc.token in the data directory)")
+            )
         key = request.headers.get("Idempotency-Key")
         if request.method == "POST" and key:
             cached = idempotent.get((request.path, key))
             if cached is not None:
-                return Response(cached[1], status=cached[0], content_type="application/json")
+                return _closing(Response(cached[1], status=cached[0], content_type="application/json"))
         return None
 
     @app.after_request
@@ -161,7 +179,8 @@ def create_app(api: NodeAPI, *, token: str, max_body: int = MAX_BODY) -> QuartTr
     @app.errorhandler(HTTPException)
     async def http_error(e: HTTPException) -> Response:
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "BODY_TOO_LARGE"}.get(e.code or 0, "HTTP_ERROR")
-        return envelope(e.code or 500, code, e.description or code)
+        response = envelope(e.code or 500, code, e.description or code)
+        return _closing(response) if e.code == 413 else response
 
     @app.get("/v1/health")
     async def health() -> Response:
@@ -230,9 +249,10 @@ def create_app(api: NodeAPI, *, token: str, max_body: int = MAX_BODY) -> QuartTr
     async def submit_job() -> Response:
         doc = await _body()
         raw = _hex_field(doc, "offer")
-        workload, params = doc.get("workload"), _no_floats(doc.get("params", {}))
-        if not isinstance(workload, str) or not isinstance(params, dict):
-            raise Problem(400, "BAD_REQUEST", "workload must be a string and params an object")
+        workload = doc.get("workload")
+        if not isinstance(workload, str):
+            raise Problem(400, "BAD_REQUEST", "workload must be a string")
+        params = _job_params(doc.get("params", {}))
         try:
             job_id = await api.submit_job(JobOffer.decode(raw), workload, params)
         except MarketError as e:
