@@ -165,3 +165,47 @@ async def test_a_flooding_peer_is_slowed_then_banned_while_an_honest_one_is_serv
             with trio.fail_after(5):
                 while flooder.peer_id in server.connected_peers():
                     await trio.sleep(0.1)
+
+
+async def test_a_restarted_publisher_is_relayed_like_before():
+    """P - R - C in a line. P publishes, restarts at once with the same key and publishes
+    other messages: R relays them to C. (py-libp2p started seqnos at the clock in
+    seconds, so the restarted P reused its earlier numbers and R dropped its messages as
+    "equivocation", penalizing P; a restarted validator was muted.)"""
+    t = topic("ait-devnet", "block")
+    got: list[bytes] = []
+    with trio.fail_after(90):
+        async with (
+            open_libp2p_network(make_key("relay"), LOCAL) as r,
+            open_libp2p_network(make_key("far"), LOCAL) as c,
+        ):
+            await r.subscribe(t, lambda data: True)
+            inbox = await c.subscribe(t, lambda data: True)
+            await c.connect(r.listen_addrs()[0])
+
+            async def collect() -> None:
+                async for msg in inbox:
+                    got.append(msg.data)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(collect)
+                for run in range(2):
+                    async with open_libp2p_network(make_key("publisher"), LOCAL) as p:
+                        await p.subscribe(t, lambda data: True)
+                        await p.connect(r.listen_addrs()[0])
+                        sent = 0
+                        with trio.fail_after(8):
+                            while not any(m.startswith(b"run%d-" % run) for m in got):  # the mesh forms
+                                await p.publish(t, b"run%d-probe-%d" % (run, sent))
+                                sent += 1
+                                await trio.sleep(0.2)
+                        # the first run runs its counter well ahead of the clock, as a loaded peer does
+                        wanted = [b"run%d-msg-%d" % (run, i) for i in range(300 if run == 0 else 50)]
+                        for data in wanted:
+                            await p.publish(t, data)
+                        with trio.move_on_after(10):
+                            while not set(wanted) <= set(got):
+                                await trio.sleep(0.05)
+                        relayed = len(set(wanted) & set(got))
+                        assert relayed == len(wanted), f"run {run}: {relayed} of {len(wanted)} relayed"
+                nursery.cancel_scope.cancel()
