@@ -3,7 +3,9 @@
 from aitbc_p2p.network.abc import GossipMessage, Network, RequestHandler, ValidationResult, Validator
 from aitbc_p2p.network.host import Libp2pNetwork, open_libp2p_network, peer_id_of
 from aitbc_p2p.network.protocols import (
+    CONSENSUS_PROTOCOL,
     JOB_PROTOCOL,
+    MAX_FRAME,
     MAX_SYNC_FRAME,
     PEERS_PROTOCOL,
     STATUS_PROTOCOL,
@@ -13,7 +15,9 @@ from aitbc_p2p.network.protocols import (
 from aitbc_p2p.network.scoring import PeerScores, ScoringPolicy
 
 __all__ = [
+    "CONSENSUS_PROTOCOL",
     "JOB_PROTOCOL",
+    "MAX_FRAME",
     "MAX_SYNC_FRAME",
     "PEERS_PROTOCOL",
     "STATUS_PROTOCOL",

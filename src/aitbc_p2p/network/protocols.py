@@ -11,6 +11,8 @@ STATUS_PROTOCOL = "/aitbc/status/1"
 SYNC_PROTOCOL = "/aitbc/sync/2"
 JOB_PROTOCOL = "/aitbc/job/1"
 PEERS_PROTOCOL = "/aitbc/peers/1"
+CONSENSUS_PROTOCOL = "/aitbc/consensus/1"
+"""Round-state catch-up under BFT engines: the proposals and votes of a height."""
 
 
 def topic(chain_id: str, name: str) -> str:

@@ -18,7 +18,7 @@ import trio
 from aitbc_p2p.chain.blocks import AppliedBlock
 from aitbc_p2p.chain.models import Block, TxKind
 from aitbc_p2p.chain.votes import Vote
-from aitbc_p2p.codec import decode, encode
+from aitbc_p2p.codec import decode, encode, fields, head
 from aitbc_p2p.consensus.engines import PosEngine
 from aitbc_p2p.consensus.tendermint import (
     ArmTimeout,
@@ -31,7 +31,7 @@ from aitbc_p2p.consensus.tendermint import (
     Step,
 )
 from aitbc_p2p.exceptions import CodecError, ConsensusError, NetworkError, TxRejected, ValidationError
-from aitbc_p2p.network import GossipMessage
+from aitbc_p2p.network import CONSENSUS_PROTOCOL, MAX_FRAME, GossipMessage
 from aitbc_p2p.store.crash import crash_point
 from aitbc_p2p.store.votes import VoteGuard
 from aitbc_p2p.types import Address
@@ -43,6 +43,12 @@ logger = logging.getLogger(__name__)
 
 MAX_BUFFERED = 4096
 """Consensus messages kept for the next heights while this peer finishes the current one."""
+MAX_HELD = 4096
+"""Verified consensus messages of the current height kept to answer round-state requests."""
+MAX_ROUND_STATE_ITEMS = 1024
+"""Most messages in one round-state answer."""
+MAX_CATCH_UP_PEERS = 8
+"""Peers asked at once when this validator is stuck at a height."""
 
 
 class BftDriver:
@@ -56,6 +62,9 @@ class BftDriver:
         self._buffer: deque[tuple[int, dict[str, Any]]] = deque(maxlen=MAX_BUFFERED)
         self._slashed: set[bytes] = set()
         self._nursery: trio.Nursery | None = None
+        self._held: dict[bytes, dict[str, Any]] = {}
+        """The current height's verified proposals and votes (ours too), by encoding:
+        what a peer that lost some of them asks for (:meth:`serve_round_state`)."""
         # The guard's synced writes run in a worker thread, one signature at a time.
         self._sign_lock = trio.Lock()
 
@@ -68,6 +77,7 @@ class BftDriver:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._receive, inbox)
+            nursery.start_soon(self._catch_up)
             while True:
                 height = self.node.head.height + 1
                 self._start_height(height)
@@ -76,6 +86,7 @@ class BftDriver:
 
     def _start_height(self, height: int) -> None:
         self._applied.clear()
+        self._held.clear()
         self.machine = HeightMachine(self.engine, height, self.me)
         self._restore_lock()
         self.machine.start(0)
@@ -130,6 +141,7 @@ class BftDriver:
                 if vote.height < machine.height:
                     return
                 vote.verify()
+                self._hold(obj)
                 machine.on_vote(vote)
                 self._report_equivocation()
             elif "proposal" in obj:
@@ -143,6 +155,8 @@ class BftDriver:
                     return
                 proposal.verify(self.engine)
                 valid = await self._check_block(proposal.block)
+                if valid:
+                    self._hold(obj)
                 if self.machine is machine:
                     machine.on_proposal(proposal, valid=valid)
         except (ValidationError, ConsensusError) as e:
@@ -165,6 +179,65 @@ class BftDriver:
         self._applied[block.hash] = applied
         await trio.to_thread.run_sync(self.node.store.put_side_block, block)  # to restore a lock after a crash
         return True
+
+    # ------------------------------------------------------- round-state catch-up
+    def _hold(self, obj: dict[str, Any]) -> None:
+        if len(self._held) < MAX_HELD:
+            self._held.setdefault(encode(obj), obj)
+
+    async def serve_round_state(self, peer: str, request: bytes) -> bytes:
+        """``/aitbc/consensus/1``: the verified proposals and votes of the asked height
+        that this peer holds (none unless it is the height this peer is deciding), votes
+        first, within one frame (specs/consensus.md, "Catching up")."""
+        try:
+            height = fields.uint(fields.record(decode(request), ("height",), "a round-state request"), "height")
+        except CodecError as e:
+            raise ValidationError(f"bad round-state request: {e}") from e
+        machine = self.machine
+        if machine is None or machine.height != height:
+            return encode([])
+        votes = [raw for raw, obj in self._held.items() if "vote" in obj]
+        proposals = [raw for raw, obj in self._held.items() if "proposal" in obj]
+        room, parts = MAX_FRAME - 16, []
+        for raw in (votes + proposals)[:MAX_ROUND_STATE_ITEMS]:
+            if len(raw) > room:
+                continue
+            room -= len(raw)
+            parts.append(raw)
+        return head(4, len(parts)) + b"".join(parts)
+
+    async def _catch_up(self) -> None:
+        """A validator that stays at a height longer than a round asks its peers for that
+        height's proposals and votes: gossip can lose them (a restart, a full queue, a
+        partition), and without them no quorum forms (specs/consensus.md)."""
+        while True:
+            height = self.node.head.height
+            await trio.sleep(self.engine.round_timeout_ms / 1000)
+            if self.node.head.height != height or self.machine is None:
+                continue
+            async with trio.open_nursery() as nursery:
+                for peer in self.node.network.connected_peers()[:MAX_CATCH_UP_PEERS]:
+                    nursery.start_soon(self._ask_round_state, peer, height + 1)
+
+    async def _ask_round_state(self, peer: str, height: int) -> None:
+        try:
+            raw = await self.node.network.request(peer, CONSENSUS_PROTOCOL, encode({"height": height}), timeout=5)
+            items = decode(raw, max_size=MAX_FRAME)
+        except (NetworkError, CodecError) as e:
+            logger.debug("round state from %s: %s", peer, e)
+            return
+        if not isinstance(items, list) or len(items) > MAX_ROUND_STATE_ITEMS:
+            self.node.network.penalize(peer, "a malformed round-state answer")
+            return
+        for obj in items:
+            if self.machine is None or self.machine.height != height:
+                return
+            if not isinstance(obj, dict) or len(obj) != 1 or encode(obj) in self._held:
+                continue
+            try:
+                await self._handle(obj)
+            except Exception:  # a task edge, as in _receive
+                logger.exception("round-state message from %s not handled", peer)
 
     # ------------------------------------------------------------ actions
     def _pump(self) -> None:
@@ -198,10 +271,12 @@ class BftDriver:
         except ConsensusError as e:
             logger.warning("not voting: %s", e)
             return
+        obj = {"vote": vote.to_wire()}
         if self.machine is machine:
+            self._hold(obj)
             machine.on_vote(vote)
             self._pump()
-        await self._publish({"vote": vote.to_wire()}, "vote.after_release")
+        await self._publish(obj, "vote.after_release")
 
     async def _publish(self, obj: dict[str, Any], crash: str | None = None) -> None:
         try:
@@ -242,9 +317,11 @@ class BftDriver:
         await trio.to_thread.run_sync(self.node.store.put_side_block, block)
         if self.machine is not machine:
             return
+        obj = {"proposal": signed.to_wire()}
+        self._hold(obj)
         machine.on_proposal(signed, valid=True)
         self._pump()
-        await self._publish({"proposal": signed.to_wire()})
+        await self._publish(obj)
 
     async def _commit(self, machine: HeightMachine, action: Commit) -> None:
         applied = self._applied.get(action.block.hash)

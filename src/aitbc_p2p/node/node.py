@@ -46,6 +46,7 @@ from aitbc_p2p.exceptions import (
 )
 from aitbc_p2p.mempool import Mempool
 from aitbc_p2p.network import (
+    CONSENSUS_PROTOCOL,
     JOB_PROTOCOL,
     MAX_SYNC_FRAME,
     PEERS_PROTOCOL,
@@ -911,6 +912,7 @@ async def open_node(config: NodeConfig, *, clock_ms: Callable[[], int] = wall_cl
             if node.engine.bft:
                 driver = BftDriver(node, node.engine)  # type: ignore[arg-type]
                 node.bft = driver
+                network.set_request_handler(CONSENSUS_PROTOCOL, driver.serve_round_state)
                 nursery.start_soon(driver.run, await network.subscribe(t["consensus"], _valid_consensus))
             else:
                 nursery.start_soon(node._produce_blocks)
