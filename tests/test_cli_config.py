@@ -21,6 +21,18 @@ def test_devnet_configs_load():
     assert cfg.node.genesis.total_supply == (1_000_000 + 10_000 + 1_000 + 100) * 10**9
 
 
+def test_the_schema_is_the_dataclasses():
+    """A key exists in the file format exactly when a config dataclass has the field."""
+    import dataclasses
+
+    from aitbc_p2p.cli.config import KNOWN_NODE, NODE_SET_ELSEWHERE
+    from aitbc_p2p.node.config import NodeConfig, ProviderConfig
+
+    assert {f.name for f in dataclasses.fields(ProviderConfig)} == KNOWN_PROVIDER
+    assert {f.name for f in dataclasses.fields(NodeConfig)} - NODE_SET_ELSEWHERE == KNOWN_NODE
+    assert {"max_ram_mb", "models", "ollama_url"} <= KNOWN_PROVIDER  # the README's example uses them
+
+
 @pytest.mark.parametrize("role", ["validator", "provider", "client"])
 def test_role_templates_use_known_keys(role):
     doc = tomllib.loads((NODES / "roles" / f"{role}.toml").read_text())
@@ -55,10 +67,19 @@ BASE = 'data_dir = "d"\nkey_file = "node.key"\ngenesis = "genesis.json"\n'
         (BASE, {"genesis": '{"chain_id": "x", "timestamp_ms": 0, "alloc": [], "consensus": {}}'}, "engine"),
         (BASE + "[node]\npeer_floor = 9\npeer_ceiling = 4\n", {}, "peer_floor"),
         (BASE + "[node]\npeer_ceiling = 0\n", {}, "peer_ceiling"),
-        (BASE + "[node]\nmdns = 'yes'\n", {}, "wrong type"),
-        (BASE + "[node]\npeer_floor = true\n", {}, "wrong type"),
-        (BASE + "[node]\npeer_floor = 2.5\n", {}, "wrong type"),
+        (BASE + "[node]\nmdns = 'yes'\n", {}, r"\[node\] mdns must be bool"),
+        (BASE + "[node]\npeer_floor = true\n", {}, r"\[node\] peer_floor must be int"),
+        (BASE + "[node]\npeer_floor = 2.5\n", {}, r"\[node\] peer_floor must be int"),
         (BASE + "announce = [4001]\n", {}, "multiaddr"),
+        (BASE + "listen = '/ip4/0.0.0.0/tcp/4001'\n", {}, "listen must be a list"),
+        (BASE + "[provider]\nmax_concurrency = 1\n", {}, "needs miner_id"),
+        (BASE + "[provider]\nminer_id = 'm'\naccel_mode = 'quantum'\n", {}, "accel_mode must be one of auto, gpu, cpu"),
+        (BASE + "[provider]\nminer_id = 'm'\nprice_per_s = -1\n", {}, "price_per_s must be 0 to"),
+        (BASE + "[provider]\nminer_id = 'm'\nprice_per_s = 'abc'\n", {}, r"\[provider\] price_per_s must be int"),
+        (BASE + "[provider]\nminer_id = 'm'\nmax_concurrency = 0\n", {}, "max_concurrency must be at least 1"),
+        (BASE + "[provider]\nminer_id = 7\n", {}, r"\[provider\] miner_id must be str"),
+        (BASE + "[provider]\nminer_id = 'm'\nmodels = {tiny = 3}\n", {}, r"\[provider\] models must be"),
+        (BASE + "provider = 3\n", {}, r"\[provider\] must be a table"),
     ],
 )
 def test_bad_configs_are_refused(tmp_path, text, kwargs, match):
@@ -88,3 +109,50 @@ def test_peer_options_reach_the_node(tmp_path):
     node = load_peer_config(write_config(tmp_path, text)).node
     assert (node.peer_floor, node.peer_ceiling, node.mdns) == (3, 9, True)
     assert node.announce == ("/ip4/198.51.100.4/tcp/4001",)
+
+
+def _daemon(*args, timeout=60):
+    return subprocess.run(
+        [sys.executable, "-m", "aitbc_p2p.cli.peer", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        BASE + "[provider]\nminer_id = 'm'\naccel_mode = 'quantum'\n",
+        BASE + "[provider]\nminer_id = 'm'\nprice_per_s = -1\n",
+        BASE + "[provider]\nminer_id = 'm'\nprice_per_s = 'abc'\n",
+        BASE + "[provider]\nprice_per_s = 1\n",
+        BASE + "listen = '/ip4/127.0.0.1/tcp/0'\n",
+    ],
+)
+def test_the_daemon_refuses_bad_values_with_one_line_and_status_2(tmp_path, text):
+    out = _daemon("run", "--config", str(write_config(tmp_path, text)))
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("aitbc-peer: ") and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    "args", [["--model", "foo"], ["--log-level", "verbose"], ["--rpc-port", "http"]], ids=["model", "log", "port"]
+)
+def test_bad_daemon_options_are_usage_errors(tmp_path, args):
+    out = _daemon("run", "--config", str(write_config(tmp_path, BASE)), *args)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("aitbc-peer run: error: ")
+
+
+def test_the_daemon_refuses_an_rpc_port_in_use_with_one_line(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        text = BASE.replace('"d"', f'"{tmp_path / "d"}"') + f"[rpc]\nport = {port}\n"
+        out = _daemon("run", "--config", str(write_config(tmp_path, text)), timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    lines = [ln for ln in out.stderr.strip().splitlines() if ln.startswith("aitbc-peer: ")]
+    assert lines == [f"aitbc-peer: cannot serve the RPC on 127.0.0.1:{port}: address in use"], out.stderr[-2000:]
+    assert "Traceback" not in out.stderr

@@ -5,7 +5,11 @@ See ``nodes/devnet/peer1.toml`` for a commented example and specs/rpc.md for the
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
+import types
+import typing
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,28 +19,61 @@ from aitbc_p2p.crypto import PrivateKey
 from aitbc_p2p.exceptions import ConfigError, CryptoError
 from aitbc_p2p.node.config import NodeConfig, ProviderConfig
 
-KNOWN_TOP = {"data_dir", "key_file", "genesis", "listen", "bootstrap", "announce", "rpc", "provider", "node"}
+TOP_KEYS = {"data_dir": str, "key_file": str, "genesis": str, "listen": list, "bootstrap": list, "announce": list}
 KNOWN_RPC = {"host", "port"}
-KNOWN_PROVIDER = {
-    "miner_id",
-    "price_per_s",
-    "accel_mode",
-    "max_concurrency",
-    "max_runtime_s",
-    "announce_interval_s",
-    "benchmark",
-}
-NODE_TYPES: dict[str, type | tuple[type, ...]] = {
-    "max_block_txs": int,
-    "bid_window_s": (int, float),
-    "peer_interval_s": (int, float),
-    "bundle_interval_s": (int, float),
-    "reannounce_s": (int, float),
-    "peer_floor": int,
-    "peer_ceiling": int,
-    "mdns": bool,
-}
-KNOWN_NODE = set(NODE_TYPES)
+NODE_SET_ELSEWHERE = {"key", "genesis", "data_dir", "listen", "bootstrap", "announce", "provider", "extra"}
+"""NodeConfig fields that the top level of the file (or the CLI) sets, not ``[node]``."""
+
+
+def _schema(cls: type, leave_out: Collection[str] = ()) -> dict[str, Any]:
+    """The keys a config table may hold and their types: the dataclass's own fields, so
+    that a key cannot exist in the dataclass and not in the file, or the other way round."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.name not in leave_out}
+
+
+PROVIDER_SCHEMA = _schema(ProviderConfig)
+NODE_SCHEMA = _schema(NodeConfig, NODE_SET_ELSEWHERE)
+KNOWN_PROVIDER = set(PROVIDER_SCHEMA)
+KNOWN_NODE = set(NODE_SCHEMA)
+KNOWN_TOP = {*TOP_KEYS, "rpc", "provider", "node"}
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Whether a TOML value fits a dataclass annotation (TOML has no null: ``X | None`` takes X)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(hint) if arg is not type(None))
+    if hint is bool:
+        return type(value) is bool
+    if hint is int:
+        return type(value) is int
+    if hint is float:
+        return type(value) in (int, float)
+    if hint is str:
+        return type(value) is str
+    if origin is dict:
+        key_t, value_t = typing.get_args(hint)
+        return isinstance(value, dict) and all(_type_ok(k, key_t) and _type_ok(v, value_t) for k, v in value.items())
+    if origin is tuple:
+        return isinstance(value, list) and all(_type_ok(v, typing.get_args(hint)[0]) for v in value)
+    return isinstance(value, hint)
+
+
+def _describe(hint: Any) -> str:
+    text = str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+    return text.replace(" | None", "")
+
+
+def _table(section: str, table: Any, schema: dict[str, Any]) -> dict[str, Any]:
+    """Check a table against its schema: known keys, each of its field's type."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{section} must be a table")
+    _unknown(section, table, set(schema))
+    for name, value in table.items():
+        if not _type_ok(value, schema[name]):
+            raise ConfigError(f"{section} {name} must be {_describe(schema[name])}, not {value!r}")
+    return table
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,6 +110,9 @@ def load_peer_config(path: Path, **overrides: Any) -> PeerConfig:
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"cannot read config {path}: {e}") from e
     _unknown("the config", doc, KNOWN_TOP)
+    for name, kind in TOP_KEYS.items():
+        if name in doc and not isinstance(doc[name], kind):
+            raise ConfigError(f"{name} must be a {'list of strings' if kind is list else 'string'}, not {doc[name]!r}")
     base = path.parent
     try:
         data_dir = (base / str(overrides.get("data_dir") or doc["data_dir"])).resolve()
@@ -85,20 +125,14 @@ def load_peer_config(path: Path, **overrides: Any) -> PeerConfig:
         _unknown("[rpc]", rpc, KNOWN_RPC)
         provider = None
         if "provider" in doc:
-            table = dict(doc["provider"])
-            _unknown("[provider]", table, KNOWN_PROVIDER)
+            table = dict(_table("[provider]", doc["provider"], PROVIDER_SCHEMA))
+            if "miner_id" not in table:
+                raise ConfigError("[provider] needs miner_id (a stable label for this provider)")
             models = table.pop("models", {})
-            if not isinstance(models, dict) or not all(isinstance(v, str) for v in models.values()):
-                raise ConfigError("[provider.models] maps model names to local directories")
             resolved = {str(name): str((base / path).resolve()) for name, path in models.items()}
             resolved.update({name: str(Path(path).resolve()) for name, path in (overrides.get("models") or {}).items()})
             provider = ProviderConfig(**table, models=resolved)
-        node_opts = doc.get("node", {})
-        _unknown("[node]", node_opts, KNOWN_NODE)
-        for name, value in node_opts.items():
-            # bool is an int in Python; only mdns takes one.
-            if not isinstance(value, NODE_TYPES[name]) or (isinstance(value, bool) and NODE_TYPES[name] is not bool):
-                raise ConfigError(f"[node] {name} has the wrong type: {value!r}")
+        node_opts = _table("[node]", doc.get("node", {}), NODE_SCHEMA)
         listen = tuple(overrides.get("listen") or doc.get("listen", ["/ip4/127.0.0.1/tcp/0"]))
         bootstrap = tuple(overrides.get("bootstrap") or doc.get("bootstrap", []))
         announce = tuple(doc.get("announce", []))

@@ -23,12 +23,11 @@ from typing import Any
 import trio
 
 from aitbc_p2p.cli.config import load_peer_config
-from aitbc_p2p.cli.peer import NODE_INFO
 from aitbc_p2p.crypto import load_key_file
 from aitbc_p2p.exceptions import ConfigError, RpcError
 from aitbc_p2p.network import peer_id_of
 from aitbc_p2p.rpc import RpcClient
-from aitbc_p2p.rpc.server import TOKEN_FILE
+from aitbc_p2p.rpc.server import NODE_INFO, TOKEN_FILE
 from aitbc_p2p.types import aitbc, format_aitbc
 
 DEVNET_WALLET_PASSWORD = "devnet"

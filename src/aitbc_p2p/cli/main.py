@@ -3,7 +3,8 @@
 The RPC to talk to: ``--rpc URL`` with ``--token-file FILE`` or ``--data-dir DIR``
 (env ``AITBC_RPC``, ``AITBC_RPC_TOKEN_FILE``); ``--devnet`` uses peer1 of a running devnet.
 A wallet is an encrypted key file (``--wallet FILE``); its password comes from
-``AITBC_WALLET_PASSWORD`` or a prompt.
+``AITBC_WALLET_PASSWORD`` or a prompt, and only commands that sign ask for it. Global
+options may stand before or after the subcommand.
 """
 
 from __future__ import annotations
@@ -20,11 +21,10 @@ from typing import Any
 import trio
 
 from aitbc_p2p.cli import devnet
-from aitbc_p2p.crypto import PrivateKey, load_key_file, save_key_file
+from aitbc_p2p.crypto import PrivateKey, key_file_address, load_key_file, save_key_file
 from aitbc_p2p.crypto.keys import validate_address
 from aitbc_p2p.exceptions import AitbcError, RpcError
 from aitbc_p2p.rpc import RpcClient
-from aitbc_p2p.rpc.server import TOKEN_FILE
 from aitbc_p2p.types import aitbc, format_aitbc
 
 DEFAULT_RPC = "http://127.0.0.1:8006"
@@ -32,12 +32,17 @@ DEFAULT_NODES = Path("nodes/devnet")
 DEFAULT_RUN = Path(".devnet")
 
 
+PASSWORD_ENV = "AITBC_WALLET_PASSWORD"
+
+
 def _password(args: argparse.Namespace, *, confirm: bool = False) -> str:
-    env = os.environ.get("AITBC_WALLET_PASSWORD")
+    env = os.environ.get(PASSWORD_ENV)
     if env is not None:
         return env
     if args.devnet:
         return devnet.DEVNET_WALLET_PASSWORD
+    if not sys.stdin.isatty():
+        raise AitbcError(f"no terminal to ask for the wallet password: set {PASSWORD_ENV}")
     first = getpass.getpass("wallet password: ")
     if confirm and getpass.getpass("again: ") != first:
         raise AitbcError("passwords differ")
@@ -53,7 +58,10 @@ def _wallet_path(args: argparse.Namespace) -> Path:
 
 
 def _wallet(args: argparse.Namespace) -> PrivateKey:
-    return load_key_file(_wallet_path(args), _password(args))
+    """The wallet's key: the file is found (and its address read) before the password is asked."""
+    path = _wallet_path(args)
+    key_file_address(path)
+    return load_key_file(path, _password(args))
 
 
 def _rpc(args: argparse.Namespace) -> RpcClient:
@@ -62,10 +70,12 @@ def _rpc(args: argparse.Namespace) -> RpcClient:
         if not procs:
             raise AitbcError(f"no devnet running in {args.run_dir}; start one with 'aitbc devnet up'")
         return procs[0].rpc()
-    url = args.rpc or os.environ.get("AITBC_RPC", DEFAULT_RPC)
+    url = args.rpc or os.environ.get("AITBC_RPC")
     token_file = args.token_file or os.environ.get("AITBC_RPC_TOKEN_FILE")
     if token_file is None and args.data_dir:
-        token_file = str(Path(args.data_dir) / TOKEN_FILE)
+        # The data directory names both: rpc.token, and the URL in node.json (unless given).
+        return RpcClient.from_data_dir(args.data_dir, url=url)
+    url = url or DEFAULT_RPC
     if token_file is None:
         raise AitbcError("the RPC needs a token: pass --token-file, --data-dir or --devnet")
     return RpcClient(url, token=Path(token_file).read_text().strip())
@@ -85,23 +95,24 @@ async def _wallet_cmd(args: argparse.Namespace) -> None:
         save_key_file(path, key, _password(args, confirm=True))
         print(f"new wallet {path}\naddress {key.address}")
         return
+    address = key_file_address(_wallet_path(args))  # in clear in the file: no password needed
     if args.wallet_command == "address":
-        print(_wallet(args).address)
+        print(address)
         return
-    key = _wallet(args)
     async with _rpc(args) as rpc:
         if args.wallet_command == "balance":
-            acct = await rpc.account(key.address)
-            print(f"{key.address}\nbalance {acct['balance_aitbc']} AITBC  (nonce {acct['nonce']})")
+            acct = await rpc.account(address)
+            print(f"{address}\nbalance {acct['balance_aitbc']} AITBC  (nonce {acct['nonce']})")
         elif args.wallet_command == "send":
             to = validate_address(args.to)
-            tx_hash = await rpc.transfer(key, to, aitbc(args.amount))
+            amount = aitbc(args.amount)
+            tx_hash = await rpc.transfer(_wallet(args), to, amount)
             print(f"sent {args.amount} AITBC to {to}\ntx {tx_hash}")
             if args.wait:
                 found = await rpc.wait_tx(tx_hash)
                 print(f"committed in block {found['height']}")
         elif args.wallet_command == "history":
-            for tx in await rpc.history(key.address, args.limit):
+            for tx in await rpc.history(address, args.limit):
                 p = tx["payload"]
                 amount = p.get("amount")
                 what = f"{format_aitbc(amount)} AITBC" if isinstance(amount, int) else ""
@@ -115,8 +126,13 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
     if args.prompt is not None:
         params["prompt"] = args.prompt
     for item in args.param or []:
-        name, _, value = item.partition("=")
-        params[name] = int(value) if value.lstrip("-").isdigit() else value
+        name, eq, value = item.partition("=")
+        if not eq or not name:
+            raise AitbcError(f"--param {item!r}: write NAME=VALUE (VALUE as JSON, or plain text)")
+        try:
+            params[name] = json.loads(value)
+        except json.JSONDecodeError:
+            params[name] = value  # plain text: --param model=tiny
     return params
 
 
@@ -167,17 +183,66 @@ def _devnet_cmd(args: argparse.Namespace) -> None:
         trio.run(partial(devnet.run_demo, args.nodes_dir, args.run_dir, workload=args.workload, prompt=args.prompt))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aitbc", description="AITBC wallet, jobs, chain and devnet.")
-    parser.add_argument("--rpc", help=f"peer RPC URL (default {DEFAULT_RPC}, env AITBC_RPC)")
-    parser.add_argument("--token-file", help="RPC token file (env AITBC_RPC_TOKEN_FILE)")
-    parser.add_argument("--data-dir", help="peer data directory holding rpc.token")
-    parser.add_argument("--wallet", help="wallet key file (default ~/.aitbc/wallets/default.json)")
+def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """The options every command takes. On the top parser they carry the defaults; on
+    each subcommand they default to SUPPRESS, so one written after the subcommand
+    (``aitbc devnet up --nodes-dir X``) counts as much as one written before it."""
+
+    def default(value: Any) -> Any:
+        return value if top else argparse.SUPPRESS
+
+    parser.add_argument("--rpc", default=default(None), help=f"peer RPC URL (default {DEFAULT_RPC}, env AITBC_RPC)")
+    parser.add_argument("--token-file", default=default(None), help="RPC token file (env AITBC_RPC_TOKEN_FILE)")
     parser.add_argument(
-        "--devnet", action="store_true", help="talk to peer1 of the local devnet with the client wallet"
+        "--data-dir",
+        default=default(None),
+        help="peer data directory: its node.json gives the RPC URL, rpc.token the token",
     )
-    parser.add_argument("--nodes-dir", type=Path, default=DEFAULT_NODES, help="devnet configs (default nodes/devnet)")
-    parser.add_argument("--run-dir", type=Path, default=DEFAULT_RUN, help="devnet run directory (default .devnet)")
+    parser.add_argument(
+        "--wallet", default=default(None), help="wallet key file (default ~/.aitbc/wallets/default.json)"
+    )
+    parser.add_argument(
+        "--devnet",
+        action="store_true",
+        default=default(False),
+        help="talk to peer1 of the local devnet with the client wallet",
+    )
+    parser.add_argument(
+        "--nodes-dir", type=Path, default=default(DEFAULT_NODES), help="devnet configs (default nodes/devnet)"
+    )
+    parser.add_argument(
+        "--run-dir", type=Path, default=default(DEFAULT_RUN), help="devnet run directory (default .devnet)"
+    )
+
+
+class _Commands(argparse._SubParsersAction):  # type: ignore[type-arg]
+    """Subcommand parsers that take the global options too (see :func:`_global_options`)."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = super().add_parser(name, **kwargs)
+        parser.register("action", "parsers", _Commands)
+        _global_options(parser, top=False)
+        return parser
+
+
+EPILOG = f"""The wallet's password comes from {PASSWORD_ENV} or, on a terminal, a prompt; only commands
+that sign (send, job submit) need it. Options may stand before or after the subcommand."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from e
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aitbc", description="AITBC wallet, jobs, chain and devnet.", epilog=EPILOG)
+    parser.register("action", "parsers", _Commands)
+    _global_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True)
 
     wallet = sub.add_parser("wallet", help="keys, balance, payments").add_subparsers(
@@ -198,9 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--workload", default="echo", help="echo | torch_bench | ...")
     submit.add_argument("--message", help="echo's message")
     submit.add_argument("--prompt", help="prompt for text-generation workloads")
-    submit.add_argument("--param", action="append", help="extra parameter NAME=VALUE (integers stay integers)")
+    submit.add_argument(
+        "--param",
+        action="append",
+        help="extra parameter NAME=VALUE, VALUE as JSON (7, true, [\"a\",\"b\"]) or plain text",
+    )
     submit.add_argument("--max-price", default="5", help="most AITBC to pay (default 5)")
-    submit.add_argument("--max-runtime", type=int, default=60, help="runtime cap in seconds")
+    submit.add_argument("--max-runtime", type=_positive_int, default=60, help="runtime cap in seconds (at least 1)")
     submit.add_argument("--wait", action="store_true", help="wait until settled, refunded or failed")
     for name in ("status", "result"):
         job.add_parser(name).add_argument("job_id")

@@ -17,8 +17,6 @@ from aitbc_p2p.exceptions import AitbcError
 
 logger = logging.getLogger("aitbc_p2p.peer")
 
-NODE_INFO = "node.json"
-
 
 async def run_peer(cfg: PeerConfig) -> None:
     """Run node + RPC until SIGINT/SIGTERM; write ``node.json`` once both listen."""
@@ -27,7 +25,9 @@ async def run_peer(cfg: PeerConfig) -> None:
     from aitbc_p2p.node import open_node
     from aitbc_p2p.node.runtime import tune_gc
     from aitbc_p2p.rpc import ensure_token, serve_rpc
+    from aitbc_p2p.rpc.server import NODE_INFO, check_bindable
 
+    check_bindable(cfg.rpc_host, cfg.rpc_port)  # before the store and the network open
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     token = ensure_token(cfg.data_dir)
     info_path = cfg.data_dir / NODE_INFO
@@ -60,6 +60,16 @@ async def run_peer(cfg: PeerConfig) -> None:
     logger.info("stopped cleanly")
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _model(text: str) -> tuple[str, str]:
+    name, eq, path = text.partition("=")
+    if not eq or not name or not path:
+        raise argparse.ArgumentTypeError(f"{text!r}: write NAME=PATH (a local model directory)")
+    return name, path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="aitbc-peer", description="Run an AITBC peer.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -70,10 +80,20 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--rpc-port", type=int, help="override [rpc] port (0 picks a free port)")
     run.add_argument("--listen", action="append", help="override listen multiaddrs")
     run.add_argument("--bootstrap", action="append", help="override bootstrap multiaddrs")
-    run.add_argument("--model", action="append", help="add an llm_gen model NAME=PATH to [provider.models]")
-    run.add_argument("--log-level", default=os.environ.get("AITBC_LOG", "INFO"))
+    run.add_argument(
+        "--model", action="append", type=_model, help="add an llm_gen model NAME=PATH to [provider.models]"
+    )
+    run.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default=os.environ.get("AITBC_LOG", "INFO").upper(),
+        help="(env AITBC_LOG; default INFO)",
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_level not in LOG_LEVELS:  # from AITBC_LOG, which argparse does not check
+        parser.error(f"AITBC_LOG must be one of {', '.join(LOG_LEVELS)}, not {args.log_level!r}")
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("libp2p").setLevel(logging.WARNING)
     try:
         cfg = load_peer_config(
@@ -83,13 +103,31 @@ def main(argv: list[str] | None = None) -> int:
             rpc_port=args.rpc_port,
             listen=args.listen,
             bootstrap=args.bootstrap,
-            models=dict(m.split("=", 1) for m in args.model or []),
+            models=dict(args.model or []),
         )
         trio.run(run_peer, cfg)
-    except AitbcError as e:
-        print(f"aitbc-peer: {e}", file=sys.stderr)
+    except (AitbcError, BaseExceptionGroup) as e:
+        error = _our_error(e)
+        if error is None:
+            raise
+        print(f"aitbc-peer: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def _our_error(e: BaseException) -> AitbcError | None:
+    """The error to report in one line: ``e`` itself, or the one error of ours that a
+    nursery wrapped in an exception group (None if anything else is in it)."""
+    if isinstance(e, AitbcError):
+        return e
+    if isinstance(e, BaseExceptionGroup):
+        ours, rest = e.split(AitbcError)
+        if ours is not None and rest is None:
+            first: BaseException = ours
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            return first if isinstance(first, AitbcError) else None
+    return None
 
 
 if __name__ == "__main__":

@@ -21,8 +21,9 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from aitbc_p2p.crypto.keys import PrivateKey
-from aitbc_p2p.exceptions import KeyFileError
+from aitbc_p2p.crypto.keys import PrivateKey, validate_address
+from aitbc_p2p.exceptions import CryptoError, KeyFileError
+from aitbc_p2p.types import Address
 
 KEYFILE_VERSION = 1
 DEFAULT_SCRYPT_N = 2**15
@@ -91,3 +92,20 @@ def load_key_file(path: Path, password: str) -> PrivateKey:
     except OSError as e:
         raise KeyFileError(f"cannot read key file {path}: {e}") from e
     return decrypt_key(text, password)
+
+
+def key_file_address(path: Path) -> Address:
+    """The address a key file names in clear, without its password (for read-only
+    commands: balance, history). It is checked as an address; that the file's key
+    really is this address's is checked only when the key is decrypted.
+
+    Raises:
+        KeyFileError: the file is missing, unreadable or names no valid address.
+    """
+    try:
+        doc = json.loads(Path(path).read_text())
+        return validate_address(doc["address"])
+    except FileNotFoundError as e:
+        raise KeyFileError(f"no wallet at {path}; create one with 'aitbc wallet new'") from e
+    except (OSError, ValueError, KeyError, TypeError, CryptoError) as e:
+        raise KeyFileError(f"cannot read the address of key file {path}: {e}") from e

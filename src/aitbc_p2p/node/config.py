@@ -7,6 +7,9 @@ from pathlib import Path
 
 from aitbc_p2p.chain.models import Genesis
 from aitbc_p2p.crypto import PrivateKey
+from aitbc_p2p.types import MAX_AMOUNT
+
+ACCEL_MODES = ("auto", "gpu", "cpu")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,6 +36,22 @@ class ProviderConfig:
     """``llm_gen`` models: name -> local directory of a causal LM (never downloaded)."""
     ollama_url: str | None = None
     """An Ollama server for ``llm_gen`` (e.g. ``http://127.0.0.1:11434``)."""
+
+    def __post_init__(self) -> None:
+        """Raises ValueError naming the first field out of its range."""
+        if not self.miner_id or len(self.miner_id) > 64:
+            raise ValueError(f"miner_id must be 1 to 64 characters, not {self.miner_id!r}")
+        if self.accel_mode not in ACCEL_MODES:
+            raise ValueError(f"accel_mode must be one of {', '.join(ACCEL_MODES)}, not {self.accel_mode!r}")
+        if not 0 <= self.price_per_s <= MAX_AMOUNT:
+            raise ValueError(f"price_per_s must be 0 to {MAX_AMOUNT} base units, not {self.price_per_s}")
+        for name in ("max_concurrency", "max_runtime_s"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if not self.announce_interval_s > 0:
+            raise ValueError(f"announce_interval_s must be above 0, not {self.announce_interval_s}")
+        if self.max_ram_mb is not None and self.max_ram_mb < 1:
+            raise ValueError(f"max_ram_mb must be at least 1, not {self.max_ram_mb}")
 
 
 @dataclass(frozen=True, kw_only=True)

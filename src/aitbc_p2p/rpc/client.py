@@ -6,6 +6,7 @@ sends only signed bytes.
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -20,7 +21,7 @@ from aitbc_p2p.chain.models import Transaction, TxKind
 from aitbc_p2p.crypto import PrivateKey
 from aitbc_p2p.exceptions import MarketError, RpcError
 from aitbc_p2p.market import Bid, JobOffer, params_hash, select_bid
-from aitbc_p2p.rpc.server import TOKEN_FILE
+from aitbc_p2p.rpc.server import NODE_INFO, TOKEN_FILE
 from aitbc_p2p.types import Address, JobId
 
 logger = logging.getLogger(__name__)
@@ -42,8 +43,26 @@ class RpcClient:
         )
 
     @classmethod
-    def from_data_dir(cls, url: str, data_dir: Path, **kwargs: Any) -> RpcClient:
-        return cls(url, token=(Path(data_dir) / TOKEN_FILE).read_text().strip(), **kwargs)
+    def from_data_dir(cls, data_dir: str | Path, *, url: str | None = None, **kwargs: Any) -> RpcClient:
+        """The RPC of the peer running on ``data_dir``: its ``rpc.token``, and the URL it
+        wrote to ``node.json`` when it started (unless ``url`` is given).
+
+        Raises:
+            RpcError: no token there, or no ``node.json`` (the peer is not running) and no ``url``.
+        """
+        data_dir = Path(data_dir)
+        try:
+            token = (data_dir / TOKEN_FILE).read_text().strip()
+        except OSError as e:
+            raise RpcError(0, "NO_TOKEN", f"no RPC token in {data_dir}: is it a peer's data directory?") from e
+        if url is None:
+            try:
+                url = str(json.loads((data_dir / NODE_INFO).read_text())["rpc_url"])
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise RpcError(
+                    0, "NOT_RUNNING", f"no {NODE_INFO} in {data_dir}: is its peer running? (or pass url=)"
+                ) from e
+        return cls(url, token=token, **kwargs)
 
     async def __aenter__(self) -> Self:
         return self
