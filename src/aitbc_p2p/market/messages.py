@@ -6,6 +6,7 @@ the address the body names, so a bid can never pass for an offer or a capability
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
@@ -132,7 +133,15 @@ class JobOffer(Signed):
         "max_runtime_s": int,
         "verification": str,
         "timestamp_ms": int,
+        "nonce": int,  # the client's random number: two identical jobs are two offers
     }
+
+    @classmethod
+    def create(cls, key: PrivateKey, chain_id: str, **fields: Any) -> Self:
+        """Sign an offer; ``nonce`` defaults to a random 64-bit number, so that identical
+        offers made at once (same workload, params and timestamp) get distinct job ids."""
+        fields.setdefault("nonce", secrets.randbits(63))
+        return super().create(key, chain_id, **fields)
 
     @property
     def job_id(self) -> JobId:

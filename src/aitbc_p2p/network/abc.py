@@ -95,7 +95,10 @@ class Network(Protocol):
 
     async def publish(self, topic: str, data: bytes) -> None: ...
 
-    def set_request_handler(self, protocol: str, handler: RequestHandler) -> None: ...
+    def set_request_handler(self, protocol: str, handler: RequestHandler, *, concurrent: int | None = None) -> None:
+        """Serve ``protocol``; ``concurrent``: requests of one peer in service at once
+        (default the adapter's policy; more for protocols whose requests last long)."""
+        ...
 
     async def request(self, peer_id: str, protocol: str, data: bytes, *, timeout: float = 10.0) -> bytes:
         """Send one framed request on a new stream and read one framed response."""

@@ -408,24 +408,24 @@ class Libp2pNetwork:
         except _IO_ERRORS as e:
             raise NetworkError(f"publish on {topic} failed: {e}") from e
 
-    def set_request_handler(self, protocol: str, handler: RequestHandler) -> None:
+    def set_request_handler(self, protocol: str, handler: RequestHandler, *, concurrent: int | None = None) -> None:
         """Serve ``protocol`` with ``handler``, within each peer's request limits
-        (:mod:`aitbc_p2p.network.limits`). Whatever the peer sends, the worst outcome is
-        a reset stream and a penalty for that peer (the contract in network/abc.py)."""
+        (:mod:`aitbc_p2p.network.limits`; ``concurrent``: requests of one peer in service
+        at once, default the policy's). Whatever the peer sends, the worst outcome is a
+        reset stream and a penalty for that peer (the contract in network/abc.py)."""
         max_request = MAX_FRAME
 
         async def on_stream(stream: Any) -> None:
             peer = str(stream.muxed_conn.peer_id)
             try:
-                wait = self.limits.admit(peer)
+                wait = self.limits.admit(peer, protocol, concurrent=concurrent)
             except Refused as e:
                 logger.info("%s from %s refused: %s", protocol, peer, e)
                 self._penalize(peer, f"{protocol} flooding", self.limits.policy.over_rate_penalty)
                 await _reset(stream)
                 return
             try:
-                if wait:
-                    self._penalize(peer, f"{protocol} over its rate", self.limits.policy.over_rate_penalty)
+                if wait:  # slowed, not penalized: an honest burst (many jobs at once) waits its turn
                     await trio.sleep(wait)
                 request = await read_frame(stream, max_request)
                 response = await handler(peer, request)
@@ -445,7 +445,7 @@ class Libp2pNetwork:
                 logger.exception("%s handler failed on a request from %s", protocol, peer)
                 await _reset(stream)
             finally:
-                self.limits.release(peer)
+                self.limits.release(peer, protocol)
 
         self._host.set_stream_handler(TProtocol(protocol), on_stream)
 

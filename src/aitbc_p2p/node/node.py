@@ -90,6 +90,9 @@ MAX_PENDING_BLOCK_CHECKS = 16
 """Gossiped blocks whose gate result waits for delivery (a full one decoded is about
 1.2 MB); blocks are delivered one by one right after their check, so few ever wait."""
 MAX_REORG_FETCH = 256
+JOB_STREAMS_PER_PEER = 256
+"""Job requests one client peer may have in service at once (each waits for its escrow
+and runs in the executor's slots; the rate limit still applies to opening them)."""
 
 
 def encode_block_message(block: Block, certificate: bytes = b"\x80") -> bytes:
@@ -896,7 +899,8 @@ async def open_node(config: NodeConfig, *, clock_ms: Callable[[], int] = wall_cl
             network.set_request_handler(STATUS_PROTOCOL, node._serve_status)
             network.set_request_handler(SYNC_PROTOCOL, node._serve_sync)
             network.set_request_handler(PEERS_PROTOCOL, node._serve_peers)
-            network.set_request_handler(JOB_PROTOCOL, node.market.serve_job)
+            # A job's request lasts as long as the job runs; an agent may run many at once.
+            network.set_request_handler(JOB_PROTOCOL, node.market.serve_job, concurrent=JOB_STREAMS_PER_PEER)
             t = node._topics
             nursery.start_soon(warm_up)  # the verifying worker processes, before the first big bundle
             nursery.start_soon(node._on_tx, await network.subscribe(t["tx"], node._valid_bundle))

@@ -27,6 +27,9 @@ from aitbc_p2p.types import Address, JobId
 logger = logging.getLogger(__name__)
 
 TERMINAL_JOB_STATES = ("settled", "refunded", "failed")
+NONCE_RETRIES = 5
+NONCE_RACES = ("REPLACEMENT_UNDERPRICED", "NONCE_TOO_LOW")
+"""Refusals meaning another sender of the same key took the nonce first."""
 
 
 class RpcClient:
@@ -41,6 +44,7 @@ class RpcClient:
             timeout=timeout,
             transport=transport,
         )
+        self._send_locks: dict[str, trio.Lock] = {}
 
     @classmethod
     def from_data_dir(cls, data_dir: str | Path, *, url: str | None = None, **kwargs: Any) -> RpcClient:
@@ -131,18 +135,32 @@ class RpcClient:
     async def send(
         self, key: PrivateKey, kind: TxKind | str, payload: dict[str, Any], *, fee: int | None = None
     ) -> str:
-        """Sign a transaction at the account's pending nonce and submit it; returns its hash."""
-        status = await self.status()
-        acct = await self.account(key.address)
-        tx = Transaction.create(
-            key,
-            chain_id=status["chain_id"],
-            kind=kind,
-            nonce=acct["pending_nonce"],
-            fee=status["min_fee"] if fee is None else fee,
-            payload=payload,
-        )
-        return await self.submit_tx(tx)
+        """Sign a transaction at the account's pending nonce and submit it; returns its hash.
+
+        Concurrent sends from one key through this client take the nonce one at a time
+        (each reads it after the one before was admitted). A nonce taken meanwhile by
+        another client of the same key is read again and retried, a few times.
+        """
+        lock = self._send_locks.setdefault(key.address, trio.Lock())
+        async with lock:
+            for attempt in range(NONCE_RETRIES):
+                status = await self.status()
+                acct = await self.account(key.address)
+                tx = Transaction.create(
+                    key,
+                    chain_id=status["chain_id"],
+                    kind=kind,
+                    nonce=acct["pending_nonce"],
+                    fee=status["min_fee"] if fee is None else fee,
+                    payload=payload,
+                )
+                try:
+                    return await self.submit_tx(tx)
+                except RpcError as e:
+                    if e.code not in NONCE_RACES or attempt == NONCE_RETRIES - 1:
+                        raise
+                    logger.debug("nonce %d taken meanwhile (%s); retrying", tx.nonce, e.code)
+        raise AssertionError("unreachable")
 
     async def transfer(self, key: PrivateKey, to: Address, amount: int, *, fee: int | None = None) -> str:
         return await self.send(key, TxKind.TRANSFER, {"to": to, "amount": amount}, fee=fee)
