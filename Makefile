@@ -1,5 +1,7 @@
 # The two front-door commands, `make demo` and `make test`, each work on a fresh
 # machine on their own: they create .venv and install what they need first.
+SHELL  := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -39,8 +41,14 @@ devnet-up: $(STAMP)
 devnet-down: $(STAMP)
 	$(BIN)/aitbc devnet down
 
+# Every bench, each one's output kept in .bench/, then each figure against its floor in
+# bench/README.md ("Floors"); fails where one is missed. Run it on a quiet machine.
 bench: $(STAMP)
-	$(BIN)/python bench/ledger.py
+	@mkdir -p .bench
+	$(BIN)/python bench/ledger.py | tee .bench/ledger.out
+	$(BIN)/python bench/gossip.py | tee .bench/gossip.out
+	$(BIN)/python bench/gpu.py --quick | tee .bench/gpu.out
+	$(BIN)/python bench/floors.py .bench/ledger.out .bench/gossip.out .bench/gpu.out
 
 clean:
-	rm -rf $(VENV) .devnet .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .devnet .bench .mypy_cache .ruff_cache .pytest_cache

@@ -16,7 +16,11 @@ same run: a request/response round trip on a fresh libp2p stream between two pee
 Prints a table and progress to stderr; its last line is JSON:
 {"bench": "gossip", "peers": 4, "sustained_tx_s": ..., "loss": ..., "p99_ms_at_500_tx_s": ...,
  "stream_rtt_ms": ..., "networks": [...]}
+Signatures are checked in threads, as the devnet's peers check them (they share the
+host's cores; node/verify.py); ``--verify-in-workers`` uses worker processes instead, as
+a peer alone on its host does.
 Run: .venv/bin/python bench/gossip.py [--peers 4 8] [--rates 250,500,1000,...] [--seconds 3] [--publishers 1]
+     [--verify-in-workers]
 (GOSSIP_DEBUG=1 prints each peer's verdict counts and any bundle it missed.)
 """
 
@@ -41,7 +45,7 @@ from aitbc_p2p.codec import decode, encode
 from aitbc_p2p.exceptions import CodecError
 from aitbc_p2p.network import ValidationResult, open_libp2p_network, topic
 from aitbc_p2p.node.bundles import decode_bundle, split_bundles
-from aitbc_p2p.node.verify import decode_and_verify
+from aitbc_p2p.node.verify import decode_and_verify, use_worker_processes, warm_up
 from aitbc_p2p.testing import make_genesis, make_key, make_tx
 
 BUNDLE_INTERVAL_S = 0.05
@@ -56,8 +60,9 @@ TX_TOPIC = topic(GENESIS.chain_id, "tx")
 
 # ---------------------------------------------------------------- worker process
 class Worker:
-    def __init__(self, index: int, txs_file: Path) -> None:
+    def __init__(self, index: int, txs_file: Path, workers: bool = False) -> None:
         self.index = index
+        self.workers = workers
         self.txs_file = txs_file
         self.txs: list[bytes] = []
         self.rules = ChainRules.of(GENESIS)
@@ -110,6 +115,8 @@ class Worker:
         key = make_key(f"gossip-bench-peer-{self.index}")
         stdin = trio.wrap_file(sys.stdin)
         async with open_libp2p_network(key, ["/ip4/127.0.0.1/tcp/0"]) as net, trio.open_nursery() as nursery:
+            use_worker_processes(self.workers)  # as the node does with NodeConfig.verify_in_workers
+            await warm_up()
 
             async def echo(peer: str, data: bytes) -> bytes:
                 return data
@@ -149,8 +156,9 @@ def _reply(doc: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------- coordinator
 class Peer:
-    def __init__(self, index: int, txs_file: Path) -> None:
+    def __init__(self, index: int, txs_file: Path, workers: bool = False) -> None:
         cmd = [sys.executable, __file__, "--worker", str(index), "--txs-file", str(txs_file)]
+        cmd += ["--verify-in-workers"] if workers else []
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         hello = self.read()
         self.addr, self.peer_id = hello["addr"], hello["peer_id"]
@@ -249,7 +257,7 @@ def run_network(n: int, args: argparse.Namespace, txs_file: Path) -> dict[str, A
     peers: list[Peer] = []
     try:
         for i in range(n):
-            peers.append(Peer(i, txs_file))
+            peers.append(Peer(i, txs_file, args.verify_in_workers))
         for i, p in enumerate(peers[1:], start=1):
             p.ask(cmd="connect", addrs=[peers[j].addr for j in range(max(0, i - DIAL_BACK), i)])
         time.sleep(3)  # subscriptions travel and gossipsub grafts its mesh (1 s heartbeat)
@@ -278,6 +286,7 @@ def run_network(n: int, args: argparse.Namespace, txs_file: Path) -> dict[str, A
     return {
         "peers": n,
         "publishers": args.publishers,
+        "verify_in_workers": args.verify_in_workers,
         "sustained_tx_s": sustained,
         "loss": max(r["loss"] for r in runs if r["rate"] <= max(sustained, args.rates[0])),
         "p99_ms_at_500_tx_s": at500["p99_ms"] if at500 else None,
@@ -300,15 +309,21 @@ def table(networks: list[dict[str, Any]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--peers", type=int, nargs="+", default=[4, 8])
-    rates = [250, 500, 1000, 2000, 4000, 8000]
+    rates = [250, 500, 1000, 2000, 3000, 4000, 5000, 6000, 8000]
     parser.add_argument("--rates", type=lambda s: [int(x) for x in s.split(",")], default=rates)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--publishers", type=int, default=1)
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--txs-file", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--verify-in-workers",
+        action="store_true",
+        help="check signatures in worker processes, as a peer alone on its host does (default: in threads, "
+        "as peers sharing a host's cores do: the devnet's)",
+    )
     args = parser.parse_args()
     if args.worker is not None:
-        trio.run(Worker(args.worker, args.txs_file).run)
+        trio.run(Worker(args.worker, args.txs_file, args.verify_in_workers).run)
         return
     if not 1 <= args.publishers < min(args.peers):
         parser.error("--publishers must be at least 1 and fewer than the peers")

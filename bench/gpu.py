@@ -130,6 +130,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer sizes and repeats")
     parser.add_argument("--plot", type=Path, help="write a PNG plot of TFLOP/s against size")
     args = parser.parse_args()
+    if not module_available("torch"):
+        why = "torch is not installed"
+        log(
+            f"bench/gpu.py needs torch: {why}. Install it with 'make install EXTRAS=dev,compute' (the CPU "
+            "wheel, torch==2.13.0) or, for a GPU, pip install 'aitbc-p2p[compute]' with your CUDA wheel."
+        )
+        print(json.dumps({"bench": "gpu", "skipped": why}))
+        return
 
     info = detect(args.accel, benchmark=False)
     device = info.device

@@ -132,7 +132,9 @@ def load_peer_config(path: Path, **overrides: Any) -> PeerConfig:
             resolved = {str(name): str((base / path).resolve()) for name, path in models.items()}
             resolved.update({name: str(Path(path).resolve()) for name, path in (overrides.get("models") or {}).items()})
             provider = ProviderConfig(**table, models=resolved)
-        node_opts = _table("[node]", doc.get("node", {}), NODE_SCHEMA)
+        node_opts = dict(_table("[node]", doc.get("node", {}), NODE_SCHEMA))
+        if overrides.get("verify_in_workers") is not None:
+            node_opts["verify_in_workers"] = overrides["verify_in_workers"]
         listen = tuple(overrides.get("listen") or doc.get("listen", ["/ip4/127.0.0.1/tcp/0"]))
         bootstrap = tuple(overrides.get("bootstrap") or doc.get("bootstrap", []))
         announce = tuple(doc.get("announce", []))

@@ -84,6 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         "--model", action="append", type=_model, help="add an llm_gen model NAME=PATH to [provider.models]"
     )
     run.add_argument(
+        "--verify-in-threads",
+        action="store_true",
+        help="check signatures in threads, not worker processes (peers sharing a host: a devnet)",
+    )
+    run.add_argument(
         "--log-level",
         type=str.upper,
         choices=LOG_LEVELS,
@@ -104,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             listen=args.listen,
             bootstrap=args.bootstrap,
             models=dict(args.model or []),
+            verify_in_workers=False if args.verify_in_threads else None,
         )
         trio.run(run_peer, cfg)
     except (AitbcError, BaseExceptionGroup) as e:

@@ -85,6 +85,10 @@ class NodeConfig:
     """Outgoing transactions wait at most this long to be gossiped together in a bundle."""
     reannounce_s: float = 30.0
     """Pending transactions are gossiped again at this cadence, closing gossip's gaps."""
+    verify_in_workers: bool = True
+    """Check big batches of signatures in worker processes, on every core (a peer alone
+    on its host). ``False``: in a thread, for peers that share a host's cores (a devnet),
+    whose workers would compete for the same cores (node/verify.py)."""
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

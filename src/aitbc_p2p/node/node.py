@@ -69,6 +69,7 @@ from aitbc_p2p.node.verify import (
     decode_block,
     decode_block_message,
     pipelined,
+    use_worker_processes,
     verify_signatures,
     warm_up,
 )
@@ -201,7 +202,8 @@ class Node:
                 return False
             applied = await self._validate(block, head, certificate, verified=verified)
             await self._commit(applied, certificate)
-        logger.info("imported block %d (%d txs) from %s", block.height, len(block.txs), block.header.proposer)
+        # DEBUG: a syncing peer imports thousands; sync_from logs each batch at INFO.
+        logger.debug("imported block %d (%d txs) from %s", block.height, len(block.txs), block.header.proposer)
         return True
 
     def topic(self, name: str) -> str:
@@ -902,6 +904,7 @@ async def open_node(config: NodeConfig, *, clock_ms: Callable[[], int] = wall_cl
             # A job's request lasts as long as the job runs; an agent may run many at once.
             network.set_request_handler(JOB_PROTOCOL, node.market.serve_job, concurrent=JOB_STREAMS_PER_PEER)
             t = node._topics
+            use_worker_processes(config.verify_in_workers)
             nursery.start_soon(warm_up)  # the verifying worker processes, before the first big bundle
             nursery.start_soon(node._on_tx, await network.subscribe(t["tx"], node._valid_bundle))
             nursery.start_soon(node._gossip_bundles)

@@ -41,6 +41,7 @@ import logging
 import math
 import multiprocessing
 import os
+import signal
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, Generic, TypeVar
@@ -81,6 +82,7 @@ WORKER_NICENESS = 10
 event loop, admission, block production) runs first when both want a core."""
 
 _LIMITER: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("aitbc_verify_limiter")
+_THREADS_ONLY: trio.lowlevel.RunVar[bool] = trio.lowlevel.RunVar("aitbc_verify_threads_only", default=False)
 _lowered = False
 
 T = TypeVar("T")
@@ -115,6 +117,20 @@ def _limiter() -> trio.CapacityLimiter:
         return limiter
 
 
+def use_worker_processes(enabled: bool) -> None:
+    """Whether this Trio run checks big batches in worker processes (the default) or,
+    ``False``, every batch in a thread.
+
+    Worker processes pay off for a peer alone on its host: they use the cores its event
+    loop does not. Peers that share a host's cores (a devnet, bench/gossip.py) should not
+    start them: each peer's workers then compete with the other peers for the same cores,
+    and every job adds pickling and pipe work on top. Four peers on two cores delivered a
+    third of 2,000 tx/s with workers, and all of 5,000 tx/s in threads (bench/README.md).
+    Set per peer with ``NodeConfig.verify_workers`` (``[node] verify_workers``).
+    """
+    _THREADS_ONLY.set(not enabled)
+
+
 def _in_background(fn: Callable[..., T], *args: Any) -> T:
     """``fn(*args)`` in a worker process, whose priority is lowered on its first job."""
     global _lowered
@@ -124,6 +140,11 @@ def _in_background(fn: Callable[..., T], *args: Any) -> T:
             os.nice(WORKER_NICENESS)
         except (AttributeError, OSError):  # no os.nice (Windows), or not permitted: run as is
             logger.debug("could not lower a verifying worker's priority")
+        # SIGINT/SIGTERM sent to the whole process group (Ctrl-C, a service manager) are
+        # the node's to handle: it stops its workers itself. A worker killed by them
+        # first made trio-parallel's exit hook report a BrokenWorkerProcessError.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     return fn(*args)
 
 
@@ -131,7 +152,7 @@ async def _in_workers(fn: Callable[..., T], pieces: Sequence[tuple[Any, ...]], *
     """``fn(*args)`` for each args tuple, in worker processes; in a thread when the batch
     is ``small`` (under MIN_PARALLEL: a round trip to a worker costs more). Results in
     input order."""
-    if small:
+    if small or _THREADS_ONLY.get():
         return [await trio.to_thread.run_sync(fn, *args) for args in pieces]
     results: list[Any] = [None] * len(pieces)
 
@@ -153,6 +174,8 @@ async def warm_up(workers: int | None = None) -> None:
     first big batches: a spawn, and importing the chain code a job needs, take a few
     tenths of a second of CPU each. The second worker per core starts when load first
     queues jobs behind the first ones. Workers retire after ten idle minutes."""
+    if _THREADS_ONLY.get():
+        return
     limiter = _limiter()
     job = partial(trio_parallel.run_sync, _in_background, check_signatures, [], limiter=limiter)  # imports it
     async with trio.open_nursery() as nursery:
@@ -165,6 +188,8 @@ async def decode_and_verify(encoded: Sequence[bytes], rules: ChainRules, *, para
     that needs no state, its signature included. Never raises for bad input: each
     refusal is reported with its position and reason."""
     encoded = list(encoded)
+    if _THREADS_ONLY.get():  # one thread, one piece: no chunking without workers
+        return await trio.to_thread.run_sync(check_encoded, encoded, rules, 0)
     pieces = [(encoded[a:b], rules, a) for a, b in _chunks(len(encoded), parallel)]
     parts = await _in_workers(check_encoded, pieces, small=len(encoded) < MIN_PARALLEL)
     out = Checked()

@@ -1,0 +1,82 @@
+"""The bench tooling a user runs: bench/floors.py against the README's floors, and
+bench/gpu.py without torch (a one-line how-to, not a traceback)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FLOORS = ROOT / "bench" / "floors.py"
+
+README = """# Benchmarks
+
+## Floors
+
+| bench | where | figure | floor |
+|---|---|---|---|
+| gossip | peers=4 | sustained_tx_s | >= 5000 |
+| gossip | peers=4 | p99_ms_at_500_tx_s | < 100 |
+| gossip | peers=8 | sustained_tx_s | >= 2000 |
+| ledger | - | ratio | >= 1.0 |
+
+## Other
+"""
+
+
+def run_floors(tmp_path, lines):
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    out = tmp_path / "bench.out"
+    out.write_text("progress lines are ignored\n" + "\n".join(json.dumps(x) for x in lines) + "\n")
+    return subprocess.run(
+        [sys.executable, str(FLOORS), "--readme", str(readme), str(out)], capture_output=True, text=True, timeout=60
+    )
+
+
+def gossip(s4, p99, s8):
+    return {
+        "bench": "gossip", "peers": 4, "sustained_tx_s": s4,
+        "networks": [
+            {"peers": 4, "sustained_tx_s": s4, "p99_ms_at_500_tx_s": p99},
+            {"peers": 8, "sustained_tx_s": s8, "p99_ms_at_500_tx_s": 40},
+        ],
+    }  # fmt: skip
+
+
+def test_floors_pass_when_every_figure_meets_its_floor(tmp_path):
+    out = run_floors(tmp_path, [gossip(6000, 20.5, 2000), {"bench": "ledger", "ratio": 1.07}])
+    assert out.returncode == 0, out.stdout
+    assert out.stdout.strip().endswith("all floors met")
+    assert out.stdout.count(" ok") == 4
+
+
+def test_floors_fail_on_a_missed_or_absent_figure(tmp_path):
+    out = run_floors(tmp_path, [gossip(4000, 20.5, 2000)])  # 4 peers short, and no ledger line at all
+    assert out.returncode == 1
+    lines = out.stdout.splitlines()
+    assert any("sustained_tx_s" in ln and "peers=4" in ln and "MISSED" in ln for ln in lines)
+    assert any(ln.startswith("ledger") and "ABSENT" in ln for ln in lines)
+    assert any("peers=8" in ln and ln.rstrip().endswith("ok") for ln in lines)
+    assert lines[-1] == "FLOORS MISSED"
+
+
+def test_the_readme_floors_table_parses():
+    sys.path.insert(0, str(FLOORS.parent))
+    try:
+        import floors
+    finally:
+        sys.path.pop(0)
+    rows = floors.read_floors()
+    assert {(r["bench"], r["figure"]) for r in rows} >= {("gossip", "sustained_tx_s"), ("ledger", "ratio")}
+
+
+def test_gpu_bench_without_torch_says_how_to_install_it():
+    hide_torch = (
+        "import sys, runpy; sys.modules['torch'] = None; sys.argv = ['bench/gpu.py']; "
+        f"runpy.run_path({str(ROOT / 'bench' / 'gpu.py')!r}, run_name='__main__')"
+    )
+    out = subprocess.run([sys.executable, "-c", hide_torch], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    assert "needs torch" in out.stderr and "EXTRAS=dev,compute" in out.stderr
+    assert json.loads(out.stdout.splitlines()[-1]) == {"bench": "gpu", "skipped": "torch is not installed"}
