@@ -149,7 +149,6 @@ def _not_job_party(chain, alice, bob, authority):
     refuse(chain, "NotJobParty", _open(bob, bob))
     chain.add_block([_open(alice, bob)])
     refuse(chain, "NotJobParty", _receipt(authority))
-    refuse(chain, "NotJobParty", make_tx(bob, TxKind.JOB_REFUND, job_id=JOB))
 
 
 def _not_arbiter(chain, alice, bob, authority):
@@ -516,3 +515,17 @@ def test_assembled_account_encoding_is_the_canonical_one(account):
     wire = [account.balance, account.nonce, account.stake, [list(u) for u in account.unbonding]]
     assert account.encode() == encode([*wire, account.provider, account.active_jobs])
     assert Account.decode(account.encode()) == account
+
+
+def test_anyone_may_refund_an_expired_escrow_and_it_goes_to_the_client(chain, alice, bob, authority):
+    """The client's peer (another key) refunds a failed job by itself after the deadline."""
+    chain.add_block([_open(alice, bob)])
+    deadline = chain.state.job(Hash32(JOB)).deadline
+    refuse(chain, "JobState", make_tx(authority, TxKind.JOB_REFUND, job_id=JOB))  # not before the deadline
+    while chain.blocks[-1].block.height <= deadline:
+        chain.add_block()
+    before = chain.state.account(alice.address).balance
+    chain.add_block([make_tx(authority, TxKind.JOB_REFUND, job_id=JOB)])
+    job = chain.state.job(Hash32(JOB))
+    assert job.status is JobStatus.REFUNDED
+    assert chain.state.account(alice.address).balance == before + job.amount

@@ -156,3 +156,20 @@ def test_the_daemon_refuses_an_rpc_port_in_use_with_one_line(tmp_path):
     lines = [ln for ln in out.stderr.strip().splitlines() if ln.startswith("aitbc-peer: ")]
     assert lines == [f"aitbc-peer: cannot serve the RPC on 127.0.0.1:{port}: address in use"], out.stderr[-2000:]
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["devnet", "up", "--nodes-dir", "nodes/pos-devnet"],  # as the README and the pos-devnet configs write it
+        ["--nodes-dir", "nodes/pos-devnet", "devnet", "up"],
+    ],
+)
+def test_global_options_count_before_and_after_the_subcommand(argv):
+    from aitbc_p2p.cli.main import DEFAULT_RUN, build_parser
+
+    args = build_parser().parse_args(argv)
+    assert args.nodes_dir == Path("nodes/pos-devnet") and args.run_dir == DEFAULT_RUN
+    args = build_parser().parse_args(["chain", "status", "--data-dir", "d", "--devnet"])
+    assert args.data_dir == "d" and args.devnet is True
+    assert build_parser().parse_args(["chain", "status"]).devnet is False

@@ -39,6 +39,10 @@ async def test_demo_flow_across_three_processes(tmp_path):
     assert supply_after["escrowed"] == 0
     assert any("stopped" in line for line in lines) and not any("killed" in line for line in lines)
     assert devnet.load_state(tmp_path / "run") == []
+    # It says which workload runs and why: torch_bench where torch is, echo (and how to get torch) where not.
+    why = [line for line in lines if "] workload " in line]
+    assert len(why) == 1, lines
+    assert ("torch_bench" in why[0]) if torch_available() else ("EXTRAS=dev,compute" in why[0])
 
 
 @pytest.mark.skipif(not (torch_available() and module_available("transformers")), reason="llm_gen needs the llm extra")
@@ -47,10 +51,18 @@ async def test_demo_runs_llm_gen_with_streamed_generation(tmp_path):
     with trio.fail_after(240):
         outcome = await devnet.run_demo(NODES, tmp_path / "run", workload="llm_gen", prompt="Hello", out=lines.append)
     assert outcome["job"]["status"] == "settled", lines
+    assert any("random weights" in line and "noise" in line for line in lines), lines
     output = outcome["result"]["output"]
     assert output["backend"] == "torch" and output["model"] == "tiny" and 0 < output["tokens"] <= 32
     assert outcome["result"]["metrics"]["tokens"] == output["tokens"]
     assert outcome["supply"][0]["total"] == outcome["supply"][1]["total"]
+
+
+def plain_cli(*args):
+    """``aitbc`` as a script without a terminal and without AITBC_WALLET_PASSWORD."""
+    env = {k: v for k, v in os.environ.items() if k != "AITBC_WALLET_PASSWORD"}
+    cmd = [sys.executable, "-m", "aitbc_p2p.cli.main", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=120)
 
 
 def aitbc_cli(run_dir, *args):
@@ -93,8 +105,37 @@ async def test_cli_against_a_running_devnet(tmp_path):
             aitbc_cli, run_dir, "job", "submit", "--workload", "echo", "--message", "hi", "--wait"
         )
         assert out.returncode == 0, out.stderr
-        job = json.loads(out.stdout[out.stdout.index("{") :])
-        assert job["status"] == "settled"
+        job = json.loads(out.stdout)  # --wait: stdout is one JSON document, progress on stderr
+        assert job["status"] == "settled" and job["phase"] == "settled"
+        # A printed short id (16 hex digits) names the job, as git takes a commit's prefix.
+        out = await trio.to_thread.run_sync(aitbc_cli, run_dir, "job", "status", job["job_id"][:16])
+        assert out.returncode == 0 and json.loads(out.stdout)["job_id"] == job["job_id"], out.stderr
+        # Jobs that cannot run are refused before anything is sent, with the reason.
+        for args, why in (
+            (["--param", "n"], "write NAME=VALUE"),
+            (["--max-runtime", "0"], "must be at least 1"),
+            (["--workload", "no_such"], "unknown workload"),
+            (["--workload", "echo", "--param", "message=5"], "parameter 'message' must be a string"),
+            (["--workload", "echo", "--max-runtime", "100000"], "above every provider's cap"),
+            (["--workload", "echo", "--max-price", "0.000000001"], "every provider quotes above max_price"),
+        ):
+            out = await trio.to_thread.run_sync(aitbc_cli, run_dir, "job", "submit", *args)
+            assert out.returncode != 0 and why in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
+        # --param takes JSON values (lists and all: embed's texts).
+        from aitbc_p2p.cli.main import _params, build_parser
+
+        parsed = build_parser().parse_args(["job", "submit", "--param", 'texts=["a","b"]', "--param", "n=7"])
+        assert _params(parsed) == {"texts": ["a", "b"], "n": 7}
+        # Read-only wallet commands need no password, and nothing prompts without a terminal.
+        wallet, peer1 = str(NODES / "wallets" / "client.json"), ["--data-dir", str(procs[0].data_dir)]
+        out = await trio.to_thread.run_sync(plain_cli, "--wallet", wallet, "wallet", "balance", *peer1)
+        assert out.returncode == 0 and client.address in out.stdout, out.stderr
+        send = ["wallet", "send", "1", genesis_wallet.address, *peer1]
+        out = await trio.to_thread.run_sync(plain_cli, "--wallet", wallet, *send)
+        assert out.returncode == 1 and "set AITBC_WALLET_PASSWORD" in out.stderr and "Traceback" not in out.stderr
+        missing = str(tmp_path / "none.json")
+        out = await trio.to_thread.run_sync(plain_cli, "--wallet", missing, *send)
+        assert out.returncode == 1 and "no wallet at" in out.stderr, out.stderr
         out = await trio.to_thread.run_sync(aitbc_cli, run_dir, "wallet", "send", "999999", genesis_wallet.address)
         assert out.returncode == 1 and "INSUFFICIENT_FUNDS" in out.stderr
         # SIGKILL a peer: it restarts from its LevelDB at a whole block and catches up by sync.
@@ -122,3 +163,33 @@ async def test_cli_against_a_running_devnet(tmp_path):
     finally:
         report = devnet.stop(run_dir)
     assert all("stopped" in line for line in report), report
+
+
+def test_sigterm_to_the_daemons_process_group_stops_it_cleanly(tmp_path):
+    """A service manager (or Ctrl-C) signals the whole process group, verifying workers
+    included: the daemon stops with status 0 and no traceback (a worker killed first made
+    trio-parallel's exit hook print a BrokenWorkerProcessError)."""
+    import time
+
+    data_dir = tmp_path / "peer"
+    cmd = [
+        sys.executable, "-m", "aitbc_p2p.cli.peer", "run", "--config", str(NODES / "peer1.toml"),
+        "--data-dir", str(data_dir), "--rpc-port", "0", "--listen", "/ip4/127.0.0.1/tcp/0",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (data_dir / "node.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
+            time.sleep(0.1)
+        time.sleep(2)  # the verifying workers are up (warm_up at start)
+        children = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert len(children) > 1, "expected worker processes in the daemon's group"
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, out[-3000:]
+    assert "Traceback" not in out and "BrokenWorker" not in out, out[-3000:]
+    assert "stopped cleanly" in out

@@ -11,7 +11,7 @@ from aitbc_p2p.chain.state import JobStatus
 from aitbc_p2p.chain.transition import ChainRules
 from aitbc_p2p.codec import decode, encode
 from aitbc_p2p.exceptions import NetworkError, ValidationError
-from aitbc_p2p.market import JobOffer, params_hash, select_bid
+from aitbc_p2p.market import JobOffer, JobResult, params_hash, select_bid
 from aitbc_p2p.network import GossipMessage, ValidationResult, peer_id_of
 from aitbc_p2p.node import NodeConfig, open_node
 from aitbc_p2p.node import node as node_module
@@ -253,13 +253,18 @@ async def test_job_flows_from_offer_to_settlement(tmp_path):
         assert after["burned"] == supply["burned"] + 3 * fee
 
 
-async def test_failed_job_pays_nothing():
+async def test_failed_job_pays_nothing(monkeypatch):
     async with open_test_network(
         2, providers=[1], alloc={CLIENT.address: aitbc(10_000), make_key("peer1").address: 0}
     ) as nodes:
         node = nodes[0]
         await wait_for(lambda: node.market.providers)
-        job_id, _ = await run_job(node, "echo", {"message": 5})  # the provider refuses bad parameters
+
+        async def fails(payload):  # the workload fails on the provider (a crash, a bad input)
+            return JobResult(payload.job_id, False, error="bad job: the worker failed")
+
+        monkeypatch.setattr(nodes[1].market, "_run_job", fails)
+        job_id, _ = await run_job(node, "echo", {"message": "x"})
         await wait_for(lambda: node.job_status(job_id)["status"] == "failed")
         status = node.job_status(job_id)
         assert "bad job" in status["error"] and status["receipt_id"] is None

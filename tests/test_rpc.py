@@ -141,6 +141,8 @@ async def test_overspend(rpc):
         await post_tx(http, make_tx(CLIENT, to=DEST.address, amount=aitbc(101))), 422, "INSUFFICIENT_FUNDS"
     )
     assert err["details"]["balance"] == aitbc(100)
+    # People read AITBC, not base units; details keep the exact integers for programs.
+    assert err["message"] == "balance 100 AITBC is below 101.000001 AITBC", err["message"]
     assert snapshot(node) == before
 
 

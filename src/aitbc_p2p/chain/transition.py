@@ -16,7 +16,7 @@ from aitbc_p2p.chain.state import MAX_UNBONDING, Account, EmptyState, Job, JobSt
 from aitbc_p2p.chain.votes import check_evidence
 from aitbc_p2p.codec import encode, head
 from aitbc_p2p.exceptions import TxRejected, ValidationError
-from aitbc_p2p.types import MAX_AMOUNT, Address, Hash32
+from aitbc_p2p.types import MAX_AMOUNT, Address, Hash32, format_aitbc
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +97,11 @@ def check_stateless(tx: Transaction, rules: ChainRules, *, verified: bool = Fals
     if tx.chain_id != rules.chain_id:
         raise TxRejected("WrongChain", f"transaction is for chain {tx.chain_id!r}", expected=rules.chain_id)
     if tx.fee < rules.min_fee:
-        raise TxRejected("Underpriced", f"fee {tx.fee} is below the minimum {rules.min_fee}", min_fee=rules.min_fee)
+        raise TxRejected(
+            "Underpriced",
+            f"fee {format_aitbc(tx.fee)} AITBC is below the minimum {format_aitbc(rules.min_fee)} AITBC",
+            min_fee=rules.min_fee,
+        )
     if not verified:
         tx.verify_signature()
 
@@ -181,7 +185,10 @@ def apply_tx(state: Overlay, tx: Transaction, *, height: int, rules: ChainRules,
     spend = tx.fee + (p["amount"] if tx.kind in MOVES_AMOUNT else 0)
     if sender.balance < spend:
         raise TxRejected(
-            "InsufficientFunds", f"balance {sender.balance} is below {spend}", balance=sender.balance, needed=spend
+            "InsufficientFunds",
+            f"balance {format_aitbc(sender.balance)} AITBC is below {format_aitbc(spend)} AITBC",
+            balance=sender.balance,
+            needed=spend,
         )
     paid = Account(
         sender.balance - spend, sender.nonce + 1, sender.stake, sender.unbonding, sender.provider, sender.active_jobs
@@ -215,7 +222,11 @@ def apply_tx(state: Overlay, tx: Transaction, *, height: int, rules: ChainRules,
     elif kind is TxKind.UNSTAKE:
         me = w.get(tx.sender)
         if p["amount"] > me.stake:
-            raise TxRejected("InsufficientStake", f"stake {me.stake} is below {p['amount']}", stake=me.stake)
+            raise TxRejected(
+                "InsufficientStake",
+                f"stake {format_aitbc(me.stake)} AITBC is below {format_aitbc(p['amount'])} AITBC",
+                stake=me.stake,
+            )
         if me.provider and me.stake - p["amount"] < rules.min_provider_stake:
             raise TxRejected("InsufficientStake", "a registered provider keeps min_provider_stake; unregister first")
         if len(me.unbonding) >= MAX_UNBONDING:
@@ -306,9 +317,10 @@ def apply_tx(state: Overlay, tx: Transaction, *, height: int, rules: ChainRules,
             _release(w, job, JobStatus.REFUNDED)
             w.slash(job.provider, job.amount)
     elif kind is TxKind.JOB_REFUND:
+        # Anyone may post it (the sender pays the fee); it only ever returns the escrow
+        # to its client, and only once the deadline has passed without a receipt. So the
+        # client's peer can refund a failed job by itself (specs/transactions.md).
         job = _job(state, tx)
-        if tx.sender != job.client:
-            raise TxRejected("NotJobParty", "only the client claims a refund")
         if job.status is not JobStatus.OPEN or height <= job.deadline:
             raise TxRejected("JobState", f"job is {job.status}; refund only after deadline {job.deadline}")
         _release(w, job, JobStatus.REFUNDED)

@@ -165,6 +165,7 @@ def start(
         cmd = [*(wrap[i] if i < len(wrap) else ())]
         cmd += [sys.executable, "-m", "aitbc_p2p.cli.peer", "run", "--config", str(config), "--data-dir", str(data_dir)]
         cmd += ["--rpc-host", host, "--rpc-port", "0", "--listen", f"/ip4/{host}/tcp/{port}"]
+        cmd += ["--verify-in-threads"]  # the peers share this machine's cores: worker processes would compete
         for addr in bootstrap[:1] if bootstrap_first else bootstrap:
             cmd += ["--bootstrap", addr]
         if cfg.node.provider is not None:
@@ -290,7 +291,17 @@ async def run_demo(
                     await trio.sleep(0.3)
             provider = providers[0]
             if workload is None:
-                workload = "torch_bench" if "torch_bench" in provider["workloads"] else "echo"
+                if "torch_bench" in provider["workloads"]:
+                    workload = "torch_bench"
+                    say("workload torch_bench: a seeded matmul on the provider's GPU, or its CPU")
+                else:
+                    workload = "echo"
+                    say(
+                        "workload echo: the provider has no torch, so it offers no GPU/CPU benchmark; "
+                        "'make demo EXTRAS=dev,compute' installs it (the CPU wheel) for torch_bench"
+                    )
+            if workload == "llm_gen":
+                say("note: the demo's model 'tiny' has random weights: its text is noise, its timings are real")
             if workload not in provider["workloads"]:
                 raise ConfigError(f"the provider does not offer {workload} (it offers {provider['workloads']})")
             params = dict(DEMO_PARAMS.get(workload, {}))

@@ -148,10 +148,11 @@ async def _job_cmd(args: argparse.Namespace) -> None:
                 max_runtime_s=args.max_runtime,
                 progress=lambda s: print(s, file=sys.stderr),
             )
-            print(job_id)
-            if args.wait:
+            if args.wait:  # stdout is one JSON document (it names the job); progress goes to stderr
                 job = await rpc.wait_job(job_id, progress=lambda s: print(s, file=sys.stderr))
                 _print(job)
+            else:
+                print(job_id)
         elif args.job_command == "status":
             _print(await rpc.job(args.job_id))
         elif args.job_command == "result":

@@ -12,6 +12,7 @@ from aitbc_p2p.compute.workloads import (
     RunContext,
     Workload,
     available_workloads,
+    check_params,
     get_workload,
     torch_available,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "RunContext",
     "Workload",
     "available_workloads",
+    "check_params",
     "detect",
     "get_workload",
     "open_executor",

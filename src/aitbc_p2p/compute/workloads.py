@@ -286,6 +286,20 @@ def available_workloads(*, models: Mapping[str, str] | None = None, ollama_url: 
     return sorted(out)
 
 
+def check_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` checked against the workload's schema, where the job is made (the SDK,
+    the client's peer) and not only where it runs: no torch needed, nothing dispatched.
+
+    Raises:
+        ComputeError: an unknown workload, or parameters it refuses.
+    """
+    workload = WORKLOADS.get(name)
+    if workload is None or name.startswith("fault_"):
+        known = sorted(n for n in WORKLOADS if not n.startswith("fault_"))
+        raise ComputeError(f"unknown workload {name!r}; known: {known}")
+    return workload.validate(params)
+
+
 def get_workload(name: str) -> Workload:
     """The workload named ``name``; raises ComputeError if unknown or a module it needs is missing."""
     workload = WORKLOADS.get(name)

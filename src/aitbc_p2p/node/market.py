@@ -20,7 +20,7 @@ import trio
 from aitbc_p2p.chain.models import TxKind
 from aitbc_p2p.chain.state import Job, JobStatus
 from aitbc_p2p.codec import decode, encode
-from aitbc_p2p.compute import DeviceInfo, Executor
+from aitbc_p2p.compute import DeviceInfo, Executor, check_params
 from aitbc_p2p.exceptions import CodecError, MarketError, NetworkError, TxRejected
 from aitbc_p2p.market import Bid, CapabilityRecord, JobOffer, JobPayload, JobResult, job_cost, params_hash, quote
 from aitbc_p2p.network import JOB_PROTOCOL, GossipMessage
@@ -39,6 +39,9 @@ MAX_PROVIDERS = 1024
 MAX_BIDS_PER_JOB = 64
 """Bids kept per client job; past it a bid must beat the dearest kept one."""
 MAX_CLIENT_JOBS = 10_000
+MIN_JOB_PREFIX = 4
+ENDED = (JobStatus.SETTLED, JobStatus.REFUNDED)
+MAX_JOB_ID_CHARS = 64
 """Client jobs tracked; past it the oldest finished ones are dropped."""
 ESCROW_WAIT_S = 20.0
 SETTLE_WAIT_S = 120.0
@@ -53,6 +56,8 @@ class ClientJob:
     bids: dict[Address, Bid] = field(default_factory=dict)
     result: JobResult | None = None
     error: str = ""
+    refund_sent: bool = False
+    """This peer posted the refund of the job's expired escrow (a failed job)."""
 
 
 def _chain_job_id(job_id: JobId) -> Hash32 | None:
@@ -201,12 +206,16 @@ class MarketService:
 
         Raises:
             MarketError: wrong chain, or the payload does not match the offer's params hash.
+            ComputeError: the workload is unknown or refuses these parameters.
         """
         offer.check()
         if offer.chain_id != self.node.genesis.chain_id:
             raise MarketError("offer is for another chain")
         if workload != offer.body["workload"] or params_hash(workload, params) != offer.body["params_hash"]:
             raise MarketError("workload or params do not match the offer's params_hash")
+        if offer.body["max_runtime_s"] < 1:
+            raise MarketError("max_runtime_s must be at least 1")
+        check_params(workload, params)  # ComputeError: refused here, before any escrow opens
         job_id = offer.job_id
         if job_id not in self.client_jobs:
             self.client_jobs[job_id] = ClientJob(offer, workload, params)
@@ -230,8 +239,11 @@ class MarketService:
             job.phase = "bids_ready"
 
     def on_head(self, height: int) -> None:
-        """After each new block: dispatch client jobs whose escrow is now committed."""
+        """After each new block: dispatch client jobs whose escrow is now committed, and
+        refund the expired escrows of failed ones."""
         for job_id, job in self.client_jobs.items():
+            if job.phase == "failed" and not job.refund_sent:
+                self._maybe_refund(job_id, job, height)
             if job.phase not in ("bidding", "bids_ready"):
                 continue
             chain_id = _chain_job_id(job_id)
@@ -245,6 +257,26 @@ class MarketService:
             job.phase = "running"
             if self._nursery is not None:
                 self._nursery.start_soon(self._dispatch, job_id, job, bid)
+
+    def _maybe_refund(self, job_id: JobId, job: ClientJob, height: int) -> None:
+        """A failed job's escrow goes back to its client once its deadline has passed: this
+        peer posts the refund itself (anyone may; specs/transactions.md), paying the fee."""
+        chain_id = _chain_job_id(job_id)
+        escrow = self.node.store.state.job(chain_id) if chain_id else None
+        if escrow is None or escrow.status is not JobStatus.OPEN or escrow.client != job.offer.signer:
+            return
+        if height + 1 <= escrow.deadline or self._nursery is None:
+            return
+        job.refund_sent = True
+        self._nursery.start_soon(self._refund, job, escrow.job_id)
+
+    async def _refund(self, job: ClientJob, chain_id: Hash32) -> None:
+        try:
+            await self.node.send_own_tx(TxKind.JOB_REFUND, {"job_id": chain_id})
+            logger.info("job %s failed; its escrow is refunded to the client", chain_id.hex()[:16])
+        except TxRejected as e:  # e.g. no balance for the fee yet: try again on a later block
+            job.refund_sent = False
+            logger.info("refund of failed job %s not posted yet: %s", chain_id.hex()[:16], e)
 
     async def _dispatch(self, job_id: JobId, job: ClientJob, bid: Bid) -> None:
         try:
@@ -270,7 +302,23 @@ class MarketService:
         job.error = result.error
         logger.info("job %s result received (ok=%s)", job_id[:16], result.ok)
 
+    def resolve(self, job_id: str) -> JobId:
+        """A tracked job's full id from any unique prefix of at least 4 hex digits (as git
+        takes commits); other ids come back as they are.
+
+        Raises:
+            MarketError: the prefix names more than one tracked job.
+        """
+        text = job_id.lower()
+        if text in self.client_jobs or len(text) >= MAX_JOB_ID_CHARS or len(text) < MIN_JOB_PREFIX:
+            return JobId(text)
+        matches = [j for j in self.client_jobs if j.startswith(text)]
+        if len(matches) > 1:
+            raise MarketError(f"job id {job_id} is ambiguous: {len(matches)} jobs start with it")
+        return matches[0] if matches else JobId(text)
+
     def job_status(self, job_id: JobId) -> dict[str, Any] | None:
+        job_id = self.resolve(job_id)
         job = self.client_jobs.get(job_id)
         chain_id = _chain_job_id(job_id)
         escrow: Job | None = self.node.store.state.job(chain_id) if chain_id else None
@@ -282,10 +330,12 @@ class MarketService:
             status = job.phase
         else:
             status = "open"
+        # Once the chain has ended the job (settled, refunded), that is its phase too.
+        phase = status if escrow is not None and escrow.status in ENDED else (job.phase if job else None)
         view: dict[str, Any] = {
             "job_id": job_id,
             "status": status,
-            "phase": job.phase if job else None,
+            "phase": phase,
             "error": job.error if job else "",
             "escrow": job_view(escrow) if escrow else None,
             "receipt_id": escrow.receipt_tx.hex() if escrow and escrow.receipt_tx else None,
@@ -299,6 +349,7 @@ class MarketService:
         return view
 
     def job_result(self, job_id: JobId) -> dict[str, Any] | None:
+        job_id = self.resolve(job_id)
         job = self.client_jobs.get(job_id)
         if job is None or job.result is None:
             return None

@@ -11,6 +11,7 @@ import hmac
 import json
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from quart import Response, request
@@ -20,7 +21,7 @@ from werkzeug.exceptions import HTTPException
 from aitbc_p2p.chain.models import Transaction
 from aitbc_p2p.codec import encode
 from aitbc_p2p.crypto.keys import validate_address
-from aitbc_p2p.exceptions import CodecError, CryptoError, MarketError, TxRejected
+from aitbc_p2p.exceptions import CodecError, ComputeError, CryptoError, MarketError, TxRejected
 from aitbc_p2p.market.messages import JobOffer
 from aitbc_p2p.node.api import NodeAPI
 from aitbc_p2p.types import Address, Hash32, JobId
@@ -140,6 +141,14 @@ def _job_params(value: Any) -> dict[str, Any]:
     return value
 
 
+def _job_lookup(lookup: Callable[[JobId], dict[str, Any] | None], job_id: str) -> dict[str, Any] | None:
+    """A job by its id or a unique prefix of it (409 AMBIGUOUS_JOB_ID otherwise)."""
+    try:
+        return lookup(JobId(job_id))
+    except MarketError as e:
+        raise Problem(409, "AMBIGUOUS_JOB_ID", str(e)) from e
+
+
 def create_app(api: NodeAPI, *, token: str, max_body: int = MAX_BODY) -> QuartTrio:
     """The RPC app for ``api``. ``token`` guards every route but health."""
     app = QuartTrio(__name__)
@@ -255,20 +264,22 @@ def create_app(api: NodeAPI, *, token: str, max_body: int = MAX_BODY) -> QuartTr
         params = _job_params(doc.get("params", {}))
         try:
             job_id = await api.submit_job(JobOffer.decode(raw), workload, params)
+        except ComputeError as e:
+            raise Problem(400, "BAD_PARAMS", str(e)) from e
         except MarketError as e:
             raise Problem(422, "BAD_OFFER", str(e)) from e
         return _json({"job_id": job_id, "status": "bidding"}, 201)
 
     @app.get("/v1/jobs/<job_id>")
     async def job_status(job_id: str) -> Response:
-        found = api.job_status(JobId(job_id))
+        found = _job_lookup(api.job_status, job_id)
         if found is None:
             raise Problem(404, "NOT_FOUND", "no such job")
         return _json(found)
 
     @app.get("/v1/jobs/<job_id>/result")
     async def job_result(job_id: str) -> Response:
-        found = api.job_result(JobId(job_id))
+        found = _job_lookup(api.job_result, job_id)
         if found is None:
             raise Problem(404, "NOT_FOUND", "no result for this job (yet)")
         return _json(found)

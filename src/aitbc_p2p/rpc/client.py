@@ -18,11 +18,12 @@ import httpx
 import trio
 
 from aitbc_p2p.chain.models import Transaction, TxKind
+from aitbc_p2p.compute.workloads import check_params
 from aitbc_p2p.crypto import PrivateKey
 from aitbc_p2p.exceptions import MarketError, RpcError
 from aitbc_p2p.market import Bid, JobOffer, params_hash, select_bid
 from aitbc_p2p.rpc.server import NODE_INFO, TOKEN_FILE
-from aitbc_p2p.types import Address, JobId
+from aitbc_p2p.types import Address, JobId, format_aitbc
 
 logger = logging.getLogger(__name__)
 
@@ -186,10 +187,23 @@ class RpcClient:
     ) -> JobId:
         """Offer a job, choose a bid, open escrow for that provider; returns the job id.
 
+        Nothing is sent for a job that cannot run: bad parameters, a runtime cap under
+        1 s, or (when this peer knows providers) one that none of them can take.
+
         Raises:
-            MarketError: no acceptable bid arrived within ``bid_timeout``.
+            ComputeError: the workload is unknown or refuses ``params``.
+            MarketError: no acceptable bid (within ``bid_timeout``), with the reason
+                where it can be known.
             RpcError: the node refused the offer or the escrow transaction.
         """
+        if max_runtime_s < 1:
+            raise MarketError(f"max_runtime_s must be at least 1, not {max_runtime_s}")
+        if max_price < 1:
+            raise MarketError(f"max_price must be at least 1 base unit, not {max_price}")
+        check_params(workload, params)
+        known = await self.providers()
+        if known and (why := no_bid_reason(known, workload, max_price, max_runtime_s)):
+            raise MarketError(f"no provider can take this job: {why}")
         status = await self.status()
         offer = JobOffer.create(
             key,
@@ -216,7 +230,9 @@ class RpcClient:
                     break
                 await trio.sleep(0.2)
         if bid is None:
-            raise MarketError(f"no acceptable bid for job {job_id} within {bid_timeout} s")
+            why = no_bid_reason(await self.providers(), workload, max_price, max_runtime_s)
+            why = why or "no provider answered"
+            raise MarketError(f"no acceptable bid for job {job_id} within {bid_timeout} s: {why}")
         await _report(progress, f"chose provider {bid.signer} at {bid.body['price']} units; opening escrow")
         deadline = int(status["height"]) + max(30, 4 * max_runtime_s)
         payload = {
@@ -246,6 +262,28 @@ class RpcClient:
                 if job["status"] in TERMINAL_JOB_STATES:
                     return job
                 await trio.sleep(0.25)
+
+
+def no_bid_reason(providers: list[dict[str, Any]], workload: str, max_price: int, max_runtime_s: int) -> str | None:
+    """Why no provider among ``providers`` (capability records, as ``GET /v1/providers``
+    returns them) would bid on such a job; None when some could."""
+    if not providers:
+        return "no provider has announced itself to this peer"
+    offering = [p for p in providers if workload in p.get("workloads", [])]
+    if not offering:
+        offered = sorted({w for p in providers for w in p.get("workloads", [])})
+        return f"no provider offers {workload} (offered: {', '.join(offered)})"
+    caps = [int(p.get("limits", {}).get("max_runtime_s", 0)) for p in offering]
+    fitting = [p for p, cap in zip(offering, caps, strict=True) if cap >= max_runtime_s]
+    if not fitting:
+        return f"max_runtime_s {max_runtime_s} is above every provider's cap (the largest is {max(caps)} s)"
+    cheapest = min(int(p.get("price_per_s", 0)) * max_runtime_s for p in fitting)
+    if cheapest > max_price:
+        return (
+            f"every provider quotes above max_price {format_aitbc(max_price)} AITBC: the cheapest asks "
+            f"{format_aitbc(cheapest)} AITBC for {max_runtime_s} s"
+        )
+    return None
 
 
 async def _report(progress: Callable[[str], Awaitable[None] | None] | None, text: str) -> None:

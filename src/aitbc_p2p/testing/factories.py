@@ -118,6 +118,10 @@ def _flatten(applied: AppliedBlock) -> StateView:
     return StoreStateView(kv, applied.tree)
 
 
+PROVIDER_BALANCE = 100 * 10**9
+"""What a test network's provider gets when the caller's alloc leaves it out (100 AITBC)."""
+
+
 @asynccontextmanager
 async def open_test_network(
     n: int,
@@ -132,13 +136,22 @@ async def open_test_network(
 ) -> AsyncIterator[list[Node]]:
     """``n`` real peers in this process on 127.0.0.1 (authorities ``peer0..``), fully connected.
 
-    Peers whose index is in ``providers`` sell compute (no start-up benchmark). ``absent``
-    more authorities are in the genesis but never start (a peer that is down).
+    Peers whose index is in ``providers`` sell compute (no start-up benchmark); a provider
+    that ``alloc`` does not name gets :data:`PROVIDER_BALANCE` to pay its receipt and
+    settle fees. ``absent`` more authorities are in the genesis but never start (a peer
+    that is down).
+
+    The peers check big batches of signatures in worker processes, which start by
+    importing the program's main module: a script that calls this at import time must do
+    so under ``if __name__ == "__main__":`` (as any multiprocessing program must).
     """
     keys = [make_key(f"peer{i}") for i in range(n + absent)]
+    balances = dict(alloc or {})
+    for i in providers:
+        balances.setdefault(keys[i].address, PROVIDER_BALANCE)
     genesis = make_genesis(
         keys,
-        alloc,
+        balances,
         block_time_ms=block_time_ms,
         providers=[keys[i].address for i in providers],
         **dict(genesis_params or {}),

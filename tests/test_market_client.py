@@ -1,0 +1,109 @@
+"""The client's side of a job, through real peers on 127.0.0.1: parameters are checked
+before any offer or escrow, a failed job's escrow comes back by itself, and a job is
+found by any unique prefix of its id."""
+
+import pytest
+import trio
+
+from aitbc_p2p.chain.models import Transaction
+from aitbc_p2p.chain.state import JobStatus
+from aitbc_p2p.exceptions import ComputeError, MarketError
+from aitbc_p2p.market import JobOffer, JobResult, params_hash, select_bid
+from aitbc_p2p.testing import make_key, open_test_network
+from aitbc_p2p.types import Hash32, aitbc
+
+CLIENT = make_key("client")
+ALLOC = {CLIENT.address: aitbc(10_000), make_key("peer1").address: aitbc(1_000)}
+
+
+async def wait_for(predicate, timeout=30):
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.05)
+
+
+def offer_for(node, workload, params, **kw):
+    return JobOffer.create(
+        CLIENT, node.genesis.chain_id, workload=workload, params_hash=params_hash(workload, params),
+        max_price=kw.get("max_price", aitbc(5)), max_runtime_s=kw.get("max_runtime_s", 30), verification="none",
+        timestamp_ms=node.clock_ms(),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("workload", "params", "match"),
+    [
+        ("echo", {"message": 5}, "must be a string"),
+        ("echo", {"message": "x", "extra": 1}, "unknown parameters"),
+        ("torch_bench", {"n": 10**9}, "parameter 'n'"),
+        ("no_such_workload", {}, "unknown workload"),
+    ],
+)
+async def test_bad_parameters_are_refused_before_the_offer_is_gossiped(workload, params, match):
+    async with open_test_network(1, alloc=ALLOC) as (node,):
+        with pytest.raises(ComputeError, match=match):
+            await node.submit_job(offer_for(node, workload, params), workload, params)
+        assert not node.market.client_jobs
+
+
+async def test_a_failed_jobs_escrow_is_refunded_by_the_clients_peer(monkeypatch):
+    """The client's peer pays the refund's fee from its own account (peer0 has 1 AITBC)."""
+    alloc = {**ALLOC, make_key("peer0").address: aitbc(1)}
+    async with open_test_network(2, providers=[1], alloc=alloc) as nodes:
+        client_node, provider = nodes
+        await wait_for(lambda: client_node.market.providers)
+
+        async def fails(payload):
+            return JobResult(payload.job_id, False, error="the worker failed")
+
+        monkeypatch.setattr(provider.market, "_run_job", fails)
+        params = {"message": "x"}
+        offer = offer_for(client_node, "echo", params)
+        job_id = await client_node.submit_job(offer, "echo", params)
+        tracked = client_node.market.client_jobs[job_id]
+        await wait_for(lambda: tracked.bids and tracked.phase == "bids_ready")
+        bid = select_bid(offer, list(tracked.bids.values()))
+        before = client_node.account(CLIENT.address)["balance"]
+        fee = client_node.genesis.min_fee
+        tx = Transaction.create(
+            CLIENT, chain_id=client_node.genesis.chain_id, kind="job_open",
+            nonce=client_node.mempool.pending_nonce(CLIENT.address, client_node.store.state), fee=fee,
+            payload={"job_id": bytes.fromhex(job_id), "provider": bid.signer, "amount": bid.body["price"],
+                     "deadline": client_node.store.head.height + 4},
+        )  # fmt: skip
+        await client_node.submit_tx(tx)
+        await wait_for(lambda: client_node.job_status(job_id)["phase"] == "failed")
+        await wait_for(lambda: client_node.job_status(job_id)["status"] == "refunded", timeout=60)
+        escrow = client_node.store.state.job(Hash32(bytes.fromhex(job_id)))
+        assert escrow.status is JobStatus.REFUNDED and escrow.cost == 0
+        assert client_node.account(CLIENT.address)["balance"] == before - fee  # all but the escrow's fee back
+        # The printed short id finds the job; too short or ambiguous ones do not.
+        assert client_node.job_status(job_id[:12])["job_id"] == job_id
+        assert client_node.job_status(job_id[:3]) is None
+        client_node.market.client_jobs[job_id[:10] + "0" * 54] = client_node.market.client_jobs[job_id]
+        with pytest.raises(MarketError, match="ambiguous"):
+            client_node.job_status(job_id[:10])
+
+
+async def test_a_test_networks_provider_can_pay_its_fees_when_the_alloc_leaves_it_out():
+    """open_test_network gives a provider it was not told about a balance: its receipt and
+    settle fees are paid, and a job settles (it used to hang until a 120 s timeout)."""
+    async with open_test_network(2, providers=[1], alloc={CLIENT.address: aitbc(10_000)}) as nodes:
+        client_node = nodes[0]
+        assert client_node.account(make_key("peer1").address)["balance"] > 0
+        await wait_for(lambda: client_node.market.providers)
+        params = {"message": "x"}
+        offer = offer_for(client_node, "echo", params)
+        job_id = await client_node.submit_job(offer, "echo", params)
+        tracked = client_node.market.client_jobs[job_id]
+        await wait_for(lambda: tracked.bids and tracked.phase == "bids_ready")
+        bid = select_bid(offer, list(tracked.bids.values()))
+        tx = Transaction.create(
+            CLIENT, chain_id=client_node.genesis.chain_id, kind="job_open",
+            nonce=client_node.mempool.pending_nonce(CLIENT.address, client_node.store.state),
+            fee=client_node.genesis.min_fee,
+            payload={"job_id": bytes.fromhex(job_id), "provider": bid.signer, "amount": bid.body["price"],
+                     "deadline": client_node.store.head.height + 100},
+        )  # fmt: skip
+        await client_node.submit_tx(tx)
+        await wait_for(lambda: client_node.job_status(job_id)["status"] == "settled", timeout=60)
