@@ -263,3 +263,27 @@ def test_importing_the_chain_core_does_not_load_the_network_stack():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+async def test_peers_sharing_a_host_check_everything_in_threads(alice, bob, monkeypatch):
+    """use_worker_processes(False) (NodeConfig.verify_in_workers = False): big batches and
+    big blocks alike are checked in this process, with the same verdicts, and warm_up
+    starts no worker."""
+    verify.use_worker_processes(False)
+    seen_pids: list[int] = []
+
+    def recording(encoded, rules, start):
+        seen_pids.append(os.getpid())
+        return check_encoded(encoded, rules, start)
+
+    monkeypatch.setattr(verify, "check_encoded", recording)
+    monkeypatch.setattr(verify, "check_block", _checker_pid)
+    monkeypatch.setattr(trio_parallel, "run_sync", None)  # any use of a worker would fail
+    txs = [make_tx(alice, nonce=n, to=bob.address, amount=1) for n in range(4 * MIN_PARALLEL)]
+    encoded = [tx.encode() for tx in txs]
+    encoded[100] = _forged(txs[100], bob.address)
+    checked = await decode_and_verify(encoded, RULES)
+    assert seen_pids == [os.getpid()]
+    assert [i for i, _ in checked.rejected] == [100] and len(checked.txs) == len(encoded) - 1
+    assert (await decode_block(b"x" * MIN_PARALLEL_BLOCK_BYTES)).error == str(os.getpid())
+    await verify.warm_up()
