@@ -131,6 +131,7 @@ async def open_test_network(
     data_root: Path | None = None,
     block_time_ms: int = 300,
     absent: int = 0,
+    authorities: int | None = None,
     genesis_params: Mapping[str, Any] | None = None,
     **config: Any,
 ) -> AsyncIterator[list[Node]]:
@@ -139,7 +140,8 @@ async def open_test_network(
     Peers whose index is in ``providers`` sell compute (no start-up benchmark); a provider
     that ``alloc`` does not name gets :data:`PROVIDER_BALANCE` to pay its receipt and
     settle fees. ``absent`` more authorities are in the genesis but never start (a peer
-    that is down).
+    that is down). ``authorities``: only the first that many peers are authorities (one:
+    a ``solo`` chain that cannot fork, whatever the load); default all.
 
     The peers check big batches of signatures in worker processes, which start by
     importing the program's main module: a script that calls this at import time must do
@@ -150,7 +152,7 @@ async def open_test_network(
     for i in providers:
         balances.setdefault(keys[i].address, PROVIDER_BALANCE)
     genesis = make_genesis(
-        keys,
+        keys if authorities is None else keys[:authorities],
         balances,
         block_time_ms=block_time_ms,
         providers=[keys[i].address for i in providers],
