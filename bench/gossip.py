@@ -44,6 +44,7 @@ from aitbc_p2p.chain.transition import ChainRules
 from aitbc_p2p.codec import decode, encode
 from aitbc_p2p.exceptions import CodecError
 from aitbc_p2p.network import ValidationResult, open_libp2p_network, topic
+from aitbc_p2p.network.limits import RequestPolicy
 from aitbc_p2p.node.bundles import decode_bundle, split_bundles
 from aitbc_p2p.node.verify import decode_and_verify, use_worker_processes, warm_up
 from aitbc_p2p.testing import make_genesis, make_key, make_tx
@@ -114,7 +115,13 @@ class Worker:
     async def run(self) -> None:
         key = make_key(f"gossip-bench-peer-{self.index}")
         stdin = trio.wrap_file(sys.stdin)
-        async with open_libp2p_network(key, ["/ip4/127.0.0.1/tcp/0"]) as net, trio.open_nursery() as nursery:
+        # The baseline is the transport's round trip: 200 requests back to back would meet
+        # the per-peer request rate limit (20/s after a burst of 40) and measure that instead.
+        unthrottled = RequestPolicy(rate_per_s=1e6, burst=1_000_000)
+        async with (
+            open_libp2p_network(key, ["/ip4/127.0.0.1/tcp/0"], requests=unthrottled) as net,
+            trio.open_nursery() as nursery,
+        ):
             use_worker_processes(self.workers)  # as the node does with NodeConfig.verify_in_workers
             await warm_up()
 

@@ -17,7 +17,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from aitbc_p2p.testing import make_genesis, make_key
+from aitbc_p2p.rpc import serve_rpc
+from aitbc_p2p.testing import make_genesis, make_key, open_test_network
 
 
 @pytest.fixture(autouse=True)
@@ -51,3 +52,18 @@ def genesis(alice, bob, authority):
         dispute_blocks=2,
         unbonding_blocks=3,
     )
+
+
+RPC_TOKEN = "test-token-" + "x" * 20
+
+
+@pytest.fixture
+async def rpc_server(nursery):
+    """One peer (the client key funded with 100 AITBC) and its RPC served by Hypercorn on
+    127.0.0.1: ``(node, base url)``; the bearer token is :data:`RPC_TOKEN`."""
+    async with open_test_network(1, alloc={make_key("client").address: 100 * 10**9}) as nodes:
+        url = await nursery.start(
+            lambda task_status: serve_rpc(nodes[0], token=RPC_TOKEN, port=0, task_status=task_status)
+        )
+        yield nodes[0], url
+        nursery.cancel_scope.cancel()

@@ -30,6 +30,25 @@ def offer_for(node, workload, params, **kw):
     )  # fmt: skip
 
 
+async def offer_and_open_escrow(node, *, deadline_blocks: int) -> str:
+    """An echo job offered through ``node``, the cheapest bid chosen and its escrow opened
+    (deadline ``deadline_blocks`` after the head); returns the job id."""
+    params = {"message": "x"}
+    offer = offer_for(node, "echo", params)
+    job_id = await node.submit_job(offer, "echo", params)
+    tracked = node.market.client_jobs[job_id]
+    await wait_for(lambda: tracked.bids and tracked.phase == "bids_ready")
+    bid = select_bid(offer, list(tracked.bids.values()))
+    tx = Transaction.create(
+        CLIENT, chain_id=node.genesis.chain_id, kind="job_open",
+        nonce=node.mempool.pending_nonce(CLIENT.address, node.store.state), fee=node.genesis.min_fee,
+        payload={"job_id": bytes.fromhex(job_id), "provider": bid.signer, "amount": bid.body["price"],
+                 "deadline": node.store.head.height + deadline_blocks},
+    )  # fmt: skip
+    await node.submit_tx(tx)
+    return job_id
+
+
 @pytest.mark.parametrize(
     ("workload", "params", "match"),
     [
@@ -57,21 +76,9 @@ async def test_a_failed_jobs_escrow_is_refunded_by_the_clients_peer(monkeypatch)
             return JobResult(payload.job_id, False, error="the worker failed")
 
         monkeypatch.setattr(provider.market, "_run_job", fails)
-        params = {"message": "x"}
-        offer = offer_for(client_node, "echo", params)
-        job_id = await client_node.submit_job(offer, "echo", params)
-        tracked = client_node.market.client_jobs[job_id]
-        await wait_for(lambda: tracked.bids and tracked.phase == "bids_ready")
-        bid = select_bid(offer, list(tracked.bids.values()))
         before = client_node.account(CLIENT.address)["balance"]
         fee = client_node.genesis.min_fee
-        tx = Transaction.create(
-            CLIENT, chain_id=client_node.genesis.chain_id, kind="job_open",
-            nonce=client_node.mempool.pending_nonce(CLIENT.address, client_node.store.state), fee=fee,
-            payload={"job_id": bytes.fromhex(job_id), "provider": bid.signer, "amount": bid.body["price"],
-                     "deadline": client_node.store.head.height + 4},
-        )  # fmt: skip
-        await client_node.submit_tx(tx)
+        job_id = await offer_and_open_escrow(client_node, deadline_blocks=4)
         await wait_for(lambda: client_node.job_status(job_id)["phase"] == "failed")
         await wait_for(lambda: client_node.job_status(job_id)["status"] == "refunded", timeout=60)
         escrow = client_node.store.state.job(Hash32(bytes.fromhex(job_id)))
@@ -92,18 +99,5 @@ async def test_a_test_networks_provider_can_pay_its_fees_when_the_alloc_leaves_i
         client_node = nodes[0]
         assert client_node.account(make_key("peer1").address)["balance"] > 0
         await wait_for(lambda: client_node.market.providers)
-        params = {"message": "x"}
-        offer = offer_for(client_node, "echo", params)
-        job_id = await client_node.submit_job(offer, "echo", params)
-        tracked = client_node.market.client_jobs[job_id]
-        await wait_for(lambda: tracked.bids and tracked.phase == "bids_ready")
-        bid = select_bid(offer, list(tracked.bids.values()))
-        tx = Transaction.create(
-            CLIENT, chain_id=client_node.genesis.chain_id, kind="job_open",
-            nonce=client_node.mempool.pending_nonce(CLIENT.address, client_node.store.state),
-            fee=client_node.genesis.min_fee,
-            payload={"job_id": bytes.fromhex(job_id), "provider": bid.signer, "amount": bid.body["price"],
-                     "deadline": client_node.store.head.height + 100},
-        )  # fmt: skip
-        await client_node.submit_tx(tx)
+        job_id = await offer_and_open_escrow(client_node, deadline_blocks=100)
         await wait_for(lambda: client_node.job_status(job_id)["status"] == "settled", timeout=60)

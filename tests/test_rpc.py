@@ -12,24 +12,22 @@ import trio
 
 from aitbc_p2p.chain import Transaction
 from aitbc_p2p.exceptions import REJECTION_REASONS, RpcError
-from aitbc_p2p.rpc import RpcClient, serve_rpc
+from aitbc_p2p.rpc import RpcClient
 from aitbc_p2p.rpc.app import REASON_STATUS, reason_code
-from aitbc_p2p.testing import make_key, make_tx, open_test_network
+from aitbc_p2p.testing import make_key, make_tx
 from aitbc_p2p.types import aitbc
+from conftest import RPC_TOKEN
 
-TOKEN = "test-token-" + "x" * 20
+TOKEN = RPC_TOKEN
 CLIENT = make_key("client")
 DEST = make_key("dest")
 
 
 @pytest.fixture
-async def rpc(nursery):
-    async with open_test_network(1, alloc={CLIENT.address: aitbc(100)}) as nodes:
-        node = nodes[0]
-        url = await nursery.start(lambda task_status: serve_rpc(node, token=TOKEN, port=0, task_status=task_status))
-        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
-            yield node, http, url
-        nursery.cancel_scope.cancel()
+async def rpc(rpc_server):
+    node, url = rpc_server
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+        yield node, http, url
 
 
 def snapshot(node):

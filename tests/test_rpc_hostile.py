@@ -9,22 +9,18 @@ import pytest
 import trio
 
 from aitbc_p2p.market import JobOffer, params_hash
-from aitbc_p2p.rpc import serve_rpc
 from aitbc_p2p.rpc.app import MAX_BODY
-from aitbc_p2p.testing import make_key, open_test_network
+from aitbc_p2p.testing import make_key
 from aitbc_p2p.types import aitbc
+from conftest import RPC_TOKEN
 
-TOKEN = "test-token-" + "y" * 20
+TOKEN = RPC_TOKEN
 CLIENT = make_key("client")
 
 
 @pytest.fixture
-async def rpc(nursery):
-    async with open_test_network(1, alloc={CLIENT.address: aitbc(100)}) as nodes:
-        node = nodes[0]
-        url = await nursery.start(lambda task_status: serve_rpc(node, token=TOKEN, port=0, task_status=task_status))
-        yield node, url
-        nursery.cancel_scope.cancel()
+def rpc(rpc_server):
+    return rpc_server
 
 
 def _code(resp):
