@@ -39,10 +39,11 @@ MAX_PROVIDERS = 1024
 MAX_BIDS_PER_JOB = 64
 """Bids kept per client job; past it a bid must beat the dearest kept one."""
 MAX_CLIENT_JOBS = 10_000
-MIN_JOB_PREFIX = 4
-ENDED = (JobStatus.SETTLED, JobStatus.REFUNDED)
-MAX_JOB_ID_CHARS = 64
 """Client jobs tracked; past it the oldest finished ones are dropped."""
+MIN_JOB_PREFIX = 4
+"""Hex digits a job id prefix needs to name a job (as git takes a commit's)."""
+MAX_JOB_ID_CHARS = 64
+ENDED = (JobStatus.SETTLED, JobStatus.REFUNDED)
 ESCROW_WAIT_S = 20.0
 SETTLE_WAIT_S = 120.0
 
@@ -57,7 +58,7 @@ class ClientJob:
     result: JobResult | None = None
     error: str = ""
     refund_sent: bool = False
-    """This peer posted the refund of the job's expired escrow (a failed job)."""
+    """Nothing more to do about a failed job's escrow: this peer posted its refund, or it ended otherwise."""
 
 
 def _chain_job_id(job_id: JobId) -> Hash32 | None:
@@ -263,7 +264,10 @@ class MarketService:
         peer posts the refund itself (anyone may; specs/transactions.md), paying the fee."""
         chain_id = _chain_job_id(job_id)
         escrow = self.node.store.state.job(chain_id) if chain_id else None
-        if escrow is None or escrow.status is not JobStatus.OPEN or escrow.client != job.offer.signer:
+        if escrow is None:
+            return
+        if escrow.status is not JobStatus.OPEN or escrow.client != job.offer.signer:
+            job.refund_sent = True  # settled, refunded or not ours: nothing left to do
             return
         if height + 1 <= escrow.deadline or self._nursery is None:
             return
