@@ -341,9 +341,14 @@ class Mempool:
         """Drop future transactions that waited more than ``future_ttl_blocks`` blocks for
         their gap to fill (they pay nothing while they wait); returns them."""
         cutoff = height - self.future_ttl_blocks
-        stale = [self._by_hash[h] for h, since in self._future_since.items() if since < cutoff]
-        for tx in stale:
+        stale: list[Transaction] = []
+        for h in [h for h, since in self._future_since.items() if since < cutoff]:
+            tx = self._by_hash.get(h)
+            if tx is None:  # never expected: _forget keeps the two maps together
+                del self._future_since[h]
+                continue
             self._forget(tx)
+            stale.append(tx)
         self._counts["expired"] += len(stale)
         return stale
 
