@@ -238,7 +238,8 @@ class Libp2pNetwork:
         graylisted peers and of copies that arrived while the first was being checked."""
         self._discovered = discovered
         self.limits = limits or RequestLimits(RequestPolicy(), trio.current_time)
-        """Per-peer limits on inbound requests, every protocol together."""
+        """Per-peer limits on inbound requests: how many are in service per protocol, and
+        their rate over all protocols."""
 
     def discovered(self) -> dict[str, list[str]]:
         """Peers found by local discovery (mDNS): peer id -> full multiaddrs to dial."""
@@ -274,7 +275,7 @@ class Libp2pNetwork:
     def ban(self, peer_id: str, reason: str) -> None:
         if not self.scores.banned(peer_id):
             logger.warning("peer %s banned for %.0f s: %s", peer_id, self.scores.policy.ban_s, reason)
-        self.scores.ban(peer_id, reason)
+        self.scores.ban(peer_id)
         self._blacklist(peer_id)
 
     def banned(self, peer_id: str) -> bool:

@@ -64,7 +64,7 @@ class PeerScores:
             self._forget_mildest()
         return value
 
-    def ban(self, peer: str, why: str = "") -> None:
+    def ban(self, peer: str) -> None:
         """Refuse ``peer`` for ``ban_s`` whatever its score (e.g. a handshake for another chain)."""
         self._banned_until[peer] = self._clock() + self.policy.ban_s
 
