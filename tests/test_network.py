@@ -206,3 +206,60 @@ async def test_a_copy_that_arrives_while_the_first_is_checked_is_checked_and_del
             assert sorted(got) == sorted(sent)  # each once
             assert sorted(calls) == sorted(sent)  # each checked once
             assert x.verdicts["duplicate"] > 0  # copies did arrive, and were dropped
+
+
+def test_a_peer_record_is_checked_once_until_it_changes_or_ages():
+    """py-libp2p verifies the sender's signed peer record on every pubsub RPC; the memo
+    checks the same bytes from the same peer once a minute, anything new at once, and
+    never remembers a record that failed."""
+    from aitbc_p2p.network.host import _SignedRecordMemo
+
+    calls: list[bytes] = []
+    now = [0.0]
+
+    class Rpc:
+        def __init__(self, record: bytes | None) -> None:
+            self.senderRecord = record
+
+        def HasField(self, name: str) -> bool:
+            return self.senderRecord is not None
+
+    class Host:
+        def get_id(self) -> str:
+            return "me"
+
+    def consume(msg, host, peer):
+        calls.append(msg.senderRecord)
+        return not msg.senderRecord.startswith(b"forged")
+
+    import aitbc_p2p.network.host as host_module
+
+    memo = _SignedRecordMemo(consume, ttl_s=60, size=2)
+    real_monotonic = host_module.time.monotonic
+    host_module.time.monotonic = lambda: now[0]
+    try:
+        assert memo(Rpc(None), Host(), "p1") and calls == []
+        assert memo(Rpc(b"rec-a"), Host(), "p1") and memo(Rpc(b"rec-a"), Host(), "p1")
+        assert calls == [b"rec-a"]
+        assert memo(Rpc(b"rec-a"), Host(), "p2")  # another sender: its own check
+        assert memo(Rpc(b"rec-b"), Host(), "p1")  # new addresses: checked again
+        assert calls == [b"rec-a", b"rec-a", b"rec-b"]
+        assert not memo(Rpc(b"forged"), Host(), "p1") and not memo(Rpc(b"forged"), Host(), "p1")
+        assert calls[-2:] == [b"forged", b"forged"]  # a failure is never remembered
+        now[0] = 61.0
+        assert memo(Rpc(b"rec-b"), Host(), "p1") and calls[-1] == b"rec-b"  # aged out: checked again
+        assert len(memo._accepted) <= 2  # bounded
+    finally:
+        host_module.time.monotonic = real_monotonic
+
+
+async def test_opening_a_network_installs_the_py_libp2p_tuning():
+    from libp2p.pubsub import gossipsub, pubsub
+    from libp2p.stream_muxer.yamux import yamux
+
+    from aitbc_p2p.network.host import _SignedRecordMemo
+
+    async with open_libp2p_network(make_key("tuned"), LOCAL):
+        assert isinstance(pubsub.maybe_consume_signed_record, _SignedRecordMemo)
+        assert gossipsub.maybe_consume_signed_record is pubsub.maybe_consume_signed_record
+        assert yamux._yamux_release_on_read() is False  # window updates at half the window, as go-yamux

@@ -29,6 +29,7 @@ from libp2p.network.auto_connector import AutoConnector
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.pubsub import gossipsub as libp2p_gossipsub
 from libp2p.pubsub import pubsub as libp2p_pubsub
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
@@ -36,6 +37,7 @@ from libp2p.pubsub.rpc_queue import RpcQueue
 from libp2p.pubsub.score import ScoreParams, TopicScoreParams
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux import yamux as libp2p_yamux
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
@@ -79,6 +81,41 @@ def _reuse_address_only(sock: Any) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 
 
+class _SignedRecordMemo:
+    """py-libp2p 0.8.1 puts its signed peer record on every pubsub RPC, and the receiver
+    parses it, checks its signature and stores its addresses for every RPC: about a
+    third of a peer's pubsub CPU at 20 bundles a second. A record is the same bytes
+    until the sender's addresses change, so the same bytes from the same peer, accepted
+    less than ``ttl_s`` ago, are accepted again without that work. Bounded: the oldest
+    entry goes first."""
+
+    def __init__(self, consume: Callable[..., bool], ttl_s: float = 60.0, size: int = 4096) -> None:
+        self._consume = consume
+        self._ttl_s = ttl_s
+        self._size = size
+        self._accepted: OrderedDict[tuple[str, str, bytes], float] = OrderedDict()
+
+    def __call__(self, msg: Any, host: Any, peer_id: Any) -> bool:
+        if not msg.HasField("senderRecord"):
+            return True
+        key = (str(host.get_id()), str(peer_id), bytes(msg.senderRecord))
+        now = time.monotonic()
+        at = self._accepted.get(key)
+        if at is not None and now - at < self._ttl_s:
+            return True
+        ok = bool(self._consume(msg, host, peer_id))
+        if ok:
+            self._accepted[key] = now
+            self._accepted.move_to_end(key)
+            while len(self._accepted) > self._size:
+                self._accepted.popitem(last=False)
+        return ok
+
+
+def _never() -> bool:
+    return False
+
+
 def _tune_libp2p() -> None:
     """py-libp2p 0.8.1 sizes the outbound queue by a default argument (so its module
     constant does nothing) and the subscription channel by a module constant; both
@@ -88,6 +125,15 @@ def _tune_libp2p() -> None:
     if getattr(libp2p_pubsub, "RpcQueue", None) is RpcQueue:
         setattr(libp2p_pubsub, "RpcQueue", _RoomyRpcQueue)  # noqa: B010 (a patch, not an attribute of ours)
     libp2p_pubsub.SUBSCRIPTION_CHANNEL_SIZE = SUBSCRIPTION_CHANNEL_SIZE
+    # go-yamux's credit release: a WINDOW_UPDATE once half the window has been read. py-libp2p
+    # 0.8.1 also sends one after every read (its PY_YAMUX_RELEASE_ON_READ default), which is
+    # an extra frame, encryption and send for each gossip message a peer receives.
+    libp2p_yamux._yamux_release_on_read = _never
+    consume = getattr(libp2p_pubsub, "maybe_consume_signed_record")  # noqa: B009 (imported there, not exported)
+    if not isinstance(consume, _SignedRecordMemo):
+        memo = _SignedRecordMemo(consume)
+        setattr(libp2p_pubsub, "maybe_consume_signed_record", memo)  # noqa: B010 (a patch, as above)
+        setattr(libp2p_gossipsub, "maybe_consume_signed_record", memo)  # noqa: B010
 
 
 class _GuardedPubsub(Pubsub):
