@@ -24,16 +24,8 @@ _LOW = -(2**64)
 _HIGH = 2**64
 
 
-def _leaf_ok(value: Any) -> bool:
-    """True for an allowed scalar; raises for an out-of-range integer; False otherwise."""
-    t = type(value)
-    if t is str or t is bytes or t is bool or value is None:
-        return True
-    if t is int:
-        if not _LOW <= value < _HIGH:
-            raise CodecError("integer outside the 64-bit CBOR range")
-        return True
-    return False
+_LEAVES = frozenset({str, bytes, bool, type(None)})
+"""Exact types of the allowed scalars other than integers."""
 
 
 def _check(value: Any, depth: int) -> None:
@@ -42,21 +34,39 @@ def _check(value: Any, depth: int) -> None:
     if depth > MAX_DEPTH:
         raise CodecError(f"nesting deeper than {MAX_DEPTH}")
     t = type(value)
-    if (t is dict or t is list or t is tuple) and value and depth >= MAX_DEPTH:
-        raise CodecError(f"nesting deeper than {MAX_DEPTH}")  # its items would be deeper
     if t is dict:
+        if value and depth >= MAX_DEPTH:
+            raise CodecError(f"nesting deeper than {MAX_DEPTH}")  # its items would be deeper
         for key, item in value.items():
             if type(key) is not str and not isinstance(key, str):
                 raise CodecError("map keys must be text")
-            if not _leaf_ok(item):
-                _check(item, depth + 1)
+            t = type(item)
+            if t in _LEAVES:
+                continue
+            if t is int:
+                if not _LOW <= item < _HIGH:
+                    raise CodecError("integer outside the 64-bit CBOR range")
+                continue
+            _check(item, depth + 1)
         return
     if t is list or t is tuple:
+        if value and depth >= MAX_DEPTH:
+            raise CodecError(f"nesting deeper than {MAX_DEPTH}")
         for item in value:
-            if not _leaf_ok(item):
-                _check(item, depth + 1)
+            t = type(item)
+            if t in _LEAVES:
+                continue
+            if t is int:
+                if not _LOW <= item < _HIGH:
+                    raise CodecError("integer outside the 64-bit CBOR range")
+                continue
+            _check(item, depth + 1)
         return
-    if _leaf_ok(value):
+    if t in _LEAVES:
+        return
+    if t is int:
+        if not _LOW <= value < _HIGH:
+            raise CodecError("integer outside the 64-bit CBOR range")
         return
     _check_slow(value, depth)
 
