@@ -5,8 +5,9 @@ Each peer is a separate process (this file with ``--worker``) holding a real lib
 on the tx topic: bundle decoding, stateless rules and signature checks in worker threads.
 Peer i dials peers i-1, i-2 and i-3, so an 8-peer network is several hops wide.
 
-One or more publishers gossip signed transfers at a set rate, in bundles every 50 ms as
-the node does. For each rate the bench reports the delivered fraction (transactions that
+One or more publishers gossip signed transfers at a set rate, in bundles every
+``NodeConfig.bundle_interval_s`` (100 ms) as the node does (``--bundle-ms`` to try
+others). For each rate the bench reports the delivered fraction (transactions that
 passed the gate at every other peer, each counted once), the propagation latency from
 publish to that point (p50, p99), duplicate deliveries and CPU per peer. Rates rise until
 one loses transactions, the publishers cannot keep up, or p99 passes 1 s (a growing
@@ -20,7 +21,7 @@ Signatures are checked in threads, as the devnet's peers check them (they share 
 host's cores; node/verify.py); ``--verify-in-workers`` uses worker processes instead, as
 a peer alone on its host does.
 Run: .venv/bin/python bench/gossip.py [--peers 4 8] [--rates 250,500,1000,...] [--seconds 3] [--publishers 1]
-     [--verify-in-workers]
+     [--verify-in-workers] [--bundle-ms 100]
 (GOSSIP_DEBUG=1 prints each peer's verdict counts and any bundle it missed.)
 """
 
@@ -45,11 +46,12 @@ from aitbc_p2p.codec import decode, encode
 from aitbc_p2p.exceptions import CodecError
 from aitbc_p2p.network import ValidationResult, open_libp2p_network, topic
 from aitbc_p2p.network.limits import RequestPolicy
+from aitbc_p2p.node import NodeConfig
 from aitbc_p2p.node.bundles import decode_bundle, split_bundles
 from aitbc_p2p.node.verify import decode_and_verify, use_worker_processes, warm_up
 from aitbc_p2p.testing import make_genesis, make_key, make_tx
 
-BUNDLE_INTERVAL_S = 0.05
+BUNDLE_INTERVAL_S = NodeConfig.__dataclass_fields__["bundle_interval_s"].default
 ECHO = "/aitbc-bench/echo/1"
 DIAL_BACK = 3
 MAX_P99_MS = 1000
@@ -85,18 +87,18 @@ class Worker:
             self.received_txs += self.received[-1][2]
             self.arrived.set()
 
-    async def publish(self, net: Any, rate: int, seconds: float, offset: int) -> dict[str, Any]:
+    async def publish(self, net: Any, rate: int, seconds: float, offset: int, interval: float) -> dict[str, Any]:
         if not self.txs:
             self.txs = decode(self.txs_file.read_bytes(), max_size=1 << 30)
         total = int(rate * seconds)
         txs = self.txs[offset : offset + total]
         if len(txs) < total:
             raise SystemExit(f"need {total} transactions from {offset}, have {len(self.txs)}")
-        per_tick = max(1, round(rate * BUNDLE_INTERVAL_S))
+        per_tick = max(1, round(rate * interval))
         sent: list[tuple[str, float, int]] = []
         start = time.monotonic()
         for tick, i in enumerate(range(0, total, per_tick)):
-            await trio.sleep(max(0.0, start + tick * BUNDLE_INTERVAL_S - time.monotonic()))
+            await trio.sleep(max(0.0, start + tick * interval - time.monotonic()))
             for bundle in split_bundles(txs[i : i + per_tick]):
                 sent.append((hashlib.sha256(bundle).hexdigest(), time.monotonic(), len(decode(bundle))))
                 await net.publish(TX_TOPIC, bundle)
@@ -141,7 +143,7 @@ class Worker:
                 elif cmd["cmd"] == "peers":
                     _reply({"peers": len(net.connected_peers())})
                 elif cmd["cmd"] == "publish":
-                    _reply(await self.publish(net, cmd["rate"], cmd["seconds"], cmd["offset"]))
+                    _reply(await self.publish(net, cmd["rate"], cmd["seconds"], cmd["offset"], cmd["interval"]))
                 elif cmd["cmd"] == "collect":
                     _reply(await self.collect(cmd["expect"], cmd["timeout"]))
                 elif cmd["cmd"] == "rtt":
@@ -209,13 +211,17 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def run_rate(peers: list[Peer], publishers: int, rate: int, seconds: float, offset: int) -> dict[str, Any]:
+def run_rate(
+    peers: list[Peer], publishers: int, rate: int, seconds: float, offset: int, interval: float
+) -> dict[str, Any]:
     pubs = peers[:publishers]
     cpu_before = [p.ask(cmd="collect", expect=0, timeout=0)["cpu"] for p in peers]
     per_pub = rate // publishers
     wall = time.monotonic()
     for i, p in enumerate(pubs):
-        p.send(cmd="publish", rate=per_pub, seconds=seconds, offset=offset + i * int(per_pub * seconds))
+        p.send(
+            cmd="publish", rate=per_pub, seconds=seconds, offset=offset + i * int(per_pub * seconds), interval=interval
+        )
     published = [p.read() for p in pubs]
     sent = {bid: (t, n, i) for i, doc in enumerate(published) for bid, t, n in doc["sent"]}
     sent_txs = sum(n for _, n, _ in sent.values())
@@ -272,7 +278,7 @@ def run_network(n: int, args: argparse.Namespace, txs_file: Path) -> dict[str, A
         print(f"   stream round trip {rtt:.2f} ms", file=sys.stderr)
         runs, offset, sustained = [], 0, 0
         for rate in args.rates:
-            run = run_rate(peers, args.publishers, rate, args.seconds, offset)
+            run = run_rate(peers, args.publishers, rate, args.seconds, offset, args.bundle_ms / 1000)
             offset += run["sent"]
             runs.append(run)
             kept_up = run["achieved_tx_s"] >= 0.95 * rate and run["p99_ms"] <= MAX_P99_MS
@@ -294,6 +300,7 @@ def run_network(n: int, args: argparse.Namespace, txs_file: Path) -> dict[str, A
         "peers": n,
         "publishers": args.publishers,
         "verify_in_workers": args.verify_in_workers,
+        "bundle_ms": args.bundle_ms,
         "sustained_tx_s": sustained,
         "loss": max(r["loss"] for r in runs if r["rate"] <= max(sustained, args.rates[0])),
         "p99_ms_at_500_tx_s": at500["p99_ms"] if at500 else None,
@@ -327,6 +334,12 @@ def main() -> None:
         action="store_true",
         help="check signatures in worker processes, as a peer alone on its host does (default: in threads, "
         "as peers sharing a host's cores do: the devnet's)",
+    )
+    parser.add_argument(
+        "--bundle-ms",
+        type=float,
+        default=BUNDLE_INTERVAL_S * 1000,
+        help="bundle interval of the publisher (default: the node's, NodeConfig.bundle_interval_s)",
     )
     args = parser.parse_args()
     if args.worker is not None:
