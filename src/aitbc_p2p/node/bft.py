@@ -32,6 +32,7 @@ from aitbc_p2p.consensus.tendermint import (
 )
 from aitbc_p2p.exceptions import CodecError, ConsensusError, NetworkError, TxRejected, ValidationError
 from aitbc_p2p.network import CONSENSUS_PROTOCOL, MAX_FRAME, GossipMessage
+from aitbc_p2p.node.offload import blocking
 from aitbc_p2p.store.crash import crash_point
 from aitbc_p2p.store.votes import VoteGuard
 from aitbc_p2p.types import Address
@@ -177,7 +178,7 @@ class BftDriver:
             logger.info("proposal for %d is invalid: %s", block.height, e)
             return False
         self._applied[block.hash] = applied
-        await trio.to_thread.run_sync(self.node.store.put_side_block, block)  # to restore a lock after a crash
+        await blocking(self.node.store.put_side_block, block)  # to restore a lock after a crash
         return True
 
     # ------------------------------------------------------- round-state catch-up
@@ -265,7 +266,7 @@ class BftDriver:
     async def _cast(self, machine: HeightMachine, action: CastVote) -> None:
         try:
             async with self._sign_lock:
-                vote = await trio.to_thread.run_sync(
+                vote = await blocking(
                     self.guard.sign_vote, machine.height, action.round, action.step, action.block
                 )
         except ConsensusError as e:
@@ -303,7 +304,7 @@ class BftDriver:
         proposal = Proposal(self.engine.chain_id, machine.height, round, valid_round, block, self.node.key.address)
         try:
             async with self._sign_lock:
-                sig = await trio.to_thread.run_sync(
+                sig = await blocking(
                     self.guard.sign_proposal,
                     machine.height,
                     round,
@@ -314,7 +315,7 @@ class BftDriver:
             logger.warning("not proposing: %s", e)
             return
         signed = Proposal(proposal.chain_id, proposal.height, round, valid_round, block, proposal.proposer, sig)
-        await trio.to_thread.run_sync(self.node.store.put_side_block, block)
+        await blocking(self.node.store.put_side_block, block)
         if self.machine is not machine:
             return
         obj = {"proposal": signed.to_wire()}

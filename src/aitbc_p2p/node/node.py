@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from collections.abc import Set as AbstractSet
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from functools import partial
 from typing import Any
 
@@ -62,6 +62,7 @@ from aitbc_p2p.node.bft import BftDriver
 from aitbc_p2p.node.bundles import decode_bundle, split_bundles
 from aitbc_p2p.node.config import NodeConfig
 from aitbc_p2p.node.market import MarketService
+from aitbc_p2p.node.offload import blocking
 from aitbc_p2p.node.peers import Backoff, PeerBook
 from aitbc_p2p.node.verify import (
     BLOCKS_AHEAD,
@@ -249,18 +250,16 @@ class Node:
         if bad:
             raise ValidationError(f"block {block.height} holds a badly signed transaction: {bad[0][1]}")
         good |= {tx.hash for tx in block.txs if tx.hash in self.mempool or tx.hash in verified}
-        return await trio.to_thread.run_sync(
-            partial(validate_block, block, parent, self.store.state, self.rules, verified=good)
-        )
+        return await blocking(partial(validate_block, block, parent, self.store.state, self.rules, verified=good))
 
     async def _commit(self, applied: AppliedBlock, certificate: tuple[Vote, ...] = ()) -> None:
         """Write the block in a worker thread (a synced batch), then publish it."""
         cert = encode_certificate(certificate) if self.engine.bft else None
-        await trio.to_thread.run_sync(partial(self.store.write_block, applied, certificate=cert))
+        await blocking(partial(self.store.write_block, applied, certificate=cert))
         self._publish([applied.block])
 
     async def _revert_head(self) -> Block:
-        block = await trio.to_thread.run_sync(self.store.write_revert)
+        block = await blocking(self.store.write_revert)
         self._publish([])
         return block
 
@@ -393,7 +392,7 @@ class Node:
             verified=self.mempool,  # every pooled transaction was verified on admission
             round=round,
         )
-        return await trio.to_thread.run_sync(build)
+        return await blocking(build)
 
     async def publish_block(self, block: Block, certificate: tuple[Vote, ...] = ()) -> None:
         try:
@@ -585,7 +584,7 @@ class Node:
             raise NetworkError(f"bad sync request: {e}") from e
         end = min(end, start + SYNC_BATCH - 1)
         room = MAX_SYNC_FRAME - 16  # the array's head
-        encoded = await trio.to_thread.run_sync(partial(self.store.encoded_blocks, start, end, max_bytes=room))
+        encoded = await blocking(partial(self.store.encoded_blocks, start, end, max_bytes=room))
         parts: list[bytes] = []
         for height, raw in enumerate(encoded, max(start, 0)):
             item = encode_sync_item(raw, self.store.certificate(height) or b"\x80")
@@ -859,8 +858,26 @@ def _open_kv(config: NodeConfig) -> KeyValueStore:
     return LevelDBKV(config.data_dir / "chain")
 
 
+NetworkFactory = Callable[[NodeConfig], AbstractAsyncContextManager[Network]]
+"""Opens the network a node runs on: libp2p by default (:func:`libp2p_network`); tests
+and ``bench/sim.py`` pass a :class:`~aitbc_p2p.network.memory.MemoryHub`'s networks."""
+
+
+def libp2p_network(config: NodeConfig) -> AbstractAsyncContextManager[Network]:
+    """The real network: a libp2p host on the config's listen addresses."""
+    return open_libp2p_network(
+        config.key,
+        list(config.listen),
+        max_peers=config.peer_ceiling,
+        # Peers of one chain share an mDNS service name: its genesis hash.
+        mdns=config.genesis.hash.hex()[:10] if config.mdns else None,
+    )
+
+
 @asynccontextmanager
-async def open_node(config: NodeConfig, *, clock_ms: Callable[[], int] = wall_clock_ms) -> AsyncIterator[Node]:
+async def open_node(
+    config: NodeConfig, *, clock_ms: Callable[[], int] = wall_clock_ms, network: NetworkFactory = libp2p_network
+) -> AsyncIterator[Node]:
     """Start a peer and yield it once it listens; stop every task and close the store on exit.
 
     Raises:
@@ -868,9 +885,9 @@ async def open_node(config: NodeConfig, *, clock_ms: Callable[[], int] = wall_cl
         NetworkError: the listen addresses cannot be bound.
         ConsensusError: the genesis names an unknown engine.
     """
-    kv = await trio.to_thread.run_sync(_open_kv, config)
+    kv = await blocking(_open_kv, config)
     try:
-        store = await trio.to_thread.run_sync(ChainStore, kv, config.genesis)
+        store = await blocking(ChainStore, kv, config.genesis)
         async with AsyncExitStack() as stack:
             provider = config.provider
             executor = None
@@ -884,51 +901,44 @@ async def open_node(config: NodeConfig, *, clock_ms: Callable[[], int] = wall_cl
                         cache=config.data_dir / "compute-cache.json" if config.data_dir else None,
                     )
                 )
-            network = await stack.enter_async_context(
-                open_libp2p_network(
-                    config.key,
-                    list(config.listen),
-                    max_peers=config.peer_ceiling,
-                    # Peers of one chain share an mDNS service name: its genesis hash.
-                    mdns=config.genesis.hash.hex()[:10] if config.mdns else None,
-                )
-            )
+            net = await stack.enter_async_context(network(config))
             nursery = await stack.enter_async_context(trio.open_nursery())
-            node = Node(config, store, network, nursery, clock_ms)
+            node = Node(config, store, net, nursery, clock_ms)
             if provider is not None and executor is not None:
                 device = await executor.info(benchmark=provider.benchmark)
                 node.market.enable_provider(provider, device, executor)
-            network.set_request_handler(STATUS_PROTOCOL, node._serve_status)
-            network.set_request_handler(SYNC_PROTOCOL, node._serve_sync)
-            network.set_request_handler(PEERS_PROTOCOL, node._serve_peers)
+            net.set_request_handler(STATUS_PROTOCOL, node._serve_status)
+            net.set_request_handler(SYNC_PROTOCOL, node._serve_sync)
+            net.set_request_handler(PEERS_PROTOCOL, node._serve_peers)
             # A job's request lasts as long as the job runs; an agent may run many at once.
-            network.set_request_handler(JOB_PROTOCOL, node.market.serve_job, concurrent=JOB_STREAMS_PER_PEER)
+            net.set_request_handler(JOB_PROTOCOL, node.market.serve_job, concurrent=JOB_STREAMS_PER_PEER)
             t = node._topics
             use_worker_processes(config.verify_in_workers)
             nursery.start_soon(warm_up)  # the verifying worker processes, before the first big bundle
-            nursery.start_soon(node._on_tx, await network.subscribe(t["tx"], node._valid_bundle))
+            nursery.start_soon(node._on_tx, await net.subscribe(t["tx"], node._valid_bundle))
             nursery.start_soon(node._gossip_bundles)
             nursery.start_soon(node._reannounce)
-            nursery.start_soon(node._on_block, await network.subscribe(t["block"], node._valid_block))
+            nursery.start_soon(node._on_block, await net.subscribe(t["block"], node._valid_block))
+            nursery.start_soon(node.market.on_job_topic, await net.subscribe(t["job"], node.market.valid_job_message))
             nursery.start_soon(
-                node.market.on_job_topic, await network.subscribe(t["job"], node.market.valid_job_message)
-            )
-            nursery.start_soon(
-                node.market.on_provider_topic, await network.subscribe(t["provider"], node.market.valid_capability)
+                node.market.on_provider_topic, await net.subscribe(t["provider"], node.market.valid_capability)
             )
             if node.engine.bft:
                 driver = BftDriver(node, node.engine)  # type: ignore[arg-type]
                 node.bft = driver
-                network.set_request_handler(CONSENSUS_PROTOCOL, driver.serve_round_state)
-                nursery.start_soon(driver.run, await network.subscribe(t["consensus"], _valid_consensus))
+                net.set_request_handler(CONSENSUS_PROTOCOL, driver.serve_round_state)
+                nursery.start_soon(driver.run, await net.subscribe(t["consensus"], _valid_consensus))
             else:
                 nursery.start_soon(node._produce_blocks)
             nursery.start_soon(node._manage_peers)
             node.market.start(nursery)
-            logger.info("node %s up at %s, head %d", node.key.address, network.listen_addrs(), store.head.height)
+            logger.info("node %s up at %s, head %d", node.key.address, net.listen_addrs(), store.head.height)
             try:
                 yield node
             finally:
                 nursery.cancel_scope.cancel()
     finally:
-        await trio.to_thread.run_sync(kv.close)
+        # Shielded: a node stopped by cancellation (its caller's scope) must still close
+        # its store, or a restart in the same process finds the LevelDB lock held.
+        with trio.CancelScope(shield=True):
+            await blocking(kv.close)

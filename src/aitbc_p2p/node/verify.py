@@ -61,6 +61,7 @@ from aitbc_p2p.chain.batch import (
 from aitbc_p2p.chain.models import Transaction
 from aitbc_p2p.chain.transition import ChainRules
 from aitbc_p2p.exceptions import TxRejected
+from aitbc_p2p.node.offload import blocking, inline
 from aitbc_p2p.types import Hash32
 
 logger = logging.getLogger(__name__)
@@ -152,8 +153,8 @@ async def _in_workers(fn: Callable[..., T], pieces: Sequence[tuple[Any, ...]], *
     """``fn(*args)`` for each args tuple, in worker processes; in a thread when the batch
     is ``small`` (under MIN_PARALLEL: a round trip to a worker costs more). Results in
     input order."""
-    if small or _THREADS_ONLY.get():
-        return [await trio.to_thread.run_sync(fn, *args) for args in pieces]
+    if small or _THREADS_ONLY.get() or inline():
+        return [await blocking(fn, *args) for args in pieces]
     results: list[Any] = [None] * len(pieces)
 
     async def run(i: int) -> None:
@@ -161,7 +162,7 @@ async def _in_workers(fn: Callable[..., T], pieces: Sequence[tuple[Any, ...]], *
             results[i] = await trio_parallel.run_sync(_in_background, fn, *pieces[i], limiter=_limiter())
         except trio_parallel.BrokenWorkerError as e:
             logger.warning("a verifying worker process died (%s); checking its chunk in a thread", e)
-            results[i] = await trio.to_thread.run_sync(fn, *pieces[i])
+            results[i] = await blocking(fn, *pieces[i])
 
     async with trio.open_nursery() as nursery:
         for i in range(len(pieces)):
@@ -174,7 +175,7 @@ async def warm_up(workers: int | None = None) -> None:
     first big batches: a spawn, and importing the chain code a job needs, take a few
     tenths of a second of CPU each. The second worker per core starts when load first
     queues jobs behind the first ones. Workers retire after ten idle minutes."""
-    if _THREADS_ONLY.get():
+    if _THREADS_ONLY.get() or inline():
         return
     limiter = _limiter()
     job = partial(trio_parallel.run_sync, _in_background, check_signatures, [], limiter=limiter)  # imports it
@@ -188,8 +189,8 @@ async def decode_and_verify(encoded: Sequence[bytes], rules: ChainRules, *, para
     that needs no state, its signature included. Never raises for bad input: each
     refusal is reported with its position and reason."""
     encoded = list(encoded)
-    if _THREADS_ONLY.get():  # one thread, one piece: no chunking without workers
-        return await trio.to_thread.run_sync(check_encoded, encoded, rules, 0)
+    if _THREADS_ONLY.get() or inline():  # one thread, one piece: no chunking without workers
+        return await blocking(check_encoded, encoded, rules, 0)
     pieces = [(encoded[a:b], rules, a) for a, b in _chunks(len(encoded), parallel)]
     parts = await _in_workers(check_encoded, pieces, small=len(encoded) < MIN_PARALLEL)
     out = Checked()

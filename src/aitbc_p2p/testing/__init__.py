@@ -7,6 +7,15 @@ from aitbc_p2p.testing.factories import (
     make_key,
     make_tx,
     open_test_network,
+    virtual_clock_ms,
 )
 
-__all__ = ["DEVNET_BALANCES", "ChainBuilder", "make_genesis", "make_key", "make_tx", "open_test_network"]
+__all__ = [
+    "DEVNET_BALANCES",
+    "ChainBuilder",
+    "make_genesis",
+    "make_key",
+    "make_tx",
+    "open_test_network",
+    "virtual_clock_ms",
+]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -15,12 +15,21 @@ from aitbc_p2p.chain.models import Genesis, Transaction, TxKind
 from aitbc_p2p.chain.state import StateView
 from aitbc_p2p.chain.transition import ChainRules
 from aitbc_p2p.crypto import PrivateKey
+from aitbc_p2p.network.memory import MemoryHub
 from aitbc_p2p.node import Node, NodeConfig, ProviderConfig, open_node
+from aitbc_p2p.node.offload import run_blocking_inline
 from aitbc_p2p.store import MemoryKV, StoreStateView, schema
 from aitbc_p2p.types import Address, aitbc
 
 DEVNET_BALANCES = {"genesis": aitbc(1_000_000), "client": aitbc(10_000), "miner": aitbc(1_000)}
 """The seeds' devnet allocation: genesis 1,000,000 AITBC, client 10,000, miner 1,000."""
+
+
+def virtual_clock_ms() -> int:
+    """Trio's clock in milliseconds: the wall clock of peers that run under a MockClock
+    (``open_test_network(clock_ms=virtual_clock_ms)``), so block timestamps, slots and
+    timeouts all follow virtual time."""
+    return int(trio.current_time() * 1000)
 
 
 def make_key(label: str) -> PrivateKey:
@@ -133,6 +142,8 @@ async def open_test_network(
     absent: int = 0,
     authorities: int | None = None,
     genesis_params: Mapping[str, Any] | None = None,
+    hub: MemoryHub | None = None,
+    clock_ms: Callable[[], int] | None = None,
     **config: Any,
 ) -> AsyncIterator[list[Node]]:
     """``n`` real peers in this process on 127.0.0.1 (authorities ``peer0..``), fully connected.
@@ -141,7 +152,11 @@ async def open_test_network(
     that ``alloc`` does not name gets :data:`PROVIDER_BALANCE` to pay its receipt and
     settle fees. ``absent`` more authorities are in the genesis but never start (a peer
     that is down). ``authorities``: only the first that many peers are authorities (one:
-    a ``solo`` chain that cannot fork, whatever the load); default all.
+    a ``solo`` chain that cannot fork, whatever the load); default all. ``hub``: the peers
+    meet on this in-memory network instead of libp2p on 127.0.0.1, and run their blocking
+    work inline (:func:`~aitbc_p2p.node.offload.run_blocking_inline`: virtual time must not
+    pass while a thread works); ``clock_ms``: the peers' wall clock (under Trio's
+    MockClock, :func:`virtual_clock_ms`).
 
     The peers check big batches of signatures in worker processes, which start by
     importing the program's main module: a script that calls this at import time must do
@@ -159,6 +174,8 @@ async def open_test_network(
         **dict(genesis_params or {}),
     )
     keys = keys[:n]
+    if hub is not None:
+        run_blocking_inline()
     async with AsyncExitStack() as stack:
         nodes: list[Node] = []
         for i, key in enumerate(keys):
@@ -176,7 +193,12 @@ async def open_test_network(
                 peer_interval_s=0.2,
                 **config,
             )
-            nodes.append(await stack.enter_async_context(open_node(cfg)))
+            options: dict[str, Any] = {}
+            if hub is not None:
+                options["network"] = hub.node_network
+            if clock_ms is not None:
+                options["clock_ms"] = clock_ms
+            nodes.append(await stack.enter_async_context(open_node(cfg, **options)))
         with trio.fail_after(20):
             # libp2p has no "connected" event to wait on; poll its peer table.
             while any(len(node.network.connected_peers()) < n - 1 for node in nodes):  # noqa: ASYNC110
