@@ -34,6 +34,11 @@ def agree(nodes: list[Any], height: int) -> bool:
     return len({n.store.block(height).hash for n in nodes}) == 1
 
 
+def one_chain(nodes: list[Any]) -> bool:
+    """Every head the same block, and every chain the same below it."""
+    return len({n.store.head.hash for n in nodes}) == 1 and agree(nodes, min(n.head.height for n in nodes))
+
+
 async def test_a_poa_network_produces_one_chain_and_carries_transactions(autojump_clock: Any) -> None:
     wall = time.monotonic()
     hub = MemoryHub(latency_s=0.03)
@@ -49,6 +54,49 @@ async def test_a_poa_network_produces_one_chain_and_carries_transactions(autojum
         assert low >= 3 and agree(nodes, low)
         assert all(n.supply()["total"] == n.supply()["genesis_total"] for n in nodes)
     assert time.monotonic() - wall < 30  # virtual time: no real block interval was waited out
+
+
+async def test_an_authority_cut_off_for_long_rejoins_the_majority_chain(autojump_clock: Any) -> None:
+    """Alone, an authority goes on proposing (on its turns and as everyone's backup), but
+    without a majority of the authorities none of its blocks becomes final: when the
+    network heals it reverts onto the majority's longer chain, however deep its fork.
+    (Before poa's finality counted distinct proposers, a fork deeper than n blocks was
+    refused for good: the peer never rejoined.)"""
+    hub = MemoryHub(latency_s=0.02)
+    async with open_test_network(4, hub=hub, clock_ms=virtual_clock_ms) as nodes:
+        await nodes[0].wait_height(3)
+        ids = [n.network.peer_id for n in nodes]
+        hub.partition(ids[:3], ids[3:])
+        start = nodes[3].head.height
+        while nodes[3].head.height < start + 8:  # twice the old reorg limit of n = 4 blocks
+            await nodes[3].wait_head_change()
+        lonely = nodes[3].store.head.hash
+        assert nodes[3].final_height() <= start  # alone, nothing it proposed is final
+        assert nodes[0].final_height() > start  # three of four are a majority: theirs is
+        hub.heal()  # the peer managers dial their bootstrap peers again
+        with trio.fail_after(120):
+            while not one_chain(nodes):
+                await trio.sleep(0.3)
+        assert nodes[3].store.height_of(lonely) is None  # its own branch was reverted
+
+
+async def test_a_network_split_in_two_halves_heals_onto_one_chain(autojump_clock: Any) -> None:
+    hub = MemoryHub(latency_s=0.02)
+    async with open_test_network(4, hub=hub, clock_ms=virtual_clock_ms) as nodes:
+        await nodes[0].wait_height(3)
+        ids = [n.network.peer_id for n in nodes]
+        hub.partition(ids[:2], ids[2:])
+        at_split = max(n.head.height for n in nodes)
+        await trio.sleep(20)  # both halves go on proposing; neither is a majority
+        assert len({n.store.head.hash for n in nodes}) > 1
+        assert min(n.head.height for n in nodes) > at_split + 4  # deeper than the old limit of n
+        assert max(n.final_height() for n in nodes) <= at_split  # nothing made since is final
+        hub.heal()
+        with trio.fail_after(120):
+            while not one_chain(nodes):
+                await trio.sleep(0.3)
+        await nodes[0].wait_height(nodes[0].head.height + 4)
+        assert min(n.final_height() for n in nodes) > at_split  # together they finalize again
 
 
 async def test_pos_validators_decide_blocks_and_go_on_without_one_of_four(autojump_clock: Any) -> None:

@@ -2,13 +2,14 @@
 
 An engine decides who may propose a block at ``(height, round)`` and from when, accepts or
 refuses headers on consensus grounds, ranks competing tips for fork choice, and says how
-deep a block must be before it can never be reverted. Engines are pure: time is a
+far below the head a block is final (it can never be reverted). Engines are pure: time is a
 parameter. BFT engines (``bft = True``) only commit blocks that carry a commit
 certificate, so they never fork; the node drives their rounds.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from aitbc_p2p.chain.models import BlockHeader
@@ -36,6 +37,9 @@ class ConsensusEngine(Protocol):
         """Fork choice: of two tips, the one with the higher score is the head."""
         ...
 
-    def finality_depth(self) -> int:
-        """Blocks this many below the head are final: fork choice never reverts them."""
+    def final_depth(self, proposers: Sequence[Address]) -> int:
+        """How many blocks at the top of a chain are not final yet, given the proposers of
+        its blocks from the head down (the head's first; as many as the node holds, up to
+        its reorg window). Fork choice never reverts a final block. ``len(proposers)``:
+        none of them is final."""
         ...

@@ -67,8 +67,20 @@ class PoaEngine:
     def fork_score(self, header: BlockHeader) -> tuple[int, ...]:
         return (header.height, -header.round, -int.from_bytes(header.hash, "big"))
 
-    def finality_depth(self) -> int:
-        return len(self.authorities)
+    def final_depth(self, proposers: Sequence[Address]) -> int:
+        """A block is final once it and the blocks above it were proposed by a majority
+        of the authorities (more than half, each counted once). A minority cut off by a
+        partition never makes a block final, however long it goes on proposing, so when
+        the network heals it reverts onto the majority's longer chain. Two conflicting
+        final blocks would each need a majority that built on its branch; of the two sides
+        of a partition, only one holds a majority (specs/consensus.md)."""
+        need = len(self.authorities) // 2 + 1
+        signers: set[Address] = set()
+        for depth, proposer in enumerate(proposers):
+            signers.add(proposer)
+            if len(signers) >= need:
+                return depth
+        return len(proposers)
 
 
 class SoloEngine(PoaEngine):
@@ -81,7 +93,7 @@ class SoloEngine(PoaEngine):
             raise ConsensusError("solo takes exactly one authority")
         super().__init__(authorities, block_time_ms)
 
-    def finality_depth(self) -> int:
+    def final_depth(self, proposers: Sequence[Address]) -> int:
         return 0
 
 
@@ -144,8 +156,8 @@ class PosEngine:
     def fork_score(self, header: BlockHeader) -> tuple[int, ...]:
         return (header.height,)
 
-    def finality_depth(self) -> int:
-        return 0
+    def final_depth(self, proposers: Sequence[Address]) -> int:
+        return 0  # a committed block carries more than 2/3 of the stake's precommits
 
 
 def _authorities(params: Mapping[str, Any], key: str = "authorities") -> list[Address]:

@@ -92,6 +92,9 @@ MAX_PENDING_BLOCK_CHECKS = 16
 """Gossiped blocks whose gate result waits for delivery (a full one decoded is about
 1.2 MB); blocks are delivered one by one right after their check, so few ever wait."""
 MAX_REORG_FETCH = 256
+FINALITY_WINDOW = 256
+"""Blocks below the head whose proposers the engine is shown to decide finality: a block
+deeper than this is final whatever they were (the most a reorg ever reverts)."""
 JOB_STREAMS_PER_PEER = 256
 """Job requests one client peer may have in service at once (each waits for its escrow
 and runs in the executor's slots; the rate limit still applies to opening them)."""
@@ -162,6 +165,9 @@ class Node:
         self.bft: Any = None
         self._outbox: list[bytes] = []
         self._outbox_ready = trio.Event()
+        self._proposers: dict[int, Address] = {}
+        """Proposers of the main chain's recent blocks by height (for finality), pruned
+        below the finality window; a reverted height is dropped."""
         self._bundle_checks: dict[bytes, Checked] = {}
         self._block_checks: dict[bytes, tuple[Block, tuple[Vote, ...], AbstractSet[Hash32]]] = {}
 
@@ -226,6 +232,32 @@ class Node:
         await self.publish_block(block, certificate)
         return True
 
+    def final_depth(self) -> int:
+        """How many blocks at the top of the main chain are not final (at most
+        FINALITY_WINDOW): the engine decides from their proposers."""
+        head = self.store.head.height
+        if self.engine.bft or head == 0:
+            return 0
+        low = max(1, head - FINALITY_WINDOW + 1)
+        for h in [h for h in self._proposers if h < low or h > head]:
+            del self._proposers[h]
+        proposers: list[Address] = []
+        for h in range(head, low - 1, -1):
+            proposer = self._proposers.get(h)
+            if proposer is None:
+                block = self.store.block(h)
+                if block is None:
+                    break
+                proposer = self._proposers[h] = block.header.proposer
+            proposers.append(proposer)
+            if self.engine.final_depth(proposers) < len(proposers):
+                break  # the engine found a final block: deeper ones are final too
+        return min(self.engine.final_depth(proposers), head)
+
+    def final_height(self) -> int:
+        """The highest block that fork choice can no longer revert."""
+        return self.store.head.height - self.final_depth()
+
     def _better(self, tip: BlockHeader, than: BlockHeader) -> bool:
         return self.engine.fork_score(tip) > self.engine.fork_score(than)
 
@@ -259,6 +291,7 @@ class Node:
         self._publish([applied.block])
 
     async def _revert_head(self) -> Block:
+        self._proposers.pop(self.store.head.height, None)
         block = await blocking(self.store.write_revert)
         self._publish([])
         return block
@@ -274,13 +307,13 @@ class Node:
     async def _reorg(self, ancestor: int, blocks: list[Block], verified: AbstractSet[Hash32] = frozenset()) -> bool:
         """Switch the main chain to ``blocks`` (which extend block ``ancestor``); import lock held.
 
-        Reverts at most ``finality_depth`` blocks; if a new block is invalid, the old chain
+        Reverts no final block (:meth:`final_depth`); if a new block is invalid, the old chain
         is restored. Transactions of reverted blocks go back to the pool and are re-announced.
         ``verified``: hashes of the new blocks' transactions whose signatures were checked.
         """
         head = self.store.head
-        if head.height - ancestor > self.engine.finality_depth():
-            logger.warning("refusing a reorg of %d blocks: below finality", head.height - ancestor)
+        if head.height - ancestor > self.final_depth():
+            logger.warning("refusing a reorg of %d blocks: it would revert a final block", head.height - ancestor)
             return False
         reverted: list[Block] = []
         while self.store.head.height > ancestor:
@@ -654,8 +687,7 @@ class Node:
         """The peer's chain forks from ours: find the common block, compare tips, maybe switch."""
         if self.engine.bft:
             raise NetworkError(f"{peer} serves a chain that conflicts with our final blocks")
-        head = self.store.head.height
-        low = max(0, head - self.engine.finality_depth())
+        low = self.final_height()
         theirs: list[Block] = []
         verified: set[Hash32] = set()
 
@@ -761,7 +793,7 @@ class Node:
             "head_timestamp_ms": head.timestamp_ms,
             "consensus": self.engine.name,
             "next_proposer": self.engine.proposer(head.height + 1, 0),
-            "final_height": max(0, head.height - self.engine.finality_depth()),
+            "final_height": self.final_height(),
             "address": self.key.address,
             "peer_id": self.network.peer_id,
             "listen": self.network.listen_addrs(),
