@@ -389,7 +389,7 @@ def test_block_validation(chain, alice, bob, genesis):
     assert Block.decode(block.encode()) == block
 
     def fields(**changes):
-        return {**{k: getattr(block.header, k) for k in BlockHeader.__slots__}, **changes}
+        return {**block.header._fields(), **changes}
 
     key = make_key("authority")
     for bad in [
@@ -529,3 +529,13 @@ def test_anyone_may_refund_an_expired_escrow_and_it_goes_to_the_client(chain, al
     job = chain.state.job(Hash32(JOB))
     assert job.status is JobStatus.REFUNDED
     assert chain.state.account(alice.address).balance == before + job.amount
+
+
+def test_a_header_built_from_another_computes_its_own_id():
+    key = make_key("authority")
+    header = BlockHeader("c", 1, b"\x00" * 32, 100, key.address, b"\x00" * 32, b"\x00" * 32, b"\x00" * 32)
+    first = header.hash  # now cached on it
+    moved = BlockHeader(**{**header._fields(), "height": 2})
+    assert moved.hash != first
+    assert moved.hash == BlockHeader("c", 2, b"\x00" * 32, 100, key.address, b"\x00" * 32, b"\x00" * 32, b"\x00" * 32).hash
+    assert header.signed(key).hash == first  # the signature is not part of the id

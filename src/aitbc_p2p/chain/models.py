@@ -299,6 +299,10 @@ class BlockHeader:
     round: int = 0
     """The consensus round (or backup rank) in which this block was proposed."""
     signature: bytes = b""
+    _hash: bytes = field(default=b"", init=False, compare=False, repr=False)
+    """The block id once computed (the fields are frozen): a node asks for its head's id
+    in every status exchange. Not an argument, so a header built from another's fields
+    never inherits its id."""
 
     def body(self) -> dict[str, Any]:
         return {
@@ -316,14 +320,16 @@ class BlockHeader:
     @property
     def hash(self) -> Hash32:
         """The block id: SHA-256 of the canonical unsigned header."""
-        return sha256(encode(self.body()))
+        if not self._hash:
+            object.__setattr__(self, "_hash", sha256(encode(self.body())))
+        return Hash32(self._hash)
 
     def signed(self, key: PrivateKey) -> BlockHeader:
         sig = key.sign(Domain.BLOCK, self.chain_id, self.body())
         return BlockHeader(**{**self._fields(), "signature": sig})
 
     def _fields(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}
+        return {name: getattr(self, name) for name in self.__slots__ if name != "_hash"}
 
     def verify_signature(self) -> None:
         try:

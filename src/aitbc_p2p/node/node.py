@@ -143,6 +143,7 @@ class Node:
         self.config = config
         self.key = config.key
         self.genesis = config.genesis
+        self._genesis_hash = config.genesis.hash  # in every status exchange
         self.rules = ChainRules.of(config.genesis)
         self.engine = engine_for(config.genesis)
         self.store = store
@@ -560,7 +561,7 @@ class Node:
         head = self.store.head
         return {
             "chain_id": self.genesis.chain_id,
-            "genesis": self.genesis.hash,
+            "genesis": self._genesis_hash,
             "height": head.height,
             "head": head.hash,
             "listen": self._advertised(),
@@ -575,7 +576,7 @@ class Node:
     def _check_status(self, peer: str, status: Any) -> int:
         if not isinstance(status, dict) or not isinstance(status.get("height"), int):
             raise HandshakeRefused("malformed status")
-        if status.get("chain_id") != self.genesis.chain_id or status.get("genesis") != self.genesis.hash:
+        if status.get("chain_id") != self.genesis.chain_id or status.get("genesis") != self._genesis_hash:
             raise HandshakeRefused(f"peer {peer} is on another chain ({status.get('chain_id')!r})")
         height: int = status["height"]
         self.peers.verified(peer, status.get("listen"))
