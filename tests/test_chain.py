@@ -533,9 +533,10 @@ def test_anyone_may_refund_an_expired_escrow_and_it_goes_to_the_client(chain, al
 
 def test_a_header_built_from_another_computes_its_own_id():
     key = make_key("authority")
-    header = BlockHeader("c", 1, b"\x00" * 32, 100, key.address, b"\x00" * 32, b"\x00" * 32, b"\x00" * 32)
+    z = b"\x00" * 32
+    header = BlockHeader("c", 1, z, 100, key.address, z, z, z)
     first = header.hash  # now cached on it
     moved = BlockHeader(**{**header._fields(), "height": 2})
     assert moved.hash != first
-    assert moved.hash == BlockHeader("c", 2, b"\x00" * 32, 100, key.address, b"\x00" * 32, b"\x00" * 32, b"\x00" * 32).hash
+    assert moved.hash == BlockHeader("c", 2, z, 100, key.address, z, z, z).hash
     assert header.signed(key).hash == first  # the signature is not part of the id

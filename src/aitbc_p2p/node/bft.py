@@ -356,7 +356,10 @@ class BftDriver:
         try:
             await self.node.send_own_tx(TxKind.SLASH, {"evidence": evidence})
         except TxRejected as e:
-            logger.info("slash evidence not posted: %s", e)
+            if e.reason == "Duplicate":  # another validator's evidence for the offence came first
+                logger.info("slash evidence not posted: %s", e)
+            else:  # most often no balance for the fee: the offence goes unpunished by this validator
+                logger.warning("slash evidence not posted (this validator's account pays its fee): %s", e)
 
 
 __all__ = ["BftDriver", "Step"]
