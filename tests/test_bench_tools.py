@@ -80,3 +80,21 @@ def test_gpu_bench_without_torch_says_how_to_install_it():
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
     assert "needs torch" in out.stderr and "EXTRAS=dev,compute" in out.stderr
     assert json.loads(out.stdout.splitlines()[-1]) == {"bench": "gpu", "skipped": "torch is not installed"}
+
+
+def test_the_simulator_runs_a_small_network_through_its_faults_to_one_chain():
+    """bench/sim.py as a user runs it, small: six peers, a partition that heals and a
+    crashed peer that comes back, in virtual time; its last line is the JSON report."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "sim.py"), "--peers", "6", "--minutes", "1.5", "--crashes", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["bench"] == "sim" and report["peers"] == 6 and report["consensus"] == "poa"
+    assert report["agree"] is True and report["forks"] == 0
+    assert report["height"] >= 40  # 90 simulated seconds of one-second blocks, less the faults' cost
+    assert report["propagation_p50_ms"] < 1000 and report["messages_per_peer_per_block"] > 0
+    assert "partition" in out.stderr and "restarts" in out.stderr  # the faults were injected
