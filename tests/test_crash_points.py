@@ -83,3 +83,22 @@ def test_vote_crash_never_leads_to_a_conflicting_signature(tmp_path, point):
         assert len(released) == HIT - 1
         Vote.verify(guard.sign_vote(crashed_height, 0, VoteStep.PRECOMMIT, NIL))
     kv.close()
+
+
+def test_crash_points_are_armed_once_and_an_unknown_one_is_refused(monkeypatch):
+    from aitbc_p2p.store import crash
+
+    monkeypatch.setenv(CRASH_ENV, "commit.after_batch")  # read at start-up, not on every call
+    crash.crash_point("commit.after_batch")  # not armed in this process: nothing happens
+    with pytest.raises(ValueError, match="unknown crash point"):
+        crash.arm("commit.sometime")
+    crash.arm("vote.after_release", 2)
+    try:
+        crash.crash_point("commit.after_batch")  # another point: nothing
+        assert crash._hits == {}
+        crash.crash_point("vote.after_release")  # first hit of two: still alive
+        assert crash._hits == {"vote.after_release": 1}
+    finally:
+        crash.arm(None)
+    crash.crash_point("vote.after_release")
+    assert crash._hits == {}

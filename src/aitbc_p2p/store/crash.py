@@ -1,9 +1,11 @@
 """Named crash points for durability tests (specs/wire.md, "Storage").
 
-Off unless ``AITBC_CRASH_AT`` is set. ``AITBC_CRASH_AT=commit.after_batch`` kills the
-process with SIGKILL the first time that point is reached; ``...:3`` the third time.
-Nothing is flushed or cleaned up: the test then reopens the store and checks that it is
-at the last whole block.
+Off unless armed: by ``AITBC_CRASH_AT`` in the environment when the process starts (the
+multi-process tests do this), or by :func:`arm` in-process. ``AITBC_CRASH_AT=commit.after_batch``
+kills the process with SIGKILL the first time that point is reached; ``...:3`` the third
+time. Nothing is flushed or cleaned up: the test then reopens the store and checks that
+it is at the last whole block. Unarmed, a crash point costs one comparison: the
+environment is read once, not on every commit and vote.
 """
 
 from __future__ import annotations
@@ -23,16 +25,32 @@ CRASH_POINTS = (
 )
 
 _hits: dict[str, int] = {}
+_armed: tuple[str, int] | None = None
+
+
+def arm(name: str | None, count: int = 1) -> None:
+    """Kill this process the ``count``-th time crash point ``name`` is reached (``None``: disarm)."""
+    global _armed
+    if name is not None and name not in CRASH_POINTS:
+        raise ValueError(f"unknown crash point {name!r}; known: {', '.join(CRASH_POINTS)}")
+    _armed = None if name is None else (name, count)
+    _hits.clear()
+
+
+def _arm_from_environment() -> None:
+    spec = os.environ.get(CRASH_ENV)
+    if spec:
+        target, _, count = spec.partition(":")
+        arm(target, int(count or 1))
 
 
 def crash_point(name: str) -> None:
-    """SIGKILL this process if ``AITBC_CRASH_AT`` names ``name`` (and its hit count is reached)."""
-    spec = os.environ.get(CRASH_ENV)
-    if not spec:
-        return
-    target, _, count = spec.partition(":")
-    if target != name:
+    """SIGKILL this process if it is armed at ``name`` (and the hit count is reached)."""
+    if _armed is None or _armed[0] != name:
         return
     _hits[name] = _hits.get(name, 0) + 1
-    if _hits[name] >= int(count or 1):
+    if _hits[name] >= _armed[1]:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+_arm_from_environment()
