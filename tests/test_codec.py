@@ -95,3 +95,22 @@ def test_deep_nesting_is_refused_without_recursing(depth):
 def test_duplicate_map_keys_are_refused():
     with pytest.raises(CodecError, match="Duplicate"):
         decode(bytes.fromhex("a2616101616101"))
+
+
+def test_frames_come_out_whole_whatever_the_chunks_and_an_oversized_one_is_refused():
+    from aitbc_p2p.codec.framing import FrameBuffer, frame, frame_size
+
+    stream = frame(b"one") + frame(b"") + frame(b"x" * 300)
+    buf = FrameBuffer(max_size=1000)
+    out = []
+    for i in range(len(stream)):  # one byte at a time
+        buf.feed(stream[i : i + 1])
+        while (body := buf.next()) is not None:
+            out.append(body)
+    assert out == [b"one", b"", b"x" * 300] and buf.next() is None
+    big = FrameBuffer(max_size=10)
+    big.feed(frame(b"y" * 11))
+    with pytest.raises(CodecError, match="exceeds 10"):
+        big.next()
+    with pytest.raises(CodecError):
+        frame_size(b"\x00\x00", 10)  # a short header

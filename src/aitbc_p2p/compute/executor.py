@@ -25,6 +25,7 @@ from typing import Any
 import trio
 
 from aitbc_p2p.codec import decode, encode
+from aitbc_p2p.codec.framing import FrameBuffer, frame
 from aitbc_p2p.compute.capability import (
     DeviceInfo,
     proc_status_mb,
@@ -56,7 +57,7 @@ class WorkerProcess:
     def __init__(self, process: trio.Process, device: str) -> None:
         self.process = process
         self.device = device
-        self._buf = bytearray()
+        self._frames = FrameBuffer(MAX_FRAME)
         self._next_id = 0
         self.healthy = True
 
@@ -66,34 +67,28 @@ class WorkerProcess:
 
     async def send(self, obj: dict[str, Any]) -> int:
         self._next_id += 1
-        data = encode({"id": self._next_id, **obj})
         assert self.process.stdin is not None
-        await self.process.stdin.send_all(len(data).to_bytes(4, "big") + data)
+        await self.process.stdin.send_all(frame(encode({"id": self._next_id, **obj})))
         return self._next_id
 
     async def receive(self) -> dict[str, Any]:
         assert self.process.stdout is not None
         while True:
-            if len(self._buf) >= 4:
-                size = int.from_bytes(self._buf[:4], "big")
-                if size > MAX_FRAME:
-                    raise ComputeError(f"worker sent a frame of {size} bytes")
-                if len(self._buf) >= 4 + size:
-                    frame = bytes(self._buf[4 : 4 + size])
-                    del self._buf[: 4 + size]
-                    try:
-                        msg = decode(frame, max_size=MAX_FRAME)
-                    except CodecError as e:
-                        raise ComputeError(f"worker sent a malformed frame: {e}") from e
-                    if not isinstance(msg, dict):
-                        raise ComputeError("worker sent a non-map frame")
-                    return msg
+            try:
+                body = self._frames.next()
+                msg = None if body is None else decode(body, max_size=MAX_FRAME)
+            except CodecError as e:
+                raise ComputeError(f"worker sent a malformed frame: {e}") from e
+            if body is not None:
+                if not isinstance(msg, dict):
+                    raise ComputeError("worker sent a non-map frame")
+                return msg
             chunk = await self.process.stdout.receive_some(1 << 20)
             if not chunk:
                 code = await self.process.wait()
                 how = f"signal {-code}" if code < 0 else f"exit status {code}"
                 raise ComputeError(f"worker process ended ({how})")
-            self._buf += chunk
+            self._frames.feed(chunk)
 
     def kill(self) -> None:
         self.healthy = False

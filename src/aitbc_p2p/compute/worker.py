@@ -22,20 +22,22 @@ import traceback
 from typing import Any, BinaryIO
 
 from aitbc_p2p.codec import decode, encode
+from aitbc_p2p.codec.framing import HEADER, frame, frame_size
 from aitbc_p2p.compute.capability import choose_device, measure, probe, proc_status_mb
 from aitbc_p2p.compute.workloads import RunContext, get_workload, torch_available
-from aitbc_p2p.exceptions import AitbcError
+from aitbc_p2p.exceptions import AitbcError, CodecError
 
 MAX_FRAME = 64 << 20
 
 
 def read_frame(stream: BinaryIO) -> Any | None:
-    head = stream.read(4)
-    if len(head) < 4:
+    head = stream.read(HEADER)
+    if len(head) < HEADER:
         return None
-    size = int.from_bytes(head, "big")
-    if size > MAX_FRAME:
-        raise SystemExit(f"frame of {size} bytes refused")
+    try:
+        size = frame_size(head, MAX_FRAME)
+    except CodecError as e:
+        raise SystemExit(f"refused: {e}") from e
     return decode(stream.read(size), max_size=MAX_FRAME)
 
 
@@ -55,8 +57,7 @@ class Worker:
         self.ollama_url = ollama_url
 
     def send(self, obj: Any) -> None:
-        data = encode(obj)
-        self.out.write(len(data).to_bytes(4, "big") + data)
+        self.out.write(frame(encode(obj)))
         self.out.flush()
 
     def handle(self, req: dict[str, Any]) -> None:

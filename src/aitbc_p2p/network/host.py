@@ -43,8 +43,9 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 from libp2p.transport.tcp import tcp as libp2p_tcp
 
+from aitbc_p2p.codec.framing import HEADER, frame_size
 from aitbc_p2p.crypto import PrivateKey
-from aitbc_p2p.exceptions import AitbcError, NetworkError
+from aitbc_p2p.exceptions import AitbcError, CodecError, NetworkError
 from aitbc_p2p.network.abc import GossipMessage, RequestHandler, ValidationResult, Validator
 from aitbc_p2p.network.limits import Refused, RequestLimits, RequestPolicy
 from aitbc_p2p.network.protocols import MAX_FRAME, MAX_SYNC_FRAME, SYNC_PROTOCOL, frame
@@ -256,10 +257,11 @@ async def _read_exact(stream: Any, n: int) -> bytes:
 
 async def read_frame(stream: Any, max_size: int = MAX_FRAME) -> bytes:
     """Read one length-prefixed frame; an oversized length resets instead of allocating."""
-    size = int.from_bytes(await _read_exact(stream, 4), "big")
-    if size > max_size:
+    try:
+        size = frame_size(await _read_exact(stream, HEADER), max_size)
+    except CodecError as e:
         await stream.reset()
-        raise NetworkError(f"frame of {size} bytes exceeds {max_size}")
+        raise NetworkError(str(e)) from e
     return await _read_exact(stream, size)
 
 

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from aitbc_p2p.codec.framing import frame
+
+__all__ = [
+    "CONSENSUS_PROTOCOL", "JOB_PROTOCOL", "MAX_FRAME", "MAX_SYNC_FRAME", "PEERS_PROTOCOL",
+    "STATUS_PROTOCOL", "SYNC_PROTOCOL", "frame", "topic",
+]  # fmt: skip
+
 MAX_FRAME = 1 << 20
 """Largest frame on any request/response protocol except sync (1 MiB)."""
 MAX_SYNC_FRAME = 16 << 20
@@ -20,8 +27,3 @@ def topic(chain_id: str, name: str) -> str:
     if name not in ("tx", "block", "job", "provider", "consensus"):
         raise ValueError(f"unknown topic {name!r}")
     return f"/aitbc/{chain_id}/{name}/1"
-
-
-def frame(data: bytes) -> bytes:
-    """A frame: 4-byte big-endian length, then the bytes."""
-    return len(data).to_bytes(4, "big") + data
