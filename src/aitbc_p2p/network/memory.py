@@ -28,7 +28,10 @@ simulation uses, flooding is the same graph.
 from __future__ import annotations
 
 import hashlib
+import heapq
+import itertools
 import logging
+import math
 import random
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -149,6 +152,7 @@ class MemoryHub:
             self.networks[peer_id] = net
             try:
                 nursery.start_soon(net._enforce_bans)
+                nursery.start_soon(net._deliveries)
                 yield net
             finally:
                 net.closed = True
@@ -182,6 +186,12 @@ class MemoryNetwork:
         self.sent = LinkStats()
         self.closed = False
         """Set when the peer leaves the hub: nothing more may start in its nursery."""
+        self._inbound: list[tuple[float, int, str, GossipMessage]] = []
+        """Gossip on its way here: (due time, order, sender, message), a heap. One task
+        delivers it all (:meth:`_deliveries`): a task and a timer per transmission cost
+        the simulator most of its time."""
+        self._order = itertools.count()
+        self._wake = trio.Event()
 
     # ------------------------------------------------------------ Network
     @property
@@ -284,14 +294,25 @@ class MemoryNetwork:
             self.sent.by_topic[msg.topic] = self.sent.by_topic.get(msg.topic, 0) + 1
             if self.hub.lost():
                 continue
-            self._nursery.start_soon(self._transmit, peer, msg)
+            other = self.hub.networks.get(peer)
+            if other is not None and not other.closed:
+                other._enqueue(trio.current_time() + self.hub.latency(self._peer_id, peer), self._peer_id, msg)
 
-    async def _transmit(self, peer: str, msg: GossipMessage) -> None:
-        await trio.sleep(self.hub.latency(self._peer_id, peer))
-        other = self.hub.networks.get(peer)
-        if other is None or other.closed or self._peer_id not in other._links:
-            return  # the link went down on the way
-        other._receive(self._peer_id, msg)
+    def _enqueue(self, due: float, via: str, msg: GossipMessage) -> None:
+        if not self._inbound or due < self._inbound[0][0]:
+            self._wake.set()  # earlier than what the delivery task waits for
+        heapq.heappush(self._inbound, (due, next(self._order), via, msg))
+
+    async def _deliveries(self) -> None:
+        while True:
+            if self._inbound and self._inbound[0][0] <= trio.current_time():
+                _, _, via, msg = heapq.heappop(self._inbound)
+                if via in self._links:  # else the link went down on the way
+                    self._receive(via, msg)
+                continue
+            with trio.move_on_at(self._inbound[0][0] if self._inbound else math.inf):
+                await self._wake.wait()
+            self._wake = trio.Event()
 
     def _receive(self, via: str, msg: GossipMessage) -> None:
         sub = self._topics.get(msg.topic)
