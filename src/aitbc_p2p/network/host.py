@@ -49,7 +49,7 @@ from aitbc_p2p.exceptions import AitbcError, CodecError, NetworkError
 from aitbc_p2p.network.abc import GossipMessage, RequestHandler, ValidationResult, Validator
 from aitbc_p2p.network.limits import Refused, RequestLimits, RequestPolicy
 from aitbc_p2p.network.protocols import MAX_FRAME, MAX_SYNC_FRAME, SYNC_PROTOCOL, frame
-from aitbc_p2p.network.scoring import PeerScores, ScoringPolicy
+from aitbc_p2p.network.scoring import Banning, PeerScores, ScoringPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -265,7 +265,7 @@ async def read_frame(stream: Any, max_size: int = MAX_FRAME) -> bytes:
     return await _read_exact(stream, size)
 
 
-class Libp2pNetwork:
+class Libp2pNetwork(Banning):
     """A running libp2p host with gossipsub. Open it with :func:`open_libp2p_network`."""
 
     def __init__(
@@ -320,19 +320,7 @@ class Libp2pNetwork:
         except _IO_ERRORS as e:
             logger.debug("disconnect %s: %s", peer_id, e)
 
-    def ban(self, peer_id: str, reason: str) -> None:
-        if not self.scores.banned(peer_id):
-            logger.warning("peer %s banned for %.0f s: %s", peer_id, self.scores.policy.ban_s, reason)
-        self.scores.ban(peer_id)
-        self._blacklist(peer_id)
-
-    def banned(self, peer_id: str) -> bool:
-        return self.scores.banned(peer_id)
-
-    def penalize(self, peer_id: str, reason: str) -> None:
-        self._penalize(peer_id, reason)
-
-    def _blacklist(self, peer_id: str) -> None:
+    def _cut_off(self, peer_id: str) -> None:
         try:
             self._pubsub.add_to_blacklist(ID.from_base58(peer_id))
         except ValueError:
@@ -414,15 +402,6 @@ class Libp2pNetwork:
         send, receive = trio.open_memory_channel[GossipMessage](INBOX_SIZE)
         self._nursery.start_soon(self._pump, topic, sub, send)
         return receive
-
-    def _penalize(self, peer: str, what: str, amount: float | None = None) -> None:
-        """Lower ``peer``'s score for ``what`` it did; ban and disconnect it below the floor."""
-        was_banned = self.scores.banned(peer)
-        score = self.scores.penalize(peer, amount)
-        if self.scores.banned(peer) and not was_banned:
-            logger.warning("peer %s banned for %.0f s: score %.1f after %s",
-                           peer, self.scores.policy.ban_s, score, what)  # fmt: skip
-            self._blacklist(peer)
 
     async def _enforce_bans(self) -> None:
         """Keep banned peers off (they may dial back) and lift bans once served."""

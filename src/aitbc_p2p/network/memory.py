@@ -46,7 +46,7 @@ from aitbc_p2p.exceptions import AitbcError, NetworkError
 from aitbc_p2p.network.abc import GossipMessage, RequestHandler, ValidationResult, Validator
 from aitbc_p2p.network.limits import Refused, RequestLimits, RequestPolicy
 from aitbc_p2p.network.protocols import MAX_FRAME, MAX_SYNC_FRAME, SYNC_PROTOCOL
-from aitbc_p2p.network.scoring import PeerScores, ScoringPolicy
+from aitbc_p2p.network.scoring import Banning, PeerScores, ScoringPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ class _Topic:
     inbox: trio.MemorySendChannel[GossipMessage]
 
 
-class MemoryNetwork:
+class MemoryNetwork(Banning):
     """One peer's view of a :class:`MemoryHub`; implements :class:`~aitbc_p2p.network.Network`."""
 
     def __init__(self, hub: MemoryHub, peer_id: str, nursery: trio.Nursery, max_peers: int) -> None:
@@ -232,25 +232,8 @@ class MemoryNetwork:
         if other is not None:
             other._links.discard(self._peer_id)
 
-    def ban(self, peer_id: str, reason: str) -> None:
-        if not self.scores.banned(peer_id):
-            logger.warning("peer %s banned for %.0f s: %s", peer_id, self.scores.policy.ban_s, reason)
-        self.scores.ban(peer_id)
+    def _cut_off(self, peer_id: str) -> None:
         self._drop_link(peer_id)
-
-    def banned(self, peer_id: str) -> bool:
-        return self.scores.banned(peer_id)
-
-    def penalize(self, peer_id: str, reason: str) -> None:
-        self._penalize(peer_id, reason)
-
-    def _penalize(self, peer: str, what: str, amount: float | None = None) -> None:
-        was_banned = self.scores.banned(peer)
-        score = self.scores.penalize(peer, amount)
-        if self.scores.banned(peer) and not was_banned:
-            logger.warning("peer %s banned for %.0f s: score %.1f after %s",
-                           peer, self.scores.policy.ban_s, score, what)  # fmt: skip
-            self._drop_link(peer)
 
     async def _enforce_bans(self) -> None:
         while True:

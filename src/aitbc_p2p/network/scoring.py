@@ -11,8 +11,11 @@ forward only what they validated themselves.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
 
 MAX_TRACKED = 4096
 """Peers whose scores are kept; past it, the ones closest to zero are forgotten first
@@ -99,3 +102,35 @@ class PeerScores:
             p: {"score": round(self.score(p), 3), "rejected": self.rejected.get(p, 0), "banned": self.banned(p)}
             for p in sorted(peers)
         }
+
+
+class Banning:
+    """The ban list's half of a network adapter: ``ban``, ``banned`` and ``penalize`` of the
+    :class:`~aitbc_p2p.network.Network` protocol over the adapter's :class:`PeerScores`.
+    The adapter says how a banned peer is cut off (:meth:`_cut_off`)."""
+
+    scores: PeerScores
+
+    def _cut_off(self, peer_id: str) -> None:
+        raise NotImplementedError
+
+    def ban(self, peer_id: str, reason: str) -> None:
+        if not self.scores.banned(peer_id):
+            logger.warning("peer %s banned for %.0f s: %s", peer_id, self.scores.policy.ban_s, reason)
+        self.scores.ban(peer_id)
+        self._cut_off(peer_id)
+
+    def banned(self, peer_id: str) -> bool:
+        return self.scores.banned(peer_id)
+
+    def penalize(self, peer_id: str, reason: str) -> None:
+        self._penalize(peer_id, reason)
+
+    def _penalize(self, peer: str, what: str, amount: float | None = None) -> None:
+        """Lower ``peer``'s score for ``what`` it did; ban and cut it off below the floor."""
+        was_banned = self.scores.banned(peer)
+        score = self.scores.penalize(peer, amount)
+        if self.scores.banned(peer) and not was_banned:
+            logger.warning("peer %s banned for %.0f s: score %.1f after %s",
+                           peer, self.scores.policy.ban_s, score, what)  # fmt: skip
+            self._cut_off(peer)
