@@ -3,17 +3,18 @@
 1. nodes/devnet/ (three PoA authorities) on distinct loopback addresses (127.0.0.2-4),
    each peer bootstrapping from the first only: they find each other by peer exchange
    and agree on one chain.
-2. Where the machine allows (root and ``ip netns``): nodes/pos-devnet/ (four validators,
-   BFT finality), each peer in its own network namespace, joined to a bridge by a veth
-   pair. One validator is cut off (its link taken down); the other three, above the 2/3
-   quorum, go on committing; the link comes back and all four converge on one head.
-
-(PoA is not partitioned here: an authority cut off alone keeps proposing on its turns,
-and past ``n`` blocks its fork is deeper than PoA's reorg limit, so it never rejoins.
-specs/consensus.md says so.)
+2. Where the machine allows (root and ``ip netns``): each peer in its own network
+   namespace, joined to a bridge by a veth pair, and one of them cut off (its link taken
+   down) while the others go on; the link comes back and all converge on one head.
+   nodes/pos-devnet/ (four validators, BFT finality): the three left hold more than 2/3
+   of the stake and keep committing. nodes/devnet/ (three poa authorities): the two left
+   are a majority and keep finalizing, while the one cut off keeps proposing on its
+   turns and as everyone's backup but finalizes nothing, so when the link comes back it
+   reverts onto the majority's longer chain (specs/consensus.md, poa finality).
 """
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -122,31 +123,39 @@ class Namespaces:
         _ip("link", "del", self.bridge, check=False)
 
 
-async def test_a_partition_heals_and_all_peers_converge_on_one_head(tmp_path):
+@pytest.mark.parametrize(("nodes", "peers"), [(POS_NODES, 4), (NODES, 3)], ids=["pos", "poa"])
+async def test_a_partition_heals_and_all_peers_converge_on_one_head(tmp_path, nodes, peers):
     reason = _netns_unavailable()
     if reason:
         pytest.skip(reason)
-    nets = Namespaces(4)
+    nets = Namespaces(peers)
     run_dir = tmp_path / "run"
     try:
         nets.up()
         wrap = [("ip", "netns", "exec", ns) for ns in nets.names]
-        procs = devnet.start(POS_NODES, run_dir, hosts=nets.hosts, wrap=wrap, bootstrap_first=True)
+        procs = devnet.start(nodes, run_dir, hosts=nets.hosts, wrap=wrap, bootstrap_first=True)
         with trio.fail_after(120):
             await devnet.wait_ready(procs, min_height=2, progress=lambda s: None)
         before = await _converged(procs, above=2, timeout=30)
-        nets.cut(3, off=True)  # one validator alone; three (3/4 of the stake) together
-        rpc = urlsplit(procs[3].info()["rpc_url"])
+        alone = peers - 1
+        nets.cut(alone, off=True)  # one peer alone; the rest (a majority, a quorum) together
+        rpc = urlsplit(procs[alone].info()["rpc_url"])
         with pytest.raises(OSError):  # it is out of reach
             socket.create_connection((rpc.hostname, rpc.port), timeout=1).close()
-        majority = procs[:3]
-        with trio.fail_after(120):  # the three go on committing, a later round covering its turns
-            while min([(await _status(p))["height"] for p in majority]) < before + 5:
+        majority = procs[:alone]
+        with trio.fail_after(120):  # the rest go on, later rounds or backups covering its turns
+            # Ten blocks: under poa the lone authority's own branch grows past three, the
+            # fixed reorg depth that kept it apart for good before (see the docstring).
+            while min([(await _status(p))["height"] for p in majority]) < before + 10:
                 await trio.sleep(0.5)
-        nets.cut(3, off=False)
-        healed = await _converged(procs, above=before + 5, timeout=120)
+        nets.cut(alone, off=False)
+        healed = await _converged(procs, above=before + 10, timeout=120)
         later = await _converged(procs, above=healed + 1, timeout=60)  # and they stay together
         assert later > healed
+        if nodes == NODES:  # the lone authority did fork, and reverted onto the majority's chain
+            reorgs = re.findall(r"reorg: reverted (\d+) blocks", procs[alone].log.read_text())
+            assert reorgs, "the authority cut off never forked"
+            assert max(int(n) for n in reorgs) > 3  # deeper than the old fixed limit of n = 3
     finally:
         devnet.stop(run_dir)
         nets.down()
