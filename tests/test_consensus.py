@@ -47,21 +47,21 @@ def test_poa_round_robin_with_backup_rounds():
     assert engine.fork_score(header(6, keys[0].address, 12_000, round=2)) > engine.fork_score(primary)
 
 
-def test_poa_finality_needs_a_majority_of_distinct_proposers():
+def test_poa_finality_needs_depth_and_a_majority_of_distinct_proposers():
     a, b, c, d, e = (make_key(f"f{i}").address for i in range(5))
-    poa = PoaEngine([a, b, c, d, e])  # a majority is three
+    poa = PoaEngine([a, b, c, d, e])  # n = 5; a majority is three
     assert poa.final_depth([]) == 0
-    assert poa.final_depth([a, b, c, d]) == 2  # c's block has a, b and c on it: final
-    assert poa.final_depth([a, a, b, a, c]) == 4  # repeats count once
-    # A minority (two of five) proposing alone makes nothing final, however long it goes on.
+    rotation = [a, b, c, d, e] * 4
+    assert poa.final_depth(rotation) == 5  # a majority at depth 2, but five deep first
+    assert poa.final_depth([a, b, c, d]) == 4  # a short chain: nothing final yet
+    assert poa.final_depth([a, a, b, a, a, a, c, *rotation]) == 6  # repeats count once
+    # A minority (two of five) proposing alone makes nothing final, however deep it goes.
     assert poa.final_depth([a, b] * 50) == 100
     assert SoloEngine([a]).final_depth([a, a]) == 0
-    assert PoaEngine([a]).final_depth([a]) == 0  # one authority is its own majority
-    two = PoaEngine([a, b])  # both are needed
-    assert two.final_depth([a, a, a]) == 3 and two.final_depth([a, a, b]) == 2
-    pos = engine_for(
-        make_genesis([make_key("f0")], engine="pos", stakes={a: 1}, validators=[a])
-    )
+    assert PoaEngine([a]).final_depth([a, a]) == 1  # one authority: one block deep, as before
+    two = PoaEngine([a, b])  # both are needed, two deep
+    assert two.final_depth([a, a, a]) == 3 and two.final_depth([a, a, b, a]) == 2
+    pos = engine_for(make_genesis([make_key("f0")], engine="pos", stakes={a: 1}, validators=[a]))
     assert pos.final_depth([a, b, c]) == 0  # a committed block carries its quorum
 
 

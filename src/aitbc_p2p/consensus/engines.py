@@ -68,18 +68,22 @@ class PoaEngine:
         return (header.height, -header.round, -int.from_bytes(header.hash, "big"))
 
     def final_depth(self, proposers: Sequence[Address]) -> int:
-        """A block is final once it and the blocks above it were proposed by a majority
-        of the authorities (more than half, each counted once). A minority cut off by a
-        partition never makes a block final, however long it goes on proposing, so when
-        the network heals it reverts onto the majority's longer chain. Two conflicting
-        final blocks would each need a majority that built on its branch; of the two sides
-        of a partition, only one holds a majority (specs/consensus.md)."""
-        need = len(self.authorities) // 2 + 1
+        """A block is final once it is ``n`` blocks deep (n authorities) *and* it and the
+        blocks above it were proposed by a majority of the authorities, each counted once.
+
+        The depth absorbs ordinary races at the tip (two authorities proposing at once
+        while blocks are in flight), as it always did. The majority is what a partition
+        cannot fake: a minority cut off keeps proposing on its turns and as everyone's
+        backup, and soon passes any depth alone, but it never makes a block final, so when
+        the network heals it reverts onto the majority's longer chain (specs/consensus.md).
+        """
+        n = len(self.authorities)
+        need = n // 2 + 1
         signers: set[Address] = set()
         for depth, proposer in enumerate(proposers):
             signers.add(proposer)
             if len(signers) >= need:
-                return depth
+                return min(len(proposers), max(depth, n))
         return len(proposers)
 
 
