@@ -303,6 +303,11 @@ class Node:
         never meets a state whose nonces the pool has not caught up with."""
         self.store.publish()
         self.mempool.settle(self.store.state, committed)
+        for block in committed:  # finality reads them; decoding stored blocks later would block the loop
+            self._proposers[block.height] = block.header.proposer
+        if len(self._proposers) > 2 * FINALITY_WINDOW:  # bounded whether or not anyone asks for finality
+            low = self.store.head.height - FINALITY_WINDOW
+            self._proposers = {h: p for h, p in self._proposers.items() if h > low}
         self._advanced()
 
     async def _reorg(self, ancestor: int, blocks: list[Block], verified: AbstractSet[Hash32] = frozenset()) -> bool:
