@@ -22,7 +22,8 @@ import trio
 
 from aitbc_p2p.compute import RunContext, detect, get_workload, open_executor, peak_tflops
 from aitbc_p2p.compute.capability import supported_dtypes
-from aitbc_p2p.compute.workloads import bench_inputs, module_available
+from aitbc_p2p.compute.context import module_available
+from aitbc_p2p.compute.workloads import bench_inputs
 
 
 def log(text: str) -> None:

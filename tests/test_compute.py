@@ -14,14 +14,14 @@ from aitbc_p2p.compute import (
     RunContext,
     available_workloads,
     detect,
-    faults,
     get_workload,
     open_executor,
     peak_tflops,
     torch_available,
     workloads,
 )
-from aitbc_p2p.compute.workloads import module_available, prove_row, spot_check_row
+from aitbc_p2p.compute.context import module_available
+from aitbc_p2p.compute.workloads import prove_row, spot_check_row
 from aitbc_p2p.exceptions import ComputeError
 
 needs_torch = pytest.mark.skipif(not torch_available(), reason="torch not installed (pip install '.[compute]')")
@@ -238,10 +238,8 @@ def test_llm_gen_ollama_backend(ollama_url):
 
 # ------------------------------------------------------------------- executor
 @pytest.fixture
-async def executor(monkeypatch):
-    monkeypatch.setenv("AITBC_WORKER_FAULTS", "1")
-    faults.register()
-    async with open_executor(accel_mode="cpu", slots=1) as ex:
+async def executor():
+    async with open_executor(accel_mode="cpu", slots=1, fault_workloads=True) as ex:
         yield ex
 
 
@@ -313,3 +311,17 @@ async def test_llm_gen_through_the_executor(monkeypatch, tiny_lm):
     assert "".join(e["token"] for e in events) == out["text"]
     assert run.metrics["tokens"] == out["tokens"] and "ttft_ms" in run.metrics
     assert "llm_gen" in info.workloads
+
+
+async def test_fault_workloads_are_injected_per_executor_and_never_global(executor):
+    """Tests ask for the fault workloads by name; the global table and an ordinary
+    executor never see them (before, an environment variable added them to the table)."""
+    from aitbc_p2p.compute.workloads import WORKLOADS
+
+    assert not any(name.startswith("fault_") for name in WORKLOADS)
+    with trio.fail_after(60):
+        run = await executor.run("fault_events", {"n": 2}, max_runtime_s=10)
+        assert run.ok
+        async with open_executor(accel_mode="cpu", slots=1) as plain:
+            refused = await plain.run("fault_events", {"n": 2}, max_runtime_s=10)
+    assert not refused.ok and "unknown workload" in refused.error

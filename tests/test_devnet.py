@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from aitbc_p2p.cli import devnet
-from aitbc_p2p.compute.workloads import module_available, torch_available
+from aitbc_p2p.compute.context import module_available, torch_available
 from aitbc_p2p.crypto import load_key_file
 from aitbc_p2p.types import aitbc
 

@@ -6,16 +6,9 @@ runs ``echo``.
 """
 
 from aitbc_p2p.compute.capability import ACCEL_MODES, PEAK_TFLOPS, DeviceInfo, detect, peak_tflops
+from aitbc_p2p.compute.context import RunContext, torch_available
 from aitbc_p2p.compute.executor import Execution, Executor, open_executor
-from aitbc_p2p.compute.workloads import (
-    WORKLOADS,
-    RunContext,
-    Workload,
-    available_workloads,
-    check_params,
-    get_workload,
-    torch_available,
-)
+from aitbc_p2p.compute.workloads import WORKLOADS, Workload, available_workloads, check_params, get_workload
 
 __all__ = [
     "ACCEL_MODES",

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aitbc_p2p.compute.workloads import RunContext, available_workloads, get_workload, torch_available
+from aitbc_p2p.compute.context import RunContext, torch_available
+from aitbc_p2p.compute.workloads import available_workloads, get_workload
 from aitbc_p2p.exceptions import ComputeError
 
 ACCEL_MODES = ("auto", "gpu", "cpu")

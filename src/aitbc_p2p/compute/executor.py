@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +33,7 @@ from aitbc_p2p.compute.capability import (
     supported_dtypes,
     write_measure_cache,
 )
-from aitbc_p2p.compute.workloads import get_workload
+from aitbc_p2p.compute.workloads import Workload, get_workload
 from aitbc_p2p.exceptions import CodecError, ComputeError
 
 logger = logging.getLogger(__name__)
@@ -115,8 +115,15 @@ async def start_worker(cmd: list[str], device: str) -> WorkerProcess:
 class Executor:
     """A pool of worker processes. Open it with :func:`open_executor`."""
 
-    def __init__(self, nursery: trio.Nursery, base_cmd: list[str], cache: Path | None) -> None:
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        base_cmd: list[str],
+        cache: Path | None,
+        workloads: Mapping[str, Workload] | None = None,
+    ) -> None:
         self._nursery = nursery
+        self._workloads = workloads
         self._base_cmd = base_cmd
         self._cache = cache
         self._idle_send, self._idle = trio.open_memory_channel[WorkerProcess](1024)
@@ -200,7 +207,7 @@ class Executor:
         Cancellation: the worker running the job is killed and replaced; Cancelled propagates.
         """
         try:
-            get_workload(workload).validate(params)
+            get_workload(workload, self._workloads).validate(params)
         except ComputeError as e:
             self._failed += 1
             return Execution(False, b"", f"bad job: {e}")
@@ -264,11 +271,15 @@ async def open_executor(
     models: dict[str, str] | None = None,
     ollama_url: str | None = None,
     cache: Path | None = None,
+    fault_workloads: bool = False,
 ) -> AsyncIterator[Executor]:
     """Start ``slots`` worker processes per device; kill them all on exit.
 
     The first worker picks the device as ``accel_mode`` says (the seed's ACCEL_MODE); with
     several CUDA devices, each gets ``slots`` workers of its own.
+
+    ``fault_workloads``: tests only; the workers run :mod:`~aitbc_p2p.compute.faults`
+    too (a crash, a sleep, an allocation, a stream of events).
 
     Raises:
         ComputeError: a worker could not start.
@@ -280,8 +291,14 @@ async def open_executor(
         cmd += ["--model", f"{name}={path}"]
     if ollama_url:
         cmd += ["--ollama-url", ollama_url]
+    table = None
+    if fault_workloads:
+        from aitbc_p2p.compute.faults import with_faults
+
+        cmd.append("--fault-workloads")
+        table = with_faults()
     async with trio.open_nursery() as nursery:
-        executor = Executor(nursery, cmd, cache)
+        executor = Executor(nursery, cmd, cache, table)
         try:
             first = await executor._add_worker(None)
             executor.device = first.device

@@ -1,7 +1,9 @@
 """Fault-injection workloads for testing the executor's limits without torch.
 
-A worker registers them only when started with ``AITBC_WORKER_FAULTS=1`` in its
-environment; providers never offer them.
+A test asks for them by name: ``open_executor(fault_workloads=True)`` starts workers
+with ``--fault-workloads``, and both sides then look workloads up in
+:func:`with_faults`'s table. Nothing is added to the global table and nothing is read
+from the environment; providers never offer them.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from aitbc_p2p.compute.workloads import WORKLOADS, RunContext, Workload
+from aitbc_p2p.compute.context import RunContext
+from aitbc_p2p.compute.workloads import WORKLOADS, Workload
 
 
 def _ms(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -42,11 +45,17 @@ def _events(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     return {"events": params["n"]}
 
 
-def register() -> None:
+FAULT_WORKLOADS: dict[str, Workload] = {
+    name: Workload(name, _ms, run)
     for name, run in (
         ("fault_sleep", _sleep),
         ("fault_crash", _crash),
         ("fault_alloc", _alloc),
         ("fault_events", _events),
-    ):
-        WORKLOADS[name] = Workload(name, _ms, run)
+    )
+}
+
+
+def with_faults() -> dict[str, Workload]:
+    """The real workloads and the fault-injection ones, as one lookup table."""
+    return {**WORKLOADS, **FAULT_WORKLOADS}

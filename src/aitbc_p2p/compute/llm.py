@@ -12,7 +12,7 @@ import json
 import time
 from typing import Any
 
-from aitbc_p2p.compute.workloads import RunContext, module_available, torch_available
+from aitbc_p2p.compute.context import RunContext, module_available, torch_available
 from aitbc_p2p.exceptions import ComputeError
 
 _MODELS: dict[tuple[str, str], tuple[Any, Any]] = {}

@@ -19,12 +19,14 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Mapping
 from typing import Any, BinaryIO
 
 from aitbc_p2p.codec import decode, encode
 from aitbc_p2p.codec.framing import HEADER, frame, frame_size
 from aitbc_p2p.compute.capability import choose_device, measure, probe, proc_status_mb
-from aitbc_p2p.compute.workloads import RunContext, get_workload, torch_available
+from aitbc_p2p.compute.context import RunContext, torch_available
+from aitbc_p2p.compute.workloads import Workload, get_workload
 from aitbc_p2p.exceptions import AitbcError, CodecError
 
 MAX_FRAME = 64 << 20
@@ -50,11 +52,20 @@ def _reset_peak_rss() -> None:
 
 
 class Worker:
-    def __init__(self, out: BinaryIO, device: str, models: dict[str, str], ollama_url: str | None) -> None:
+    def __init__(
+        self,
+        out: BinaryIO,
+        device: str,
+        models: dict[str, str],
+        ollama_url: str | None,
+        workloads: Mapping[str, Workload] | None = None,
+    ) -> None:
         self.out = out
         self.device = device
         self.models = models
         self.ollama_url = ollama_url
+        self.workloads = workloads
+        """The lookup table (None: the real workloads)."""
 
     def send(self, obj: Any) -> None:
         self.out.write(frame(encode(obj)))
@@ -79,7 +90,7 @@ class Worker:
             self.send({"id": rid, "ok": False, "error": f"{type(e).__name__}: {e}"[:2000]})
 
     def run(self, rid: int, workload: str, params: dict[str, Any]) -> dict[str, Any]:
-        spec = get_workload(workload)
+        spec = get_workload(workload, self.workloads)
         clean = spec.validate(params)
         ctx = RunContext(
             device=self.device,
@@ -111,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", help="a torch device such as cuda:1")
     parser.add_argument("--model", action="append", default=[], help="NAME=PATH of a local causal LM")
     parser.add_argument("--ollama-url")
+    parser.add_argument("--fault-workloads", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     # The protocol owns the real stdout; anything a library prints goes to stderr.
     proto = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
@@ -118,14 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download a model at run time
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     models = dict(item.split("=", 1) for item in args.model)
-    if os.environ.get("AITBC_WORKER_FAULTS") == "1":
-        from aitbc_p2p.compute import faults
+    table = None
+    if args.fault_workloads:  # tests of the executor's limits
+        from aitbc_p2p.compute.faults import with_faults
 
-        faults.register()
+        table = with_faults()
     if torch_available():
         import torch  # noqa: F401 - warm up here, so that no job is billed for the import
     device = args.device or choose_device(args.accel)
-    worker = Worker(proto, device, models, args.ollama_url)
+    worker = Worker(proto, device, models, args.ollama_url, table)
     worker.send({"ready": True, "pid": os.getpid(), "device": device})
     stdin = sys.stdin.buffer
     while True:

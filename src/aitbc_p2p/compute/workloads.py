@@ -10,33 +10,14 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import importlib.util
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aitbc_p2p.chain.merkle import merkle_proof, merkle_root, verify_proof
+from aitbc_p2p.compute.context import RunContext, module_available, torch_available
 from aitbc_p2p.exceptions import ComputeError
-
-
-def module_available(name: str) -> bool:
-    return importlib.util.find_spec(name) is not None
-
-
-def torch_available() -> bool:
-    return module_available("torch")
-
-
-@dataclass(frozen=True)
-class RunContext:
-    """What a running workload may use: its device, an event sink, configured models."""
-
-    device: str = "cpu"
-    emit: Callable[[dict[str, Any]], None] = lambda event: None
-    models: Mapping[str, str] = field(default_factory=dict)
-    """Model name -> local directory (never downloaded at run time)."""
-    ollama_url: str | None = None
 
 
 def _int(params: Mapping[str, Any], name: str, default: int, low: int, high: int) -> int:
@@ -300,11 +281,13 @@ def check_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
     return workload.validate(params)
 
 
-def get_workload(name: str) -> Workload:
-    """The workload named ``name``; raises ComputeError if unknown or a module it needs is missing."""
-    workload = WORKLOADS.get(name)
+def get_workload(name: str, table: Mapping[str, Workload] | None = None) -> Workload:
+    """The workload named ``name`` (in ``table``, by default :data:`WORKLOADS`); raises
+    ComputeError if unknown or a module it needs is missing."""
+    table = WORKLOADS if table is None else table
+    workload = table.get(name)
     if workload is None:
-        raise ComputeError(f"unknown workload {name!r}; known: {sorted(WORKLOADS)}")
+        raise ComputeError(f"unknown workload {name!r}; known: {sorted(table)}")
     missing = [m for m in workload.needs if not module_available(m)]
     if missing:
         raise ComputeError(f"workload {name!r} needs {missing} (pip install 'aitbc-p2p[compute]')")
