@@ -41,10 +41,11 @@ from typing import Any
 
 import trio
 
+from aitbc_p2p.chain.batch import Checked
 from aitbc_p2p.chain.transition import ChainRules
 from aitbc_p2p.codec import decode, encode
 from aitbc_p2p.exceptions import CodecError
-from aitbc_p2p.network import ValidationResult, open_libp2p_network, topic
+from aitbc_p2p.network import REJECT, Verdict, accept, open_libp2p_network, topic
 from aitbc_p2p.network.limits import RequestPolicy
 from aitbc_p2p.node import NodeConfig
 from aitbc_p2p.node.bundles import decode_bundle, split_bundles
@@ -74,16 +75,18 @@ class Worker:
         self.arrived = trio.Event()
         self.net: Any = None
 
-    async def gate(self, data: bytes) -> ValidationResult:
+    async def gate(self, data: bytes) -> Verdict[Checked]:
+        """The node's tx gate (node/relay.py): what it parsed travels on the message."""
         try:
             verified = await decode_and_verify(decode_bundle(data), self.rules)
         except CodecError:
-            return ValidationResult.REJECT
-        return ValidationResult.REJECT if verified.rejected else ValidationResult.ACCEPT
+            return REJECT
+        return REJECT if verified.rejected else accept(verified)
 
     async def consume(self, inbox: Any) -> None:
         async for msg in inbox:
-            self.received.append((hashlib.sha256(msg.data).hexdigest(), time.monotonic(), len(decode(msg.data))))
+            count = len(msg.value.txs) if msg.value is not None else len(decode(msg.data))
+            self.received.append((hashlib.sha256(msg.data).hexdigest(), time.monotonic(), count))
             self.received_txs += self.received[-1][2]
             self.arrived.set()
 

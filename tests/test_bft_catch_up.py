@@ -25,7 +25,7 @@ async def test_validators_that_lose_every_consensus_message_still_reach_quorum(m
     real_receive = bft_module.BftDriver._receive
 
     async def receive(self, inbox):
-        if self.node.key.address not in deaf:
+        if self.account.key.address not in deaf:
             return await real_receive(self, inbox)
         async for _ in inbox:  # lost on the way
             pass

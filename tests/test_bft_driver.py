@@ -17,7 +17,7 @@ from aitbc_p2p.chain.votes import NIL, Vote, VoteStep
 from aitbc_p2p.codec import encode
 from aitbc_p2p.network.memory import MemoryHub
 from aitbc_p2p.node import NodeConfig, open_node
-from aitbc_p2p.testing import make_key, open_test_network, virtual_clock_ms
+from aitbc_p2p.testing import gate, make_key, open_test_network, virtual_clock_ms
 from aitbc_p2p.types import aitbc
 
 KEYS = [make_key(f"peer{i}") for i in range(4)]
@@ -46,8 +46,8 @@ def honest_network(hub: MemoryHub) -> Any:
 async def test_an_equivocating_validator_is_slashed_by_the_others(autojump_clock: Any) -> None:
     hub = MemoryHub(latency_s=0.01)
     async with honest_network(hub) as nodes, hub.open_network(ROGUE) as rogue:
-        topic = nodes[0].topic("consensus")
-        await rogue.subscribe(topic, lambda data: True)
+        topic = nodes[0].topics.consensus
+        await rogue.subscribe(topic, gate(lambda data: True))
         await rogue.connect(nodes[0].network.listen_addrs()[0])
         await nodes[0].wait_height(2)
         height = nodes[0].head.height + 1
@@ -71,8 +71,8 @@ async def test_an_equivocating_validator_is_slashed_by_the_others(autojump_clock
 async def test_votes_for_future_heights_wait_and_junk_costs_its_sender(autojump_clock: Any) -> None:
     hub = MemoryHub(latency_s=0.01)
     async with honest_network(hub) as nodes, hub.open_network(ROGUE) as rogue:
-        topic = nodes[0].topic("consensus")
-        await rogue.subscribe(topic, lambda data: True)
+        topic = nodes[0].topics.consensus
+        await rogue.subscribe(topic, gate(lambda data: True))
         await rogue.connect(nodes[0].network.listen_addrs()[0])
         await nodes[0].wait_height(2)
         driver = nodes[0].bft

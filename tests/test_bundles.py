@@ -8,7 +8,7 @@ from aitbc_p2p.chain import Transaction
 from aitbc_p2p.exceptions import CodecError
 from aitbc_p2p.network import open_libp2p_network
 from aitbc_p2p.node.bundles import MAX_BUNDLE_BYTES, MAX_BUNDLE_TXS, decode_bundle, encode_bundle, split_bundles
-from aitbc_p2p.testing import make_key, make_tx, open_test_network
+from aitbc_p2p.testing import gate, make_key, make_tx, open_test_network
 from aitbc_p2p.types import aitbc
 
 CLIENT = make_key("bundle-client")
@@ -49,8 +49,8 @@ async def test_a_bundle_with_one_forged_transaction_is_rejected_whole_and_penali
             {"body": dict(other.body(), **{"from": make_key("victim").address}), "sig": other.signature}
         )
         async with open_libp2p_network(make_key("bundle-attacker"), ["/ip4/127.0.0.1/tcp/0"]) as attacker:
-            tx_topic = node.topic("tx")
-            await attacker.subscribe(tx_topic, lambda data: True)
+            tx_topic = node.topics.tx
+            await attacker.subscribe(tx_topic, gate(lambda data: True))
             await attacker.connect(node.network.listen_addrs()[0])
             with trio.fail_after(15):
                 while node.network.verdicts["reject"] == 0:

@@ -4,7 +4,15 @@ import pytest
 
 from aitbc_p2p.chain.models import Block, BlockHeader
 from aitbc_p2p.chain.votes import NIL, Vote, VoteStep
-from aitbc_p2p.consensus import PoaEngine, PosEngine, SoloEngine, engine_for
+from aitbc_p2p.consensus import (
+    CertifiedFinality,
+    ForkChoiceFinality,
+    PoaEngine,
+    PosEngine,
+    SoloEngine,
+    engine_for,
+    finality_for,
+)
 from aitbc_p2p.consensus.tendermint import (
     ArmTimeout,
     BuildAndPropose,
@@ -61,8 +69,52 @@ def test_poa_finality_needs_depth_and_a_majority_of_distinct_proposers():
     assert PoaEngine([a]).final_depth([a, a]) == 1  # one authority: one block deep, as before
     two = PoaEngine([a, b])  # both are needed, two deep
     assert two.final_depth([a, a, a]) == 3 and two.final_depth([a, a, b, a]) == 2
+
+
+def test_each_kind_of_engine_gets_its_finality_policy():
+    a, b, c = (make_key(f"f{i}").address for i in range(3))
+    poa, solo = PoaEngine([a, b, c]), SoloEngine([a])
     pos = engine_for(make_genesis([make_key("f0")], engine="pos", stakes={a: 1}, validators=[a]))
-    assert pos.final_depth([a, b, c]) == 0  # a committed block carries its quorum
+    assert (poa.kind, solo.kind, pos.kind) == ("fork_choice", "fork_choice", "bft")
+    assert (poa.rounds, solo.rounds) == (3, 1)
+
+    certified = finality_for(pos)
+    assert isinstance(certified, CertifiedFinality)
+    assert certified.final_depth(100, lambda h: None) == 0  # a committed block carries its quorum
+    tip, head = header(5, a, 0), header(5, b, 0, round=1)
+    assert not certified.better(tip, head) and not certified.better(head, tip)  # BFT never forks
+    unsigned = Block(header(1, a, 0), ())
+    with pytest.raises(ConsensusError, match="no commit certificate"):
+        certified.check(unsigned, ())
+
+    chain = {h: [a, b, c][h % 3] for h in range(1, 21)}
+    fork_choice = finality_for(poa)
+    assert isinstance(fork_choice, ForkChoiceFinality)
+    assert fork_choice.final_depth(0, chain.get) == 0
+    assert fork_choice.final_depth(20, chain.get) == 3  # three deep, three distinct proposers
+    assert fork_choice.better(tip, head)  # the primary's round wins
+    fork_choice.check(unsigned, ())  # fork choice reads no certificate
+    assert fork_choice.certificate_bytes(()) is None
+
+    lone = {h: a for h in range(1, 21)}  # one authority of three alone: never final
+    assert finality_for(poa).final_depth(20, lone.get) == 20
+
+
+def test_fork_choice_finality_keeps_what_it_was_told_and_stays_bounded():
+    a, b, c = (make_key(f"f{i}").address for i in range(3))
+    finality = ForkChoiceFinality(PoaEngine([a, b, c]), window=8)
+    for h in range(1, 101):
+        finality.committed(Block(header(h, [a, b, c][h % 3], 0), ()))
+        assert len(finality) <= 16
+    asked: list[int] = []
+
+    def from_store(h):
+        asked.append(h)
+        return [a, b, c][h % 3]
+
+    assert finality.final_depth(100, from_store) == 3 and asked == []  # what it was told answers
+    finality.reverted(100)  # a reverted head is forgotten: a new block there is asked for
+    assert finality.final_depth(100, from_store) == 3 and asked == [100]
 
 
 def test_engine_selection_by_genesis():

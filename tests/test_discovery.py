@@ -204,7 +204,7 @@ async def test_a_peer_advertises_its_announce_addresses_in_place_of_its_listen_a
     key = make_key("announcer")
     genesis = make_genesis([key])
     async with open_node(NodeConfig(key=key, genesis=genesis)) as plain:
-        assert plain.status_message()["listen"] == plain.network.listen_addrs()
+        assert list(plain.peering.status().listen) == plain.network.listen_addrs()
     cfg = NodeConfig(key=key, genesis=genesis, announce=("/ip4/198.51.100.4/tcp/4001",))
     async with open_node(cfg) as node:
-        assert node.status_message()["listen"] == [f"/ip4/198.51.100.4/tcp/4001/p2p/{node.network.peer_id}"]
+        assert list(node.peering.status().listen) == [f"/ip4/198.51.100.4/tcp/4001/p2p/{node.network.peer_id}"]

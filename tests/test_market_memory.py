@@ -43,7 +43,7 @@ async def test_a_flood_of_capability_records_is_bounded_and_forged_ones_cost_the
     monkeypatch.setattr(market_module, "MAX_PROVIDERS", 40)
     hub = MemoryHub()
     async with open_test_network(1, hub=hub) as (node,), hub.open_network(STRANGER) as stranger:
-        topic = node.topic("provider")
+        topic = node.topics.provider
         await stranger.connect(node.network.listen_addrs()[0])
         chain = node.genesis.chain_id
         for i in range(100):  # a hundred providers, each signed by its own key
@@ -76,7 +76,7 @@ async def test_a_provider_refuses_a_job_whose_escrow_names_another_provider() ->
             CLIENT, provider.genesis.chain_id, workload="echo", params_hash=params_hash("echo", params),
             max_price=aitbc(5), max_runtime_s=30, verification="none", timestamp_ms=provider.clock_ms(),
         )  # fmt: skip
-        await stranger.publish(provider.topic("job"), encode({"offer": offer.to_wire()}))
+        await stranger.publish(provider.topics.job, encode({"offer": offer.to_wire()}))
         await wait_for(lambda: offer.job_id in provider.market._offers_seen)  # it bid
         escrow = make_tx(
             CLIENT, TxKind.JOB_OPEN, chain_id=provider.genesis.chain_id, job_id=bytes.fromhex(offer.job_id),

@@ -150,9 +150,9 @@ async def test_a_node_cancelled_from_outside_closes_its_store_for_a_restart(tmp_
 
 
 async def test_the_proposers_kept_for_finality_stay_bounded(autojump_clock: Any) -> None:
-    from aitbc_p2p.node.node import FINALITY_WINDOW
+    from aitbc_p2p.consensus import FINALITY_WINDOW
 
     async with open_test_network(1, hub=MemoryHub(), clock_ms=virtual_clock_ms, block_time_ms=100) as (node,):
         await node.wait_height(2 * FINALITY_WINDOW + 50)  # nobody asks for finality meanwhile
-        assert len(node._proposers) <= 2 * FINALITY_WINDOW
+        assert len(node.chain.finality) <= 2 * FINALITY_WINDOW
         assert node.final_height() == node.head.height  # solo: final at once

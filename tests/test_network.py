@@ -10,9 +10,9 @@ from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
 
 from aitbc_p2p.exceptions import NetworkError
-from aitbc_p2p.network import ValidationResult, open_libp2p_network, peer_id_of
+from aitbc_p2p.network import ValidationResult, Verdict, open_libp2p_network, peer_id_of
 from aitbc_p2p.network.protocols import topic
-from aitbc_p2p.testing import make_key
+from aitbc_p2p.testing import gate, make_key
 
 LOCAL = ["/ip4/127.0.0.1/tcp/0"]
 
@@ -28,8 +28,8 @@ async def test_request_response_and_gossip_validation():
 
             n2.set_request_handler("/test/1", upper)
             t = topic("ait-devnet", "tx")
-            inbox = await n1.subscribe(t, lambda data: not data.startswith(b"bad"))
-            await n2.subscribe(t, lambda data: not data.startswith(b"bad"))
+            inbox = await n1.subscribe(t, gate(lambda data: not data.startswith(b"bad")))
+            await n2.subscribe(t, gate(lambda data: not data.startswith(b"bad")))
             assert await n1.connect(n2.listen_addrs()[0]) == n2.peer_id
             assert await n1.request(n2.peer_id, "/test/1", b"ping") == b"PING"
             # Gossip: keep publishing until the mesh forms; the invalid message never arrives.
@@ -103,9 +103,9 @@ async def test_a_peer_flooding_invalid_gossip_is_graylisted_then_banned_while_ho
             open_libp2p_network(make_key("honest"), LOCAL) as honest,
             open_libp2p_network(make_key("flooder"), LOCAL) as flooder,
         ):
-            inbox = await receiver.subscribe(t, judge)
-            await honest.subscribe(t, accept_all)
-            await flooder.subscribe(t, accept_all)
+            inbox = await receiver.subscribe(t, gate(judge))
+            await honest.subscribe(t, gate(accept_all))
+            await flooder.subscribe(t, gate(accept_all))
             await honest.connect(receiver.listen_addrs()[0])
             await flooder.connect(receiver.listen_addrs()[0])
             # Wait for both meshes: each peer's messages reach the receiver.
@@ -182,7 +182,7 @@ async def test_a_copy_that_arrives_while_the_first_is_checked_is_checked_and_del
     async def slow_gate(data):
         calls.append(data)
         await trio.sleep(0.3)  # a bundle's signature checks, say
-        return ValidationResult.ACCEPT
+        return Verdict(ValidationResult.ACCEPT, data)
 
     with trio.fail_after(60):
         async with (
@@ -191,8 +191,8 @@ async def test_a_copy_that_arrives_while_the_first_is_checked_is_checked_and_del
             open_libp2p_network(make_key("dup-x"), LOCAL) as x,
         ):
             inbox = await x.subscribe(t, slow_gate)
-            await a.subscribe(t, lambda data: True)
-            await b.subscribe(t, lambda data: True)
+            await a.subscribe(t, gate(lambda data: True))
+            await b.subscribe(t, gate(lambda data: True))
             for dialer, target in ((a, x), (a, b), (b, x)):  # x hears a directly and through b
                 await dialer.connect(target.listen_addrs()[0])
             await trio.sleep(2.5)  # subscriptions travel; the mesh grafts on the 1 s heartbeat

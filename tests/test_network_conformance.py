@@ -15,7 +15,7 @@ from aitbc_p2p.network import MAX_FRAME, ValidationResult, open_libp2p_network
 from aitbc_p2p.network.memory import MemoryHub
 from aitbc_p2p.network.protocols import topic
 from aitbc_p2p.network.scoring import ScoringPolicy
-from aitbc_p2p.testing import make_key
+from aitbc_p2p.testing import gate, make_key
 
 T = topic("ait-devnet", "tx")
 Opener = Callable[[int], Any]
@@ -59,8 +59,8 @@ async def receive_while_publishing(sender: Any, inbox: Any, data: bytes, *, also
 async def test_gossip_is_delivered_with_its_publisher_and_a_rejected_message_is_not(open_peers: Opener) -> None:
     with trio.fail_after(30):
         async with open_peers(2) as (a, b):
-            inbox = await b.subscribe(T, lambda data: not data.startswith(b"bad"))
-            await a.subscribe(T, lambda data: True)
+            inbox = await b.subscribe(T, gate(lambda data: not data.startswith(b"bad")))
+            await a.subscribe(T, gate(lambda data: True))
             assert await a.connect(b.listen_addrs()[0]) == b.peer_id
             assert b.peer_id in a.connected_peers() and a.peer_id in b.connected_peers()
             msg = await receive_while_publishing(a, inbox, b"good", also=b"bad")
@@ -71,9 +71,9 @@ async def test_gossip_is_delivered_with_its_publisher_and_a_rejected_message_is_
 async def test_an_ignored_message_costs_nothing_and_goes_no_further(open_peers: Opener) -> None:
     with trio.fail_after(30):
         async with open_peers(3) as (a, b, c):
-            await a.subscribe(T, lambda data: True)
-            await b.subscribe(T, lambda data: ValidationResult.IGNORE if data.startswith(b"skip") else True)
-            inbox_c = await c.subscribe(T, lambda data: True)
+            await a.subscribe(T, gate(lambda data: True))
+            await b.subscribe(T, gate(lambda data: ValidationResult.IGNORE if data.startswith(b"skip") else True))
+            inbox_c = await c.subscribe(T, gate(lambda data: True))
             await a.connect(b.listen_addrs()[0])
             await b.connect(c.listen_addrs()[0])
             # a and c are not connected: c hears a only through b, which relays what it accepts.
@@ -92,8 +92,8 @@ async def test_an_ignored_message_costs_nothing_and_goes_no_further(open_peers: 
 async def test_a_peer_that_keeps_sending_invalid_gossip_is_banned_and_cut_off(open_peers: Opener) -> None:
     with trio.fail_after(60):
         async with open_peers(2) as (a, b):
-            await a.subscribe(T, lambda data: True)
-            inbox = await b.subscribe(T, lambda data: ValidationResult.REJECT)
+            await a.subscribe(T, gate(lambda data: True))
+            inbox = await b.subscribe(T, gate(lambda data: ValidationResult.REJECT))
             await a.connect(b.listen_addrs()[0])
             n = 0
             while not b.banned(a.peer_id):
@@ -204,7 +204,7 @@ async def test_requests_to_a_peer_not_connected_or_unreachable_fail(open_peers: 
 async def test_a_partition_cuts_links_until_healed_and_loss_drops_transmissions() -> None:
     hub = MemoryHub(latency_s=0.01)
     async with hub.open_network(make_key("p0")) as a, hub.open_network(make_key("p1")) as b:
-        inbox = await b.subscribe(T, lambda data: True)
+        inbox = await b.subscribe(T, gate(lambda data: True))
         await a.connect(b.listen_addrs()[0])
         hub.partition([a.peer_id], [b.peer_id])
         assert a.connected_peers() == [] and b.connected_peers() == []
@@ -219,7 +219,7 @@ async def test_a_partition_cuts_links_until_healed_and_loss_drops_transmissions(
 
     lossy = MemoryHub(loss=0.5, seed=7)
     async with lossy.open_network(make_key("p0")) as a, lossy.open_network(make_key("p1")) as b:
-        inbox = await b.subscribe(T, lambda data: True)
+        inbox = await b.subscribe(T, gate(lambda data: True))
         await a.connect(b.listen_addrs()[0])
         for i in range(200):
             await a.publish(T, b"%d" % i)
@@ -232,7 +232,7 @@ async def test_memory_time_is_virtual_under_an_autojump_clock(autojump_clock: An
     hub = MemoryHub(latency_s=2.0)  # two seconds a hop
     start = trio.current_time()
     async with hub.open_network(make_key("p0")) as a, hub.open_network(make_key("p1")) as b:
-        inbox = await b.subscribe(T, lambda data: True)
+        inbox = await b.subscribe(T, gate(lambda data: True))
         await a.connect(b.listen_addrs()[0])
         await a.publish(T, b"slow link")
         assert (await inbox.receive()).data == b"slow link"

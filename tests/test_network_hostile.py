@@ -15,7 +15,7 @@ from aitbc_p2p.exceptions import MarketError, NetworkError
 from aitbc_p2p.network import open_libp2p_network
 from aitbc_p2p.network.limits import RequestPolicy
 from aitbc_p2p.network.protocols import topic
-from aitbc_p2p.testing import make_key
+from aitbc_p2p.testing import gate, make_key
 
 LOCAL = ["/ip4/127.0.0.1/tcp/0"]
 MESHSUB = TProtocol("/meshsub/1.1.0")
@@ -58,7 +58,7 @@ async def test_a_malformed_pubsub_rpc_costs_the_sender_not_the_node(payload):
             open_libp2p_network(make_key("attacker"), LOCAL) as attacker,
             open_libp2p_network(make_key("bystander"), LOCAL) as bystander,
         ):
-            await victim.subscribe(topic("ait-devnet", "tx"), lambda data: True)
+            await victim.subscribe(topic("ait-devnet", "tx"), gate(lambda data: True))
             await attacker.connect(victim.listen_addrs()[0])
             await _send_raw_rpc(attacker, victim, payload)
             with trio.fail_after(5):
@@ -85,7 +85,7 @@ async def test_a_published_message_with_forged_fields_costs_the_sender_not_the_n
             open_libp2p_network(make_key("attacker2"), LOCAL) as attacker,
             open_libp2p_network(make_key("bystander2"), LOCAL) as bystander,
         ):
-            inbox = await victim.subscribe(t, lambda data: True)
+            inbox = await victim.subscribe(t, gate(lambda data: True))
             await attacker.connect(victim.listen_addrs()[0])
             await _send_raw_rpc(attacker, victim, encode_uvarint(len(body)) + body)
             await _still_serves(victim, bystander)
@@ -179,8 +179,8 @@ async def test_a_restarted_publisher_is_relayed_like_before():
             open_libp2p_network(make_key("relay"), LOCAL) as r,
             open_libp2p_network(make_key("far"), LOCAL) as c,
         ):
-            await r.subscribe(t, lambda data: True)
-            inbox = await c.subscribe(t, lambda data: True)
+            await r.subscribe(t, gate(lambda data: True))
+            inbox = await c.subscribe(t, gate(lambda data: True))
             await c.connect(r.listen_addrs()[0])
 
             async def collect() -> None:
@@ -191,7 +191,7 @@ async def test_a_restarted_publisher_is_relayed_like_before():
                 nursery.start_soon(collect)
                 for run in range(2):
                     async with open_libp2p_network(make_key("publisher"), LOCAL) as p:
-                        await p.subscribe(t, lambda data: True)
+                        await p.subscribe(t, gate(lambda data: True))
                         await p.connect(r.listen_addrs()[0])
                         sent = 0
                         with trio.fail_after(8):

@@ -12,10 +12,9 @@ from aitbc_p2p.chain.transition import ChainRules
 from aitbc_p2p.codec import decode, encode
 from aitbc_p2p.exceptions import NetworkError, ValidationError
 from aitbc_p2p.market import JobOffer, JobResult, params_hash, select_bid
-from aitbc_p2p.network import GossipMessage, ValidationResult, peer_id_of
+from aitbc_p2p.network import GossipMessage, ValidationResult, peer_id_of, protocols
 from aitbc_p2p.node import NodeConfig, open_node
-from aitbc_p2p.node import node as node_module
-from aitbc_p2p.node.node import decode_sync_item, encode_block_message, encode_sync_item
+from aitbc_p2p.node.wire import decode_sync_item, encode_block_message, encode_sync_item
 from aitbc_p2p.testing import ChainBuilder, make_genesis, make_key, make_tx, open_test_network
 from aitbc_p2p.types import Hash32, aitbc
 
@@ -75,19 +74,19 @@ async def test_sync_refuses_a_forged_or_malformed_block_and_keeps_the_blocks_bef
         await wait_for(lambda: source.store.head.height >= at + 2)
         # What the source's sync server sends for blocks 1..at+2, as it sends it.
         request = encode({"from": 1, "to": at + 2})
-        served = [decode_sync_item(item) for item in decode(await source._serve_sync("", request))]
+        served = [decode_sync_item(item) for item in decode(await source.sync.serve("", request))]
         assert [Block.decode(b).height for b, _ in served] == list(range(1, at + 3))
         # A response stops before the block that would take it past the frame limit.
         two = sum(len(encode_sync_item(b)) for b, _ in served[:2])
         for limit, count in ((16 + two, 2), (16 + two - 1, 1), (1, 1)):
-            monkeypatch.setattr(node_module, "MAX_SYNC_FRAME", limit)
-            assert len(decode(await source._serve_sync("", request))) == count
+            monkeypatch.setattr(protocols, "MAX_SYNC_FRAME", limit)
+            assert len(decode(await source.sync.serve("", request))) == count
         monkeypatch.undo()
 
         config = NodeConfig(key=make_key("late"), genesis=source.genesis, data_dir=tmp_path / "late")
         async with open_node(config) as late:
-            monkeypatch.setattr(late, "_fetch", partial(served_from, served))
-            await late.sync_from("source", at - 1)
+            monkeypatch.setattr(late.sync, "fetch", partial(served_from, served))
+            await late.sync.sync_from("source", at - 1)
             # Block ``at`` as its proposer could sign it, but holding the client's transfer
             # signed by someone else: every root matches, only the signature is wrong.
             signed_by_forger = make_tx(make_key("forger"), to=make_key("dest").address, amount=5)
@@ -101,13 +100,13 @@ async def test_sync_refuses_a_forged_or_malformed_block_and_keeps_the_blocks_bef
             assert applied.block.txs == (forged,)
             for bad, error in ((applied.block.encode(), ValidationError), (b"\x00not a block", NetworkError)):
                 items = [*served[: at - 1], (bad, served[at - 1][1]), *served[at:]]
-                monkeypatch.setattr(late, "_fetch", partial(served_from, items))
+                monkeypatch.setattr(late.sync, "fetch", partial(served_from, items))
                 with pytest.raises(error):
-                    await late.sync_from("source", at + 2)
+                    await late.sync.sync_from("source", at + 2)
                 assert late.store.head.hash == source.store.block(at - 1).hash  # up to the block before it
                 assert late.account(CLIENT.address)["nonce"] == 0
-            monkeypatch.setattr(late, "_fetch", partial(served_from, served))
-            await late.sync_from("source", at + 2)
+            monkeypatch.setattr(late.sync, "fetch", partial(served_from, served))
+            await late.sync.sync_from("source", at + 2)
             assert late.store.head.hash == source.store.block(at + 2).hash
             assert late.store.state.tree().root == source.store.block(at + 2).header.state_root
 
@@ -154,27 +153,27 @@ async def test_the_block_gate_refuses_forged_blocks_and_an_accepted_one_is_decod
                 encode_block_message(honest)[:-3],  # truncated
                 b"\x82\x01\x02",  # not a block
             ):
-                assert await late._valid_block(message) is ValidationResult.REJECT
-            assert not late._block_checks
+                verdict = await late.blocks.gate(message)
+                assert verdict.result is ValidationResult.REJECT and verdict.value is None
 
             message = encode_block_message(honest)
-            assert await late._valid_block(message) is ValidationResult.ACCEPT
-            assert len(late._block_checks) == 1
+            verdict = await late.blocks.gate(message)
+            assert verdict.result is ValidationResult.ACCEPT and verdict.value.block.hash == honest.hash
 
             async def must_not_decode(data):
                 raise AssertionError("the gate's result was not used")
 
-            monkeypatch.setattr(late, "_check_block", must_not_decode)
+            monkeypatch.setattr(late.blocks, "check", must_not_decode)
             send, receive = trio.open_memory_channel(1)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(late._on_block, receive)
-                await send.send(GossipMessage("block", message, origin="peer0", via="peer0"))
+                nursery.start_soon(late.blocks.handle, receive)
+                await send.send(GossipMessage("block", message, origin="peer0", via="peer0", value=verdict.value))
                 await wait_for(lambda: late.store.head.height == 1)
                 nursery.cancel_scope.cancel()
-            assert late.store.head.hash == honest.hash and not late._block_checks
+            assert late.store.head.hash == honest.hash
             assert late.account(CLIENT.address)["nonce"] == 1
             monkeypatch.undo()
-            assert await late._valid_block(message) is ValidationResult.IGNORE  # already have it
+            assert (await late.blocks.gate(message)).result is ValidationResult.IGNORE  # already have it
 
             # A block that passes the gate (its scheduled proposer signed it) but that the
             # chain refuses costs its publisher a REJECT; the relaying peers are not at fault.
@@ -183,12 +182,13 @@ async def test_the_block_gate_refuses_forged_blocks_and_an_accepted_one_is_decod
                 proposer, head, late.store.state, [], late.rules, timestamp_ms=late.clock_ms() + 60_000, max_txs=10
             )
             message = encode_block_message(future.block)
-            assert await late._valid_block(message) is ValidationResult.ACCEPT
+            verdict = await late.blocks.gate(message)
+            assert verdict.result is ValidationResult.ACCEPT
             publisher = peer_id_of(proposer)
             send, receive = trio.open_memory_channel(1)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(late._on_block, receive)
-                await send.send(GossipMessage("block", message, origin=publisher, via="relay"))
+                nursery.start_soon(late.blocks.handle, receive)
+                await send.send(GossipMessage("block", message, origin=publisher, via="relay", value=verdict.value))
                 await wait_for(lambda: late.network.scores.rejected.get(publisher) == 1)
                 nursery.cancel_scope.cancel()
             assert late.store.head == head and late.network.scores.score("relay") == 0.0

@@ -25,7 +25,7 @@ from aitbc_p2p.codec import decode, encode
 from aitbc_p2p.consensus.tendermint import Proposal, decode_certificate, encode_certificate
 from aitbc_p2p.market import Bid, CapabilityRecord, JobOffer, JobPayload, JobResult
 from aitbc_p2p.node.bundles import decode_bundle, encode_bundle
-from aitbc_p2p.node.node import decode_sync_item, encode_block_message, encode_sync_item
+from aitbc_p2p.node.wire import decode_sync_item, encode_block_message, encode_sync_item
 from aitbc_p2p.testing import ChainBuilder, make_genesis, make_key, make_tx
 
 VECTORS = Path(__file__).with_name("vectors") / "wire.json"

@@ -1,24 +1,32 @@
-"""The consensus engine seam (specs/consensus.md).
+"""The consensus engine seam (specs/consensus.md): two kinds of engine, told apart by
+their ``kind`` (a tagged union, so the type checker follows each branch).
 
-An engine decides who may propose a block at ``(height, round)`` and from when, accepts or
-refuses headers on consensus grounds, ranks competing tips for fork choice, and says how
-far below the head a block is final (it can never be reverted). Engines are pure: time is a
-parameter. BFT engines (``bft = True``) only commit blocks that carry a commit
-certificate, so they never fork; the node drives their rounds.
+Every engine decides who may propose a block at ``(height, round)`` and from when, and
+accepts or refuses headers on consensus grounds. Engines are pure: time is a parameter.
+
+* A **fork-choice** engine (``solo``, ``poa``) lets any scheduled proposer extend the
+  chain: competing tips are ranked by :meth:`ForkChoiceEngine.fork_score`, and a block is
+  final once :meth:`ForkChoiceEngine.final_depth` says the chain above it cannot be
+  outvoted. The node's block producer proposes when a round is due.
+* A **BFT** engine (``pos``) commits only blocks that carry a commit certificate (more
+  than 2/3 of the stake's precommits), so it never forks and every committed block is
+  final. The node's BFT driver runs its rounds.
+
+The node holds one finality policy per kind (:mod:`aitbc_p2p.consensus.finality`) and
+branches on the kind in one place, where it wires the driver.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from typing import Literal, Protocol
 
 from aitbc_p2p.chain.models import BlockHeader
 from aitbc_p2p.types import Address
 
 
-class ConsensusEngine(Protocol):
+class _Engine(Protocol):
     name: str
-    bft: bool
     block_time_ms: int
 
     def proposer(self, height: int, round: int = 0) -> Address:
@@ -33,6 +41,15 @@ class ConsensusEngine(Protocol):
         """Raise :class:`~aitbc_p2p.exceptions.ConsensusError` if consensus refuses ``header``."""
         ...
 
+
+class ForkChoiceEngine(_Engine, Protocol):
+    kind: Literal["fork_choice"]
+
+    @property
+    def rounds(self) -> int:
+        """How many rounds of a height have a proposer (round 0's, then the backups')."""
+        ...
+
     def fork_score(self, header: BlockHeader) -> tuple[int, ...]:
         """Fork choice: of two tips, the one with the higher score is the head."""
         ...
@@ -43,3 +60,26 @@ class ConsensusEngine(Protocol):
         its reorg window). Fork choice never reverts a final block. ``len(proposers)``:
         none of them is final."""
         ...
+
+
+class BftEngine(_Engine, Protocol):
+    kind: Literal["bft"]
+    chain_id: str
+    total: int
+    round_timeout_ms: int
+
+    @property
+    def weights(self) -> Mapping[Address, int]:
+        """Each validator's voting weight (its stake)."""
+        ...
+
+    @property
+    def validators(self) -> tuple[Address, ...]: ...
+
+    def quorum(self) -> int:
+        """The least weight that commits: more than 2/3 of the total."""
+        ...
+
+
+ConsensusEngine = ForkChoiceEngine | BftEngine
+"""Any engine; ``engine.kind`` tells which."""

@@ -5,7 +5,7 @@ proposers, BFT finality). Registered by name; the genesis picks one (specs/conse
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from aitbc_p2p.chain.models import BlockHeader, Genesis
 from aitbc_p2p.codec import encode
@@ -29,7 +29,7 @@ class PoaEngine:
     """
 
     name = "poa"
-    bft = False
+    kind: Literal["fork_choice"] = "fork_choice"
 
     def __init__(
         self,
@@ -48,6 +48,10 @@ class PoaEngine:
         self.backup_ms = backup_ms if backup_ms is not None else 2 * block_time_ms
         if self.backup_ms <= 0:
             raise ConsensusError("backup_ms must be positive")
+
+    @property
+    def rounds(self) -> int:
+        return len(self.authorities)
 
     def proposer(self, height: int, round: int = 0) -> Address:
         return self.authorities[(height + round) % len(self.authorities)]
@@ -112,7 +116,7 @@ class PosEngine:
     """
 
     name = "pos"
-    bft = True
+    kind: Literal["bft"] = "bft"
 
     def __init__(
         self,
@@ -157,11 +161,6 @@ class PosEngine:
         if header.timestamp_ms < self.due_ms(parent):
             raise ConsensusError(f"block {header.height} proposed before its slot")
 
-    def fork_score(self, header: BlockHeader) -> tuple[int, ...]:
-        return (header.height,)
-
-    def final_depth(self, proposers: Sequence[Address]) -> int:
-        return 0  # a committed block carries more than 2/3 of the stake's precommits
 
 
 def _authorities(params: Mapping[str, Any], key: str = "authorities") -> list[Address]:

@@ -19,7 +19,7 @@ from typing import Any
 from aitbc_p2p.chain.models import MAX_ROUND, Block
 from aitbc_p2p.chain.votes import NIL, Vote, VoteStep
 from aitbc_p2p.codec import encode, fields
-from aitbc_p2p.consensus.engines import PosEngine
+from aitbc_p2p.consensus.abc import BftEngine
 from aitbc_p2p.crypto import Domain, PrivateKey, recover_address, signing_digest
 from aitbc_p2p.crypto.keys import validate_address
 from aitbc_p2p.exceptions import BadSignature, CodecError, ConsensusError, CryptoError, ValidationError
@@ -58,7 +58,7 @@ class Proposal:
         sig = key.sign(Domain.PROPOSAL, self.chain_id, self.body())
         return Proposal(self.chain_id, self.height, self.round, self.valid_round, self.block, self.proposer, sig)
 
-    def verify(self, engine: PosEngine) -> None:
+    def verify(self, engine: BftEngine) -> None:
         """Raise :class:`ConsensusError` unless the round's proposer signed it for this block."""
         if self.block.height != self.height or not -1 <= self.valid_round < self.round:
             raise ConsensusError("proposal fields disagree with its block")
@@ -156,7 +156,7 @@ Action = BuildAndPropose | Propose | CastVote | ArmTimeout | Commit
 class HeightMachine:
     """The rounds of one height. Call ``start()``, then feed it; read ``take_actions()``."""
 
-    engine: PosEngine
+    engine: BftEngine
     height: int
     me: Address | None
     round: int = -1
@@ -318,7 +318,7 @@ class HeightMachine:
                     break
 
 
-def verify_certificate(engine: PosEngine, block_hash: bytes, height: int, votes: Sequence[Vote]) -> int:
+def verify_certificate(engine: BftEngine, block_hash: bytes, height: int, votes: Sequence[Vote]) -> int:
     """Check a commit certificate for a block; return its round.
 
     Raises:

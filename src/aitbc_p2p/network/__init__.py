@@ -1,6 +1,16 @@
 """L3 network adapter: libp2p host, gossip topics, framed request/response."""
 
-from aitbc_p2p.network.abc import GossipMessage, Network, RequestHandler, ValidationResult, Validator
+from aitbc_p2p.network.abc import (
+    IGNORE,
+    REJECT,
+    GossipMessage,
+    Network,
+    RequestHandler,
+    ValidationResult,
+    Validator,
+    Verdict,
+    accept,
+)
 from aitbc_p2p.network.host import Libp2pNetwork, open_libp2p_network, peer_id_of
 from aitbc_p2p.network.protocols import (
     CONSENSUS_PROTOCOL,
@@ -16,10 +26,12 @@ from aitbc_p2p.network.scoring import PeerScores, ScoringPolicy
 
 __all__ = [
     "CONSENSUS_PROTOCOL",
+    "IGNORE",
     "JOB_PROTOCOL",
     "MAX_FRAME",
     "MAX_SYNC_FRAME",
     "PEERS_PROTOCOL",
+    "REJECT",
     "STATUS_PROTOCOL",
     "SYNC_PROTOCOL",
     "GossipMessage",
@@ -30,6 +42,8 @@ __all__ = [
     "ScoringPolicy",
     "ValidationResult",
     "Validator",
+    "Verdict",
+    "accept",
     "open_libp2p_network",
     "peer_id_of",
     "topic",

@@ -21,17 +21,22 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import trio
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True, slots=True)
-class GossipMessage:
+class GossipMessage(Generic[T]):
     topic: str
     data: bytes
     origin: str  # peer id of the publisher
     via: str  # peer id we received it from
+    value: T | None = None
+    """What the topic's validator parsed from ``data`` (its :class:`Verdict`'s value);
+    None for this peer's own publishes, which no validator sees."""
 
 
 class ValidationResult(enum.Enum):
@@ -48,12 +53,26 @@ class ValidationResult(enum.Enum):
     REJECT = "reject"
 
 
-Validator = Callable[[bytes], "ValidationResult | bool | Awaitable[ValidationResult]"]
-"""Stateless check run before a message is accepted and relayed: decode, size, signature.
+@dataclass(frozen=True, slots=True)
+class Verdict(Generic[T]):
+    """A validator's answer: the result and, when accepted, what it parsed, which the
+    topic's subscriber receives as :attr:`GossipMessage.value` (decoded and checked
+    once, off the handler's path)."""
 
-A coroutine function may be given (its checks then run concurrently, e.g. signature
-batches in worker threads). ``True`` means ACCEPT and ``False`` REJECT.
-"""
+    result: ValidationResult
+    value: T | None = None
+
+
+def accept(value: T) -> Verdict[T]:
+    return Verdict(ValidationResult.ACCEPT, value)
+
+
+IGNORE: Verdict[Any] = Verdict(ValidationResult.IGNORE)
+REJECT: Verdict[Any] = Verdict(ValidationResult.REJECT)
+
+Validator = Callable[[bytes], Awaitable[Verdict[T]]]
+"""The stateless gate of a topic, run before a message is delivered or relayed: decode,
+size, signature. Gates run concurrently (e.g. signature batches in worker processes)."""
 
 RequestHandler = Callable[[str, bytes], Awaitable[bytes]]
 """``(peer_id, request) -> response`` for one request/response protocol."""
@@ -91,7 +110,10 @@ class Network(Protocol):
         after the gate (e.g. a block that its publisher signed and the chain refuses)."""
         ...
 
-    async def subscribe(self, topic: str, validator: Validator) -> trio.MemoryReceiveChannel[GossipMessage]: ...
+    async def subscribe(self, topic: str, validator: Validator[T]) -> trio.MemoryReceiveChannel[GossipMessage[T]]:
+        """Messages of ``topic`` that ``validator`` accepted (with what it parsed), and
+        this peer's own publishes (without)."""
+        ...
 
     async def publish(self, topic: str, data: bytes) -> None: ...
 

@@ -7,14 +7,13 @@ the peer's secp256k1 key, so a peer id names the same key as the peer's address.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import logging
 import socket
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import multiaddr
 import trio
@@ -46,11 +45,12 @@ from libp2p.transport.tcp import tcp as libp2p_tcp
 from aitbc_p2p.codec.framing import HEADER, frame_size
 from aitbc_p2p.crypto import PrivateKey
 from aitbc_p2p.exceptions import AitbcError, CodecError, NetworkError
-from aitbc_p2p.network.abc import GossipMessage, RequestHandler, ValidationResult, Validator
+from aitbc_p2p.network.abc import GossipMessage, RequestHandler, ValidationResult, Validator, Verdict
 from aitbc_p2p.network.limits import Refused, RequestLimits, RequestPolicy
 from aitbc_p2p.network.protocols import MAX_FRAME, MAX_SYNC_FRAME, SYNC_PROTOCOL, frame
 from aitbc_p2p.network.scoring import Banning, PeerScores, ScoringPolicy
 
+T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 GOSSIP_PROTOCOLS = [TProtocol("/meshsub/1.1.0"), TProtocol("/meshsub/1.0.0")]
@@ -240,6 +240,10 @@ def peer_id_of(key: PrivateKey) -> str:
     return str(ID.from_pubkey(create_new_key_pair(key.secret).public_key))
 
 
+_DELIVERED = object()
+"""Stands for a delivered message's value in a topic's accepted map."""
+
+
 def _content_id(msg: Any) -> bytes:
     """Content-addressed message ids: the same bytes published twice are one message."""
     return hashlib.sha256(msg.data).digest()
@@ -327,20 +331,15 @@ class Libp2pNetwork(Banning):
             return
         self._nursery.start_soon(self.disconnect, peer_id)
 
-    async def subscribe(self, topic: str, validator: Validator) -> trio.MemoryReceiveChannel[GossipMessage]:
+    async def subscribe(self, topic: str, validator: Validator[T]) -> trio.MemoryReceiveChannel[GossipMessage[T]]:
         """Subscribe with a stateless gate for what peers forward (our own publishes pass:
         the node checks them first). A graylisted forwarder's messages are dropped
-        unread; a REJECT penalizes the forwarder (:class:`PeerScores`)."""
+        unread; a REJECT penalizes the forwarder (:class:`PeerScores`). What the gate
+        parsed travels to the subscriber on the message."""
         me = self._host.get_id()
-
-        def judge(peer: ID, result: Any) -> bool:
-            verdict = result if isinstance(result, ValidationResult) else ValidationResult.REJECT
-            if result is True:
-                verdict = ValidationResult.ACCEPT
-            self.verdicts[verdict.value] += 1
-            if verdict is ValidationResult.REJECT and peer != me:
-                self._penalize(str(peer), f"invalid {topic} gossip")
-            return verdict is ValidationResult.ACCEPT
+        checking: set[bytes] = set()
+        accepted: OrderedDict[bytes, Any] = OrderedDict()
+        """Ids of recently accepted messages, each with its gate's value until delivered."""
 
         def gate(peer: ID) -> bool | None:
             """The answer before reading the message, if there is one: our own publishes
@@ -353,54 +352,42 @@ class Libp2pNetwork(Banning):
             self._penalize(str(peer), f"{topic} gossip while graylisted", self.scores.policy.graylisted_message_penalty)
             return False
 
-        if inspect.iscoroutinefunction(validator):
-            checking: set[bytes] = set()
-            accepted: OrderedDict[bytes, None] = OrderedDict()
+        async def check(peer: ID, msg: Any) -> bool:
+            early = gate(peer)
+            if early is not None:
+                return early
+            # py-libp2p 0.8.1 checks its seen-cache before a copy waits for a
+            # validator slot and marks a message seen only after its validator
+            # returns, so copies from other peers would be checked (signatures and
+            # all), delivered and relayed again. The first copy decides; the others
+            # are dropped (as IGNORE: no penalty).
+            msg_id = _content_id(msg)
+            if msg_id in checking or msg_id in accepted:
+                self.verdicts["duplicate"] += 1
+                return False
+            checking.add(msg_id)
+            try:
+                verdict = await validator(bytes(msg.data))
+            except Exception:
+                logger.exception("validator for %s raised", topic)
+                return False
+            finally:
+                checking.discard(msg_id)
+            result = verdict.result if isinstance(verdict, Verdict) else ValidationResult.REJECT
+            self.verdicts[result.value] += 1
+            if result is ValidationResult.REJECT and peer != me:
+                self._penalize(str(peer), f"invalid {topic} gossip")
+            if result is not ValidationResult.ACCEPT:
+                return False
+            accepted[msg_id] = verdict.value
+            if len(accepted) > RECENTLY_ACCEPTED:
+                accepted.popitem(last=False)
+            return True
 
-            async def check_async(peer: ID, msg: Any) -> bool:
-                early = gate(peer)
-                if early is not None:
-                    return early
-                # py-libp2p 0.8.1 checks its seen-cache before a copy waits for a
-                # validator slot and marks a message seen only after its validator
-                # returns, so copies from other peers would be checked (signatures and
-                # all), delivered and relayed again. The first copy decides; the others
-                # are dropped (as IGNORE: no penalty).
-                msg_id = _content_id(msg)
-                if msg_id in checking or msg_id in accepted:
-                    self.verdicts["duplicate"] += 1
-                    return False
-                checking.add(msg_id)
-                try:
-                    ok = judge(peer, await validator(bytes(msg.data)))
-                except Exception:
-                    logger.exception("validator for %s raised", topic)
-                    return False
-                finally:
-                    checking.discard(msg_id)
-                if ok:
-                    accepted[msg_id] = None
-                    if len(accepted) > RECENTLY_ACCEPTED:
-                        accepted.popitem(last=False)
-                return ok
-
-            self._pubsub.set_topic_validator(topic, check_async, True)
-        else:
-
-            def check(peer: ID, msg: Any) -> bool:
-                early = gate(peer)
-                if early is not None:
-                    return early
-                try:
-                    return judge(peer, validator(bytes(msg.data)))
-                except Exception:
-                    logger.exception("validator for %s raised", topic)
-                    return False
-
-            self._pubsub.set_topic_validator(topic, check, False)
+        self._pubsub.set_topic_validator(topic, check, True)
         sub = await self._pubsub.subscribe(topic)
-        send, receive = trio.open_memory_channel[GossipMessage](INBOX_SIZE)
-        self._nursery.start_soon(self._pump, topic, sub, send)
+        send, receive = trio.open_memory_channel[GossipMessage[T]](INBOX_SIZE)
+        self._nursery.start_soon(self._pump, topic, sub, send, accepted)
         return receive
 
     async def _enforce_bans(self) -> None:
@@ -415,16 +402,27 @@ class Libp2pNetwork(Banning):
                 if peer in banned:
                     await self.disconnect(peer)
 
-    async def _pump(self, topic: str, sub: Any, send: trio.MemorySendChannel[GossipMessage]) -> None:
+    async def _pump(
+        self, topic: str, sub: Any, send: trio.MemorySendChannel[GossipMessage[T]], accepted: OrderedDict[bytes, Any]
+    ) -> None:
         # libp2p's subscription buffer is small (32); drain it at once into our own inbox.
+        me = self._host.get_id()
         async with send:
             while True:
                 msg = await sub.get()
                 try:
-                    origin = str(ID(msg.from_id)) if msg.from_id else ""
+                    origin_id = ID(msg.from_id) if msg.from_id else None
                 except (ValueError, TypeError):
-                    origin = ""
-                item = GossipMessage(topic, bytes(msg.data), origin, origin)
+                    origin_id = None
+                value = None
+                if origin_id != me:
+                    msg_id = _content_id(msg)
+                    value = accepted.get(msg_id, _DELIVERED)
+                    if value is _DELIVERED:  # accepted too long ago to be remembered (never in practice)
+                        logger.warning("a %s message arrived without its gate's verdict; dropped", topic)
+                        continue
+                    accepted[msg_id] = _DELIVERED  # keep the id (late copies), not the value
+                item = GossipMessage(topic, bytes(msg.data), str(origin_id or ""), str(origin_id or ""), value)
                 try:
                     send.send_nowait(item)
                 except trio.WouldBlock:

@@ -34,19 +34,21 @@ import logging
 import math
 import random
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, TypeVar
 
 import trio
 
 from aitbc_p2p.crypto import PrivateKey
 from aitbc_p2p.exceptions import AitbcError, NetworkError
-from aitbc_p2p.network.abc import GossipMessage, RequestHandler, ValidationResult, Validator
+from aitbc_p2p.network.abc import GossipMessage, RequestHandler, ValidationResult, Validator, Verdict
 from aitbc_p2p.network.limits import Refused, RequestLimits, RequestPolicy
 from aitbc_p2p.network.protocols import MAX_FRAME, MAX_SYNC_FRAME, SYNC_PROTOCOL
 from aitbc_p2p.network.scoring import Banning, PeerScores, ScoringPolicy
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -164,8 +166,8 @@ class MemoryHub:
 
 @dataclass
 class _Topic:
-    validator: Validator
-    inbox: trio.MemorySendChannel[GossipMessage]
+    validator: Validator[Any]
+    inbox: trio.MemorySendChannel[GossipMessage[Any]]
 
 
 class MemoryNetwork(Banning):
@@ -186,7 +188,7 @@ class MemoryNetwork(Banning):
         self.sent = LinkStats()
         self.closed = False
         """Set when the peer leaves the hub: nothing more may start in its nursery."""
-        self._inbound: list[tuple[float, int, str, GossipMessage]] = []
+        self._inbound: list[tuple[float, int, str, GossipMessage[Any]]] = []
         """Gossip on its way here: (due time, order, sender, message), a heap. One task
         delivers it all (:meth:`_deliveries`): a task and a timer per transmission cost
         the simulator most of its time."""
@@ -243,8 +245,8 @@ class MemoryNetwork(Banning):
                     self._drop_link(peer)
 
     # ------------------------------------------------------------ gossip
-    async def subscribe(self, topic: str, validator: Validator) -> trio.MemoryReceiveChannel[GossipMessage]:
-        send, receive = trio.open_memory_channel[GossipMessage](INBOX_SIZE)
+    async def subscribe(self, topic: str, validator: Validator[T]) -> trio.MemoryReceiveChannel[GossipMessage[T]]:
+        send, receive = trio.open_memory_channel[GossipMessage[T]](INBOX_SIZE)
         self._topics[topic] = _Topic(validator, send)
         return receive
 
@@ -252,7 +254,7 @@ class MemoryNetwork(Banning):
         msg_id = hashlib.sha256(data).digest()
         if self._mark_seen(msg_id):
             return  # the same bytes again: one message (content-addressed, as libp2p's adapter)
-        msg = GossipMessage(topic, bytes(data), self._peer_id, self._peer_id)
+        msg: GossipMessage[Any] = GossipMessage(topic, bytes(data), self._peer_id, self._peer_id)
         sub = self._topics.get(topic)
         if sub is not None:
             self._deliver(sub, msg)
@@ -267,7 +269,7 @@ class MemoryNetwork(Banning):
             self._seen.popitem(last=False)
         return False
 
-    def _relay(self, msg: GossipMessage, exclude: Iterable[str]) -> None:
+    def _relay(self, msg: GossipMessage[Any], exclude: Iterable[str]) -> None:
         skip = set(exclude)
         for peer in sorted(self._links):
             if peer in skip:
@@ -281,7 +283,7 @@ class MemoryNetwork(Banning):
             if other is not None and not other.closed:
                 other._enqueue(trio.current_time() + self.hub.latency(self._peer_id, peer), self._peer_id, msg)
 
-    def _enqueue(self, due: float, via: str, msg: GossipMessage) -> None:
+    def _enqueue(self, due: float, via: str, msg: GossipMessage[Any]) -> None:
         if not self._inbound or due < self._inbound[0][0]:
             self._wake.set()  # earlier than what the delivery task waits for
         heapq.heappush(self._inbound, (due, next(self._order), via, msg))
@@ -297,7 +299,7 @@ class MemoryNetwork(Banning):
                 await self._wake.wait()
             self._wake = trio.Event()
 
-    def _receive(self, via: str, msg: GossipMessage) -> None:
+    def _receive(self, via: str, msg: GossipMessage[Any]) -> None:
         sub = self._topics.get(msg.topic)
         if sub is None:
             return
@@ -310,26 +312,22 @@ class MemoryNetwork(Banning):
             return
         self._nursery.start_soon(self._check, sub, GossipMessage(msg.topic, msg.data, msg.origin, via))
 
-    async def _check(self, sub: _Topic, msg: GossipMessage) -> None:
+    async def _check(self, sub: _Topic, msg: GossipMessage[Any]) -> None:
         try:
-            result = sub.validator(msg.data)
-            if isinstance(result, Awaitable):
-                result = await result
+            verdict = await sub.validator(msg.data)
         except Exception:  # a validator's bug drops the message, as libp2p's adapter does
             logger.exception("validator for %s raised", msg.topic)
             return
-        verdict = ValidationResult.ACCEPT if result is True else result
-        if not isinstance(verdict, ValidationResult):
-            verdict = ValidationResult.REJECT
-        self.verdicts[verdict.value] += 1
-        if verdict is ValidationResult.REJECT:
+        result = verdict.result if isinstance(verdict, Verdict) else ValidationResult.REJECT
+        self.verdicts[result.value] += 1
+        if result is ValidationResult.REJECT:
             self._penalize(msg.via, f"invalid {msg.topic} gossip")
-        elif verdict is ValidationResult.ACCEPT:
-            self._deliver(sub, msg)
+        elif result is ValidationResult.ACCEPT:
+            self._deliver(sub, replace(msg, value=verdict.value))
             self._relay(msg, exclude=(msg.via, msg.origin))
 
     @staticmethod
-    def _deliver(sub: _Topic, msg: GossipMessage) -> None:
+    def _deliver(sub: _Topic, msg: GossipMessage[Any]) -> None:
         try:
             sub.inbox.send_nowait(msg)
         except trio.WouldBlock:

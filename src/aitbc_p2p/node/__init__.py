@@ -13,9 +13,10 @@ from aitbc_p2p.node.config import NodeConfig, ProviderConfig
 
 if TYPE_CHECKING:
     from aitbc_p2p.node.api import NodeAPI
-    from aitbc_p2p.node.node import Node, open_node
+    from aitbc_p2p.node.facade import Node
+    from aitbc_p2p.node.node import open_node
 
-_LAZY = {"NodeAPI": "aitbc_p2p.node.api", "Node": "aitbc_p2p.node.node", "open_node": "aitbc_p2p.node.node"}
+_LAZY = {"NodeAPI": "aitbc_p2p.node.api", "Node": "aitbc_p2p.node.facade", "open_node": "aitbc_p2p.node.node"}
 
 __all__ = ["Node", "NodeAPI", "NodeConfig", "ProviderConfig", "open_node"]
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import trio
 
@@ -19,7 +20,7 @@ from aitbc_p2p.chain.blocks import AppliedBlock
 from aitbc_p2p.chain.models import Block, TxKind
 from aitbc_p2p.chain.votes import Vote
 from aitbc_p2p.codec import decode, encode, fields, head
-from aitbc_p2p.consensus.engines import PosEngine
+from aitbc_p2p.consensus import BftEngine
 from aitbc_p2p.consensus.tendermint import (
     ArmTimeout,
     BuildAndPropose,
@@ -31,14 +32,14 @@ from aitbc_p2p.consensus.tendermint import (
     Step,
 )
 from aitbc_p2p.exceptions import CodecError, ConsensusError, NetworkError, TxRejected, ValidationError
-from aitbc_p2p.network import CONSENSUS_PROTOCOL, MAX_FRAME, GossipMessage
+from aitbc_p2p.network.abc import REJECT, GossipMessage, Network, Verdict, accept
+from aitbc_p2p.network.protocols import CONSENSUS_PROTOCOL, MAX_FRAME
+from aitbc_p2p.node.abc import BlockAuthor, OwnAccount
 from aitbc_p2p.node.offload import blocking
+from aitbc_p2p.node.wire import decode_consensus_message
 from aitbc_p2p.store.crash import crash_point
 from aitbc_p2p.store.votes import VoteGuard
 from aitbc_p2p.types import Address
-
-if TYPE_CHECKING:
-    from aitbc_p2p.node.node import Node
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +54,26 @@ MAX_CATCH_UP_PEERS = 8
 
 
 class BftDriver:
-    def __init__(self, node: Node, engine: PosEngine) -> None:
-        self.node = node
+    def __init__(
+        self,
+        chain: BlockAuthor,
+        account: OwnAccount,
+        engine: BftEngine,
+        network: Network,
+        topic: str,
+        guard: VoteGuard,
+        clock_ms: Callable[[], int],
+        *,
+        publish_block: Callable[[Block, Sequence[Vote]], Awaitable[None]],
+    ) -> None:
+        self.chain = chain
+        self.account = account
         self.engine = engine
-        self.guard = VoteGuard(node.store.kv, node.key, node.genesis.chain_id)
-        self.topic = node.topic("consensus")
+        self.network = network
+        self.topic = topic
+        self.guard = guard
+        self.clock_ms = clock_ms
+        self._publish_block = publish_block
         self.machine: HeightMachine | None = None
         self._applied: dict[bytes, AppliedBlock] = {}
         self._buffer: deque[tuple[int, dict[str, Any]]] = deque(maxlen=MAX_BUFFERED)
@@ -71,19 +87,23 @@ class BftDriver:
 
     @property
     def me(self) -> Address | None:
-        return self.node.key.address if self.node.key.address in self.engine.weights else None
+        address = self.account.key.address
+        return address if address in self.engine.weights else None
 
     # ------------------------------------------------------------ run loop
-    async def run(self, inbox: trio.MemoryReceiveChannel[GossipMessage]) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.network.set_request_handler(CONSENSUS_PROTOCOL, self.serve_round_state)
+        inbox = await self.network.subscribe(self.topic, self.gate)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._receive, inbox)
             nursery.start_soon(self._catch_up)
+            task_status.started()
             while True:
-                height = self.node.head.height + 1
+                height = self.chain.head.height + 1
                 self._start_height(height)
-                while self.node.head.height < height:
-                    await self.node.wait_head_change()
+                while self.chain.head.height < height:
+                    await self.chain.wait_head_change()
 
     def _start_height(self, height: int) -> None:
         self._applied.clear()
@@ -103,7 +123,7 @@ class BftDriver:
         last = self.guard.last("precommit")
         if last is None or last[0] != self.machine.height or not last[2]:
             return
-        block = self.node.store.side_block(last[2])
+        block = self.chain.proposal(last[2])
         if block is not None:
             self.machine.locked, self.machine.locked_round = block, last[1]
             self.machine.valid, self.machine.valid_round = block, last[1]
@@ -113,17 +133,21 @@ class BftDriver:
         self._nursery.start_soon(fn, *args)
 
     # ------------------------------------------------------------ inbound
-    async def _receive(self, inbox: trio.MemoryReceiveChannel[GossipMessage]) -> None:
+    async def gate(self, data: bytes) -> Verdict[dict[str, Any]]:
+        """Stateless gate of the consensus topic: a one-key map of a vote or a proposal
+        (the driver checks what it holds against the height it is deciding)."""
+        try:
+            return accept(decode_consensus_message(data))
+        except CodecError as e:
+            logger.debug("bad consensus message: %s", e)
+            return REJECT
+
+    async def _receive(self, inbox: trio.MemoryReceiveChannel[GossipMessage[dict[str, Any]]]) -> None:
         async for msg in inbox:
+            if msg.value is None:
+                continue  # our own: handled when it was made
             try:
-                obj = decode(msg.data, max_size=8 << 20)
-                if not isinstance(obj, dict) or len(obj) != 1:
-                    raise ValidationError("consensus message must be a one-key map")
-            except (CodecError, ValidationError) as e:
-                logger.debug("bad consensus message from %s: %s", msg.origin, e)
-                continue
-            try:
-                await self._handle(obj)
+                await self._handle(msg.value)
             except Exception:  # a task edge: one message must not end consensus
                 logger.exception("consensus message from %s not handled", msg.origin)
 
@@ -167,18 +191,18 @@ class BftDriver:
 
     async def _check_block(self, block: Block) -> bool:
         """Whether ``block`` is a valid child of the head (state and all), remembered by id."""
-        head = self.node.head
+        head = self.chain.head
         if block.hash in self._applied:
             return True
         if block.header.parent != head.hash or block.height != head.height + 1:
             return False
         try:
-            applied = await self.node._validate(block, head, certificate=(), check_certificate=False)
+            applied = await self.chain.validate_proposal(block)
         except (ValidationError, ConsensusError) as e:
             logger.info("proposal for %d is invalid: %s", block.height, e)
             return False
         self._applied[block.hash] = applied
-        await blocking(self.node.store.put_side_block, block)  # to restore a lock after a crash
+        await self.chain.remember_proposal(block)  # to restore a lock after a crash
         return True
 
     # ------------------------------------------------------- round-state catch-up
@@ -212,23 +236,23 @@ class BftDriver:
         height's proposals and votes: gossip can lose them (a restart, a full queue, a
         partition), and without them no quorum forms (specs/consensus.md)."""
         while True:
-            height = self.node.head.height
+            height = self.chain.head.height
             await trio.sleep(self.engine.round_timeout_ms / 1000)
-            if self.node.head.height != height or self.machine is None:
+            if self.chain.head.height != height or self.machine is None:
                 continue
             async with trio.open_nursery() as nursery:
-                for peer in self.node.network.connected_peers()[:MAX_CATCH_UP_PEERS]:
+                for peer in self.network.connected_peers()[:MAX_CATCH_UP_PEERS]:
                     nursery.start_soon(self._ask_round_state, peer, height + 1)
 
     async def _ask_round_state(self, peer: str, height: int) -> None:
         try:
-            raw = await self.node.network.request(peer, CONSENSUS_PROTOCOL, encode({"height": height}), timeout=5)
+            raw = await self.network.request(peer, CONSENSUS_PROTOCOL, encode({"height": height}), timeout=5)
             items = decode(raw, max_size=MAX_FRAME)
         except (NetworkError, CodecError) as e:
             logger.debug("round state from %s: %s", peer, e)
             return
         if not isinstance(items, list) or len(items) > MAX_ROUND_STATE_ITEMS:
-            self.node.network.penalize(peer, "a malformed round-state answer")
+            self.network.penalize(peer, "a malformed round-state answer")
             return
         for obj in items:
             if self.machine is None or self.machine.height != height:
@@ -281,27 +305,27 @@ class BftDriver:
 
     async def _publish(self, obj: dict[str, Any], crash: str | None = None) -> None:
         try:
-            await self.node.network.publish(self.topic, encode(obj))
+            await self.network.publish(self.topic, encode(obj))
         except NetworkError as e:
             logger.debug("could not gossip consensus message: %s", e)
         if crash:
             crash_point(crash)
 
     async def _build_and_propose(self, machine: HeightMachine, round: int) -> None:
-        head = self.node.head
-        delay = self.engine.due_ms(head, round) - self.node.clock_ms()
+        head = self.chain.head
+        delay = self.engine.due_ms(head, round) - self.clock_ms()
         if delay > 0:
             await trio.sleep(delay / 1000)
-        if self.machine is not machine or self.node.head.hash != head.hash:
+        if self.machine is not machine or self.chain.head.hash != head.hash:
             return
-        applied, _ = await self.node._build(head, round)
+        applied = await self.chain.build(round)
         self._applied[applied.block.hash] = applied
         await self._propose(machine, round, applied.block, -1)
 
     async def _propose(self, machine: HeightMachine, round: int, block: Block, valid_round: int) -> None:
         if self.machine is not machine:
             return
-        proposal = Proposal(self.engine.chain_id, machine.height, round, valid_round, block, self.node.key.address)
+        proposal = Proposal(self.engine.chain_id, machine.height, round, valid_round, block, self.account.key.address)
         try:
             async with self._sign_lock:
                 sig = await blocking(
@@ -309,13 +333,13 @@ class BftDriver:
                     machine.height,
                     round,
                     block.hash,
-                    lambda: proposal.signed(self.node.key).signature,
+                    lambda: proposal.signed(self.account.key).signature,
                 )
         except ConsensusError as e:
             logger.warning("not proposing: %s", e)
             return
         signed = Proposal(proposal.chain_id, proposal.height, round, valid_round, block, proposal.proposer, sig)
-        await blocking(self.node.store.put_side_block, block)
+        await self.chain.remember_proposal(block)
         if self.machine is not machine:
             return
         obj = {"proposal": signed.to_wire()}
@@ -327,11 +351,12 @@ class BftDriver:
     async def _commit(self, machine: HeightMachine, action: Commit) -> None:
         applied = self._applied.get(action.block.hash)
         try:
-            committed = await self.node.commit_decided(action.block, action.certificate, applied)
+            committed = await self.chain.commit_decided(action.block, action.certificate, applied)
         except (ValidationError, ConsensusError) as e:
             logger.error("could not commit decided block %d: %s", action.block.height, e)
             return
         if committed:
+            await self._publish_block(action.block, action.certificate)
             logger.info(
                 "committed block %d round %d (%d txs, %d precommits)",
                 action.block.height, action.round, len(action.block.txs), len(action.certificate),
@@ -354,7 +379,7 @@ class BftDriver:
 
     async def _post_slash(self, evidence: list[Any]) -> None:
         try:
-            await self.node.send_own_tx(TxKind.SLASH, {"evidence": evidence})
+            await self.account.send_own_tx(TxKind.SLASH, {"evidence": evidence})
         except TxRejected as e:
             if e.reason == "Duplicate":  # another validator's evidence for the offence came first
                 logger.info("slash evidence not posted: %s", e)

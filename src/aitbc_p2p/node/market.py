@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
@@ -23,13 +24,12 @@ from aitbc_p2p.codec import decode, encode
 from aitbc_p2p.compute import DeviceInfo, Executor, check_params
 from aitbc_p2p.exceptions import CodecError, MarketError, NetworkError, TxRejected
 from aitbc_p2p.market import Bid, CapabilityRecord, JobOffer, JobPayload, JobResult, job_cost, params_hash, quote
-from aitbc_p2p.network import JOB_PROTOCOL, GossipMessage
+from aitbc_p2p.network.abc import REJECT, GossipMessage, Network, Verdict, accept
+from aitbc_p2p.network.protocols import JOB_PROTOCOL
+from aitbc_p2p.node.abc import ChainView, OwnAccount, Topics
 from aitbc_p2p.node.config import ProviderConfig
 from aitbc_p2p.node.views import job_view, jsonable
 from aitbc_p2p.types import Address, Hash32, JobId, format_aitbc
-
-if TYPE_CHECKING:
-    from aitbc_p2p.node.node import Node
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +69,27 @@ def _chain_job_id(job_id: JobId) -> Hash32 | None:
     return Hash32(raw) if len(raw) == 32 else None
 
 
+JOB_STREAMS_PER_PEER = 256
+"""Job requests one client peer may have in service at once (each waits for its escrow
+and runs in the executor's slots; the rate limit still applies to opening them)."""
+
+
 class MarketService:
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(
+        self,
+        chain: ChainView,
+        account: OwnAccount,
+        network: Network,
+        topics: Topics,
+        clock_ms: Callable[[], int],
+        *,
+        bid_window_s: float,
+    ) -> None:
+        self.chain = chain
+        self.account = account
+        self.network = network
+        self.clock_ms = clock_ms
+        self._bid_window_s = bid_window_s
         self.providers: OrderedDict[Address, CapabilityRecord] = OrderedDict()
         self.client_jobs: OrderedDict[JobId, ClientJob] = OrderedDict()
         self._offers_seen: OrderedDict[JobId, JobOffer] = OrderedDict()
@@ -79,32 +97,40 @@ class MarketService:
         self._device: DeviceInfo | None = None
         self._executor: Executor | None = None
         self._nursery: trio.Nursery | None = None
-        self._topic_job = node._topics["job"]
-        self._topic_provider = node._topics["provider"]
+        self._topic_job = topics.job
+        self._topic_provider = topics.provider
 
     # -------------------------------------------------------------- set-up
     def enable_provider(self, config: ProviderConfig, device: DeviceInfo, executor: Executor) -> None:
         self._provider, self._device, self._executor = config, device, executor
 
-    def start(self, nursery: trio.Nursery) -> None:
-        self._nursery = nursery
-        if self._provider is not None:
-            nursery.start_soon(self._announce_loop)
-            nursery.start_soon(self._ensure_registered)
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # A job's request lasts as long as the job runs; an agent may run many at once.
+        self.network.set_request_handler(JOB_PROTOCOL, self.serve_job, concurrent=JOB_STREAMS_PER_PEER)
+        jobs = await self.network.subscribe(self._topic_job, self.job_gate)
+        providers = await self.network.subscribe(self._topic_provider, self.capability_gate)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self.on_job_topic, jobs)
+            nursery.start_soon(self.on_provider_topic, providers)
+            if self._provider is not None:
+                nursery.start_soon(self._announce_loop)
+                nursery.start_soon(self._ensure_registered)
+            task_status.started()
 
     def registered(self) -> bool:
-        return self.node.store.state.account(self.node.key.address).provider
+        return self.chain.state.account(self.account.key.address).provider
 
     async def _ensure_registered(self) -> None:
         """Stake ``min_provider_stake`` and register on chain if this provider is not yet."""
         if self.registered():
             return
-        me = self.node.store.state.account(self.node.key.address)
-        need = self.node.rules.min_provider_stake - me.stake
+        me = self.chain.state.account(self.account.key.address)
+        need = self.chain.rules.min_provider_stake - me.stake
         try:
             if need > 0:
-                await self.node.send_own_tx(TxKind.STAKE, {"amount": need})
-            await self.node.send_own_tx(TxKind.PROVIDER_REGISTER, {})
+                await self.account.send_own_tx(TxKind.STAKE, {"amount": need})
+            await self.account.send_own_tx(TxKind.PROVIDER_REGISTER, {})
             logger.info("registering as a provider (stake %s AITBC)", format_aitbc(max(need, 0) + me.stake))
         except TxRejected as e:
             logger.warning("cannot register as a provider: %s; no bids until registered", e)
@@ -124,12 +150,13 @@ class MarketService:
         }
 
     # ----------------------------------------------------- gossip validation
-    def valid_job_message(self, data: bytes) -> bool:
+    async def job_gate(self, data: bytes) -> Verdict[JobOffer | Bid]:
+        """Stateless gate of the job topic: a signed offer or bid for this chain."""
         try:
-            self._parse_job_message(data)
-        except MarketError:
-            return False
-        return True
+            return accept(self._parse_job_message(data))
+        except MarketError as e:
+            logger.debug("job message refused: %s", e)
+            return REJECT
 
     def _parse_job_message(self, data: bytes) -> JobOffer | Bid:
         try:
@@ -146,25 +173,24 @@ class MarketService:
             msg = Bid.from_wire(wire)
         else:
             raise MarketError(f"unknown job message {kind!r}")
-        if msg.chain_id != self.node.genesis.chain_id:
+        if msg.chain_id != self.chain.genesis.chain_id:
             raise MarketError("job message for another chain")
         return msg
 
-    def valid_capability(self, data: bytes) -> bool:
+    async def capability_gate(self, data: bytes) -> Verdict[CapabilityRecord]:
+        """Stateless gate of the provider topic: a signed capability record for this chain."""
         try:
             rec = CapabilityRecord.decode(data)
-        except MarketError:
-            return False
-        return rec.chain_id == self.node.genesis.chain_id
+        except MarketError as e:
+            logger.debug("capability record refused: %s", e)
+            return REJECT
+        return accept(rec) if rec.chain_id == self.chain.genesis.chain_id else REJECT
 
     # ------------------------------------------------------------ gossip in
-    async def on_provider_topic(self, inbox: trio.MemoryReceiveChannel[GossipMessage]) -> None:
+    async def on_provider_topic(self, inbox: trio.MemoryReceiveChannel[GossipMessage[CapabilityRecord]]) -> None:
         async for msg in inbox:
-            try:
-                rec = CapabilityRecord.decode(msg.data)
-            except MarketError:
-                continue
-            self._remember_provider(rec)
+            if msg.value is not None:  # ours is remembered when it is published
+                self._remember_provider(msg.value)
 
     def _remember_provider(self, rec: CapabilityRecord) -> None:
         known = self.providers.get(rec.signer)
@@ -175,13 +201,11 @@ class MarketService:
         while len(self.providers) > MAX_PROVIDERS:
             self.providers.popitem(last=False)
 
-    async def on_job_topic(self, inbox: trio.MemoryReceiveChannel[GossipMessage]) -> None:
+    async def on_job_topic(self, inbox: trio.MemoryReceiveChannel[GossipMessage[JobOffer | Bid]]) -> None:
         async for msg in inbox:
-            try:
-                parsed = self._parse_job_message(msg.data)
-            except MarketError as e:
-                logger.debug("job message ignored: %s", e)
-                continue
+            parsed = msg.value
+            if parsed is None:
+                continue  # ours: an offer this node made or a bid it gave
             try:
                 if isinstance(parsed, JobOffer):
                     await self._consider_offer(parsed)
@@ -210,7 +234,7 @@ class MarketService:
             ComputeError: the workload is unknown or refuses these parameters.
         """
         offer.check()
-        if offer.chain_id != self.node.genesis.chain_id:
+        if offer.chain_id != self.chain.genesis.chain_id:
             raise MarketError("offer is for another chain")
         if workload != offer.body["workload"] or params_hash(workload, params) != offer.body["params_hash"]:
             raise MarketError("workload or params do not match the offer's params_hash")
@@ -234,7 +258,7 @@ class MarketService:
             del self.client_jobs[job_id]
 
     async def _close_bidding(self, job_id: JobId) -> None:
-        await trio.sleep(self.node.config.bid_window_s)
+        await trio.sleep(self._bid_window_s)
         job = self.client_jobs.get(job_id)
         if job is not None and job.phase == "bidding":
             job.phase = "bids_ready"
@@ -248,7 +272,7 @@ class MarketService:
             if job.phase not in ("bidding", "bids_ready"):
                 continue
             chain_id = _chain_job_id(job_id)
-            escrow = self.node.store.state.job(chain_id) if chain_id else None
+            escrow = self.chain.state.job(chain_id) if chain_id else None
             if escrow is None or escrow.status is not JobStatus.OPEN or escrow.client != job.offer.signer:
                 continue
             bid = job.bids.get(escrow.provider)
@@ -263,7 +287,7 @@ class MarketService:
         """A failed job's escrow goes back to its client once its deadline has passed: this
         peer posts the refund itself (anyone may; specs/transactions.md), paying the fee."""
         chain_id = _chain_job_id(job_id)
-        escrow = self.node.store.state.job(chain_id) if chain_id else None
+        escrow = self.chain.state.job(chain_id) if chain_id else None
         if escrow is None:
             return
         if escrow.status is not JobStatus.OPEN or escrow.client != job.offer.signer:
@@ -276,7 +300,7 @@ class MarketService:
 
     async def _refund(self, job: ClientJob, chain_id: Hash32) -> None:
         try:
-            await self.node.send_own_tx(TxKind.JOB_REFUND, {"job_id": chain_id})
+            await self.account.send_own_tx(TxKind.JOB_REFUND, {"job_id": chain_id})
             logger.info("job %s failed; its escrow is refunded to the client", chain_id.hex()[:16])
         except TxRejected as e:  # e.g. no balance for the fee yet: try again on a later block
             job.refund_sent = False
@@ -293,7 +317,7 @@ class MarketService:
         payload = JobPayload(job_id, job.workload, job.params)
         timeout = job.offer.body["max_runtime_s"] + ESCROW_WAIT_S + 10
         try:
-            raw = await self.node.network.request(bid.body["peer_id"], JOB_PROTOCOL, payload.encode(), timeout=timeout)
+            raw = await self.network.request(bid.body["peer_id"], JOB_PROTOCOL, payload.encode(), timeout=timeout)
             result = JobResult.decode(raw)
             if result.job_id != job_id:
                 raise MarketError("provider answered for another job")
@@ -325,7 +349,7 @@ class MarketService:
         job_id = self.resolve(job_id)
         job = self.client_jobs.get(job_id)
         chain_id = _chain_job_id(job_id)
-        escrow: Job | None = self.node.store.state.job(chain_id) if chain_id else None
+        escrow: Job | None = self.chain.state.job(chain_id) if chain_id else None
         if job is None and escrow is None:
             return None
         if escrow is not None and escrow.status is not JobStatus.OPEN:
@@ -359,7 +383,7 @@ class MarketService:
             return None
         r = job.result
         chain_id = _chain_job_id(job_id)
-        escrow = self.node.store.state.job(chain_id) if chain_id else None
+        escrow = self.chain.state.job(chain_id) if chain_id else None
         try:
             output = jsonable(decode(r.output)) if r.output else None
         except CodecError:
@@ -380,10 +404,10 @@ class MarketService:
         assert self._provider is not None and self._device is not None
         cfg, dev = self._provider, self._device
         return CapabilityRecord.create(
-            self.node.key,
-            self.node.genesis.chain_id,
+            self.account.key,
+            self.chain.genesis.chain_id,
             miner_id=cfg.miner_id,
-            peer_id=self.node.network.peer_id,
+            peer_id=self.network.peer_id,
             mode=dev.mode,
             gpu=dev.gpu,
             device=dev.name[:200],
@@ -394,7 +418,7 @@ class MarketService:
             gflops_by_dtype=dict(dev.gflops_by_dtype),
             versions={"torch": dev.torch_version, "cuda": dev.cuda_version, "driver": dev.driver_version},
             price_per_s=cfg.price_per_s,
-            timestamp_ms=self.node.clock_ms(),
+            timestamp_ms=self.clock_ms(),
         )
 
     async def _announce_loop(self) -> None:
@@ -403,14 +427,14 @@ class MarketService:
             rec = self._capability()
             self._remember_provider(rec)
             try:
-                await self.node.network.publish(self._topic_provider, rec.encode())
+                await self.network.publish(self._topic_provider, rec.encode())
             except NetworkError as e:
                 logger.debug("capability announce failed: %s", e)
             await trio.sleep(self._provider.announce_interval_s)
 
     async def _consider_offer(self, offer: JobOffer) -> None:
         cfg, dev = self._provider, self._device
-        if cfg is None or dev is None or offer.signer == self.node.key.address:
+        if cfg is None or dev is None or offer.signer == self.account.key.address:
             return
         body = offer.body
         price = quote(cfg.price_per_s, body["max_runtime_s"])
@@ -425,10 +449,10 @@ class MarketService:
         while len(self._offers_seen) > MAX_OFFERS_SEEN:
             self._offers_seen.popitem(last=False)
         bid = Bid.create(
-            self.node.key,
-            self.node.genesis.chain_id,
+            self.account.key,
+            self.chain.genesis.chain_id,
             job_id=offer.job_id,
-            peer_id=self.node.network.peer_id,
+            peer_id=self.network.peer_id,
             price=price,
             price_per_s=cfg.price_per_s,
             gflops=dev.gflops,
@@ -437,17 +461,17 @@ class MarketService:
 
     async def _publish_job(self, envelope: dict[str, Any]) -> None:
         try:
-            await self.node.network.publish(self._topic_job, encode(envelope))
+            await self.network.publish(self._topic_job, encode(envelope))
         except NetworkError as e:
             logger.warning("job message not gossiped: %s", e)
 
     async def _wait_escrow(self, chain_id: Hash32) -> Job | None:
         with trio.move_on_after(ESCROW_WAIT_S):
             while True:
-                escrow = self.node.store.state.job(chain_id)
+                escrow = self.chain.state.job(chain_id)
                 if escrow is not None:
                     return escrow
-                await self.node.wait_head_change()
+                await self.chain.wait_head_change()
         return None
 
     async def serve_job(self, peer: str, request: bytes) -> bytes:
@@ -471,7 +495,7 @@ class MarketService:
             return fail("payload does not match the offer")
         chain_id = _chain_job_id(job_id)
         escrow = await self._wait_escrow(chain_id) if chain_id else None
-        if escrow is None or escrow.provider != self.node.key.address or escrow.status is not JobStatus.OPEN:
+        if escrow is None or escrow.provider != self.account.key.address or escrow.status is not JobStatus.OPEN:
             return fail("no open escrow names this provider")
         run = await self._executor.run(
             payload.workload,
@@ -485,7 +509,7 @@ class MarketService:
             return result
         cost = job_cost(self._provider.price_per_s, run.metrics["compute_ms"], escrow.amount)
         try:
-            await self.node.send_own_tx(
+            await self.account.send_own_tx(
                 TxKind.JOB_RECEIPT,
                 {"job_id": escrow.job_id, "result_hash": result.result_hash, "cost": cost, "metrics": run.metrics},
             )
@@ -500,19 +524,19 @@ class MarketService:
     async def _settle_when_receipted(self, chain_id: Hash32) -> None:
         with trio.move_on_after(SETTLE_WAIT_S):
             while True:
-                escrow = self.node.store.state.job(chain_id)
-                window_end = escrow.receipt_height + self.node.rules.dispute_blocks if escrow else 0
+                escrow = self.chain.state.job(chain_id)
+                window_end = escrow.receipt_height + self.chain.rules.dispute_blocks if escrow else 0
                 if (
                     escrow is not None
                     and escrow.status is JobStatus.RECEIPTED
-                    and self.node.head.height + 1 > window_end  # the client's dispute window is over
+                    and self.chain.head.height + 1 > window_end  # the client's dispute window is over
                 ):
                     try:
-                        await self.node.send_own_tx(TxKind.JOB_SETTLE, {"job_id": chain_id})
+                        await self.account.send_own_tx(TxKind.JOB_SETTLE, {"job_id": chain_id})
                     except TxRejected as e:
                         logger.warning("settle of %s refused: %s", chain_id.hex()[:16], e)
                     return
                 if escrow is not None and escrow.status not in (JobStatus.OPEN, JobStatus.RECEIPTED):
                     return
-                await self.node.wait_head_change()
+                await self.chain.wait_head_change()
         logger.warning("receipt for %s not committed in time; not settled", chain_id.hex()[:16])

@@ -3,6 +3,7 @@
 from aitbc_p2p.testing.factories import (
     DEVNET_BALANCES,
     ChainBuilder,
+    gate,
     make_genesis,
     make_key,
     make_tx,
@@ -13,6 +14,7 @@ from aitbc_p2p.testing.factories import (
 __all__ = [
     "DEVNET_BALANCES",
     "ChainBuilder",
+    "gate",
     "make_genesis",
     "make_key",
     "make_tx",

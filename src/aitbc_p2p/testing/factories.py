@@ -15,6 +15,7 @@ from aitbc_p2p.chain.models import Genesis, Transaction, TxKind
 from aitbc_p2p.chain.state import StateView
 from aitbc_p2p.chain.transition import ChainRules
 from aitbc_p2p.crypto import PrivateKey
+from aitbc_p2p.network.abc import ValidationResult, Validator, Verdict
 from aitbc_p2p.network.memory import MemoryHub
 from aitbc_p2p.node import Node, NodeConfig, ProviderConfig, open_node
 from aitbc_p2p.node.offload import run_blocking_inline
@@ -204,3 +205,18 @@ async def open_test_network(
             while any(len(node.network.connected_peers()) < n - 1 for node in nodes):  # noqa: ASYNC110
                 await trio.sleep(0.05)
         yield nodes
+
+
+def gate(check: Callable[[bytes], bool | ValidationResult]) -> Validator[bytes]:
+    """A topic validator from a plain predicate, for network tests: True (or ACCEPT)
+    accepts the message with its bytes as the value, False (or REJECT) rejects it."""
+
+    async def validator(data: bytes) -> Verdict[bytes]:
+        result = check(data)
+        if result is True:
+            result = ValidationResult.ACCEPT
+        elif result is False:
+            result = ValidationResult.REJECT
+        return Verdict(result, data if result is ValidationResult.ACCEPT else None)
+
+    return validator

@@ -1,0 +1,162 @@
+"""Sync: catch up with peers that are ahead, and serve blocks to peers that are behind.
+
+After each peering round the service syncs from the highest peer that is ahead, a batch
+of blocks at a time (``/aitbc/sync/2``), each block decoded and its signatures checked
+in a worker while the ones before it are applied. A peer whose chain forks from ours
+below our head is asked for its fork, and the chain service switches if its tip is
+better and no final block would be reverted.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+import trio
+
+from aitbc_p2p.chain.batch import CheckedBlock
+from aitbc_p2p.chain.models import Block
+from aitbc_p2p.chain.votes import Vote
+from aitbc_p2p.codec import decode
+from aitbc_p2p.codec import head as cbor_head
+from aitbc_p2p.exceptions import CodecError, ConsensusError, NetworkError, ValidationError
+from aitbc_p2p.network import protocols
+from aitbc_p2p.network.abc import Network
+from aitbc_p2p.node.abc import BlockImporter, StoredBlocks
+from aitbc_p2p.node.offload import blocking
+from aitbc_p2p.node.peering import PeeringService
+from aitbc_p2p.node.verify import BLOCKS_AHEAD, decode_block, pipelined
+from aitbc_p2p.node.wire import decode_sync_item, decode_sync_request, encode_sync_item, encode_sync_request
+from aitbc_p2p.types import Hash32
+
+logger = logging.getLogger(__name__)
+
+SYNC_BATCH = 64
+"""Most blocks in one sync response (fewer when they would pass MAX_SYNC_FRAME)."""
+MAX_REORG_FETCH = 256
+"""Most blocks above our final height fetched to compare a forked peer's chain."""
+
+
+class _Forked(Exception):
+    """The first block of a sync batch does not extend our head."""
+
+
+Served = list[tuple[bytes, tuple[Vote, ...]]]
+
+
+class SyncService:
+    def __init__(self, chain: BlockImporter, store: StoredBlocks, network: Network, peering: PeeringService) -> None:
+        self.chain = chain
+        self._store = store  # read only: serves stored blocks as they are encoded
+        self.network = network
+        self.peering = peering
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.network.set_request_handler(protocols.SYNC_PROTOCOL, self.serve)
+        task_status.started()
+        while True:
+            await self.peering.wait_round()
+            ahead = self.peering.ahead()
+            if not ahead:
+                continue
+            target, peer = max(ahead)
+            try:
+                await self.sync_from(peer, target)
+            except (NetworkError, ValidationError, ConsensusError) as e:
+                logger.warning("sync from %s failed: %s", peer, e)
+                self.peering.forget_head(peer)
+
+    # ------------------------------------------------------------ serving
+    async def serve(self, peer: str, request: bytes) -> bytes:
+        try:
+            start, end = decode_sync_request(request)
+        except CodecError as e:
+            raise NetworkError(f"bad sync request: {e}") from e
+        end = min(end, start + SYNC_BATCH - 1)
+        room = protocols.MAX_SYNC_FRAME - 16  # the array's head
+        encoded = await blocking(partial(self._store.encoded_blocks, start, end, max_bytes=room))
+        parts: list[bytes] = []
+        for height, raw in enumerate(encoded, start):
+            item = encode_sync_item(raw, self._store.certificate(height) or b"\x80")
+            room -= len(item)
+            if parts and room < 0:
+                break
+            parts.append(item)
+        return cbor_head(4, len(parts)) + b"".join(parts)
+
+    # ------------------------------------------------------------ fetching
+    async def fetch(self, peer: str, start: int, end: int) -> Served:
+        """Blocks ``start..end`` from ``peer``, each still encoded, with its certificate."""
+        raw = await self.network.request(peer, protocols.SYNC_PROTOCOL, encode_sync_request(start, end), timeout=30)
+        try:
+            items = decode(raw, max_size=protocols.MAX_SYNC_FRAME)
+            if not isinstance(items, list):
+                raise ValidationError("sync response must be a list")
+            return [decode_sync_item(item) for item in items]
+        except (CodecError, ValidationError) as e:
+            raise NetworkError(f"bad sync response from {peer}: {e}") from e
+
+    @staticmethod
+    def _served_block(peer: str, checked: CheckedBlock) -> Block:
+        if checked.block is None:
+            raise NetworkError(f"bad sync response from {peer}: {checked.error}")
+        return checked.block
+
+    async def sync_from(self, peer: str, target: int) -> None:
+        """Fetch and import blocks from ``peer`` up to ``target``, a batch at a time; each
+        block is decoded and its signatures checked in a worker while the ones before it
+        are applied.
+
+        If the peer's chain forks from ours below our head and its tip is better, switch.
+        """
+        chain = self.chain
+
+        async def import_one(item: tuple[bytes, tuple[Vote, ...]], checked: CheckedBlock) -> None:
+            block = self._served_block(peer, checked)
+            head = chain.head
+            if item is batch[0] and block.height == head.height + 1 and block.header.parent != head.hash:
+                raise _Forked
+            imported = await chain.import_block(block, item[1], verified=checked.verified())
+            if not imported and block.height > chain.head.height:
+                raise NetworkError(f"sync block {block.height} from {peer} does not extend our head")
+
+        while chain.head.height < target:
+            start = chain.head.height + 1
+            batch = await self.fetch(peer, start, min(target, start + SYNC_BATCH - 1))
+            if not batch:
+                return
+            try:
+                await pipelined(batch, lambda item: decode_block(item[0]), import_one, ahead=BLOCKS_AHEAD)
+            except _Forked:
+                await self._sync_fork(peer, target)
+                return
+            logger.info("synced to %d from %s", chain.head.height, peer)
+
+    async def _sync_fork(self, peer: str, target: int) -> None:
+        """The peer's chain forks from ours: find the common block, compare tips, maybe
+        switch. Under a BFT engine every block is final, so this ends in NetworkError."""
+        low = self.chain.final_height()
+        theirs: list[Block] = []
+        verified: set[Hash32] = set()
+
+        def collect(_: object, checked: CheckedBlock) -> None:
+            theirs.append(self._served_block(peer, checked))
+            verified.update(checked.verified())
+
+        height = low
+        while height <= min(target, low + MAX_REORG_FETCH):
+            batch = await self.fetch(peer, height, min(target, height + SYNC_BATCH - 1))
+            if not batch:
+                break
+            await pipelined(batch, lambda item: decode_block(item[0]), collect, ahead=BLOCKS_AHEAD)
+            height = theirs[-1].height + 1
+        ancestor = None
+        for block in theirs:
+            ours = self.chain.block(block.height)
+            if ours is None or ours.hash != block.hash:
+                break
+            ancestor = block.height
+        if ancestor is None:
+            raise NetworkError(f"{peer}'s chain shares no block with ours above the final height {low}")
+        fork = [b for b in theirs if b.height > ancestor]
+        await self.chain.reorg(ancestor, fork, verified)
