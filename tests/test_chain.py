@@ -481,6 +481,11 @@ def test_genesis_json_roundtrip_and_errors(genesis):
     low = text.replace(f'"min_provider_stake": {genesis.min_provider_stake}', f'"min_provider_stake": {10**15}')
     with pytest.raises(ConfigError, match="min_provider_stake"):
         genesis_from_json(low)
+    # A chain id every wire parser can read back (they take 64 characters at most), and text.
+    chain_id = f'"chain_id": "{genesis.chain_id}"'
+    for bad_id in ('"chain_id": 5', '"chain_id": ""', f'"chain_id": "{"x" * 65}"'):
+        with pytest.raises(ConfigError, match="chain_id"):
+            genesis_from_json(text.replace(chain_id, bad_id))
 
 
 @pytest.mark.parametrize(
@@ -540,3 +545,4 @@ def test_a_header_built_from_another_computes_its_own_id():
     assert moved.hash != first
     assert moved.hash == BlockHeader("c", 2, z, 100, key.address, z, z, z).hash
     assert header.signed(key).hash == first  # the signature is not part of the id
+

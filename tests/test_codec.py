@@ -114,3 +114,24 @@ def test_frames_come_out_whole_whatever_the_chunks_and_an_oversized_one_is_refus
         big.next()
     with pytest.raises(CodecError):
         frame_size(b"\x00\x00", 10)  # a short header
+
+
+def test_the_field_readers_bound_and_type_each_field_exactly():
+    from aitbc_p2p.codec import fields
+
+    obj = {"n": 5, "b": True, "h": b"\x00" * 32, "short": b"\x00" * 31, "l": [1, 2, 3], "neg": -1}
+    assert fields.uint(obj, "n", low=5, high=5) == 5
+    with pytest.raises(fields.FieldOutOfRange) as out:
+        fields.uint(obj, "n", low=6)
+    assert out.value.field == "n" and isinstance(out.value, CodecError)
+    assert fields.uint(obj, "neg", low=-1, high=10) == -1  # a signed range where a caller asks
+    for name in ("b", "h", "missing"):
+        with pytest.raises(CodecError) as wrong:
+            fields.uint(obj, name)
+        assert not isinstance(wrong.value, fields.FieldOutOfRange)  # a wrong type is no range error
+    assert fields.hash32(obj, "h") == b"\x00" * 32
+    with pytest.raises(CodecError, match="32 bytes"):
+        fields.hash32(obj, "short")
+    assert fields.listing(obj, "l", max_items=3) == [1, 2, 3]
+    with pytest.raises(CodecError, match="more than 2"):
+        fields.listing(obj, "l", max_items=2)

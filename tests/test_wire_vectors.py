@@ -153,3 +153,39 @@ if __name__ == "__main__" and sys.argv[1:] == ["--write"]:
     VECTORS.parent.mkdir(exist_ok=True)
     VECTORS.write_text(json.dumps({name: b().hex() for name, (b, _) in sorted(builders().items())}, indent=1) + "\n")
     print(f"wrote {VECTORS}")
+
+
+def _with(wire: Any, path: tuple[str, ...], value: Any) -> Any:
+    """A copy of a decoded wire object with the field at ``path`` set to ``value``."""
+    if not path:
+        return value
+    return {**wire, path[0]: _with(wire[path[0]], path[1:], value)}
+
+
+@pytest.mark.parametrize("value", [True, "7", -1, 2**64, 7.0, None, b"\x07"])
+def test_every_wire_parser_reads_integers_the_same_strict_way(value):
+    """One set of field readers (codec/fields.py) behind every parser: a bool, a string,
+    a float, a negative or an oversized number is refused everywhere, never coerced."""
+    from aitbc_p2p.exceptions import CodecError, TxRejected, ValidationError
+    from aitbc_p2p.node.wire import Status, decode_sync_request
+
+    tx = make_tx(ALICE, TxKind.TRANSFER, nonce=3, fee=1000, to=BOB.address, amount=5).to_wire()
+    with pytest.raises(TxRejected) as refused:
+        Transaction.from_wire(_with(tx, ("body", "nonce"), value))
+    assert refused.value.reason in ("Malformed", "AmountOutOfRange")
+    with pytest.raises(ValidationError):
+        Vote.from_wire(_with(_vote().to_wire(), ("body", "height"), value))
+    block = _block()
+    proposal = Proposal(CHAIN, 7, 1, -1, block, AUTH.address).signed(AUTH).to_wire()
+    with pytest.raises(ValidationError):
+        Proposal.from_wire(_with(proposal, ("round",), value))
+    try:  # the requests' bytes, where canonical CBOR can carry the value at all
+        status = encode(_with(decode(Status(CHAIN, b"\x01" * 32, 7, b"\x02" * 32).encode()), ("height",), value))
+        sync = encode({"from": value, "to": 9})
+    except CodecError:
+        assert isinstance(value, float) or value == 2**64  # never canonical: no decoder meets them
+        return
+    with pytest.raises(CodecError):
+        Status.decode(status)
+    with pytest.raises(CodecError):
+        decode_sync_request(sync)

@@ -19,6 +19,8 @@ JobId = NewType("JobId", str)
 UNITS_PER_AITBC = 10**9
 MAX_AMOUNT = 2**64 - 1
 """Upper bound of any amount, balance, fee or nonce on the wire (uint64)."""
+MAX_CHAIN_ID = 64
+"""The longest chain id (characters): every wire parser and the genesis loader agree."""
 
 ZERO_HASH = Hash32(b"\x00" * 32)
 

@@ -13,7 +13,7 @@ from aitbc_p2p.chain.models import (
 )
 from aitbc_p2p.crypto.keys import validate_address
 from aitbc_p2p.exceptions import ConfigError, CryptoError
-from aitbc_p2p.types import MAX_AMOUNT, Address
+from aitbc_p2p.types import MAX_AMOUNT, MAX_CHAIN_ID, Address
 
 
 def genesis_from_json(text: str) -> Genesis:
@@ -42,8 +42,11 @@ def genesis_from_json(text: str) -> Genesis:
             raise ConfigError("consensus must name an engine")
         for a in consensus.get("authorities", []):
             validate_address(a)
+        chain_id = doc["chain_id"]
+        if not isinstance(chain_id, str) or not 1 <= len(chain_id) <= MAX_CHAIN_ID:
+            raise ConfigError(f"chain_id must be text of 1 to {MAX_CHAIN_ID} characters")
         genesis = Genesis(
-            chain_id=str(doc["chain_id"]),
+            chain_id=chain_id,
             timestamp_ms=int(doc["timestamp_ms"]),
             alloc=tuple(alloc),
             consensus=consensus,

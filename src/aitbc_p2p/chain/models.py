@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aitbc_p2p.chain.merkle import merkle_root
-from aitbc_p2p.codec import decode, encode, head
+from aitbc_p2p.codec import decode, encode, fields, head
+from aitbc_p2p.codec.fields import FieldOutOfRange
 from aitbc_p2p.crypto import Domain, PrivateKey, recover_address, sha256, signing_digest
 from aitbc_p2p.crypto.keys import is_key_of, recover_public_key, signing_digest_encoded, validate_address
 from aitbc_p2p.exceptions import BadSignature, CodecError, CryptoError, TxRejected, ValidationError
-from aitbc_p2p.types import MAX_AMOUNT, ZERO_HASH, Address, Hash32
+from aitbc_p2p.types import MAX_AMOUNT, MAX_CHAIN_ID, ZERO_HASH, Address, Hash32
 
 MAX_TXS_PER_BLOCK = 5000
 MAX_METRICS = 16
@@ -50,38 +51,28 @@ class Verdict(enum.StrEnum):
     CLIENT = "client"
 
 
+MAX_SIGNATURE_BYTES = 128
+"""A bound on what is read as a signature (a valid one is 65 bytes; others are refused
+when verified, as BadSignature)."""
+
+
 def _malformed(message: str, **details: Any) -> TxRejected:
     return TxRejected("Malformed", message, **details)
 
 
-def _need(obj: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
-    if name not in obj:
-        raise _malformed(f"missing field {name!r}")
-    value = obj[name]
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
-        raise _malformed(f"field {name!r} has the wrong type")
-    return value
-
-
 def _uint(obj: Mapping[str, Any], name: str, *, low: int = 0, high: int = MAX_AMOUNT) -> int:
-    value: int = _need(obj, name, int)
-    if not low <= value <= high:
-        raise TxRejected("AmountOutOfRange", f"{name} must be in [{low}, {high}]", field=name)
-    return value
+    return fields.uint(obj, name, low=low, high=high)
 
 
 def _address(obj: Mapping[str, Any], name: str) -> Address:
     try:
-        return validate_address(_need(obj, name, str))
+        return validate_address(fields.text(obj, name, max_len=128))
     except CryptoError as e:
-        raise _malformed(f"field {name!r}: {e}") from e
+        raise CodecError(f"field {name!r}: {e}") from e
 
 
 def _hash32(obj: Mapping[str, Any], name: str) -> Hash32:
-    value: bytes = _need(obj, name, bytes)
-    if len(value) != 32:
-        raise _malformed(f"field {name!r} must be 32 bytes")
-    return Hash32(value)
+    return Hash32(fields.hash32(obj, name))
 
 
 def _exact_keys(obj: Mapping[str, Any], keys: set[str], what: str) -> None:
@@ -119,12 +110,10 @@ def _check_payload(kind: TxKind, payload: Mapping[str, Any]) -> None:
         pass
     elif kind is TxKind.JOB_RESOLVE:
         _hash32(payload, "job_id")
-        try:
-            Verdict(_need(payload, "verdict", str))
-        except ValueError as e:
-            raise _malformed("verdict must be 'provider' or 'client'") from e
+        if fields.text(payload, "verdict", max_len=16) not in set(Verdict):
+            raise _malformed("verdict must be 'provider' or 'client'")
     elif kind is TxKind.SLASH:
-        evidence = _need(payload, "evidence", list)
+        evidence = fields.listing(payload, "evidence", max_items=2)
         if len(evidence) != 2 or not all(isinstance(v, dict) for v in evidence):
             raise _malformed("evidence must be two signed votes")
     elif kind is TxKind.JOB_OPEN:
@@ -136,12 +125,10 @@ def _check_payload(kind: TxKind, payload: Mapping[str, Any]) -> None:
         _hash32(payload, "job_id")
         _hash32(payload, "result_hash")
         _uint(payload, "cost")
-        metrics = _need(payload, "metrics", dict)
-        if len(metrics) > MAX_METRICS or not all(
-            isinstance(k, str) and len(k) <= 32 and isinstance(v, int) and 0 <= v <= MAX_AMOUNT
-            for k, v in metrics.items()
-        ):
-            raise _malformed("metrics must map at most 16 short names to uint64")
+        try:
+            fields.uint_map(payload, "metrics", max_items=MAX_METRICS, max_key_len=32)
+        except CodecError as e:
+            raise _malformed(f"metrics must map at most {MAX_METRICS} short names to uint64") from e
     else:
         _hash32(payload, "job_id")
 
@@ -211,26 +198,31 @@ class Transaction:
         """
         if not isinstance(obj, dict):
             raise _malformed("transaction must be a map")
-        _exact_keys(obj, {"body", "sig"}, "transaction")
-        body = _need(obj, "body", dict)
-        sig = _need(obj, "sig", bytes)
-        _exact_keys(body, {"chain_id", "kind", "from", "nonce", "fee", "payload"}, "body")
-        chain_id = _need(body, "chain_id", str)
         try:
-            kind = TxKind(_need(body, "kind", str))
-        except ValueError as e:
-            raise _malformed(f"unknown transaction kind {body['kind']!r}") from e
-        payload = _need(body, "payload", dict)
-        _check_payload(kind, payload)
-        tx = cls(
-            chain_id=chain_id,
-            kind=kind,
-            sender=_address(body, "from"),
-            nonce=_uint(body, "nonce"),
-            fee=_uint(body, "fee"),
-            payload=payload,
-            signature=sig,
-        )
+            _exact_keys(obj, {"body", "sig"}, "transaction")
+            body = fields.mapping(obj, "body")
+            sig = fields.blob(obj, "sig", max_len=MAX_SIGNATURE_BYTES)
+            _exact_keys(body, {"chain_id", "kind", "from", "nonce", "fee", "payload"}, "body")
+            chain_id = fields.text(body, "chain_id", max_len=MAX_CHAIN_ID)
+            try:
+                kind = TxKind(fields.text(body, "kind", max_len=32))
+            except ValueError as e:
+                raise _malformed(f"unknown transaction kind {body['kind']!r}") from e
+            payload = fields.mapping(body, "payload")
+            _check_payload(kind, payload)
+            tx = cls(
+                chain_id=chain_id,
+                kind=kind,
+                sender=_address(body, "from"),
+                nonce=_uint(body, "nonce"),
+                fee=_uint(body, "fee"),
+                payload=payload,
+                signature=sig,
+            )
+        except FieldOutOfRange as e:
+            raise TxRejected("AmountOutOfRange", str(e), field=e.field) from e
+        except CodecError as e:  # the field readers' refusals: a wrong type, a missing key
+            raise _malformed(str(e)) from e
         data = raw if raw is not None else encode(obj)
         object.__setattr__(tx, "raw", data)
         object.__setattr__(tx, "hash", sha256(data))
@@ -349,9 +341,9 @@ class BlockHeader:
                 "tx_root", "state_root", "receipts_root",
             }  # fmt: skip
             _exact_keys(body, keys, "header")
-            proposer = _need(body, "proposer", str)
+            proposer = fields.text(body, "proposer", max_len=128)
             return cls(
-                chain_id=_need(body, "chain_id", str),
+                chain_id=fields.text(body, "chain_id", max_len=MAX_CHAIN_ID),
                 height=_uint(body, "height"),
                 parent=_hash32(body, "parent"),
                 timestamp_ms=_uint(body, "timestamp_ms"),
@@ -364,6 +356,8 @@ class BlockHeader:
             )
         except TxRejected as e:
             raise ValidationError(f"malformed header: {e.message}") from e
+        except CodecError as e:
+            raise ValidationError(f"malformed header: {e}") from e
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,11 +11,11 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from aitbc_p2p.codec import encode
+from aitbc_p2p.codec import encode, fields
 from aitbc_p2p.crypto import Domain, PrivateKey, recover_address, sha256, signing_digest
 from aitbc_p2p.crypto.keys import validate_address
-from aitbc_p2p.exceptions import BadSignature, CryptoError, ValidationError
-from aitbc_p2p.types import MAX_AMOUNT, Address, Hash32
+from aitbc_p2p.exceptions import BadSignature, CodecError, CryptoError, ValidationError
+from aitbc_p2p.types import MAX_AMOUNT, MAX_CHAIN_ID, Address, Hash32
 
 NIL = b""
 """The block field of a vote for no block."""
@@ -92,29 +92,21 @@ class Vote:
     def from_wire(cls, obj: Any) -> Vote:
         """Parse shape and bounds (not the signature). Raises :class:`ValidationError`."""
         try:
-            if not isinstance(obj, dict) or set(obj) != {"body", "sig"}:
-                raise ValidationError("vote must be a map of body and sig")
-            body, sig = obj["body"], obj["sig"]
-            if not isinstance(body, dict) or set(body) != _KEYS or not isinstance(sig, bytes):
-                raise ValidationError(f"vote body must have exactly {sorted(_KEYS)}")
-            height, rnd, block = body["height"], body["round"], body["block"]
-            for value in (height, rnd):
-                if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_AMOUNT:
-                    raise ValidationError("vote height and round must be uint64")
-            if not isinstance(block, bytes) or len(block) not in (0, 32):
-                raise ValidationError("vote block must be 32 bytes or empty")
-            if not isinstance(body["chain_id"], str):
-                raise ValidationError("vote chain_id must be text")
+            w = fields.record(obj, ("body", "sig"), "a vote")
+            body = fields.record(w["body"], _KEYS, "a vote body")
+            block = fields.blob(body, "block", max_len=32)
+            if len(block) not in (0, 32):
+                raise CodecError("field 'block' must be 32 bytes or empty")
             return cls(
-                chain_id=body["chain_id"],
-                height=height,
-                round=rnd,
-                step=VoteStep(body["step"]),
+                chain_id=fields.text(body, "chain_id", max_len=MAX_CHAIN_ID),
+                height=fields.uint(body, "height", high=MAX_AMOUNT),
+                round=fields.uint(body, "round", high=MAX_AMOUNT),
+                step=VoteStep(fields.text(body, "step", max_len=16)),
                 block=block,
-                validator=validate_address(body["validator"]),
-                signature=sig,
+                validator=validate_address(fields.text(body, "validator", max_len=128)),
+                signature=fields.blob(w, "sig", max_len=65),
             )
-        except (ValueError, TypeError, CryptoError) as e:
+        except (CodecError, ValueError, CryptoError) as e:
             raise ValidationError(f"malformed vote: {e}") from e
 
 

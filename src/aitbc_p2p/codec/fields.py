@@ -18,6 +18,15 @@ MAX_TEXT = 4096
 U64 = 2**64 - 1
 
 
+class FieldOutOfRange(CodecError):
+    """A number of the right type outside its bounds (callers may report it apart:
+    a transaction's amount out of range is not a malformed transaction)."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 def record(obj: Any, keys: Collection[str], what: str, *, optional: Collection[str] = ()) -> Mapping[str, Any]:
     """``obj`` as a map holding exactly ``keys`` (and any of ``optional``)."""
     if not isinstance(obj, dict):
@@ -52,10 +61,26 @@ def blob(obj: Mapping[str, Any], name: str, *, max_len: int) -> bytes:
     return value
 
 
-def uint(obj: Mapping[str, Any], name: str, *, high: int = U64) -> int:
+def uint(obj: Mapping[str, Any], name: str, *, low: int = 0, high: int = U64) -> int:
+    """An integer in ``[low, high]`` (unsigned unless ``low`` says otherwise)."""
     value: int = _get(obj, name, int)
-    if not 0 <= value <= high:
-        raise CodecError(f"field {name!r} must be in [0, {high}]")
+    if not low <= value <= high:
+        raise FieldOutOfRange(f"field {name!r} must be in [{low}, {high}]", name)
+    return value
+
+
+def hash32(obj: Mapping[str, Any], name: str) -> bytes:
+    """Exactly 32 bytes (a hash, an id)."""
+    value: bytes = _get(obj, name, bytes)
+    if len(value) != 32:
+        raise CodecError(f"field {name!r} must be 32 bytes")
+    return value
+
+
+def listing(obj: Mapping[str, Any], name: str, *, max_items: int) -> list[Any]:
+    value: list[Any] = _get(obj, name, list)
+    if len(value) > max_items:
+        raise CodecError(f"field {name!r} holds more than {max_items} items")
     return value
 
 

@@ -23,7 +23,7 @@ from aitbc_p2p.consensus.abc import BftEngine
 from aitbc_p2p.crypto import Domain, PrivateKey, recover_address, signing_digest
 from aitbc_p2p.crypto.keys import validate_address
 from aitbc_p2p.exceptions import BadSignature, CodecError, ConsensusError, CryptoError, ValidationError
-from aitbc_p2p.types import Address
+from aitbc_p2p.types import MAX_CHAIN_ID, Address
 
 
 class Step(enum.IntEnum):
@@ -89,9 +89,9 @@ class Proposal:
             w = fields.record(obj, _PROPOSAL_KEYS, "a proposal")
             height = fields.uint(w, "height")
             round_ = fields.uint(w, "round", high=MAX_ROUND)
-            valid_round = _int(w, "valid_round", low=-1, high=MAX_ROUND)
+            valid_round = fields.uint(w, "valid_round", low=-1, high=MAX_ROUND)
             return cls(
-                chain_id=fields.text(w, "chain_id", max_len=64),
+                chain_id=fields.text(w, "chain_id", max_len=MAX_CHAIN_ID),
                 height=height,
                 round=round_,
                 valid_round=valid_round,
@@ -104,13 +104,6 @@ class Proposal:
 
 
 _PROPOSAL_KEYS = ("chain_id", "height", "round", "valid_round", "block", "proposer", "sig")
-
-
-def _int(obj: Any, name: str, *, low: int, high: int) -> int:
-    value = obj[name]
-    if type(value) is not int or not low <= value <= high:
-        raise CodecError(f"field {name!r} must be an integer in [{low}, {high}]")
-    return value
 
 
 # ------------------------------------------------------------------ actions

@@ -7,11 +7,12 @@ the address the body names, so a bid can never pass for an offer or a capability
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar, Self
 
-from aitbc_p2p.codec import decode, encode
+from aitbc_p2p.codec import decode, encode, fields
 from aitbc_p2p.crypto import Domain, PrivateKey, sha256, verify
 from aitbc_p2p.crypto.keys import validate_address
 from aitbc_p2p.exceptions import CodecError, CryptoError, MarketError
@@ -20,16 +21,15 @@ from aitbc_p2p.types import MAX_AMOUNT, Address, Hash32, JobId
 MAX_MESSAGE_SIZE = 64 * 1024
 
 
-def _field(body: Mapping[str, Any], name: str, kind: type, *, bound: int = MAX_AMOUNT) -> Any:
-    raw = body.get(name)
-    if not isinstance(raw, kind) or (kind is int and isinstance(raw, bool)):
-        raise MarketError(f"field {name!r} missing or of the wrong type")
-    value: Any = raw  # checked against ``kind`` above
-    if kind is int and not 0 <= value <= bound:
-        raise MarketError(f"field {name!r} out of range")
-    if kind in (str, bytes, list) and len(value) > 4096:
-        raise MarketError(f"field {name!r} too long")
-    return value
+_READERS: dict[type, Callable[[Mapping[str, Any], str], Any]] = {
+    int: partial(fields.uint, high=MAX_AMOUNT),
+    bool: fields.boolean,
+    str: fields.text,
+    bytes: partial(fields.blob, max_len=fields.MAX_TEXT),
+    list: partial(fields.listing, max_items=fields.MAX_TEXT),
+    dict: fields.mapping,
+}
+"""The strict reader of each field type a market message body holds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +55,11 @@ class Signed:
         expected = {**self.FIELDS, self.SIGNER: str, "chain_id": str}
         if set(self.body) != set(expected):
             raise MarketError(f"{type(self).__name__} fields must be {sorted(expected)}")
-        for name, kind in expected.items():
-            _field(self.body, name, kind)
+        try:
+            for name, kind in expected.items():
+                _READERS[kind](self.body, name)
+        except CodecError as e:
+            raise MarketError(f"{type(self).__name__}: {e}") from e
         try:
             validate_address(self.body[self.SIGNER])
             verify(self.DOMAIN, self.body["chain_id"], dict(self.body), self.sig, Address(self.body[self.SIGNER]))

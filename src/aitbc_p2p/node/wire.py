@@ -14,7 +14,7 @@ from aitbc_p2p.codec import decode, encode, fields
 from aitbc_p2p.codec import head as cbor_head
 from aitbc_p2p.consensus.tendermint import decode_certificate
 from aitbc_p2p.exceptions import CodecError, ValidationError
-from aitbc_p2p.types import Hash32
+from aitbc_p2p.types import MAX_CHAIN_ID, Hash32
 
 MAX_CONSENSUS_MESSAGE = 8 << 20
 """A proposal carries a whole block."""
@@ -51,7 +51,7 @@ class Status:
         if not isinstance(listen, list):
             raise CodecError("field 'listen' must be a list")
         return cls(
-            chain_id=fields.text(obj, "chain_id", max_len=64),
+            chain_id=fields.text(obj, "chain_id", max_len=MAX_CHAIN_ID),
             genesis=Hash32(fields.blob(obj, "genesis", max_len=32)),
             height=fields.uint(obj, "height"),
             head=Hash32(fields.blob(obj, "head", max_len=32)),
