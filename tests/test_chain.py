@@ -546,3 +546,8 @@ def test_a_header_built_from_another_computes_its_own_id():
     assert moved.hash == BlockHeader("c", 2, z, 100, key.address, z, z, z).hash
     assert header.signed(key).hash == first  # the signature is not part of the id
 
+
+def test_every_transaction_kind_has_exactly_one_handler():
+    from aitbc_p2p.chain.transition import _HANDLERS
+
+    assert set(_HANDLERS) == set(TxKind) - {TxKind.TRANSFER}  # transfers are applied inline, first

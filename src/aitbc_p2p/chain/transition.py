@@ -7,7 +7,7 @@ transaction yields a :class:`Receipt`. Rules: specs/transactions.md.
 
 from __future__ import annotations
 
-from collections.abc import Container, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -213,129 +213,7 @@ def apply_tx(state: Overlay, tx: Transaction, *, height: int, rules: ChainRules,
     w = _Writes(state)
     w.put(tx.sender, paid)
     w.burn = tx.fee
-    job_id = Hash32(p["job_id"]) if "job_id" in p else None
-
-    if kind is TxKind.STAKE:
-        me = w.get(tx.sender)
-        w.put(tx.sender, me.with_(stake=_add(me.stake, p["amount"], "stake")))
-        w.events.append(("staked", p["amount"]))
-    elif kind is TxKind.UNSTAKE:
-        me = w.get(tx.sender)
-        if p["amount"] > me.stake:
-            raise TxRejected(
-                "InsufficientStake",
-                f"stake {format_aitbc(me.stake)} AITBC is below {format_aitbc(p['amount'])} AITBC",
-                stake=me.stake,
-            )
-        if me.provider and me.stake - p["amount"] < rules.min_provider_stake:
-            raise TxRejected("InsufficientStake", "a registered provider keeps min_provider_stake; unregister first")
-        if len(me.unbonding) >= MAX_UNBONDING:
-            raise TxRejected("AmountOutOfRange", f"at most {MAX_UNBONDING} unbonding entries")
-        release = height + rules.unbonding_blocks
-        w.put(tx.sender, me.with_(stake=me.stake - p["amount"], unbonding=(*me.unbonding, (p["amount"], release))))
-        w.events.append(("unbonding", p["amount"], release))
-    elif kind is TxKind.WITHDRAW:
-        me = w.get(tx.sender)
-        ripe = sum(a for a, release in me.unbonding if release <= height)
-        if not ripe:
-            raise TxRejected("NothingToWithdraw", "no unbonding entry has matured")
-        rest = tuple(u for u in me.unbonding if u[1] > height)
-        w.put(tx.sender, me.with_(balance=_add(me.balance, ripe, "balance"), unbonding=rest))
-        w.events.append(("withdrawn", ripe))
-    elif kind is TxKind.PROVIDER_REGISTER:
-        me = w.get(tx.sender)
-        if me.provider:
-            raise TxRejected("Duplicate", "already a registered provider")
-        if me.stake < rules.min_provider_stake:
-            raise TxRejected("InsufficientStake", f"providers stake at least {rules.min_provider_stake}")
-        w.put(tx.sender, me.with_(provider=True))
-    elif kind is TxKind.PROVIDER_UNREGISTER:
-        me = w.get(tx.sender)
-        if not me.provider:
-            raise TxRejected("NotProvider", "not a registered provider")
-        if me.active_jobs:
-            raise TxRejected("JobState", f"{me.active_jobs} jobs still hold escrow with this provider")
-        w.put(tx.sender, me.with_(provider=False))
-    elif kind is TxKind.JOB_OPEN:
-        assert job_id is not None
-        provider = Address(p["provider"])
-        if state.job(job_id) is not None:
-            raise TxRejected("Duplicate", "an escrow with this job id exists")
-        if provider == tx.sender:
-            raise TxRejected("NotJobParty", "a client cannot hire itself")
-        if not w.get(provider).provider:
-            raise TxRejected("NotProvider", "the named provider is not registered", provider=provider)
-        if p["deadline"] <= height:
-            raise TxRejected("JobState", "deadline must be after the current height")
-        w.jobs.append(Job(job_id, tx.sender, provider, p["amount"], p["deadline"], height))
-        w.provider_jobs(provider, +1)
-        w.events.append(("escrowed", job_id, p["amount"]))
-    elif kind is TxKind.JOB_RECEIPT:
-        job = _job(state, tx)
-        if tx.sender != job.provider:
-            raise TxRejected("NotJobParty", "only the job's provider posts its receipt")
-        if job.status is not JobStatus.OPEN or height > job.deadline:
-            raise TxRejected("JobState", f"job is {job.status}, deadline {job.deadline}")
-        if p["cost"] > job.amount:
-            raise TxRejected("AmountOutOfRange", "cost exceeds the escrowed amount")
-        w.jobs.append(
-            job.with_(
-                status=JobStatus.RECEIPTED,
-                result_hash=p["result_hash"],
-                cost=p["cost"],
-                metrics=dict(p["metrics"]),
-                receipt_tx=tx.hash,
-                receipt_height=height,
-            )
-        )
-    elif kind is TxKind.JOB_SETTLE:
-        job = _job(state, tx)
-        if tx.sender not in (job.client, job.provider):
-            raise TxRejected("NotJobParty", "only the client or the provider settles")
-        if job.status is not JobStatus.RECEIPTED:
-            raise TxRejected("JobState", f"job is {job.status}, not receipted")
-        window_end = job.receipt_height + rules.dispute_blocks
-        if tx.sender == job.provider and height <= window_end:
-            raise TxRejected("JobState", f"the client may dispute until height {window_end}", until=window_end)
-        _release(w, job, JobStatus.SETTLED)
-    elif kind is TxKind.JOB_DISPUTE:
-        job = _job(state, tx)
-        if tx.sender != job.client:
-            raise TxRejected("NotJobParty", "only the client disputes")
-        if job.status is not JobStatus.RECEIPTED or height > job.receipt_height + rules.dispute_blocks:
-            raise TxRejected("JobState", f"job is {job.status}; disputes close {rules.dispute_blocks} blocks after")
-        w.jobs.append(job.with_(status=JobStatus.DISPUTED))
-    elif kind is TxKind.JOB_RESOLVE:
-        job = _job(state, tx)
-        if tx.sender not in rules.arbiters:
-            raise TxRejected("NotArbiter", "only a genesis arbiter resolves disputes")
-        if job.status is not JobStatus.DISPUTED:
-            raise TxRejected("JobState", f"job is {job.status}, not disputed")
-        if Verdict(p["verdict"]) is Verdict.PROVIDER:
-            _release(w, job, JobStatus.SETTLED)
-        else:
-            _release(w, job, JobStatus.REFUNDED)
-            w.slash(job.provider, job.amount)
-    elif kind is TxKind.JOB_REFUND:
-        # Anyone may post it (the sender pays the fee); it only ever returns the escrow
-        # to its client, and only once the deadline has passed without a receipt. So the
-        # client's peer can refund a failed job by itself (specs/transactions.md).
-        job = _job(state, tx)
-        if job.status is not JobStatus.OPEN or height <= job.deadline:
-            raise TxRejected("JobState", f"job is {job.status}; refund only after deadline {job.deadline}")
-        _release(w, job, JobStatus.REFUNDED)
-    elif kind is TxKind.SLASH:
-        try:
-            offender, offence = check_evidence(rules.chain_id, p["evidence"])
-        except ValidationError as e:
-            raise TxRejected("BadEvidence", str(e)) from e
-        if state.has_evidence(offence):
-            raise TxRejected("Duplicate", "this offence was already slashed")
-        victim = w.get(offender)
-        if not victim.stake + victim.unbonding_total:
-            raise TxRejected("BadEvidence", "the offender has no stake to slash")
-        w.slash(offender, victim.stake + victim.unbonding_total)
-        w.evidence = offence
+    _HANDLERS[kind](w, tx, height, rules)
 
     # Every check passed: write. Fees (and slashed stake) are burned ("Fees").
     for address, account in w.accounts.items():
@@ -346,6 +224,182 @@ def apply_tx(state: Overlay, tx: Transaction, *, height: int, rules: ChainRules,
         state.set_evidence(w.evidence, height)
     state.set_burned(_add(state.burned(), w.burn, "burned"))
     return Receipt(tx.hash, index, tx.fee, tuple(w.events))
+
+
+# ------------------------------------------------------------ one handler per kind
+# Each checks first (raising TxRejected leaves the overlay as it was) and stages its
+# writes on ``w``; apply_tx writes them once every check has passed.
+
+
+def _stake(w: _Writes, tx: Transaction, height: int, rules: ChainRules) -> None:
+    p = tx.payload
+    me = w.get(tx.sender)
+    w.put(tx.sender, me.with_(stake=_add(me.stake, p["amount"], "stake")))
+    w.events.append(("staked", p["amount"]))
+
+
+def _unstake(w: _Writes, tx: Transaction, height: int, rules: ChainRules) -> None:
+    p = tx.payload
+    me = w.get(tx.sender)
+    if p["amount"] > me.stake:
+        raise TxRejected(
+            "InsufficientStake",
+            f"stake {format_aitbc(me.stake)} AITBC is below {format_aitbc(p['amount'])} AITBC",
+            stake=me.stake,
+        )
+    if me.provider and me.stake - p["amount"] < rules.min_provider_stake:
+        raise TxRejected("InsufficientStake", "a registered provider keeps min_provider_stake; unregister first")
+    if len(me.unbonding) >= MAX_UNBONDING:
+        raise TxRejected("AmountOutOfRange", f"at most {MAX_UNBONDING} unbonding entries")
+    release = height + rules.unbonding_blocks
+    w.put(tx.sender, me.with_(stake=me.stake - p["amount"], unbonding=(*me.unbonding, (p["amount"], release))))
+    w.events.append(("unbonding", p["amount"], release))
+
+
+def _withdraw(w: _Writes, tx: Transaction, height: int, rules: ChainRules) -> None:
+    me = w.get(tx.sender)
+    ripe = sum(a for a, release in me.unbonding if release <= height)
+    if not ripe:
+        raise TxRejected("NothingToWithdraw", "no unbonding entry has matured")
+    rest = tuple(u for u in me.unbonding if u[1] > height)
+    w.put(tx.sender, me.with_(balance=_add(me.balance, ripe, "balance"), unbonding=rest))
+    w.events.append(("withdrawn", ripe))
+
+
+def _provider_register(w: _Writes, tx: Transaction, height: int, rules: ChainRules) -> None:
+    me = w.get(tx.sender)
+    if me.provider:
+        raise TxRejected("Duplicate", "already a registered provider")
+    if me.stake < rules.min_provider_stake:
+        raise TxRejected("InsufficientStake", f"providers stake at least {rules.min_provider_stake}")
+    w.put(tx.sender, me.with_(provider=True))
+
+
+def _provider_unregister(w: _Writes, tx: Transaction, height: int, rules: ChainRules) -> None:
+    me = w.get(tx.sender)
+    if not me.provider:
+        raise TxRejected("NotProvider", "not a registered provider")
+    if me.active_jobs:
+        raise TxRejected("JobState", f"{me.active_jobs} jobs still hold escrow with this provider")
+    w.put(tx.sender, me.with_(provider=False))
+
+
+def _job_open(w: _Writes, tx: Transaction, height: int, rules: ChainRules) -> None:
+    state, p = w.state, tx.payload
+    job_id = Hash32(p["job_id"])
+    provider = Address(p["provider"])
+    if state.job(job_id) is not None:
+        raise TxRejected("Duplicate", "an escrow with this job id exists")
+    if provider == tx.sender:
+        raise TxRejected("NotJobParty", "a client cannot hire itself")
+    if not w.get(provider).provider:
+        raise TxRejected("NotProvider", "the named provider is not registered", provider=provider)
+    if p["deadline"] <= height:
+        raise TxRejected("JobState", "deadline must be after the current height")
+    w.jobs.append(Job(job_id, tx.sender, provider, p["amount"], p["deadline"], height))
+    w.provider_jobs(provider, +1)
+    w.events.append(("escrowed", job_id, p["amount"]))
+
+
+def _job_receipt(w: _Writes, tx: Transaction, height: int, rules: ChainRules) -> None:
+    state, p = w.state, tx.payload
+    job = _job(state, tx)
+    if tx.sender != job.provider:
+        raise TxRejected("NotJobParty", "only the job's provider posts its receipt")
+    if job.status is not JobStatus.OPEN or height > job.deadline:
+        raise TxRejected("JobState", f"job is {job.status}, deadline {job.deadline}")
+    if p["cost"] > job.amount:
+        raise TxRejected("AmountOutOfRange", "cost exceeds the escrowed amount")
+    w.jobs.append(
+        job.with_(
+            status=JobStatus.RECEIPTED,
+            result_hash=p["result_hash"],
+            cost=p["cost"],
+            metrics=dict(p["metrics"]),
+            receipt_tx=tx.hash,
+            receipt_height=height,
+        )
+    )
+
+
+def _job_settle(w: _Writes, tx: Transaction, height: int, rules: ChainRules) -> None:
+    state = w.state
+    job = _job(state, tx)
+    if tx.sender not in (job.client, job.provider):
+        raise TxRejected("NotJobParty", "only the client or the provider settles")
+    if job.status is not JobStatus.RECEIPTED:
+        raise TxRejected("JobState", f"job is {job.status}, not receipted")
+    window_end = job.receipt_height + rules.dispute_blocks
+    if tx.sender == job.provider and height <= window_end:
+        raise TxRejected("JobState", f"the client may dispute until height {window_end}", until=window_end)
+    _release(w, job, JobStatus.SETTLED)
+
+
+def _job_dispute(w: _Writes, tx: Transaction, height: int, rules: ChainRules) -> None:
+    state = w.state
+    job = _job(state, tx)
+    if tx.sender != job.client:
+        raise TxRejected("NotJobParty", "only the client disputes")
+    if job.status is not JobStatus.RECEIPTED or height > job.receipt_height + rules.dispute_blocks:
+        raise TxRejected("JobState", f"job is {job.status}; disputes close {rules.dispute_blocks} blocks after")
+    w.jobs.append(job.with_(status=JobStatus.DISPUTED))
+
+
+def _job_resolve(w: _Writes, tx: Transaction, height: int, rules: ChainRules) -> None:
+    state, p = w.state, tx.payload
+    job = _job(state, tx)
+    if tx.sender not in rules.arbiters:
+        raise TxRejected("NotArbiter", "only a genesis arbiter resolves disputes")
+    if job.status is not JobStatus.DISPUTED:
+        raise TxRejected("JobState", f"job is {job.status}, not disputed")
+    if Verdict(p["verdict"]) is Verdict.PROVIDER:
+        _release(w, job, JobStatus.SETTLED)
+    else:
+        _release(w, job, JobStatus.REFUNDED)
+        w.slash(job.provider, job.amount)
+
+
+def _job_refund(w: _Writes, tx: Transaction, height: int, rules: ChainRules) -> None:
+    state = w.state
+    # Anyone may post it (the sender pays the fee); it only ever returns the escrow
+    # to its client, and only once the deadline has passed without a receipt. So the
+    # client's peer can refund a failed job by itself (specs/transactions.md).
+    job = _job(state, tx)
+    if job.status is not JobStatus.OPEN or height <= job.deadline:
+        raise TxRejected("JobState", f"job is {job.status}; refund only after deadline {job.deadline}")
+    _release(w, job, JobStatus.REFUNDED)
+
+
+def _slash(w: _Writes, tx: Transaction, height: int, rules: ChainRules) -> None:
+    state, p = w.state, tx.payload
+    try:
+        offender, offence = check_evidence(rules.chain_id, p["evidence"])
+    except ValidationError as e:
+        raise TxRejected("BadEvidence", str(e)) from e
+    if state.has_evidence(offence):
+        raise TxRejected("Duplicate", "this offence was already slashed")
+    victim = w.get(offender)
+    if not victim.stake + victim.unbonding_total:
+        raise TxRejected("BadEvidence", "the offender has no stake to slash")
+    w.slash(offender, victim.stake + victim.unbonding_total)
+    w.evidence = offence
+
+
+_HANDLERS: dict[TxKind, Callable[[_Writes, Transaction, int, ChainRules], None]] = {
+    TxKind.STAKE: _stake,
+    TxKind.UNSTAKE: _unstake,
+    TxKind.WITHDRAW: _withdraw,
+    TxKind.PROVIDER_REGISTER: _provider_register,
+    TxKind.PROVIDER_UNREGISTER: _provider_unregister,
+    TxKind.JOB_OPEN: _job_open,
+    TxKind.JOB_RECEIPT: _job_receipt,
+    TxKind.JOB_SETTLE: _job_settle,
+    TxKind.JOB_DISPUTE: _job_dispute,
+    TxKind.JOB_RESOLVE: _job_resolve,
+    TxKind.JOB_REFUND: _job_refund,
+    TxKind.SLASH: _slash,
+}
+"""Every kind but TRANSFER (the bulk of every block, applied inline in apply_tx)."""
 
 
 def _release(w: _Writes, job: Job, status: JobStatus) -> None:
