@@ -10,6 +10,7 @@ receipt is committed, settles the escrow, which pays it and refunds the rest.
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -48,12 +49,22 @@ ESCROW_WAIT_S = 20.0
 SETTLE_WAIT_S = 120.0
 
 
+class Phase(enum.StrEnum):
+    """Where a client's job is on this peer (specs/market.md); rendered as its value."""
+
+    BIDDING = "bidding"
+    BIDS_READY = "bids_ready"
+    RUNNING = "running"
+    RESULT_RECEIVED = "result_received"
+    FAILED = "failed"
+
+
 @dataclass
 class ClientJob:
     offer: JobOffer
     workload: str
     params: dict[str, Any]
-    phase: str = "bidding"  # bidding | bids_ready | running | result_received | failed
+    phase: Phase = Phase.BIDDING
     bids: dict[Address, Bid] = field(default_factory=dict)
     result: JobResult | None = None
     error: str = ""
@@ -216,7 +227,9 @@ class MarketService:
 
     def _take_bid(self, bid: Bid) -> None:
         job = self.client_jobs.get(JobId(bid.body["job_id"]))
-        if job is None or job.phase not in ("bidding", "bids_ready") or bid.body["price"] > job.offer.body["max_price"]:
+        if job is None or job.phase not in (Phase.BIDDING, Phase.BIDS_READY):
+            return
+        if bid.body["price"] > job.offer.body["max_price"]:
             return
         if bid.signer not in job.bids and len(job.bids) >= MAX_BIDS_PER_JOB:
             dearest = max(job.bids.values(), key=lambda b: b.body["price"])
@@ -253,23 +266,23 @@ class MarketService:
     def _forget_old_jobs(self) -> None:
         if len(self.client_jobs) <= MAX_CLIENT_JOBS:
             return
-        done = [j for j, job in self.client_jobs.items() if job.phase in ("result_received", "failed")]
+        done = [j for j, job in self.client_jobs.items() if job.phase in (Phase.RESULT_RECEIVED, Phase.FAILED)]
         for job_id in done[: len(self.client_jobs) - MAX_CLIENT_JOBS]:
             del self.client_jobs[job_id]
 
     async def _close_bidding(self, job_id: JobId) -> None:
         await trio.sleep(self._bid_window_s)
         job = self.client_jobs.get(job_id)
-        if job is not None and job.phase == "bidding":
-            job.phase = "bids_ready"
+        if job is not None and job.phase == Phase.BIDDING:
+            job.phase = Phase.BIDS_READY
 
     def on_head(self, height: int) -> None:
         """After each new block: dispatch client jobs whose escrow is now committed, and
         refund the expired escrows of failed ones."""
         for job_id, job in self.client_jobs.items():
-            if job.phase == "failed" and not job.refund_sent:
+            if job.phase == Phase.FAILED and not job.refund_sent:
                 self._maybe_refund(job_id, job, height)
-            if job.phase not in ("bidding", "bids_ready"):
+            if job.phase not in (Phase.BIDDING, Phase.BIDS_READY):
                 continue
             chain_id = _chain_job_id(job_id)
             escrow = self.chain.state.job(chain_id) if chain_id else None
@@ -277,9 +290,9 @@ class MarketService:
                 continue
             bid = job.bids.get(escrow.provider)
             if bid is None:
-                job.phase, job.error = "failed", "escrow names a provider that did not bid"
+                job.phase, job.error = Phase.FAILED, "escrow names a provider that did not bid"
                 continue
-            job.phase = "running"
+            job.phase = Phase.RUNNING
             if self._nursery is not None:
                 self._nursery.start_soon(self._dispatch, job_id, job, bid)
 
@@ -311,7 +324,7 @@ class MarketService:
             await self._dispatch_unguarded(job_id, job, bid)
         except Exception as e:  # a task edge in the node's nursery: fail the job, not the node
             logger.exception("job %s dispatch failed", job_id[:16])
-            job.phase, job.error = "failed", f"internal error: {type(e).__name__}"
+            job.phase, job.error = Phase.FAILED, f"internal error: {type(e).__name__}"
 
     async def _dispatch_unguarded(self, job_id: JobId, job: ClientJob, bid: Bid) -> None:
         payload = JobPayload(job_id, job.workload, job.params)
@@ -322,11 +335,11 @@ class MarketService:
             if result.job_id != job_id:
                 raise MarketError("provider answered for another job")
         except (NetworkError, MarketError) as e:
-            job.phase, job.error = "failed", str(e)
+            job.phase, job.error = Phase.FAILED, str(e)
             logger.warning("job %s failed: %s", job_id[:16], e)
             return
         job.result = result
-        job.phase = "result_received" if result.ok else "failed"
+        job.phase = Phase.RESULT_RECEIVED if result.ok else Phase.FAILED
         job.error = result.error
         logger.info("job %s result received (ok=%s)", job_id[:16], result.ok)
 
@@ -355,11 +368,11 @@ class MarketService:
         if escrow is not None and escrow.status is not JobStatus.OPEN:
             status = str(escrow.status)
         elif job is not None:
-            status = job.phase
+            status = str(job.phase)
         else:
             status = "open"
         # Once the chain has ended the job (settled, refunded), that is its phase too.
-        phase = status if escrow is not None and escrow.status in ENDED else (job.phase if job else None)
+        phase = status if escrow is not None and escrow.status in ENDED else (str(job.phase) if job else None)
         view: dict[str, Any] = {
             "job_id": job_id,
             "status": status,
