@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from aitbc_p2p.exceptions import MarketError, NetworkError
-from aitbc_p2p.network import MAX_FRAME, ValidationResult, open_libp2p_network
+from aitbc_p2p.network import MAX_FRAME, ValidationResult, Verdict, accept, open_libp2p_network
 from aitbc_p2p.network.memory import MemoryHub
 from aitbc_p2p.network.protocols import topic
 from aitbc_p2p.network.scoring import ScoringPolicy
@@ -66,6 +66,26 @@ async def test_gossip_is_delivered_with_its_publisher_and_a_rejected_message_is_
             msg = await receive_while_publishing(a, inbox, b"good", also=b"bad")
             assert msg.data.startswith(b"good") and msg.origin == a.peer_id and msg.topic == T
             assert b.scores.score(a.peer_id) < 0  # each "bad" copy was a REJECT against a
+
+
+async def test_a_delivered_message_carries_its_gate_s_value_and_an_own_publish_none(open_peers: Opener) -> None:
+    """The validator's parsed value reaches the subscriber on the message, so nothing is
+    parsed twice; each peer parses for itself (a relayed message carries nobody's value)."""
+    seen: list[bytes] = []
+
+    async def parse(data: bytes) -> Verdict[tuple[str, int]]:
+        seen.append(data)
+        return accept(("parsed", len(data)))
+
+    with trio.fail_after(30):
+        async with open_peers(2) as (a, b):
+            inbox_b = await b.subscribe(T, parse)
+            inbox_a = await a.subscribe(T, gate(lambda data: True))
+            await a.connect(b.listen_addrs()[0])
+            msg = await receive_while_publishing(a, inbox_b, b"payload")
+            assert msg.value == ("parsed", len(msg.data)) and msg.data in seen
+            own = await inbox_a.receive()
+            assert own.origin == a.peer_id and own.value is None  # a's own publish: no gate ran
 
 
 async def test_an_ignored_message_costs_nothing_and_goes_no_further(open_peers: Opener) -> None:

@@ -64,6 +64,11 @@ SUBSCRIPTION_CHANNEL_SIZE = 1024
 
 
 RECENTLY_ACCEPTED = 4096
+MAX_UNDELIVERED = 256
+"""Gate values kept per topic for accepted messages not yet handed to the subscriber
+(py-libp2p delivers each right after its validator; its queue holds 32). Bounded, as a
+block's value is a decoded block: past it the oldest value goes and its message is
+dropped on arrival (sync repairs a lost block)."""
 """Message ids remembered per topic to drop late copies (see ``subscribe``)."""
 INBOUND_SLOTS = 1 << 30
 MAX_CONNECTIONS_PER_PEER = 2
@@ -240,8 +245,7 @@ def peer_id_of(key: PrivateKey) -> str:
     return str(ID.from_pubkey(create_new_key_pair(key.secret).public_key))
 
 
-_DELIVERED = object()
-"""Stands for a delivered message's value in a topic's accepted map."""
+_MISSING = object()
 
 
 def _content_id(msg: Any) -> bytes:
@@ -338,8 +342,10 @@ class Libp2pNetwork(Banning):
         parsed travels to the subscriber on the message."""
         me = self._host.get_id()
         checking: set[bytes] = set()
-        accepted: OrderedDict[bytes, Any] = OrderedDict()
-        """Ids of recently accepted messages, each with its gate's value until delivered."""
+        accepted: OrderedDict[bytes, None] = OrderedDict()
+        """Ids of recently accepted messages (late copies are dropped unchecked)."""
+        values: OrderedDict[bytes, Any] = OrderedDict()
+        """Each accepted message's gate value, until the message is delivered."""
 
         def gate(peer: ID) -> bool | None:
             """The answer before reading the message, if there is one: our own publishes
@@ -379,15 +385,18 @@ class Libp2pNetwork(Banning):
                 self._penalize(str(peer), f"invalid {topic} gossip")
             if result is not ValidationResult.ACCEPT:
                 return False
-            accepted[msg_id] = verdict.value
+            accepted[msg_id] = None
             if len(accepted) > RECENTLY_ACCEPTED:
                 accepted.popitem(last=False)
+            values[msg_id] = verdict.value
+            if len(values) > MAX_UNDELIVERED:
+                values.popitem(last=False)
             return True
 
         self._pubsub.set_topic_validator(topic, check, True)
         sub = await self._pubsub.subscribe(topic)
         send, receive = trio.open_memory_channel[GossipMessage[T]](INBOX_SIZE)
-        self._nursery.start_soon(self._pump, topic, sub, send, accepted)
+        self._nursery.start_soon(self._pump, topic, sub, send, values)
         return receive
 
     async def _enforce_bans(self) -> None:
@@ -403,7 +412,7 @@ class Libp2pNetwork(Banning):
                     await self.disconnect(peer)
 
     async def _pump(
-        self, topic: str, sub: Any, send: trio.MemorySendChannel[GossipMessage[T]], accepted: OrderedDict[bytes, Any]
+        self, topic: str, sub: Any, send: trio.MemorySendChannel[GossipMessage[T]], values: OrderedDict[bytes, Any]
     ) -> None:
         # libp2p's subscription buffer is small (32); drain it at once into our own inbox.
         me = self._host.get_id()
@@ -416,12 +425,10 @@ class Libp2pNetwork(Banning):
                     origin_id = None
                 value = None
                 if origin_id != me:
-                    msg_id = _content_id(msg)
-                    value = accepted.get(msg_id, _DELIVERED)
-                    if value is _DELIVERED:  # accepted too long ago to be remembered (never in practice)
+                    value = values.pop(_content_id(msg), _MISSING)
+                    if value is _MISSING:  # its value was dropped to stay bounded (never in practice)
                         logger.warning("a %s message arrived without its gate's verdict; dropped", topic)
                         continue
-                    accepted[msg_id] = _DELIVERED  # keep the id (late copies), not the value
                 item = GossipMessage(topic, bytes(msg.data), str(origin_id or ""), str(origin_id or ""), value)
                 try:
                     send.send_nowait(item)
