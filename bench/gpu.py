@@ -55,7 +55,9 @@ async def executor_overhead(device: str, accel: str, n: int, repeats: int) -> di
     bench = get_workload("torch_bench")
     probe = bench.validate({"n": n, "iters": 2, "seed": 1})
     rate = bench.run(probe, RunContext(device=device))["gflops"] or 1
-    iters = max(2, int(1.0 * rate * 1e9 / (2 * n**3)))  # about one second of matmuls per job
+    # About one second of matmuls per job, within the workload's own bound on iters (a
+    # fast device at a small n would ask for more than it takes).
+    iters = min(1000, max(2, int(1.0 * rate * 1e9 / (2 * n**3))))
     params = bench.validate({"n": n, "iters": iters, "seed": 1})
     plain: list[float] = []
     through: list[float] = []
