@@ -12,7 +12,8 @@ from aitbc_p2p.chain.transition import ChainRules
 from aitbc_p2p.codec import decode, encode
 from aitbc_p2p.exceptions import NetworkError, ValidationError
 from aitbc_p2p.market import JobOffer, JobResult, params_hash, select_bid
-from aitbc_p2p.network import GossipMessage, ValidationResult, peer_id_of, protocols
+from aitbc_p2p.network import GossipMessage, ValidationResult, protocols
+from aitbc_p2p.network.memory import MemoryHub, memory_peer_id
 from aitbc_p2p.node import NodeConfig, open_node
 from aitbc_p2p.node.wire import decode_sync_item, encode_block_message, encode_sync_item
 from aitbc_p2p.testing import ChainBuilder, make_genesis, make_key, make_tx, open_test_network
@@ -65,7 +66,8 @@ async def test_late_peer_catches_up_by_sync(tmp_path):
 
 
 async def test_sync_refuses_a_forged_or_malformed_block_and_keeps_the_blocks_before_it(tmp_path, monkeypatch):
-    async with open_test_network(1, alloc=ALLOC) as nodes:
+    hub = MemoryHub()  # the logic under test is the sync service's; no socket needed
+    async with open_test_network(1, alloc=ALLOC, hub=hub) as nodes:
         source = nodes[0]
         tx = make_tx(CLIENT, to=make_key("dest").address, amount=5)
         await source.submit_tx(tx)
@@ -84,7 +86,7 @@ async def test_sync_refuses_a_forged_or_malformed_block_and_keeps_the_blocks_bef
         monkeypatch.undo()
 
         config = NodeConfig(key=make_key("late"), genesis=source.genesis, data_dir=tmp_path / "late")
-        async with open_node(config) as late:
+        async with open_node(config, network=hub.node_network) as late:
             monkeypatch.setattr(late.sync, "fetch", partial(served_from, served))
             await late.sync.sync_from("source", at - 1)
             # Block ``at`` as its proposer could sign it, but holding the client's transfer
@@ -115,9 +117,10 @@ async def test_the_block_gate_refuses_forged_blocks_and_an_accepted_one_is_decod
     """A gossiped block is decoded and all its signatures checked in a worker by the
     topic's gate; a bad header or transaction signature is a REJECT, and the import uses
     the gate's result instead of decoding the block again."""
-    async with open_test_network(1, alloc=ALLOC, absent=1) as nodes:
+    hub = MemoryHub()  # the gate and the handler are under test; no socket needed
+    async with open_test_network(1, alloc=ALLOC, absent=1, hub=hub) as nodes:
         config = NodeConfig(key=make_key("late"), genesis=nodes[0].genesis, data_dir=tmp_path / "late")
-        async with open_node(config) as late:
+        async with open_node(config, network=hub.node_network) as late:
             proposer, head = make_key("peer0"), late.store.head
 
             # Two authorities, peer1 absent: height 1 is peer1's in round 0 and peer0's in round 1.
@@ -184,7 +187,7 @@ async def test_the_block_gate_refuses_forged_blocks_and_an_accepted_one_is_decod
             message = encode_block_message(future.block)
             verdict = await late.blocks.gate(message)
             assert verdict.result is ValidationResult.ACCEPT
-            publisher = peer_id_of(proposer)
+            publisher = memory_peer_id(proposer)
             send, receive = trio.open_memory_channel(1)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(late.blocks.handle, receive)
