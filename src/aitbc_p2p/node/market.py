@@ -70,9 +70,16 @@ class ClientJob:
     error: str = ""
     refund_sent: bool = False
     """Nothing more to do about a failed job's escrow: this peer posted its refund, or it ended otherwise."""
+    escrow_id: Hash32 = field(init=False)
+    """The job's id on chain (its offer's id): the same 32 bytes the JobId spells in hex."""
+
+    def __post_init__(self) -> None:
+        self.escrow_id = self.offer.id
 
 
-def _chain_job_id(job_id: JobId) -> Hash32 | None:
+def _escrow_id(job_id: JobId) -> Hash32 | None:
+    """The on-chain id a job id names, for a job this peer does not track (the RPC may ask
+    about any); None if it is not the hex of 32 bytes."""
     try:
         raw = bytes.fromhex(job_id)
     except ValueError:
@@ -281,11 +288,10 @@ class MarketService:
         refund the expired escrows of failed ones."""
         for job_id, job in self.client_jobs.items():
             if job.phase == Phase.FAILED and not job.refund_sent:
-                self._maybe_refund(job_id, job, height)
+                self._maybe_refund(job, height)
             if job.phase not in (Phase.BIDDING, Phase.BIDS_READY):
                 continue
-            chain_id = _chain_job_id(job_id)
-            escrow = self.chain.state.job(chain_id) if chain_id else None
+            escrow = self.chain.state.job(job.escrow_id)
             if escrow is None or escrow.status is not JobStatus.OPEN or escrow.client != job.offer.signer:
                 continue
             bid = job.bids.get(escrow.provider)
@@ -296,11 +302,10 @@ class MarketService:
             if self._nursery is not None:
                 self._nursery.start_soon(self._dispatch, job_id, job, bid)
 
-    def _maybe_refund(self, job_id: JobId, job: ClientJob, height: int) -> None:
+    def _maybe_refund(self, job: ClientJob, height: int) -> None:
         """A failed job's escrow goes back to its client once its deadline has passed: this
         peer posts the refund itself (anyone may; specs/transactions.md), paying the fee."""
-        chain_id = _chain_job_id(job_id)
-        escrow = self.chain.state.job(chain_id) if chain_id else None
+        escrow = self.chain.state.job(job.escrow_id)
         if escrow is None:
             return
         if escrow.status is not JobStatus.OPEN or escrow.client != job.offer.signer:
@@ -361,7 +366,7 @@ class MarketService:
     def job_status(self, job_id: JobId) -> dict[str, Any] | None:
         job_id = self.resolve(job_id)
         job = self.client_jobs.get(job_id)
-        chain_id = _chain_job_id(job_id)
+        chain_id = job.escrow_id if job is not None else _escrow_id(job_id)
         escrow: Job | None = self.chain.state.job(chain_id) if chain_id else None
         if job is None and escrow is None:
             return None
@@ -395,8 +400,7 @@ class MarketService:
         if job is None or job.result is None:
             return None
         r = job.result
-        chain_id = _chain_job_id(job_id)
-        escrow = self.chain.state.job(chain_id) if chain_id else None
+        escrow = self.chain.state.job(job.escrow_id)
         try:
             output = jsonable(decode(r.output)) if r.output else None
         except CodecError:
@@ -506,8 +510,7 @@ class MarketService:
             or params_hash(payload.workload, payload.params) != offer.body["params_hash"]
         ):
             return fail("payload does not match the offer")
-        chain_id = _chain_job_id(job_id)
-        escrow = await self._wait_escrow(chain_id) if chain_id else None
+        escrow = await self._wait_escrow(offer.id)
         if escrow is None or escrow.provider != self.account.key.address or escrow.status is not JobStatus.OPEN:
             return fail("no open escrow names this provider")
         run = await self._executor.run(
