@@ -116,6 +116,22 @@ class BlockAuthor(ChainView, Protocol):
     def proposal(self, block_hash: bytes) -> Block | None: ...
 
 
+class PeerHeads(Protocol):
+    """What peering knows of the other peers' chains, for sync."""
+
+    async def wait_round(self) -> None:
+        """Return after the next round of status exchanges."""
+        ...
+
+    def ahead(self) -> list[tuple[int, str]]:
+        """``(height, peer)`` of the handshaken peers whose head is above ours."""
+        ...
+
+    def forget_head(self, peer: str) -> None:
+        """``peer``'s reported head proved wrong: do not sync from it until it says again."""
+        ...
+
+
 class OwnAccount(Protocol):
     """The node's own key and the way it sends its own transactions."""
 

@@ -22,9 +22,8 @@ from aitbc_p2p.codec import head as cbor_head
 from aitbc_p2p.exceptions import CodecError, ConsensusError, NetworkError, ValidationError
 from aitbc_p2p.network import protocols
 from aitbc_p2p.network.abc import Network
-from aitbc_p2p.node.abc import BlockImporter, StoredBlocks
+from aitbc_p2p.node.abc import BlockImporter, PeerHeads, StoredBlocks
 from aitbc_p2p.node.offload import blocking
-from aitbc_p2p.node.peering import PeeringService
 from aitbc_p2p.node.verify import BLOCKS_AHEAD, decode_block, pipelined
 from aitbc_p2p.node.wire import decode_sync_item, decode_sync_request, encode_sync_item, encode_sync_request
 from aitbc_p2p.types import Hash32
@@ -45,7 +44,7 @@ Served = list[tuple[bytes, tuple[Vote, ...]]]
 
 
 class SyncService:
-    def __init__(self, chain: BlockImporter, store: StoredBlocks, network: Network, peering: PeeringService) -> None:
+    def __init__(self, chain: BlockImporter, store: StoredBlocks, network: Network, peering: PeerHeads) -> None:
         self.chain = chain
         self._store = store  # read only: serves stored blocks as they are encoded
         self.network = network
