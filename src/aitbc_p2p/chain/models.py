@@ -18,7 +18,7 @@ from aitbc_p2p.codec.fields import FieldOutOfRange
 from aitbc_p2p.crypto import Domain, PrivateKey, recover_address, sha256, signing_digest
 from aitbc_p2p.crypto.keys import is_key_of, recover_public_key, signing_digest_encoded, validate_address
 from aitbc_p2p.exceptions import BadSignature, CodecError, CryptoError, TxRejected, ValidationError
-from aitbc_p2p.types import MAX_AMOUNT, MAX_CHAIN_ID, ZERO_HASH, Address, Hash32
+from aitbc_p2p.types import MAX_CHAIN_ID, ZERO_HASH, Address, Hash32
 
 MAX_TXS_PER_BLOCK = 5000
 MAX_METRICS = 16
@@ -60,10 +60,6 @@ def _malformed(message: str, **details: Any) -> TxRejected:
     return TxRejected("Malformed", message, **details)
 
 
-def _uint(obj: Mapping[str, Any], name: str, *, low: int = 0, high: int = MAX_AMOUNT) -> int:
-    return fields.uint(obj, name, low=low, high=high)
-
-
 def _address(obj: Mapping[str, Any], name: str) -> Address:
     try:
         return validate_address(fields.text(obj, name, max_len=128))
@@ -103,9 +99,9 @@ def _check_payload(kind: TxKind, payload: Mapping[str, Any]) -> None:
     _exact_keys(payload, _PAYLOAD_KEYS[kind], f"{kind} payload")
     if kind is TxKind.TRANSFER:
         _address(payload, "to")
-        _uint(payload, "amount", low=1)
+        fields.uint(payload, "amount", low=1)
     elif kind in (TxKind.STAKE, TxKind.UNSTAKE):
-        _uint(payload, "amount", low=1)
+        fields.uint(payload, "amount", low=1)
     elif kind in (TxKind.WITHDRAW, TxKind.PROVIDER_REGISTER, TxKind.PROVIDER_UNREGISTER):
         pass
     elif kind is TxKind.JOB_RESOLVE:
@@ -119,12 +115,12 @@ def _check_payload(kind: TxKind, payload: Mapping[str, Any]) -> None:
     elif kind is TxKind.JOB_OPEN:
         _hash32(payload, "job_id")
         _address(payload, "provider")
-        _uint(payload, "amount", low=1)
-        _uint(payload, "deadline", low=1)
+        fields.uint(payload, "amount", low=1)
+        fields.uint(payload, "deadline", low=1)
     elif kind is TxKind.JOB_RECEIPT:
         _hash32(payload, "job_id")
         _hash32(payload, "result_hash")
-        _uint(payload, "cost")
+        fields.uint(payload, "cost")
         try:
             fields.uint_map(payload, "metrics", max_items=MAX_METRICS, max_key_len=32)
         except CodecError as e:
@@ -214,8 +210,8 @@ class Transaction:
                 chain_id=chain_id,
                 kind=kind,
                 sender=_address(body, "from"),
-                nonce=_uint(body, "nonce"),
-                fee=_uint(body, "fee"),
+                nonce=fields.uint(body, "nonce"),
+                fee=fields.uint(body, "fee"),
                 payload=payload,
                 signature=sig,
             )
@@ -344,11 +340,11 @@ class BlockHeader:
             proposer = fields.text(body, "proposer", max_len=128)
             return cls(
                 chain_id=fields.text(body, "chain_id", max_len=MAX_CHAIN_ID),
-                height=_uint(body, "height"),
+                height=fields.uint(body, "height"),
                 parent=_hash32(body, "parent"),
-                timestamp_ms=_uint(body, "timestamp_ms"),
+                timestamp_ms=fields.uint(body, "timestamp_ms"),
                 proposer=Address(proposer) if proposer == "" else _address(body, "proposer"),
-                round=_uint(body, "round", high=MAX_ROUND),
+                round=fields.uint(body, "round", high=MAX_ROUND),
                 tx_root=_hash32(body, "tx_root"),
                 state_root=_hash32(body, "state_root"),
                 receipts_root=_hash32(body, "receipts_root"),

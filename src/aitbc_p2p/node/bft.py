@@ -36,7 +36,7 @@ from aitbc_p2p.network.abc import REJECT, GossipMessage, Network, Verdict, accep
 from aitbc_p2p.network.protocols import CONSENSUS_PROTOCOL, MAX_FRAME
 from aitbc_p2p.node.abc import BlockAuthor, OwnAccount
 from aitbc_p2p.node.offload import blocking
-from aitbc_p2p.node.wire import decode_consensus_message
+from aitbc_p2p.node.wire import consensus_envelope, decode_consensus_message
 from aitbc_p2p.store.crash import crash_point
 from aitbc_p2p.store.votes import VoteGuard
 from aitbc_p2p.types import Address
@@ -257,10 +257,14 @@ class BftDriver:
         for obj in items:
             if self.machine is None or self.machine.height != height:
                 return
-            if not isinstance(obj, dict) or len(obj) != 1 or encode(obj) in self._held:
+            try:
+                envelope = consensus_envelope(obj)
+            except CodecError:
+                continue
+            if encode(envelope) in self._held:
                 continue
             try:
-                await self._handle(obj)
+                await self._handle(envelope)
             except Exception:  # a task edge, as in _receive
                 logger.exception("round-state message from %s not handled", peer)
 

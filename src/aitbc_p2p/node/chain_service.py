@@ -18,7 +18,6 @@ import trio
 
 from aitbc_p2p.chain.blocks import AppliedBlock, build_block, validate_block
 from aitbc_p2p.chain.models import Block, BlockHeader, Genesis, Transaction
-from aitbc_p2p.chain.transition import ChainRules
 from aitbc_p2p.chain.votes import Vote
 from aitbc_p2p.consensus import ConsensusEngine, FinalityPolicy
 from aitbc_p2p.crypto.keys import PrivateKey
@@ -51,7 +50,7 @@ class ChainService:
     ) -> None:
         self.store = store
         self.genesis = genesis
-        self.rules = ChainRules.of(genesis)
+        self.rules = mempool.rules  # one set of rules for the pool and the chain
         self.engine = engine
         self.finality = finality
         self.mempool = mempool

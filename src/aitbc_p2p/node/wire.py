@@ -52,9 +52,9 @@ class Status:
             raise CodecError("field 'listen' must be a list")
         return cls(
             chain_id=fields.text(obj, "chain_id", max_len=MAX_CHAIN_ID),
-            genesis=Hash32(fields.blob(obj, "genesis", max_len=32)),
+            genesis=Hash32(fields.hash32(obj, "genesis")),
             height=fields.uint(obj, "height"),
-            head=Hash32(fields.blob(obj, "head", max_len=32)),
+            head=Hash32(fields.hash32(obj, "head")),
             # Each address is checked where it is used (PeerBook keeps only dialable ones).
             listen=tuple(a for a in listen[:MAX_LISTEN] if isinstance(a, str)),
         )
@@ -91,10 +91,15 @@ def decode_sync_item(obj: object) -> tuple[bytes, tuple[Vote, ...]]:
     return obj[0], decode_certificate(obj[1])
 
 
-def decode_consensus_message(data: bytes) -> dict[str, Any]:
-    """The consensus topic's envelope: a one-key map, ``{"vote": ...}`` or
-    ``{"proposal": ...}`` (the driver parses what it holds). Raises CodecError."""
-    obj = decode(data, max_size=MAX_CONSENSUS_MESSAGE)
+def consensus_envelope(obj: object) -> dict[str, Any]:
+    """A consensus message, as gossiped or served in a round-state answer: a one-key map,
+    ``{"vote": ...}`` or ``{"proposal": ...}`` (the driver parses what it holds).
+    Raises CodecError."""
     if not isinstance(obj, dict) or len(obj) != 1 or not ("vote" in obj or "proposal" in obj):
         raise CodecError("a consensus message is {'vote': ...} or {'proposal': ...}")
     return obj
+
+
+def decode_consensus_message(data: bytes) -> dict[str, Any]:
+    """The consensus topic's message decoded and its envelope checked. Raises CodecError."""
+    return consensus_envelope(decode(data, max_size=MAX_CONSENSUS_MESSAGE))
