@@ -547,7 +547,52 @@ def test_a_header_built_from_another_computes_its_own_id():
     assert header.signed(key).hash == first  # the signature is not part of the id
 
 
-def test_every_transaction_kind_has_exactly_one_handler():
+def test_every_transaction_kind_has_exactly_one_payload_class_and_one_handler():
+    from aitbc_p2p.chain.payloads import PAYLOADS, Transfer
     from aitbc_p2p.chain.transition import _HANDLERS
 
-    assert set(_HANDLERS) == set(TxKind) - {TxKind.TRANSFER}  # transfers are applied inline, first
+    assert set(PAYLOADS) == set(TxKind)
+    assert all(cls.KIND is kind for kind, cls in PAYLOADS.items())
+    # transfers are applied inline, first
+    assert set(_HANDLERS) == set(PAYLOADS.values()) - {Transfer}
+
+
+def test_a_typed_payload_signs_the_same_bytes_as_its_wire_map_for_every_kind(alice, bob):
+    """The dataclasses are a reading of the wire map, not a new format: built from either,
+    a transaction has the same bytes and hash, and decoding it gives the dataclass back."""
+    from aitbc_p2p.chain import payloads as p
+
+    vote = {"body": {"x": 1}, "sig": b"\x01"}
+    examples = [
+        p.Transfer(bob.address, 5),
+        p.Stake(7),
+        p.Unstake(3),
+        p.Withdraw(),
+        p.ProviderRegister(),
+        p.ProviderUnregister(),
+        p.JobOpen(Hash32(JOB), bob.address, 10_000, 50),
+        p.JobReceipt(Hash32(JOB), Hash32(RESULT), 9, {"compute_ms": 4}),
+        p.JobSettle(Hash32(JOB)),
+        p.JobDispute(Hash32(JOB)),
+        p.JobResolve(Hash32(JOB), p.Verdict.CLIENT),
+        p.JobRefund(Hash32(JOB)),
+        p.Slash((vote, vote)),
+    ]
+    assert {type(e).KIND for e in examples} == set(TxKind)
+    for payload in examples:
+        typed = Transaction.create(alice, chain_id="c", nonce=1, fee=2, payload=payload)
+        mapped = Transaction.create(alice, chain_id="c", kind=payload.KIND, nonce=1, fee=2, payload=payload.to_wire())
+        assert typed.encode() == mapped.encode() and typed.hash == mapped.hash
+        decoded = Transaction.decode(typed.encode())
+        assert decoded.kind is payload.KIND and decoded.payload == payload
+
+
+def test_a_payload_and_a_kind_that_disagree_are_refused_before_signing(alice, bob):
+    from aitbc_p2p.chain.payloads import Stake
+
+    with pytest.raises(TypeError, match="is a stake transaction, not transfer"):
+        Transaction.create(alice, chain_id="c", kind=TxKind.TRANSFER, nonce=0, fee=1, payload=Stake(5))
+    with pytest.raises(TypeError, match="needs its kind"):
+        Transaction.create(alice, chain_id="c", nonce=0, fee=1, payload={"amount": 5})
+    # a map that is not the kind's: named, as from a peer
+    rejected("Malformed", Transaction.create, alice, chain_id="c", kind="stake", nonce=0, fee=1, payload={"to": 1})

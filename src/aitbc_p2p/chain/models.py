@@ -7,126 +7,50 @@ checks shape, types and bounds only; signatures and chain rules are checked by
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from aitbc_p2p.chain.merkle import merkle_root
+from aitbc_p2p.chain.payloads import (
+    MAX_METRICS,
+    MOVES_AMOUNT,
+    JobOpen,
+    Payload,
+    Transfer,
+    TxKind,
+    Verdict,
+    exact_keys,
+    malformed,
+    read_address,
+    read_payload,
+)
 from aitbc_p2p.codec import decode, encode, fields, head
 from aitbc_p2p.codec.fields import FieldOutOfRange
 from aitbc_p2p.crypto import Domain, PrivateKey, recover_address, sha256, signing_digest
-from aitbc_p2p.crypto.keys import is_key_of, recover_public_key, signing_digest_encoded, validate_address
-from aitbc_p2p.exceptions import BadSignature, CodecError, CryptoError, TxRejected, ValidationError
+from aitbc_p2p.crypto.keys import is_key_of, recover_public_key, signing_digest_encoded
+from aitbc_p2p.exceptions import BadSignature, CodecError, TxRejected, ValidationError
 from aitbc_p2p.types import MAX_CHAIN_ID, ZERO_HASH, Address, Hash32
 
 MAX_TXS_PER_BLOCK = 5000
-MAX_METRICS = 16
 MAX_ROUND = 2**32 - 1
 DEFAULT_UNBONDING_BLOCKS = 100
 DEFAULT_DISPUTE_BLOCKS = 10
 DEFAULT_MIN_PROVIDER_STAKE = 100 * 10**9
 
 
-class TxKind(enum.StrEnum):
-    TRANSFER = "transfer"
-    STAKE = "stake"
-    UNSTAKE = "unstake"
-    WITHDRAW = "withdraw"
-    PROVIDER_REGISTER = "provider_register"
-    PROVIDER_UNREGISTER = "provider_unregister"
-    JOB_OPEN = "job_open"
-    JOB_RECEIPT = "job_receipt"
-    JOB_SETTLE = "job_settle"
-    JOB_DISPUTE = "job_dispute"
-    JOB_RESOLVE = "job_resolve"
-    JOB_REFUND = "job_refund"
-    SLASH = "slash"
-
-
-class Verdict(enum.StrEnum):
-    """An arbiter's ruling on a disputed job."""
-
-    PROVIDER = "provider"
-    CLIENT = "client"
-
-
 MAX_SIGNATURE_BYTES = 128
 """A bound on what is read as a signature (a valid one is 65 bytes; others are refused
 when verified, as BadSignature)."""
 
-
-def _malformed(message: str, **details: Any) -> TxRejected:
-    return TxRejected("Malformed", message, **details)
-
-
-def _address(obj: Mapping[str, Any], name: str) -> Address:
-    try:
-        return validate_address(fields.text(obj, name, max_len=128))
-    except CryptoError as e:
-        raise CodecError(f"field {name!r}: {e}") from e
+_TX_KEYS = frozenset({"body", "sig"})
+_BODY_KEYS = frozenset({"chain_id", "kind", "from", "nonce", "fee", "payload"})
+_malformed, _address, _exact_keys = malformed, read_address, exact_keys
+__all__ = ["MAX_METRICS", "MOVES_AMOUNT", "TxKind", "Verdict"]  # re-exported: their home is chain/payloads.py
 
 
 def _hash32(obj: Mapping[str, Any], name: str) -> Hash32:
     return Hash32(fields.hash32(obj, name))
-
-
-def _exact_keys(obj: Mapping[str, Any], keys: set[str], what: str) -> None:
-    if set(obj) != keys:
-        raise _malformed(f"{what} fields must be exactly {sorted(keys)}", got=sorted(obj))
-
-
-_PAYLOAD_KEYS: dict[TxKind, set[str]] = {
-    TxKind.TRANSFER: {"to", "amount"},
-    TxKind.STAKE: {"amount"},
-    TxKind.UNSTAKE: {"amount"},
-    TxKind.WITHDRAW: set(),
-    TxKind.PROVIDER_REGISTER: set(),
-    TxKind.PROVIDER_UNREGISTER: set(),
-    TxKind.JOB_OPEN: {"job_id", "provider", "amount", "deadline"},
-    TxKind.JOB_RECEIPT: {"job_id", "result_hash", "cost", "metrics"},
-    TxKind.JOB_SETTLE: {"job_id"},
-    TxKind.JOB_DISPUTE: {"job_id"},
-    TxKind.JOB_RESOLVE: {"job_id", "verdict"},
-    TxKind.JOB_REFUND: {"job_id"},
-    TxKind.SLASH: {"evidence"},
-}
-MOVES_AMOUNT = frozenset({TxKind.TRANSFER, TxKind.STAKE, TxKind.JOB_OPEN})
-"""Kinds whose ``amount`` leaves the sender's balance."""
-
-
-def _check_payload(kind: TxKind, payload: Mapping[str, Any]) -> None:
-    _exact_keys(payload, _PAYLOAD_KEYS[kind], f"{kind} payload")
-    if kind is TxKind.TRANSFER:
-        _address(payload, "to")
-        fields.uint(payload, "amount", low=1)
-    elif kind in (TxKind.STAKE, TxKind.UNSTAKE):
-        fields.uint(payload, "amount", low=1)
-    elif kind in (TxKind.WITHDRAW, TxKind.PROVIDER_REGISTER, TxKind.PROVIDER_UNREGISTER):
-        pass
-    elif kind is TxKind.JOB_RESOLVE:
-        _hash32(payload, "job_id")
-        if fields.text(payload, "verdict", max_len=16) not in set(Verdict):
-            raise _malformed("verdict must be 'provider' or 'client'")
-    elif kind is TxKind.SLASH:
-        evidence = fields.listing(payload, "evidence", max_items=2)
-        if len(evidence) != 2 or not all(isinstance(v, dict) for v in evidence):
-            raise _malformed("evidence must be two signed votes")
-    elif kind is TxKind.JOB_OPEN:
-        _hash32(payload, "job_id")
-        _address(payload, "provider")
-        fields.uint(payload, "amount", low=1)
-        fields.uint(payload, "deadline", low=1)
-    elif kind is TxKind.JOB_RECEIPT:
-        _hash32(payload, "job_id")
-        _hash32(payload, "result_hash")
-        fields.uint(payload, "cost")
-        try:
-            fields.uint_map(payload, "metrics", max_items=MAX_METRICS, max_key_len=32)
-        except CodecError as e:
-            raise _malformed(f"metrics must map at most {MAX_METRICS} short names to uint64") from e
-    else:
-        _hash32(payload, "job_id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +62,8 @@ class Transaction:
     sender: Address
     nonce: int
     fee: int
-    payload: Mapping[str, Any]
+    payload: Payload
+    """What the transaction says: the dataclass of its kind (chain/payloads.py)."""
     signature: bytes = b""
     hash: Hash32 = field(default=ZERO_HASH, compare=False)
     raw: bytes = field(default=b"", compare=False, repr=False)
@@ -153,7 +78,7 @@ class Transaction:
             "from": self.sender,
             "nonce": self.nonce,
             "fee": self.fee,
-            "payload": dict(self.payload),
+            "payload": self.payload.to_wire(),
         }
 
     def to_wire(self) -> dict[str, Any]:
@@ -168,19 +93,31 @@ class Transaction:
         key: PrivateKey,
         *,
         chain_id: str,
-        kind: TxKind | str,
         nonce: int,
         fee: int,
-        payload: Mapping[str, Any],
+        payload: Payload | Mapping[str, Any],
+        kind: TxKind | str | None = None,
     ) -> Transaction:
-        """Build and sign a transaction from ``key``'s address. Raises TxRejected on bad fields."""
+        """Build and sign a transaction from ``key``'s address. Raises TxRejected on bad fields.
+
+        ``payload``: a payload dataclass (its kind is the transaction's), or its wire map
+        with ``kind`` named.
+        """
+        if isinstance(payload, Mapping):
+            if kind is None:
+                raise TypeError("a payload given as a map needs its kind")
+            wire = dict(payload)
+        else:
+            if kind is not None and str(kind) != payload.KIND:
+                raise TypeError(f"a {type(payload).__name__} payload is a {payload.KIND} transaction, not {kind}")
+            kind, wire = payload.KIND, payload.to_wire()
         unsigned = {
             "chain_id": chain_id,
             "kind": str(kind),
             "from": key.address,
             "nonce": nonce,
             "fee": fee,
-            "payload": dict(payload),
+            "payload": wire,
         }
         cls.from_wire({"body": unsigned, "sig": b""})  # bounds and shape before signing
         sig = key.sign(Domain.TX, chain_id, unsigned)
@@ -195,17 +132,16 @@ class Transaction:
         if not isinstance(obj, dict):
             raise _malformed("transaction must be a map")
         try:
-            _exact_keys(obj, {"body", "sig"}, "transaction")
+            _exact_keys(obj, _TX_KEYS, "transaction")
             body = fields.mapping(obj, "body")
             sig = fields.blob(obj, "sig", max_len=MAX_SIGNATURE_BYTES)
-            _exact_keys(body, {"chain_id", "kind", "from", "nonce", "fee", "payload"}, "body")
+            _exact_keys(body, _BODY_KEYS, "body")
             chain_id = fields.text(body, "chain_id", max_len=MAX_CHAIN_ID)
             try:
                 kind = TxKind(fields.text(body, "kind", max_len=32))
             except ValueError as e:
                 raise _malformed(f"unknown transaction kind {body['kind']!r}") from e
-            payload = fields.mapping(body, "payload")
-            _check_payload(kind, payload)
+            payload = read_payload(kind, fields.mapping(body, "payload"))
             tx = cls(
                 chain_id=chain_id,
                 kind=kind,
@@ -257,10 +193,11 @@ class Transaction:
 
     def parties(self) -> tuple[Address, ...]:
         """Addresses whose history this transaction belongs to (besides job parties)."""
-        if self.kind is TxKind.TRANSFER:
-            return (self.sender, Address(self.payload["to"]))
-        if self.kind is TxKind.JOB_OPEN:
-            return (self.sender, Address(self.payload["provider"]))
+        p = self.payload
+        if isinstance(p, Transfer):
+            return (self.sender, p.to)
+        if isinstance(p, JobOpen):
+            return (self.sender, p.provider)
         return (self.sender,)
 
 

@@ -11,7 +11,25 @@ from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aitbc_p2p.chain.models import MOVES_AMOUNT, Genesis, Transaction, TxKind, Verdict
+from aitbc_p2p.chain.models import Genesis, Transaction
+from aitbc_p2p.chain.payloads import (
+    EscrowPayload,
+    JobDispute,
+    JobOpen,
+    JobReceipt,
+    JobRefund,
+    JobResolve,
+    JobSettle,
+    Payload,
+    ProviderRegister,
+    ProviderUnregister,
+    Slash,
+    Stake,
+    Transfer,
+    Unstake,
+    Verdict,
+    Withdraw,
+)
 from aitbc_p2p.chain.state import MAX_UNBONDING, Account, EmptyState, Job, JobStatus, Overlay, StateView
 from aitbc_p2p.chain.votes import check_evidence
 from aitbc_p2p.codec import encode, head
@@ -112,10 +130,10 @@ def _add(value: int, amount: int, what: str) -> int:
     return value + amount
 
 
-def _job(state: Overlay, tx: Transaction) -> Job:
-    job = state.job(Hash32(tx.payload["job_id"]))
+def _job(state: Overlay, p: EscrowPayload) -> Job:
+    job = state.job(p.job_id)
     if job is None:
-        raise TxRejected("UnknownJob", "no escrow with this job id", job_id=tx.payload["job_id"].hex())
+        raise TxRejected("UnknownJob", "no escrow with this job id", job_id=p.job_id.hex())
     return job
 
 
@@ -182,7 +200,9 @@ def apply_tx(state: Overlay, tx: Transaction, *, height: int, rules: ChainRules,
     if sender.nonce >= MAX_AMOUNT:
         raise TxRejected("AmountOutOfRange", "the account's nonce is exhausted")
     p = tx.payload
-    spend = tx.fee + (p["amount"] if tx.kind in MOVES_AMOUNT else 0)
+    spend = tx.fee
+    if type(p) is Transfer or isinstance(p, Stake | JobOpen):  # the kinds in MOVES_AMOUNT
+        spend += p.amount
     if sender.balance < spend:
         raise TxRejected(
             "InsufficientFunds",
@@ -193,11 +213,10 @@ def apply_tx(state: Overlay, tx: Transaction, *, height: int, rules: ChainRules,
     paid = Account(
         sender.balance - spend, sender.nonce + 1, sender.stake, sender.unbonding, sender.provider, sender.active_jobs
     )
-    kind = tx.kind
-    if kind is TxKind.TRANSFER:
+    if type(p) is Transfer:
         # The bulk of every block, so without the staging below: the same checks (only
         # the recipient's bound can fail now), then the same writes.
-        to, amount = Address(p["to"]), p["amount"]
+        to, amount = p.to, p.amount
         recipient = paid if to == tx.sender else state.account(to)
         credited = Account(
             _add(recipient.balance, amount, "balance"), recipient.nonce, recipient.stake, recipient.unbonding,
@@ -213,7 +232,7 @@ def apply_tx(state: Overlay, tx: Transaction, *, height: int, rules: ChainRules,
     w = _Writes(state)
     w.put(tx.sender, paid)
     w.burn = tx.fee
-    _HANDLERS[kind](w, tx, height, rules)
+    _HANDLERS[type(p)](w, tx, p, height, rules)
 
     # Every check passed: write. Fees (and slashed stake) are burned ("Fees").
     for address, account in w.accounts.items():
@@ -231,32 +250,30 @@ def apply_tx(state: Overlay, tx: Transaction, *, height: int, rules: ChainRules,
 # writes on ``w``; apply_tx writes them once every check has passed.
 
 
-def _stake(w: _Writes, tx: Transaction, height: int, rules: ChainRules) -> None:
-    p = tx.payload
+def _stake(w: _Writes, tx: Transaction, p: Stake, height: int, rules: ChainRules) -> None:
     me = w.get(tx.sender)
-    w.put(tx.sender, me.with_(stake=_add(me.stake, p["amount"], "stake")))
-    w.events.append(("staked", p["amount"]))
+    w.put(tx.sender, me.with_(stake=_add(me.stake, p.amount, "stake")))
+    w.events.append(("staked", p.amount))
 
 
-def _unstake(w: _Writes, tx: Transaction, height: int, rules: ChainRules) -> None:
-    p = tx.payload
+def _unstake(w: _Writes, tx: Transaction, p: Unstake, height: int, rules: ChainRules) -> None:
     me = w.get(tx.sender)
-    if p["amount"] > me.stake:
+    if p.amount > me.stake:
         raise TxRejected(
             "InsufficientStake",
-            f"stake {format_aitbc(me.stake)} AITBC is below {format_aitbc(p['amount'])} AITBC",
+            f"stake {format_aitbc(me.stake)} AITBC is below {format_aitbc(p.amount)} AITBC",
             stake=me.stake,
         )
-    if me.provider and me.stake - p["amount"] < rules.min_provider_stake:
+    if me.provider and me.stake - p.amount < rules.min_provider_stake:
         raise TxRejected("InsufficientStake", "a registered provider keeps min_provider_stake; unregister first")
     if len(me.unbonding) >= MAX_UNBONDING:
         raise TxRejected("AmountOutOfRange", f"at most {MAX_UNBONDING} unbonding entries")
     release = height + rules.unbonding_blocks
-    w.put(tx.sender, me.with_(stake=me.stake - p["amount"], unbonding=(*me.unbonding, (p["amount"], release))))
-    w.events.append(("unbonding", p["amount"], release))
+    w.put(tx.sender, me.with_(stake=me.stake - p.amount, unbonding=(*me.unbonding, (p.amount, release))))
+    w.events.append(("unbonding", p.amount, release))
 
 
-def _withdraw(w: _Writes, tx: Transaction, height: int, rules: ChainRules) -> None:
+def _withdraw(w: _Writes, tx: Transaction, p: Withdraw, height: int, rules: ChainRules) -> None:
     me = w.get(tx.sender)
     ripe = sum(a for a, release in me.unbonding if release <= height)
     if not ripe:
@@ -266,7 +283,7 @@ def _withdraw(w: _Writes, tx: Transaction, height: int, rules: ChainRules) -> No
     w.events.append(("withdrawn", ripe))
 
 
-def _provider_register(w: _Writes, tx: Transaction, height: int, rules: ChainRules) -> None:
+def _provider_register(w: _Writes, tx: Transaction, p: ProviderRegister, height: int, rules: ChainRules) -> None:
     me = w.get(tx.sender)
     if me.provider:
         raise TxRejected("Duplicate", "already a registered provider")
@@ -275,7 +292,7 @@ def _provider_register(w: _Writes, tx: Transaction, height: int, rules: ChainRul
     w.put(tx.sender, me.with_(provider=True))
 
 
-def _provider_unregister(w: _Writes, tx: Transaction, height: int, rules: ChainRules) -> None:
+def _provider_unregister(w: _Writes, tx: Transaction, p: ProviderUnregister, height: int, rules: ChainRules) -> None:
     me = w.get(tx.sender)
     if not me.provider:
         raise TxRejected("NotProvider", "not a registered provider")
@@ -284,47 +301,43 @@ def _provider_unregister(w: _Writes, tx: Transaction, height: int, rules: ChainR
     w.put(tx.sender, me.with_(provider=False))
 
 
-def _job_open(w: _Writes, tx: Transaction, height: int, rules: ChainRules) -> None:
-    state, p = w.state, tx.payload
-    job_id = Hash32(p["job_id"])
-    provider = Address(p["provider"])
-    if state.job(job_id) is not None:
+def _job_open(w: _Writes, tx: Transaction, p: JobOpen, height: int, rules: ChainRules) -> None:
+    job_id, provider = p.job_id, p.provider
+    if w.state.job(job_id) is not None:
         raise TxRejected("Duplicate", "an escrow with this job id exists")
     if provider == tx.sender:
         raise TxRejected("NotJobParty", "a client cannot hire itself")
     if not w.get(provider).provider:
         raise TxRejected("NotProvider", "the named provider is not registered", provider=provider)
-    if p["deadline"] <= height:
+    if p.deadline <= height:
         raise TxRejected("JobState", "deadline must be after the current height")
-    w.jobs.append(Job(job_id, tx.sender, provider, p["amount"], p["deadline"], height))
+    w.jobs.append(Job(job_id, tx.sender, provider, p.amount, p.deadline, height))
     w.provider_jobs(provider, +1)
-    w.events.append(("escrowed", job_id, p["amount"]))
+    w.events.append(("escrowed", job_id, p.amount))
 
 
-def _job_receipt(w: _Writes, tx: Transaction, height: int, rules: ChainRules) -> None:
-    state, p = w.state, tx.payload
-    job = _job(state, tx)
+def _job_receipt(w: _Writes, tx: Transaction, p: JobReceipt, height: int, rules: ChainRules) -> None:
+    job = _job(w.state, p)
     if tx.sender != job.provider:
         raise TxRejected("NotJobParty", "only the job's provider posts its receipt")
     if job.status is not JobStatus.OPEN or height > job.deadline:
         raise TxRejected("JobState", f"job is {job.status}, deadline {job.deadline}")
-    if p["cost"] > job.amount:
+    if p.cost > job.amount:
         raise TxRejected("AmountOutOfRange", "cost exceeds the escrowed amount")
     w.jobs.append(
         job.with_(
             status=JobStatus.RECEIPTED,
-            result_hash=p["result_hash"],
-            cost=p["cost"],
-            metrics=dict(p["metrics"]),
+            result_hash=p.result_hash,
+            cost=p.cost,
+            metrics=dict(p.metrics),
             receipt_tx=tx.hash,
             receipt_height=height,
         )
     )
 
 
-def _job_settle(w: _Writes, tx: Transaction, height: int, rules: ChainRules) -> None:
-    state = w.state
-    job = _job(state, tx)
+def _job_settle(w: _Writes, tx: Transaction, p: JobSettle, height: int, rules: ChainRules) -> None:
+    job = _job(w.state, p)
     if tx.sender not in (job.client, job.provider):
         raise TxRejected("NotJobParty", "only the client or the provider settles")
     if job.status is not JobStatus.RECEIPTED:
@@ -335,9 +348,8 @@ def _job_settle(w: _Writes, tx: Transaction, height: int, rules: ChainRules) -> 
     _release(w, job, JobStatus.SETTLED)
 
 
-def _job_dispute(w: _Writes, tx: Transaction, height: int, rules: ChainRules) -> None:
-    state = w.state
-    job = _job(state, tx)
+def _job_dispute(w: _Writes, tx: Transaction, p: JobDispute, height: int, rules: ChainRules) -> None:
+    job = _job(w.state, p)
     if tx.sender != job.client:
         raise TxRejected("NotJobParty", "only the client disputes")
     if job.status is not JobStatus.RECEIPTED or height > job.receipt_height + rules.dispute_blocks:
@@ -345,38 +357,35 @@ def _job_dispute(w: _Writes, tx: Transaction, height: int, rules: ChainRules) ->
     w.jobs.append(job.with_(status=JobStatus.DISPUTED))
 
 
-def _job_resolve(w: _Writes, tx: Transaction, height: int, rules: ChainRules) -> None:
-    state, p = w.state, tx.payload
-    job = _job(state, tx)
+def _job_resolve(w: _Writes, tx: Transaction, p: JobResolve, height: int, rules: ChainRules) -> None:
+    job = _job(w.state, p)
     if tx.sender not in rules.arbiters:
         raise TxRejected("NotArbiter", "only a genesis arbiter resolves disputes")
     if job.status is not JobStatus.DISPUTED:
         raise TxRejected("JobState", f"job is {job.status}, not disputed")
-    if Verdict(p["verdict"]) is Verdict.PROVIDER:
+    if p.verdict is Verdict.PROVIDER:
         _release(w, job, JobStatus.SETTLED)
     else:
         _release(w, job, JobStatus.REFUNDED)
         w.slash(job.provider, job.amount)
 
 
-def _job_refund(w: _Writes, tx: Transaction, height: int, rules: ChainRules) -> None:
-    state = w.state
+def _job_refund(w: _Writes, tx: Transaction, p: JobRefund, height: int, rules: ChainRules) -> None:
     # Anyone may post it (the sender pays the fee); it only ever returns the escrow
     # to its client, and only once the deadline has passed without a receipt. So the
     # client's peer can refund a failed job by itself (specs/transactions.md).
-    job = _job(state, tx)
+    job = _job(w.state, p)
     if job.status is not JobStatus.OPEN or height <= job.deadline:
         raise TxRejected("JobState", f"job is {job.status}; refund only after deadline {job.deadline}")
     _release(w, job, JobStatus.REFUNDED)
 
 
-def _slash(w: _Writes, tx: Transaction, height: int, rules: ChainRules) -> None:
-    state, p = w.state, tx.payload
+def _slash(w: _Writes, tx: Transaction, p: Slash, height: int, rules: ChainRules) -> None:
     try:
-        offender, offence = check_evidence(rules.chain_id, p["evidence"])
+        offender, offence = check_evidence(rules.chain_id, list(p.evidence))
     except ValidationError as e:
         raise TxRejected("BadEvidence", str(e)) from e
-    if state.has_evidence(offence):
+    if w.state.has_evidence(offence):
         raise TxRejected("Duplicate", "this offence was already slashed")
     victim = w.get(offender)
     if not victim.stake + victim.unbonding_total:
@@ -385,21 +394,22 @@ def _slash(w: _Writes, tx: Transaction, height: int, rules: ChainRules) -> None:
     w.evidence = offence
 
 
-_HANDLERS: dict[TxKind, Callable[[_Writes, Transaction, int, ChainRules], None]] = {
-    TxKind.STAKE: _stake,
-    TxKind.UNSTAKE: _unstake,
-    TxKind.WITHDRAW: _withdraw,
-    TxKind.PROVIDER_REGISTER: _provider_register,
-    TxKind.PROVIDER_UNREGISTER: _provider_unregister,
-    TxKind.JOB_OPEN: _job_open,
-    TxKind.JOB_RECEIPT: _job_receipt,
-    TxKind.JOB_SETTLE: _job_settle,
-    TxKind.JOB_DISPUTE: _job_dispute,
-    TxKind.JOB_RESOLVE: _job_resolve,
-    TxKind.JOB_REFUND: _job_refund,
-    TxKind.SLASH: _slash,
+_HANDLERS: dict[type[Payload], Callable[[_Writes, Transaction, Any, int, ChainRules], None]] = {
+    Stake: _stake,
+    Unstake: _unstake,
+    Withdraw: _withdraw,
+    ProviderRegister: _provider_register,
+    ProviderUnregister: _provider_unregister,
+    JobOpen: _job_open,
+    JobReceipt: _job_receipt,
+    JobSettle: _job_settle,
+    JobDispute: _job_dispute,
+    JobResolve: _job_resolve,
+    JobRefund: _job_refund,
+    Slash: _slash,
 }
-"""Every kind but TRANSFER (the bulk of every block, applied inline in apply_tx)."""
+"""Every payload but Transfer (the bulk of every block, applied inline in apply_tx); a
+handler takes the payload of its own class."""
 
 
 def _release(w: _Writes, job: Job, status: JobStatus) -> None:

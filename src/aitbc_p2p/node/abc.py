@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from aitbc_p2p.chain.blocks import AppliedBlock
 from aitbc_p2p.chain.models import Block, BlockHeader, Genesis
+from aitbc_p2p.chain.payloads import Payload
 from aitbc_p2p.chain.transition import ChainRules
 from aitbc_p2p.chain.votes import Vote
 from aitbc_p2p.crypto.keys import PrivateKey
@@ -138,6 +139,7 @@ class OwnAccount(Protocol):
     @property
     def key(self) -> PrivateKey: ...
 
-    async def send_own_tx(self, kind: str, payload: dict[str, Any]) -> Hash32:
-        """Sign at the next pending nonce, pool and gossip. Raises TxRejected."""
+    async def send_own_tx(self, payload: Payload) -> Hash32:
+        """Sign a transaction of ``payload``'s kind at the next pending nonce, pool and
+        gossip it. Raises TxRejected."""
         ...

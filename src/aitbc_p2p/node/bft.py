@@ -17,7 +17,8 @@ from typing import Any
 import trio
 
 from aitbc_p2p.chain.blocks import AppliedBlock
-from aitbc_p2p.chain.models import Block, TxKind
+from aitbc_p2p.chain.models import Block
+from aitbc_p2p.chain.payloads import Slash
 from aitbc_p2p.chain.votes import Vote
 from aitbc_p2p.codec import decode, encode, fields, head
 from aitbc_p2p.consensus import BftEngine
@@ -381,9 +382,9 @@ class BftDriver:
             logger.warning("validator %s double-signed at %d/%d; posting slash evidence", *offence[:3])
             self._nursery_start(self._post_slash, [a.to_wire(), b.to_wire()])
 
-    async def _post_slash(self, evidence: list[Any]) -> None:
+    async def _post_slash(self, evidence: list[dict[str, Any]]) -> None:
         try:
-            await self.account.send_own_tx(TxKind.SLASH, {"evidence": evidence})
+            await self.account.send_own_tx(Slash((evidence[0], evidence[1])))
         except TxRejected as e:
             if e.reason == "Duplicate":  # another validator's evidence for the offence came first
                 logger.info("slash evidence not posted: %s", e)

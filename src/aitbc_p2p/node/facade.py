@@ -8,6 +8,7 @@ from collections.abc import Set as AbstractSet
 from typing import Any
 
 from aitbc_p2p.chain.models import Block, BlockHeader, Genesis, Transaction
+from aitbc_p2p.chain.payloads import Payload
 from aitbc_p2p.chain.state import account_key, supply_of
 from aitbc_p2p.chain.transition import ChainRules
 from aitbc_p2p.chain.votes import Vote
@@ -112,8 +113,8 @@ class Node:
     ) -> bool:
         return await self.chain.import_block(block, certificate, verified=verified)
 
-    async def send_own_tx(self, kind: str, payload: dict[str, Any]) -> Hash32:
-        return await self.relay.send_own_tx(kind, payload)
+    async def send_own_tx(self, payload: Payload) -> Hash32:
+        return await self.relay.send_own_tx(payload)
 
     # ------------------------------------------------------- NodeAPI
     def status(self) -> dict[str, Any]:

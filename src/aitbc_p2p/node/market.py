@@ -19,7 +19,7 @@ from typing import Any
 
 import trio
 
-from aitbc_p2p.chain.models import TxKind
+from aitbc_p2p.chain.payloads import JobReceipt, JobRefund, JobSettle, ProviderRegister, Stake
 from aitbc_p2p.chain.state import Job, JobStatus
 from aitbc_p2p.codec import decode, encode
 from aitbc_p2p.compute import DeviceInfo, Executor, check_params
@@ -147,8 +147,8 @@ class MarketService:
         need = self.chain.rules.min_provider_stake - me.stake
         try:
             if need > 0:
-                await self.account.send_own_tx(TxKind.STAKE, {"amount": need})
-            await self.account.send_own_tx(TxKind.PROVIDER_REGISTER, {})
+                await self.account.send_own_tx(Stake(need))
+            await self.account.send_own_tx(ProviderRegister())
             logger.info("registering as a provider (stake %s AITBC)", format_aitbc(max(need, 0) + me.stake))
         except TxRejected as e:
             logger.warning("cannot register as a provider: %s; no bids until registered", e)
@@ -318,7 +318,7 @@ class MarketService:
 
     async def _refund(self, job: ClientJob, chain_id: Hash32) -> None:
         try:
-            await self.account.send_own_tx(TxKind.JOB_REFUND, {"job_id": chain_id})
+            await self.account.send_own_tx(JobRefund(chain_id))
             logger.info("job %s failed; its escrow is refunded to the client", chain_id.hex()[:16])
         except TxRejected as e:  # e.g. no balance for the fee yet: try again on a later block
             job.refund_sent = False
@@ -525,10 +525,7 @@ class MarketService:
             return result
         cost = job_cost(self._provider.price_per_s, run.metrics["compute_ms"], escrow.amount)
         try:
-            await self.account.send_own_tx(
-                TxKind.JOB_RECEIPT,
-                {"job_id": escrow.job_id, "result_hash": result.result_hash, "cost": cost, "metrics": run.metrics},
-            )
+            await self.account.send_own_tx(JobReceipt(escrow.job_id, result.result_hash, cost, run.metrics))
         except TxRejected as e:
             logger.warning("receipt for job %s refused: %s", job_id[:16], e)
             return result
@@ -548,7 +545,7 @@ class MarketService:
                     and self.chain.head.height + 1 > window_end  # the client's dispute window is over
                 ):
                     try:
-                        await self.account.send_own_tx(TxKind.JOB_SETTLE, {"job_id": chain_id})
+                        await self.account.send_own_tx(JobSettle(chain_id))
                     except TxRejected as e:
                         logger.warning("settle of %s refused: %s", chain_id.hex()[:16], e)
                     return

@@ -9,12 +9,12 @@ re-announced every ``reannounce_s``. Bundles peers gossip pass the topic's state
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import trio
 
 from aitbc_p2p.chain.batch import Checked
 from aitbc_p2p.chain.models import Transaction
+from aitbc_p2p.chain.payloads import Payload
 from aitbc_p2p.crypto.keys import PrivateKey
 from aitbc_p2p.exceptions import CodecError, NetworkError, TxRejected
 from aitbc_p2p.mempool import Mempool
@@ -70,12 +70,12 @@ class TxRelay:
         self.queue([tx])
         return tx.hash
 
-    async def send_own_tx(self, kind: str, payload: dict[str, Any]) -> Hash32:
-        """Sign a transaction with the node's key at its next pending nonce and submit it."""
+    async def send_own_tx(self, payload: Payload) -> Hash32:
+        """Sign a transaction of ``payload``'s kind with the node's key at its next pending
+        nonce and submit it."""
         tx = Transaction.create(
             self._key,
             chain_id=self.chain.genesis.chain_id,
-            kind=kind,
             nonce=self.mempool.pending_nonce(self._key.address, self.chain.state),
             fee=self.chain.genesis.min_fee,
             payload=payload,

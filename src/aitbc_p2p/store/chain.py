@@ -19,6 +19,7 @@ from aitbc_p2p.chain.blocks import AppliedBlock, encode_receipts, genesis_block
 from aitbc_p2p.chain.commitment import StateProof, StateTree, bucket_of, bucket_root, prove
 from aitbc_p2p.chain.merkle import merkle_proof
 from aitbc_p2p.chain.models import Block, BlockHeader, Genesis, Transaction
+from aitbc_p2p.chain.payloads import EscrowPayload
 from aitbc_p2p.chain.state import Account, Job, StateView, read_account, read_burned, read_job
 from aitbc_p2p.chain.transition import Receipt
 from aitbc_p2p.codec import decode, encode
@@ -274,8 +275,8 @@ def _history_keys(block: Block, view: StateView) -> list[tuple[bytes, int]]:
     out: list[tuple[bytes, int]] = []
     for i, tx in enumerate(block.txs):
         parties: set[str] = set(tx.parties())
-        if "job_id" in tx.payload:
-            job = view.job(tx.payload["job_id"])
+        if isinstance(tx.payload, EscrowPayload):
+            job = view.job(tx.payload.job_id)
             if job is not None:
                 parties |= {job.client, job.provider}
         out += [(schema.history_key(a, block.height, i), i) for a in sorted(parties)]

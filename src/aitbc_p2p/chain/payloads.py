@@ -1,0 +1,318 @@
+"""What each kind of transaction says: one frozen dataclass per :class:`TxKind`.
+
+A transaction's ``payload`` is one of these. ``read`` is the strict parser of the wire
+map (exactly the kind's keys, each through :mod:`aitbc_p2p.codec.fields`); ``to_wire``
+gives the map back, key for key, so the canonical bytes and the hash do not change
+(tests/vectors/wire.json holds one transaction of every kind). Rules: specs/transactions.md.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from aitbc_p2p.codec import fields
+from aitbc_p2p.crypto.keys import validate_address
+from aitbc_p2p.exceptions import CodecError, CryptoError, TxRejected
+from aitbc_p2p.types import Address, Hash32
+
+MAX_METRICS = 16
+
+
+class TxKind(enum.StrEnum):
+    TRANSFER = "transfer"
+    STAKE = "stake"
+    UNSTAKE = "unstake"
+    WITHDRAW = "withdraw"
+    PROVIDER_REGISTER = "provider_register"
+    PROVIDER_UNREGISTER = "provider_unregister"
+    JOB_OPEN = "job_open"
+    JOB_RECEIPT = "job_receipt"
+    JOB_SETTLE = "job_settle"
+    JOB_DISPUTE = "job_dispute"
+    JOB_RESOLVE = "job_resolve"
+    JOB_REFUND = "job_refund"
+    SLASH = "slash"
+
+
+class Verdict(enum.StrEnum):
+    """An arbiter's ruling on a disputed job."""
+
+    PROVIDER = "provider"
+    CLIENT = "client"
+
+
+def malformed(message: str, **details: Any) -> TxRejected:
+    return TxRejected("Malformed", message, **details)
+
+
+def read_address(obj: Mapping[str, Any], name: str) -> Address:
+    try:
+        return validate_address(fields.text(obj, name, max_len=128))
+    except CryptoError as e:
+        raise CodecError(f"field {name!r}: {e}") from e
+
+
+def _hash(obj: Mapping[str, Any], name: str) -> Hash32:
+    return Hash32(fields.hash32(obj, name))
+
+
+def exact_keys(obj: Mapping[str, Any], keys: AbstractSet[str], what: str) -> None:
+    if obj.keys() != keys:
+        raise malformed(f"{what} fields must be exactly {sorted(keys)}", got=sorted(obj))
+
+
+# Each payload: KIND, KEYS (its wire map's keys), ``read`` (strict, from the wire map) and
+# ``to_wire`` (the same map back). ``read`` raises CodecError (a field's type or size) or
+# FieldOutOfRange (a number's bounds); Transaction.from_wire names both.
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    KIND: ClassVar[TxKind] = TxKind.TRANSFER
+    KEYS: ClassVar[frozenset[str]] = frozenset({"to", "amount"})
+    to: Address
+    amount: int
+
+    @classmethod
+    def read(cls, p: Mapping[str, Any]) -> Transfer:
+        return cls(read_address(p, "to"), fields.uint(p, "amount", low=1))
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"to": self.to, "amount": self.amount}
+
+    def __reduce__(self) -> tuple[Any, ...]:  # positional: cheaper across the verify workers' pipes
+        return (Transfer, (self.to, self.amount))
+
+
+@dataclass(frozen=True, slots=True)
+class Stake:
+    """Bond ``amount`` from the balance (validators' weight, providers' collateral)."""
+
+    KIND: ClassVar[TxKind] = TxKind.STAKE
+    KEYS: ClassVar[frozenset[str]] = frozenset({"amount"})
+    amount: int
+
+    @classmethod
+    def read(cls, p: Mapping[str, Any]) -> Stake:
+        return cls(fields.uint(p, "amount", low=1))
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"amount": self.amount}
+
+
+@dataclass(frozen=True, slots=True)
+class Unstake:
+    """Start unbonding ``amount``; it is withdrawable ``unbonding_blocks`` later."""
+
+    KIND: ClassVar[TxKind] = TxKind.UNSTAKE
+    KEYS: ClassVar[frozenset[str]] = frozenset({"amount"})
+    amount: int
+
+    @classmethod
+    def read(cls, p: Mapping[str, Any]) -> Unstake:
+        return cls(fields.uint(p, "amount", low=1))
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"amount": self.amount}
+
+
+@dataclass(frozen=True, slots=True)
+class Withdraw:
+    KIND: ClassVar[TxKind] = TxKind.WITHDRAW
+    KEYS: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def read(cls, p: Mapping[str, Any]) -> Withdraw:
+        return cls()
+
+    def to_wire(self) -> dict[str, Any]:
+        return {}
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderRegister:
+    KIND: ClassVar[TxKind] = TxKind.PROVIDER_REGISTER
+    KEYS: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def read(cls, p: Mapping[str, Any]) -> ProviderRegister:
+        return cls()
+
+    def to_wire(self) -> dict[str, Any]:
+        return {}
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderUnregister:
+    KIND: ClassVar[TxKind] = TxKind.PROVIDER_UNREGISTER
+    KEYS: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def read(cls, p: Mapping[str, Any]) -> ProviderUnregister:
+        return cls()
+
+    def to_wire(self) -> dict[str, Any]:
+        return {}
+
+
+@dataclass(frozen=True, slots=True)
+class JobOpen:
+    """Escrow ``amount`` for job ``job_id`` (its offer's id) with ``provider`` until ``deadline``."""
+
+    KIND: ClassVar[TxKind] = TxKind.JOB_OPEN
+    KEYS: ClassVar[frozenset[str]] = frozenset({"job_id", "provider", "amount", "deadline"})
+    job_id: Hash32
+    provider: Address
+    amount: int
+    deadline: int
+
+    @classmethod
+    def read(cls, p: Mapping[str, Any]) -> JobOpen:
+        return cls(
+            _hash(p, "job_id"),
+            read_address(p, "provider"),
+            fields.uint(p, "amount", low=1),
+            fields.uint(p, "deadline", low=1),
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "provider": self.provider, "amount": self.amount, "deadline": self.deadline}
+
+
+@dataclass(frozen=True, slots=True)
+class JobReceipt:
+    """The provider's claim: the result's hash, what it costs, how it ran."""
+
+    KIND: ClassVar[TxKind] = TxKind.JOB_RECEIPT
+    KEYS: ClassVar[frozenset[str]] = frozenset({"job_id", "result_hash", "cost", "metrics"})
+    job_id: Hash32
+    result_hash: Hash32
+    cost: int
+    metrics: Mapping[str, int]
+
+    @classmethod
+    def read(cls, p: Mapping[str, Any]) -> JobReceipt:
+        job_id, result_hash, cost = _hash(p, "job_id"), _hash(p, "result_hash"), fields.uint(p, "cost")
+        try:
+            metrics = fields.uint_map(p, "metrics", max_items=MAX_METRICS, max_key_len=32)
+        except CodecError as e:
+            raise malformed(f"metrics must map at most {MAX_METRICS} short names to uint64") from e
+        return cls(job_id, result_hash, cost, metrics)
+
+    def to_wire(self) -> dict[str, Any]:
+        metrics = dict(self.metrics)
+        return {"job_id": self.job_id, "result_hash": self.result_hash, "cost": self.cost, "metrics": metrics}
+
+
+@dataclass(frozen=True, slots=True)
+class JobSettle:
+    KIND: ClassVar[TxKind] = TxKind.JOB_SETTLE
+    KEYS: ClassVar[frozenset[str]] = frozenset({"job_id"})
+    job_id: Hash32
+
+    @classmethod
+    def read(cls, p: Mapping[str, Any]) -> JobSettle:
+        return cls(_hash(p, "job_id"))
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"job_id": self.job_id}
+
+
+@dataclass(frozen=True, slots=True)
+class JobDispute:
+    KIND: ClassVar[TxKind] = TxKind.JOB_DISPUTE
+    KEYS: ClassVar[frozenset[str]] = frozenset({"job_id"})
+    job_id: Hash32
+
+    @classmethod
+    def read(cls, p: Mapping[str, Any]) -> JobDispute:
+        return cls(_hash(p, "job_id"))
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"job_id": self.job_id}
+
+
+@dataclass(frozen=True, slots=True)
+class JobResolve:
+    KIND: ClassVar[TxKind] = TxKind.JOB_RESOLVE
+    KEYS: ClassVar[frozenset[str]] = frozenset({"job_id", "verdict"})
+    job_id: Hash32
+    verdict: Verdict
+
+    @classmethod
+    def read(cls, p: Mapping[str, Any]) -> JobResolve:
+        job_id = _hash(p, "job_id")
+        try:
+            verdict = Verdict(fields.text(p, "verdict", max_len=16))
+        except ValueError as e:
+            raise malformed("verdict must be 'provider' or 'client'") from e
+        return cls(job_id, verdict)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "verdict": str(self.verdict)}
+
+
+@dataclass(frozen=True, slots=True)
+class JobRefund:
+    KIND: ClassVar[TxKind] = TxKind.JOB_REFUND
+    KEYS: ClassVar[frozenset[str]] = frozenset({"job_id"})
+    job_id: Hash32
+
+    @classmethod
+    def read(cls, p: Mapping[str, Any]) -> JobRefund:
+        return cls(_hash(p, "job_id"))
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"job_id": self.job_id}
+
+
+@dataclass(frozen=True, slots=True)
+class Slash:
+    """Two conflicting signed votes of one validator (checked by the transition)."""
+
+    KIND: ClassVar[TxKind] = TxKind.SLASH
+    KEYS: ClassVar[frozenset[str]] = frozenset({"evidence"})
+    evidence: tuple[dict[str, Any], dict[str, Any]]
+
+    @classmethod
+    def read(cls, p: Mapping[str, Any]) -> Slash:
+        evidence = fields.listing(p, "evidence", max_items=2)
+        if len(evidence) != 2 or not all(isinstance(v, dict) for v in evidence):
+            raise malformed("evidence must be two signed votes")
+        return cls((evidence[0], evidence[1]))
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"evidence": list(self.evidence)}
+
+
+Payload = (
+    Transfer | Stake | Unstake | Withdraw | ProviderRegister | ProviderUnregister | JobOpen | JobReceipt | JobSettle
+    | JobDispute | JobResolve | JobRefund | Slash
+)  # fmt: skip
+EscrowPayload = JobOpen | JobReceipt | JobSettle | JobDispute | JobResolve | JobRefund
+"""The kinds that name a job's escrow by ``job_id``."""
+
+PAYLOADS: dict[TxKind, type[Payload]] = {
+    cls.KIND: cls
+    for cls in (
+        Transfer, Stake, Unstake, Withdraw, ProviderRegister, ProviderUnregister, JobOpen, JobReceipt, JobSettle,
+        JobDispute, JobResolve, JobRefund, Slash,
+    )
+}  # fmt: skip
+"""Every kind's payload class."""
+
+
+def read_payload(kind: TxKind, obj: Mapping[str, Any]) -> Payload:
+    """The payload of a ``kind`` transaction from its wire map: exactly the kind's keys,
+    each strictly read. Raises TxRejected('Malformed'), CodecError or FieldOutOfRange."""
+    cls = PAYLOADS[kind]
+    exact_keys(obj, cls.KEYS, f"{kind} payload")
+    return cls.read(obj)
+
+
+MOVES_AMOUNT = frozenset({TxKind.TRANSFER, TxKind.STAKE, TxKind.JOB_OPEN})
+"""Kinds whose ``amount`` leaves the sender's balance."""
