@@ -17,7 +17,7 @@ def test_offer_bid_and_choice():
 
     def bid(key, price, gflops=1):
         return Bid.create(
-            key, "ait-devnet", job_id=offer.job_id, peer_id="p", price=price, price_per_s=1, gflops=gflops
+            key, "ait-devnet", job_id=offer.job_id.hex(), peer_id="p", price=price, price_per_s=1, gflops=gflops
         )
 
     cheap, dear, too_dear = bid(p1, 50), bid(p2, 60, gflops=99), bid(p2, 101)

@@ -10,7 +10,7 @@ from aitbc_p2p.chain.state import JobStatus
 from aitbc_p2p.exceptions import ComputeError, MarketError
 from aitbc_p2p.market import JobOffer, JobResult, params_hash, select_bid
 from aitbc_p2p.testing import make_key, open_test_network
-from aitbc_p2p.types import Hash32, aitbc
+from aitbc_p2p.types import Hash32, JobId, aitbc
 
 CLIENT = make_key("client")
 ALLOC = {CLIENT.address: aitbc(10_000), make_key("peer1").address: aitbc(1_000)}
@@ -30,7 +30,7 @@ def offer_for(node, workload, params, **kw):
     )  # fmt: skip
 
 
-async def offer_and_open_escrow(node, *, deadline_blocks: int) -> str:
+async def offer_and_open_escrow(node, *, deadline_blocks: int) -> JobId:
     """An echo job offered through ``node``, the cheapest bid chosen and its escrow opened
     (deadline ``deadline_blocks`` after the head); returns the job id."""
     params = {"message": "x"}
@@ -42,7 +42,7 @@ async def offer_and_open_escrow(node, *, deadline_blocks: int) -> str:
     tx = Transaction.create(
         CLIENT, chain_id=node.genesis.chain_id, kind="job_open",
         nonce=node.mempool.pending_nonce(CLIENT.address, node.store.state), fee=node.genesis.min_fee,
-        payload={"job_id": bytes.fromhex(job_id), "provider": bid.signer, "amount": bid.body["price"],
+        payload={"job_id": job_id, "provider": bid.signer, "amount": bid.body["price"],
                  "deadline": node.store.head.height + deadline_blocks},
     )  # fmt: skip
     await node.submit_tx(tx)
@@ -81,15 +81,21 @@ async def test_a_failed_jobs_escrow_is_refunded_by_the_clients_peer(monkeypatch)
         job_id = await offer_and_open_escrow(client_node, deadline_blocks=4)
         await wait_for(lambda: client_node.job_status(job_id)["phase"] == "failed")
         await wait_for(lambda: client_node.job_status(job_id)["status"] == "refunded", timeout=60)
-        escrow = client_node.store.state.job(Hash32(bytes.fromhex(job_id)))
+        escrow = client_node.store.state.job(job_id)
         assert escrow.status is JobStatus.REFUNDED and escrow.cost == 0
         assert client_node.account(CLIENT.address)["balance"] == before - fee  # all but the escrow's fee back
-        # The printed short id finds the job; too short or ambiguous ones do not.
-        assert client_node.job_status(job_id[:12])["job_id"] == job_id
-        assert client_node.job_status(job_id[:3]) is None
-        client_node.market.client_jobs[job_id[:10] + "0" * 54] = client_node.market.client_jobs[job_id]
+        # The printed short id finds the job; too short or ambiguous ones do not. The
+        # JobId and its full hex name it too.
+        text = job_id.hex()
+        assert client_node.job_status(text[:12])["job_id"] == text
+        assert client_node.job_status(text.upper())["job_id"] == text
+        assert client_node.job_status(job_id)["job_id"] == text
+        assert client_node.job_status(text[:3]) is None
+        assert client_node.job_status("zz" * 32) is None
+        twin = JobId(Hash32(job_id[:5] + bytes(27)))
+        client_node.market.client_jobs[twin] = client_node.market.client_jobs[job_id]
         with pytest.raises(MarketError, match="ambiguous"):
-            client_node.job_status(job_id[:10])
+            client_node.job_status(text[:10])
 
 
 async def test_a_test_networks_provider_can_pay_its_fees_when_the_alloc_leaves_it_out():

@@ -32,7 +32,7 @@ async def wait_for(predicate, timeout=30):
 
 def test_well_formed_results_and_payloads_round_trip():
     r = JobResult.decode(encode(GOOD_RESULT))
-    assert (r.job_id, r.ok, r.output, r.metrics) == (JOB_ID, True, b"\xa0", {"compute_ms": 3})
+    assert (r.job_id, r.ok, r.output, r.metrics) == (bytes.fromhex(JOB_ID), True, b"\xa0", {"compute_ms": 3})
     assert JobResult.decode(r.encode()) == r
     p = JobPayload.decode(encode(GOOD_PAYLOAD))
     assert JobPayload.decode(p.encode()) == p
@@ -54,6 +54,9 @@ def test_well_formed_results_and_payloads_round_trip():
         {"error": "e" * 5000},
         {"job_id": 5},
         {"job_id": "a" * 100},
+        {"job_id": "AB" * 32},  # one spelling of an id: lowercase
+        {"job_id": "ab" * 31},
+        {"job_id": "zz" * 32},
         {"extra": 1},
     ],
 )
@@ -134,7 +137,7 @@ async def test_a_client_survives_a_malformed_job_result(answer):
         await client.network.connect(liar.listen_addrs()[0])
         offer, job = await _client_job(client)
         bid = Bid.create(
-            make_key("liar"), offer.chain_id, job_id=offer.job_id, peer_id=liar.peer_id,
+            make_key("liar"), offer.chain_id, job_id=offer.job_id.hex(), peer_id=liar.peer_id,
             price=1, price_per_s=1, gflops=1,
         )  # fmt: skip
         await client.market._dispatch(offer.job_id, job, bid)
@@ -150,7 +153,7 @@ async def test_bids_per_job_are_bounded_and_cheaper_ones_still_get_in(monkeypatc
         def bid(i, price):
             key = make_key(f"bidder{i}")
             return Bid.create(
-                key, offer.chain_id, job_id=offer.job_id, peer_id="p", price=price, price_per_s=1, gflops=1
+                key, offer.chain_id, job_id=offer.job_id.hex(), peer_id="p", price=price, price_per_s=1, gflops=1
             )
 
         for i in range(3 * MAX_BIDS_PER_JOB):

@@ -17,7 +17,7 @@ from aitbc_p2p.network.memory import MemoryHub, memory_peer_id
 from aitbc_p2p.node import NodeConfig, open_node
 from aitbc_p2p.node.wire import decode_sync_item, encode_block_message, encode_sync_item
 from aitbc_p2p.testing import ChainBuilder, make_genesis, make_key, make_tx, open_test_network
-from aitbc_p2p.types import Hash32, aitbc
+from aitbc_p2p.types import aitbc
 
 CLIENT = make_key("client")
 PROVIDER = make_key("peer2")
@@ -229,7 +229,7 @@ async def run_job(node, workload, params, *, max_price=None):
         CLIENT, chain_id=node.genesis.chain_id, kind="job_open",
         nonce=node.mempool.pending_nonce(CLIENT.address, node.store.state), fee=node.genesis.min_fee,
         payload={
-            "job_id": bytes.fromhex(job_id), "provider": bid.signer,
+            "job_id": job_id, "provider": bid.signer,
             "amount": bid.body["price"], "deadline": node.store.head.height + 100,
         },
     )  # fmt: skip
@@ -249,7 +249,7 @@ async def test_job_flows_from_offer_to_settlement(tmp_path):
         result = client_node.job_result(job_id)
         assert result["ok"] and result["output"] == {"message": "hello", "length": 5}
         assert result["receipt_matches"]
-        escrow = client_node.store.state.job(Hash32(bytes.fromhex(job_id)))
+        escrow = client_node.store.state.job(job_id)
         assert escrow.status is JobStatus.SETTLED and 0 < escrow.cost <= escrow.amount == bid.body["price"]
         assert status["receipt_id"] == escrow.receipt_tx.hex()
         fee = client_node.genesis.min_fee

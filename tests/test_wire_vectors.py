@@ -27,6 +27,9 @@ from aitbc_p2p.market import Bid, CapabilityRecord, JobOffer, JobPayload, JobRes
 from aitbc_p2p.node.bundles import decode_bundle, encode_bundle
 from aitbc_p2p.node.wire import decode_sync_item, encode_block_message, encode_sync_item
 from aitbc_p2p.testing import ChainBuilder, make_genesis, make_key, make_tx
+from aitbc_p2p.types import Hash32, JobId
+
+JOB_AB = JobId(Hash32(b"\xab" * 32))
 
 VECTORS = Path(__file__).with_name("vectors") / "wire.json"
 CHAIN = "ait-devnet"
@@ -52,7 +55,7 @@ def _capability() -> CapabilityRecord:
 
 
 def _bid() -> Bid:
-    return Bid.create(BOB, CHAIN, job_id=_offer().job_id, peer_id="16Uiu2HAm", price=600, price_per_s=20, gflops=112)
+    return Bid.for_offer(BOB, _offer(), peer_id="16Uiu2HAm", price=600, price_per_s=20, gflops=112)
 
 
 def _reencode_block_message(b: bytes) -> bytes:
@@ -123,11 +126,11 @@ def builders() -> dict[str, tuple[Callable[[], bytes], Callable[[bytes], bytes]]
         ),
         "capability_record": (lambda: _capability().encode(), lambda b: CapabilityRecord.decode(b).encode()),
         "job_payload": (
-            lambda: JobPayload("ab" * 32, "echo", {"message": "hi"}).encode(),
+            lambda: JobPayload(JOB_AB, "echo", {"message": "hi"}).encode(),
             lambda b: JobPayload.decode(b).encode(),
         ),
         "job_result": (
-            lambda: JobResult("ab" * 32, True, encode({"message": "hi", "length": 2}), "", {"compute_ms": 3}).encode(),
+            lambda: JobResult(JOB_AB, True, encode({"message": "hi", "length": 2}), "", {"compute_ms": 3}).encode(),
             lambda b: JobResult.decode(b).encode(),
         ),
     }

@@ -13,8 +13,9 @@ Address = NewType("Address", str)
 Hash32 = NewType("Hash32", bytes)
 """A 32-byte SHA-256 digest."""
 
-JobId = NewType("JobId", str)
-"""Hex of the 32-byte hash of a signed job offer."""
+JobId = NewType("JobId", Hash32)
+"""A job's one id: the 32-byte hash of its signed offer, which is also its escrow's id on
+chain. Spelled in hex only where text carries it (job stream fields, bids, RPC JSON, logs)."""
 
 UNITS_PER_AITBC = 10**9
 MAX_AMOUNT = 2**64 - 1

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from aitbc_p2p.codec import fields
 from aitbc_p2p.crypto.keys import validate_address
 from aitbc_p2p.exceptions import CodecError, CryptoError, TxRejected
-from aitbc_p2p.types import Address, Hash32
+from aitbc_p2p.types import Address, Hash32, JobId
 
 MAX_METRICS = 16
 
@@ -58,6 +58,10 @@ def read_address(obj: Mapping[str, Any], name: str) -> Address:
 
 def _hash(obj: Mapping[str, Any], name: str) -> Hash32:
     return Hash32(fields.hash32(obj, name))
+
+
+def _job_id(obj: Mapping[str, Any]) -> JobId:
+    return JobId(Hash32(fields.hash32(obj, "job_id")))
 
 
 def exact_keys(obj: Mapping[str, Any], keys: AbstractSet[str], what: str) -> None:
@@ -165,7 +169,7 @@ class JobOpen:
 
     KIND: ClassVar[TxKind] = TxKind.JOB_OPEN
     KEYS: ClassVar[frozenset[str]] = frozenset({"job_id", "provider", "amount", "deadline"})
-    job_id: Hash32
+    job_id: JobId
     provider: Address
     amount: int
     deadline: int
@@ -173,7 +177,7 @@ class JobOpen:
     @classmethod
     def read(cls, p: Mapping[str, Any]) -> JobOpen:
         return cls(
-            _hash(p, "job_id"),
+            _job_id(p),
             read_address(p, "provider"),
             fields.uint(p, "amount", low=1),
             fields.uint(p, "deadline", low=1),
@@ -189,14 +193,14 @@ class JobReceipt:
 
     KIND: ClassVar[TxKind] = TxKind.JOB_RECEIPT
     KEYS: ClassVar[frozenset[str]] = frozenset({"job_id", "result_hash", "cost", "metrics"})
-    job_id: Hash32
+    job_id: JobId
     result_hash: Hash32
     cost: int
     metrics: Mapping[str, int]
 
     @classmethod
     def read(cls, p: Mapping[str, Any]) -> JobReceipt:
-        job_id, result_hash, cost = _hash(p, "job_id"), _hash(p, "result_hash"), fields.uint(p, "cost")
+        job_id, result_hash, cost = _job_id(p), _hash(p, "result_hash"), fields.uint(p, "cost")
         try:
             metrics = fields.uint_map(p, "metrics", max_items=MAX_METRICS, max_key_len=32)
         except CodecError as e:
@@ -212,11 +216,11 @@ class JobReceipt:
 class JobSettle:
     KIND: ClassVar[TxKind] = TxKind.JOB_SETTLE
     KEYS: ClassVar[frozenset[str]] = frozenset({"job_id"})
-    job_id: Hash32
+    job_id: JobId
 
     @classmethod
     def read(cls, p: Mapping[str, Any]) -> JobSettle:
-        return cls(_hash(p, "job_id"))
+        return cls(_job_id(p))
 
     def to_wire(self) -> dict[str, Any]:
         return {"job_id": self.job_id}
@@ -226,11 +230,11 @@ class JobSettle:
 class JobDispute:
     KIND: ClassVar[TxKind] = TxKind.JOB_DISPUTE
     KEYS: ClassVar[frozenset[str]] = frozenset({"job_id"})
-    job_id: Hash32
+    job_id: JobId
 
     @classmethod
     def read(cls, p: Mapping[str, Any]) -> JobDispute:
-        return cls(_hash(p, "job_id"))
+        return cls(_job_id(p))
 
     def to_wire(self) -> dict[str, Any]:
         return {"job_id": self.job_id}
@@ -240,12 +244,12 @@ class JobDispute:
 class JobResolve:
     KIND: ClassVar[TxKind] = TxKind.JOB_RESOLVE
     KEYS: ClassVar[frozenset[str]] = frozenset({"job_id", "verdict"})
-    job_id: Hash32
+    job_id: JobId
     verdict: Verdict
 
     @classmethod
     def read(cls, p: Mapping[str, Any]) -> JobResolve:
-        job_id = _hash(p, "job_id")
+        job_id = _job_id(p)
         try:
             verdict = Verdict(fields.text(p, "verdict", max_len=16))
         except ValueError as e:
@@ -260,11 +264,11 @@ class JobResolve:
 class JobRefund:
     KIND: ClassVar[TxKind] = TxKind.JOB_REFUND
     KEYS: ClassVar[frozenset[str]] = frozenset({"job_id"})
-    job_id: Hash32
+    job_id: JobId
 
     @classmethod
     def read(cls, p: Mapping[str, Any]) -> JobRefund:
-        return cls(_hash(p, "job_id"))
+        return cls(_job_id(p))
 
     def to_wire(self) -> dict[str, Any]:
         return {"job_id": self.job_id}

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple, Protocol
 
 from aitbc_p2p.chain.commitment import StateTree, bucket_of, bucket_root
 from aitbc_p2p.codec import decode, decode_record, encode, head
-from aitbc_p2p.types import Address, Hash32
+from aitbc_p2p.types import Address, Hash32, JobId
 
 ACCOUNT_PREFIX = b"a"
 JOB_PREFIX = b"j"
@@ -83,7 +83,7 @@ class Account(NamedTuple):
 class Job:
     """An escrow record. ``amount`` is locked from ``client`` until settle or refund."""
 
-    job_id: Hash32
+    job_id: JobId
     client: Address
     provider: Address
     amount: int
@@ -119,7 +119,7 @@ class Job:
     def decode(cls, data: bytes) -> Job:
         w = decode(data)
         return cls(
-            job_id=Hash32(w["job_id"]),
+            job_id=JobId(Hash32(w["job_id"])),
             client=Address(w["client"]),
             provider=Address(w["provider"]),
             amount=w["amount"],

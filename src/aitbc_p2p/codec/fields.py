@@ -77,6 +77,17 @@ def hash32(obj: Mapping[str, Any], name: str) -> bytes:
     return value
 
 
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
+
+def hex_hash32(obj: Mapping[str, Any], name: str) -> bytes:
+    """32 bytes spelled as text: exactly 64 lowercase hex digits (one spelling per id)."""
+    value = text(obj, name, max_len=64)
+    if len(value) != 64 or not _HEX_DIGITS.issuperset(value):
+        raise CodecError(f"field {name!r} must be 64 lowercase hex digits")
+    return bytes.fromhex(value)
+
+
 def listing(obj: Mapping[str, Any], name: str, *, max_items: int) -> list[Any]:
     value: list[Any] = _get(obj, name, list)
     if len(value) > max_items:

@@ -10,8 +10,6 @@ from aitbc_p2p.crypto import sha256
 from aitbc_p2p.exceptions import CodecError, MarketError
 from aitbc_p2p.types import Hash32, JobId
 
-MAX_JOB_ID = 64
-"""A job id is the hex of a 32-byte hash."""
 MAX_WORKLOAD_NAME = 64
 MAX_RESULT_METRICS = 16
 
@@ -26,6 +24,11 @@ def result_hash(output: bytes) -> Hash32:
     return sha256(output)
 
 
+def _job_id(w: Any) -> JobId:
+    """The job stream spells a job's id in hex (specs/market.md); one spelling only."""
+    return JobId(Hash32(fields.hex_hash32(w, "job_id")))
+
+
 @dataclass(frozen=True, slots=True)
 class JobPayload:
     job_id: JobId
@@ -33,7 +36,7 @@ class JobPayload:
     params: dict[str, Any]
 
     def encode(self) -> bytes:
-        return encode({"job_id": self.job_id, "workload": self.workload, "params": self.params})
+        return encode({"job_id": self.job_id.hex(), "workload": self.workload, "params": self.params})
 
     @classmethod
     def decode(cls, data: bytes) -> JobPayload:
@@ -41,7 +44,7 @@ class JobPayload:
         try:
             w = fields.record(decode(data), ("job_id", "workload", "params"), "a job payload")
             return cls(
-                JobId(fields.text(w, "job_id", max_len=MAX_JOB_ID)),
+                _job_id(w),
                 fields.text(w, "workload", max_len=MAX_WORKLOAD_NAME),
                 fields.mapping(w, "params"),
             )
@@ -64,9 +67,8 @@ class JobResult:
         return result_hash(self.output)
 
     def encode(self) -> bytes:
-        return encode(
-            {"job_id": self.job_id, "ok": self.ok, "output": self.output, "error": self.error, "metrics": self.metrics}
-        )
+        wire = {"job_id": self.job_id.hex(), "ok": self.ok, "output": self.output, "error": self.error}
+        return encode({**wire, "metrics": self.metrics})
 
     @classmethod
     def decode(cls, data: bytes, *, max_size: int = 1 << 20) -> JobResult:
@@ -75,7 +77,7 @@ class JobResult:
             keys = ("job_id", "ok", "output", "error", "metrics")
             w = fields.record(decode(data, max_size=max_size), keys, "a job result")
             return cls(
-                JobId(fields.text(w, "job_id", max_len=MAX_JOB_ID)),
+                _job_id(w),
                 fields.boolean(w, "ok"),
                 fields.blob(w, "output", max_len=max_size),
                 fields.text(w, "error"),

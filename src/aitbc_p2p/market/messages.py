@@ -21,7 +21,12 @@ from aitbc_p2p.types import MAX_AMOUNT, Address, Hash32, JobId
 MAX_MESSAGE_SIZE = 64 * 1024
 
 
+class HexId:
+    """A field type: a 32-byte id spelled as 64 lowercase hex digits (a job's id in a bid)."""
+
+
 _READERS: dict[type, Callable[[Mapping[str, Any], str], Any]] = {
+    HexId: fields.hex_hash32,
     int: partial(fields.uint, high=MAX_AMOUNT),
     bool: fields.boolean,
     str: fields.text,
@@ -148,7 +153,8 @@ class JobOffer(Signed):
 
     @property
     def job_id(self) -> JobId:
-        return JobId(self.id.hex())
+        """The job's id: this offer's hash, also its escrow's id on chain."""
+        return JobId(self.id)
 
 
 class Bid(Signed):
@@ -156,7 +162,17 @@ class Bid(Signed):
 
     DOMAIN = Domain.BID
     SIGNER = "provider"
-    FIELDS = {"job_id": str, "peer_id": str, "price": int, "price_per_s": int, "gflops": int}
+    FIELDS = {"job_id": HexId, "peer_id": str, "price": int, "price_per_s": int, "gflops": int}
+
+    @classmethod
+    def for_offer(cls, key: PrivateKey, offer: JobOffer, **fields: Any) -> Bid:
+        """Sign a bid on ``offer`` (its chain, its job id)."""
+        return cls.create(key, offer.chain_id, job_id=offer.job_id.hex(), **fields)
+
+    @property
+    def job_id(self) -> JobId:
+        """The job this bid is for (checked to be 64 hex digits when the bid was read)."""
+        return JobId(Hash32(bytes.fromhex(self.body["job_id"])))
 
 
 def select_bid(offer: JobOffer, bids: list[Bid]) -> Bid | None:
@@ -167,7 +183,7 @@ def select_bid(offer: JobOffer, bids: list[Bid]) -> Bid | None:
     ok = [
         b
         for b in bids
-        if b.body["job_id"] == offer.job_id
+        if b.body["job_id"] == offer.job_id.hex()
         and b.chain_id == offer.chain_id
         and b.body["price"] <= offer.body["max_price"]
     ]

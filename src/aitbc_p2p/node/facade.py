@@ -202,11 +202,11 @@ class Node:
     async def submit_job(self, offer: JobOffer, workload: str, params: dict[str, Any]) -> JobId:
         return await self.market.submit(offer, workload, params)
 
-    def job_status(self, job_id: JobId) -> dict[str, Any] | None:
-        return self.market.job_status(job_id)
+    def job_status(self, job: JobId | str) -> dict[str, Any] | None:
+        return self.market.job_status(job)
 
-    def job_result(self, job_id: JobId) -> dict[str, Any] | None:
-        return self.market.job_result(job_id)
+    def job_result(self, job: JobId | str) -> dict[str, Any] | None:
+        return self.market.job_result(job)
 
     def providers(self) -> list[dict[str, Any]]:
         return [jsonable(dict(rec.body)) for rec in self.market.providers.values()]

@@ -43,7 +43,7 @@ MAX_CLIENT_JOBS = 10_000
 """Client jobs tracked; past it the oldest finished ones are dropped."""
 MIN_JOB_PREFIX = 4
 """Hex digits a job id prefix needs to name a job (as git takes a commit's)."""
-MAX_JOB_ID_CHARS = 64
+JOB_ID_HEX = 64
 ENDED = (JobStatus.SETTLED, JobStatus.REFUNDED)
 ESCROW_WAIT_S = 20.0
 SETTLE_WAIT_S = 120.0
@@ -70,21 +70,11 @@ class ClientJob:
     error: str = ""
     refund_sent: bool = False
     """Nothing more to do about a failed job's escrow: this peer posted its refund, or it ended otherwise."""
-    escrow_id: Hash32 = field(init=False)
-    """The job's id on chain (its offer's id): the same 32 bytes the JobId spells in hex."""
+    job_id: JobId = field(init=False)
+    """Its offer's hash: its id here, on the job stream and on chain (the escrow's)."""
 
     def __post_init__(self) -> None:
-        self.escrow_id = self.offer.id
-
-
-def _escrow_id(job_id: JobId) -> Hash32 | None:
-    """The on-chain id a job id names, for a job this peer does not track (the RPC may ask
-    about any); None if it is not the hex of 32 bytes."""
-    try:
-        raw = bytes.fromhex(job_id)
-    except ValueError:
-        return None
-    return Hash32(raw) if len(raw) == 32 else None
+        self.job_id = self.offer.job_id
 
 
 JOB_STREAMS_PER_PEER = 256
@@ -233,7 +223,7 @@ class MarketService:
                 logger.exception("job message from %s not handled", msg.origin)
 
     def _take_bid(self, bid: Bid) -> None:
-        job = self.client_jobs.get(JobId(bid.body["job_id"]))
+        job = self.client_jobs.get(bid.job_id)
         if job is None or job.phase not in (Phase.BIDDING, Phase.BIDS_READY):
             return
         if bid.body["price"] > job.offer.body["max_price"]:
@@ -291,7 +281,7 @@ class MarketService:
                 self._maybe_refund(job, height)
             if job.phase not in (Phase.BIDDING, Phase.BIDS_READY):
                 continue
-            escrow = self.chain.state.job(job.escrow_id)
+            escrow = self.chain.state.job(job.job_id)
             if escrow is None or escrow.status is not JobStatus.OPEN or escrow.client != job.offer.signer:
                 continue
             bid = job.bids.get(escrow.provider)
@@ -305,7 +295,7 @@ class MarketService:
     def _maybe_refund(self, job: ClientJob, height: int) -> None:
         """A failed job's escrow goes back to its client once its deadline has passed: this
         peer posts the refund itself (anyone may; specs/transactions.md), paying the fee."""
-        escrow = self.chain.state.job(job.escrow_id)
+        escrow = self.chain.state.job(job.job_id)
         if escrow is None:
             return
         if escrow.status is not JobStatus.OPEN or escrow.client != job.offer.signer:
@@ -316,19 +306,19 @@ class MarketService:
         job.refund_sent = True
         self._nursery.start_soon(self._refund, job, escrow.job_id)
 
-    async def _refund(self, job: ClientJob, chain_id: Hash32) -> None:
+    async def _refund(self, job: ClientJob, job_id: JobId) -> None:
         try:
-            await self.account.send_own_tx(JobRefund(chain_id))
-            logger.info("job %s failed; its escrow is refunded to the client", chain_id.hex()[:16])
+            await self.account.send_own_tx(JobRefund(job_id))
+            logger.info("job %s failed; its escrow is refunded to the client", job_id.hex()[:16])
         except TxRejected as e:  # e.g. no balance for the fee yet: try again on a later block
             job.refund_sent = False
-            logger.info("refund of failed job %s not posted yet: %s", chain_id.hex()[:16], e)
+            logger.info("refund of failed job %s not posted yet: %s", job_id.hex()[:16], e)
 
     async def _dispatch(self, job_id: JobId, job: ClientJob, bid: Bid) -> None:
         try:
             await self._dispatch_unguarded(job_id, job, bid)
         except Exception as e:  # a task edge in the node's nursery: fail the job, not the node
-            logger.exception("job %s dispatch failed", job_id[:16])
+            logger.exception("job %s dispatch failed", job_id.hex()[:16])
             job.phase, job.error = Phase.FAILED, f"internal error: {type(e).__name__}"
 
     async def _dispatch_unguarded(self, job_id: JobId, job: ClientJob, bid: Bid) -> None:
@@ -341,33 +331,42 @@ class MarketService:
                 raise MarketError("provider answered for another job")
         except (NetworkError, MarketError) as e:
             job.phase, job.error = Phase.FAILED, str(e)
-            logger.warning("job %s failed: %s", job_id[:16], e)
+            logger.warning("job %s failed: %s", job_id.hex()[:16], e)
             return
         job.result = result
         job.phase = Phase.RESULT_RECEIVED if result.ok else Phase.FAILED
         job.error = result.error
-        logger.info("job %s result received (ok=%s)", job_id[:16], result.ok)
+        logger.info("job %s result received (ok=%s)", job_id.hex()[:16], result.ok)
 
-    def resolve(self, job_id: str) -> JobId:
-        """A tracked job's full id from any unique prefix of at least 4 hex digits (as git
-        takes commits); other ids come back as they are.
+    def resolve(self, job: JobId | str) -> JobId | None:
+        """The job ``job`` names: a JobId itself; in hex, any job by its 64 digits and a
+        tracked one by any unique prefix of at least 4 (as git takes commits); None if it
+        names none.
 
         Raises:
             MarketError: the prefix names more than one tracked job.
         """
-        text = job_id.lower()
-        if text in self.client_jobs or len(text) >= MAX_JOB_ID_CHARS or len(text) < MIN_JOB_PREFIX:
-            return JobId(text)
-        matches = [j for j in self.client_jobs if j.startswith(text)]
+        if isinstance(job, bytes):
+            return JobId(Hash32(job)) if len(job) == 32 else None
+        text = job.lower()
+        if len(text) == JOB_ID_HEX:
+            try:
+                return JobId(Hash32(bytes.fromhex(text)))
+            except ValueError:
+                return None
+        if not MIN_JOB_PREFIX <= len(text) < JOB_ID_HEX:
+            return None
+        matches = [j for j in self.client_jobs if j.hex().startswith(text)]
         if len(matches) > 1:
-            raise MarketError(f"job id {job_id} is ambiguous: {len(matches)} jobs start with it")
-        return matches[0] if matches else JobId(text)
+            raise MarketError(f"job id {text} is ambiguous: {len(matches)} jobs start with it")
+        return matches[0] if matches else None
 
-    def job_status(self, job_id: JobId) -> dict[str, Any] | None:
-        job_id = self.resolve(job_id)
+    def job_status(self, job: JobId | str) -> dict[str, Any] | None:
+        job_id = self.resolve(job)
+        if job_id is None:
+            return None
         job = self.client_jobs.get(job_id)
-        chain_id = job.escrow_id if job is not None else _escrow_id(job_id)
-        escrow: Job | None = self.chain.state.job(chain_id) if chain_id else None
+        escrow: Job | None = self.chain.state.job(job_id)
         if job is None and escrow is None:
             return None
         if escrow is not None and escrow.status is not JobStatus.OPEN:
@@ -379,7 +378,7 @@ class MarketService:
         # Once the chain has ended the job (settled, refunded), that is its phase too.
         phase = status if escrow is not None and escrow.status in ENDED else (str(job.phase) if job else None)
         view: dict[str, Any] = {
-            "job_id": job_id,
+            "job_id": job_id.hex(),
             "status": status,
             "phase": phase,
             "error": job.error if job else "",
@@ -394,19 +393,19 @@ class MarketService:
             view["bids"] = [{**jsonable(dict(b.body)), "wire": b.encode().hex()} for b in job.bids.values()]
         return view
 
-    def job_result(self, job_id: JobId) -> dict[str, Any] | None:
-        job_id = self.resolve(job_id)
-        job = self.client_jobs.get(job_id)
+    def job_result(self, job: JobId | str) -> dict[str, Any] | None:
+        job_id = self.resolve(job)
+        job = self.client_jobs.get(job_id) if job_id is not None else None
         if job is None or job.result is None:
             return None
         r = job.result
-        escrow = self.chain.state.job(job.escrow_id)
+        escrow = self.chain.state.job(job.job_id)
         try:
             output = jsonable(decode(r.output)) if r.output else None
         except CodecError:
             output = None
         return {
-            "job_id": job_id,
+            "job_id": job.job_id.hex(),
             "ok": r.ok,
             "error": r.error,
             "output": output,
@@ -465,10 +464,9 @@ class MarketService:
         self._offers_seen[offer.job_id] = offer
         while len(self._offers_seen) > MAX_OFFERS_SEEN:
             self._offers_seen.popitem(last=False)
-        bid = Bid.create(
+        bid = Bid.for_offer(
             self.account.key,
-            self.chain.genesis.chain_id,
-            job_id=offer.job_id,
+            offer,
             peer_id=self.network.peer_id,
             price=price,
             price_per_s=cfg.price_per_s,
@@ -482,10 +480,10 @@ class MarketService:
         except NetworkError as e:
             logger.warning("job message not gossiped: %s", e)
 
-    async def _wait_escrow(self, chain_id: Hash32) -> Job | None:
+    async def _wait_escrow(self, job_id: JobId) -> Job | None:
         with trio.move_on_after(ESCROW_WAIT_S):
             while True:
-                escrow = self.chain.state.job(chain_id)
+                escrow = self.chain.state.job(job_id)
                 if escrow is not None:
                     return escrow
                 await self.chain.wait_head_change()
@@ -510,7 +508,7 @@ class MarketService:
             or params_hash(payload.workload, payload.params) != offer.body["params_hash"]
         ):
             return fail("payload does not match the offer")
-        escrow = await self._wait_escrow(offer.id)
+        escrow = await self._wait_escrow(job_id)
         if escrow is None or escrow.provider != self.account.key.address or escrow.status is not JobStatus.OPEN:
             return fail("no open escrow names this provider")
         run = await self._executor.run(
@@ -521,23 +519,23 @@ class MarketService:
         )
         result = JobResult(job_id, run.ok, run.output, run.error, run.metrics)
         if not run.ok:
-            logger.info("job %s failed: %s (no receipt, no payment)", job_id[:16], run.error)
+            logger.info("job %s failed: %s (no receipt, no payment)", job_id.hex()[:16], run.error)
             return result
         cost = job_cost(self._provider.price_per_s, run.metrics["compute_ms"], escrow.amount)
         try:
             await self.account.send_own_tx(JobReceipt(escrow.job_id, result.result_hash, cost, run.metrics))
         except TxRejected as e:
-            logger.warning("receipt for job %s refused: %s", job_id[:16], e)
+            logger.warning("receipt for job %s refused: %s", job_id.hex()[:16], e)
             return result
-        logger.info("job %s done; receipt posted, cost %s AITBC", job_id[:16], format_aitbc(cost))
+        logger.info("job %s done; receipt posted, cost %s AITBC", job_id.hex()[:16], format_aitbc(cost))
         if self._nursery is not None:
             self._nursery.start_soon(self._settle_when_receipted, escrow.job_id)
         return result
 
-    async def _settle_when_receipted(self, chain_id: Hash32) -> None:
+    async def _settle_when_receipted(self, job_id: JobId) -> None:
         with trio.move_on_after(SETTLE_WAIT_S):
             while True:
-                escrow = self.chain.state.job(chain_id)
+                escrow = self.chain.state.job(job_id)
                 window_end = escrow.receipt_height + self.chain.rules.dispute_blocks if escrow else 0
                 if (
                     escrow is not None
@@ -545,11 +543,11 @@ class MarketService:
                     and self.chain.head.height + 1 > window_end  # the client's dispute window is over
                 ):
                     try:
-                        await self.account.send_own_tx(JobSettle(chain_id))
+                        await self.account.send_own_tx(JobSettle(job_id))
                     except TxRejected as e:
-                        logger.warning("settle of %s refused: %s", chain_id.hex()[:16], e)
+                        logger.warning("settle of %s refused: %s", job_id.hex()[:16], e)
                     return
                 if escrow is not None and escrow.status not in (JobStatus.OPEN, JobStatus.RECEIPTED):
                     return
                 await self.chain.wait_head_change()
-        logger.warning("receipt for %s not committed in time; not settled", chain_id.hex()[:16])
+        logger.warning("receipt for %s not committed in time; not settled", job_id.hex()[:16])

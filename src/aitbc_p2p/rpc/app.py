@@ -24,7 +24,7 @@ from aitbc_p2p.crypto.keys import validate_address
 from aitbc_p2p.exceptions import CodecError, ComputeError, CryptoError, MarketError, TxRejected
 from aitbc_p2p.market.messages import JobOffer
 from aitbc_p2p.node.api import NodeAPI
-from aitbc_p2p.types import Address, Hash32, JobId
+from aitbc_p2p.types import Address, Hash32
 
 logger = logging.getLogger(__name__)
 
@@ -141,10 +141,10 @@ def _job_params(value: Any) -> dict[str, Any]:
     return value
 
 
-def _job_lookup(lookup: Callable[[JobId], dict[str, Any] | None], job_id: str) -> dict[str, Any] | None:
-    """A job by its id or a unique prefix of it (409 AMBIGUOUS_JOB_ID otherwise)."""
+def _job_lookup(lookup: Callable[[str], dict[str, Any] | None], job_id: str) -> dict[str, Any] | None:
+    """A job by its hex id or a unique prefix of it (409 AMBIGUOUS_JOB_ID otherwise)."""
     try:
-        return lookup(JobId(job_id))
+        return lookup(job_id)
     except MarketError as e:
         raise Problem(409, "AMBIGUOUS_JOB_ID", str(e)) from e
 
@@ -268,7 +268,7 @@ def create_app(api: NodeAPI, *, token: str, max_body: int = MAX_BODY) -> QuartTr
             raise Problem(400, "BAD_PARAMS", str(e)) from e
         except MarketError as e:
             raise Problem(422, "BAD_OFFER", str(e)) from e
-        return _json({"job_id": job_id, "status": "bidding"}, 201)
+        return _json({"job_id": job_id.hex(), "status": "bidding"}, 201)
 
     @app.get("/v1/jobs/<job_id>")
     async def job_status(job_id: str) -> Response:

@@ -18,12 +18,13 @@ import httpx
 import trio
 
 from aitbc_p2p.chain.models import Transaction, TxKind
+from aitbc_p2p.chain.payloads import JobOpen, Payload
 from aitbc_p2p.compute.workloads import check_params
 from aitbc_p2p.crypto import PrivateKey
 from aitbc_p2p.exceptions import MarketError, RpcError
 from aitbc_p2p.market import Bid, JobOffer, params_hash, select_bid
 from aitbc_p2p.rpc.server import NODE_INFO, TOKEN_FILE
-from aitbc_p2p.types import Address, JobId, format_aitbc
+from aitbc_p2p.types import Address, format_aitbc
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ class RpcClient:
 
     # ---------------------------------------------------------- signed flows
     async def send(
-        self, key: PrivateKey, kind: TxKind | str, payload: dict[str, Any], *, fee: int | None = None
+        self, key: PrivateKey, kind: TxKind | str, payload: Payload | dict[str, Any], *, fee: int | None = None
     ) -> str:
         """Sign a transaction at the account's pending nonce and submit it; returns its hash.
 
@@ -184,8 +185,9 @@ class RpcClient:
         max_runtime_s: int = 60,
         bid_timeout: float = 15.0,
         progress: Callable[[str], Awaitable[None] | None] | None = None,
-    ) -> JobId:
-        """Offer a job, choose a bid, open escrow for that provider; returns the job id.
+    ) -> str:
+        """Offer a job, choose a bid, open escrow for that provider; returns the job's id
+        in hex (its offer's hash, also its escrow's id on chain).
 
         Nothing is sent for a job that cannot run: bad parameters, a runtime cap under
         1 s, or (when this peer knows providers) one that none of them can take.
@@ -218,7 +220,9 @@ class RpcClient:
         posted = await self._call(
             "POST", "/v1/jobs", {"offer": offer.encode().hex(), "workload": workload, "params": params}
         )
-        job_id = JobId(posted["job_id"])
+        job_id = offer.job_id.hex()
+        if posted["job_id"] != job_id:
+            raise MarketError(f"the node filed the offer as job {posted['job_id']}, not {job_id}")
         await _report(progress, f"offer {job_id[:16]} published; collecting bids")
         bid: Bid | None = None
         with trio.move_on_after(bid_timeout):
@@ -235,13 +239,7 @@ class RpcClient:
             raise MarketError(f"no acceptable bid for job {job_id} within {bid_timeout} s: {why}")
         await _report(progress, f"chose provider {bid.signer} at {bid.body['price']} units; opening escrow")
         deadline = int(status["height"]) + max(30, 4 * max_runtime_s)
-        payload = {
-            "job_id": bytes.fromhex(job_id),
-            "provider": bid.signer,
-            "amount": bid.body["price"],
-            "deadline": deadline,
-        }
-        await self.send(key, TxKind.JOB_OPEN, payload)
+        await self.send(key, TxKind.JOB_OPEN, JobOpen(offer.job_id, bid.signer, bid.body["price"], deadline))
         return job_id
 
     async def wait_job(
