@@ -47,4 +47,4 @@ async def test_validators_that_lose_every_consensus_message_still_reach_quorum(m
             heads = {n.store.block(3).hash for n in nodes}
             assert len(heads) == 1  # one chain, final blocks agree
             for n in nodes:  # every decided block carries a quorum of precommits
-                assert len(n.block(3)["certificate"]["validators"]) >= 3
+                assert len(n.block(3).certificate.validators) >= 3

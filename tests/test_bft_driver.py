@@ -123,5 +123,5 @@ async def test_a_restarted_validator_keeps_its_signatures_and_rejoins(autojump_c
                 await v3.wait_height(target)
             block = v3.store.block(target)
             assert block.hash == nodes[0].store.block(target).hash
-            precommits = {v for h in range(target - 3, target + 1) for v in v3.block(h)["certificate"]["validators"]}
+            precommits = {v for h in range(target - 3, target + 1) for v in v3.block(h).certificate.validators}
             assert ROGUE.address in precommits  # it votes again

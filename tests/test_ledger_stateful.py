@@ -188,7 +188,7 @@ class Ledger(RuleBasedStateMachine):
     @invariant()
     def supply_is_conserved(self):
         supply = supply_of(self.store.state, GENESIS.total_supply)
-        assert supply["total"] == GENESIS.total_supply, supply
+        assert supply.total == GENESIS.total_supply, supply
 
     @invariant()
     def accounts_match_the_model(self):

@@ -76,20 +76,20 @@ async def test_a_failed_jobs_escrow_is_refunded_by_the_clients_peer(monkeypatch)
             return JobResult(payload.job_id, False, error="the worker failed")
 
         monkeypatch.setattr(provider.market, "_run_job", fails)
-        before = client_node.account(CLIENT.address)["balance"]
+        before = client_node.account(CLIENT.address).account.balance
         fee = client_node.genesis.min_fee
         job_id = await offer_and_open_escrow(client_node, deadline_blocks=4)
-        await wait_for(lambda: client_node.job_status(job_id)["phase"] == "failed")
-        await wait_for(lambda: client_node.job_status(job_id)["status"] == "refunded", timeout=60)
+        await wait_for(lambda: client_node.job_status(job_id).phase == "failed")
+        await wait_for(lambda: client_node.job_status(job_id).status == "refunded", timeout=60)
         escrow = client_node.store.state.job(job_id)
         assert escrow.status is JobStatus.REFUNDED and escrow.cost == 0
-        assert client_node.account(CLIENT.address)["balance"] == before - fee  # all but the escrow's fee back
+        assert client_node.account(CLIENT.address).account.balance == before - fee  # all but the escrow's fee back
         # The printed short id finds the job; too short or ambiguous ones do not. The
         # JobId and its full hex name it too.
         text = job_id.hex()
-        assert client_node.job_status(text[:12])["job_id"] == text
-        assert client_node.job_status(text.upper())["job_id"] == text
-        assert client_node.job_status(job_id)["job_id"] == text
+        assert client_node.job_status(text[:12]).job_id == job_id
+        assert client_node.job_status(text.upper()).job_id == job_id
+        assert client_node.job_status(job_id).job_id == job_id
         assert client_node.job_status(text[:3]) is None
         assert client_node.job_status("zz" * 32) is None
         twin = JobId(Hash32(job_id[:5] + bytes(27)))
@@ -103,7 +103,7 @@ async def test_a_test_networks_provider_can_pay_its_fees_when_the_alloc_leaves_i
     settle fees are paid, and a job settles (it used to hang until a 120 s timeout)."""
     async with open_test_network(2, providers=[1], alloc={CLIENT.address: aitbc(10_000)}) as nodes:
         client_node = nodes[0]
-        assert client_node.account(make_key("peer1").address)["balance"] > 0
+        assert client_node.account(make_key("peer1").address).account.balance > 0
         await wait_for(lambda: client_node.market.providers)
         job_id = await offer_and_open_escrow(client_node, deadline_blocks=100)
-        await wait_for(lambda: client_node.job_status(job_id)["status"] == "settled", timeout=60)
+        await wait_for(lambda: client_node.job_status(job_id).status == "settled", timeout=60)

@@ -47,12 +47,12 @@ async def test_a_poa_network_produces_one_chain_and_carries_transactions(autojum
         for nonce in range(5):
             await nodes[nonce % 4].submit_tx(transfer(nonce, genesis))
         with trio.fail_after(120):  # virtual seconds
-            while any(n.account(SINK)["balance"] < 25 for n in nodes):
+            while any(n.account(SINK).account.balance < 25 for n in nodes):
                 await nodes[0].wait_head_change()
             await nodes[0].wait_height(nodes[0].head.height + 3)
         low = min(n.head.height for n in nodes)
         assert low >= 3 and agree(nodes, low)
-        assert all(n.supply()["total"] == n.supply()["genesis_total"] for n in nodes)
+        assert all(n.supply().total == n.supply().genesis_total for n in nodes)
     assert time.monotonic() - wall < 30  # virtual time: no real block interval was waited out
 
 
@@ -114,7 +114,7 @@ async def test_pos_validators_decide_blocks_and_go_on_without_one_of_four(autoju
         await nodes[0].wait_height(5)
         assert agree(nodes, 5)
         for n in nodes:  # each decided block carries a quorum of precommits
-            assert len(n.block(5)["certificate"]["validators"]) >= 3
+            assert len(n.block(5).certificate.validators) >= 3
         # One validator is cut off (its own side of a partition): the other three hold
         # three quarters of the stake, so rounds it would propose time out and the next
         # round's proposer takes over.
@@ -156,3 +156,50 @@ async def test_the_proposers_kept_for_finality_stay_bounded(autojump_clock: Any)
         await node.wait_height(2 * FINALITY_WINDOW + 50)  # nobody asks for finality meanwhile
         assert len(node.chain.finality) <= 2 * FINALITY_WINDOW
         assert node.final_height() == node.head.height  # solo: final at once
+
+
+async def test_the_node_api_returns_typed_views_that_the_rpc_renders_to_its_spec(autojump_clock: Any) -> None:
+    """NodeAPI speaks in dataclasses of domain values; rpc/render.py alone makes JSON of
+    them, with the keys specs/rpc.md lists, so a view field renamed shows up here."""
+    import dataclasses
+    import json
+
+    from aitbc_p2p.chain.state import Account
+    from aitbc_p2p.rpc import render
+
+    alloc = {WALLET.address: aitbc(100)}
+    async with open_test_network(2, hub=MemoryHub(), clock_ms=virtual_clock_ms, alloc=alloc) as nodes:
+        node = nodes[0]
+        tx = transfer(0, node.genesis)
+        await node.submit_tx(tx)
+        pending = node.tx_status(tx.hash)
+        assert dataclasses.is_dataclass(pending) and pending.status == "pending" and pending.tx == tx
+        with trio.fail_after(60):
+            while node.tx_status(tx.hash).status != "committed":
+                await node.wait_head_change()
+        views = {
+            "status": node.status(),
+            "supply": node.supply(),
+            "account": node.account(WALLET.address),
+            "tx_status": node.tx_status(tx.hash),
+            "tx_proof": node.tx_proof(tx.hash),
+            "account_proof": node.account_proof(WALLET.address),
+            "block": node.block(node.tx_status(tx.hash).height),
+        }
+        assert all(dataclasses.is_dataclass(v) for v in views.values())
+        assert isinstance(views["account"].account, Account) and views["account"].account.nonce == 1
+        assert [loc.tx for loc in node.history(SINK, 10)] == [tx]
+        status = render.status(views["status"])
+        assert set(status) == {
+            "chain_id", "genesis_hash", "height", "head_hash", "head_timestamp_ms", "consensus", "next_proposer",
+            "final_height", "address", "peer_id", "listen", "peers", "mempool", "min_fee", "provider",
+        }  # fmt: skip
+        assert status["height"] == node.head.height and status["head_hash"] == node.head.hash.hex()
+        account = render.account(views["account"])
+        assert account["balance"] == aitbc(100) - 5 - node.genesis.min_fee and account["balance_aitbc"]
+        assert render.supply(views["supply"])["total"] == node.genesis.total_supply
+        committed = render.tx_status(views["tx_status"])
+        assert committed["status"] == "committed" and committed["tx"]["hash"] == tx.hash.hex()
+        assert render.block(views["block"])["txs"][0]["payload"] == {"to": SINK, "amount": 5}
+        for name, view in views.items():  # every rendering is plain JSON
+            json.dumps(getattr(render, name)(view))

@@ -39,7 +39,7 @@ async def test_peers_agree_and_gossip_transactions(tmp_path):
         await wait_for(lambda: all(n.store.head.height >= target for n in nodes))
         hashes = {n.store.block(target).hash for n in nodes}
         assert len(hashes) == 1
-        assert nodes[2].account(make_key("dest").address)["balance"] == 12345
+        assert nodes[2].account(make_key("dest").address).account.balance == 12345
         # Round robin, once all three are up (the first blocks may be backups: the peers
         # start one after another). Any six heights in a row hold every authority.
         later = target + 6
@@ -106,7 +106,7 @@ async def test_sync_refuses_a_forged_or_malformed_block_and_keeps_the_blocks_bef
                 with pytest.raises(error):
                     await late.sync.sync_from("source", at + 2)
                 assert late.store.head.hash == source.store.block(at - 1).hash  # up to the block before it
-                assert late.account(CLIENT.address)["nonce"] == 0
+                assert late.account(CLIENT.address).account.nonce == 0
             monkeypatch.setattr(late.sync, "fetch", partial(served_from, served))
             await late.sync.sync_from("source", at + 2)
             assert late.store.head.hash == source.store.block(at + 2).hash
@@ -174,7 +174,7 @@ async def test_the_block_gate_refuses_forged_blocks_and_an_accepted_one_is_decod
                 await wait_for(lambda: late.store.head.height == 1)
                 nursery.cancel_scope.cancel()
             assert late.store.head.hash == honest.hash
-            assert late.account(CLIENT.address)["nonce"] == 1
+            assert late.account(CLIENT.address).account.nonce == 1
             monkeypatch.undo()
             assert (await late.blocks.gate(message)).result is ValidationResult.IGNORE  # already have it
 
@@ -223,7 +223,7 @@ async def run_job(node, workload, params, *, max_price=None):
         max_price=max_price, max_runtime_s=30, verification="none", timestamp_ms=node.clock_ms(),
     )  # fmt: skip
     job_id = await node.submit_job(offer, workload, params)
-    await wait_for(lambda: node.job_status(job_id)["status"] == "bids_ready" and node.job_status(job_id)["bids"])
+    await wait_for(lambda: node.job_status(job_id).status == "bids_ready" and node.job_status(job_id).bids)
     bid = select_bid(offer, list(node.market.client_jobs[job_id].bids.values()))
     tx = Transaction.create(
         CLIENT, chain_id=node.genesis.chain_id, kind="job_open",
@@ -244,20 +244,20 @@ async def test_job_flows_from_offer_to_settlement(tmp_path):
         supply = client_node.supply()
         job_id, bid = await run_job(client_node, "echo", {"message": "hello"})
         assert bid.signer == PROVIDER.address
-        await wait_for(lambda: client_node.job_status(job_id)["status"] == "settled")
+        await wait_for(lambda: client_node.job_status(job_id).status == "settled")
         status = client_node.job_status(job_id)
         result = client_node.job_result(job_id)
-        assert result["ok"] and result["output"] == {"message": "hello", "length": 5}
-        assert result["receipt_matches"]
+        assert result.result.ok and decode(result.result.output) == {"message": "hello", "length": 5}
+        assert result.receipt_matches and result.job_id == job_id
         escrow = client_node.store.state.job(job_id)
         assert escrow.status is JobStatus.SETTLED and 0 < escrow.cost <= escrow.amount == bid.body["price"]
-        assert status["receipt_id"] == escrow.receipt_tx.hex()
+        assert status.escrow == escrow and status.phase == "settled"
         fee = client_node.genesis.min_fee
-        assert client_node.account(CLIENT.address)["balance"] == aitbc(10_000) - escrow.cost - fee
-        assert client_node.account(PROVIDER.address)["balance"] == aitbc(1_000) + escrow.cost - 2 * fee
+        assert client_node.account(CLIENT.address).account.balance == aitbc(10_000) - escrow.cost - fee
+        assert client_node.account(PROVIDER.address).account.balance == aitbc(1_000) + escrow.cost - 2 * fee
         after = client_node.supply()
-        assert after["total"] == supply["total"] == client_node.genesis.total_supply
-        assert after["burned"] == supply["burned"] + 3 * fee
+        assert after.total == supply.total == client_node.genesis.total_supply
+        assert after.burned == supply.burned + 3 * fee
 
 
 async def test_failed_job_pays_nothing(monkeypatch):
@@ -272,11 +272,11 @@ async def test_failed_job_pays_nothing(monkeypatch):
 
         monkeypatch.setattr(nodes[1].market, "_run_job", fails)
         job_id, _ = await run_job(node, "echo", {"message": "x"})
-        await wait_for(lambda: node.job_status(job_id)["status"] == "failed")
+        await wait_for(lambda: node.job_status(job_id).status == "failed")
         status = node.job_status(job_id)
-        assert "bad job" in status["error"] and status["receipt_id"] is None
-        assert status["escrow"]["status"] == "open"  # refundable by the client after the deadline
-        assert node.account(make_key("peer1").address)["balance"] == 0
+        assert "bad job" in status.error and not status.escrow.receipt_tx
+        assert status.escrow.status is JobStatus.OPEN  # refundable by the client after the deadline
+        assert node.account(make_key("peer1").address).account.balance == 0
 
 
 @pytest.mark.parametrize("max_price", [1])
@@ -290,8 +290,8 @@ async def test_no_bid_above_max_price(max_price):
             max_price=max_price, max_runtime_s=30, verification="none", timestamp_ms=0,
         )  # fmt: skip
         job_id = await node.submit_job(offer, "echo", params)
-        await wait_for(lambda: node.job_status(job_id)["status"] == "bids_ready")
-        assert node.job_status(job_id)["bids"] == []
+        await wait_for(lambda: node.job_status(job_id).status == "bids_ready")
+        assert node.job_status(job_id).bids == []
 
 
 async def test_poa_backup_proposer_covers_an_authority_that_is_down():
@@ -325,7 +325,7 @@ async def test_poa_fork_choice_reorgs_to_the_primary_and_re_pools_reverted_txs(t
         assert node.store.head == primary.block.header
         assert node.store.find_tx(tx.hash) is None and tx.hash in node.mempool  # pending again
         assert node.store.state.account(CLIENT.address).nonce == 0
-        assert node.supply()["total"] == genesis.total_supply
+        assert node.supply().total == genesis.total_supply
         assert not await node.import_block(backup.block)  # the worse tip is not taken back
         assert node.store.side_block(backup.block.hash) == backup.block
 

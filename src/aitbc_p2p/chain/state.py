@@ -342,9 +342,25 @@ class EmptyState:
         return 0
 
 
-def supply_of(view: StateView, genesis_total: int) -> dict[str, int]:
-    """Where every unit is. Invariant: balances + escrowed + staked + unbonding + burned
-    equals the genesis total (nothing is minted)."""
+@dataclass(frozen=True, slots=True)
+class Supply:
+    """Where every unit is. Invariant: ``total`` (balances + escrowed + staked + unbonding
+    + burned) equals ``genesis_total``: nothing is minted, nothing lost."""
+
+    balances: int
+    escrowed: int
+    staked: int
+    unbonding: int
+    burned: int
+    genesis_total: int
+
+    @property
+    def total(self) -> int:
+        return self.balances + self.escrowed + self.staked + self.unbonding + self.burned
+
+
+def supply_of(view: StateView, genesis_total: int) -> Supply:
+    """Sum the state: see :class:`Supply`."""
     balances = escrowed = staked = unbonding = 0
     for key, value in view.leaves():
         if key.startswith(ACCOUNT_PREFIX):
@@ -356,13 +372,4 @@ def supply_of(view: StateView, genesis_total: int) -> dict[str, int]:
             job = Job.decode(value)
             if job.status.escrowed:
                 escrowed += job.amount
-    burned = view.burned()
-    return {
-        "balances": balances,
-        "escrowed": escrowed,
-        "staked": staked,
-        "unbonding": unbonding,
-        "burned": burned,
-        "total": balances + escrowed + staked + unbonding + burned,
-        "genesis_total": genesis_total,
-    }
+    return Supply(balances, escrowed, staked, unbonding, view.burned(), genesis_total)

@@ -1,50 +1,158 @@
-"""The facade the RPC layer speaks to (a Protocol, so tests can give it a twin)."""
+"""The facade the RPC layer speaks to (a Protocol, so tests can give it a twin), and the
+views it returns.
+
+Views are frozen dataclasses of domain values (bytes, the chain's own records, signed
+market messages), never JSON: :mod:`aitbc_p2p.rpc.render` decides how each one looks on
+the wire (specs/rpc.md), and agents that import the node read typed fields.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
-from aitbc_p2p.chain.models import Transaction
-from aitbc_p2p.market.messages import JobOffer
+from aitbc_p2p.chain.commitment import StateProof
+from aitbc_p2p.chain.models import Block, BlockHeader, Transaction
+from aitbc_p2p.chain.state import Account, Job, Supply
+from aitbc_p2p.market.jobs import JobResult
+from aitbc_p2p.market.messages import Bid, CapabilityRecord, JobOffer
+from aitbc_p2p.store.chain import ReceiptProof, TxLocation
 from aitbc_p2p.types import Address, Hash32, JobId
 
 
+@dataclass(frozen=True, slots=True)
+class ProviderStatus:
+    """This peer as a provider: what it sells and how its executor is doing."""
+
+    miner_id: str
+    mode: str
+    device: str
+    gflops: int
+    gflops_by_dtype: Mapping[str, int]
+    workloads: Sequence[str]
+    price_per_s: int
+    executor: Mapping[str, int]
+    """The executor's counters: slots, free_slots, done, failed, worker_restarts."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    chain_id: str
+    genesis_hash: Hash32
+    head: BlockHeader
+    consensus: str
+    next_proposer: Address
+    final_height: int
+    address: Address
+    peer_id: str
+    listen: Sequence[str]
+    peers: Sequence[str]
+    mempool: int
+    min_fee: int
+    provider: ProviderStatus | None
+
+
+@dataclass(frozen=True, slots=True)
+class AccountInfo:
+    address: Address
+    account: Account
+    pending_nonce: int
+    """The nonce the account's next transaction takes, counting those in the pool."""
+
+
+@dataclass(frozen=True, slots=True)
+class TxStatus:
+    status: Literal["committed", "pending"]
+    tx: Transaction
+    height: int | None = None
+    index: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateInfo:
+    """Who finalised a block (BFT engines): the round and the validators whose votes it holds."""
+
+    round: int | None
+    validators: Sequence[Address]
+
+
+@dataclass(frozen=True, slots=True)
+class BlockInfo:
+    block: Block
+    certificate: CertificateInfo | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AccountProof:
+    """An account record with its path to ``header``'s state root (verify it offline)."""
+
+    header: BlockHeader
+    proof: StateProof
+
+
+@dataclass(frozen=True, slots=True)
+class JobInfo:
+    """A job as this peer knows it: its own tracking (if it is the client's peer) and the
+    escrow on chain (if one is open)."""
+
+    job_id: JobId
+    status: str
+    """The escrow's status once it left ``open``, else the client's phase (``open`` for a
+    job this peer does not track)."""
+    phase: str | None
+    error: str
+    escrow: Job | None
+    result_available: bool
+    workload: str | None = None
+    offer: JobOffer | None = None
+    bids: Sequence[Bid] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class JobResultInfo:
+    job_id: JobId
+    result: JobResult
+    receipt_matches: bool
+    """The escrow's receipt carries this result's hash."""
+
+
 class NodeAPI(Protocol):
-    def status(self) -> dict[str, Any]: ...
+    def status(self) -> NodeStatus: ...
 
-    def supply(self) -> dict[str, Any]: ...
+    def supply(self) -> Supply: ...
 
-    def account(self, address: Address) -> dict[str, Any]: ...
+    def account(self, address: Address) -> AccountInfo: ...
 
-    def history(self, address: Address, limit: int) -> list[dict[str, Any]]: ...
+    def history(self, address: Address, limit: int) -> list[TxLocation]: ...
 
     async def submit_tx(self, tx: Transaction) -> Hash32:
         """Admit to the mempool and gossip. Raises TxRejected with a named reason."""
         ...
 
-    def tx_status(self, tx_hash: Hash32) -> dict[str, Any] | None: ...
+    def tx_status(self, tx_hash: Hash32) -> TxStatus | None: ...
 
-    def tx_proof(self, tx_hash: Hash32) -> dict[str, Any] | None:
+    def tx_proof(self, tx_hash: Hash32) -> ReceiptProof | None:
         """The receipt of a committed transaction with its Merkle path and block header."""
         ...
 
-    def account_proof(self, address: Address) -> dict[str, Any] | None:
+    def account_proof(self, address: Address) -> AccountProof | None:
         """An account record with its path to the head's state root."""
         ...
 
-    def block(self, height: int) -> dict[str, Any] | None: ...
+    def block(self, height: int) -> BlockInfo | None: ...
 
     async def submit_job(self, offer: JobOffer, workload: str, params: dict[str, Any]) -> JobId:
         """Publish a client's signed offer and keep its payload for the chosen provider."""
         ...
 
-    def job_status(self, job: JobId | str) -> dict[str, Any] | None:
+    def job_status(self, job: JobId | str) -> JobInfo | None:
         """A job by its JobId, its id in hex, or a unique prefix of at least 4 hex digits
         of a tracked job's. Raises MarketError if the prefix is ambiguous."""
         ...
 
-    def job_result(self, job: JobId | str) -> dict[str, Any] | None:
+    def job_result(self, job: JobId | str) -> JobResultInfo | None:
         """Same lookup as job_status."""
         ...
 
-    def providers(self) -> list[dict[str, Any]]: ...
+    def providers(self) -> list[CapabilityRecord]: ...

@@ -28,8 +28,8 @@ from aitbc_p2p.market import Bid, CapabilityRecord, JobOffer, JobPayload, JobRes
 from aitbc_p2p.network.abc import REJECT, GossipMessage, Network, Verdict, accept
 from aitbc_p2p.network.protocols import JOB_PROTOCOL
 from aitbc_p2p.node.abc import ChainView, OwnAccount, Topics
+from aitbc_p2p.node.api import JobInfo, JobResultInfo, ProviderStatus
 from aitbc_p2p.node.config import ProviderConfig
-from aitbc_p2p.node.views import job_view, jsonable
 from aitbc_p2p.types import Address, Hash32, JobId, format_aitbc
 
 logger = logging.getLogger(__name__)
@@ -143,19 +143,19 @@ class MarketService:
         except TxRejected as e:
             logger.warning("cannot register as a provider: %s; no bids until registered", e)
 
-    def provider_status(self) -> dict[str, Any] | None:
+    def provider_status(self) -> ProviderStatus | None:
         if self._provider is None or self._device is None or self._executor is None:
             return None
-        return {
-            "miner_id": self._provider.miner_id,
-            "mode": self._device.mode,
-            "device": self._device.name,
-            "gflops": self._device.gflops,
-            "gflops_by_dtype": dict(self._device.gflops_by_dtype),
-            "workloads": list(self._device.workloads),
-            "price_per_s": self._provider.price_per_s,
-            **self._executor.statistics(),
-        }
+        return ProviderStatus(
+            miner_id=self._provider.miner_id,
+            mode=self._device.mode,
+            device=self._device.name,
+            gflops=self._device.gflops,
+            gflops_by_dtype=dict(self._device.gflops_by_dtype),
+            workloads=list(self._device.workloads),
+            price_per_s=self._provider.price_per_s,
+            executor=self._executor.statistics(),
+        )
 
     # ----------------------------------------------------- gossip validation
     async def job_gate(self, data: bytes) -> Verdict[JobOffer | Bid]:
@@ -361,59 +361,45 @@ class MarketService:
             raise MarketError(f"job id {text} is ambiguous: {len(matches)} jobs start with it")
         return matches[0] if matches else None
 
-    def job_status(self, job: JobId | str) -> dict[str, Any] | None:
+    def job_status(self, job: JobId | str) -> JobInfo | None:
         job_id = self.resolve(job)
         if job_id is None:
             return None
-        job = self.client_jobs.get(job_id)
+        tracked = self.client_jobs.get(job_id)
         escrow: Job | None = self.chain.state.job(job_id)
-        if job is None and escrow is None:
+        if tracked is None and escrow is None:
             return None
         if escrow is not None and escrow.status is not JobStatus.OPEN:
             status = str(escrow.status)
-        elif job is not None:
-            status = str(job.phase)
+        elif tracked is not None:
+            status = str(tracked.phase)
         else:
             status = "open"
         # Once the chain has ended the job (settled, refunded), that is its phase too.
-        phase = status if escrow is not None and escrow.status in ENDED else (str(job.phase) if job else None)
-        view: dict[str, Any] = {
-            "job_id": job_id.hex(),
-            "status": status,
-            "phase": phase,
-            "error": job.error if job else "",
-            "escrow": job_view(escrow) if escrow else None,
-            "receipt_id": escrow.receipt_tx.hex() if escrow and escrow.receipt_tx else None,
-            "result_available": bool(job and job.result and job.result.ok),
-        }
-        if job is not None:
-            view["workload"] = job.workload
-            view["client"] = job.offer.signer
-            view["offer"] = jsonable(dict(job.offer.body))
-            view["bids"] = [{**jsonable(dict(b.body)), "wire": b.encode().hex()} for b in job.bids.values()]
-        return view
+        ended = escrow is not None and escrow.status in ENDED
+        if tracked is None:
+            return JobInfo(job_id, status, status if ended else None, "", escrow, result_available=False)
+        phase = status if ended else str(tracked.phase)
+        return JobInfo(
+            job_id,
+            status,
+            phase,
+            tracked.error,
+            escrow,
+            result_available=bool(tracked.result and tracked.result.ok),
+            workload=tracked.workload,
+            offer=tracked.offer,
+            bids=list(tracked.bids.values()),
+        )
 
-    def job_result(self, job: JobId | str) -> dict[str, Any] | None:
+    def job_result(self, job: JobId | str) -> JobResultInfo | None:
         job_id = self.resolve(job)
-        job = self.client_jobs.get(job_id) if job_id is not None else None
-        if job is None or job.result is None:
+        tracked = self.client_jobs.get(job_id) if job_id is not None else None
+        if tracked is None or tracked.result is None:
             return None
-        r = job.result
-        escrow = self.chain.state.job(job.job_id)
-        try:
-            output = jsonable(decode(r.output)) if r.output else None
-        except CodecError:
-            output = None
-        return {
-            "job_id": job.job_id.hex(),
-            "ok": r.ok,
-            "error": r.error,
-            "output": output,
-            "output_hex": r.output.hex(),
-            "result_hash": r.result_hash.hex(),
-            "metrics": r.metrics,
-            "receipt_matches": bool(escrow and escrow.result_hash == r.result_hash),
-        }
+        escrow = self.chain.state.job(tracked.job_id)
+        matches = escrow is not None and escrow.result_hash == tracked.result.result_hash
+        return JobResultInfo(tracked.job_id, tracked.result, matches)
 
     # ------------------------------------------------------------ provider
     def _capability(self) -> CapabilityRecord:

@@ -12,7 +12,7 @@ import json
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from quart import Response, request
 from quart_trio import QuartTrio
@@ -24,9 +24,11 @@ from aitbc_p2p.crypto.keys import validate_address
 from aitbc_p2p.exceptions import CodecError, ComputeError, CryptoError, MarketError, TxRejected
 from aitbc_p2p.market.messages import JobOffer
 from aitbc_p2p.node.api import NodeAPI
+from aitbc_p2p.rpc import render
 from aitbc_p2p.types import Address, Hash32
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_BODY = 1 << 20
 IDEMPOTENCY_CACHE = 1024
@@ -141,7 +143,7 @@ def _job_params(value: Any) -> dict[str, Any]:
     return value
 
 
-def _job_lookup(lookup: Callable[[str], dict[str, Any] | None], job_id: str) -> dict[str, Any] | None:
+def _job_lookup(lookup: Callable[[str], T | None], job_id: str) -> T | None:
     """A job by its hex id or a unique prefix of it (409 AMBIGUOUS_JOB_ID otherwise)."""
     try:
         return lookup(job_id)
@@ -197,15 +199,15 @@ def create_app(api: NodeAPI, *, token: str, max_body: int = MAX_BODY) -> QuartTr
 
     @app.get("/v1/status")
     async def status() -> Response:
-        return _json(api.status())
+        return _json(render.status(api.status()))
 
     @app.get("/v1/supply")
     async def supply() -> Response:
-        return _json(api.supply())
+        return _json(render.supply(api.supply()))
 
     @app.get("/v1/accounts/<address>")
     async def account(address: str) -> Response:
-        return _json(api.account(_address(address)))
+        return _json(render.account(api.account(_address(address))))
 
     @app.get("/v1/accounts/<address>/history")
     async def history(address: str) -> Response:
@@ -213,7 +215,8 @@ def create_app(api: NodeAPI, *, token: str, max_body: int = MAX_BODY) -> QuartTr
             limit = min(max(int(request.args.get("limit", "50")), 1), 500)
         except ValueError as e:
             raise Problem(400, "BAD_REQUEST", "limit must be an integer") from e
-        return _json({"address": address, "txs": api.history(_address(address), limit)})
+        txs = [render.history_entry(loc) for loc in api.history(_address(address), limit)]
+        return _json({"address": address, "txs": txs})
 
     @app.post("/v1/transactions")
     async def submit_tx() -> Response:
@@ -231,28 +234,28 @@ def create_app(api: NodeAPI, *, token: str, max_body: int = MAX_BODY) -> QuartTr
         found = api.tx_status(_tx_hash(tx_hash))
         if found is None:
             raise Problem(404, "NOT_FOUND", "no such transaction")
-        return _json(found)
+        return _json(render.tx_status(found))
 
     @app.get("/v1/transactions/<tx_hash>/proof")
     async def tx_proof(tx_hash: str) -> Response:
         found = api.tx_proof(_tx_hash(tx_hash))
         if found is None:
             raise Problem(404, "NOT_FOUND", "no committed transaction with this hash")
-        return _json(found)
+        return _json(render.tx_proof(found))
 
     @app.get("/v1/accounts/<address>/proof")
     async def account_proof(address: str) -> Response:
         found = api.account_proof(_address(address))
         if found is None:
             raise Problem(404, "NOT_FOUND", "no such account in the state")
-        return _json(found)
+        return _json(render.account_proof(found))
 
     @app.get("/v1/blocks/<int:height>")
     async def block(height: int) -> Response:
         found = api.block(height)
         if found is None:
             raise Problem(404, "NOT_FOUND", f"no block at height {height}")
-        return _json(found)
+        return _json(render.block(found))
 
     @app.post("/v1/jobs")
     async def submit_job() -> Response:
@@ -275,17 +278,17 @@ def create_app(api: NodeAPI, *, token: str, max_body: int = MAX_BODY) -> QuartTr
         found = _job_lookup(api.job_status, job_id)
         if found is None:
             raise Problem(404, "NOT_FOUND", "no such job")
-        return _json(found)
+        return _json(render.job(found))
 
     @app.get("/v1/jobs/<job_id>/result")
     async def job_result(job_id: str) -> Response:
         found = _job_lookup(api.job_result, job_id)
         if found is None:
             raise Problem(404, "NOT_FOUND", "no result for this job (yet)")
-        return _json(found)
+        return _json(render.job_result(found))
 
     @app.get("/v1/providers")
     async def providers() -> Response:
-        return _json({"providers": api.providers()})
+        return _json({"providers": [render.provider(rec) for rec in api.providers()]})
 
     return app

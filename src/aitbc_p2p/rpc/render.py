@@ -1,0 +1,174 @@
+"""How the node's views look as JSON (specs/rpc.md): bytes as hex, amounts as integers
+with an ``_aitbc`` decimal beside the ones people read. The node returns typed views
+(:mod:`aitbc_p2p.node.api`); only this module decides their wire shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aitbc_p2p.chain.models import Block, BlockHeader, Transaction
+from aitbc_p2p.chain.state import Job, Supply
+from aitbc_p2p.codec import decode
+from aitbc_p2p.exceptions import CodecError
+from aitbc_p2p.market.messages import CapabilityRecord
+from aitbc_p2p.node.api import AccountInfo, AccountProof, BlockInfo, JobInfo, JobResultInfo, NodeStatus, TxStatus
+from aitbc_p2p.store.chain import ReceiptProof, TxLocation
+from aitbc_p2p.types import format_aitbc
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def tx_view(tx: Transaction) -> dict[str, Any]:
+    return {"hash": tx.hash.hex(), **jsonable(tx.body())}
+
+
+def header_view(h: BlockHeader) -> dict[str, Any]:
+    return {"hash": h.hash.hex(), **jsonable(h.body())}
+
+
+def block_view(block: Block) -> dict[str, Any]:
+    return {"header": header_view(block.header), "txs": [tx_view(tx) for tx in block.txs]}
+
+
+def job_view(job: Job) -> dict[str, Any]:
+    view: dict[str, Any] = jsonable(job.to_wire())
+    view["amount_aitbc"] = format_aitbc(job.amount)
+    view["cost_aitbc"] = format_aitbc(job.cost)
+    return view
+
+
+def status(s: NodeStatus) -> dict[str, Any]:
+    provider = None
+    if s.provider is not None:
+        p = s.provider
+        provider = {
+            "miner_id": p.miner_id,
+            "mode": p.mode,
+            "device": p.device,
+            "gflops": p.gflops,
+            "gflops_by_dtype": dict(p.gflops_by_dtype),
+            "workloads": list(p.workloads),
+            "price_per_s": p.price_per_s,
+            **p.executor,
+        }
+    return {
+        "chain_id": s.chain_id,
+        "genesis_hash": s.genesis_hash.hex(),
+        "height": s.head.height,
+        "head_hash": s.head.hash.hex(),
+        "head_timestamp_ms": s.head.timestamp_ms,
+        "consensus": s.consensus,
+        "next_proposer": s.next_proposer,
+        "final_height": s.final_height,
+        "address": s.address,
+        "peer_id": s.peer_id,
+        "listen": list(s.listen),
+        "peers": list(s.peers),
+        "mempool": s.mempool,
+        "min_fee": s.min_fee,
+        "provider": provider,
+    }
+
+
+def supply(s: Supply) -> dict[str, int]:
+    return {
+        "balances": s.balances,
+        "escrowed": s.escrowed,
+        "staked": s.staked,
+        "unbonding": s.unbonding,
+        "burned": s.burned,
+        "total": s.total,
+        "genesis_total": s.genesis_total,
+    }
+
+
+def account(a: AccountInfo) -> dict[str, Any]:
+    acct = a.account
+    return {
+        "address": a.address,
+        "balance": acct.balance,
+        "balance_aitbc": format_aitbc(acct.balance),
+        "nonce": acct.nonce,
+        "pending_nonce": a.pending_nonce,
+        "stake": acct.stake,
+        "unbonding": [{"amount": amount, "release_height": h} for amount, h in acct.unbonding],
+        "provider": acct.provider,
+        "active_jobs": acct.active_jobs,
+    }
+
+
+def history_entry(loc: TxLocation) -> dict[str, Any]:
+    return {"height": loc.height, "index": loc.index, **tx_view(loc.tx)}
+
+
+def tx_status(t: TxStatus) -> dict[str, Any]:
+    if t.status == "committed":
+        return {"status": t.status, "height": t.height, "index": t.index, "tx": tx_view(t.tx)}
+    return {"status": t.status, "tx": tx_view(t.tx)}
+
+
+def tx_proof(p: ReceiptProof) -> dict[str, Any]:
+    view: dict[str, Any] = jsonable(p.to_wire())
+    return view
+
+
+def account_proof(p: AccountProof) -> dict[str, Any]:
+    view: dict[str, Any] = jsonable({"height": p.header.height, "state_root": p.header.state_root, **p.proof.to_wire()})
+    return view
+
+
+def block(b: BlockInfo) -> dict[str, Any]:
+    view = block_view(b.block)
+    if b.certificate is not None:
+        view["certificate"] = {"round": b.certificate.round, "validators": list(b.certificate.validators)}
+    return view
+
+
+def job(j: JobInfo) -> dict[str, Any]:
+    escrow = j.escrow
+    view: dict[str, Any] = {
+        "job_id": j.job_id.hex(),
+        "status": j.status,
+        "phase": j.phase,
+        "error": j.error,
+        "escrow": job_view(escrow) if escrow else None,
+        "receipt_id": escrow.receipt_tx.hex() if escrow and escrow.receipt_tx else None,
+        "result_available": j.result_available,
+    }
+    if j.offer is not None:
+        view["workload"] = j.workload
+        view["client"] = j.offer.signer
+        view["offer"] = jsonable(dict(j.offer.body))
+        view["bids"] = [{**jsonable(dict(b.body)), "wire": b.encode().hex()} for b in j.bids]
+    return view
+
+
+def job_result(r: JobResultInfo) -> dict[str, Any]:
+    result = r.result
+    try:
+        output = jsonable(decode(result.output)) if result.output else None
+    except CodecError:
+        output = None
+    return {
+        "job_id": r.job_id.hex(),
+        "ok": result.ok,
+        "error": result.error,
+        "output": output,
+        "output_hex": result.output.hex(),
+        "result_hash": result.result_hash.hex(),
+        "metrics": result.metrics,
+        "receipt_matches": r.receipt_matches,
+    }
+
+
+def provider(rec: CapabilityRecord) -> dict[str, Any]:
+    view: dict[str, Any] = jsonable(dict(rec.body))
+    return view
