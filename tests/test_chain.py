@@ -42,8 +42,9 @@ def refuse(chain, reason, tx, *, height=None):
     assert state.changes == {}
 
 
-def _open(client, provider, amount=10_000, deadline=50, nonce=0, job_id=JOB):
-    payload = {"job_id": job_id, "provider": provider.address, "amount": amount, "deadline": deadline}
+def _open(client, provider, amount=10_000, deadline=50, nonce=0, job_id=JOB, agent=None):
+    agent = (agent or client).address
+    payload = {"job_id": job_id, "provider": provider.address, "amount": amount, "deadline": deadline, "agent": agent}
     return make_tx(client, TxKind.JOB_OPEN, nonce=nonce, **payload)
 
 
@@ -142,7 +143,7 @@ def _not_provider(chain, alice, bob, authority):
 
 def _unknown_job(chain, alice, bob, authority):
     refuse(chain, "UnknownJob", _receipt(bob))
-    refuse(chain, "UnknownJob", make_tx(alice, TxKind.JOB_SETTLE, job_id=JOB))
+    refuse(chain, "UnknownJob", make_tx(alice, TxKind.JOB_SETTLE, job_id=JOB, ack=b""))
 
 
 def _not_job_party(chain, alice, bob, authority):
@@ -161,12 +162,12 @@ def _not_arbiter(chain, alice, bob, authority):
 def _job_state(chain, alice, bob, authority):
     refuse(chain, "JobState", _open(alice, bob, deadline=1))
     chain.add_block([_open(alice, bob, deadline=4)])
-    refuse(chain, "JobState", make_tx(alice, TxKind.JOB_SETTLE, nonce=1, job_id=JOB))  # not receipted
+    refuse(chain, "JobState", make_tx(alice, TxKind.JOB_SETTLE, nonce=1, job_id=JOB, ack=b""))  # not receipted
     refuse(chain, "JobState", make_tx(alice, TxKind.JOB_REFUND, nonce=1, job_id=JOB))  # before the deadline
     refuse(chain, "JobState", _receipt(bob), height=5)  # after the deadline
     refuse(chain, "JobState", make_tx(bob, TxKind.PROVIDER_UNREGISTER))  # escrow still names bob
     chain.add_block([_receipt(bob)])
-    refuse(chain, "JobState", make_tx(bob, TxKind.JOB_SETTLE, nonce=1, job_id=JOB))  # dispute window open
+    refuse(chain, "JobState", make_tx(bob, TxKind.JOB_SETTLE, nonce=1, job_id=JOB, ack=b""))  # dispute window open
 
 
 def _bad_evidence(chain, alice, bob, authority):
@@ -291,12 +292,12 @@ def test_escrow_settles_exactly_once(chain, alice, bob):
     chain.add_block([_receipt(bob)])
     bob_before = chain.state.account(bob.address).balance
     alice_before = chain.state.account(alice.address).balance
-    chain.add_block([make_tx(alice, TxKind.JOB_SETTLE, nonce=1, job_id=JOB)])  # the client accepts at once
+    chain.add_block([make_tx(alice, TxKind.JOB_SETTLE, nonce=1, job_id=JOB, ack=b"")])  # the client accepts at once
     assert chain.state.account(bob.address).balance == bob_before + 4000
     assert chain.state.account(alice.address).balance == alice_before + 6000 - 1000
     assert chain.state.job(Hash32(JOB)).status is JobStatus.SETTLED
     assert chain.state.account(bob.address).active_jobs == 0
-    refuse(chain, "JobState", make_tx(bob, TxKind.JOB_SETTLE, nonce=1, job_id=JOB), height=9)
+    refuse(chain, "JobState", make_tx(bob, TxKind.JOB_SETTLE, nonce=1, job_id=JOB, ack=b""), height=9)
     refuse(chain, "JobState", make_tx(alice, TxKind.JOB_REFUND, nonce=2, job_id=JOB), height=90)
     assert total_is_conserved(chain).escrowed == 0
 
@@ -306,7 +307,7 @@ def test_provider_settles_after_the_dispute_window(chain, alice, bob):
     chain.add_block([_receipt(bob)])  # height 2, window until 4
     chain.add_block()
     chain.add_block()
-    chain.add_block([make_tx(bob, TxKind.JOB_SETTLE, nonce=1, job_id=JOB)])
+    chain.add_block([make_tx(bob, TxKind.JOB_SETTLE, nonce=1, job_id=JOB, ack=b"")])
     assert chain.state.job(Hash32(JOB)).status is JobStatus.SETTLED
 
 
@@ -316,7 +317,7 @@ def test_dispute_resolution(chain, alice, bob, authority, verdict):
     chain.add_block([_receipt(bob)])
     chain.add_block([make_tx(alice, TxKind.JOB_DISPUTE, nonce=1, job_id=JOB)])
     assert chain.state.job(Hash32(JOB)).status is JobStatus.DISPUTED
-    refuse(chain, "JobState", make_tx(bob, TxKind.JOB_SETTLE, nonce=1, job_id=JOB), height=20)
+    refuse(chain, "JobState", make_tx(bob, TxKind.JOB_SETTLE, nonce=1, job_id=JOB, ack=b""), height=20)
     stake = chain.state.account(bob.address).stake
     alice_before, bob_before = chain.state.account(alice.address).balance, chain.state.account(bob.address).balance
     chain.add_block([make_tx(authority, TxKind.JOB_RESOLVE, job_id=JOB, verdict=verdict)])
@@ -570,7 +571,7 @@ def test_a_typed_payload_signs_the_same_bytes_as_its_wire_map_for_every_kind(ali
         p.Withdraw(),
         p.ProviderRegister(),
         p.ProviderUnregister(),
-        p.JobOpen(Hash32(JOB), bob.address, 10_000, 50),
+        p.JobOpen(Hash32(JOB), bob.address, 10_000, 50, alice.address),
         p.JobReceipt(Hash32(JOB), Hash32(RESULT), 9, {"compute_ms": 4}),
         p.JobSettle(Hash32(JOB)),
         p.JobDispute(Hash32(JOB)),

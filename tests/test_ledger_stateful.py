@@ -124,7 +124,9 @@ class Ledger(RuleBasedStateMachine):
         a = USERS[i].address
         job_id = self.next_job.to_bytes(32, "big")
         self.next_job += 1
-        payload = dict(job_id=job_id, provider=PROVIDER.address, amount=amount, deadline=self.height + 1 + ttl)
+        payload = dict(
+            job_id=job_id, provider=PROVIDER.address, amount=amount, deadline=self.height + 1 + ttl, agent=a
+        )
         if self.submit(USERS[i], TxKind.JOB_OPEN, self.can_pay(a, amount), **payload):
             self.bal[a] -= amount
             self.jobs[job_id] = dict(client=a, amount=amount, deadline=payload["deadline"], status="open")
@@ -150,7 +152,7 @@ class Ledger(RuleBasedStateMachine):
         h = self.height + 1
         window_ok = by_client or (job["status"] == "receipted" and h > job["receipt_h"] + RULES.dispute_blocks)
         ok = self.can_pay(key.address) and job["status"] == "receipted" and window_ok
-        if self.submit(key, TxKind.JOB_SETTLE, ok, job_id=job_id):
+        if self.submit(key, TxKind.JOB_SETTLE, ok, job_id=job_id, ack=b""):
             self._release(job_id, job["cost"])
 
     @precondition(lambda self: self.jobs)

@@ -42,7 +42,7 @@ async def offer_and_open_escrow(node, *, deadline_blocks: int) -> JobId:
     tx = Transaction.create(
         CLIENT, chain_id=node.genesis.chain_id, kind="job_open",
         nonce=node.mempool.pending_nonce(CLIENT.address, node.store.state), fee=node.genesis.min_fee,
-        payload={"job_id": job_id, "provider": bid.signer, "amount": bid.body["price"],
+        payload={"job_id": job_id, "provider": bid.signer, "amount": bid.body["price"], "agent": node.key.address,
                  "deadline": node.store.head.height + deadline_blocks},
     )  # fmt: skip
     await node.submit_tx(tx)
@@ -72,7 +72,7 @@ async def test_a_failed_jobs_escrow_is_refunded_by_the_clients_peer(monkeypatch)
         client_node, provider = nodes
         await wait_for(lambda: client_node.market.providers)
 
-        async def fails(payload):
+        async def fails(payload, peer=""):
             return JobResult(payload.job_id, False, error="the worker failed")
 
         monkeypatch.setattr(provider.market, "_run_job", fails)

@@ -80,7 +80,7 @@ async def test_a_provider_refuses_a_job_whose_escrow_names_another_provider() ->
         await wait_for(lambda: offer.job_id in provider.market._offers_seen)  # it bid
         escrow = make_tx(
             CLIENT, TxKind.JOB_OPEN, chain_id=provider.genesis.chain_id, job_id=offer.job_id,
-            provider=other.key.address, amount=aitbc(5), deadline=provider.head.height + 100,
+            provider=other.key.address, amount=aitbc(5), deadline=provider.head.height + 100, agent=CLIENT.address,
         )  # fmt: skip
         await provider.submit_tx(escrow)
         await wait_for(lambda: provider.store.state.job(offer.job_id) is not None)

@@ -229,7 +229,7 @@ async def run_job(node, workload, params, *, max_price=None):
         CLIENT, chain_id=node.genesis.chain_id, kind="job_open",
         nonce=node.mempool.pending_nonce(CLIENT.address, node.store.state), fee=node.genesis.min_fee,
         payload={
-            "job_id": job_id, "provider": bid.signer,
+            "job_id": job_id, "provider": bid.signer, "agent": node.key.address,
             "amount": bid.body["price"], "deadline": node.store.head.height + 100,
         },
     )  # fmt: skip
@@ -267,7 +267,7 @@ async def test_failed_job_pays_nothing(monkeypatch):
         node = nodes[0]
         await wait_for(lambda: node.market.providers)
 
-        async def fails(payload):  # the workload fails on the provider (a crash, a bad input)
+        async def fails(payload, peer=""):  # the workload fails on the provider (a crash, a bad input)
             return JobResult(payload.job_id, False, error="bad job: the worker failed")
 
         monkeypatch.setattr(nodes[1].market, "_run_job", fails)

@@ -20,10 +20,12 @@ import pytest
 
 from aitbc_p2p.chain import Transaction, TxKind
 from aitbc_p2p.chain.models import Block
+from aitbc_p2p.chain.payloads import sign_ack
 from aitbc_p2p.chain.votes import Vote, VoteStep
 from aitbc_p2p.codec import decode, encode
 from aitbc_p2p.consensus.tendermint import Proposal, decode_certificate, encode_certificate
 from aitbc_p2p.market import Bid, CapabilityRecord, JobOffer, JobPayload, JobResult
+from aitbc_p2p.market.jobs import FetchAnswer, Held, JobAck, JobFetch, decode_job_request
 from aitbc_p2p.node.bundles import decode_bundle, encode_bundle
 from aitbc_p2p.node.wire import decode_sync_item, encode_block_message, encode_sync_item
 from aitbc_p2p.testing import ChainBuilder, make_genesis, make_key, make_tx
@@ -93,11 +95,13 @@ def builders() -> dict[str, tuple[Callable[[], bytes], Callable[[bytes], bytes]]
         "tx_unstake": tx(TxKind.UNSTAKE, amount=10**9),
         "tx_withdraw": tx(TxKind.WITHDRAW),
         "tx_provider_register": tx(TxKind.PROVIDER_REGISTER),
-        "tx_job_open": tx(TxKind.JOB_OPEN, job_id=JOB, provider=BOB.address, amount=10_000, deadline=50),
+        "tx_job_open": tx(
+            TxKind.JOB_OPEN, job_id=JOB, provider=BOB.address, amount=10_000, deadline=50, agent=ALICE.address
+        ),
         "tx_job_receipt": tx(
             TxKind.JOB_RECEIPT, job_id=JOB, result_hash=b"\x44" * 32, cost=4000, metrics={"ms": 5}
         ),
-        "tx_job_settle": tx(TxKind.JOB_SETTLE, job_id=JOB),
+        "tx_job_settle": tx(TxKind.JOB_SETTLE, job_id=JOB, ack=b""),
         "tx_job_dispute": tx(TxKind.JOB_DISPUTE, job_id=JOB),
         "tx_job_resolve": tx(TxKind.JOB_RESOLVE, job_id=JOB, verdict="client"),
         "tx_job_refund": tx(TxKind.JOB_REFUND, job_id=JOB),
@@ -132,6 +136,15 @@ def builders() -> dict[str, tuple[Callable[[], bytes], Callable[[bytes], bytes]]
         "job_result": (
             lambda: JobResult(JOB_AB, True, encode({"message": "hi", "length": 2}), "", {"compute_ms": 3}).encode(),
             lambda b: JobResult.decode(b).encode(),
+        ),
+        "job_fetch": (lambda: JobFetch(JOB_AB).encode(), lambda b: decode_job_request(b).encode()),
+        "job_ack": (
+            lambda: JobAck(JOB_AB, sign_ack(ALICE, CHAIN, JOB_AB, b"\x44" * 32)).encode(),
+            lambda b: decode_job_request(b).encode(),
+        ),
+        "job_fetch_answer": (
+            lambda: FetchAnswer(Held.DONE, JobResult(JOB_AB, True, encode({"n": 1}), "", {"compute_ms": 3})).encode(),
+            lambda b: FetchAnswer.decode(b).encode(),
         ),
     }
 

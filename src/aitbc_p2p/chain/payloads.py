@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from aitbc_p2p.codec import fields
-from aitbc_p2p.crypto.keys import validate_address
+from aitbc_p2p.crypto.keys import Domain, PrivateKey, signing_digest, validate_address
 from aitbc_p2p.exceptions import CodecError, CryptoError, TxRejected
 from aitbc_p2p.types import Address, Hash32, JobId
 
@@ -165,14 +165,21 @@ class ProviderUnregister:
 
 @dataclass(frozen=True, slots=True)
 class JobOpen:
-    """Escrow ``amount`` for job ``job_id`` (its offer's id) with ``provider`` until ``deadline``."""
+    """Escrow ``amount`` for job ``job_id`` (its offer's id) with ``provider`` until ``deadline``.
+
+    ``agent``: the address that may act for the client on this escrow (settle it at once
+    once the result is delivered, dispute it): in practice the client's own peer, which
+    tracks the job while the wallet that signs this is away. The client's own address
+    names no one else. Money only ever goes to the client or the provider.
+    """
 
     KIND: ClassVar[TxKind] = TxKind.JOB_OPEN
-    KEYS: ClassVar[frozenset[str]] = frozenset({"job_id", "provider", "amount", "deadline"})
+    KEYS: ClassVar[frozenset[str]] = frozenset({"job_id", "provider", "amount", "deadline", "agent"})
     job_id: JobId
     provider: Address
     amount: int
     deadline: int
+    agent: Address
 
     @classmethod
     def read(cls, p: Mapping[str, Any]) -> JobOpen:
@@ -181,10 +188,17 @@ class JobOpen:
             read_address(p, "provider"),
             fields.uint(p, "amount", low=1),
             fields.uint(p, "deadline", low=1),
+            read_address(p, "agent"),
         )
 
     def to_wire(self) -> dict[str, Any]:
-        return {"job_id": self.job_id, "provider": self.provider, "amount": self.amount, "deadline": self.deadline}
+        return {
+            "job_id": self.job_id,
+            "provider": self.provider,
+            "amount": self.amount,
+            "deadline": self.deadline,
+            "agent": self.agent,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,18 +226,40 @@ class JobReceipt:
         return {"job_id": self.job_id, "result_hash": self.result_hash, "cost": self.cost, "metrics": metrics}
 
 
+MAX_ACK_BYTES = 128
+"""A bound on what is read as an ack signature (a valid one is 65 bytes)."""
+
+
+def ack_digest(chain_id: str, job_id: bytes, result_hash: bytes) -> Hash32:
+    """What a delivery ack signs (domain ``aitbc/ack/1``): the client, or its agent, holds
+    the result of ``job_id`` whose hash is ``result_hash``."""
+    return signing_digest(Domain.ACK, chain_id, {"job_id": job_id, "result_hash": result_hash})
+
+
+def sign_ack(key: PrivateKey, chain_id: str, job_id: bytes, result_hash: bytes) -> bytes:
+    """A delivery ack by ``key`` (the client or its agent); see :func:`ack_digest`."""
+    return key.sign_digest(ack_digest(chain_id, job_id, result_hash))
+
+
 @dataclass(frozen=True, slots=True)
 class JobSettle:
+    """Pay the provider its receipted cost and return the rest to the client.
+
+    ``ack``: the client's (or its agent's) delivery ack of the receipted result, which lets
+    the provider settle at once instead of after the dispute window; empty for none.
+    """
+
     KIND: ClassVar[TxKind] = TxKind.JOB_SETTLE
-    KEYS: ClassVar[frozenset[str]] = frozenset({"job_id"})
+    KEYS: ClassVar[frozenset[str]] = frozenset({"job_id", "ack"})
     job_id: JobId
+    ack: bytes = b""
 
     @classmethod
     def read(cls, p: Mapping[str, Any]) -> JobSettle:
-        return cls(_job_id(p))
+        return cls(_job_id(p), fields.blob(p, "ack", max_len=MAX_ACK_BYTES))
 
     def to_wire(self) -> dict[str, Any]:
-        return {"job_id": self.job_id}
+        return {"job_id": self.job_id, "ack": self.ack}
 
 
 @dataclass(frozen=True, slots=True)

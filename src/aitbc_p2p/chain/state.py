@@ -89,6 +89,8 @@ class Job:
     amount: int
     deadline: int
     opened_at: int
+    agent: Address
+    """May act for the client on this escrow (settle, dispute); see JobOpen."""
     status: JobStatus = JobStatus.OPEN
     result_hash: bytes = b""
     cost: int = 0
@@ -104,6 +106,7 @@ class Job:
             "amount": self.amount,
             "deadline": self.deadline,
             "opened_at": self.opened_at,
+            "agent": self.agent,
             "status": str(self.status),
             "result_hash": self.result_hash,
             "cost": self.cost,
@@ -125,6 +128,7 @@ class Job:
             amount=w["amount"],
             deadline=w["deadline"],
             opened_at=w["opened_at"],
+            agent=Address(w["agent"]),
             status=JobStatus(w["status"]),
             result_hash=w["result_hash"],
             cost=w["cost"],

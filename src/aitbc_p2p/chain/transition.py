@@ -29,11 +29,13 @@ from aitbc_p2p.chain.payloads import (
     Unstake,
     Verdict,
     Withdraw,
+    ack_digest,
 )
 from aitbc_p2p.chain.state import MAX_UNBONDING, Account, EmptyState, Job, JobStatus, Overlay, StateView
 from aitbc_p2p.chain.votes import check_evidence
 from aitbc_p2p.codec import encode, head
-from aitbc_p2p.exceptions import TxRejected, ValidationError
+from aitbc_p2p.crypto import recover_address
+from aitbc_p2p.exceptions import CryptoError, TxRejected, ValidationError
 from aitbc_p2p.types import MAX_AMOUNT, Address, Hash32, format_aitbc
 
 
@@ -307,11 +309,13 @@ def _job_open(w: _Writes, tx: Transaction, p: JobOpen, height: int, rules: Chain
         raise TxRejected("Duplicate", "an escrow with this job id exists")
     if provider == tx.sender:
         raise TxRejected("NotJobParty", "a client cannot hire itself")
+    if p.agent == provider:
+        raise TxRejected("NotJobParty", "the provider cannot be the client's agent")
     if not w.get(provider).provider:
         raise TxRejected("NotProvider", "the named provider is not registered", provider=provider)
     if p.deadline <= height:
         raise TxRejected("JobState", "deadline must be after the current height")
-    w.jobs.append(Job(job_id, tx.sender, provider, p.amount, p.deadline, height))
+    w.jobs.append(Job(job_id, tx.sender, provider, p.amount, p.deadline, height, p.agent))
     w.provider_jobs(provider, +1)
     w.events.append(("escrowed", job_id, p.amount))
 
@@ -338,20 +342,29 @@ def _job_receipt(w: _Writes, tx: Transaction, p: JobReceipt, height: int, rules:
 
 def _job_settle(w: _Writes, tx: Transaction, p: JobSettle, height: int, rules: ChainRules) -> None:
     job = _job(w.state, p)
-    if tx.sender not in (job.client, job.provider):
-        raise TxRejected("NotJobParty", "only the client or the provider settles")
+    if tx.sender not in (job.client, job.agent, job.provider):
+        raise TxRejected("NotJobParty", "only the client (or its agent) or the provider settles")
     if job.status is not JobStatus.RECEIPTED:
         raise TxRejected("JobState", f"job is {job.status}, not receipted")
+    acked = False
+    if p.ack:
+        try:
+            signer = recover_address(ack_digest(rules.chain_id, job.job_id, job.result_hash), p.ack)
+        except CryptoError as e:
+            raise TxRejected("BadSignature", f"the delivery ack does not verify: {e}") from e
+        if signer not in (job.client, job.agent):
+            raise TxRejected("NotJobParty", "the delivery ack of the receipted result is not the client's or agent's")
+        acked = True
     window_end = job.receipt_height + rules.dispute_blocks
-    if tx.sender == job.provider and height <= window_end:
+    if tx.sender == job.provider and height <= window_end and not acked:
         raise TxRejected("JobState", f"the client may dispute until height {window_end}", until=window_end)
     _release(w, job, JobStatus.SETTLED)
 
 
 def _job_dispute(w: _Writes, tx: Transaction, p: JobDispute, height: int, rules: ChainRules) -> None:
     job = _job(w.state, p)
-    if tx.sender != job.client:
-        raise TxRejected("NotJobParty", "only the client disputes")
+    if tx.sender not in (job.client, job.agent):
+        raise TxRejected("NotJobParty", "only the client (or its agent) disputes")
     if job.status is not JobStatus.RECEIPTED or height > job.receipt_height + rules.dispute_blocks:
         raise TxRejected("JobState", f"job is {job.status}; disputes close {rules.dispute_blocks} blocks after")
     w.jobs.append(job.with_(status=JobStatus.DISPUTED))

@@ -36,6 +36,8 @@ class Domain(enum.StrEnum):
     OFFER = "aitbc/offer/1"
     BID = "aitbc/bid/1"
     RECEIPT = "aitbc/receipt/1"
+    ACK = "aitbc/ack/1"
+    """A delivery acknowledgement: the client (or its agent) holds a job's result."""
     PROVIDER = "aitbc/provider/1"
 
 

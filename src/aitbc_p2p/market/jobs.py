@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from aitbc_p2p.chain.payloads import MAX_ACK_BYTES
 from aitbc_p2p.codec import decode, encode, fields
 from aitbc_p2p.crypto import sha256
 from aitbc_p2p.exceptions import CodecError, MarketError
@@ -42,7 +44,15 @@ class JobPayload:
     def decode(cls, data: bytes) -> JobPayload:
         """Parse a payload from the job stream. Raises MarketError, for anything malformed."""
         try:
-            w = fields.record(decode(data), ("job_id", "workload", "params"), "a job payload")
+            obj = decode(data)
+        except CodecError as e:
+            raise MarketError(f"malformed job payload: {e}") from e
+        return cls.from_wire(obj)
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> JobPayload:
+        try:
+            w = fields.record(obj, ("job_id", "workload", "params"), "a job payload")
             return cls(
                 _job_id(w),
                 fields.text(w, "workload", max_len=MAX_WORKLOAD_NAME),
@@ -85,3 +95,90 @@ class JobResult:
             )
         except CodecError as e:
             raise MarketError(f"malformed job result: {e}") from e
+
+
+@dataclass(frozen=True, slots=True)
+class JobFetch:
+    """The client's peer asking the provider again for a job's result: its stream dropped,
+    or it gave up waiting while the job queued for a slot (specs/market.md, "Delivery")."""
+
+    job_id: JobId
+
+    def encode(self) -> bytes:
+        return encode({"fetch": self.job_id.hex()})
+
+
+class Held(enum.StrEnum):
+    """Where a job is on the provider, as a fetch answer says."""
+
+    RUNNING = "running"
+    """Accepted and not finished (waiting for its escrow or a slot, or computing)."""
+    DONE = "done"
+    """Finished: the answer carries the result (which may be a failure)."""
+    UNKNOWN = "unknown"
+    """The provider holds nothing for this job from this peer."""
+
+
+@dataclass(frozen=True, slots=True)
+class FetchAnswer:
+    state: Held
+    result: JobResult | None = None
+
+    def encode(self) -> bytes:
+        if self.result is None:
+            return encode({"state": str(self.state)})
+        return encode({"state": str(self.state), "result": self.result.encode()})
+
+    @classmethod
+    def decode(cls, data: bytes, *, max_size: int = 1 << 20) -> FetchAnswer:
+        """Parse a provider's answer to a fetch. Raises MarketError."""
+        try:
+            w = fields.record(decode(data, max_size=max_size + 64), ("state",), "a fetch answer", optional=("result",))
+            state = Held(fields.text(w, "state", max_len=16))
+            if (state is Held.DONE) != ("result" in w):
+                raise MarketError("a fetch answer carries a result exactly when it is done")
+            result = JobResult.decode(fields.blob(w, "result", max_len=max_size)) if "result" in w else None
+        except ValueError as e:  # an unknown state
+            raise MarketError(f"malformed fetch answer: {e}") from e
+        except CodecError as e:
+            raise MarketError(f"malformed fetch answer: {e}") from e
+        return cls(state, result)
+
+
+@dataclass(frozen=True, slots=True)
+class JobAck:
+    """The client's peer telling the provider it holds the result: ``sig`` is the client's
+    (or its agent's) signature of ``ack_digest(chain_id, job_id, result_hash)``, which the
+    provider puts in ``job_settle`` to be paid at once (specs/market.md, "Delivery")."""
+
+    job_id: JobId
+    sig: bytes
+
+    def encode(self) -> bytes:
+        return encode({"ack": {"job_id": self.job_id.hex(), "sig": self.sig}})
+
+
+ACK_TAKEN = encode({"acked": True})
+ACK_REFUSED = encode({"acked": False})
+"""The provider's answer to an ack: refused when it holds no finished job from that peer."""
+
+
+def decode_job_request(data: bytes) -> JobPayload | JobFetch | JobAck:
+    """A request on the job stream: a job to run, a fetch of one's result, or a delivery
+    ack. Raises MarketError."""
+    try:
+        obj = decode(data)
+    except CodecError as e:
+        raise MarketError(f"malformed job payload: {e}") from e
+    if isinstance(obj, dict) and obj.keys() == {"fetch"}:
+        try:
+            return JobFetch(_job_id({"job_id": obj["fetch"]}))
+        except CodecError as e:
+            raise MarketError(f"malformed job fetch: {e}") from e
+    if isinstance(obj, dict) and obj.keys() == {"ack"}:
+        try:
+            w = fields.record(obj["ack"], ("job_id", "sig"), "a job ack")
+            return JobAck(_job_id(w), fields.blob(w, "sig", max_len=MAX_ACK_BYTES))
+        except CodecError as e:
+            raise MarketError(f"malformed job ack: {e}") from e
+    return JobPayload.from_wire(obj)

@@ -19,12 +19,13 @@ from typing import Any
 
 import trio
 
-from aitbc_p2p.chain.payloads import JobReceipt, JobRefund, JobSettle, ProviderRegister, Stake
+from aitbc_p2p.chain.payloads import JobDispute, JobReceipt, JobRefund, JobSettle, ProviderRegister, Stake, sign_ack
 from aitbc_p2p.chain.state import Job, JobStatus
 from aitbc_p2p.codec import decode, encode
 from aitbc_p2p.compute import DeviceInfo, Executor, check_params
 from aitbc_p2p.exceptions import CodecError, MarketError, NetworkError, TxRejected
 from aitbc_p2p.market import Bid, CapabilityRecord, JobOffer, JobPayload, JobResult, job_cost, params_hash, quote
+from aitbc_p2p.market.jobs import ACK_REFUSED, ACK_TAKEN, FetchAnswer, Held, JobAck, JobFetch, decode_job_request
 from aitbc_p2p.network.abc import REJECT, GossipMessage, Network, Verdict, accept
 from aitbc_p2p.network.protocols import JOB_PROTOCOL
 from aitbc_p2p.node.abc import ChainView, OwnAccount, Topics
@@ -47,6 +48,13 @@ JOB_ID_HEX = 64
 ENDED = (JobStatus.SETTLED, JobStatus.REFUNDED)
 ESCROW_WAIT_S = 20.0
 SETTLE_WAIT_S = 120.0
+FETCH_INTERVAL_S = 1.0
+"""How often the client's peer asks a provider again for a result it has not got."""
+FETCH_TIMEOUT_S = 10.0
+ACK_ATTEMPTS = 3
+DISPUTE_MARGIN_BLOCKS = 2
+"""The client's agent disputes a receipt it has no result for this many blocks before the
+dispute window closes (time for the dispute to be included)."""
 
 
 class Phase(enum.StrEnum):
@@ -55,6 +63,8 @@ class Phase(enum.StrEnum):
     BIDDING = "bidding"
     BIDS_READY = "bids_ready"
     RUNNING = "running"
+    FETCHING = "fetching"
+    """The stream ended without the result; asking the provider for it again."""
     RESULT_RECEIVED = "result_received"
     FAILED = "failed"
 
@@ -70,12 +80,34 @@ class ClientJob:
     error: str = ""
     refund_sent: bool = False
     """Nothing more to do about a failed job's escrow: this peer posted its refund, or it ended otherwise."""
+    acted: bool = False
+    """This peer, as the client's agent, settled or disputed the receipted escrow (or cannot)."""
     job_id: JobId = field(init=False)
     """Its offer's hash: its id here, on the job stream and on chain (the escrow's)."""
 
     def __post_init__(self) -> None:
         self.job_id = self.offer.job_id
 
+
+@dataclass
+class HeldJob:
+    """A job this provider accepted, and its result once there is one: kept for the
+    client's peer (``peer``) to fetch again until the escrow ends."""
+
+    job_id: JobId
+    peer: str
+    result: JobResult | None = None
+    done: trio.Event = field(default_factory=trio.Event)
+    ack: bytes = b""
+    """The client's delivery ack, once its peer sent one: settles at once."""
+
+    def answer(self) -> JobResult:
+        return self.result or JobResult(self.job_id, False, error="the job was interrupted on the provider")
+
+
+MAX_HELD = 4096
+"""Jobs whose results a provider holds (each needed an escrow naming it); past it the
+oldest finished ones are dropped."""
 
 JOB_STREAMS_PER_PEER = 256
 """Job requests one client peer may have in service at once (each waits for its escrow
@@ -100,6 +132,7 @@ class MarketService:
         self._bid_window_s = bid_window_s
         self.providers: OrderedDict[Address, CapabilityRecord] = OrderedDict()
         self.client_jobs: OrderedDict[JobId, ClientJob] = OrderedDict()
+        self._held: OrderedDict[JobId, HeldJob] = OrderedDict()
         self._offers_seen: OrderedDict[JobId, JobOffer] = OrderedDict()
         self._provider: ProviderConfig | None = None
         self._device: DeviceInfo | None = None
@@ -274,12 +307,15 @@ class MarketService:
             job.phase = Phase.BIDS_READY
 
     def on_head(self, height: int) -> None:
-        """After each new block: dispatch client jobs whose escrow is now committed, and
-        refund the expired escrows of failed ones."""
+        """After each new block: dispatch client jobs whose escrow is now committed, settle
+        or dispute receipted ones (as the client's agent), and refund the expired escrows
+        of failed ones."""
         for job_id, job in self.client_jobs.items():
             if job.phase == Phase.FAILED and not job.refund_sent:
                 self._maybe_refund(job, height)
             if job.phase not in (Phase.BIDDING, Phase.BIDS_READY):
+                if not job.acted:
+                    self._maybe_acknowledge(job, height)
                 continue
             escrow = self.chain.state.job(job.job_id)
             if escrow is None or escrow.status is not JobStatus.OPEN or escrow.client != job.offer.signer:
@@ -306,6 +342,57 @@ class MarketService:
         job.refund_sent = True
         self._nursery.start_soon(self._refund, job, escrow.job_id)
 
+    def _maybe_acknowledge(self, job: ClientJob, height: int) -> None:
+        """Delivery before payment (specs/market.md, "Delivery"): once a receipt is
+        committed, the client's agent lets it stand if it holds the very result the
+        receipt names (it acked that to the provider), and disputes it if it holds another
+        result, a failure, or, as the dispute window closes, nothing."""
+        escrow = self.chain.state.job(job.job_id)
+        if escrow is None or escrow.status is not JobStatus.RECEIPTED or self._nursery is None:
+            return
+        if self.account.key.address not in (escrow.agent, escrow.client):
+            job.acted = True  # the wallet kept these rights to itself
+            return
+        result = job.result
+        if result is not None and result.ok and result.result_hash == escrow.result_hash:
+            job.acted = True  # delivered: the provider settles with this peer's ack
+            return
+        if result is not None or job.phase is Phase.FAILED:
+            why = "receipted a result other than the one delivered"
+        elif height + 1 >= escrow.receipt_height + self.chain.rules.dispute_blocks - DISPUTE_MARGIN_BLOCKS:
+            why = "receipted, never delivered"
+        else:
+            return  # not delivered yet: the stream or a fetch may still bring it
+        job.acted = True
+        self._nursery.start_soon(self._dispute, job, why)
+
+    async def _dispute(self, job: ClientJob, why: str) -> None:
+        try:
+            await self.account.send_own_tx(JobDispute(job.job_id))
+            logger.warning("job %s %s: the client's agent disputes it", job.job_id.hex()[:16], why)
+        except TxRejected as e:
+            if e.reason in ("InsufficientFunds", "PoolFull", "NonceTooHigh"):  # may pass on a later block
+                job.acted = False
+            logger.warning("job %s %s; dispute refused: %s", job.job_id.hex()[:16], why, e)
+
+    async def _send_ack(self, job: ClientJob, result: JobResult, peer: str) -> None:
+        """Tell the provider this peer holds ``result``: a delivery ack it settles with at
+        once. Only the client or its agent can sign one; best effort (without it the
+        provider settles after the dispute window)."""
+        escrow = self.chain.state.job(job.job_id)
+        key = self.account.key
+        if escrow is None or key.address not in (escrow.agent, escrow.client):
+            return
+        sig = sign_ack(key, self.chain.genesis.chain_id, job.job_id, result.result_hash)
+        request = JobAck(job.job_id, sig).encode()
+        for _ in range(ACK_ATTEMPTS):
+            try:
+                if await self.network.request(peer, JOB_PROTOCOL, request, timeout=FETCH_TIMEOUT_S) == ACK_TAKEN:
+                    return
+            except NetworkError as e:
+                logger.debug("ack of job %s not delivered: %s", job.job_id.hex()[:16], e)
+            await trio.sleep(FETCH_INTERVAL_S)
+
     async def _refund(self, job: ClientJob, job_id: JobId) -> None:
         try:
             await self.account.send_own_tx(JobRefund(job_id))
@@ -323,20 +410,56 @@ class MarketService:
 
     async def _dispatch_unguarded(self, job_id: JobId, job: ClientJob, bid: Bid) -> None:
         payload = JobPayload(job_id, job.workload, job.params)
+        peer = bid.body["peer_id"]
         timeout = job.offer.body["max_runtime_s"] + ESCROW_WAIT_S + 10
+        result: JobResult | None
         try:
-            raw = await self.network.request(bid.body["peer_id"], JOB_PROTOCOL, payload.encode(), timeout=timeout)
+            raw = await self.network.request(peer, JOB_PROTOCOL, payload.encode(), timeout=timeout)
             result = JobResult.decode(raw)
-            if result.job_id != job_id:
-                raise MarketError("provider answered for another job")
-        except (NetworkError, MarketError) as e:
+        except MarketError as e:
             job.phase, job.error = Phase.FAILED, str(e)
             logger.warning("job %s failed: %s", job_id.hex()[:16], e)
             return
+        except NetworkError as e:  # the stream dropped, or the job waited long for a slot
+            logger.info("job %s: no result on the stream (%s); fetching it", job_id.hex()[:16], e)
+            job.phase = Phase.FETCHING
+            result = await self._fetch(job_id, peer)
+            if result is None:
+                job.phase, job.error = Phase.FAILED, f"the provider did not deliver a result ({e})"
+                logger.warning("job %s failed: %s", job_id.hex()[:16], job.error)
+                return
+        if result.job_id != job_id:
+            job.phase, job.error = Phase.FAILED, "provider answered for another job"
+            return
+        if result.ok and self._nursery is not None:
+            self._nursery.start_soon(self._send_ack, job, result, peer)
         job.result = result
         job.phase = Phase.RESULT_RECEIVED if result.ok else Phase.FAILED
         job.error = result.error
         logger.info("job %s result received (ok=%s)", job_id.hex()[:16], result.ok)
+
+    async def _fetch(self, job_id: JobId, peer: str) -> JobResult | None:
+        """Ask the provider for a job's held result until it has one, or until it no
+        longer could be paid for it (escrow past its deadline unreceipted, or ended)."""
+        request = JobFetch(job_id).encode()
+        while True:
+            escrow = self.chain.state.job(job_id)
+            if escrow is None or escrow.status not in (JobStatus.OPEN, JobStatus.RECEIPTED):
+                return None
+            if escrow.status is JobStatus.OPEN and self.chain.head.height > escrow.deadline:
+                return None
+            try:
+                answer = FetchAnswer.decode(
+                    await self.network.request(peer, JOB_PROTOCOL, request, timeout=FETCH_TIMEOUT_S)
+                )
+            except (NetworkError, MarketError) as e:
+                logger.debug("fetch of job %s: %s", job_id.hex()[:16], e)
+            else:
+                if answer.state is Held.DONE:
+                    return answer.result
+                if answer.state is Held.UNKNOWN:
+                    return None
+            await trio.sleep(FETCH_INTERVAL_S)
 
     def resolve(self, job: JobId | str) -> JobId | None:
         """The job ``job`` names: a JobId itself; in hex, any job by its 64 digits and a
@@ -476,11 +599,47 @@ class MarketService:
         return None
 
     async def serve_job(self, peer: str, request: bytes) -> bytes:
-        """``/aitbc/job/1`` on the provider: check the offer and escrow, run, answer, receipt."""
-        payload = JobPayload.decode(request)  # MarketError here resets the stream
-        return (await self._run_job(payload)).encode()
+        """``/aitbc/job/1`` on the provider: run a job (check the offer and escrow, run,
+        hold the result, receipt it, answer), or answer a fetch of a held result."""
+        msg = decode_job_request(request)  # MarketError here resets the stream
+        if isinstance(msg, JobFetch):
+            return self._answer_fetch(peer, msg.job_id).encode()
+        if isinstance(msg, JobAck):
+            return self._take_ack(peer, msg)
+        held = self._held.get(msg.job_id)
+        if held is not None:  # asked again to run a job it holds: never run twice
+            if held.peer != peer:
+                return JobResult(msg.job_id, False, error="this job was sent by another peer").encode()
+            await held.done.wait()
+            return held.answer().encode()
+        return (await self._run_job(msg, peer)).encode()
 
-    async def _run_job(self, payload: JobPayload) -> JobResult:
+    def _answer_fetch(self, peer: str, job_id: JobId) -> FetchAnswer:
+        held = self._held.get(job_id)
+        if held is None or held.peer != peer:  # a result goes only to the peer that sent the job
+            return FetchAnswer(Held.UNKNOWN)
+        if not held.done.is_set():
+            return FetchAnswer(Held.RUNNING)
+        return FetchAnswer(Held.DONE, held.answer())
+
+    def _take_ack(self, peer: str, ack: JobAck) -> bytes:
+        """Keep a delivery ack for the settle transaction (the chain checks its signature)."""
+        held = self._held.get(ack.job_id)
+        if held is None or held.peer != peer or not held.done.is_set():
+            return ACK_REFUSED
+        held.ack = ack.sig
+        return ACK_TAKEN
+
+    def _hold(self, job_id: JobId, peer: str) -> HeldJob:
+        """Start holding a job this provider accepted: its result stays retrievable by its
+        client's peer until the escrow ends (specs/market.md, "Delivery")."""
+        held = self._held[job_id] = HeldJob(job_id, peer)
+        if len(self._held) > MAX_HELD:  # the oldest finished ones go first; running ones stay
+            for old in [j for j, h in self._held.items() if h.done.is_set()][: len(self._held) - MAX_HELD]:
+                del self._held[old]
+        return held
+
+    async def _run_job(self, payload: JobPayload, peer: str = "") -> JobResult:
         job_id = payload.job_id
 
         def fail(why: str) -> JobResult:
@@ -494,6 +653,23 @@ class MarketService:
             or params_hash(payload.workload, payload.params) != offer.body["params_hash"]
         ):
             return fail("payload does not match the offer")
+        held = self._hold(job_id, peer)
+        try:
+            result = await self._run_held(payload, offer, held)
+        finally:
+            held.done.set()
+        return result
+
+    async def _run_held(self, payload: JobPayload, offer: JobOffer, held: HeldJob) -> JobResult:
+        """Run an accepted job; the result is held (``held.result``) before it is receipted,
+        so the client's peer can fetch it whatever becomes of this stream."""
+        assert self._provider is not None and self._executor is not None
+        job_id = payload.job_id
+
+        def fail(why: str) -> JobResult:
+            held.result = JobResult(job_id, False, error=why)
+            return held.result
+
         escrow = await self._wait_escrow(job_id)
         if escrow is None or escrow.provider != self.account.key.address or escrow.status is not JobStatus.OPEN:
             return fail("no open escrow names this provider")
@@ -503,7 +679,7 @@ class MarketService:
             max_runtime_s=min(offer.body["max_runtime_s"], self._provider.max_runtime_s),
             max_ram_mb=self._provider.max_ram_mb,
         )
-        result = JobResult(job_id, run.ok, run.output, run.error, run.metrics)
+        result = held.result = JobResult(job_id, run.ok, run.output, run.error, run.metrics)
         if not run.ok:
             logger.info("job %s failed: %s (no receipt, no payment)", job_id.hex()[:16], run.error)
             return result
@@ -519,21 +695,32 @@ class MarketService:
         return result
 
     async def _settle_when_receipted(self, job_id: JobId) -> None:
+        """Settle once the receipt is committed: at once with the client's delivery ack,
+        else after the client's dispute window. The result is held until the escrow ends."""
+        sent = False
         with trio.move_on_after(SETTLE_WAIT_S):
             while True:
                 escrow = self.chain.state.job(job_id)
-                window_end = escrow.receipt_height + self.chain.rules.dispute_blocks if escrow else 0
-                if (
-                    escrow is not None
-                    and escrow.status is JobStatus.RECEIPTED
-                    and self.chain.head.height + 1 > window_end  # the client's dispute window is over
-                ):
-                    try:
-                        await self.account.send_own_tx(JobSettle(job_id))
-                    except TxRejected as e:
-                        logger.warning("settle of %s refused: %s", job_id.hex()[:16], e)
+                if escrow is not None and escrow.status in ENDED:
+                    self._held.pop(job_id, None)  # paid and refunded: nothing left to deliver
                     return
-                if escrow is not None and escrow.status not in (JobStatus.OPEN, JobStatus.RECEIPTED):
-                    return
+                if escrow is not None and escrow.status is not JobStatus.OPEN and not sent:
+                    if escrow.status is not JobStatus.RECEIPTED:
+                        return  # disputed: the arbiter decides (the result stays held for it)
+                    held = self._held.get(job_id)
+                    ack = held.ack if held is not None else b""
+                    window_over = self.chain.head.height + 1 > escrow.receipt_height + self.chain.rules.dispute_blocks
+                    if ack or window_over:
+                        try:
+                            await self.account.send_own_tx(JobSettle(job_id, ack))
+                            sent = True
+                        except TxRejected as e:
+                            if not (ack and held is not None):
+                                logger.warning("settle of %s refused: %s", job_id.hex()[:16], e)
+                                return
+                            logger.warning("ack for %s refused (%s); settling after the window", job_id.hex()[:16], e)
+                            held.ack = b""
+                            continue
                 await self.chain.wait_head_change()
-        logger.warning("receipt for %s not committed in time; not settled", job_id.hex()[:16])
+        if not sent:
+            logger.warning("receipt for %s not committed in time; not settled", job_id.hex()[:16])

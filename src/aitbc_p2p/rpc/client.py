@@ -239,7 +239,10 @@ class RpcClient:
             raise MarketError(f"no acceptable bid for job {job_id} within {bid_timeout} s: {why}")
         await _report(progress, f"chose provider {bid.signer} at {bid.body['price']} units; opening escrow")
         deadline = int(status["height"]) + max(30, 4 * max_runtime_s)
-        await self.send(key, TxKind.JOB_OPEN, JobOpen(offer.job_id, bid.signer, bid.body["price"], deadline))
+        # The peer tracking the job acts for the client on its escrow (settles it once the
+        # result is delivered, disputes a receipt it was not delivered); not the provider's own.
+        agent = status["address"] if status["address"] != bid.signer else key.address
+        await self.send(key, TxKind.JOB_OPEN, JobOpen(offer.job_id, bid.signer, bid.body["price"], deadline, agent))
         return job_id
 
     async def wait_job(

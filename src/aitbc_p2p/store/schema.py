@@ -23,7 +23,8 @@ from __future__ import annotations
 
 from aitbc_p2p.chain.commitment import bucket_of, bucket_prefix
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+"""3: escrow records name the client's agent (job_open's ``agent``)."""
 
 SCHEMA = b"meta:schema"
 GENESIS = b"meta:genesis"
