@@ -597,3 +597,55 @@ def test_a_payload_and_a_kind_that_disagree_are_refused_before_signing(alice, bo
         Transaction.create(alice, chain_id="c", nonce=0, fee=1, payload={"amount": 5})
     # a map that is not the kind's: named, as from a peer
     rejected("Malformed", Transaction.create, alice, chain_id="c", kind="stake", nonce=0, fee=1, payload={"to": 1})
+
+
+def test_a_delivery_ack_of_the_receipted_result_lets_the_provider_settle_at_once(chain, alice, bob, authority):
+    """job_settle's ``ack``: the client's agent signed that it holds the result with the
+    receipted hash, so the dispute window need not pass. Only that exact ack works."""
+    from aitbc_p2p.chain.payloads import sign_ack
+
+    agent = make_key("agent")  # acks cost nothing: an unfunded agent can give one
+    chain.add_block([_open(alice, bob, agent=agent)])
+    chain.add_block([_receipt(bob)])  # height 2; the window runs to 4
+    chain_id = chain.genesis.chain_id
+
+    def settle(ack):
+        return make_tx(bob, TxKind.JOB_SETTLE, nonce=1, job_id=JOB, ack=ack)
+
+    refuse(chain, "NotJobParty", settle(sign_ack(make_key("stranger"), chain_id, JOB, RESULT)), height=3)
+    refuse(chain, "NotJobParty", settle(sign_ack(agent, chain_id, JOB, b"\x99" * 32)), height=3)  # another result
+    refuse(chain, "NotJobParty", settle(sign_ack(agent, "ait-other", JOB, RESULT)), height=3)  # another chain
+    refuse(chain, "NotJobParty", settle(b"\x01" * 65), height=3)  # recovers some key, not the agent's
+    refuse(chain, "BadSignature", settle(b"\x01" * 64 + b"\x07"), height=3)
+    refuse(chain, "BadSignature", settle(b"\x01"), height=3)
+    refuse(chain, "JobState", settle(b""), height=3)  # no ack: the window is still open
+    bob_before = chain.state.account(bob.address).balance
+    chain.add_block([settle(sign_ack(agent, chain_id, JOB, RESULT))])  # height 3
+    assert chain.state.job(Hash32(JOB)).status is JobStatus.SETTLED
+    assert chain.state.account(bob.address).balance == bob_before + 4000 - 1000
+    # The client's own ack settles as well.
+    again = ChainBuilder(chain.genesis, [authority])
+    again.add_block([_open(alice, bob, agent=agent)])
+    again.add_block([_receipt(bob)])
+    again.add_block([settle(sign_ack(alice, chain_id, JOB, RESULT))])
+    assert again.state.job(Hash32(JOB)).status is JobStatus.SETTLED
+
+
+def test_the_clients_agent_settles_and_disputes_but_is_never_paid(chain, alice, bob):
+    agent = make_key("agent")
+    chain.add_block([make_tx(alice, to=agent.address, amount=10_000)])
+    chain.add_block([_open(alice, bob, agent=agent, nonce=1)])
+    refuse(chain, "NotJobParty", _open(alice, bob, agent=bob, nonce=2, job_id=b"\x12" * 32))  # not the provider
+    chain.add_block([_receipt(bob)])
+    agent_before, alice_before = chain.state.account(agent.address).balance, chain.state.account(alice.address).balance
+    chain.add_block([make_tx(agent, TxKind.JOB_SETTLE, job_id=JOB, ack=b"")])  # accepted at once, for the client
+    assert chain.state.job(Hash32(JOB)).status is JobStatus.SETTLED
+    assert chain.state.account(alice.address).balance == alice_before + 10_000 - 4000  # the rest: to the client
+    assert chain.state.account(agent.address).balance == agent_before - 1000  # the agent only paid its fee
+    other = b"\x13" * 32
+    chain.add_block([_open(alice, bob, agent=agent, nonce=2, job_id=other)])
+    chain.add_block([_receipt(bob, nonce=1, job_id=other)])
+    stranger = make_key("authority")
+    refuse(chain, "NotJobParty", make_tx(stranger, TxKind.JOB_DISPUTE, job_id=other))
+    chain.add_block([make_tx(agent, TxKind.JOB_DISPUTE, nonce=1, job_id=other)])
+    assert chain.state.job(Hash32(other)).status is JobStatus.DISPUTED

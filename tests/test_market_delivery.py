@@ -1,0 +1,175 @@
+"""Delivery before payment (specs/market.md, "Delivery"), over the in-memory network with
+real worker processes (so the real clock).
+
+The provider holds each accepted job's result until its escrow ends; the client's peer
+fetches a result its stream lost, acks it (the provider then settles at once), and
+disputes a receipt for a result it never got. Balances, escrow and supply are checked
+to the unit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from aitbc_p2p.chain.models import Transaction
+from aitbc_p2p.chain.payloads import JobOpen
+from aitbc_p2p.chain.state import JobStatus
+from aitbc_p2p.codec import decode, encode
+from aitbc_p2p.exceptions import MarketError
+from aitbc_p2p.market import JobOffer, JobPayload, JobResult, params_hash, select_bid
+from aitbc_p2p.market.jobs import ACK_REFUSED, FetchAnswer, Held, JobAck, JobFetch
+from aitbc_p2p.network import JOB_PROTOCOL
+from aitbc_p2p.network.memory import MemoryHub
+from aitbc_p2p.testing import make_key, make_tx, open_test_network
+from aitbc_p2p.types import JobId, aitbc
+
+CLIENT = make_key("client")
+AGENT = make_key("peer0")  # the client's peer: nodes[0]
+PROVIDER = make_key("peer1")
+STRANGER = make_key("stranger")
+ALLOC = {CLIENT.address: aitbc(10_000), AGENT.address: aitbc(1), PROVIDER.address: aitbc(1_000)}
+
+
+async def wait_for(predicate: Any, timeout: float = 60) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.05)
+
+
+async def offer_and_escrow(client_node: Any, params: dict[str, Any]) -> tuple[JobId, Any]:
+    """An echo job offered through the client's peer, the cheapest bid taken and escrow
+    opened with that peer as the client's agent (what the SDK does)."""
+    offer = JobOffer.create(
+        CLIENT, client_node.genesis.chain_id, workload="echo", params_hash=params_hash("echo", params),
+        max_price=aitbc(5), max_runtime_s=30, verification="none", timestamp_ms=client_node.clock_ms(),
+    )  # fmt: skip
+    job_id = await client_node.submit_job(offer, "echo", params)
+    tracked = client_node.market.client_jobs[job_id]
+    await wait_for(lambda: tracked.bids and tracked.phase == "bids_ready")
+    bid = select_bid(offer, list(tracked.bids.values()))
+    escrow = JobOpen(job_id, bid.signer, bid.body["price"], client_node.head.height + 100, client_node.key.address)
+    tx = Transaction.create(
+        CLIENT, chain_id=client_node.genesis.chain_id, payload=escrow, fee=client_node.genesis.min_fee,
+        nonce=client_node.mempool.pending_nonce(CLIENT.address, client_node.store.state),
+    )  # fmt: skip
+    await client_node.submit_tx(tx)
+    return job_id, bid
+
+
+def balances(node: Any) -> dict[str, int]:
+    return {k.address: node.account(k.address).account.balance for k in (CLIENT, AGENT, PROVIDER)}
+
+
+async def test_a_result_whose_stream_was_cut_is_fetched_acked_and_settled_at_once(monkeypatch: Any) -> None:
+    async with open_test_network(2, providers=[1], alloc=ALLOC, hub=MemoryHub()) as (client_node, provider):
+        await wait_for(lambda: provider.market.registered() and PROVIDER.address in client_node.market.providers)
+        real_run = provider.market._run_job
+
+        async def run_then_cut(payload: JobPayload, peer: str = "") -> JobResult:
+            await real_run(payload, peer)  # computed, held and receipted...
+            raise MarketError("the stream is cut")  # ...but the answer never leaves: a reset
+
+        monkeypatch.setattr(provider.market, "_run_job", run_then_cut)
+        before, fee = balances(client_node), client_node.genesis.min_fee
+        job_id, _ = await offer_and_escrow(client_node, {"message": "hello"})
+        await wait_for(lambda: client_node.job_status(job_id).status == "settled")
+        escrow = client_node.store.state.job(job_id)
+        # The client's peer got the result by fetching it, and it is the one receipted.
+        result = client_node.job_result(job_id)
+        assert decode(result.result.output) == {"message": "hello", "length": 5} and result.receipt_matches
+        # Settled with the ack, before the dispute window (10 blocks) could have closed.
+        assert client_node.head.height <= escrow.receipt_height + client_node.genesis.dispute_blocks
+        after = balances(client_node)
+        assert after[CLIENT.address] == before[CLIENT.address] - escrow.cost - fee  # open; the rest refunded
+        assert after[PROVIDER.address] == before[PROVIDER.address] + escrow.cost - 2 * fee  # receipt + settle
+        assert after[AGENT.address] == before[AGENT.address]  # the ack costs the agent nothing
+        supply = client_node.supply()
+        assert supply.total == supply.genesis_total and supply.escrowed == 0
+        await wait_for(lambda: job_id not in provider.market._held)  # released once the escrow ended
+
+
+async def test_a_receipt_for_a_result_never_delivered_is_disputed_and_not_paid(monkeypatch: Any) -> None:
+    async with open_test_network(2, providers=[1], alloc=ALLOC, hub=MemoryHub()) as (client_node, provider):
+        await wait_for(lambda: provider.market.registered() and PROVIDER.address in client_node.market.providers)
+        real_run = provider.market._run_job
+
+        async def run_and_lose(payload: JobPayload, peer: str = "") -> JobResult:
+            await real_run(payload, peer)  # receipted...
+            del provider.market._held[payload.job_id]  # ...and the result lost (a crash, a liar)
+            raise MarketError("the stream is cut")
+
+        monkeypatch.setattr(provider.market, "_run_job", run_and_lose)
+        before, fee = balances(client_node), client_node.genesis.min_fee
+        job_id, bid = await offer_and_escrow(client_node, {"message": "x"})
+        await wait_for(lambda: client_node.job_status(job_id).status == "disputed")
+        info = client_node.job_status(job_id)
+        assert info.phase == "failed" and "did not deliver" in info.error
+        await client_node.wait_height(client_node.head.height + client_node.genesis.dispute_blocks + 2)
+        escrow = client_node.store.state.job(job_id)
+        assert escrow.status is JobStatus.DISPUTED  # the provider could not settle it: an arbiter rules
+        after = balances(client_node)
+        assert after[CLIENT.address] == before[CLIENT.address] - bid.body["price"] - fee  # escrow locked, not paid
+        assert after[PROVIDER.address] == before[PROVIDER.address] - fee  # its receipt's fee, no payment
+        assert after[AGENT.address] == before[AGENT.address] - fee  # the agent paid for the dispute
+        assert client_node.supply().escrowed == bid.body["price"]
+
+
+async def test_a_held_job_runs_once_and_goes_only_to_the_peer_that_sent_it() -> None:
+    hub = MemoryHub()
+    other = make_key("other-stranger")
+    async with (
+        open_test_network(1, providers=[0], alloc={CLIENT.address: aitbc(100)}, hub=hub) as (provider,),
+        hub.open_network(STRANGER) as stranger,
+        hub.open_network(other) as eavesdropper,
+    ):
+        for net in (stranger, eavesdropper):
+            await net.connect(provider.network.listen_addrs()[0])
+        await wait_for(provider.market.registered)
+        params = {"message": "once"}
+        offer = JobOffer.create(
+            CLIENT, provider.genesis.chain_id, workload="echo", params_hash=params_hash("echo", params),
+            max_price=aitbc(5), max_runtime_s=30, verification="none", timestamp_ms=provider.clock_ms(),
+        )  # fmt: skip
+        await stranger.publish(provider.topics.job, encode({"offer": offer.to_wire()}))
+        await wait_for(lambda: offer.job_id in provider.market._offers_seen)
+        await provider.submit_tx(
+            make_tx(
+                CLIENT, "job_open", chain_id=provider.genesis.chain_id, fee=provider.genesis.min_fee,
+                job_id=offer.job_id, provider=provider.key.address, amount=aitbc(5),
+                deadline=provider.head.height + 100, agent=CLIENT.address,
+            )
+        )  # fmt: skip
+        await wait_for(lambda: provider.store.state.job(offer.job_id) is not None)
+        executor = provider.market._executor
+        ran: list[Any] = []
+        real_run = executor.run
+
+        async def spy(*args: Any, **kwargs: Any) -> Any:
+            ran.append(args)
+            return await real_run(*args, **kwargs)
+
+        executor.run = spy
+        peer = provider.network.peer_id
+        payload = JobPayload(offer.job_id, "echo", params).encode()
+        answers: list[bytes] = []
+
+        async def ask() -> None:
+            answers.append(await stranger.request(peer, JOB_PROTOCOL, payload, timeout=30))
+
+        async with trio.open_nursery() as nursery:  # the same job sent twice at once
+            nursery.start_soon(ask)
+            nursery.start_soon(ask)
+        assert len(ran) == 1 and answers[0] == answers[1] and JobResult.decode(answers[0]).ok
+        fetch = JobFetch(offer.job_id).encode()
+        held = FetchAnswer.decode(await stranger.request(peer, JOB_PROTOCOL, fetch, timeout=10))
+        assert held.state is Held.DONE and held.result == JobResult.decode(answers[0])
+        # Another peer learns nothing of it, cannot have it run again, and cannot ack it.
+        unknown = FetchAnswer.decode(await eavesdropper.request(peer, JOB_PROTOCOL, fetch, timeout=10))
+        assert unknown.state is Held.UNKNOWN
+        again = JobResult.decode(await eavesdropper.request(peer, JOB_PROTOCOL, payload, timeout=10))
+        assert not again.ok and "another peer" in again.error and len(ran) == 1
+        ack = JobAck(offer.job_id, b"\x01" * 65).encode()
+        assert await eavesdropper.request(peer, JOB_PROTOCOL, ack, timeout=10) == ACK_REFUSED
+        assert provider.market._held[offer.job_id].ack == b""
