@@ -48,9 +48,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/ledger.py | tee .bench/ledger.out
 	$(BIN)/python bench/gossip.py | tee .bench/gossip.out
 	$(BIN)/python bench/gpu.py --quick | tee .bench/gpu.out
+	$(BIN)/python bench/job.py | tee .bench/job.out
 	$(BIN)/python bench/sim.py --peers 32 --minutes 5 | tee .bench/sim-poa.out
 	$(BIN)/python bench/sim.py --peers 16 --consensus pos --minutes 5 | tee .bench/sim-pos.out
-	$(BIN)/python bench/floors.py .bench/ledger.out .bench/gossip.out .bench/gpu.out .bench/sim-poa.out .bench/sim-pos.out
+	$(BIN)/python bench/floors.py .bench/ledger.out .bench/gossip.out .bench/gpu.out .bench/job.out .bench/sim-poa.out .bench/sim-pos.out
 
 clean:
 	rm -rf $(VENV) .devnet .bench .mypy_cache .ruff_cache .pytest_cache

@@ -7,7 +7,8 @@ provider's compute time (the result's ``compute_ms``): the market's **overhead**
 time until the escrow is settled (the provider settles at once with the client peer's
 delivery ack, instead of after ``dispute_blocks``). First ``--jobs`` jobs one at a time,
 then ``--concurrent`` jobs in flight at once (twice as many jobs): overhead p50/p99 and
-jobs per second.
+jobs per second. The jobs sent one at a time start at a random moment of the block
+interval, as an agent's would (back to back, each would start just after a block).
 
 Baselines in the same run: the devnet's block interval (measured from the heights seen)
 and an RPC round trip (``GET /v1/status``). Time to first token needs streaming to the
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
 import tempfile
@@ -93,8 +95,15 @@ async def run(jobs: int, concurrent: int, run_dir: Path) -> dict[str, Any]:
                 await rpc.status()
                 rtts.append((time.perf_counter() - t) * 1000)
             h0, t0 = (await rpc.status())["height"], time.monotonic()
-            say(f"{jobs} jobs one at a time ...")
-            serial = [await one_job(rpc, key, i) for i in range(jobs)]
+            say(f"{jobs} jobs one at a time, each at a random moment of the block interval ...")
+            phase = random.Random(7)
+            serial = []
+            for i in range(jobs):
+                # Jobs sent back to back would all start just after a block (their
+                # predecessor's result comes with one) and wait a whole interval for
+                # their escrow's; an agent's job comes at any moment.
+                await trio.sleep(phase.uniform(0, 1))
+                serial.append(await one_job(rpc, key, i))
             say(f"{2 * concurrent} jobs, {concurrent} in flight ...")
             parallel: list[dict[str, float]] = []
             limit = trio.Semaphore(concurrent)

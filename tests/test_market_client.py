@@ -107,3 +107,25 @@ async def test_a_test_networks_provider_can_pay_its_fees_when_the_alloc_leaves_i
         await wait_for(lambda: client_node.market.providers)
         job_id = await offer_and_open_escrow(client_node, deadline_blocks=100)
         await wait_for(lambda: client_node.job_status(job_id).status == "settled", timeout=60)
+
+
+async def test_bidding_closes_once_every_known_suitable_provider_has_bid():
+    """The bid window is an upper bound: with one provider known that can take the job,
+    its bid closes bidding; an offer no known provider can take waits the window out."""
+    from aitbc_p2p.network.memory import MemoryHub
+
+    async with open_test_network(2, providers=[1], alloc=ALLOC, hub=MemoryHub(), bid_window_s=60) as nodes:
+        node = nodes[0]
+        await wait_for(lambda: nodes[1].market.registered() and node.market.providers)
+        params = {"message": "x"}
+        job_id = await node.submit_job(offer_for(node, "echo", params), "echo", params)
+        tracked = node.market.client_jobs[job_id]
+        assert tracked.bids_wanted == 1
+        await wait_for(lambda: tracked.phase == "bids_ready", timeout=20)  # long before the 60 s window
+        assert list(tracked.bids) == [make_key("peer1").address]
+        # Nobody known quotes within this max_price: bidding stays open for the window.
+        cheap = offer_for(node, "echo", params, max_price=1)
+        other = node.market.client_jobs[await node.submit_job(cheap, "echo", params)]
+        assert other.bids_wanted == 0
+        await trio.sleep(2)
+        assert other.phase == "bidding" and not other.bids

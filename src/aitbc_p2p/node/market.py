@@ -38,6 +38,9 @@ logger = logging.getLogger(__name__)
 MAX_OFFERS_SEEN = 10_000
 MAX_PROVIDERS = 1024
 """Capability records kept (the least recently announced dropped first)."""
+ENOUGH_BIDS = 3
+"""Bidding on a client's offer closes early once this many bids are in, or one from every
+known provider that could take the job if fewer (specs/market.md, "Bids")."""
 MAX_BIDS_PER_JOB = 64
 """Bids kept per client job; past it a bid must beat the dearest kept one."""
 MAX_CLIENT_JOBS = 10_000
@@ -76,6 +79,8 @@ class ClientJob:
     params: dict[str, Any]
     phase: Phase = Phase.BIDDING
     bids: dict[Address, Bid] = field(default_factory=dict)
+    bids_wanted: int = 0
+    """Bidding closes as soon as this many bids are in (0: only when the window ends)."""
     result: JobResult | None = None
     error: str = ""
     refund_sent: bool = False
@@ -267,6 +272,24 @@ class MarketService:
                 return
             del job.bids[dearest.signer]
         job.bids[bid.signer] = bid
+        if job.phase is Phase.BIDDING and job.bids_wanted and len(job.bids) >= job.bids_wanted:
+            job.phase = Phase.BIDS_READY  # enough to choose from: no need to wait out the window
+
+    def _suitable_providers(self, offer: JobOffer) -> int:
+        """Known providers whose capability record says they would bid on ``offer``."""
+        body = offer.body
+        runtime = body["max_runtime_s"]
+        count = 0
+        for rec in self.providers.values():
+            cap = rec.body["limits"].get("max_runtime_s")
+            if (
+                body["workload"] in rec.body["workloads"]
+                and type(cap) is int
+                and cap >= runtime
+                and quote(rec.body["price_per_s"], runtime) <= body["max_price"]
+            ):
+                count += 1
+        return count
 
     # -------------------------------------------------------------- client
     async def submit(self, offer: JobOffer, workload: str, params: dict[str, Any]) -> JobId:
@@ -286,7 +309,8 @@ class MarketService:
         check_params(workload, params)  # ComputeError: refused here, before any escrow opens
         job_id = offer.job_id
         if job_id not in self.client_jobs:
-            self.client_jobs[job_id] = ClientJob(offer, workload, params)
+            wanted = min(ENOUGH_BIDS, self._suitable_providers(offer))
+            self.client_jobs[job_id] = ClientJob(offer, workload, params, bids_wanted=wanted)
             self._forget_old_jobs()
             await self._publish_job({"offer": offer.to_wire()})
             if self._nursery is not None:

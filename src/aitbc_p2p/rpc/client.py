@@ -26,6 +26,9 @@ from aitbc_p2p.market import Bid, JobOffer, params_hash, select_bid
 from aitbc_p2p.rpc.server import NODE_INFO, TOKEN_FILE
 from aitbc_p2p.types import Address, format_aitbc
 
+BID_POLL_S = 0.05
+"""How often submit_job asks the peer whether bidding has closed (a local round trip: cheap)."""
+
 logger = logging.getLogger(__name__)
 
 TERMINAL_JOB_STATES = ("settled", "refunded", "failed")
@@ -232,7 +235,7 @@ class RpcClient:
                 if bids and job["phase"] != "bidding":
                     bid = select_bid(offer, bids)
                     break
-                await trio.sleep(0.2)
+                await trio.sleep(BID_POLL_S)
         if bid is None:
             why = no_bid_reason(await self.providers(), workload, max_price, max_runtime_s)
             why = why or "no provider answered"
