@@ -577,6 +577,8 @@ def test_a_typed_payload_signs_the_same_bytes_as_its_wire_map_for_every_kind(ali
         p.JobDispute(Hash32(JOB)),
         p.JobResolve(Hash32(JOB), p.Verdict.CLIENT),
         p.JobRefund(Hash32(JOB)),
+        p.JobCancel(Hash32(JOB), b"\x01" * 65),
+        p.JobReassign(Hash32(JOB), bob.address, 90, b""),
         p.Slash((vote, vote)),
     ]
     assert {type(e).KIND for e in examples} == set(TxKind)
@@ -649,3 +651,88 @@ def test_the_clients_agent_settles_and_disputes_but_is_never_paid(chain, alice, 
     refuse(chain, "NotJobParty", make_tx(stranger, TxKind.JOB_DISPUTE, job_id=other))
     chain.add_block([make_tx(agent, TxKind.JOB_DISPUTE, nonce=1, job_id=other)])
     assert chain.state.job(Hash32(other)).status is JobStatus.DISPUTED
+
+
+def _cancel(sender, nonce=1, release=b"", job_id=JOB):
+    return make_tx(sender, TxKind.JOB_CANCEL, nonce=nonce, job_id=job_id, release=release)
+
+
+def _reassign(sender, provider, nonce=1, release=b"", deadline=90, job_id=JOB):
+    payload = {"job_id": job_id, "provider": provider.address, "deadline": deadline, "release": release}
+    return make_tx(sender, TxKind.JOB_REASSIGN, nonce=nonce, **payload)
+
+
+def test_a_cancel_with_the_providers_release_refunds_at_once(chain, alice, bob):
+    from aitbc_p2p.chain.payloads import sign_release
+
+    chain.add_block([_open(alice, bob)])
+    chain_id = chain.genesis.chain_id
+    refuse(chain, "NotJobParty", _cancel(bob, nonce=0))  # the provider does not cancel
+    refuse(chain, "NotJobParty", _cancel(alice, release=sign_release(alice, chain_id, JOB, 1)))  # not bob's
+    refuse(chain, "NotJobParty", _cancel(alice, release=sign_release(bob, chain_id, JOB, 2)))  # another attempt
+    refuse(chain, "BadSignature", _cancel(alice, release=b"\x01" * 64 + b"\x07"))
+    before = chain.state.account(alice.address).balance
+    chain.add_block([_cancel(alice, release=sign_release(bob, chain_id, JOB, 1))])
+    job = chain.state.job(Hash32(JOB))
+    assert job.status is JobStatus.REFUNDED
+    assert chain.state.account(alice.address).balance == before + 10_000 - 1000
+    assert chain.state.account(bob.address).active_jobs == 0
+    assert total_is_conserved(chain).escrowed == 0
+    refuse(chain, "JobState", _cancel(alice, nonce=2))  # nothing left to cancel
+
+
+def test_a_cancel_without_a_release_leaves_the_provider_its_grace(chain, alice, bob):
+    """dispute_blocks (2 here) for the provider to post a receipt for work already done;
+    after that the escrow is refundable by anyone, long before its deadline."""
+    chain.add_block([_open(alice, bob, deadline=50)])
+    chain.add_block([_cancel(alice)])  # height 2: grace to 4
+    assert chain.state.job(Hash32(JOB)).status is JobStatus.CANCELLED
+    assert total_is_conserved(chain).escrowed == 10_000  # still locked
+    refuse(chain, "JobState", make_tx(bob, TxKind.JOB_REFUND, job_id=JOB), height=4)
+    refuse(chain, "JobState", _cancel(alice, nonce=2), height=3)
+    # A receipt in the grace stands, and the job goes on as any receipted one.
+    graced = ChainBuilder(chain.genesis, [make_key("authority")])
+    graced.add_block([_open(alice, bob, deadline=50)])
+    graced.add_block([_cancel(alice)])
+    graced.add_block([_receipt(bob)])  # height 3
+    assert graced.state.job(Hash32(JOB)).status is JobStatus.RECEIPTED
+    # Past the grace: no receipt, and a refund (by anyone) returns everything.
+    chain.add_block()
+    chain.add_block()  # height 4
+    refuse(chain, "JobState", _receipt(bob), height=5)
+    before = chain.state.account(alice.address).balance
+    chain.add_block([make_tx(bob, TxKind.JOB_REFUND, job_id=JOB)])  # height 5
+    assert chain.state.job(Hash32(JOB)).status is JobStatus.REFUNDED
+    assert chain.state.account(alice.address).balance == before + 10_000
+
+
+def test_an_escrow_fails_over_to_at_most_three_providers(chain, alice, bob):
+    from aitbc_p2p.chain.payloads import sign_release
+
+    carol, dave = make_key("carol"), make_key("dave")
+    chain_id = chain.genesis.chain_id
+    stake = chain.genesis.min_provider_stake
+    chain.add_block([make_tx(alice, to=k.address, amount=stake + 10**6, nonce=i) for i, k in enumerate((carol, dave))])
+    chain.add_block([make_tx(k, TxKind.STAKE, amount=stake) for k in (carol, dave)] if stake else [])
+    chain.add_block([make_tx(k, TxKind.PROVIDER_REGISTER, nonce=1 if stake else 0) for k in (carol, dave)])
+    chain.add_block([_open(alice, bob, nonce=2)])
+    released = sign_release(bob, chain_id, JOB, 1)
+    refuse(chain, "JobState", _reassign(alice, carol, nonce=3))  # open, and no release from bob
+    refuse(chain, "NotJobParty", _reassign(alice, alice, nonce=3, release=released))
+    refuse(chain, "NotProvider", _reassign(alice, make_key("nobody"), nonce=3, release=released))
+    chain.add_block([_reassign(alice, carol, nonce=3, release=released)])
+    job = chain.state.job(Hash32(JOB))
+    assert (job.provider, job.status, job.attempts, job.deadline) == (carol.address, JobStatus.OPEN, 2, 90)
+    assert chain.state.account(bob.address).active_jobs == 0 and chain.state.account(carol.address).active_jobs == 1
+    refuse(chain, "NotJobParty", _receipt(bob))  # bob's part is over
+    # carol goes silent: cancelled, and after her grace the escrow moves to dave.
+    chain.add_block([_cancel(alice, nonce=4)])
+    cancelled_at = chain.blocks[-1].block.height
+    refuse(chain, "JobState", _reassign(alice, dave, nonce=5), height=cancelled_at + 2)
+    chain.add_block()
+    chain.add_block()
+    chain.add_block([_reassign(alice, dave, nonce=5)])
+    job = chain.state.job(Hash32(JOB))
+    assert (job.provider, job.status, job.attempts, job.cancelled_at) == (dave.address, JobStatus.OPEN, 3, 0)
+    refuse(chain, "JobState", _reassign(alice, bob, nonce=6, release=sign_release(dave, chain_id, JOB, 3)))  # a 4th
+    assert total_is_conserved(chain).escrowed == 10_000

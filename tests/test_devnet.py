@@ -13,6 +13,7 @@ import trio
 from aitbc_p2p.cli import devnet
 from aitbc_p2p.compute.context import module_available, torch_available
 from aitbc_p2p.crypto import load_key_file
+from aitbc_p2p.market import JobOffer, params_hash
 from aitbc_p2p.types import aitbc
 
 NODES = Path(__file__).resolve().parents[1] / "nodes" / "devnet"
@@ -110,6 +111,27 @@ async def test_cli_against_a_running_devnet(tmp_path):
         # A printed short id (16 hex digits) names the job, as git takes a commit's prefix.
         out = await trio.to_thread.run_sync(aitbc_cli, run_dir, "job", "status", job["job_id"][:16])
         assert out.returncode == 0 and json.loads(out.stdout)["job_id"] == job["job_id"], out.stderr
+        # A job offered and not yet escrowed is cancelled by its short id; nothing reaches the chain.
+        async with procs[0].rpc() as rpc:
+            status = await rpc.status()
+            params = {"message": "cancel me"}
+            offer = JobOffer.create(
+                client, status["chain_id"], workload="echo", params_hash=params_hash("echo", params),
+                max_price=aitbc(5), max_runtime_s=10, verification="none", timestamp_ms=status["head_timestamp_ms"],
+            )  # fmt: skip
+            body = {"offer": offer.encode().hex(), "workload": "echo", "params": params}
+            job_id = (await rpc._call("POST", "/v1/jobs", body))["job_id"]
+            balance = (await rpc.account(client.address))["balance"]
+        out = await trio.to_thread.run_sync(aitbc_cli, run_dir, "job", "cancel", job_id[:12])
+        assert out.returncode == 0, out.stderr
+        cancelled = json.loads(out.stdout)
+        assert (cancelled["job_id"], cancelled["status"], cancelled["escrow"]) == (job_id, "cancelled", None)
+        out = await trio.to_thread.run_sync(aitbc_cli, run_dir, "job", "cancel", job_id)
+        assert out.returncode == 1 and "CANNOT_CANCEL" in out.stderr and "Traceback" not in out.stderr, out.stderr
+        out = await trio.to_thread.run_sync(aitbc_cli, run_dir, "job", "cancel", "ab" * 32)
+        assert out.returncode == 1 and "NOT_FOUND" in out.stderr, out.stderr
+        async with procs[0].rpc() as rpc:
+            assert (await rpc.account(client.address))["balance"] == balance
         # Jobs that cannot run are refused before anything is sent, with the reason.
         for args, why in (
             (["--param", "n"], "write NAME=VALUE"),

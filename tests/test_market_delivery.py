@@ -98,6 +98,8 @@ async def test_a_receipt_for_a_result_never_delivered_is_disputed_and_not_paid(m
         async def run_and_lose(payload: JobPayload, peer: str = "") -> JobResult:
             await real_run(payload, peer)  # receipted...
             del provider.market._held[payload.job_id]  # ...and the result lost (a crash, a liar)
+            while client_node.store.state.job(payload.job_id).status is not JobStatus.RECEIPTED:
+                await client_node.wait_head_change()  # (the receipt is in before the client's peer hears)
             raise MarketError("the stream is cut")
 
         monkeypatch.setattr(provider.market, "_run_job", run_and_lose)

@@ -156,6 +156,7 @@ async def test_unknown_routes_and_jobs(rpc):
     _, http, _ = rpc
     assert_envelope(await http.get("/v1/nope"), 404, "NOT_FOUND")
     assert_envelope(await http.get("/v1/jobs/" + "00" * 32), 404, "NOT_FOUND")
+    assert_envelope(await http.post("/v1/jobs/" + "00" * 32 + "/cancel"), 404, "NOT_FOUND")
     assert_envelope(await http.get("/v1/accounts/aitbc1bad"), 400, "BAD_ADDRESS")
     assert_envelope(await http.post("/v1/jobs", json={"offer": "00", "workload": "echo"}), 422, "BAD_OFFER")
 

@@ -20,12 +20,12 @@ import pytest
 
 from aitbc_p2p.chain import Transaction, TxKind
 from aitbc_p2p.chain.models import Block
-from aitbc_p2p.chain.payloads import sign_ack
+from aitbc_p2p.chain.payloads import sign_ack, sign_release
 from aitbc_p2p.chain.votes import Vote, VoteStep
 from aitbc_p2p.codec import decode, encode
 from aitbc_p2p.consensus.tendermint import Proposal, decode_certificate, encode_certificate
 from aitbc_p2p.market import Bid, CapabilityRecord, JobOffer, JobPayload, JobResult
-from aitbc_p2p.market.jobs import FetchAnswer, Held, JobAck, JobFetch, decode_job_request
+from aitbc_p2p.market.jobs import FetchAnswer, Held, JobAck, JobFetch, ReleaseRequest, decode_job_request
 from aitbc_p2p.node.bundles import decode_bundle, encode_bundle
 from aitbc_p2p.node.wire import decode_sync_item, encode_block_message, encode_sync_item
 from aitbc_p2p.testing import ChainBuilder, make_genesis, make_key, make_tx
@@ -105,6 +105,8 @@ def builders() -> dict[str, tuple[Callable[[], bytes], Callable[[bytes], bytes]]
         "tx_job_dispute": tx(TxKind.JOB_DISPUTE, job_id=JOB),
         "tx_job_resolve": tx(TxKind.JOB_RESOLVE, job_id=JOB, verdict="client"),
         "tx_job_refund": tx(TxKind.JOB_REFUND, job_id=JOB),
+        "tx_job_cancel": tx(TxKind.JOB_CANCEL, job_id=JOB, release=sign_release(BOB, CHAIN, JOB, 1)),
+        "tx_job_reassign": tx(TxKind.JOB_REASSIGN, job_id=JOB, provider=BOB.address, deadline=90, release=b""),
         "block": (lambda: _block().encode(), lambda b: Block.decode(b).encode()),
         "block_message": (
             lambda: encode_block_message(_block(), encode_certificate([_vote()])),
@@ -138,6 +140,10 @@ def builders() -> dict[str, tuple[Callable[[], bytes], Callable[[bytes], bytes]]
             lambda b: JobResult.decode(b).encode(),
         ),
         "job_fetch": (lambda: JobFetch(JOB_AB).encode(), lambda b: decode_job_request(b).encode()),
+        "job_release": (
+            lambda: ReleaseRequest(JOB_AB, sign_release(ALICE, CHAIN, JOB_AB, 1)).encode(),
+            lambda b: decode_job_request(b).encode(),
+        ),
         "job_ack": (
             lambda: JobAck(JOB_AB, sign_ack(ALICE, CHAIN, JOB_AB, b"\x44" * 32)).encode(),
             lambda b: decode_job_request(b).encode(),

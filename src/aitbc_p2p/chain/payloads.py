@@ -35,6 +35,8 @@ class TxKind(enum.StrEnum):
     JOB_DISPUTE = "job_dispute"
     JOB_RESOLVE = "job_resolve"
     JOB_REFUND = "job_refund"
+    JOB_CANCEL = "job_cancel"
+    JOB_REASSIGN = "job_reassign"
     SLASH = "slash"
 
 
@@ -310,6 +312,70 @@ class JobRefund:
         return {"job_id": self.job_id}
 
 
+MAX_ATTEMPTS = 3
+"""Providers one escrow may name in turn (the first and two reassignments)."""
+
+
+def release_digest(chain_id: str, job_id: bytes, attempt: int) -> Hash32:
+    """What a provider's release signs (domain ``aitbc/release/1``): it gives up the
+    ``attempt``-th assignment of ``job_id`` and will not claim it."""
+    return signing_digest(Domain.RELEASE, chain_id, {"job_id": job_id, "attempt": attempt})
+
+
+def sign_release(key: PrivateKey, chain_id: str, job_id: bytes, attempt: int) -> bytes:
+    return key.sign_digest(release_digest(chain_id, job_id, attempt))
+
+
+@dataclass(frozen=True, slots=True)
+class JobCancel:
+    """The client (or its agent) takes the job back from its provider before a receipt.
+
+    ``release``: the provider's release of this attempt, which refunds the client at once;
+    empty for none, which leaves the provider ``dispute_blocks`` to post a receipt for work
+    already done before the escrow can be refunded or reassigned.
+    """
+
+    KIND: ClassVar[TxKind] = TxKind.JOB_CANCEL
+    KEYS: ClassVar[frozenset[str]] = frozenset({"job_id", "release"})
+    job_id: JobId
+    release: bytes = b""
+
+    @classmethod
+    def read(cls, p: Mapping[str, Any]) -> JobCancel:
+        return cls(_job_id(p), fields.blob(p, "release", max_len=MAX_ACK_BYTES))
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "release": self.release}
+
+
+@dataclass(frozen=True, slots=True)
+class JobReassign:
+    """Fail over: the same escrow names ``provider`` (the next bidder) until ``deadline``.
+
+    Allowed with the current provider's ``release``, or once a cancelled escrow's grace
+    (``dispute_blocks``) has passed without a receipt; at most MAX_ATTEMPTS providers.
+    """
+
+    KIND: ClassVar[TxKind] = TxKind.JOB_REASSIGN
+    KEYS: ClassVar[frozenset[str]] = frozenset({"job_id", "provider", "deadline", "release"})
+    job_id: JobId
+    provider: Address
+    deadline: int
+    release: bytes = b""
+
+    @classmethod
+    def read(cls, p: Mapping[str, Any]) -> JobReassign:
+        return cls(
+            _job_id(p),
+            read_address(p, "provider"),
+            fields.uint(p, "deadline", low=1),
+            fields.blob(p, "release", max_len=MAX_ACK_BYTES),
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "provider": self.provider, "deadline": self.deadline, "release": self.release}
+
+
 @dataclass(frozen=True, slots=True)
 class Slash:
     """Two conflicting signed votes of one validator (checked by the transition)."""
@@ -331,16 +397,16 @@ class Slash:
 
 Payload = (
     Transfer | Stake | Unstake | Withdraw | ProviderRegister | ProviderUnregister | JobOpen | JobReceipt | JobSettle
-    | JobDispute | JobResolve | JobRefund | Slash
+    | JobDispute | JobResolve | JobRefund | JobCancel | JobReassign | Slash
 )  # fmt: skip
-EscrowPayload = JobOpen | JobReceipt | JobSettle | JobDispute | JobResolve | JobRefund
+EscrowPayload = JobOpen | JobReceipt | JobSettle | JobDispute | JobResolve | JobRefund | JobCancel | JobReassign
 """The kinds that name a job's escrow by ``job_id``."""
 
 PAYLOADS: dict[TxKind, type[Payload]] = {
     cls.KIND: cls
     for cls in (
         Transfer, Stake, Unstake, Withdraw, ProviderRegister, ProviderUnregister, JobOpen, JobReceipt, JobSettle,
-        JobDispute, JobResolve, JobRefund, Slash,
+        JobDispute, JobResolve, JobRefund, JobCancel, JobReassign, Slash,
     )
 }  # fmt: skip
 """Every kind's payload class."""

@@ -31,11 +31,14 @@ class JobStatus(enum.StrEnum):
     DISPUTED = "disputed"
     SETTLED = "settled"
     REFUNDED = "refunded"
+    CANCELLED = "cancelled"
+    """The client cancelled without the provider's release: the provider may still post
+    its receipt for ``dispute_blocks``; then the escrow is refundable or reassignable."""
 
     @property
     def escrowed(self) -> bool:
         """Whether the job's amount is still locked."""
-        return self in (JobStatus.OPEN, JobStatus.RECEIPTED, JobStatus.DISPUTED)
+        return self in (JobStatus.OPEN, JobStatus.RECEIPTED, JobStatus.DISPUTED, JobStatus.CANCELLED)
 
 
 class Account(NamedTuple):
@@ -97,6 +100,10 @@ class Job:
     metrics: dict[str, int] = field(default_factory=dict)
     receipt_tx: bytes = b""
     receipt_height: int = 0
+    cancelled_at: int = 0
+    """Height of the client's cancel (status ``cancelled``), else 0."""
+    attempts: int = 1
+    """Providers this escrow has named, the current one included (at most MAX_ATTEMPTS)."""
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -113,6 +120,8 @@ class Job:
             "metrics": dict(self.metrics),
             "receipt_tx": self.receipt_tx,
             "receipt_height": self.receipt_height,
+            "cancelled_at": self.cancelled_at,
+            "attempts": self.attempts,
         }
 
     def encode(self) -> bytes:
@@ -135,6 +144,8 @@ class Job:
             metrics=dict(w["metrics"]),
             receipt_tx=w["receipt_tx"],
             receipt_height=w["receipt_height"],
+            cancelled_at=w["cancelled_at"],
+            attempts=w["attempts"],
         )
 
     def with_(self, **changes: Any) -> Job:

@@ -13,9 +13,12 @@ from typing import Any
 
 from aitbc_p2p.chain.models import Genesis, Transaction
 from aitbc_p2p.chain.payloads import (
+    MAX_ATTEMPTS,
     EscrowPayload,
+    JobCancel,
     JobDispute,
     JobOpen,
+    JobReassign,
     JobReceipt,
     JobRefund,
     JobResolve,
@@ -30,6 +33,7 @@ from aitbc_p2p.chain.payloads import (
     Verdict,
     Withdraw,
     ack_digest,
+    release_digest,
 )
 from aitbc_p2p.chain.state import MAX_UNBONDING, Account, EmptyState, Job, JobStatus, Overlay, StateView
 from aitbc_p2p.chain.votes import check_evidence
@@ -324,7 +328,8 @@ def _job_receipt(w: _Writes, tx: Transaction, p: JobReceipt, height: int, rules:
     job = _job(w.state, p)
     if tx.sender != job.provider:
         raise TxRejected("NotJobParty", "only the job's provider posts its receipt")
-    if job.status is not JobStatus.OPEN or height > job.deadline:
+    in_grace = job.status is JobStatus.CANCELLED and height <= job.cancelled_at + rules.dispute_blocks
+    if not (job.status is JobStatus.OPEN or in_grace) or height > job.deadline:
         raise TxRejected("JobState", f"job is {job.status}, deadline {job.deadline}")
     if p.cost > job.amount:
         raise TxRejected("AmountOutOfRange", "cost exceeds the escrowed amount")
@@ -388,9 +393,73 @@ def _job_refund(w: _Writes, tx: Transaction, p: JobRefund, height: int, rules: C
     # to its client, and only once the deadline has passed without a receipt. So the
     # client's peer can refund a failed job by itself (specs/transactions.md).
     job = _job(w.state, p)
-    if job.status is not JobStatus.OPEN or height <= job.deadline:
-        raise TxRejected("JobState", f"job is {job.status}; refund only after deadline {job.deadline}")
+    expired = job.status is JobStatus.OPEN and height > job.deadline
+    if not (expired or _grace_over(job, height, rules)):
+        why = f"job is {job.status}; refund only after deadline {job.deadline} or a cancel's grace"
+        raise TxRejected("JobState", why)
     _release(w, job, JobStatus.REFUNDED)
+
+
+def _grace_over(job: Job, height: int, rules: ChainRules) -> bool:
+    """A cancelled escrow whose provider had its ``dispute_blocks`` to post a receipt."""
+    return job.status is JobStatus.CANCELLED and height > job.cancelled_at + rules.dispute_blocks
+
+
+def _client_side(job: Job, tx: Transaction, what: str) -> None:
+    if tx.sender not in (job.client, job.agent):
+        raise TxRejected("NotJobParty", f"only the client (or its agent) {what}")
+
+
+def _check_release(job: Job, release: bytes, rules: ChainRules) -> None:
+    """``release`` must be the current provider's release of the current attempt."""
+    try:
+        signer = recover_address(release_digest(rules.chain_id, job.job_id, job.attempts), release)
+    except CryptoError as e:
+        raise TxRejected("BadSignature", f"the provider's release does not verify: {e}") from e
+    if signer != job.provider:
+        raise TxRejected("NotJobParty", "the release is not by the job's provider (of this attempt)")
+
+
+def _job_cancel(w: _Writes, tx: Transaction, p: JobCancel, height: int, rules: ChainRules) -> None:
+    job = _job(w.state, p)
+    _client_side(job, tx, "cancels")
+    if job.status is not JobStatus.OPEN:
+        raise TxRejected("JobState", f"job is {job.status}; only an open escrow is cancelled")
+    if p.release:
+        _check_release(job, p.release, rules)
+        _release(w, job, JobStatus.REFUNDED)
+    else:
+        w.jobs.append(job.with_(status=JobStatus.CANCELLED, cancelled_at=height))
+        w.events.append(("cancelled", job.job_id, height + rules.dispute_blocks))
+
+
+def _job_reassign(w: _Writes, tx: Transaction, p: JobReassign, height: int, rules: ChainRules) -> None:
+    job = _job(w.state, p)
+    _client_side(job, tx, "reassigns")
+    if job.status is JobStatus.OPEN:
+        if not p.release:
+            raise TxRejected("JobState", "an open escrow is reassigned with its provider's release, or cancelled first")
+        _check_release(job, p.release, rules)
+    elif not _grace_over(job, height, rules) or p.release:
+        why = f"job is {job.status}; reassign an open one (with a release) or a cancelled one after its grace"
+        raise TxRejected("JobState", why)
+    if job.attempts >= MAX_ATTEMPTS:
+        raise TxRejected("JobState", f"this escrow has named {job.attempts} providers, the most it may")
+    if p.provider in (job.client, job.agent, job.provider):
+        raise TxRejected("NotJobParty", "the next provider is neither the client, its agent nor the current one")
+    if not w.get(p.provider).provider:
+        raise TxRejected("NotProvider", "the named provider is not registered", provider=p.provider)
+    if p.deadline <= height:
+        raise TxRejected("JobState", "deadline must be after the current height")
+    w.provider_jobs(job.provider, -1)
+    w.provider_jobs(p.provider, +1)
+    w.jobs.append(
+        job.with_(
+            provider=p.provider, deadline=p.deadline, opened_at=height, status=JobStatus.OPEN, cancelled_at=0,
+            attempts=job.attempts + 1,
+        )
+    )  # fmt: skip
+    w.events.append(("reassigned", job.job_id, p.provider))
 
 
 def _slash(w: _Writes, tx: Transaction, p: Slash, height: int, rules: ChainRules) -> None:
@@ -419,6 +488,8 @@ _HANDLERS: dict[type[Payload], Callable[[_Writes, Transaction, Any, int, ChainRu
     JobDispute: _job_dispute,
     JobResolve: _job_resolve,
     JobRefund: _job_refund,
+    JobCancel: _job_cancel,
+    JobReassign: _job_reassign,
     Slash: _slash,
 }
 """Every payload but Transfer (the bulk of every block, applied inline in apply_tx); a

@@ -157,6 +157,8 @@ async def _job_cmd(args: argparse.Namespace) -> None:
             _print(await rpc.job(args.job_id))
         elif args.job_command == "result":
             _print(await rpc.job_result(args.job_id))
+        elif args.job_command == "cancel":
+            _print(await rpc.cancel_job(args.job_id))
 
 
 async def _chain_cmd(args: argparse.Namespace) -> None:
@@ -274,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--wait", action="store_true", help="wait until settled, refunded or failed")
     for name in ("status", "result"):
         job.add_parser(name).add_argument("job_id")
+    cancel = job.add_parser("cancel", help="take a job back: its escrow returns (at once with the provider's release)")
+    cancel.add_argument("job_id")
 
     chain = sub.add_parser("chain", help="chain and peer status").add_subparsers(dest="chain_command", required=True)
     chain.add_parser("status")

@@ -38,6 +38,8 @@ class Domain(enum.StrEnum):
     RECEIPT = "aitbc/receipt/1"
     ACK = "aitbc/ack/1"
     """A delivery acknowledgement: the client (or its agent) holds a job's result."""
+    RELEASE = "aitbc/release/1"
+    """A provider's release of an escrow: it will not claim this attempt of the job."""
     PROVIDER = "aitbc/provider/1"
 
 

@@ -158,12 +158,38 @@ class JobAck:
         return encode({"ack": {"job_id": self.job_id.hex(), "sig": self.sig}})
 
 
+@dataclass(frozen=True, slots=True)
+class ReleaseRequest:
+    """The client's peer asking the provider to release the current attempt of a job (it
+    failed, or the client cancels). ``sig``: the client's or its agent's signature of the
+    same ``release_digest`` the provider would sign, so only they can ask."""
+
+    job_id: JobId
+    sig: bytes
+
+    def encode(self) -> bytes:
+        return encode({"release": {"job_id": self.job_id.hex(), "sig": self.sig}})
+
+
+def encode_release_answer(release: bytes) -> bytes:
+    """The provider's release signature, or empty bytes when it will not release."""
+    return encode({"release": release})
+
+
+def decode_release_answer(data: bytes) -> bytes:
+    try:
+        w = fields.record(decode(data, max_size=1024), ("release",), "a release answer")
+        return fields.blob(w, "release", max_len=MAX_ACK_BYTES)
+    except CodecError as e:
+        raise MarketError(f"malformed release answer: {e}") from e
+
+
 ACK_TAKEN = encode({"acked": True})
 ACK_REFUSED = encode({"acked": False})
 """The provider's answer to an ack: refused when it holds no finished job from that peer."""
 
 
-def decode_job_request(data: bytes) -> JobPayload | JobFetch | JobAck:
+def decode_job_request(data: bytes) -> JobPayload | JobFetch | JobAck | ReleaseRequest:
     """A request on the job stream: a job to run, a fetch of one's result, or a delivery
     ack. Raises MarketError."""
     try:
@@ -175,10 +201,12 @@ def decode_job_request(data: bytes) -> JobPayload | JobFetch | JobAck:
             return JobFetch(_job_id({"job_id": obj["fetch"]}))
         except CodecError as e:
             raise MarketError(f"malformed job fetch: {e}") from e
-    if isinstance(obj, dict) and obj.keys() == {"ack"}:
+    if isinstance(obj, dict) and obj.keys() in ({"ack"}, {"release"}):
+        ((kind, body),) = obj.items()
         try:
-            w = fields.record(obj["ack"], ("job_id", "sig"), "a job ack")
-            return JobAck(_job_id(w), fields.blob(w, "sig", max_len=MAX_ACK_BYTES))
+            w = fields.record(body, ("job_id", "sig"), f"a job {kind}")
+            job_id, sig = _job_id(w), fields.blob(w, "sig", max_len=MAX_ACK_BYTES)
         except CodecError as e:
-            raise MarketError(f"malformed job ack: {e}") from e
+            raise MarketError(f"malformed job {kind}: {e}") from e
+        return JobAck(job_id, sig) if kind == "ack" else ReleaseRequest(job_id, sig)
     return JobPayload.from_wire(obj)

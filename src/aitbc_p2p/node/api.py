@@ -155,4 +155,9 @@ class NodeAPI(Protocol):
         """Same lookup as job_status."""
         ...
 
+    async def cancel_job(self, job: JobId | str) -> JobInfo:
+        """Cancel a job this peer tracks (specs/market.md, "Cancel"). Raises MarketError
+        when it does not track it, the job has ended, or it is not the escrow's agent."""
+        ...
+
     def providers(self) -> list[CapabilityRecord]: ...

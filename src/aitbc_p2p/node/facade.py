@@ -195,5 +195,8 @@ class Node:
     def job_result(self, job: JobId | str) -> JobResultInfo | None:
         return self.market.job_result(job)
 
+    async def cancel_job(self, job: JobId | str) -> JobInfo:
+        return await self.market.cancel(job)
+
     def providers(self) -> list[CapabilityRecord]:
         return list(self.market.providers.values())

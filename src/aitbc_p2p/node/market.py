@@ -19,13 +19,48 @@ from typing import Any
 
 import trio
 
-from aitbc_p2p.chain.payloads import JobDispute, JobReceipt, JobRefund, JobSettle, ProviderRegister, Stake, sign_ack
+from aitbc_p2p.chain.payloads import (
+    MAX_ATTEMPTS,
+    JobCancel,
+    JobDispute,
+    JobReassign,
+    JobReceipt,
+    JobRefund,
+    JobSettle,
+    ProviderRegister,
+    Stake,
+    release_digest,
+    sign_ack,
+    sign_release,
+)
 from aitbc_p2p.chain.state import Job, JobStatus
 from aitbc_p2p.codec import decode, encode
 from aitbc_p2p.compute import DeviceInfo, Executor, check_params
-from aitbc_p2p.exceptions import CodecError, MarketError, NetworkError, TxRejected
-from aitbc_p2p.market import Bid, CapabilityRecord, JobOffer, JobPayload, JobResult, job_cost, params_hash, quote
-from aitbc_p2p.market.jobs import ACK_REFUSED, ACK_TAKEN, FetchAnswer, Held, JobAck, JobFetch, decode_job_request
+from aitbc_p2p.crypto import recover_address
+from aitbc_p2p.exceptions import CodecError, CryptoError, MarketError, NetworkError, TxRejected
+from aitbc_p2p.market import (
+    Bid,
+    CapabilityRecord,
+    JobOffer,
+    JobPayload,
+    JobResult,
+    job_cost,
+    params_hash,
+    quote,
+    select_bid,
+)
+from aitbc_p2p.market.jobs import (
+    ACK_REFUSED,
+    ACK_TAKEN,
+    FetchAnswer,
+    Held,
+    JobAck,
+    JobFetch,
+    ReleaseRequest,
+    decode_job_request,
+    decode_release_answer,
+    encode_release_answer,
+)
 from aitbc_p2p.network.abc import REJECT, GossipMessage, Network, Verdict, accept
 from aitbc_p2p.network.protocols import JOB_PROTOCOL
 from aitbc_p2p.node.abc import ChainView, OwnAccount, Topics
@@ -55,6 +90,8 @@ FETCH_INTERVAL_S = 1.0
 """How often the client's peer asks a provider again for a result it has not got."""
 FETCH_TIMEOUT_S = 10.0
 ACK_ATTEMPTS = 3
+RELEASE_TIMEOUT_S = 5.0
+REASSIGN_WAIT_BLOCKS = 2
 DISPUTE_MARGIN_BLOCKS = 2
 """The client's agent disputes a receipt it has no result for this many blocks before the
 dispute window closes (time for the dispute to be included)."""
@@ -68,8 +105,12 @@ class Phase(enum.StrEnum):
     RUNNING = "running"
     FETCHING = "fetching"
     """The stream ended without the result; asking the provider for it again."""
+    FAILING_OVER = "failing_over"
+    """The provider failed; the escrow is being moved to the next bidder."""
     RESULT_RECEIVED = "result_received"
     FAILED = "failed"
+    CANCELLED = "cancelled"
+    """The client cancelled it; any escrow goes back (at once with the provider's release)."""
 
 
 @dataclass
@@ -87,6 +128,14 @@ class ClientJob:
     """Nothing more to do about a failed job's escrow: this peer posted its refund, or it ended otherwise."""
     acted: bool = False
     """This peer, as the client's agent, settled or disputed the receipted escrow (or cannot)."""
+    peer: str = ""
+    """The peer id of the provider the job was last sent to."""
+    tried: set[Address] = field(default_factory=set)
+    """Providers that failed this job (never chosen again for it)."""
+    next_bid: Bid | None = None
+    """While failing over: the bid the escrow is being moved to."""
+    chain_action: bool = False
+    """A cancel or reassign of this job's escrow is on its way (one at a time)."""
     job_id: JobId = field(init=False)
     """Its offer's hash: its id here, on the job stream and on chain (the escrow's)."""
 
@@ -138,6 +187,8 @@ class MarketService:
         self.providers: OrderedDict[Address, CapabilityRecord] = OrderedDict()
         self.client_jobs: OrderedDict[JobId, ClientJob] = OrderedDict()
         self._held: OrderedDict[JobId, HeldJob] = OrderedDict()
+        self._claimed: OrderedDict[JobId, None] = OrderedDict()
+        """Jobs this provider computed and receipts (whether or not still held)."""
         self._offers_seen: OrderedDict[JobId, JobOffer] = OrderedDict()
         self._provider: ProviderConfig | None = None
         self._device: DeviceInfo | None = None
@@ -335,8 +386,16 @@ class MarketService:
         or dispute receipted ones (as the client's agent), and refund the expired escrows
         of failed ones."""
         for job_id, job in self.client_jobs.items():
-            if job.phase == Phase.FAILED and not job.refund_sent:
+            if job.phase in (Phase.FAILED, Phase.CANCELLED) and not job.refund_sent:
                 self._maybe_refund(job, height)
+            if job.phase is Phase.FAILING_OVER:
+                self._continue_failover(job, height)
+                continue
+            if job.phase is Phase.CANCELLED and not job.chain_action and self._nursery is not None:
+                escrow = self.chain.state.job(job_id)
+                if escrow is not None and escrow.status is JobStatus.OPEN and self._acts_for(escrow):
+                    job.chain_action = True  # opened after the client cancelled: take it back
+                    self._nursery.start_soon(self._cancel_escrow_again, job, escrow)
             if job.phase not in (Phase.BIDDING, Phase.BIDS_READY):
                 if not job.acted:
                     self._maybe_acknowledge(job, height)
@@ -352,16 +411,24 @@ class MarketService:
             if self._nursery is not None:
                 self._nursery.start_soon(self._dispatch, job_id, job, bid)
 
+    async def _cancel_escrow_again(self, job: ClientJob, escrow: Job) -> None:
+        job.chain_action = False
+        await self._cancel_escrow(job, escrow)
+
     def _maybe_refund(self, job: ClientJob, height: int) -> None:
         """A failed job's escrow goes back to its client once its deadline has passed: this
         peer posts the refund itself (anyone may; specs/transactions.md), paying the fee."""
         escrow = self.chain.state.job(job.job_id)
         if escrow is None:
             return
-        if escrow.status is not JobStatus.OPEN or escrow.client != job.offer.signer:
+        if escrow.status not in (JobStatus.OPEN, JobStatus.CANCELLED) or escrow.client != job.offer.signer:
             job.refund_sent = True  # settled, refunded or not ours: nothing left to do
             return
-        if height + 1 <= escrow.deadline or self._nursery is None:
+        if escrow.status is JobStatus.CANCELLED:
+            due = escrow.cancelled_at + self.chain.rules.dispute_blocks  # the provider's grace
+        else:
+            due = escrow.deadline
+        if height + 1 <= due or self._nursery is None:
             return
         job.refund_sent = True
         self._nursery.start_soon(self._refund, job, escrow.job_id)
@@ -434,33 +501,174 @@ class MarketService:
 
     async def _dispatch_unguarded(self, job_id: JobId, job: ClientJob, bid: Bid) -> None:
         payload = JobPayload(job_id, job.workload, job.params)
-        peer = bid.body["peer_id"]
+        peer = job.peer = bid.body["peer_id"]
         timeout = job.offer.body["max_runtime_s"] + ESCROW_WAIT_S + 10
         result: JobResult | None
         try:
             raw = await self.network.request(peer, JOB_PROTOCOL, payload.encode(), timeout=timeout)
             result = JobResult.decode(raw)
         except MarketError as e:
-            job.phase, job.error = Phase.FAILED, str(e)
-            logger.warning("job %s failed: %s", job_id.hex()[:16], e)
+            await self._attempt_failed(job, str(e))
             return
         except NetworkError as e:  # the stream dropped, or the job waited long for a slot
             logger.info("job %s: no result on the stream (%s); fetching it", job_id.hex()[:16], e)
             job.phase = Phase.FETCHING
             result = await self._fetch(job_id, peer)
             if result is None:
-                job.phase, job.error = Phase.FAILED, f"the provider did not deliver a result ({e})"
-                logger.warning("job %s failed: %s", job_id.hex()[:16], job.error)
+                await self._attempt_failed(job, f"the provider did not deliver a result ({e})")
                 return
         if result.job_id != job_id:
-            job.phase, job.error = Phase.FAILED, "provider answered for another job"
+            await self._attempt_failed(job, "provider answered for another job")
             return
-        if result.ok and self._nursery is not None:
-            self._nursery.start_soon(self._send_ack, job, result, peer)
-        job.result = result
-        job.phase = Phase.RESULT_RECEIVED if result.ok else Phase.FAILED
-        job.error = result.error
-        logger.info("job %s result received (ok=%s)", job_id.hex()[:16], result.ok)
+        self._take_result(job, result)
+
+    def _take_result(self, job: ClientJob, result: JobResult) -> None:
+        if not result.ok:
+            job.result = result
+            if self._nursery is not None:
+                self._nursery.start_soon(self._attempt_failed, job, result.error)
+            return
+        if self._nursery is not None:
+            self._nursery.start_soon(self._send_ack, job, result, job.peer)
+        job.result, job.error = result, ""
+        if job.phase is not Phase.CANCELLED:  # a result that came in its grace is still the client's
+            job.phase = Phase.RESULT_RECEIVED
+        logger.info("job %s result received", job.job_id.hex()[:16])
+
+    # ------------------------------------------------------- failover, cancel
+    async def _attempt_failed(self, job: ClientJob, why: str) -> None:
+        """This provider failed the job (an error, a bad answer, no result): ask it for a
+        release, then move the escrow to the next bidder (at most MAX_ATTEMPTS providers),
+        or give the escrow back when none is left. Without a release, the escrow is
+        cancelled first and moved (or refunded) once the provider's grace has passed
+        (specs/market.md, "Failover")."""
+        job.error = why
+        logger.warning("job %s failed at %s: %s", job.job_id.hex()[:16], job.peer[:16] or "?", why)
+        escrow = self.chain.state.job(job.job_id)
+        if job.phase is Phase.CANCELLED:
+            return
+        if escrow is None or escrow.status is not JobStatus.OPEN or not self._acts_for(escrow):
+            job.phase = Phase.FAILED  # the deadline refund covers it
+            return
+        job.tried.add(escrow.provider)
+        release = await self._ask_release(job, escrow)
+        nxt = self._next_bid(job, escrow)
+        if nxt is None:
+            job.phase = Phase.FAILED
+            job.error = f"{why}; no other bid to fail over to" if escrow.attempts < MAX_ATTEMPTS else why
+            await self._post(job, JobCancel(job.job_id, release))
+            return
+        job.phase, job.next_bid = Phase.FAILING_OVER, nxt
+        if release:
+            await self._post(job, JobReassign(job.job_id, nxt.signer, self._deadline(job), release))
+        else:
+            await self._post(job, JobCancel(job.job_id, b""))
+
+    def _acts_for(self, escrow: Job) -> bool:
+        return self.account.key.address in (escrow.agent, escrow.client)
+
+    def _next_bid(self, job: ClientJob, escrow: Job) -> Bid | None:
+        if escrow.attempts >= MAX_ATTEMPTS:
+            return None
+        left = [b for a, b in job.bids.items() if a not in job.tried and a != escrow.provider]
+        left = [b for b in left if b.body["price"] <= escrow.amount and self.chain.state.account(b.signer).provider]
+        return select_bid(job.offer, left)
+
+    def _deadline(self, job: ClientJob) -> int:
+        """A fresh deadline for the next attempt, as the SDK sets the first one."""
+        runtime: int = job.offer.body["max_runtime_s"]
+        return self.chain.head.height + max(30, 4 * runtime)
+
+    async def _ask_release(self, job: ClientJob, escrow: Job) -> bytes:
+        """The provider's release of the escrow's current attempt, or b"" (unreachable,
+        running it, or unwilling). Checked here, so a bad one is never posted."""
+        bid = job.bids.get(escrow.provider)
+        if bid is None:
+            return b""
+        chain_id = self.chain.genesis.chain_id
+        ask = sign_release(self.account.key, chain_id, escrow.job_id, escrow.attempts)
+        try:
+            raw = await self.network.request(
+                bid.body["peer_id"], JOB_PROTOCOL, ReleaseRequest(job.job_id, ask).encode(), timeout=RELEASE_TIMEOUT_S
+            )
+            release = decode_release_answer(raw)
+            digest = release_digest(chain_id, escrow.job_id, escrow.attempts)
+            if release and recover_address(digest, release) == escrow.provider:
+                return release
+        except (NetworkError, MarketError, CryptoError) as e:
+            logger.debug("no release of job %s: %s", job.job_id.hex()[:16], e)
+        return b""
+
+    async def _post(self, job: ClientJob, payload: JobCancel | JobReassign) -> None:
+        job.chain_action = True
+        try:
+            await self.account.send_own_tx(payload)
+            logger.info("job %s: %s posted", job.job_id.hex()[:16], payload.KIND)
+        except TxRejected as e:
+            job.chain_action = False
+            logger.warning("job %s: %s refused: %s", job.job_id.hex()[:16], payload.KIND, e)
+
+    def _continue_failover(self, job: ClientJob, height: int) -> None:
+        """On each block while failing over: dispatch once the escrow names the next
+        bidder; reassign a cancelled escrow once its grace is over; fetch a result the
+        failed provider receipted in its grace after all."""
+        escrow = self.chain.state.job(job.job_id)
+        nxt = job.next_bid
+        if escrow is None or nxt is None or self._nursery is None:
+            return
+        if escrow.status is JobStatus.OPEN and escrow.provider == nxt.signer:
+            job.phase, job.next_bid, job.result, job.chain_action = Phase.RUNNING, None, None, False
+            logger.info("job %s: failing over to %s (attempt %d)", job.job_id.hex()[:16], nxt.signer, escrow.attempts)
+            self._nursery.start_soon(self._dispatch, job.job_id, job, nxt)
+        elif escrow.status is JobStatus.CANCELLED:
+            if height + 1 > escrow.cancelled_at + self.chain.rules.dispute_blocks and not job.chain_action:
+                self._nursery.start_soon(self._post, job, JobReassign(job.job_id, nxt.signer, self._deadline(job)))
+        elif escrow.status is JobStatus.RECEIPTED:
+            job.phase, job.next_bid = Phase.FETCHING, None
+            self._nursery.start_soon(self._fetch_late, job)
+        else:
+            job.phase = Phase.FAILED
+
+    async def _fetch_late(self, job: ClientJob) -> None:
+        result = await self._fetch(job.job_id, job.peer)
+        if result is not None and result.job_id == job.job_id and result.ok:
+            self._take_result(job, result)
+        else:
+            job.phase = Phase.FAILED
+
+    async def cancel(self, job: JobId | str) -> JobInfo:
+        """The client cancels a job this peer tracks: before its escrow, nothing is sent
+        (an escrow opened later is cancelled when it appears); with an open escrow, this
+        peer (its agent) asks the provider for a release and posts ``job_cancel``: the
+        whole escrow back at once with a release, after the provider's grace without.
+
+        Raises:
+            MarketError: not a job this peer tracks, already ended, or this peer is not
+                the escrow's agent (the wallet must cancel it itself).
+        """
+        job_id = self.resolve(job)
+        tracked = self.client_jobs.get(job_id) if job_id is not None else None
+        if job_id is None or tracked is None:
+            raise MarketError("this peer does not track that job")
+        escrow = self.chain.state.job(job_id)
+        if escrow is not None and escrow.status is not JobStatus.OPEN:
+            raise MarketError(f"the job's escrow is {escrow.status}: there is nothing to cancel")
+        if tracked.phase in (Phase.RESULT_RECEIVED, Phase.CANCELLED):
+            raise MarketError(f"the job is {tracked.phase}: there is nothing to cancel")
+        if escrow is not None and not self._acts_for(escrow):
+            raise MarketError("this peer is not the escrow's agent: the client's wallet cancels it")
+        tracked.phase, tracked.error, tracked.next_bid = Phase.CANCELLED, "cancelled by the client", None
+        if escrow is not None:
+            await self._cancel_escrow(tracked, escrow)
+        info = self.job_status(job_id)
+        assert info is not None
+        return info
+
+    async def _cancel_escrow(self, job: ClientJob, escrow: Job) -> None:
+        if job.chain_action:
+            return
+        release = await self._ask_release(job, escrow)
+        await self._post(job, JobCancel(job.job_id, release))
 
     async def _fetch(self, job_id: JobId, peer: str) -> JobResult | None:
         """Ask the provider for a job's held result until it has one, or until it no
@@ -614,13 +822,21 @@ class MarketService:
             logger.warning("job message not gossiped: %s", e)
 
     async def _wait_escrow(self, job_id: JobId) -> Job | None:
+        """The job's escrow once this peer sees it open and naming this provider: waits
+        for it to appear, and a few blocks more while it names another (a reassignment to
+        this provider may be in a block this peer has not imported yet)."""
+        me = self.account.key.address
+        escrow: Job | None = None
         with trio.move_on_after(ESCROW_WAIT_S):
+            others = 0
             while True:
                 escrow = self.chain.state.job(job_id)
                 if escrow is not None:
-                    return escrow
+                    if (escrow.provider == me and escrow.status is JobStatus.OPEN) or others >= REASSIGN_WAIT_BLOCKS:
+                        return escrow
+                    others += 1
                 await self.chain.wait_head_change()
-        return None
+        return escrow
 
     async def serve_job(self, peer: str, request: bytes) -> bytes:
         """``/aitbc/job/1`` on the provider: run a job (check the offer and escrow, run,
@@ -630,6 +846,8 @@ class MarketService:
             return self._answer_fetch(peer, msg.job_id).encode()
         if isinstance(msg, JobAck):
             return self._take_ack(peer, msg)
+        if isinstance(msg, ReleaseRequest):
+            return encode_release_answer(await self._give_release(peer, msg))
         held = self._held.get(msg.job_id)
         if held is not None:  # asked again to run a job it holds: never run twice
             if held.peer != peer:
@@ -645,6 +863,35 @@ class MarketService:
         if not held.done.is_set():
             return FetchAnswer(Held.RUNNING)
         return FetchAnswer(Held.DONE, held.answer())
+
+    async def _give_release(self, peer: str, request: ReleaseRequest) -> bytes:
+        """Release the current attempt of a job this provider is not running and has not
+        delivered, when its client or the client's agent asks (it failed here, or the
+        client cancels): the client is refunded or fails over at once. Once released, the
+        job is never run here. Empty when it will not."""
+        with trio.move_on_after(RELEASE_TIMEOUT_S / 2):  # the escrow's block may reach us a moment later
+            while self.chain.state.job(request.job_id) is None:
+                await self.chain.wait_head_change()
+        escrow = self.chain.state.job(request.job_id)
+        me = self.account.key
+        if escrow is None or escrow.status is not JobStatus.OPEN or escrow.provider != me.address:
+            return b""
+        chain_id = self.chain.genesis.chain_id
+        try:
+            asker = recover_address(release_digest(chain_id, escrow.job_id, escrow.attempts), request.sig)
+        except CryptoError:
+            return b""
+        if asker not in (escrow.client, escrow.agent):
+            return b""
+        held = self._held.get(request.job_id)
+        if request.job_id in self._claimed or (held is not None and not held.done.is_set()):
+            return b""  # running, or receipted: it is owed its receipt's pay, not a release
+        if held is None:
+            held = self._hold(request.job_id, peer)
+            held.done.set()
+        held.result = JobResult(request.job_id, False, error="this provider released the job")
+        logger.info("job %s released to its client (attempt %d)", request.job_id.hex()[:16], escrow.attempts)
+        return sign_release(me, chain_id, escrow.job_id, escrow.attempts)
 
     def _take_ack(self, peer: str, ack: JobAck) -> bytes:
         """Keep a delivery ack for the settle transaction (the chain checks its signature)."""
@@ -697,6 +944,8 @@ class MarketService:
         escrow = await self._wait_escrow(job_id)
         if escrow is None or escrow.provider != self.account.key.address or escrow.status is not JobStatus.OPEN:
             return fail("no open escrow names this provider")
+        if escrow.amount < quote(self._provider.price_per_s, offer.body["max_runtime_s"]):
+            return fail("the escrow holds less than this provider's bid")
         run = await self._executor.run(
             payload.workload,
             payload.params,
@@ -708,6 +957,9 @@ class MarketService:
             logger.info("job %s failed: %s (no receipt, no payment)", job_id.hex()[:16], run.error)
             return result
         cost = job_cost(self._provider.price_per_s, run.metrics["compute_ms"], escrow.amount)
+        self._claimed[job_id] = None  # from now on, never released
+        while len(self._claimed) > MAX_HELD:
+            self._claimed.popitem(last=False)
         try:
             await self.account.send_own_tx(JobReceipt(escrow.job_id, result.result_hash, cost, run.metrics))
         except TxRejected as e:

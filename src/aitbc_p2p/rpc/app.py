@@ -287,6 +287,16 @@ def create_app(api: NodeAPI, *, token: str, max_body: int = MAX_BODY) -> QuartTr
             raise Problem(404, "NOT_FOUND", "no result for this job (yet)")
         return _json(render.job_result(found))
 
+    @app.post("/v1/jobs/<job_id>/cancel")
+    async def cancel_job(job_id: str) -> Response:
+        try:
+            info = await api.cancel_job(job_id)
+        except MarketError as e:
+            if "does not track" in str(e):
+                raise Problem(404, "NOT_FOUND", str(e)) from e
+            raise Problem(409, "CANNOT_CANCEL", str(e)) from e
+        return _json(render.job(info))
+
     @app.get("/v1/providers")
     async def providers() -> Response:
         return _json({"providers": [render.provider(rec) for rec in api.providers()]})

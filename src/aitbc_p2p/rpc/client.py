@@ -128,6 +128,12 @@ class RpcClient:
         result: dict[str, Any] = await self._call("GET", f"/v1/jobs/{job_id}")
         return result
 
+    async def cancel_job(self, job_id: str) -> dict[str, Any]:
+        """Cancel a job submitted through this peer: its escrow comes back at once with the
+        provider's release, else after the provider's grace (specs/market.md, "Cancel")."""
+        result: dict[str, Any] = await self._call("POST", f"/v1/jobs/{job_id}/cancel")
+        return result
+
     async def job_result(self, job_id: str) -> dict[str, Any]:
         result: dict[str, Any] = await self._call("GET", f"/v1/jobs/{job_id}/result")
         return result
@@ -263,7 +269,7 @@ class RpcClient:
                 if job["status"] != last:
                     last = job["status"]
                     await _report(progress, f"job {job_id[:16]}: {last}")
-                if job["status"] in TERMINAL_JOB_STATES:
+                if job["status"] in TERMINAL_JOB_STATES or (job["status"] == "cancelled" and not job["escrow"]):
                     return job
                 await trio.sleep(0.25)
 
