@@ -63,7 +63,11 @@ def balances(node: Any) -> dict[str, int]:
 
 
 async def test_a_result_whose_stream_was_cut_is_fetched_acked_and_settled_at_once(monkeypatch: Any) -> None:
-    async with open_test_network(2, providers=[1], alloc=ALLOC, hub=MemoryHub()) as (client_node, provider):
+    # A dispute window far longer than the test: a settlement in it can only be the ack's.
+    window = {"dispute_blocks": 1000}
+    async with open_test_network(
+        2, providers=[1], alloc=ALLOC, hub=MemoryHub(), genesis_params=window
+    ) as (client_node, provider):
         await wait_for(lambda: provider.market.registered() and PROVIDER.address in client_node.market.providers)
         real_run = provider.market._run_job
 
@@ -79,8 +83,10 @@ async def test_a_result_whose_stream_was_cut_is_fetched_acked_and_settled_at_onc
         # The client's peer got the result by fetching it, and it is the one receipted.
         result = client_node.job_result(job_id)
         assert decode(result.result.output) == {"message": "hello", "length": 5} and result.receipt_matches
-        # Settled with the ack, before the dispute window (10 blocks) could have closed.
+        # Settled with the client peer's ack, long before the dispute window could close.
         assert client_node.head.height <= escrow.receipt_height + client_node.genesis.dispute_blocks
+        (settle,) = [loc.tx for loc in client_node.history(PROVIDER.address, 10) if loc.tx.kind == "job_settle"]
+        assert settle.payload.ack and settle.sender == PROVIDER.address
         after = balances(client_node)
         assert after[CLIENT.address] == before[CLIENT.address] - escrow.cost - fee  # open; the rest refunded
         assert after[PROVIDER.address] == before[PROVIDER.address] + escrow.cost - 2 * fee  # receipt + settle
