@@ -17,6 +17,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from aitbc_p2p.chain.blocks import build_block
 from aitbc_p2p.chain.commitment import StateTree
 from aitbc_p2p.chain.models import TxKind
+from aitbc_p2p.chain.payloads import sign_release
 from aitbc_p2p.chain.state import JobStatus, supply_of
 from aitbc_p2p.chain.transition import ChainRules
 from aitbc_p2p.store import ChainStore, LevelDBKV
@@ -138,7 +139,8 @@ class Ledger(RuleBasedStateMachine):
         job = self.jobs[job_id]
         cost = job["amount"] * cost_frac // 100
         h = self.height + 1
-        ok = self.can_pay(PROVIDER.address) and job["status"] == "open" and h <= job["deadline"]
+        in_grace = job["status"] == "cancelled" and h <= job["cancelled_h"] + RULES.dispute_blocks
+        ok = self.can_pay(PROVIDER.address) and (job["status"] == "open" or in_grace) and h <= job["deadline"]
         payload = dict(job_id=job_id, result_hash=b"\x01" * 32, cost=cost, metrics={})
         if self.submit(PROVIDER, TxKind.JOB_RECEIPT, ok, **payload):
             job.update(status="receipted", cost=cost, receipt_h=h)
@@ -161,9 +163,28 @@ class Ledger(RuleBasedStateMachine):
         job_id = data.draw(st.sampled_from(sorted(self.jobs)))
         job = self.jobs[job_id]
         key = data.draw(st.sampled_from(USERS))  # anyone may refund an expired escrow, to its client
-        ok = self.can_pay(key.address) and job["status"] == "open" and self.height + 1 > job["deadline"]
+        h = self.height + 1
+        expired = job["status"] == "open" and h > job["deadline"]
+        graced = job["status"] == "cancelled" and h > job["cancelled_h"] + RULES.dispute_blocks
+        ok = self.can_pay(key.address) and (expired or graced)
         if self.submit(key, TxKind.JOB_REFUND, ok, job_id=job_id):
             self._release(job_id, 0)
+
+    @precondition(lambda self: self.jobs)
+    @rule(data=st.data(), released=st.booleans())
+    def cancel(self, data, released):
+        """The client takes an open escrow back: at once with the provider's release, else
+        after the provider's grace (in which it may still receipt)."""
+        job_id = data.draw(st.sampled_from(sorted(self.jobs)))
+        job = self.jobs[job_id]
+        key = next(k for k in USERS if k.address == job["client"])
+        release = sign_release(PROVIDER, GENESIS.chain_id, job_id, 1) if released else b""
+        ok = self.can_pay(key.address) and job["status"] == "open"
+        if self.submit(key, TxKind.JOB_CANCEL, ok, job_id=job_id, release=release):
+            if released:
+                self._release(job_id, 0)
+            else:
+                job.update(status="cancelled", cancelled_h=self.height)
 
     def _release(self, job_id, to_provider):
         assert job_id not in self.released, "an escrow was released twice"
@@ -214,6 +235,6 @@ class Ledger(RuleBasedStateMachine):
 
 
 Ledger.TestCase.settings = settings(
-    max_examples=40, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=150, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 TestLedger = Ledger.TestCase
