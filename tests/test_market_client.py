@@ -5,11 +5,11 @@ found by any unique prefix of its id."""
 import pytest
 import trio
 
-from aitbc_p2p.chain.models import Transaction
 from aitbc_p2p.chain.state import JobStatus
 from aitbc_p2p.exceptions import ComputeError, MarketError
-from aitbc_p2p.market import JobOffer, JobResult, params_hash, select_bid
+from aitbc_p2p.market import JobOffer, JobResult, params_hash
 from aitbc_p2p.testing import make_key, open_test_network
+from aitbc_p2p.testing.market import offer_job, open_escrow
 from aitbc_p2p.types import Hash32, JobId, aitbc
 
 CLIENT = make_key("client")
@@ -33,19 +33,8 @@ def offer_for(node, workload, params, **kw):
 async def offer_and_open_escrow(node, *, deadline_blocks: int) -> JobId:
     """An echo job offered through ``node``, the cheapest bid chosen and its escrow opened
     (deadline ``deadline_blocks`` after the head); returns the job id."""
-    params = {"message": "x"}
-    offer = offer_for(node, "echo", params)
-    job_id = await node.submit_job(offer, "echo", params)
-    tracked = node.market.client_jobs[job_id]
-    await wait_for(lambda: tracked.bids and tracked.phase == "bids_ready")
-    bid = select_bid(offer, list(tracked.bids.values()))
-    tx = Transaction.create(
-        CLIENT, chain_id=node.genesis.chain_id, kind="job_open",
-        nonce=node.mempool.pending_nonce(CLIENT.address, node.store.state), fee=node.genesis.min_fee,
-        payload={"job_id": job_id, "provider": bid.signer, "amount": bid.body["price"], "agent": node.key.address,
-                 "deadline": node.store.head.height + deadline_blocks},
-    )  # fmt: skip
-    await node.submit_tx(tx)
+    job_id, offer = await offer_job(node, CLIENT, "echo", {"message": "x"})
+    await open_escrow(node, CLIENT, job_id, offer, blocks=deadline_blocks)
     return job_id
 
 

@@ -13,49 +13,22 @@ from typing import Any
 
 import trio
 
-from aitbc_p2p.chain.models import Transaction
-from aitbc_p2p.chain.payloads import JobOpen
 from aitbc_p2p.chain.state import JobStatus
 from aitbc_p2p.codec import decode, encode
 from aitbc_p2p.exceptions import MarketError
-from aitbc_p2p.market import JobOffer, JobPayload, JobResult, params_hash, select_bid
+from aitbc_p2p.market import JobPayload, JobResult
 from aitbc_p2p.market.jobs import ACK_REFUSED, FetchAnswer, Held, JobAck, JobFetch
 from aitbc_p2p.network import JOB_PROTOCOL
 from aitbc_p2p.network.memory import MemoryHub
 from aitbc_p2p.testing import make_key, make_tx, open_test_network
-from aitbc_p2p.types import JobId, aitbc
+from aitbc_p2p.testing.market import make_offer, offer_job, open_escrow, wait_for
+from aitbc_p2p.types import aitbc
 
 CLIENT = make_key("client")
 AGENT = make_key("peer0")  # the client's peer: nodes[0]
 PROVIDER = make_key("peer1")
 STRANGER = make_key("stranger")
 ALLOC = {CLIENT.address: aitbc(10_000), AGENT.address: aitbc(1), PROVIDER.address: aitbc(1_000)}
-
-
-async def wait_for(predicate: Any, timeout: float = 60) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.05)
-
-
-async def offer_and_escrow(client_node: Any, params: dict[str, Any]) -> tuple[JobId, Any]:
-    """An echo job offered through the client's peer, the cheapest bid taken and escrow
-    opened with that peer as the client's agent (what the SDK does)."""
-    offer = JobOffer.create(
-        CLIENT, client_node.genesis.chain_id, workload="echo", params_hash=params_hash("echo", params),
-        max_price=aitbc(5), max_runtime_s=30, verification="none", timestamp_ms=client_node.clock_ms(),
-    )  # fmt: skip
-    job_id = await client_node.submit_job(offer, "echo", params)
-    tracked = client_node.market.client_jobs[job_id]
-    await wait_for(lambda: tracked.bids and tracked.phase == "bids_ready")
-    bid = select_bid(offer, list(tracked.bids.values()))
-    escrow = JobOpen(job_id, bid.signer, bid.body["price"], client_node.head.height + 100, client_node.key.address)
-    tx = Transaction.create(
-        CLIENT, chain_id=client_node.genesis.chain_id, payload=escrow, fee=client_node.genesis.min_fee,
-        nonce=client_node.mempool.pending_nonce(CLIENT.address, client_node.store.state),
-    )  # fmt: skip
-    await client_node.submit_tx(tx)
-    return job_id, bid
 
 
 def balances(node: Any) -> dict[str, int]:
@@ -77,7 +50,8 @@ async def test_a_result_whose_stream_was_cut_is_fetched_acked_and_settled_at_onc
 
         monkeypatch.setattr(provider.market, "_run_job", run_then_cut)
         before, fee = balances(client_node), client_node.genesis.min_fee
-        job_id, _ = await offer_and_escrow(client_node, {"message": "hello"})
+        job_id, offer = await offer_job(client_node, CLIENT, "echo", {"message": "hello"})
+        await open_escrow(client_node, CLIENT, job_id, offer)
         await wait_for(lambda: client_node.job_status(job_id).status == "settled")
         escrow = client_node.store.state.job(job_id)
         # The client's peer got the result by fetching it, and it is the one receipted.
@@ -110,7 +84,8 @@ async def test_a_receipt_for_a_result_never_delivered_is_disputed_and_not_paid(m
 
         monkeypatch.setattr(provider.market, "_run_job", run_and_lose)
         before, fee = balances(client_node), client_node.genesis.min_fee
-        job_id, bid = await offer_and_escrow(client_node, {"message": "x"})
+        job_id, offer = await offer_job(client_node, CLIENT, "echo", {"message": "x"})
+        bid = await open_escrow(client_node, CLIENT, job_id, offer)
         await wait_for(lambda: client_node.job_status(job_id).status == "disputed")
         info = client_node.job_status(job_id)
         assert info.phase == "failed" and "did not deliver" in info.error
@@ -136,10 +111,7 @@ async def test_a_held_job_runs_once_and_goes_only_to_the_peer_that_sent_it() -> 
             await net.connect(provider.network.listen_addrs()[0])
         await wait_for(provider.market.registered)
         params = {"message": "once"}
-        offer = JobOffer.create(
-            CLIENT, provider.genesis.chain_id, workload="echo", params_hash=params_hash("echo", params),
-            max_price=aitbc(5), max_runtime_s=30, verification="none", timestamp_ms=provider.clock_ms(),
-        )  # fmt: skip
+        offer = make_offer(provider, CLIENT, "echo", params)
         await stranger.publish(provider.topics.job, encode({"offer": offer.to_wire()}))
         await wait_for(lambda: offer.job_id in provider.market._offers_seen)
         await provider.submit_tx(

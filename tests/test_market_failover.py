@@ -9,13 +9,12 @@ from typing import Any
 
 import trio
 
-from aitbc_p2p.chain.models import Transaction
-from aitbc_p2p.chain.payloads import JobOpen
 from aitbc_p2p.chain.state import JobStatus
-from aitbc_p2p.market import JobOffer, JobPayload, JobResult, params_hash, select_bid
+from aitbc_p2p.market import JobPayload, JobResult
 from aitbc_p2p.network.memory import MemoryHub
 from aitbc_p2p.testing import make_key, open_test_network
-from aitbc_p2p.types import JobId, aitbc
+from aitbc_p2p.testing.market import offer_job, open_escrow, wait_for
+from aitbc_p2p.types import aitbc
 
 CLIENT = make_key("client")
 AGENT = make_key("peer0")  # the client's peer: nodes[0]
@@ -24,38 +23,8 @@ ALLOC = {CLIENT.address: aitbc(10_000), AGENT.address: aitbc(1), P1.address: ait
 KEYS = (CLIENT, AGENT, P1, P2)
 
 
-async def wait_for(predicate: Any, timeout: float = 60) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.05)
-
-
 def balances(node: Any) -> dict[str, int]:
     return {k.address: node.account(k.address).account.balance for k in KEYS}
-
-
-async def offer(client_node: Any, bids: int) -> tuple[JobId, JobOffer]:
-    params = {"message": "hello"}
-    job = JobOffer.create(
-        CLIENT, client_node.genesis.chain_id, workload="echo", params_hash=params_hash("echo", params),
-        max_price=aitbc(5), max_runtime_s=30, verification="none", timestamp_ms=client_node.clock_ms(),
-    )  # fmt: skip
-    job_id = await client_node.submit_job(job, "echo", params)
-    tracked = client_node.market.client_jobs[job_id]
-    await wait_for(lambda: len(tracked.bids) >= bids and tracked.phase == "bids_ready")
-    return job_id, job
-
-
-async def open_escrow(client_node: Any, job_id: JobId, job: JobOffer) -> Any:
-    """The wallet takes the cheapest bid and opens escrow with the client's peer as agent."""
-    bid = select_bid(job, list(client_node.market.client_jobs[job_id].bids.values()))
-    escrow = JobOpen(job_id, bid.signer, bid.body["price"], client_node.head.height + 100, client_node.key.address)
-    tx = Transaction.create(
-        CLIENT, chain_id=client_node.genesis.chain_id, payload=escrow, fee=client_node.genesis.min_fee,
-        nonce=client_node.mempool.pending_nonce(CLIENT.address, client_node.store.state),
-    )  # fmt: skip
-    await client_node.submit_tx(tx)
-    return bid
 
 
 async def test_a_failed_provider_releases_the_job_and_the_escrow_moves_to_the_next_bidder(monkeypatch: Any) -> None:
@@ -73,8 +42,8 @@ async def test_a_failed_provider_releases_the_job_and_the_escrow_moves_to_the_ne
 
             monkeypatch.setattr(node.market, "_run_job", run)
         before, fee = balances(client_node), client_node.genesis.min_fee
-        job_id, job = await offer(client_node, bids=2)
-        first = await open_escrow(client_node, job_id, job)
+        job_id, job = await offer_job(client_node, CLIENT, "echo", {"message": "hello"}, bids=2)
+        first = await open_escrow(client_node, CLIENT, job_id, job)
         await wait_for(lambda: client_node.job_status(job_id).status == "settled")
         escrow = client_node.store.state.job(job_id)
         winner = P2 if first.signer == P1.address else P1
@@ -95,10 +64,10 @@ async def test_a_job_cancelled_before_its_escrow_is_refunded_at_once_when_the_es
     async with open_test_network(2, providers=[1], alloc=ALLOC, hub=MemoryHub()) as (client_node, provider):
         await wait_for(lambda: provider.market.registered() and client_node.market.providers)
         before, fee = balances(client_node), client_node.genesis.min_fee
-        job_id, job = await offer(client_node, bids=1)
+        job_id, job = await offer_job(client_node, CLIENT, "echo", {"message": "hello"})
         info = await client_node.cancel_job(job_id)
         assert info.status == "cancelled" and info.escrow is None  # nothing on chain yet
-        await open_escrow(client_node, job_id, job)  # the wallet opened it anyway (a race)
+        await open_escrow(client_node, CLIENT, job_id, job)  # the wallet opened it anyway (a race)
         await wait_for(lambda: client_node.job_status(job_id).status == "refunded")
         escrow = client_node.store.state.job(job_id)
         assert escrow.status is JobStatus.REFUNDED and escrow.cost == 0
@@ -118,8 +87,8 @@ async def test_a_job_cancelled_while_running_is_refunded_after_the_providers_gra
 
         monkeypatch.setattr(provider.market._executor, "run", forever)  # the job runs and runs
         before, fee = balances(client_node), client_node.genesis.min_fee
-        job_id, job = await offer(client_node, bids=1)
-        await open_escrow(client_node, job_id, job)
+        job_id, job = await offer_job(client_node, CLIENT, "echo", {"message": "hello"})
+        await open_escrow(client_node, CLIENT, job_id, job)
         await wait_for(lambda: job_id in provider.market._held)  # it is running there
         await client_node.cancel_job(job_id)
         await wait_for(lambda: client_node.store.state.job(job_id).status is JobStatus.CANCELLED)
