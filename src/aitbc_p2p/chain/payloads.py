@@ -12,7 +12,7 @@ import enum
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from aitbc_p2p.codec import fields
 from aitbc_p2p.crypto.keys import Domain, PrivateKey, signing_digest, validate_address
@@ -95,82 +95,71 @@ class Transfer:
 
 
 @dataclass(frozen=True, slots=True)
-class Stake:
+class _Amount:
+    """A payload that is one amount of at least 1 unit."""
+
+    KIND: ClassVar[TxKind]
+    KEYS: ClassVar[frozenset[str]] = frozenset({"amount"})
+    amount: int
+
+    @classmethod
+    def read(cls, p: Mapping[str, Any]) -> Self:
+        return cls(fields.uint(p, "amount", low=1))
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"amount": self.amount}
+
+
+@dataclass(frozen=True, slots=True)
+class Stake(_Amount):
     """Bond ``amount`` from the balance (validators' weight, providers' collateral)."""
 
     KIND: ClassVar[TxKind] = TxKind.STAKE
-    KEYS: ClassVar[frozenset[str]] = frozenset({"amount"})
-    amount: int
-
-    @classmethod
-    def read(cls, p: Mapping[str, Any]) -> Stake:
-        return cls(fields.uint(p, "amount", low=1))
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"amount": self.amount}
 
 
 @dataclass(frozen=True, slots=True)
-class Unstake:
+class Unstake(_Amount):
     """Start unbonding ``amount``; it is withdrawable ``unbonding_blocks`` later."""
 
     KIND: ClassVar[TxKind] = TxKind.UNSTAKE
-    KEYS: ClassVar[frozenset[str]] = frozenset({"amount"})
-    amount: int
-
-    @classmethod
-    def read(cls, p: Mapping[str, Any]) -> Unstake:
-        return cls(fields.uint(p, "amount", low=1))
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"amount": self.amount}
 
 
 @dataclass(frozen=True, slots=True)
-class Withdraw:
+class _NoFields:
+    """A payload that says nothing but its kind (an empty map)."""
+
+    KIND: ClassVar[TxKind]
+    KEYS: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def read(cls, p: Mapping[str, Any]) -> Self:
+        return cls()
+
+    def to_wire(self) -> dict[str, Any]:
+        return {}
+
+
+@dataclass(frozen=True, slots=True)
+class Withdraw(_NoFields):
     KIND: ClassVar[TxKind] = TxKind.WITHDRAW
-    KEYS: ClassVar[frozenset[str]] = frozenset()
-
-    @classmethod
-    def read(cls, p: Mapping[str, Any]) -> Withdraw:
-        return cls()
-
-    def to_wire(self) -> dict[str, Any]:
-        return {}
 
 
 @dataclass(frozen=True, slots=True)
-class ProviderRegister:
+class ProviderRegister(_NoFields):
     KIND: ClassVar[TxKind] = TxKind.PROVIDER_REGISTER
-    KEYS: ClassVar[frozenset[str]] = frozenset()
-
-    @classmethod
-    def read(cls, p: Mapping[str, Any]) -> ProviderRegister:
-        return cls()
-
-    def to_wire(self) -> dict[str, Any]:
-        return {}
 
 
 @dataclass(frozen=True, slots=True)
-class ProviderUnregister:
+class ProviderUnregister(_NoFields):
     KIND: ClassVar[TxKind] = TxKind.PROVIDER_UNREGISTER
-    KEYS: ClassVar[frozenset[str]] = frozenset()
-
-    @classmethod
-    def read(cls, p: Mapping[str, Any]) -> ProviderUnregister:
-        return cls()
-
-    def to_wire(self) -> dict[str, Any]:
-        return {}
 
 
 @dataclass(frozen=True, slots=True)
 class JobOpen:
     """Escrow ``amount`` for job ``job_id`` (its offer's id) with ``provider`` until ``deadline``.
 
-    ``agent``: the address that may act for the client on this escrow (settle it at once
-    once the result is delivered, dispute it): in practice the client's own peer, which
+    ``agent``: the address that may act for the client on this escrow (ack a delivered
+    result, settle, dispute, cancel, reassign): in practice the client's own peer, which
     tracks the job while the wallet that signs this is away. The client's own address
     names no one else. Money only ever goes to the client or the provider.
     """
@@ -265,17 +254,24 @@ class JobSettle:
 
 
 @dataclass(frozen=True, slots=True)
-class JobDispute:
-    KIND: ClassVar[TxKind] = TxKind.JOB_DISPUTE
+class _JobOnly:
+    """A payload that names a job's escrow and nothing else."""
+
+    KIND: ClassVar[TxKind]
     KEYS: ClassVar[frozenset[str]] = frozenset({"job_id"})
     job_id: JobId
 
     @classmethod
-    def read(cls, p: Mapping[str, Any]) -> JobDispute:
+    def read(cls, p: Mapping[str, Any]) -> Self:
         return cls(_job_id(p))
 
     def to_wire(self) -> dict[str, Any]:
         return {"job_id": self.job_id}
+
+
+@dataclass(frozen=True, slots=True)
+class JobDispute(_JobOnly):
+    KIND: ClassVar[TxKind] = TxKind.JOB_DISPUTE
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,17 +295,8 @@ class JobResolve:
 
 
 @dataclass(frozen=True, slots=True)
-class JobRefund:
+class JobRefund(_JobOnly):
     KIND: ClassVar[TxKind] = TxKind.JOB_REFUND
-    KEYS: ClassVar[frozenset[str]] = frozenset({"job_id"})
-    job_id: JobId
-
-    @classmethod
-    def read(cls, p: Mapping[str, Any]) -> JobRefund:
-        return cls(_job_id(p))
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"job_id": self.job_id}
 
 
 MAX_ATTEMPTS = 3

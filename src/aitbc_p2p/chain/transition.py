@@ -351,15 +351,10 @@ def _job_settle(w: _Writes, tx: Transaction, p: JobSettle, height: int, rules: C
         raise TxRejected("NotJobParty", "only the client (or its agent) or the provider settles")
     if job.status is not JobStatus.RECEIPTED:
         raise TxRejected("JobState", f"job is {job.status}, not receipted")
-    acked = False
     if p.ack:
-        try:
-            signer = recover_address(ack_digest(rules.chain_id, job.job_id, job.result_hash), p.ack)
-        except CryptoError as e:
-            raise TxRejected("BadSignature", f"the delivery ack does not verify: {e}") from e
-        if signer not in (job.client, job.agent):
-            raise TxRejected("NotJobParty", "the delivery ack of the receipted result is not the client's or agent's")
-        acked = True
+        digest = ack_digest(rules.chain_id, job.job_id, job.result_hash)
+        _check_signer(digest, p.ack, (job.client, job.agent), "the delivery ack of the receipted result")
+    acked = bool(p.ack)
     window_end = job.receipt_height + rules.dispute_blocks
     if tx.sender == job.provider and height <= window_end and not acked:
         raise TxRejected("JobState", f"the client may dispute until height {window_end}", until=window_end)
@@ -410,14 +405,20 @@ def _client_side(job: Job, tx: Transaction, what: str) -> None:
         raise TxRejected("NotJobParty", f"only the client (or its agent) {what}")
 
 
+def _check_signer(digest: bytes, signature: bytes, signers: tuple[Address, ...], what: str) -> None:
+    """A signature carried in a payload (an ack, a release) must recover to one of ``signers``."""
+    try:
+        signer = recover_address(digest, signature)
+    except CryptoError as e:
+        raise TxRejected("BadSignature", f"{what} does not verify: {e}") from e
+    if signer not in signers:
+        raise TxRejected("NotJobParty", f"{what} is not signed by {' or '.join(signers)}")
+
+
 def _check_release(job: Job, release: bytes, rules: ChainRules) -> None:
     """``release`` must be the current provider's release of the current attempt."""
-    try:
-        signer = recover_address(release_digest(rules.chain_id, job.job_id, job.attempts), release)
-    except CryptoError as e:
-        raise TxRejected("BadSignature", f"the provider's release does not verify: {e}") from e
-    if signer != job.provider:
-        raise TxRejected("NotJobParty", "the release is not by the job's provider (of this attempt)")
+    digest = release_digest(rules.chain_id, job.job_id, job.attempts)
+    _check_signer(digest, release, (job.provider,), "the release of this attempt")
 
 
 def _job_cancel(w: _Writes, tx: Transaction, p: JobCancel, height: int, rules: ChainRules) -> None:

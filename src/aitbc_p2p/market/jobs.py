@@ -138,9 +138,7 @@ class FetchAnswer:
             if (state is Held.DONE) != ("result" in w):
                 raise MarketError("a fetch answer carries a result exactly when it is done")
             result = JobResult.decode(fields.blob(w, "result", max_len=max_size)) if "result" in w else None
-        except ValueError as e:  # an unknown state
-            raise MarketError(f"malformed fetch answer: {e}") from e
-        except CodecError as e:
+        except (ValueError, CodecError) as e:  # ValueError: an unknown state
             raise MarketError(f"malformed fetch answer: {e}") from e
         return cls(state, result)
 
@@ -190,8 +188,8 @@ ACK_REFUSED = encode({"acked": False})
 
 
 def decode_job_request(data: bytes) -> JobPayload | JobFetch | JobAck | ReleaseRequest:
-    """A request on the job stream: a job to run, a fetch of one's result, or a delivery
-    ack. Raises MarketError."""
+    """A request on the job stream: a job to run, a fetch of one's result, a delivery ack,
+    or a release request. Raises MarketError."""
     try:
         obj = decode(data)
     except CodecError as e:

@@ -155,9 +155,10 @@ class NodeAPI(Protocol):
         """Same lookup as job_status."""
         ...
 
-    async def cancel_job(self, job: JobId | str) -> JobInfo:
-        """Cancel a job this peer tracks (specs/market.md, "Cancel"). Raises MarketError
-        when it does not track it, the job has ended, or it is not the escrow's agent."""
+    async def cancel_job(self, job: JobId | str) -> JobInfo | None:
+        """Cancel a job this peer tracks (specs/market.md, "Failover and cancel"); None
+        when it tracks no such job. Raises MarketError for an ambiguous prefix, a job that
+        has ended, or an escrow that does not name this peer as agent."""
         ...
 
     def providers(self) -> list[CapabilityRecord]: ...

@@ -195,7 +195,7 @@ class Node:
     def job_result(self, job: JobId | str) -> JobResultInfo | None:
         return self.market.job_result(job)
 
-    async def cancel_job(self, job: JobId | str) -> JobInfo:
+    async def cancel_job(self, job: JobId | str) -> JobInfo | None:
         return await self.market.cancel(job)
 
     def providers(self) -> list[CapabilityRecord]:

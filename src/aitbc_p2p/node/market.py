@@ -127,7 +127,8 @@ class ClientJob:
     refund_sent: bool = False
     """Nothing more to do about a failed job's escrow: this peer posted its refund, or it ended otherwise."""
     acted: bool = False
-    """This peer, as the client's agent, settled or disputed the receipted escrow (or cannot)."""
+    """Nothing more to check about the receipt: this peer (the client's agent) let it stand
+    (it holds that result), disputed it, or has no right to act on it."""
     peer: str = ""
     """The peer id of the provider the job was last sent to."""
     tried: set[Address] = field(default_factory=set)
@@ -187,8 +188,6 @@ class MarketService:
         self.providers: OrderedDict[Address, CapabilityRecord] = OrderedDict()
         self.client_jobs: OrderedDict[JobId, ClientJob] = OrderedDict()
         self._held: OrderedDict[JobId, HeldJob] = OrderedDict()
-        self._claimed: OrderedDict[JobId, None] = OrderedDict()
-        """Jobs this provider computed and receipts (whether or not still held)."""
         self._offers_seen: OrderedDict[JobId, JobOffer] = OrderedDict()
         self._provider: ProviderConfig | None = None
         self._device: DeviceInfo | None = None
@@ -382,9 +381,9 @@ class MarketService:
             job.phase = Phase.BIDS_READY
 
     def on_head(self, height: int) -> None:
-        """After each new block: dispatch client jobs whose escrow is now committed, settle
-        or dispute receipted ones (as the client's agent), and refund the expired escrows
-        of failed ones."""
+        """After each new block: dispatch client jobs whose escrow is now committed, carry
+        failovers and cancels on, dispute receipts for results this peer was not delivered
+        (as the client's agent), and refund escrows whose deadline or grace is over."""
         for job_id, job in self.client_jobs.items():
             if job.phase in (Phase.FAILED, Phase.CANCELLED) and not job.refund_sent:
                 self._maybe_refund(job, height)
@@ -395,10 +394,10 @@ class MarketService:
                 escrow = self.chain.state.job(job_id)
                 if escrow is not None and escrow.status is JobStatus.OPEN and self._acts_for(escrow):
                     job.chain_action = True  # opened after the client cancelled: take it back
-                    self._nursery.start_soon(self._cancel_escrow_again, job, escrow)
+                    self._nursery.start_soon(self._cancel_escrow, job, escrow)
             if job.phase not in (Phase.BIDDING, Phase.BIDS_READY):
                 if not job.acted:
-                    self._maybe_acknowledge(job, height)
+                    self._check_receipt(job, height)
                 continue
             escrow = self.chain.state.job(job.job_id)
             if escrow is None or escrow.status is not JobStatus.OPEN or escrow.client != job.offer.signer:
@@ -410,10 +409,6 @@ class MarketService:
             job.phase = Phase.RUNNING
             if self._nursery is not None:
                 self._nursery.start_soon(self._dispatch, job_id, job, bid)
-
-    async def _cancel_escrow_again(self, job: ClientJob, escrow: Job) -> None:
-        job.chain_action = False
-        await self._cancel_escrow(job, escrow)
 
     def _maybe_refund(self, job: ClientJob, height: int) -> None:
         """A failed job's escrow goes back to its client once its deadline has passed: this
@@ -433,7 +428,7 @@ class MarketService:
         job.refund_sent = True
         self._nursery.start_soon(self._refund, job, escrow.job_id)
 
-    def _maybe_acknowledge(self, job: ClientJob, height: int) -> None:
+    def _check_receipt(self, job: ClientJob, height: int) -> None:
         """Delivery before payment (specs/market.md, "Delivery"): once a receipt is
         committed, the client's agent lets it stand if it holds the very result the
         receipt names (it acked that to the provider), and disputes it if it holds another
@@ -544,9 +539,9 @@ class MarketService:
         (specs/market.md, "Failover")."""
         job.error = why
         logger.warning("job %s failed at %s: %s", job.job_id.hex()[:16], job.peer[:16] or "?", why)
-        escrow = self.chain.state.job(job.job_id)
         if job.phase is Phase.CANCELLED:
             return
+        escrow = self.chain.state.job(job.job_id)
         if escrow is None or escrow.status is not JobStatus.OPEN or not self._acts_for(escrow):
             job.phase = Phase.FAILED  # the deadline refund covers it
             return
@@ -636,20 +631,21 @@ class MarketService:
         else:
             job.phase = Phase.FAILED
 
-    async def cancel(self, job: JobId | str) -> JobInfo:
-        """The client cancels a job this peer tracks: before its escrow, nothing is sent
-        (an escrow opened later is cancelled when it appears); with an open escrow, this
-        peer (its agent) asks the provider for a release and posts ``job_cancel``: the
-        whole escrow back at once with a release, after the provider's grace without.
+    async def cancel(self, job: JobId | str) -> JobInfo | None:
+        """The client cancels a job this peer tracks (None if it tracks no such job):
+        before its escrow, nothing is sent (an escrow opened later is cancelled when it
+        appears); with an open escrow, this peer (its agent) asks the provider for a release
+        and posts ``job_cancel``: the whole escrow back at once with a release, after the
+        provider's grace without.
 
         Raises:
-            MarketError: not a job this peer tracks, already ended, or this peer is not
-                the escrow's agent (the wallet must cancel it itself).
+            MarketError: an ambiguous prefix, a job already ended, or this peer is not the
+                escrow's agent (the wallet must cancel it itself).
         """
         job_id = self.resolve(job)
         tracked = self.client_jobs.get(job_id) if job_id is not None else None
         if job_id is None or tracked is None:
-            raise MarketError("this peer does not track that job")
+            return None
         escrow = self.chain.state.job(job_id)
         if escrow is not None and escrow.status is not JobStatus.OPEN:
             raise MarketError(f"the job's escrow is {escrow.status}: there is nothing to cancel")
@@ -658,15 +654,13 @@ class MarketService:
         if escrow is not None and not self._acts_for(escrow):
             raise MarketError("this peer is not the escrow's agent: the client's wallet cancels it")
         tracked.phase, tracked.error, tracked.next_bid = Phase.CANCELLED, "cancelled by the client", None
-        if escrow is not None:
+        if escrow is not None and not tracked.chain_action:
             await self._cancel_escrow(tracked, escrow)
         info = self.job_status(job_id)
         assert info is not None
         return info
 
     async def _cancel_escrow(self, job: ClientJob, escrow: Job) -> None:
-        if job.chain_action:
-            return
         release = await self._ask_release(job, escrow)
         await self._post(job, JobCancel(job.job_id, release))
 
@@ -884,8 +878,8 @@ class MarketService:
         if asker not in (escrow.client, escrow.agent):
             return b""
         held = self._held.get(request.job_id)
-        if request.job_id in self._claimed or (held is not None and not held.done.is_set()):
-            return b""  # running, or receipted: it is owed its receipt's pay, not a release
+        if held is not None and (not held.done.is_set() or (held.result is not None and held.result.ok)):
+            return b""  # running, or done and receipted: it is owed its receipt's pay, not a release
         if held is None:
             held = self._hold(request.job_id, peer)
             held.done.set()
@@ -957,9 +951,6 @@ class MarketService:
             logger.info("job %s failed: %s (no receipt, no payment)", job_id.hex()[:16], run.error)
             return result
         cost = job_cost(self._provider.price_per_s, run.metrics["compute_ms"], escrow.amount)
-        self._claimed[job_id] = None  # from now on, never released
-        while len(self._claimed) > MAX_HELD:
-            self._claimed.popitem(last=False)
         try:
             await self.account.send_own_tx(JobReceipt(escrow.job_id, result.result_hash, cost, run.metrics))
         except TxRejected as e:

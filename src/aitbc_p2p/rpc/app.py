@@ -289,12 +289,13 @@ def create_app(api: NodeAPI, *, token: str, max_body: int = MAX_BODY) -> QuartTr
 
     @app.post("/v1/jobs/<job_id>/cancel")
     async def cancel_job(job_id: str) -> Response:
+        _job_lookup(api.job_status, job_id)  # an ambiguous prefix: 409 AMBIGUOUS_JOB_ID
         try:
             info = await api.cancel_job(job_id)
         except MarketError as e:
-            if "does not track" in str(e):
-                raise Problem(404, "NOT_FOUND", str(e)) from e
             raise Problem(409, "CANNOT_CANCEL", str(e)) from e
+        if info is None:
+            raise Problem(404, "NOT_FOUND", "this peer tracks no such job")
         return _json(render.job(info))
 
     @app.get("/v1/providers")

@@ -130,7 +130,7 @@ class RpcClient:
 
     async def cancel_job(self, job_id: str) -> dict[str, Any]:
         """Cancel a job submitted through this peer: its escrow comes back at once with the
-        provider's release, else after the provider's grace (specs/market.md, "Cancel")."""
+        provider's release, else after the provider's grace (specs/market.md, "Failover and cancel")."""
         result: dict[str, Any] = await self._call("POST", f"/v1/jobs/{job_id}/cancel")
         return result
 
