@@ -1,4 +1,4 @@
-"""Failover and cancel (specs/market.md, "Failover" and "Cancel"), over the in-memory
+"""Failover and cancel (specs/market.md, "Failover and cancel"), over the in-memory
 network with real worker processes (so the real clock): the escrow moves to the next
 bidder when a provider fails, and a client's cancel returns the escrow, at once with the
 provider's release or after its grace. Balances, escrow and supply to the unit."""
