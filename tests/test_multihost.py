@@ -220,7 +220,12 @@ async def test_sixteen_validators_split_eight_by_eight_halt_and_converge_when_he
         await trio.sleep(10)
         split_east = [(await _status(p))["height"] for p in east]
         await trio.sleep(20)
-        assert [(await _status(p))["height"] for p in east] == split_east  # 8 of 16: no quorum
+        # 8 of 16: no quorum, so no new height. A peer that lagged at the cut may still
+        # fetch a block its half already holds (certified before the split), so each may
+        # catch up to the half's top, and none may go past it.
+        after = [(await _status(p))["height"] for p in east]
+        assert max(after) == max(split_east), (split_east, after)
+        assert all(a >= s for a, s in zip(after, split_east, strict=True)), (split_east, after)
         for link in nets.links[n // 2 :]:
             _ip("link", "set", link, "master", nets.bridge)
         healed = await _converged(procs, above=max(split_east) + 2, timeout=240)
