@@ -20,6 +20,7 @@ from typing import Any
 import trio
 
 from aitbc_p2p.chain.payloads import (
+    MAX_ACK_BYTES,
     MAX_ATTEMPTS,
     JobCancel,
     JobDispute,
@@ -34,10 +35,10 @@ from aitbc_p2p.chain.payloads import (
     sign_release,
 )
 from aitbc_p2p.chain.state import Job, JobStatus
-from aitbc_p2p.codec import decode, encode
+from aitbc_p2p.codec import decode, encode, fields
 from aitbc_p2p.compute import DeviceInfo, Executor, check_params
 from aitbc_p2p.crypto import recover_address
-from aitbc_p2p.exceptions import CodecError, CryptoError, MarketError, NetworkError, TxRejected
+from aitbc_p2p.exceptions import CodecError, CryptoError, MarketError, NetworkError, StoreError, TxRejected
 from aitbc_p2p.market import (
     Bid,
     CapabilityRecord,
@@ -66,6 +67,9 @@ from aitbc_p2p.network.protocols import JOB_PROTOCOL
 from aitbc_p2p.node.abc import ChainView, OwnAccount, Topics
 from aitbc_p2p.node.api import JobInfo, JobResultInfo, ProviderStatus
 from aitbc_p2p.node.config import ProviderConfig
+from aitbc_p2p.node.offload import blocking
+from aitbc_p2p.store.crash import crash_point
+from aitbc_p2p.store.journal import MarketJournal, Side
 from aitbc_p2p.types import Address, Hash32, JobId, format_aitbc
 
 logger = logging.getLogger(__name__)
@@ -85,7 +89,6 @@ MIN_JOB_PREFIX = 4
 JOB_ID_HEX = 64
 ENDED = (JobStatus.SETTLED, JobStatus.REFUNDED)
 ESCROW_WAIT_S = 20.0
-SETTLE_WAIT_S = 120.0
 FETCH_INTERVAL_S = 1.0
 """How often the client's peer asks a provider again for a result it has not got."""
 FETCH_TIMEOUT_S = 10.0
@@ -95,6 +98,8 @@ REASSIGN_WAIT_BLOCKS = 2
 DISPUTE_MARGIN_BLOCKS = 2
 """The client's agent disputes a receipt it has no result for this many blocks before the
 dispute window closes (time for the dispute to be included)."""
+MAX_RECORD = 4 << 20
+"""The largest journal record read back: a result (up to 1 MiB) with its offer and bids."""
 
 
 class Phase(enum.StrEnum):
@@ -111,6 +116,12 @@ class Phase(enum.StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     """The client cancelled it; any escrow goes back (at once with the provider's release)."""
+
+
+CLIENT_RECORD_KEYS = (
+    "offer", "workload", "params", "phase", "bids", "bids_wanted", "result", "error", "refund_sent", "acted", "peer",
+    "tried", "next_bid",
+)  # fmt: skip
 
 
 @dataclass
@@ -143,6 +154,64 @@ class ClientJob:
     def __post_init__(self) -> None:
         self.job_id = self.offer.job_id
 
+    def to_record(self) -> bytes:
+        """Its journal record: all it needs to go on after a restart (a cancel or reassign
+        in flight is not kept; the chain's escrow says where that got to)."""
+        return encode(
+            {
+                "offer": self.offer.to_wire(),
+                "workload": self.workload,
+                "params": self.params,
+                "phase": str(self.phase),
+                "bids": [b.to_wire() for b in self.bids.values()],
+                "bids_wanted": self.bids_wanted,
+                "result": None if self.result is None else self.result.encode(),
+                "error": self.error[: fields.MAX_TEXT],
+                "refund_sent": self.refund_sent,
+                "acted": self.acted,
+                "peer": self.peer,
+                "tried": sorted(self.tried),
+                "next_bid": None if self.next_bid is None else self.next_bid.to_wire(),
+            }
+        )
+
+    def fingerprint(self) -> tuple[Any, ...]:
+        """What on_head may change about it: compared before and after to know when to journal it."""
+        return (self.phase, self.refund_sent, self.acted, self.error, self.next_bid, len(self.tried), self.result)
+
+    @classmethod
+    def from_record(cls, data: bytes) -> ClientJob:
+        """Read a journal record back (MarketError if it is not one); a job caught bidding
+        by a restart has its window over."""
+        try:
+            w = fields.record(decode(data, max_size=MAX_RECORD), CLIENT_RECORD_KEYS, "a client job record")
+            result, nxt = w["result"], w["next_bid"]
+            job = cls(
+                JobOffer.from_wire(w["offer"]),
+                fields.text(w, "workload"),
+                fields.mapping(w, "params"),
+                phase=Phase(fields.text(w, "phase")),
+                bids_wanted=fields.uint(w, "bids_wanted"),
+                result=None if result is None else JobResult.decode(fields.blob(w, "result", max_len=MAX_RECORD)),
+                error=fields.text(w, "error"),
+                refund_sent=fields.boolean(w, "refund_sent"),
+                acted=fields.boolean(w, "acted"),
+                peer=fields.text(w, "peer"),
+                tried={Address(a) for a in fields.listing(w, "tried", max_items=MAX_ATTEMPTS + 1) if type(a) is str},
+                next_bid=None if nxt is None else Bid.from_wire(nxt),
+            )
+            for wire in fields.listing(w, "bids", max_items=MAX_BIDS_PER_JOB):
+                bid = Bid.from_wire(wire)
+                job.bids[bid.signer] = bid
+        except (CodecError, ValueError) as e:
+            raise MarketError(f"unreadable client job record: {e}") from e
+        if job.phase is Phase.BIDDING:
+            job.phase = Phase.BIDS_READY
+        return job
+
+
+HELD_RECORD_KEYS = ("peer", "done", "result", "ack", "cost")
+
 
 @dataclass
 class HeldJob:
@@ -156,8 +225,37 @@ class HeldJob:
     ack: bytes = b""
     """The client's delivery ack, once its peer sent one: settles at once."""
 
+    cost: int = 0
+    """What its receipt asks (set with an ok result, before the receipt is posted)."""
+
     def answer(self) -> JobResult:
         return self.result or JobResult(self.job_id, False, error="the job was interrupted on the provider")
+
+    def to_record(self) -> bytes:
+        result = self.result.encode() if self.result is not None else None
+        done = self.done.is_set()
+        return encode({"peer": self.peer, "done": done, "result": result, "ack": self.ack, "cost": self.cost})
+
+    @classmethod
+    def from_record(cls, job_id: JobId, data: bytes) -> HeldJob:
+        """Read a journal record back (MarketError if it is not one). A job that was running
+        when the provider stopped is done now: interrupted, with no result."""
+        try:
+            w = fields.record(decode(data, max_size=MAX_RECORD), HELD_RECORD_KEYS, "a held job record")
+            raw = w["result"]
+            held = cls(
+                job_id,
+                fields.text(w, "peer"),
+                result=None if raw is None else JobResult.decode(fields.blob(w, "result", max_len=MAX_RECORD)),
+                ack=fields.blob(w, "ack", max_len=MAX_ACK_BYTES),
+                cost=fields.uint(w, "cost"),
+            )
+        except CodecError as e:
+            raise MarketError(f"unreadable held job record: {e}") from e
+        if held.result is not None and held.result.job_id != job_id:
+            raise MarketError("a held job record names another job")
+        held.done.set()
+        return held
 
 
 MAX_HELD = 4096
@@ -179,6 +277,7 @@ class MarketService:
         clock_ms: Callable[[], int],
         *,
         bid_window_s: float,
+        journal: MarketJournal | None = None,
     ) -> None:
         self.chain = chain
         self.account = account
@@ -195,6 +294,13 @@ class MarketService:
         self._nursery: trio.Nursery | None = None
         self._topic_job = topics.job
         self._topic_provider = topics.provider
+        self._journal = journal
+        self._dirty: dict[tuple[Side, JobId], None] = {}
+        """Jobs whose record is to be (re)written, or deleted if the job is gone."""
+        self._marked = 0
+        self._written = 0
+        self._journal_wake = trio.Event()
+        self._journal_wrote = trio.Event()
 
     # -------------------------------------------------------------- set-up
     def enable_provider(self, config: ProviderConfig, device: DeviceInfo, executor: Executor) -> None:
@@ -207,6 +313,10 @@ class MarketService:
         providers = await self.network.subscribe(self._topic_provider, self.capability_gate)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            if self._journal is not None:
+                await self._load_journal(self._journal)
+                nursery.start_soon(self._journal_loop, self._journal)
+                self._resume()
             nursery.start_soon(self.on_job_topic, jobs)
             nursery.start_soon(self.on_provider_topic, providers)
             if self._provider is not None:
@@ -216,6 +326,116 @@ class MarketService:
 
     def registered(self) -> bool:
         return self.chain.state.account(self.account.key.address).provider
+
+    # ------------------------------------------------------------- journal
+    def _mark(self, side: Side, job_id: JobId) -> None:
+        """Journal this job's current record (or its deletion, once it is no longer kept)
+        with the next batch."""
+        if self._journal is None:
+            return
+        self._dirty[(side, job_id)] = None
+        self._marked += 1
+        self._journal_wake.set()
+
+    async def _flush(self) -> None:
+        """Return once everything marked so far is on disk (synced)."""
+        target = self._marked
+        while self._journal is not None and self._written < target:
+            wrote = self._journal_wrote
+            await wrote.wait()
+
+    async def _journal_loop(self, journal: MarketJournal) -> None:
+        """The one writer of the journal, so records land in the order they were marked.
+        Each batch encodes the jobs' state as it is now, on the Trio thread, and writes it
+        synced in a worker thread."""
+        while True:
+            await self._journal_wake.wait()
+            self._journal_wake = trio.Event()
+            upto, dirty, self._dirty = self._marked, self._dirty, {}
+            puts: list[tuple[Side, JobId, bytes]] = []
+            deletes: list[tuple[Side, JobId]] = []
+            for side, job_id in dirty:
+                job = self.client_jobs.get(job_id) if side is Side.CLIENT else self._held.get(job_id)
+                if job is None:
+                    deletes.append((side, job_id))
+                else:
+                    puts.append((side, job_id, job.to_record()))
+            try:
+                await blocking(journal.write, puts, deletes)
+            except StoreError:  # the disk is failing: say so, keep the node serving
+                logger.exception("market journal not written (%d records)", len(puts) + len(deletes))
+            self._written = upto
+            self._journal_wrote.set()
+            self._journal_wrote = trio.Event()
+
+    async def _load_journal(self, journal: MarketJournal) -> None:
+        """Read back the jobs this peer was answerable for when it stopped."""
+
+        def read() -> tuple[list[tuple[JobId, bytes]], list[tuple[JobId, bytes]]]:
+            return list(journal.records(Side.CLIENT)), list(journal.records(Side.PROVIDER))
+
+        clients, held = await blocking(read)
+        for job_id, data in clients:
+            try:
+                job = ClientJob.from_record(data)
+                if job.job_id != job_id:
+                    raise MarketError("the record names another job")
+            except MarketError as e:
+                logger.error("journal: client job %s skipped: %s", job_id.hex()[:16], e)
+                continue
+            self.client_jobs[job_id] = job
+        for job_id, data in held:
+            try:
+                self._held[job_id] = HeldJob.from_record(job_id, data)
+            except MarketError as e:
+                logger.error("journal: held job %s skipped: %s", job_id.hex()[:16], e)
+        if clients or held:
+            logger.info("journal: resuming %d client jobs, %d held jobs", len(self.client_jobs), len(self._held))
+
+    def _resume(self) -> None:
+        """Go on with what the journal holds, as the chain now stands (specs/market.md,
+        "Persistence"): dispatch again jobs that were running (a provider holding one
+        answers with what it holds; it never runs a job twice), ack again results that were
+        delivered, take failovers up where they stopped; and, as a provider, receipt and
+        settle the results it holds, and drop what the chain has ended."""
+        assert self._nursery is not None
+        nursery = self._nursery
+        for job in self.client_jobs.values():
+            escrow = self.chain.state.job(job.job_id)
+            live = escrow is not None and escrow.status in (JobStatus.OPEN, JobStatus.RECEIPTED)
+            if escrow is None or not live:
+                continue
+            if job.phase in (Phase.RUNNING, Phase.FETCHING):
+                bid = job.bids.get(escrow.provider)
+                if bid is not None:
+                    job.phase = Phase.RUNNING
+                    nursery.start_soon(self._dispatch, job.job_id, job, bid)
+                else:
+                    job.phase, job.error = Phase.FAILED, "resumed with no bid from the escrow's provider"
+                    self._mark(Side.CLIENT, job.job_id)
+            elif job.phase is Phase.RESULT_RECEIVED and job.result is not None and job.result.ok:
+                nursery.start_soon(self._send_ack, job, job.result, job.peer)
+            elif (
+                job.phase is Phase.FAILING_OVER
+                and escrow.status is JobStatus.OPEN
+                and (job.next_bid is None or escrow.provider != job.next_bid.signer)
+            ):
+                nursery.start_soon(self._attempt_failed, job, job.error or "resumed while failing over")
+        me = self.account.key.address
+        for job_id, held in list(self._held.items()):
+            escrow = self.chain.state.job(job_id)
+            if escrow is None or escrow.provider != me or escrow.status in ENDED:
+                del self._held[job_id]  # paid, refunded, or moved to another provider
+                self._mark(Side.PROVIDER, job_id)
+                continue
+            self._mark(Side.PROVIDER, job_id)  # a job that was running is now recorded as interrupted
+            result = held.result
+            if result is None or not result.ok:
+                continue
+            if escrow.status is JobStatus.OPEN:
+                nursery.start_soon(self._post_receipt, escrow, held, result)
+            elif escrow.status is JobStatus.RECEIPTED and escrow.result_hash == result.result_hash:
+                nursery.start_soon(self._settle_when_receipted, job_id)
 
     async def _ensure_registered(self) -> None:
         """Stake ``min_provider_stake`` and register on chain if this provider is not yet."""
@@ -324,6 +544,7 @@ class MarketService:
         job.bids[bid.signer] = bid
         if job.phase is Phase.BIDDING and job.bids_wanted and len(job.bids) >= job.bids_wanted:
             job.phase = Phase.BIDS_READY  # enough to choose from: no need to wait out the window
+        self._mark(Side.CLIENT, job.job_id)
 
     def _suitable_providers(self, offer: JobOffer) -> int:
         """Known providers whose capability record says they would bid on ``offer``."""
@@ -361,6 +582,7 @@ class MarketService:
         if job_id not in self.client_jobs:
             wanted = min(ENOUGH_BIDS, self._suitable_providers(offer))
             self.client_jobs[job_id] = ClientJob(offer, workload, params, bids_wanted=wanted)
+            self._mark(Side.CLIENT, job_id)
             self._forget_old_jobs()
             await self._publish_job({"offer": offer.to_wire()})
             if self._nursery is not None:
@@ -373,42 +595,50 @@ class MarketService:
         done = [j for j, job in self.client_jobs.items() if job.phase in (Phase.RESULT_RECEIVED, Phase.FAILED)]
         for job_id in done[: len(self.client_jobs) - MAX_CLIENT_JOBS]:
             del self.client_jobs[job_id]
+            self._mark(Side.CLIENT, job_id)
 
     async def _close_bidding(self, job_id: JobId) -> None:
         await trio.sleep(self._bid_window_s)
         job = self.client_jobs.get(job_id)
         if job is not None and job.phase == Phase.BIDDING:
             job.phase = Phase.BIDS_READY
+            self._mark(Side.CLIENT, job_id)
 
     def on_head(self, height: int) -> None:
         """After each new block: dispatch client jobs whose escrow is now committed, carry
         failovers and cancels on, dispute receipts for results this peer was not delivered
         (as the client's agent), and refund escrows whose deadline or grace is over."""
         for job_id, job in self.client_jobs.items():
-            if job.phase in (Phase.FAILED, Phase.CANCELLED) and not job.refund_sent:
-                self._maybe_refund(job, height)
-            if job.phase is Phase.FAILING_OVER:
-                self._continue_failover(job, height)
-                continue
-            if job.phase is Phase.CANCELLED and not job.chain_action and self._nursery is not None:
-                escrow = self.chain.state.job(job_id)
-                if escrow is not None and escrow.status is JobStatus.OPEN and self._acts_for(escrow):
-                    job.chain_action = True  # opened after the client cancelled: take it back
-                    self._nursery.start_soon(self._cancel_escrow, job, escrow)
-            if job.phase not in (Phase.BIDDING, Phase.BIDS_READY):
-                if not job.acted:
-                    self._check_receipt(job, height)
-                continue
-            escrow = self.chain.state.job(job.job_id)
-            if escrow is None or escrow.status is not JobStatus.OPEN or escrow.client != job.offer.signer:
-                continue
-            bid = job.bids.get(escrow.provider)
-            if bid is None:
-                job.phase, job.error = Phase.FAILED, "escrow names a provider that did not bid"
-                continue
-            job.phase = Phase.RUNNING
-            if self._nursery is not None:
-                self._nursery.start_soon(self._dispatch, job_id, job, bid)
+            before = job.fingerprint()
+            self._on_head_job(job_id, job, height)
+            if job.fingerprint() != before:
+                self._mark(Side.CLIENT, job_id)
+
+    def _on_head_job(self, job_id: JobId, job: ClientJob, height: int) -> None:
+        if job.phase in (Phase.FAILED, Phase.CANCELLED) and not job.refund_sent:
+            self._maybe_refund(job, height)
+        if job.phase is Phase.FAILING_OVER:
+            self._continue_failover(job, height)
+            return
+        if job.phase is Phase.CANCELLED and not job.chain_action and self._nursery is not None:
+            escrow = self.chain.state.job(job_id)
+            if escrow is not None and escrow.status is JobStatus.OPEN and self._acts_for(escrow):
+                job.chain_action = True  # opened after the client cancelled: take it back
+                self._nursery.start_soon(self._cancel_escrow, job, escrow)
+        if job.phase not in (Phase.BIDDING, Phase.BIDS_READY):
+            if not job.acted:
+                self._check_receipt(job, height)
+            return
+        escrow = self.chain.state.job(job.job_id)
+        if escrow is None or escrow.status is not JobStatus.OPEN or escrow.client != job.offer.signer:
+            return
+        bid = job.bids.get(escrow.provider)
+        if bid is None:
+            job.phase, job.error = Phase.FAILED, "escrow names a provider that did not bid"
+            return
+        job.phase = Phase.RUNNING
+        if self._nursery is not None:
+            self._nursery.start_soon(self._dispatch, job_id, job, bid)
 
     def _maybe_refund(self, job: ClientJob, height: int) -> None:
         """A failed job's escrow goes back to its client once its deadline has passed: this
@@ -459,6 +689,7 @@ class MarketService:
         except TxRejected as e:
             if e.reason in ("InsufficientFunds", "PoolFull", "NonceTooHigh"):  # may pass on a later block
                 job.acted = False
+                self._mark(Side.CLIENT, job.job_id)
             logger.warning("job %s %s; dispute refused: %s", job.job_id.hex()[:16], why, e)
 
     async def _send_ack(self, job: ClientJob, result: JobResult, peer: str) -> None:
@@ -485,6 +716,7 @@ class MarketService:
             logger.info("job %s failed; its escrow is refunded to the client", job_id.hex()[:16])
         except TxRejected as e:  # e.g. no balance for the fee yet: try again on a later block
             job.refund_sent = False
+            self._mark(Side.CLIENT, job_id)
             logger.info("refund of failed job %s not posted yet: %s", job_id.hex()[:16], e)
 
     async def _dispatch(self, job_id: JobId, job: ClientJob, bid: Bid) -> None:
@@ -493,10 +725,12 @@ class MarketService:
         except Exception as e:  # a task edge in the node's nursery: fail the job, not the node
             logger.exception("job %s dispatch failed", job_id.hex()[:16])
             job.phase, job.error = Phase.FAILED, f"internal error: {type(e).__name__}"
+            self._mark(Side.CLIENT, job_id)
 
     async def _dispatch_unguarded(self, job_id: JobId, job: ClientJob, bid: Bid) -> None:
         payload = JobPayload(job_id, job.workload, job.params)
         peer = job.peer = bid.body["peer_id"]
+        self._mark(Side.CLIENT, job_id)
         timeout = job.offer.body["max_runtime_s"] + ESCROW_WAIT_S + 10
         result: JobResult | None
         try:
@@ -508,6 +742,7 @@ class MarketService:
         except NetworkError as e:  # the stream dropped, or the job waited long for a slot
             logger.info("job %s: no result on the stream (%s); fetching it", job_id.hex()[:16], e)
             job.phase = Phase.FETCHING
+            self._mark(Side.CLIENT, job_id)
             result = await self._fetch(job_id, peer)
             if result is None:
                 await self._attempt_failed(job, f"the provider did not deliver a result ({e})")
@@ -515,20 +750,23 @@ class MarketService:
         if result.job_id != job_id:
             await self._attempt_failed(job, "provider answered for another job")
             return
-        self._take_result(job, result)
+        await self._take_result(job, result)
 
-    def _take_result(self, job: ClientJob, result: JobResult) -> None:
+    async def _take_result(self, job: ClientJob, result: JobResult) -> None:
+        job.result = result
         if not result.ok:
-            job.result = result
-            if self._nursery is not None:
-                self._nursery.start_soon(self._attempt_failed, job, result.error)
+            await self._attempt_failed(job, result.error)
             return
-        if self._nursery is not None:
-            self._nursery.start_soon(self._send_ack, job, result, job.peer)
-        job.result, job.error = result, ""
+        job.error = ""
         if job.phase is not Phase.CANCELLED:  # a result that came in its grace is still the client's
             job.phase = Phase.RESULT_RECEIVED
+        # On disk before the ack leaves: once acked, the provider is paid for this result.
+        self._mark(Side.CLIENT, job.job_id)
+        await self._flush()
+        crash_point("market.result_saved")
         logger.info("job %s result received", job.job_id.hex()[:16])
+        if self._nursery is not None:
+            self._nursery.start_soon(self._send_ack, job, result, job.peer)
 
     # ------------------------------------------------------- failover, cancel
     async def _attempt_failed(self, job: ClientJob, why: str) -> None:
@@ -537,6 +775,12 @@ class MarketService:
         or give the escrow back when none is left. Without a release, the escrow is
         cancelled first and moved (or refunded) once the provider's grace has passed
         (specs/market.md, "Failover")."""
+        try:
+            await self._fail_over(job, why)
+        finally:
+            self._mark(Side.CLIENT, job.job_id)
+
+    async def _fail_over(self, job: ClientJob, why: str) -> None:
         job.error = why
         logger.warning("job %s failed at %s: %s", job.job_id.hex()[:16], job.peer[:16] or "?", why)
         if job.phase is Phase.CANCELLED:
@@ -627,9 +871,10 @@ class MarketService:
     async def _fetch_late(self, job: ClientJob) -> None:
         result = await self._fetch(job.job_id, job.peer)
         if result is not None and result.job_id == job.job_id and result.ok:
-            self._take_result(job, result)
+            await self._take_result(job, result)
         else:
             job.phase = Phase.FAILED
+            self._mark(Side.CLIENT, job.job_id)
 
     async def cancel(self, job: JobId | str) -> JobInfo | None:
         """The client cancels a job this peer tracks (None if it tracks no such job):
@@ -654,6 +899,7 @@ class MarketService:
         if escrow is not None and not self._acts_for(escrow):
             raise MarketError("this peer is not the escrow's agent: the client's wallet cancels it")
         tracked.phase, tracked.error, tracked.next_bid = Phase.CANCELLED, "cancelled by the client", None
+        self._mark(Side.CLIENT, job_id)
         if escrow is not None and not tracked.chain_action:
             await self._cancel_escrow(tracked, escrow)
         info = self.job_status(job_id)
@@ -884,6 +1130,8 @@ class MarketService:
             held = self._hold(request.job_id, peer)
             held.done.set()
         held.result = JobResult(request.job_id, False, error="this provider released the job")
+        self._mark(Side.PROVIDER, request.job_id)
+        await self._flush()  # released for good, a restart included, before the release leaves
         logger.info("job %s released to its client (attempt %d)", request.job_id.hex()[:16], escrow.attempts)
         return sign_release(me, chain_id, escrow.job_id, escrow.attempts)
 
@@ -893,15 +1141,18 @@ class MarketService:
         if held is None or held.peer != peer or not held.done.is_set():
             return ACK_REFUSED
         held.ack = ack.sig
+        self._mark(Side.PROVIDER, ack.job_id)
         return ACK_TAKEN
 
     def _hold(self, job_id: JobId, peer: str) -> HeldJob:
         """Start holding a job this provider accepted: its result stays retrievable by its
         client's peer until the escrow ends (specs/market.md, "Delivery")."""
         held = self._held[job_id] = HeldJob(job_id, peer)
+        self._mark(Side.PROVIDER, job_id)
         if len(self._held) > MAX_HELD:  # the oldest finished ones go first; running ones stay
             for old in [j for j, h in self._held.items() if h.done.is_set()][: len(self._held) - MAX_HELD]:
                 del self._held[old]
+                self._mark(Side.PROVIDER, old)
         return held
 
     async def _run_job(self, payload: JobPayload, peer: str = "") -> JobResult:
@@ -923,6 +1174,7 @@ class MarketService:
             result = await self._run_held(payload, offer, held)
         finally:
             held.done.set()
+            self._mark(Side.PROVIDER, job_id)
         return result
 
     async def _run_held(self, payload: JobPayload, offer: JobOffer, held: HeldJob) -> JobResult:
@@ -934,6 +1186,8 @@ class MarketService:
         def fail(why: str) -> JobResult:
             held.result = JobResult(job_id, False, error=why)
             return held.result
+
+        await self._flush()  # accepted: a restart finds it (interrupted) and answers for it
 
         escrow = await self._wait_escrow(job_id)
         if escrow is None or escrow.provider != self.account.key.address or escrow.status is not JobStatus.OPEN:
@@ -950,44 +1204,57 @@ class MarketService:
         if not run.ok:
             logger.info("job %s failed: %s (no receipt, no payment)", job_id.hex()[:16], run.error)
             return result
-        cost = job_cost(self._provider.price_per_s, run.metrics["compute_ms"], escrow.amount)
-        try:
-            await self.account.send_own_tx(JobReceipt(escrow.job_id, result.result_hash, cost, run.metrics))
-        except TxRejected as e:
-            logger.warning("receipt for job %s refused: %s", job_id.hex()[:16], e)
-            return result
-        logger.info("job %s done; receipt posted, cost %s AITBC", job_id.hex()[:16], format_aitbc(cost))
-        if self._nursery is not None:
-            self._nursery.start_soon(self._settle_when_receipted, escrow.job_id)
+        held.cost = job_cost(self._provider.price_per_s, run.metrics["compute_ms"], escrow.amount)
+        self._mark(Side.PROVIDER, job_id)
+        await self._flush()  # held (and its cost) on disk before the receipt claims pay for it
+        await self._post_receipt(escrow, held, result)
         return result
+
+    async def _post_receipt(self, escrow: Job, held: HeldJob, result: JobResult) -> None:
+        """Receipt a held result, then settle it once the receipt is committed."""
+        job_id = escrow.job_id
+        try:
+            await self.account.send_own_tx(JobReceipt(job_id, result.result_hash, held.cost, result.metrics))
+        except TxRejected as e:  # after a restart, the first receipt may be committed already
+            logger.warning("receipt for job %s refused: %s", job_id.hex()[:16], e)
+        else:
+            crash_point("market.receipt_posted")
+            logger.info("job %s done; receipt posted, cost %s AITBC", job_id.hex()[:16], format_aitbc(held.cost))
+        if self._nursery is not None:
+            self._nursery.start_soon(self._settle_when_receipted, job_id)
 
     async def _settle_when_receipted(self, job_id: JobId) -> None:
         """Settle once the receipt is committed: at once with the client's delivery ack,
-        else after the client's dispute window. The result is held until the escrow ends."""
+        else after the client's dispute window. The result is held (and journaled) until
+        the escrow ends; a receipt never committed by the escrow's deadline is given up."""
         sent = False
-        with trio.move_on_after(SETTLE_WAIT_S):
-            while True:
-                escrow = self.chain.state.job(job_id)
-                if escrow is not None and escrow.status in ENDED:
-                    self._held.pop(job_id, None)  # paid and refunded: nothing left to deliver
-                    return
-                if escrow is not None and escrow.status is not JobStatus.OPEN and not sent:
-                    if escrow.status is not JobStatus.RECEIPTED:
-                        return  # disputed: the arbiter decides (the result stays held for it)
-                    held = self._held.get(job_id)
-                    ack = held.ack if held is not None else b""
-                    window_over = self.chain.head.height + 1 > escrow.receipt_height + self.chain.rules.dispute_blocks
-                    if ack or window_over:
-                        try:
-                            await self.account.send_own_tx(JobSettle(job_id, ack))
-                            sent = True
-                        except TxRejected as e:
-                            if not (ack and held is not None):
-                                logger.warning("settle of %s refused: %s", job_id.hex()[:16], e)
-                                return
-                            logger.warning("ack for %s refused (%s); settling after the window", job_id.hex()[:16], e)
-                            held.ack = b""
-                            continue
-                await self.chain.wait_head_change()
-        if not sent:
-            logger.warning("receipt for %s not committed in time; not settled", job_id.hex()[:16])
+        while True:
+            escrow = self.chain.state.job(job_id)
+            if escrow is None:
+                return
+            if escrow.status in ENDED:
+                self._held.pop(job_id, None)  # paid and refunded: nothing left to deliver
+                self._mark(Side.PROVIDER, job_id)
+                return
+            if escrow.status is JobStatus.OPEN and self.chain.head.height > escrow.deadline:
+                logger.warning("receipt for %s not committed by the deadline; not settled", job_id.hex()[:16])
+                return
+            if escrow.status is not JobStatus.OPEN and not sent:
+                if escrow.status is not JobStatus.RECEIPTED:
+                    return  # disputed: the arbiter decides (the result stays held for it)
+                held = self._held.get(job_id)
+                ack = held.ack if held is not None else b""
+                window_over = self.chain.head.height + 1 > escrow.receipt_height + self.chain.rules.dispute_blocks
+                if ack or window_over:
+                    try:
+                        await self.account.send_own_tx(JobSettle(job_id, ack))
+                        sent = True
+                    except TxRejected as e:
+                        if not (ack and held is not None):
+                            logger.warning("settle of %s refused: %s", job_id.hex()[:16], e)
+                            return
+                        logger.warning("ack for %s refused (%s); settling after the window", job_id.hex()[:16], e)
+                        held.ack = b""
+                        self._mark(Side.PROVIDER, job_id)
+                        continue
+            await self.chain.wait_head_change()

@@ -34,6 +34,7 @@ from aitbc_p2p.node.sync import SyncService
 from aitbc_p2p.node.verify import use_worker_processes, warm_up
 from aitbc_p2p.store import ChainStore, LevelDBKV, MemoryKV
 from aitbc_p2p.store.abc import KeyValueStore
+from aitbc_p2p.store.journal import MarketJournal
 from aitbc_p2p.store.votes import VoteGuard
 
 logger = logging.getLogger(__name__)
@@ -87,7 +88,9 @@ def _wire(config: NodeConfig, store: ChainStore, net: Network, clock_ms: Callabl
         bft = BftDriver(chain, relay, engine, net, topics.consensus, guard, clock_ms, publish_block=blocks.publish)
     else:
         producer = BlockProducer(chain, engine, key.address, clock_ms, propose=chain.propose, publish=blocks.publish)
-    market = MarketService(chain, relay, net, topics, clock_ms, bid_window_s=config.bid_window_s)
+    market = MarketService(
+        chain, relay, net, topics, clock_ms, bid_window_s=config.bid_window_s, journal=MarketJournal(store.kv)
+    )
     chain.head_listeners.append(market.on_head)
     return Node(
         config=config, store=store, network=net, clock_ms=clock_ms, topics=topics, chain=chain, relay=relay,

@@ -3,7 +3,8 @@
 Off unless armed: by ``AITBC_CRASH_AT`` in the environment when the process starts (the
 multi-process tests do this), or by :func:`arm` in-process. ``AITBC_CRASH_AT=commit.after_batch``
 kills the process with SIGKILL the first time that point is reached; ``...:3`` the third
-time. Nothing is flushed or cleaned up: the test then reopens the store and checks that
+time; ``a,b:2`` arms two points (a peer of a multi-process test dies at whichever of its
+points it reaches). Nothing is flushed or cleaned up: the test then reopens the store and checks that
 it is at the last whole block. Unarmed, a crash point costs one comparison: the
 environment is read once, not on every commit and vote.
 """
@@ -22,34 +23,39 @@ CRASH_POINTS = (
     "vote.before_persist",  # vote signed in memory, not recorded
     "vote.after_persist",  # vote recorded and synced, not released to the network
     "vote.after_release",  # vote handed to the network
+    "market.result_saved",  # client's peer: a delivered result journaled, its ack not sent
+    "market.receipt_posted",  # provider: result journaled and receipted, not settled
 )
 
 _hits: dict[str, int] = {}
-_armed: tuple[str, int] | None = None
+_armed: dict[str, int] = {}
 
 
 def arm(name: str | None, count: int = 1) -> None:
-    """Kill this process the ``count``-th time crash point ``name`` is reached (``None``: disarm)."""
-    global _armed
-    if name is not None and name not in CRASH_POINTS:
+    """Kill this process the ``count``-th time crash point ``name`` is reached (``None``:
+    disarm all). Several points may be armed at once: the first reached kills."""
+    if name is None:
+        _armed.clear()
+        _hits.clear()
+        return
+    if name not in CRASH_POINTS:
         raise ValueError(f"unknown crash point {name!r}; known: {', '.join(CRASH_POINTS)}")
-    _armed = None if name is None else (name, count)
-    _hits.clear()
+    _armed[name] = count
+    _hits.pop(name, None)
 
 
 def _arm_from_environment() -> None:
-    spec = os.environ.get(CRASH_ENV)
-    if spec:
+    for spec in filter(None, os.environ.get(CRASH_ENV, "").split(",")):
         target, _, count = spec.partition(":")
         arm(target, int(count or 1))
 
 
 def crash_point(name: str) -> None:
     """SIGKILL this process if it is armed at ``name`` (and the hit count is reached)."""
-    if _armed is None or _armed[0] != name:
+    if not _armed or name not in _armed:
         return
     _hits[name] = _hits.get(name, 0) + 1
-    if _hits[name] >= _armed[1]:
+    if _hits[name] >= _armed[name]:
         os.kill(os.getpid(), signal.SIGKILL)
 
 

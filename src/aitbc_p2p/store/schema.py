@@ -16,6 +16,8 @@ u:<height8>                undo: prior value of each record   every block
 c:<height8>                commit certificate (pos)           with the block
 f:<hash>                   a block off the main chain         fork seen / reverted
 v:<validator>              last signed vote per step          before a vote leaves
+j:c:<job id>               a client job this peer tracks      market journal
+j:p:<job id>               a job this peer holds as provider  market journal
 =========================  =================================  =====================
 """
 
@@ -39,6 +41,7 @@ UNDO = b"u:"
 CERT = b"c:"
 FORK = b"f:"
 VOTE = b"v:"
+JOURNAL = b"j:"
 
 
 def u64(n: int) -> bytes:
