@@ -8,7 +8,7 @@ the wire (specs/rpc.md), and agents that import the node read typed fields.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -109,6 +109,29 @@ class JobInfo:
     bids: Sequence[Bid] = ()
 
 
+    @property
+    def finished(self) -> bool:
+        """Nothing more will happen to it that a waiting client needs: settled, refunded,
+        failed, or cancelled before any escrow."""
+        return self.status in FINISHED_JOB_STATUSES or (self.status == "cancelled" and self.escrow is None)
+
+
+FINISHED_JOB_STATUSES = ("settled", "refunded", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class JobUpdate:
+    """One event of a job's stream (``GET /v1/jobs/<id>/events``, specs/rpc.md): its
+    status changed (``job``), the workload reported progress (``progress``, numbered from
+    1 by ``seq``), it finished (``job``, and the stream ends), or nothing happened for a
+    while (``keepalive``)."""
+
+    kind: str
+    job: JobInfo | None = None
+    seq: int = 0
+    progress: Mapping[str, Any] | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class JobResultInfo:
     job_id: JobId
@@ -153,6 +176,11 @@ class NodeAPI(Protocol):
 
     def job_result(self, job: JobId | str) -> JobResultInfo | None:
         """Same lookup as job_status."""
+        ...
+
+    def watch_job(self, job_id: JobId, *, after: int = 0) -> AsyncGenerator[JobUpdate, None]:
+        """The job's events as they happen, from its current status and the progress
+        events after ``after``; ends once the job has finished."""
         ...
 
     async def cancel_job(self, job: JobId | str) -> JobInfo | None:

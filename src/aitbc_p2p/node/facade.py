@@ -3,7 +3,7 @@ gives agents and tests one handle on them. It decides nothing and owns no task."
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any
 
@@ -27,6 +27,7 @@ from aitbc_p2p.node.api import (
     CertificateInfo,
     JobInfo,
     JobResultInfo,
+    JobUpdate,
     NodeStatus,
     TxStatus,
 )
@@ -194,6 +195,9 @@ class Node:
 
     def job_result(self, job: JobId | str) -> JobResultInfo | None:
         return self.market.job_result(job)
+
+    def watch_job(self, job_id: JobId, *, after: int = 0) -> AsyncGenerator[JobUpdate, None]:
+        return self.market.watch(job_id, after=after)
 
     async def cancel_job(self, job: JobId | str) -> JobInfo | None:
         return await self.market.cancel(job)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,7 +65,7 @@ from aitbc_p2p.market.jobs import (
 from aitbc_p2p.network.abc import REJECT, GossipMessage, Network, Verdict, accept
 from aitbc_p2p.network.protocols import JOB_PROTOCOL
 from aitbc_p2p.node.abc import ChainView, OwnAccount, Topics
-from aitbc_p2p.node.api import JobInfo, JobResultInfo, ProviderStatus
+from aitbc_p2p.node.api import JobInfo, JobResultInfo, JobUpdate, ProviderStatus
 from aitbc_p2p.node.config import ProviderConfig
 from aitbc_p2p.node.offload import blocking
 from aitbc_p2p.store.crash import crash_point
@@ -98,6 +98,10 @@ REASSIGN_WAIT_BLOCKS = 2
 DISPUTE_MARGIN_BLOCKS = 2
 """The client's agent disputes a receipt it has no result for this many blocks before the
 dispute window closes (time for the dispute to be included)."""
+MAX_JOB_EVENTS = 4096
+"""Progress events a client's peer keeps per job (the oldest go first)."""
+KEEPALIVE_S = 15.0
+"""A job's event stream says it is alive after this long without an event."""
 MAX_RECORD = 4 << 20
 """The largest journal record read back: a result (up to 1 MiB) with its offer and bids."""
 
@@ -148,6 +152,10 @@ class ClientJob:
     """While failing over: the bid the escrow is being moved to."""
     chain_action: bool = False
     """A cancel or reassign of this job's escrow is on its way (one at a time)."""
+    events: list[dict[str, Any]] = field(default_factory=list)
+    """The workload's progress events the provider streamed (not journaled)."""
+    events_dropped: int = 0
+    """Progress events dropped from the front of ``events`` (the first kept is number this + 1)."""
     job_id: JobId = field(init=False)
     """Its offer's hash: its id here, on the job stream and on chain (the escrow's)."""
 
@@ -299,6 +307,8 @@ class MarketService:
         """Jobs whose record is to be (re)written, or deleted if the job is gone."""
         self._marked = 0
         self._written = 0
+        self._watched: dict[JobId, trio.Event] = {}
+        """Jobs whose events someone streams: each set (and dropped) when the job changes."""
         self._journal_wake = trio.Event()
         self._journal_wrote = trio.Event()
 
@@ -331,11 +341,46 @@ class MarketService:
     def _mark(self, side: Side, job_id: JobId) -> None:
         """Journal this job's current record (or its deletion, once it is no longer kept)
         with the next batch."""
+        if side is Side.CLIENT:
+            self._poke(job_id)
         if self._journal is None:
             return
         self._dirty[(side, job_id)] = None
         self._marked += 1
         self._journal_wake.set()
+
+    def _poke(self, job_id: JobId) -> None:
+        """Wake whoever streams this job's events."""
+        changed = self._watched.pop(job_id, None)
+        if changed is not None:
+            changed.set()
+
+    async def watch(self, job_id: JobId, *, after: int = 0) -> AsyncGenerator[JobUpdate, None]:
+        """The job's event stream (specs/rpc.md, "Job events"): its status now and each
+        time it changes, the progress events numbered above ``after``, a keepalive after
+        KEEPALIVE_S of quiet; it ends with the status that finished the job."""
+        last: JobInfo | None = None
+        sent = after
+        while True:
+            changed = self._watched.setdefault(job_id, trio.Event())
+            tracked = self.client_jobs.get(job_id)
+            if tracked is not None:
+                first = tracked.events_dropped + 1
+                for seq in range(max(sent + 1, first), first + len(tracked.events)):
+                    yield JobUpdate("progress", seq=seq, progress=tracked.events[seq - first])
+                    sent = seq
+            info = self.job_status(job_id)
+            if info is not None and info != last:
+                last = info
+                yield JobUpdate("status", job=info)
+            if info is None or info.finished:
+                if info is not None:
+                    yield JobUpdate("end", job=info)
+                return
+            with trio.move_on_after(KEEPALIVE_S) as quiet:
+                await changed.wait()
+            if quiet.cancelled_caught:
+                yield JobUpdate("keepalive")
 
     async def _flush(self) -> None:
         """Return once everything marked so far is on disk (synced)."""
@@ -613,6 +658,8 @@ class MarketService:
             self._on_head_job(job_id, job, height)
             if job.fingerprint() != before:
                 self._mark(Side.CLIENT, job_id)
+        for job_id in list(self._watched):  # their escrow may have moved on chain
+            self._poke(job_id)
 
     def _on_head_job(self, job_id: JobId, job: ClientJob, height: int) -> None:
         if job.phase in (Phase.FAILED, Phase.CANCELLED) and not job.refund_sent:

@@ -11,7 +11,8 @@ import hmac
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from typing import Any, TypeVar
 
 from quart import Response, request
@@ -279,6 +280,28 @@ def create_app(api: NodeAPI, *, token: str, max_body: int = MAX_BODY) -> QuartTr
         if found is None:
             raise Problem(404, "NOT_FOUND", "no such job")
         return _json(render.job(found))
+
+    @app.get("/v1/jobs/<job_id>/events")
+    async def job_events(job_id: str) -> Response:
+        """Server-sent events: the job's status now and on each change, the workload's
+        progress, and ``end`` when it has finished (specs/rpc.md, "Job events")."""
+        found = _job_lookup(api.job_status, job_id)
+        if found is None:
+            raise Problem(404, "NOT_FOUND", "no such job")
+        text = request.headers.get("Last-Event-ID") or request.args.get("after", "0")
+        if not text.isdigit() or len(text) > 12:
+            raise Problem(400, "BAD_REQUEST", "after (or Last-Event-ID) must be a progress event number")
+        updates = api.watch_job(found.job_id, after=int(text))
+
+        async def stream() -> AsyncIterator[bytes]:
+            async with aclosing(updates):
+                async for update in updates:
+                    yield render.sse(update)
+
+        response = Response(stream(), content_type="text/event-stream")
+        response.headers["Cache-Control"] = "no-cache"
+        response.timeout = None  # a job's stream lasts as long as the job
+        return response
 
     @app.get("/v1/jobs/<job_id>/result")
     async def job_result(job_id: str) -> Response:

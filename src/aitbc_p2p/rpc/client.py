@@ -9,13 +9,15 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, NoReturn, Self
 
 import httpx
 import trio
+from httpx_sse import SSEError, aconnect_sse
 
 from aitbc_p2p.chain.models import Transaction, TxKind
 from aitbc_p2p.chain.payloads import JobOpen, Payload
@@ -26,12 +28,13 @@ from aitbc_p2p.market import Bid, JobOffer, params_hash, select_bid
 from aitbc_p2p.rpc.server import NODE_INFO, TOKEN_FILE
 from aitbc_p2p.types import Address, format_aitbc
 
-BID_POLL_S = 0.05
-"""How often submit_job asks the peer whether bidding has closed (a local round trip: cheap)."""
+STREAM_READ_TIMEOUT_S = 45.0
+"""A job's event stream sends a keepalive every 15 s: this long with nothing is a dead stream."""
+STREAM_RETRIES = 5
+"""Reconnections of a job's event stream in a row before :meth:`RpcClient.stream_job` gives up."""
 
 logger = logging.getLogger(__name__)
 
-TERMINAL_JOB_STATES = ("settled", "refunded", "failed")
 NONCE_RETRIES = 5
 NONCE_RACES = ("REPLACEMENT_UNDERPRICED", "NONCE_TOO_LOW")
 """Refusals meaning another sender of the same key took the nonce first."""
@@ -89,11 +92,7 @@ class RpcClient:
         except httpx.HTTPError as e:
             raise RpcError(0, "UNREACHABLE", f"{method} {path}: {e}") from e
         if resp.status_code >= 400:
-            try:
-                err = resp.json()["error"]
-                raise RpcError(resp.status_code, err["code"], err["message"], err.get("details"))
-            except (ValueError, KeyError, TypeError) as e:
-                raise RpcError(resp.status_code, "HTTP_ERROR", resp.text[:200]) from e
+            _raise_for(resp)
         return resp.json()
 
     async def health(self) -> dict[str, Any]:
@@ -235,13 +234,15 @@ class RpcClient:
         await _report(progress, f"offer {job_id[:16]} published; collecting bids")
         bid: Bid | None = None
         with trio.move_on_after(bid_timeout):
-            while True:
-                job = await self.job(job_id)
-                bids = [Bid.decode(bytes.fromhex(b["wire"])) for b in job.get("bids", [])]
-                if bids and job["phase"] != "bidding":
-                    bid = select_bid(offer, bids)
-                    break
-                await trio.sleep(BID_POLL_S)
+            async with aclosing(self.stream_job(job_id)) as events:
+                async for event in events:  # the job's status each time a bid comes in
+                    job = event["data"]
+                    if event["event"] == "progress":
+                        continue
+                    bids = [Bid.decode(bytes.fromhex(b["wire"])) for b in job.get("bids", [])]
+                    if (bids and job["phase"] != "bidding") or event["event"] == "end":
+                        bid = select_bid(offer, bids) if bids else None
+                        break
         if bid is None:
             why = no_bid_reason(await self.providers(), workload, max_price, max_runtime_s)
             why = why or "no provider answered"
@@ -261,17 +262,61 @@ class RpcClient:
         timeout: float = 120.0,
         progress: Callable[[str], Awaitable[None] | None] | None = None,
     ) -> dict[str, Any]:
-        """Poll until the job is settled, refunded or failed; returns its last status."""
+        """Wait until the job is settled, refunded or failed (or cancelled before any
+        escrow), following its event stream; returns its last status.
+
+        Raises:
+            trio.TooSlowError: not finished within ``timeout`` seconds.
+            RpcError: no such job, or the peer stopped answering.
+        """
         last = ""
         with trio.fail_after(timeout):
-            while True:
-                job = await self.job(job_id)
-                if job["status"] != last:
-                    last = job["status"]
-                    await _report(progress, f"job {job_id[:16]}: {last}")
-                if job["status"] in TERMINAL_JOB_STATES or (job["status"] == "cancelled" and not job["escrow"]):
-                    return job
-                await trio.sleep(0.25)
+            async with aclosing(self.stream_job(job_id)) as events:
+                async for event in events:
+                    if event["event"] == "progress":
+                        continue
+                    job: dict[str, Any] = event["data"]
+                    if job["status"] != last:
+                        last = job["status"]
+                        await _report(progress, f"job {job_id[:16]}: {last}")
+                    if event["event"] == "end":
+                        return job
+        raise RpcError(0, "STREAM_ENDED", f"the event stream of job {job_id} ended before the job did")
+
+    async def stream_job(self, job_id: str, *, after: int = 0) -> AsyncGenerator[dict[str, Any], None]:
+        """The job's events as the peer sends them (``GET /v1/jobs/<id>/events``, specs/rpc.md):
+        ``{"event": "status" | "progress" | "end", "id": n | None, "data": {...}}``. A
+        ``status`` event carries the job as :meth:`job` returns it, at once and on every
+        change; ``progress`` the workload's events (an llm_gen token, a denoising step)
+        numbered from 1; ``end`` the finished job, and then the iteration stops. A dropped
+        connection is resumed after the last progress event (up to STREAM_RETRIES times
+        in a row); close the iterator early with ``contextlib.aclosing``.
+
+        Raises:
+            RpcError: no such job (404), or the peer cannot be reached.
+        """
+        timeout = httpx.Timeout(self._http.timeout.connect, read=STREAM_READ_TIMEOUT_S)
+        failures = 0
+        while True:
+            try:
+                async with aconnect_sse(
+                    self._http, "GET", f"/v1/jobs/{job_id}/events", params={"after": after}, timeout=timeout
+                ) as source:
+                    if source.response.status_code >= 400:
+                        await source.response.aread()
+                        _raise_for(source.response)
+                    async for sse in source.aiter_sse():
+                        failures = 0
+                        if sse.event == "progress":
+                            after = int(sse.id)
+                        yield {"event": sse.event, "id": after if sse.event == "progress" else None, "data": sse.json()}
+                        if sse.event == "end":
+                            return
+            except (httpx.HTTPError, SSEError) as e:
+                failures += 1
+                if failures > STREAM_RETRIES:
+                    raise RpcError(0, "UNREACHABLE", f"GET /v1/jobs/{job_id}/events: {e}") from e
+                await trio.sleep(0.2 * failures)
 
 
 def no_bid_reason(providers: list[dict[str, Any]], workload: str, max_price: int, max_runtime_s: int) -> str | None:
@@ -294,6 +339,15 @@ def no_bid_reason(providers: list[dict[str, Any]], workload: str, max_price: int
             f"{format_aitbc(cheapest)} AITBC for {max_runtime_s} s"
         )
     return None
+
+
+def _raise_for(resp: httpx.Response) -> NoReturn:
+    """The RpcError of an error response (specs/rpc.md, "Errors")."""
+    try:
+        err = resp.json()["error"]
+        raise RpcError(resp.status_code, err["code"], err["message"], err.get("details"))
+    except (ValueError, KeyError, TypeError) as e:
+        raise RpcError(resp.status_code, "HTTP_ERROR", resp.text[:200]) from e
 
 
 async def _report(progress: Callable[[str], Awaitable[None] | None] | None, text: str) -> None:

@@ -4,6 +4,7 @@ with an ``_aitbc`` decimal beside the ones people read. The node returns typed v
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aitbc_p2p.chain.models import Block, BlockHeader, Transaction
@@ -11,7 +12,16 @@ from aitbc_p2p.chain.state import Job, Supply
 from aitbc_p2p.codec import decode
 from aitbc_p2p.exceptions import CodecError
 from aitbc_p2p.market.messages import CapabilityRecord
-from aitbc_p2p.node.api import AccountInfo, AccountProof, BlockInfo, JobInfo, JobResultInfo, NodeStatus, TxStatus
+from aitbc_p2p.node.api import (
+    AccountInfo,
+    AccountProof,
+    BlockInfo,
+    JobInfo,
+    JobResultInfo,
+    JobUpdate,
+    NodeStatus,
+    TxStatus,
+)
 from aitbc_p2p.store.chain import ReceiptProof, TxLocation
 from aitbc_p2p.types import format_aitbc
 
@@ -172,3 +182,17 @@ def job_result(r: JobResultInfo) -> dict[str, Any]:
 def provider(rec: CapabilityRecord) -> dict[str, Any]:
     view: dict[str, Any] = jsonable(dict(rec.body))
     return view
+
+
+def sse(update: JobUpdate) -> bytes:
+    """One server-sent event of a job's stream: ``status`` and ``end`` carry the job as
+    ``GET /v1/jobs/<id>`` shows it, ``progress`` the workload's event with its number as
+    the event id (a client resumes after it with ``Last-Event-ID``)."""
+    if update.kind == "keepalive":
+        return b": keepalive\n\n"
+    if update.kind == "progress":
+        data = json.dumps(jsonable(dict(update.progress or {})), separators=(",", ":"))
+        return f"id: {update.seq}\nevent: progress\ndata: {data}\n\n".encode()
+    assert update.job is not None
+    data = json.dumps(job(update.job), separators=(",", ":"))
+    return f"event: {update.kind}\ndata: {data}\n\n".encode()
