@@ -2,20 +2,24 @@
 the client's wallet through the SDK, as an agent would send them.
 
 For each job: submit (offer, bids, choice, escrow) until the result is at the client's
-peer (``result_available`` in ``GET /v1/jobs/<id>``, polled every 10 ms), minus the
-provider's compute time (the result's ``compute_ms``): the market's **overhead**. Also the
+peer (``result_available`` in the job's event stream, ``GET /v1/jobs/<id>/events``), minus
+the provider's compute time (the result's ``compute_ms``): the market's **overhead**. Also the
 time until the escrow is settled (the provider settles at once with the client peer's
 delivery ack, instead of after ``dispute_blocks``). First ``--jobs`` jobs one at a time,
 then ``--concurrent`` jobs in flight at once (twice as many jobs): overhead p50/p99 and
 jobs per second. The jobs sent one at a time start at a random moment of the block
 interval, as an agent's would (back to back, each would start just after a block).
 
+Time to first token: ``--jobs`` echo jobs streamed in 4 chunks 50 ms apart; each chunk
+carries the worker's wall clock when it was made (the peers share this machine's clock),
+so the client's time to first token minus the provider's is the first chunk's arrival at
+the SDK minus that stamp: ``ttft_overhead_ms`` (p50; the issue's bound is 100 ms).
+
 Baselines in the same run: the devnet's block interval (measured from the heights seen)
-and an RPC round trip (``GET /v1/status``). Time to first token needs streaming to the
-client (not built yet): ``ttft_overhead_ms`` is null.
+and an RPC round trip (``GET /v1/status``).
 
 Prints progress and a table to stderr; its last line is JSON:
-{"bench": "job", "overhead_ms_p50": ..., "overhead_ms_p99": ..., "ttft_overhead_ms": null,
+{"bench": "job", "overhead_ms_p50": ..., "overhead_ms_p99": ..., "ttft_overhead_ms": ...,
  "jobs_per_s": ..., "block_interval_ms": ..., "overhead_blocks_p50": ..., ...}
 Run: .venv/bin/python bench/job.py [--jobs 10] [--concurrent 20]
 """
@@ -29,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -52,21 +57,29 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def one_job(rpc: RpcClient, key: PrivateKey, i: int) -> dict[str, float]:
+async def one_job(rpc: RpcClient, key: PrivateKey, i: int, *, stream: bool = False) -> dict[str, float]:
+    params: dict[str, Any] = {"message": f"bench {i}"}
+    if stream:
+        params.update(chunks=4, interval_ms=50)
     start = time.perf_counter()
-    job_id = await rpc.submit_job(key, "echo", {"message": f"bench {i}"}, max_price=aitbc(5), max_runtime_s=10)
+    job_id = await rpc.submit_job(key, "echo", params, max_price=aitbc(5), max_runtime_s=10)
     escrowed = time.perf_counter()
+    delivered = settled = 0.0
+    first_token_ms = -1.0
     with trio.fail_after(60):
-        while not (job := await rpc.job(job_id)).get("result_available"):
-            if job["status"] in ("failed", "refunded"):
-                raise RuntimeError(f"job {job_id[:16]} {job['status']}: {job.get('error')}")
-            await trio.sleep(0.01)
-        delivered = time.perf_counter()
-        while True:
-            if (await rpc.job(job_id))["status"] == "settled":
-                break
-            await trio.sleep(0.02)
-        settled = time.perf_counter()
+        async with aclosing(rpc.stream_job(job_id)) as events:
+            async for event in events:
+                data = event["data"]
+                if event["event"] == "progress":
+                    if first_token_ms < 0:
+                        first_token_ms = time.time_ns() / 1e6 - data["at_ms"]
+                    continue
+                if data["status"] in ("failed", "refunded"):
+                    raise RuntimeError(f"job {job_id[:16]} {data['status']}: {data.get('error')}")
+                if data.get("result_available") and not delivered:
+                    delivered = time.perf_counter()
+                if data["status"] == "settled":
+                    settled = time.perf_counter()
     compute_ms = (await rpc.job_result(job_id))["metrics"]["compute_ms"]
     total_ms = (delivered - start) * 1000
     return {
@@ -75,6 +88,7 @@ async def one_job(rpc: RpcClient, key: PrivateKey, i: int) -> dict[str, float]:
         "overhead_ms": total_ms - compute_ms,
         "escrow_ms": (escrowed - start) * 1000,
         "settle_ms": (settled - delivered) * 1000,
+        "token_ms": first_token_ms,
     }
 
 
@@ -104,6 +118,11 @@ async def run(jobs: int, concurrent: int, run_dir: Path) -> dict[str, Any]:
                 # their escrow's; an agent's job comes at any moment.
                 await trio.sleep(phase.uniform(0, 1))
                 serial.append(await one_job(rpc, key, i))
+            say(f"{jobs} jobs streaming their output, one at a time ...")
+            streamed = []
+            for i in range(jobs):
+                await trio.sleep(phase.uniform(0, 1))
+                streamed.append(await one_job(rpc, key, 10_000 + i, stream=True))
             say(f"{2 * concurrent} jobs, {concurrent} in flight ...")
             parallel: list[dict[str, float]] = []
             limit = trio.Semaphore(concurrent)
@@ -136,7 +155,8 @@ async def run(jobs: int, concurrent: int, run_dir: Path) -> dict[str, Any]:
         "escrow_ms_p50": round(statistics.median(j["escrow_ms"] for j in serial), 1),
         "settle_ms_p50": round(statistics.median(j["settle_ms"] for j in serial), 1),
         "compute_ms_p50": round(statistics.median(j["compute_ms"] for j in serial), 1),
-        "ttft_overhead_ms": None,
+        "ttft_overhead_ms": round(statistics.median(j["token_ms"] for j in streamed), 1),
+        "ttft_overhead_ms_p99": round(pct([j["token_ms"] for j in streamed], 0.99), 1),
         "jobs_per_s": round(len(parallel) / wall, 2),
         "block_interval_ms": round(block_ms, 1),
         "rpc_rtt_ms": round(statistics.median(rtts), 2),
@@ -157,6 +177,8 @@ def main() -> None:
         (f"overhead p50 / p99, {args.concurrent} in flight",
          f"{out['overhead_ms_p50_concurrent']} / {out['overhead_ms_p99_concurrent']} ms"),
         ("of which to escrow committed (p50)", f"{out['escrow_ms_p50']} ms"),
+        ("first token, client minus provider (p50 / p99)",
+         f"{out['ttft_overhead_ms']} / {out['ttft_overhead_ms_p99']} ms"),
         ("result to settled (p50)", f"{out['settle_ms_p50']} ms = {out['settle_blocks_p50']} blocks"),
         ("jobs/s", str(out["jobs_per_s"])),
         ("baseline: block interval, RPC round trip", f"{out['block_interval_ms']} ms, {out['rpc_rtt_ms']} ms"),

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -108,6 +109,21 @@ async def test_cli_against_a_running_devnet(tmp_path):
         assert out.returncode == 0, out.stderr
         job = json.loads(out.stdout)  # --wait: stdout is one JSON document, progress on stderr
         assert job["status"] == "settled" and job["phase"] == "settled"
+        # --stream: echo's chunks on stdout as the provider streams them, statuses on stderr.
+        async with procs[0].rpc() as rpc:
+            balance = (await rpc.account(client.address))["balance"]
+        chunks = ["--param", "chunks=4", "--param", "interval_ms=20"]
+        out = await trio.to_thread.run_sync(
+            aitbc_cli, run_dir, "job", "submit", "--workload", "echo", "--message", "live text", *chunks, "--stream"
+        )
+        assert out.returncode == 0 and out.stdout == "live text\n", (out.stdout, out.stderr)
+        short = re.search(r"job ([0-9a-f]{16}): settled", out.stderr)
+        assert short and "running" in out.stderr, out.stderr
+        out = await trio.to_thread.run_sync(aitbc_cli, run_dir, "job", "status", short.group(1))
+        streamed = json.loads(out.stdout)
+        async with procs[0].rpc() as rpc:
+            after = (await rpc.account(client.address))["balance"]
+        assert after == balance - streamed["escrow"]["cost"] - 1000  # the cost and the escrow's fee, to the unit
         # A printed short id (16 hex digits) names the job, as git takes a commit's prefix.
         out = await trio.to_thread.run_sync(aitbc_cli, run_dir, "job", "status", job["job_id"][:16])
         assert out.returncode == 0 and json.loads(out.stdout)["job_id"] == job["job_id"], out.stderr

@@ -61,7 +61,7 @@ async def test_a_failed_jobs_escrow_is_refunded_by_the_clients_peer(monkeypatch)
         client_node, provider = nodes
         await wait_for(lambda: client_node.market.providers)
 
-        async def fails(payload, peer=""):
+        async def fails(payload, peer="", emit=None):
             return JobResult(payload.job_id, False, error="the worker failed")
 
         monkeypatch.setattr(provider.market, "_run_job", fails)

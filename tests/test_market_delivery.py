@@ -44,8 +44,8 @@ async def test_a_result_whose_stream_was_cut_is_fetched_acked_and_settled_at_onc
         await wait_for(lambda: provider.market.registered() and PROVIDER.address in client_node.market.providers)
         real_run = provider.market._run_job
 
-        async def run_then_cut(payload: JobPayload, peer: str = "") -> JobResult:
-            await real_run(payload, peer)  # computed, held and receipted...
+        async def run_then_cut(payload: JobPayload, peer: str = "", emit: Any = None) -> JobResult:
+            await real_run(payload, peer, emit)  # computed, held and receipted...
             raise MarketError("the stream is cut")  # ...but the answer never leaves: a reset
 
         monkeypatch.setattr(provider.market, "_run_job", run_then_cut)
@@ -75,8 +75,8 @@ async def test_a_receipt_for_a_result_never_delivered_is_disputed_and_not_paid(m
         await wait_for(lambda: provider.market.registered() and PROVIDER.address in client_node.market.providers)
         real_run = provider.market._run_job
 
-        async def run_and_lose(payload: JobPayload, peer: str = "") -> JobResult:
-            await real_run(payload, peer)  # receipted...
+        async def run_and_lose(payload: JobPayload, peer: str = "", emit: Any = None) -> JobResult:
+            await real_run(payload, peer, emit)  # receipted...
             del provider.market._held[payload.job_id]  # ...and the result lost (a crash, a liar)
             while client_node.store.state.job(payload.job_id).status is not JobStatus.RECEIPTED:
                 await client_node.wait_head_change()  # (the receipt is in before the client's peer hears)

@@ -34,11 +34,13 @@ async def test_a_failed_provider_releases_the_job_and_the_escrow_moves_to_the_ne
         for node in providers:
             real = node.market._run_job
 
-            async def run(payload: JobPayload, peer: str = "", node: Any = node, real: Any = real) -> JobResult:
+            async def run(
+                payload: JobPayload, peer: str = "", emit: Any = None, node: Any = node, real: Any = real
+            ) -> JobResult:
                 if not failed:  # the first provider to get the job: its worker crashes
                     failed.append(node.key.address)
                     return JobResult(payload.job_id, False, error="bad job: the worker crashed")
-                return await real(payload, peer)
+                return await real(payload, peer, emit)
 
             monkeypatch.setattr(node.market, "_run_job", run)
         before, fee = balances(client_node), client_node.genesis.min_fee

@@ -130,10 +130,10 @@ async def test_a_client_survives_a_malformed_job_result(answer):
         open_test_network(1, alloc={CLIENT.address: aitbc(10)}) as (client,),
         open_libp2p_network(make_key("liar"), ["/ip4/127.0.0.1/tcp/0"]) as liar,
     ):
-        async def lie(_peer, _request):
+        async def lie(_peer, _request, _emit):
             return answer
 
-        liar.set_request_handler(JOB_PROTOCOL, lie)
+        liar.set_stream_handler(JOB_PROTOCOL, lie)
         await client.network.connect(liar.listen_addrs()[0])
         offer, job = await _client_job(client)
         bid = Bid.create(

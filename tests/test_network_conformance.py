@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from aitbc_p2p.exceptions import MarketError, NetworkError
-from aitbc_p2p.network import MAX_FRAME, ValidationResult, Verdict, accept, open_libp2p_network
+from aitbc_p2p.network import JOB_PROTOCOL, MAX_FRAME, ValidationResult, Verdict, accept, open_libp2p_network
 from aitbc_p2p.network.memory import MemoryHub
 from aitbc_p2p.network.protocols import topic
 from aitbc_p2p.network.scoring import ScoringPolicy
@@ -201,6 +201,45 @@ async def test_requests_over_the_per_peer_concurrency_are_refused(open_peers: Op
                 await trio.sleep(0.5)
                 release.set()
             assert sorted(results, key=str) == [b"done", "refused"]
+
+
+async def test_a_streaming_protocol_sends_interim_frames_in_order_before_its_answer(open_peers: Opener) -> None:
+    """The job protocol's answer may be preceded by interim frames (a job's progress);
+    a requester that gave up makes the handler's next emit fail, and the handler goes on."""
+    with trio.fail_after(30):
+        async with open_peers(2) as (a, b):
+            left: list[str] = []
+            gone = trio.Event()
+
+            async def count(peer: str, data: bytes, emit: Any) -> bytes:
+                n = int(data)
+                for i in range(n):
+                    await emit(b"frame %d" % i)
+                if n == 0:  # the requester gives up after one frame
+                    await emit(b"first")
+                    await trio.sleep(1)
+                    try:
+                        await emit(b"second")
+                    except NetworkError:
+                        left.append("refused")
+                    gone.set()
+                return b"done %d" % n
+
+            b.set_stream_handler(JOB_PROTOCOL, count)
+            with pytest.raises(ValueError, match="set_stream_handler"):
+                b.set_request_handler(JOB_PROTOCOL, lambda peer, data: data)
+            with pytest.raises(ValueError, match="set_request_handler"):
+                b.set_stream_handler("/test/1", count)
+            await a.connect(b.listen_addrs()[0])
+            frames: list[bytes] = []
+            assert await a.request(b.peer_id, JOB_PROTOCOL, b"50", on_frame=frames.append) == b"done 50"
+            assert frames == [b"frame %d" % i for i in range(50)]
+            assert await a.request(b.peer_id, JOB_PROTOCOL, b"3") == b"done 3"  # frames nobody asked for are skipped
+            first: list[bytes] = []
+            with pytest.raises(NetworkError, match="timed out"):
+                await a.request(b.peer_id, JOB_PROTOCOL, b"0", timeout=0.5, on_frame=first.append)
+            await gone.wait()
+            assert first == [b"first"] and left == ["refused"]
 
 
 async def test_requests_to_a_peer_not_connected_or_unreachable_fail(open_peers: Opener) -> None:

@@ -267,7 +267,7 @@ async def test_failed_job_pays_nothing(monkeypatch):
         node = nodes[0]
         await wait_for(lambda: node.market.providers)
 
-        async def fails(payload, peer=""):  # the workload fails on the provider (a crash, a bad input)
+        async def fails(payload, peer="", emit=None):  # the workload fails on the provider (a crash, a bad input)
             return JobResult(payload.job_id, False, error="bad job: the worker failed")
 
         monkeypatch.setattr(nodes[1].market, "_run_job", fails)

@@ -81,3 +81,37 @@ async def test_a_finished_jobs_stream_ends_at_once_and_the_sdk_reads_it(rpc_serv
         assert bad.status_code == 400 and bad.json()["error"]["code"] == "BAD_REQUEST"
         anon = await http.get(f"/v1/jobs/{job_id}/events", headers={"Authorization": ""})
         assert anon.status_code == 401
+
+
+async def test_a_providers_progress_streams_to_the_client_in_order_and_resumes_after_a_number(nursery: Any) -> None:
+    """Real peers on 127.0.0.1: the provider streams echo's chunks over the job protocol,
+    the client's peer serves them as progress events, ahead of the result."""
+    from aitbc_p2p.rpc import serve_rpc
+    from aitbc_p2p.testing import open_test_network
+    from aitbc_p2p.types import aitbc
+
+    alloc = {CLIENT.address: aitbc(100), make_key("peer1").address: aitbc(1_000)}
+    message = "streamed one chunk at a time"
+    params = {"message": message, "chunks": 7, "interval_ms": 30}
+    with trio.fail_after(120):
+        async with open_test_network(2, providers=[1], alloc=alloc, genesis_params={"dispute_blocks": 1}) as nodes:
+            url = await nursery.start(
+                lambda task_status: serve_rpc(nodes[0], token=RPC_TOKEN, port=0, task_status=task_status)
+            )
+            while not nodes[0].market.providers:
+                await trio.sleep(0.05)
+            async with RpcClient(url, token=RPC_TOKEN) as rpc:
+                job_id = await rpc.submit_job(CLIENT, "echo", params, max_price=aitbc(1), max_runtime_s=10)
+                async with aclosing(rpc.stream_job(job_id)) as events:
+                    got = [e async for e in events]
+                progress = [e for e in got if e["event"] == "progress"]
+                assert "".join(e["data"]["token"] for e in progress) == message
+                assert [e["id"] for e in progress] == list(range(1, 8))
+                before_first = [e["data"]["phase"] for e in got[: got.index(progress[0])] if e["event"] == "status"]
+                assert before_first and "result_received" not in before_first  # tokens came ahead of the result
+                assert got[-1]["event"] == "end" and got[-1]["data"]["status"] == "settled"
+                # Again from number 5: the status, then only what came after it.
+                async with aclosing(rpc.stream_job(job_id, after=5)) as events:
+                    again = [e async for e in events]
+                assert [e["id"] for e in again if e["event"] == "progress"] == [6, 7]
+                assert (await rpc.job_result(job_id))["output"]["message"] == message

@@ -14,6 +14,7 @@ import getpass
 import json
 import os
 import sys
+from contextlib import aclosing
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -148,7 +149,9 @@ async def _job_cmd(args: argparse.Namespace) -> None:
                 max_runtime_s=args.max_runtime,
                 progress=lambda s: print(s, file=sys.stderr),
             )
-            if args.wait:  # stdout is one JSON document (it names the job); progress goes to stderr
+            if args.stream:
+                await _stream(rpc, job_id)
+            elif args.wait:  # stdout is one JSON document (it names the job); progress goes to stderr
                 job = await rpc.wait_job(job_id, progress=lambda s: print(s, file=sys.stderr))
                 _print(job)
             else:
@@ -159,6 +162,31 @@ async def _job_cmd(args: argparse.Namespace) -> None:
             _print(await rpc.job_result(args.job_id))
         elif args.job_command == "cancel":
             _print(await rpc.cancel_job(args.job_id))
+
+
+async def _stream(rpc: RpcClient, job_id: str) -> None:
+    """``job submit --stream``: the workload's output on stdout as it is made (an llm_gen
+    token, an echo chunk), other progress and each status change on stderr.
+
+    Raises:
+        AitbcError: the job did not settle (after its events are shown).
+    """
+    last = ""
+    async with aclosing(rpc.stream_job(job_id)) as events:
+        async for event in events:
+            data = event["data"]
+            if event["event"] == "progress":
+                if isinstance(data.get("token"), str):
+                    sys.stdout.write(data["token"])
+                    sys.stdout.flush()
+                else:
+                    print(json.dumps(data), file=sys.stderr)
+            elif data["status"] != last:
+                last = data["status"]
+                print(f"job {job_id[:16]}: {last}", file=sys.stderr)
+    print()
+    if last != "settled":
+        raise AitbcError(f"job {job_id} ended {last}: {data.get('error') or 'see aitbc job status'}")
 
 
 async def _chain_cmd(args: argparse.Namespace) -> None:
@@ -274,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--max-price", default="5", help="most AITBC to pay (default 5)")
     submit.add_argument("--max-runtime", type=_positive_int, default=60, help="runtime cap in seconds (at least 1)")
     submit.add_argument("--wait", action="store_true", help="wait until settled, refunded or failed")
+    submit.add_argument(
+        "--stream", action="store_true", help="show the output as it is made (tokens on stdout), until the job ends"
+    )
     for name in ("status", "result"):
         job.add_parser(name).add_argument("job_id")
     cancel = job.add_parser("cancel", help="take a job back: its escrow returns (at once with the provider's release)")

@@ -51,12 +51,26 @@ class Workload:
 
 # ---------------------------------------------------------------- echo
 def _echo_validate(params: Mapping[str, Any]) -> dict[str, Any]:
-    _no_extra(params, {"message"})
-    return {"message": _str(params, "message", "", 4096)}
+    _no_extra(params, {"message", "chunks", "interval_ms"})
+    clean: dict[str, Any] = {"message": _str(params, "message", "", 4096)}
+    if "chunks" in params or "interval_ms" in params:  # absent from plain echo's params, as before
+        clean["chunks"] = _int(params, "chunks", 1, 1, 256)
+        clean["interval_ms"] = _int(params, "interval_ms", 0, 0, 1000)
+    return clean
 
 
 def _echo_run(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
-    return {"message": params["message"], "length": len(params["message"])}
+    """The message back; with ``chunks``, streamed first as that many ``{"token": piece,
+    "at_ms": wall clock}`` progress events ``interval_ms`` apart (a generation without a
+    model: tests, and the job bench's token latency from the provider to the client)."""
+    message, chunks = params["message"], params.get("chunks", 0)
+    if chunks:
+        size = -(-len(message) // chunks) or 1
+        for i in range(0, max(len(message), 1), size):
+            if i and params["interval_ms"]:
+                time.sleep(params["interval_ms"] / 1000)
+            ctx.emit({"token": message[i : i + size], "at_ms": time.time_ns() // 1_000_000})
+    return {"message": message, "length": len(message)}
 
 
 # ---------------------------------------------------------- torch_bench

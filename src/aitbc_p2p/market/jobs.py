@@ -182,6 +182,34 @@ def decode_release_answer(data: bytes) -> bytes:
         raise MarketError(f"malformed release answer: {e}") from e
 
 
+MAX_EVENT_BYTES = 16 * 1024
+"""The largest progress event a provider may stream (an llm_gen token is a few bytes)."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    """One progress event of a running job (an llm_gen token, a denoising step), streamed
+    by the provider to the client's peer as an interim frame of the run request
+    (specs/market.md, "Job stream"). Numbered from 1 per job; the result binds the whole
+    output, so events are only a preview of it."""
+
+    job_id: JobId
+    seq: int
+    event: dict[str, Any]
+
+    def encode(self) -> bytes:
+        return encode({"job_id": self.job_id.hex(), "seq": self.seq, "event": self.event})
+
+    @classmethod
+    def decode(cls, data: bytes) -> JobEvent:
+        """Raises MarketError for anything but a job id, a number from 1 and a small map."""
+        try:
+            w = fields.record(decode(data, max_size=MAX_EVENT_BYTES), ("job_id", "seq", "event"), "a job event")
+            return cls(_job_id(w), fields.uint(w, "seq", low=1), fields.mapping(w, "event", max_items=16))
+        except CodecError as e:
+            raise MarketError(f"malformed job event: {e}") from e
+
+
 ACK_TAKEN = encode({"acked": True})
 ACK_REFUSED = encode({"acked": False})
 """The provider's answer to an ack: refused when it holds no finished job from that peer."""

@@ -75,6 +75,11 @@ Validator = Callable[[bytes], Awaitable[Verdict[T]]]
 size, signature. Gates run concurrently (e.g. signature batches in worker processes)."""
 
 RequestHandler = Callable[[str, bytes], Awaitable[bytes]]
+Emit = Callable[[bytes], Awaitable[None]]
+"""Send one interim frame on a streaming protocol's response (NetworkError once the
+requester is gone)."""
+StreamHandler = Callable[[str, bytes, Emit], Awaitable[bytes]]
+"""Serves a streaming protocol: may ``emit`` interim frames before it returns the answer."""
 """``(peer_id, request) -> response`` for one request/response protocol."""
 
 
@@ -122,6 +127,21 @@ class Network(Protocol):
         (default the adapter's policy; more for protocols whose requests last long)."""
         ...
 
-    async def request(self, peer_id: str, protocol: str, data: bytes, *, timeout: float = 10.0) -> bytes:
-        """Send one framed request on a new stream and read one framed response."""
+    def set_stream_handler(self, protocol: str, handler: StreamHandler, *, concurrent: int | None = None) -> None:
+        """Serve a streaming protocol (one of protocols.STREAMING_PROTOCOLS): the handler
+        may send interim frames before its answer (specs/wire.md, "Streaming responses")."""
+        ...
+
+    async def request(
+        self,
+        peer_id: str,
+        protocol: str,
+        data: bytes,
+        *,
+        timeout: float = 10.0,
+        on_frame: Callable[[bytes], None] | None = None,
+    ) -> bytes:
+        """Send one framed request on a new stream and read one framed response; on a
+        streaming protocol, ``on_frame`` gets each interim frame before it, in order.
+        ``timeout`` bounds the whole exchange."""
         ...

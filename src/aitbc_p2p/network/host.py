@@ -45,9 +45,24 @@ from libp2p.transport.tcp import tcp as libp2p_tcp
 from aitbc_p2p.codec.framing import HEADER, frame_size
 from aitbc_p2p.crypto import PrivateKey
 from aitbc_p2p.exceptions import AitbcError, CodecError, NetworkError
-from aitbc_p2p.network.abc import GossipMessage, RequestHandler, ValidationResult, Validator, Verdict
+from aitbc_p2p.network.abc import (
+    GossipMessage,
+    RequestHandler,
+    StreamHandler,
+    ValidationResult,
+    Validator,
+    Verdict,
+)
 from aitbc_p2p.network.limits import Refused, RequestLimits, RequestPolicy
-from aitbc_p2p.network.protocols import MAX_FRAME, MAX_SYNC_FRAME, SYNC_PROTOCOL, frame
+from aitbc_p2p.network.protocols import (
+    FINAL,
+    INTERIM,
+    MAX_FRAME,
+    MAX_SYNC_FRAME,
+    STREAMING_PROTOCOLS,
+    SYNC_PROTOCOL,
+    frame,
+)
 from aitbc_p2p.network.scoring import Banning, PeerScores, ScoringPolicy
 
 T = TypeVar("T")
@@ -446,7 +461,22 @@ class Libp2pNetwork(Banning):
         (:mod:`aitbc_p2p.network.limits`; ``concurrent``: requests of one peer in service
         at once, default the policy's). Whatever the peer sends, the worst outcome is a
         reset stream and a penalty for that peer (the contract in network/abc.py)."""
+        if protocol in STREAMING_PROTOCOLS:
+            raise ValueError(f"{protocol} streams: serve it with set_stream_handler")
+
+        async def answer(peer: str, request: bytes, _emit: Any) -> bytes:
+            return await handler(peer, request)
+
+        self._serve(protocol, answer, concurrent)
+
+    def set_stream_handler(self, protocol: str, handler: StreamHandler, *, concurrent: int | None = None) -> None:
+        if protocol not in STREAMING_PROTOCOLS:
+            raise ValueError(f"{protocol} does not stream: serve it with set_request_handler")
+        self._serve(protocol, handler, concurrent)
+
+    def _serve(self, protocol: str, handler: StreamHandler, concurrent: int | None) -> None:
         max_request = MAX_FRAME
+        streaming = protocol in STREAMING_PROTOCOLS
 
         async def on_stream(stream: Any) -> None:
             peer = str(stream.muxed_conn.peer_id)
@@ -461,8 +491,15 @@ class Libp2pNetwork(Banning):
                 if wait:  # slowed, not penalized: an honest burst (many jobs at once) waits its turn
                     await trio.sleep(wait)
                 request = await read_frame(stream, max_request)
-                response = await handler(peer, request)
-                await stream.write(frame(response))
+
+                async def emit(data: bytes) -> None:
+                    try:
+                        await stream.write(frame(INTERIM + data))
+                    except _IO_ERRORS as e:
+                        raise NetworkError(f"{protocol} stream to {peer} closed: {e}") from e
+
+                response = await handler(peer, request, emit)
+                await stream.write(frame(FINAL + response if streaming else response))
                 await stream.close()
             except NetworkError as e:
                 logger.info("%s from %s refused: %s", protocol, peer, e)
@@ -482,14 +519,31 @@ class Libp2pNetwork(Banning):
 
         self._host.set_stream_handler(TProtocol(protocol), on_stream)
 
-    async def request(self, peer_id: str, protocol: str, data: bytes, *, timeout: float = 10.0) -> bytes:
+    async def request(
+        self,
+        peer_id: str,
+        protocol: str,
+        data: bytes,
+        *,
+        timeout: float = 10.0,
+        on_frame: Callable[[bytes], None] | None = None,
+    ) -> bytes:
         max_response = MAX_SYNC_FRAME if protocol == SYNC_PROTOCOL else MAX_FRAME
+        streaming = protocol in STREAMING_PROTOCOLS
         stream = None
         try:
             with trio.fail_after(timeout):
                 stream = await self._host.new_stream(ID.from_base58(peer_id), [TProtocol(protocol)])
                 await stream.write(frame(data))
                 response = await read_frame(stream, max_response)
+                while streaming and response[:1] == INTERIM:
+                    if on_frame is not None:
+                        on_frame(response[1:])
+                    response = await read_frame(stream, max_response)
+                if streaming:
+                    if response[:1] != FINAL:
+                        raise NetworkError(f"{protocol} from {peer_id}: a frame of unknown kind")
+                    response = response[1:]
                 await stream.close()
                 return response
         except trio.TooSlowError as e:

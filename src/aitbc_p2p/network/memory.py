@@ -43,9 +43,17 @@ import trio
 
 from aitbc_p2p.crypto import PrivateKey
 from aitbc_p2p.exceptions import AitbcError, NetworkError
-from aitbc_p2p.network.abc import GossipMessage, RequestHandler, ValidationResult, Validator, Verdict
+from aitbc_p2p.network.abc import (
+    Emit,
+    GossipMessage,
+    RequestHandler,
+    StreamHandler,
+    ValidationResult,
+    Validator,
+    Verdict,
+)
 from aitbc_p2p.network.limits import Refused, RequestLimits, RequestPolicy
-from aitbc_p2p.network.protocols import MAX_FRAME, MAX_SYNC_FRAME, SYNC_PROTOCOL
+from aitbc_p2p.network.protocols import MAX_FRAME, MAX_SYNC_FRAME, STREAMING_PROTOCOLS, SYNC_PROTOCOL
 from aitbc_p2p.network.scoring import Banning, PeerScores, ScoringPolicy
 
 T = TypeVar("T")
@@ -180,7 +188,7 @@ class MemoryNetwork(Banning):
         self._max_peers = max_peers
         self._links: set[str] = set()
         self._topics: dict[str, _Topic] = {}
-        self._handlers: dict[str, tuple[RequestHandler, int | None]] = {}
+        self._handlers: dict[str, tuple[StreamHandler, int | None]] = {}
         self._seen: OrderedDict[bytes, None] = OrderedDict()
         self.scores = PeerScores(hub.scoring, trio.current_time)
         self.limits = RequestLimits(hub.requests, trio.current_time)
@@ -337,10 +345,39 @@ class MemoryNetwork(Banning):
 
     # ------------------------------------------------------------ requests
     def set_request_handler(self, protocol: str, handler: RequestHandler, *, concurrent: int | None = None) -> None:
+        if protocol in STREAMING_PROTOCOLS:
+            raise ValueError(f"{protocol} streams: serve it with set_stream_handler")
+
+        async def answer(peer: str, request: bytes, _emit: Emit) -> bytes:
+            return await handler(peer, request)
+
+        self._handlers[protocol] = (answer, concurrent)
+
+    def set_stream_handler(self, protocol: str, handler: StreamHandler, *, concurrent: int | None = None) -> None:
+        if protocol not in STREAMING_PROTOCOLS:
+            raise ValueError(f"{protocol} does not stream: serve it with set_request_handler")
         self._handlers[protocol] = (handler, concurrent)
 
-    async def request(self, peer_id: str, protocol: str, data: bytes, *, timeout: float = 10.0) -> bytes:
+    async def request(
+        self,
+        peer_id: str,
+        protocol: str,
+        data: bytes,
+        *,
+        timeout: float = 10.0,
+        on_frame: Callable[[bytes], None] | None = None,
+    ) -> bytes:
         max_response = MAX_SYNC_FRAME if protocol == SYNC_PROTOCOL else MAX_FRAME
+        waiting = [True]  # the requester still reads the stream
+
+        async def emit(frame: bytes) -> None:
+            if not waiting[0]:
+                raise NetworkError("the stream was reset")
+            if len(frame) + 1 > max_response:
+                raise NetworkError(f"an interim frame of {len(frame)} bytes exceeds {max_response}")
+            if on_frame is not None:
+                on_frame(frame)
+
         if self.hub.networks.get(peer_id) is None or peer_id not in self._links:
             raise NetworkError(f"{protocol} to {peer_id} failed: not connected")
         self.sent.messages += 1
@@ -357,8 +394,11 @@ class MemoryNetwork(Banning):
                 raise NetworkError(f"{protocol} to {peer_id} failed: the connection closed")
             # The handler runs in the serving peer's tasks: a caller that gives up does
             # not cancel it, as on a real stream.
-            other._nursery.start_soon(other._serve, self._peer_id, protocol, data, answer, done)
-            await done.wait()
+            other._nursery.start_soon(other._serve, self._peer_id, protocol, data, answer, done, emit)
+            try:
+                await done.wait()
+            finally:
+                waiting[0] = False
             await trio.sleep(latency)
         if scope.cancelled_caught:
             raise NetworkError(f"{protocol} to {peer_id} timed out after {timeout} s")
@@ -372,10 +412,16 @@ class MemoryNetwork(Banning):
         return result
 
     async def _serve(
-        self, peer: str, protocol: str, data: bytes, answer: list[bytes | BaseException], done: trio.Event
+        self,
+        peer: str,
+        protocol: str,
+        data: bytes,
+        answer: list[bytes | BaseException],
+        done: trio.Event,
+        emit: Emit,
     ) -> None:
         try:
-            answer.append(await self._handle_request(peer, protocol, data))
+            answer.append(await self._handle_request(peer, protocol, data, emit))
         except BaseException as e:
             answer.append(e if isinstance(e, Exception) else NetworkError("the stream was reset"))
             if not isinstance(e, Exception):
@@ -383,7 +429,7 @@ class MemoryNetwork(Banning):
         finally:
             done.set()
 
-    async def _handle_request(self, peer: str, protocol: str, data: bytes) -> bytes:
+    async def _handle_request(self, peer: str, protocol: str, data: bytes, emit: Emit) -> bytes:
         entry = self._handlers.get(protocol)
         if entry is None or self.banned(peer):
             raise NetworkError("protocol not supported")
@@ -397,7 +443,7 @@ class MemoryNetwork(Banning):
         try:
             if wait:
                 await trio.sleep(wait)
-            response = await handler(peer, data)
+            response = await handler(peer, data, emit)
             self.sent.messages += 1
             self.sent.bytes += len(response)
             return response

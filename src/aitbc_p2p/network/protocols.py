@@ -5,8 +5,8 @@ from __future__ import annotations
 from aitbc_p2p.codec.framing import frame
 
 __all__ = [
-    "CONSENSUS_PROTOCOL", "JOB_PROTOCOL", "MAX_FRAME", "MAX_SYNC_FRAME", "PEERS_PROTOCOL",
-    "STATUS_PROTOCOL", "SYNC_PROTOCOL", "frame", "topic",
+    "CONSENSUS_PROTOCOL", "FINAL", "INTERIM", "JOB_PROTOCOL", "MAX_FRAME", "MAX_SYNC_FRAME", "PEERS_PROTOCOL",
+    "STATUS_PROTOCOL", "STREAMING_PROTOCOLS", "SYNC_PROTOCOL", "frame", "topic",
 ]  # fmt: skip
 
 MAX_FRAME = 1 << 20
@@ -16,10 +16,18 @@ MAX_SYNC_FRAME = 16 << 20
 
 STATUS_PROTOCOL = "/aitbc/status/1"
 SYNC_PROTOCOL = "/aitbc/sync/2"
-JOB_PROTOCOL = "/aitbc/job/1"
+JOB_PROTOCOL = "/aitbc/job/2"
+"""2: the answer to a run request may be preceded by the workload's progress events."""
 PEERS_PROTOCOL = "/aitbc/peers/1"
 CONSENSUS_PROTOCOL = "/aitbc/consensus/1"
 """Round-state catch-up under BFT engines: the proposals and votes of a height."""
+
+
+STREAMING_PROTOCOLS = frozenset({JOB_PROTOCOL})
+"""Protocols whose every response frame starts with a kind byte: INTERIM frames (zero or
+more) before the one FINAL frame that is the answer."""
+INTERIM = b"\x01"
+FINAL = b"\x00"
 
 
 def topic(chain_id: str, name: str) -> str:

@@ -3,7 +3,7 @@
 Flow (specs/market.md): a client's signed offer is gossiped; providers that can run it
 gossip signed bids; the client's wallet picks one and opens escrow on chain naming that
 provider; once the escrow is committed, the client's node sends the payload straight
-to the provider over ``/aitbc/job/1``; the provider checks the escrow, runs the job,
+to the provider over ``/aitbc/job/2``; the provider checks the escrow, runs the job,
 returns the result on the same stream, posts a receipt transaction and, once the
 receipt is committed, settles the escrow, which pays it and refunds the rest.
 """
@@ -56,13 +56,14 @@ from aitbc_p2p.market.jobs import (
     FetchAnswer,
     Held,
     JobAck,
+    JobEvent,
     JobFetch,
     ReleaseRequest,
     decode_job_request,
     decode_release_answer,
     encode_release_answer,
 )
-from aitbc_p2p.network.abc import REJECT, GossipMessage, Network, Verdict, accept
+from aitbc_p2p.network.abc import REJECT, Emit, GossipMessage, Network, Verdict, accept
 from aitbc_p2p.network.protocols import JOB_PROTOCOL
 from aitbc_p2p.node.abc import ChainView, OwnAccount, Topics
 from aitbc_p2p.node.api import JobInfo, JobResultInfo, JobUpdate, ProviderStatus
@@ -156,6 +157,8 @@ class ClientJob:
     """The workload's progress events the provider streamed (not journaled)."""
     events_dropped: int = 0
     """Progress events dropped from the front of ``events`` (the first kept is number this + 1)."""
+    provider_seq: int = 0
+    """The number of the last event taken from the provider now running it."""
     job_id: JobId = field(init=False)
     """Its offer's hash: its id here, on the job stream and on chain (the escrow's)."""
 
@@ -235,6 +238,23 @@ class HeldJob:
 
     cost: int = 0
     """What its receipt asks (set with an ok result, before the receipt is posted)."""
+    events: list[dict[str, Any]] = field(default_factory=list)
+    """The workload's progress events, streamed to the client's peer (not journaled)."""
+    events_dropped: int = 0
+    changed: trio.Event = field(default_factory=trio.Event)
+    """Set when an event is added or the job is done (and replaced by whoever waits)."""
+
+    def add_event(self, event: dict[str, Any]) -> None:
+        """The executor's callback for each progress event of the job (bounded: the oldest go)."""
+        self.events.append(event)
+        if len(self.events) > MAX_JOB_EVENTS:
+            del self.events[0]
+            self.events_dropped += 1
+        self.changed.set()
+
+    def finish(self) -> None:
+        self.done.set()
+        self.changed.set()
 
     def answer(self) -> JobResult:
         return self.result or JobResult(self.job_id, False, error="the job was interrupted on the provider")
@@ -318,7 +338,7 @@ class MarketService:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         # A job's request lasts as long as the job runs; an agent may run many at once.
-        self.network.set_request_handler(JOB_PROTOCOL, self.serve_job, concurrent=JOB_STREAMS_PER_PEER)
+        self.network.set_stream_handler(JOB_PROTOCOL, self.serve_job, concurrent=JOB_STREAMS_PER_PEER)
         jobs = await self.network.subscribe(self._topic_job, self.job_gate)
         providers = await self.network.subscribe(self._topic_provider, self.capability_gate)
         async with trio.open_nursery() as nursery:
@@ -777,11 +797,14 @@ class MarketService:
     async def _dispatch_unguarded(self, job_id: JobId, job: ClientJob, bid: Bid) -> None:
         payload = JobPayload(job_id, job.workload, job.params)
         peer = job.peer = bid.body["peer_id"]
+        job.provider_seq = 0
         self._mark(Side.CLIENT, job_id)
         timeout = job.offer.body["max_runtime_s"] + ESCROW_WAIT_S + 10
         result: JobResult | None
         try:
-            raw = await self.network.request(peer, JOB_PROTOCOL, payload.encode(), timeout=timeout)
+            raw = await self.network.request(
+                peer, JOB_PROTOCOL, payload.encode(), timeout=timeout, on_frame=lambda f: self._take_event(job, f)
+            )
             result = JobResult.decode(raw)
         except MarketError as e:
             await self._attempt_failed(job, str(e))
@@ -798,6 +821,22 @@ class MarketService:
             await self._attempt_failed(job, "provider answered for another job")
             return
         await self._take_result(job, result)
+
+    def _take_event(self, job: ClientJob, frame: bytes) -> None:
+        """A progress event the provider streamed: kept (bounded) for the job's event stream."""
+        try:
+            event = JobEvent.decode(frame)
+        except MarketError as e:
+            logger.debug("job %s: event refused: %s", job.job_id.hex()[:16], e)
+            return
+        if event.job_id != job.job_id or event.seq <= job.provider_seq:
+            return  # another job's, or one it already has (a job sent again streams from its start)
+        job.provider_seq = event.seq
+        job.events.append(event.event)
+        if len(job.events) > MAX_JOB_EVENTS:
+            del job.events[0]
+            job.events_dropped += 1
+        self._poke(job.job_id)
 
     async def _take_result(self, job: ClientJob, result: JobResult) -> None:
         job.result = result
@@ -1125,9 +1164,10 @@ class MarketService:
                 await self.chain.wait_head_change()
         return escrow
 
-    async def serve_job(self, peer: str, request: bytes) -> bytes:
-        """``/aitbc/job/1`` on the provider: run a job (check the offer and escrow, run,
-        hold the result, receipt it, answer), or answer a fetch of a held result."""
+    async def serve_job(self, peer: str, request: bytes, emit: Emit | None = None) -> bytes:
+        """``/aitbc/job/2`` on the provider: run a job (check the offer and escrow, run,
+        hold the result, receipt it, answer; its progress events go ahead of the answer as
+        interim frames), or answer a fetch, an ack or a release request."""
         msg = decode_job_request(request)  # MarketError here resets the stream
         if isinstance(msg, JobFetch):
             return self._answer_fetch(peer, msg.job_id).encode()
@@ -1139,9 +1179,29 @@ class MarketService:
         if held is not None:  # asked again to run a job it holds: never run twice
             if held.peer != peer:
                 return JobResult(msg.job_id, False, error="this job was sent by another peer").encode()
-            await held.done.wait()
+            await self._stream_events(held, emit)
             return held.answer().encode()
-        return (await self._run_job(msg, peer)).encode()
+        return (await self._run_job(msg, peer, emit)).encode()
+
+    async def _stream_events(self, held: HeldJob, emit: Emit | None) -> None:
+        """Send the held job's progress events as they come until it is done (all of them,
+        from the first kept, to a peer that sends the job again); return once it is done.
+        A requester that went away stops the events, not the job."""
+        sent = 0
+        while True:
+            changed = held.changed = trio.Event() if held.changed.is_set() else held.changed
+            first = held.events_dropped + 1
+            try:
+                for seq in range(max(sent + 1, first), first + len(held.events)):
+                    if emit is not None:
+                        await emit(JobEvent(held.job_id, seq, held.events[seq - first]).encode())
+                    sent = seq
+            except (NetworkError, CodecError) as e:
+                logger.debug("events of job %s not streamed: %s", held.job_id.hex()[:16], e)
+                emit = None
+            if held.done.is_set() and sent >= first + len(held.events) - 1:
+                return
+            await changed.wait()
 
     def _answer_fetch(self, peer: str, job_id: JobId) -> FetchAnswer:
         held = self._held.get(job_id)
@@ -1175,7 +1235,7 @@ class MarketService:
             return b""  # running, or done and receipted: it is owed its receipt's pay, not a release
         if held is None:
             held = self._hold(request.job_id, peer)
-            held.done.set()
+            held.finish()
         held.result = JobResult(request.job_id, False, error="this provider released the job")
         self._mark(Side.PROVIDER, request.job_id)
         await self._flush()  # released for good, a restart included, before the release leaves
@@ -1202,7 +1262,7 @@ class MarketService:
                 self._mark(Side.PROVIDER, old)
         return held
 
-    async def _run_job(self, payload: JobPayload, peer: str = "") -> JobResult:
+    async def _run_job(self, payload: JobPayload, peer: str = "", emit: Emit | None = None) -> JobResult:
         job_id = payload.job_id
 
         def fail(why: str) -> JobResult:
@@ -1217,12 +1277,19 @@ class MarketService:
         ):
             return fail("payload does not match the offer")
         held = self._hold(job_id, peer)
-        try:
-            result = await self._run_held(payload, offer, held)
-        finally:
-            held.done.set()
-            self._mark(Side.PROVIDER, job_id)
-        return result
+        outcome: list[JobResult] = []
+
+        async def run() -> None:
+            try:
+                outcome.append(await self._run_held(payload, offer, held))
+            finally:
+                held.finish()
+                self._mark(Side.PROVIDER, job_id)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+            await self._stream_events(held, emit)
+        return outcome[0]
 
     async def _run_held(self, payload: JobPayload, offer: JobOffer, held: HeldJob) -> JobResult:
         """Run an accepted job; the result is held (``held.result``) before it is receipted,
@@ -1246,6 +1313,7 @@ class MarketService:
             payload.params,
             max_runtime_s=min(offer.body["max_runtime_s"], self._provider.max_runtime_s),
             max_ram_mb=self._provider.max_ram_mb,
+            on_event=held.add_event,
         )
         result = held.result = JobResult(job_id, run.ok, run.output, run.error, run.metrics)
         if not run.ok:
