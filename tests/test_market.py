@@ -17,7 +17,8 @@ def test_offer_bid_and_choice():
 
     def bid(key, price, gflops=1):
         return Bid.create(
-            key, "ait-devnet", job_id=offer.job_id.hex(), peer_id="p", price=price, price_per_s=1, gflops=gflops
+            key, "ait-devnet", job_id=offer.job_id.hex(), peer_id="p", price=price, price_per_s=1, gflops=gflops,
+            wait_ms=0,
         )
 
     cheap, dear, too_dear = bid(p1, 50), bid(p2, 60, gflops=99), bid(p2, 101)
@@ -36,3 +37,38 @@ def test_pricing():
     assert job_cost(20_000_000, 1500, 10**9) == 30_000_000
     assert job_cost(20_000_000, 0, 10**9) == 1
     assert job_cost(20_000_000, 10**9, 500) == 500
+
+
+def test_a_bid_is_chosen_by_price_then_wait_and_equal_providers_share_a_burst():
+    from aitbc_p2p.market import Load
+
+    p1, p2, p3, client = (make_key(n) for n in ("lp1", "lp2", "lp3", "lclient"))
+
+    def offer(i):
+        return JobOffer.create(
+            client, "ait-devnet", workload="echo", params_hash=b"\x01" * 32, max_price=100, max_runtime_s=2,
+            verification="none", timestamp_ms=1, nonce=i,
+        )  # fmt: skip
+
+    def bid(key, o, price, wait_ms):
+        return Bid.for_offer(key, o, peer_id="p", price=price, price_per_s=1, gflops=1, wait_ms=wait_ms)
+
+    o = offer(0)
+    # At one price the shorter wait wins; a cheaper bid wins over a shorter wait.
+    assert select_bid(o, [bid(p1, o, 50, 900), bid(p2, o, 50, 0)]).signer == p2.address
+    assert select_bid(o, [bid(p1, o, 40, 900), bid(p2, o, 50, 0)]).signer == p1.address
+    # A wait longer than the job's own runtime cap is not taken.
+    assert select_bid(o, [bid(p1, o, 10, 2001)]) is None
+    # Equal bids: each job goes to the provider whose hash with its id is lowest, so a
+    # burst spreads over all of them instead of landing on one.
+    won = {p.address: 0 for p in (p1, p2, p3)}
+    for i in range(300):
+        oi = offer(i)
+        won[select_bid(oi, [bid(p, oi, 50, 0) for p in (p1, p2, p3)]).signer] += 1
+    assert all(60 < n < 140 for n in won.values()), won
+    # A provider's live load: full when no slot is free and its queue is at its bound.
+    assert Load(2, 0, 3, 3, 5000).full and not Load(2, 0, 2, 3, 5000).full and not Load(2, 1, 0, 0, 0).full
+    with pytest.raises(MarketError, match="free_slots"):
+        Load.read({"slots": 1, "free_slots": -1, "queued": 0, "max_queue": 0, "wait_ms": 0})
+    with pytest.raises(MarketError):
+        Load.read({"slots": 1})

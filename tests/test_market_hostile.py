@@ -138,7 +138,7 @@ async def test_a_client_survives_a_malformed_job_result(answer):
         offer, job = await _client_job(client)
         bid = Bid.create(
             make_key("liar"), offer.chain_id, job_id=offer.job_id.hex(), peer_id=liar.peer_id,
-            price=1, price_per_s=1, gflops=1,
+            price=1, price_per_s=1, gflops=1, wait_ms=0,
         )  # fmt: skip
         await client.market._dispatch(offer.job_id, job, bid)
         assert job.phase == "failed" and "malformed job result" in job.error
@@ -153,7 +153,8 @@ async def test_bids_per_job_are_bounded_and_cheaper_ones_still_get_in(monkeypatc
         def bid(i, price):
             key = make_key(f"bidder{i}")
             return Bid.create(
-                key, offer.chain_id, job_id=offer.job_id.hex(), peer_id="p", price=price, price_per_s=1, gflops=1
+                key, offer.chain_id, job_id=offer.job_id.hex(), peer_id="p", price=price, price_per_s=1, gflops=1,
+                wait_ms=0,
             )
 
         for i in range(3 * MAX_BIDS_PER_JOB):
@@ -174,6 +175,7 @@ def test_capability_records_are_bounded(monkeypatch):
             make_key(f"prov{i}"), "ait-devnet", miner_id=f"m{i}", peer_id="p", mode="cpu", gpu=False, device="d",
             concurrency=1, workloads=["echo"], limits={}, gflops=1, gflops_by_dtype={}, versions={},
             price_per_s=1, timestamp_ms=i,
+            load={"slots": 1, "free_slots": 1, "queued": 0, "max_queue": 8, "wait_ms": 0},
         )  # fmt: skip
         svc._remember_provider(rec)
     assert len(svc.providers) == 5

@@ -90,7 +90,9 @@ def test_a_client_job_mid_failover_reads_back_as_it_was_written() -> None:
     params = {"message": "again"}
     offer = make_offer(node, CLIENT, "echo", params)
     bids = [
-        Bid.for_offer(make_key(f"p{i}"), offer, peer_id=f"peer-{i}", price=aitbc(1) + i, price_per_s=10, gflops=1)
+        Bid.for_offer(
+            make_key(f"p{i}"), offer, peer_id=f"peer-{i}", price=aitbc(1) + i, price_per_s=10, gflops=1, wait_ms=0
+        )
         for i in range(3)
     ]
     job = ClientJob(offer, "echo", params, phase=Phase.FAILING_OVER, bids_wanted=3, error="e" * 5000, peer="peer-0")

@@ -53,11 +53,12 @@ def _capability() -> CapabilityRecord:
         workloads=["echo", "torch_bench"], limits={"vram_mb": 0, "ram_mb": 2048, "max_runtime_s": 300}, gflops=112,
         gflops_by_dtype={"float32": 112}, versions={"torch": "2.13.0", "cuda": "", "driver": ""},
         price_per_s=20_000_000, timestamp_ms=T0,
+        load={"slots": 2, "free_slots": 1, "queued": 0, "max_queue": 8, "wait_ms": 0},
     )  # fmt: skip
 
 
 def _bid() -> Bid:
-    return Bid.for_offer(BOB, _offer(), peer_id="16Uiu2HAm", price=600, price_per_s=20, gflops=112)
+    return Bid.for_offer(BOB, _offer(), peer_id="16Uiu2HAm", price=600, price_per_s=20, gflops=112, wait_ms=0)
 
 
 def _reencode_block_message(b: bytes) -> bytes:

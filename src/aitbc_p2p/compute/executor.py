@@ -131,6 +131,7 @@ class Executor:
         self._slots = 0
         self.device = "cpu"
         self._done = self._failed = self._restarts = 0
+        self._running = self._peak = 0
         self._info: DeviceInfo | None = None
 
     def statistics(self) -> dict[str, int]:
@@ -140,6 +141,8 @@ class Executor:
             "done": self._done,
             "failed": self._failed,
             "worker_restarts": self._restarts,
+            "running": self._running,
+            "peak_running": self._peak,
         }
 
     async def _add_worker(self, device: str | None) -> WorkerProcess:
@@ -215,6 +218,8 @@ class Executor:
         failure = ""
         reply: dict[str, Any] = {}
         over_memory = trio.Event()
+        self._running += 1
+        self._peak = max(self._peak, self._running)
         try:
             async with trio.open_nursery() as watch:
                 if max_ram_mb is not None:
@@ -237,6 +242,7 @@ class Executor:
                     failure = f"memory cap of {max_ram_mb} MiB exceeded"
                 watch.cancel_scope.cancel()
         finally:
+            self._running -= 1
             if failure or not reply:  # also on cancellation: never reuse a worker mid-job
                 worker.kill()
                 self._nursery.start_soon(self._replace, worker)

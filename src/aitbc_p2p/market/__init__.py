@@ -1,7 +1,7 @@
 """L2: the job market's messages and the client's choice of provider (pure)."""
 
 from aitbc_p2p.market.jobs import JobPayload, JobResult, params_hash, result_hash
-from aitbc_p2p.market.messages import Bid, CapabilityRecord, JobOffer, job_cost, quote, select_bid
+from aitbc_p2p.market.messages import Bid, CapabilityRecord, JobOffer, Load, job_cost, quote, select_bid
 
 __all__ = [
     "Bid",
@@ -9,6 +9,7 @@ __all__ = [
     "JobOffer",
     "JobPayload",
     "JobResult",
+    "Load",
     "job_cost",
     "params_hash",
     "quote",

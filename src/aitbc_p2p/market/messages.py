@@ -125,8 +125,17 @@ class CapabilityRecord(Signed):
         "gflops_by_dtype": dict,  # measured GFLOP/s per dtype the device supports
         "versions": dict,  # torch, cuda, driver
         "price_per_s": int,  # base units per second of compute
+        "load": dict,  # live: slots, free_slots, queued, max_queue, wait_ms (specs/market.md, "Load")
         "timestamp_ms": int,
     }
+
+    def check(self) -> None:
+        super().check()
+        Load.read(self.body["load"])  # MarketError: a load map of other keys, or not uints
+
+    def load(self) -> Load:
+        """Its live load (checked when the record was read)."""
+        return Load.read(self.body["load"])
 
 
 class JobOffer(Signed):
@@ -162,7 +171,7 @@ class Bid(Signed):
 
     DOMAIN = Domain.BID
     SIGNER = "provider"
-    FIELDS = {"job_id": HexId, "peer_id": str, "price": int, "price_per_s": int, "gflops": int}
+    FIELDS = {"job_id": HexId, "peer_id": str, "price": int, "price_per_s": int, "gflops": int, "wait_ms": int}
 
     @classmethod
     def for_offer(cls, key: PrivateKey, offer: JobOffer, **fields: Any) -> Bid:
@@ -175,21 +184,62 @@ class Bid(Signed):
         return JobId(Hash32(bytes.fromhex(self.body["job_id"])))
 
 
-def select_bid(offer: JobOffer, bids: list[Bid]) -> Bid | None:
-    """The client's choice: cheapest acceptable quote, then highest throughput, then address.
+@dataclass(frozen=True, slots=True)
+class Load:
+    """A provider's live load, as its capability record carries it."""
 
-    Bids for another job, chain or above the offer's max price are ignored.
+    slots: int
+    free_slots: int
+    queued: int
+    """Accepted jobs waiting for a slot."""
+    max_queue: int
+    """The most it lets wait; with that many waiting it does not bid."""
+    wait_ms: int
+    """Its estimate of how long a job accepted now waits for a slot."""
+
+    KEYS: ClassVar[tuple[str, ...]] = ("slots", "free_slots", "queued", "max_queue", "wait_ms")
+
+    @property
+    def full(self) -> bool:
+        return self.free_slots == 0 and self.queued >= self.max_queue
+
+    def to_wire(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in self.KEYS}
+
+    @classmethod
+    def read(cls, obj: Any) -> Load:
+        """Raises MarketError for a map of other keys, or values that are not uints below 2^32."""
+        try:
+            w = fields.record(obj, cls.KEYS, "a provider's load")
+            return cls(*(fields.uint(w, k, high=1 << 32) for k in cls.KEYS))
+        except CodecError as e:
+            raise MarketError(f"CapabilityRecord: {e}") from e
+
+
+def select_bid(offer: JobOffer, bids: list[Bid]) -> Bid | None:
+    """The client's choice (specs/market.md, "Choosing a bid"): the cheapest acceptable
+    quote; at equal price the shortest quoted wait for a slot, then the highest
+    throughput; and among bids equal in all that, the provider whose hash with the job id
+    is lowest (so that equal providers share a burst of jobs instead of all getting it).
+
+    Bids for another job or chain, above the offer's max price, or quoting a wait for a
+    slot longer than the offer's runtime cap are ignored.
     """
+    job_hex = offer.job_id.hex()
     ok = [
         b
         for b in bids
-        if b.body["job_id"] == offer.job_id.hex()
+        if b.body["job_id"] == job_hex
         and b.chain_id == offer.chain_id
         and b.body["price"] <= offer.body["max_price"]
+        and b.body["wait_ms"] <= offer.body["max_runtime_s"] * 1000
     ]
     if not ok:
         return None
-    return min(ok, key=lambda b: (b.body["price"], -b.body["gflops"], b.signer))
+    return min(
+        ok,
+        key=lambda b: (b.body["price"], b.body["wait_ms"], -b.body["gflops"], sha256(f"{job_hex}:{b.signer}".encode())),
+    )
 
 
 def quote(price_per_s: int, max_runtime_s: int) -> int:

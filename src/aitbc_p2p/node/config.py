@@ -24,6 +24,9 @@ class ProviderConfig:
     """``auto`` | ``gpu`` | ``cpu`` (the seed's ``ACCEL_MODE``)."""
     max_concurrency: int = 1
     """Job slots (the seed's ``MAX_CONCURRENCY``)."""
+    max_queue: int = 8
+    """Accepted jobs that may wait for a slot; with that many waiting it stops bidding and
+    refuses more (specs/market.md, "Load")."""
     max_runtime_s: int = 300
     """The longest job this provider accepts."""
     announce_interval_s: float = 10.0
@@ -48,6 +51,8 @@ class ProviderConfig:
         for name in ("max_concurrency", "max_runtime_s"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if not 0 <= self.max_queue <= 4096:
+            raise ValueError(f"max_queue must be 0 to 4096, not {self.max_queue}")
         if not self.announce_interval_s > 0:
             raise ValueError(f"announce_interval_s must be above 0, not {self.announce_interval_s}")
         if self.max_ram_mb is not None and self.max_ram_mb < 1:

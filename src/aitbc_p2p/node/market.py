@@ -45,6 +45,7 @@ from aitbc_p2p.market import (
     JobOffer,
     JobPayload,
     JobResult,
+    Load,
     job_cost,
     params_hash,
     quote,
@@ -90,6 +91,10 @@ MIN_JOB_PREFIX = 4
 JOB_ID_HEX = 64
 ENDED = (JobStatus.SETTLED, JobStatus.REFUNDED)
 ESCROW_WAIT_S = 20.0
+ESCROW_GONE_BLOCKS = 20
+"""Blocks a provider waits for an escrow a reorg took back to be committed again."""
+RECEIPT_RETRY_BLOCKS = 3
+"""Blocks after which a receipt still not committed (its escrow open) is posted again."""
 FETCH_INTERVAL_S = 1.0
 """How often the client's peer asks a provider again for a result it has not got."""
 FETCH_TIMEOUT_S = 10.0
@@ -290,6 +295,13 @@ MAX_HELD = 4096
 """Jobs whose results a provider holds (each needed an escrow naming it); past it the
 oldest finished ones are dropped."""
 
+PROMISE_S = 5.0
+"""How long a bid counts toward a provider's quoted wait if its job does not come."""
+ANNOUNCE_MIN_S = 1.0
+"""A provider re-announces its capability record when its load changes, at most this often."""
+RUN_MS_GUESS = 250
+"""A provider's guess of how long a job holds a slot, until it has run one."""
+
 JOB_STREAMS_PER_PEER = 256
 """Job requests one client peer may have in service at once (each waits for its escrow
 and runs in the executor's slots; the rate limit still applies to opening them)."""
@@ -328,6 +340,14 @@ class MarketService:
         self._marked = 0
         self._written = 0
         self._watched: dict[JobId, trio.Event] = {}
+        self._accepted = 0
+        self._promised: OrderedDict[JobId, float] = OrderedDict()
+        """Jobs bid on in the last PROMISE_S that have not come (yet): they count toward the
+        wait quoted to the next offers (a burst of offers sees the queue it will make)."""
+        """Jobs this provider accepted and has not finished (waiting for escrow or a slot, or running)."""
+        self._slot_ms = RUN_MS_GUESS
+        """A moving average of how long its jobs hold a slot."""
+        self._load_changed = trio.Event()
         """Jobs whose events someone streams: each set (and dropped) when the job changes."""
         self._journal_wake = trio.Event()
         self._journal_wrote = trio.Event()
@@ -617,9 +637,11 @@ class MarketService:
         runtime = body["max_runtime_s"]
         count = 0
         for rec in self.providers.values():
-            cap = rec.body["limits"].get("max_runtime_s")
+            cap, load = rec.body["limits"].get("max_runtime_s"), rec.load()
             if (
-                body["workload"] in rec.body["workloads"]
+                not load.full
+                and load.wait_ms <= runtime * 1000
+                and body["workload"] in rec.body["workloads"]
                 and type(cap) is int
                 and cap >= runtime
                 and quote(rec.body["price_per_s"], runtime) <= body["max_price"]
@@ -740,9 +762,12 @@ class MarketService:
         if result is not None and result.ok and result.result_hash == escrow.result_hash:
             job.acted = True  # delivered: the provider settles with this peer's ack
             return
+        # While the stream or a fetch is under way the result may still come (a busy peer
+        # can see the receipt's block first): dispute only in the window's last block.
+        margin = 0 if job.phase in (Phase.RUNNING, Phase.FETCHING) else DISPUTE_MARGIN_BLOCKS
         if result is not None or job.phase is Phase.FAILED:
             why = "receipted a result other than the one delivered"
-        elif height + 1 >= escrow.receipt_height + self.chain.rules.dispute_blocks - DISPUTE_MARGIN_BLOCKS:
+        elif height + 1 >= escrow.receipt_height + self.chain.rules.dispute_blocks - margin:
             why = "receipted, never delivered"
         else:
             return  # not delivered yet: the stream or a fetch may still bring it
@@ -951,6 +976,8 @@ class MarketService:
         elif escrow.status is JobStatus.RECEIPTED:
             job.phase, job.next_bid = Phase.FETCHING, None
             self._nursery.start_soon(self._fetch_late, job)
+        elif escrow.status is JobStatus.OPEN and job.chain_action and height <= escrow.deadline:
+            return  # its reassign or cancel is posted and not in a block yet
         else:
             job.phase = Phase.FAILED
 
@@ -1101,19 +1128,43 @@ class MarketService:
             gflops_by_dtype=dict(dev.gflops_by_dtype),
             versions={"torch": dev.torch_version, "cuda": dev.cuda_version, "driver": dev.driver_version},
             price_per_s=cfg.price_per_s,
+            load=self.load().to_wire(),
             timestamp_ms=self.clock_ms(),
         )
 
+    def load(self) -> Load:
+        """This provider's live load (specs/market.md, "Load"): the jobs it accepted, and
+        those it recently bid on that may still come (``promised``). A job that comes now
+        waits for every slot to turn over once per ``slots`` jobs ahead of it."""
+        assert self._provider is not None
+        now = trio.current_time()
+        while self._promised and next(iter(self._promised.values())) <= now:
+            self._promised.popitem(last=False)
+        slots, accepted = self._provider.max_concurrency, self._accepted
+        ahead = accepted + -(-len(self._promised) // ENOUGH_BIDS)  # a client takes one bid of up to 3
+        turns = ((ahead - slots) // slots + 1) if ahead >= slots else 0
+        queued = max(0, accepted - slots)
+        return Load(slots, max(0, slots - ahead), queued, self._provider.max_queue, turns * self._slot_ms)
+
+    def _accept(self, delta: int) -> None:
+        self._accepted += delta
+        self._load_changed.set()
+
     async def _announce_loop(self) -> None:
+        """Gossip the capability record every ``announce_interval_s``, and soon after the
+        load changes (at most every ANNOUNCE_MIN_S)."""
         assert self._provider is not None
         while True:
+            self._load_changed = trio.Event()
             rec = self._capability()
             self._remember_provider(rec)
             try:
                 await self.network.publish(self._topic_provider, rec.encode())
             except NetworkError as e:
                 logger.debug("capability announce failed: %s", e)
-            await trio.sleep(self._provider.announce_interval_s)
+            await trio.sleep(min(ANNOUNCE_MIN_S, self._provider.announce_interval_s))
+            with trio.move_on_after(max(0.0, self._provider.announce_interval_s - ANNOUNCE_MIN_S)):
+                await self._load_changed.wait()
 
     async def _consider_offer(self, offer: JobOffer) -> None:
         cfg, dev = self._provider, self._device
@@ -1128,6 +1179,9 @@ class MarketService:
             or not self.registered()  # an escrow can only name a registered provider
         ):
             return
+        load = self.load()
+        if load.full:
+            return  # no capacity: no bid
         self._offers_seen[offer.job_id] = offer
         while len(self._offers_seen) > MAX_OFFERS_SEEN:
             self._offers_seen.popitem(last=False)
@@ -1138,7 +1192,12 @@ class MarketService:
             price=price,
             price_per_s=cfg.price_per_s,
             gflops=dev.gflops,
+            wait_ms=load.wait_ms,
         )
+        self._promised[offer.job_id] = trio.current_time() + PROMISE_S
+        self._promised.move_to_end(offer.job_id)
+        while len(self._promised) > MAX_OFFERS_SEEN:
+            self._promised.popitem(last=False)
         await self._publish_job({"bid": bid.to_wire()})
 
     async def _publish_job(self, envelope: dict[str, Any]) -> None:
@@ -1276,13 +1335,18 @@ class MarketService:
             or params_hash(payload.workload, payload.params) != offer.body["params_hash"]
         ):
             return fail("payload does not match the offer")
+        if self._accepted >= self._provider.max_concurrency + self._provider.max_queue:
+            return fail("this provider is at capacity (every slot busy, its queue full)")
         held = self._hold(job_id, peer)
+        self._promised.pop(job_id, None)
         outcome: list[JobResult] = []
 
         async def run() -> None:
+            self._accept(1)
             try:
                 outcome.append(await self._run_held(payload, offer, held))
             finally:
+                self._accept(-1)
                 held.finish()
                 self._mark(Side.PROVIDER, job_id)
 
@@ -1316,6 +1380,8 @@ class MarketService:
             on_event=held.add_event,
         )
         result = held.result = JobResult(job_id, run.ok, run.output, run.error, run.metrics)
+        if run.ok:  # a slot is held for about the compute time (the worker's own overhead is small)
+            self._slot_ms = max(1, (3 * self._slot_ms + run.metrics.get("compute_ms", self._slot_ms)) // 4)
         if not run.ok:
             logger.info("job %s failed: %s (no receipt, no payment)", job_id.hex()[:16], run.error)
             return result
@@ -1343,10 +1409,33 @@ class MarketService:
         else after the client's dispute window. The result is held (and journaled) until
         the escrow ends; a receipt never committed by the escrow's deadline is given up."""
         sent = False
+        missing = 0
+        receipted_at = self.chain.head.height
         while True:
             escrow = self.chain.state.job(job_id)
-            if escrow is None:
-                return
+            if escrow is None:  # a reorg took the escrow's block back: its job_open comes again
+                missing += 1
+                if missing > ESCROW_GONE_BLOCKS:
+                    logger.warning("escrow of %s gone for %d blocks; not settled", job_id.hex()[:16], missing)
+                    return
+                await self.chain.wait_head_change()
+                continue
+            missing = 0
+            held = self._held.get(job_id)
+            if (
+                escrow.status is JobStatus.OPEN
+                and held is not None
+                and held.result is not None
+                and held.result.ok
+                and self.chain.head.height >= receipted_at + RECEIPT_RETRY_BLOCKS
+            ):  # the receipt was lost (a reorg, an eviction): post it again; a pending one makes this one refused
+                receipted_at = self.chain.head.height
+                try:
+                    result = held.result
+                    await self.account.send_own_tx(JobReceipt(job_id, result.result_hash, held.cost, result.metrics))
+                    logger.info("job %s: receipt posted again", job_id.hex()[:16])
+                except TxRejected as e:
+                    logger.debug("receipt for %s not posted again: %s", job_id.hex()[:16], e)
             if escrow.status in ENDED:
                 self._held.pop(job_id, None)  # paid and refunded: nothing left to deliver
                 self._mark(Side.PROVIDER, job_id)
