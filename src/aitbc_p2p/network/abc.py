@@ -25,6 +25,8 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import trio
 
+from aitbc_p2p.network.protocols import STREAMING_PROTOCOLS
+
 T = TypeVar("T")
 
 
@@ -80,6 +82,24 @@ Emit = Callable[[bytes], Awaitable[None]]
 requester is gone)."""
 StreamHandler = Callable[[str, bytes, Emit], Awaitable[bytes]]
 """Serves a streaming protocol: may ``emit`` interim frames before it returns the answer."""
+
+
+def as_stream_handler(protocol: str, handler: RequestHandler) -> StreamHandler:
+    """``handler`` for a protocol that does not stream, in the shape adapters serve every
+    protocol in (it never emits). ValueError for a streaming protocol."""
+    if protocol in STREAMING_PROTOCOLS:
+        raise ValueError(f"{protocol} streams: serve it with set_stream_handler")
+
+    async def answer(peer: str, request: bytes, _emit: Emit) -> bytes:
+        return await handler(peer, request)
+
+    return answer
+
+
+def check_streaming(protocol: str) -> None:
+    """ValueError unless ``protocol`` is a streaming one (for set_stream_handler)."""
+    if protocol not in STREAMING_PROTOCOLS:
+        raise ValueError(f"{protocol} does not stream: serve it with set_request_handler")
 """``(peer_id, request) -> response`` for one request/response protocol."""
 
 

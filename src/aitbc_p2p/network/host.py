@@ -52,6 +52,8 @@ from aitbc_p2p.network.abc import (
     ValidationResult,
     Validator,
     Verdict,
+    as_stream_handler,
+    check_streaming,
 )
 from aitbc_p2p.network.limits import Refused, RequestLimits, RequestPolicy
 from aitbc_p2p.network.protocols import (
@@ -461,17 +463,10 @@ class Libp2pNetwork(Banning):
         (:mod:`aitbc_p2p.network.limits`; ``concurrent``: requests of one peer in service
         at once, default the policy's). Whatever the peer sends, the worst outcome is a
         reset stream and a penalty for that peer (the contract in network/abc.py)."""
-        if protocol in STREAMING_PROTOCOLS:
-            raise ValueError(f"{protocol} streams: serve it with set_stream_handler")
-
-        async def answer(peer: str, request: bytes, _emit: Any) -> bytes:
-            return await handler(peer, request)
-
-        self._serve(protocol, answer, concurrent)
+        self._serve(protocol, as_stream_handler(protocol, handler), concurrent)
 
     def set_stream_handler(self, protocol: str, handler: StreamHandler, *, concurrent: int | None = None) -> None:
-        if protocol not in STREAMING_PROTOCOLS:
-            raise ValueError(f"{protocol} does not stream: serve it with set_request_handler")
+        check_streaming(protocol)
         self._serve(protocol, handler, concurrent)
 
     def _serve(self, protocol: str, handler: StreamHandler, concurrent: int | None) -> None:

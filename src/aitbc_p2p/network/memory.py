@@ -51,9 +51,11 @@ from aitbc_p2p.network.abc import (
     ValidationResult,
     Validator,
     Verdict,
+    as_stream_handler,
+    check_streaming,
 )
 from aitbc_p2p.network.limits import Refused, RequestLimits, RequestPolicy
-from aitbc_p2p.network.protocols import MAX_FRAME, MAX_SYNC_FRAME, STREAMING_PROTOCOLS, SYNC_PROTOCOL
+from aitbc_p2p.network.protocols import MAX_FRAME, MAX_SYNC_FRAME, SYNC_PROTOCOL
 from aitbc_p2p.network.scoring import Banning, PeerScores, ScoringPolicy
 
 T = TypeVar("T")
@@ -345,17 +347,10 @@ class MemoryNetwork(Banning):
 
     # ------------------------------------------------------------ requests
     def set_request_handler(self, protocol: str, handler: RequestHandler, *, concurrent: int | None = None) -> None:
-        if protocol in STREAMING_PROTOCOLS:
-            raise ValueError(f"{protocol} streams: serve it with set_stream_handler")
-
-        async def answer(peer: str, request: bytes, _emit: Emit) -> bytes:
-            return await handler(peer, request)
-
-        self._handlers[protocol] = (answer, concurrent)
+        self._handlers[protocol] = (as_stream_handler(protocol, handler), concurrent)
 
     def set_stream_handler(self, protocol: str, handler: StreamHandler, *, concurrent: int | None = None) -> None:
-        if protocol not in STREAMING_PROTOCOLS:
-            raise ValueError(f"{protocol} does not stream: serve it with set_request_handler")
+        check_streaming(protocol)
         self._handlers[protocol] = (handler, concurrent)
 
     async def request(
