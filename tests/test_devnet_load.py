@@ -101,9 +101,8 @@ async def test_fifty_jobs_from_one_key_on_three_providers_of_two_slots(tmp_path)
         for a in providers:  # per job: one receipt and one settle
             assert after[a] == before[a] + costs[a] - 2 * FEE * won[a], (a, won)
         assert supply_after["total"] == supply_before["total"] and supply_after["escrowed"] == 0
-        # A job that reached a provider already full was released and moved on by the
-        # client's peer (job_reassign), which paid for that and nothing else.
-        assert set(moves) <= {"job_reassign"} and after[agent] == before[agent] - FEE * len(moves), moves
+        # Every provider kept its bids (a bid is a promise): no failover, the agent paid nothing.
+        assert moves == [] and after[agent] == before[agent], moves
         assert sum(won.values()) == JOBS and sum(1 for n in won.values() if n) >= 2, won  # the burst was shared
         for proc in procs[1:]:  # each provider ran each of its jobs once, never more than its slots at once
             async with proc.rpc() as rpc:

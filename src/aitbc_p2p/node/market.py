@@ -1335,8 +1335,6 @@ class MarketService:
             or params_hash(payload.workload, payload.params) != offer.body["params_hash"]
         ):
             return fail("payload does not match the offer")
-        if self._accepted >= self._provider.max_concurrency + self._provider.max_queue:
-            return fail("this provider is at capacity (every slot busy, its queue full)")
         held = self._hold(job_id, peer)
         self._promised.pop(job_id, None)
         outcome: list[JobResult] = []
