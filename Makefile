@@ -31,7 +31,8 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest
 
-# WORKLOAD=llm_gen|embed|echo|torch_bench picks the demo's job (llm_gen and embed need EXTRAS=dev,compute).
+# WORKLOAD=llm_gen|sd_infer|embed|echo|torch_bench picks the demo's job (llm_gen, sd_infer and embed
+# need EXTRAS=dev,compute).
 demo: $(STAMP)
 	$(BIN)/aitbc devnet demo $(if $(WORKLOAD),--workload $(WORKLOAD))
 

@@ -1,5 +1,7 @@
 """Compute: workloads with and without torch, the executor's limits, detection."""
 
+import hashlib
+import io
 import json
 import math
 import struct
@@ -41,7 +43,7 @@ def test_echo_validates_parameters():
         with pytest.raises(ComputeError):
             echo.validate(bad)
     with pytest.raises(ComputeError, match="unknown workload"):
-        get_workload("sd_infer")
+        get_workload("video_gen")
 
 
 @pytest.mark.parametrize(
@@ -59,6 +61,15 @@ def test_echo_validates_parameters():
         ("llm_gen", {"prompt": "hi", "temperature_milli": 5000}),
         ("llm_gen", {"prompt": "hi", "backend": "vllm"}),
         ("llm_gen", {"prompt": "hi", "top_p": 1}),
+        ("sd_infer", {}),
+        ("sd_infer", {"prompt": ""}),
+        ("sd_infer", {"prompt": "x" * 2049}),
+        ("sd_infer", {"prompt": "a cat", "width": 100}),
+        ("sd_infer", {"prompt": "a cat", "height": 2048}),
+        ("sd_infer", {"prompt": "a cat", "steps": 0}),
+        ("sd_infer", {"prompt": "a cat", "guidance_milli": -1}),
+        ("sd_infer", {"prompt": "a cat", "seed": 2**32}),
+        ("sd_infer", {"prompt": "a cat", "eta": 0}),
     ],
 )
 def test_bad_parameters_are_refused_before_running(name, bad):
@@ -325,3 +336,87 @@ async def test_fault_workloads_are_injected_per_executor_and_never_global(execut
         async with open_executor(accel_mode="cpu", slots=1) as plain:
             refused = await plain.run("fault_events", {"n": 2}, max_runtime_s=10)
     assert not refused.ok and "unknown workload" in refused.error
+
+
+# ---------------------------------------------------------------- sd_infer
+def test_sd_infer_defaults_and_model_kinds(tmp_path, monkeypatch):
+    """A ``[provider.models]`` directory with ``model_index.json`` is a diffusers pipeline
+    (offered to sd_infer); any other is a causal LM (llm_gen). Neither offers the other."""
+    assert workloads.WORKLOADS["sd_infer"].validate({"prompt": "a cat"}) == {
+        "prompt": "a cat", "negative_prompt": "", "model": "", "steps": 20, "width": 512, "height": 512,
+        "guidance_milli": 7500, "seed": 0,
+    }  # fmt: skip
+    monkeypatch.setattr(workloads, "module_available", lambda name: True)
+    monkeypatch.setattr(workloads, "torch_available", lambda: True)
+    (tmp_path / "sd").mkdir()
+    (tmp_path / "sd" / "model_index.json").write_text("{}")
+    (tmp_path / "lm").mkdir()
+    with_sd = available_workloads(models={"pic": str(tmp_path / "sd")})
+    assert "sd_infer" in with_sd and "llm_gen" not in with_sd
+    with_lm = available_workloads(models={"text": str(tmp_path / "lm")})
+    assert "llm_gen" in with_lm and "sd_infer" not in with_lm
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory):
+    if not all(module_available(m) for m in ("torch", "diffusers", "transformers")):
+        pytest.skip("torch + diffusers + transformers not installed")
+    from aitbc_p2p.testing.models import build_tiny_sd_pipeline
+
+    return str(build_tiny_sd_pipeline(tmp_path_factory.mktemp("models") / "tiny-sd"))
+
+
+def test_sd_infer_is_seeded_and_reports_each_step(tiny_sd, tiny_lm):
+    from PIL import Image
+
+    sd = get_workload("sd_infer")
+    models = {"tiny": tiny_lm, "tiny-sd": tiny_sd}
+    events: list[dict] = []
+    params = sd.validate({"prompt": "a red cube", "steps": 3, "width": 64, "height": 128, "seed": 9})
+    out = sd.run(params, RunContext(models=models, emit=events.append))
+    assert events == [{"step": i, "steps": 3} for i in (1, 2, 3)]
+    assert out["model"] == "tiny-sd"  # the first pipeline, not the LM listed before it
+    assert (out["width"], out["height"], out["steps"], out["seed"], out["format"]) == (64, 128, 3, 9, "png")
+    assert hashlib.sha256(out["image"]).hexdigest() == out["digest"]
+    with Image.open(io.BytesIO(out["image"])) as image:
+        assert (image.format, image.size) == ("PNG", (64, 128))
+        assert hashlib.sha256(image.convert("RGB").tobytes()).hexdigest() == out["pixels_digest"]
+    again = sd.run(params, RunContext(models=models))
+    assert (again["digest"], again["pixels_digest"]) == (out["digest"], out["pixels_digest"])  # same seed
+    other = sd.run({**params, "seed": 10}, RunContext(models=models))
+    assert other["pixels_digest"] != out["pixels_digest"]
+    with pytest.raises(ComputeError, match="no diffusers pipeline 'tiny'"):
+        sd.run({**params, "model": "tiny"}, RunContext(models=models))  # an LM is not a pipeline
+    with pytest.raises(ComputeError, match="no diffusers pipeline"):
+        sd.run(params, RunContext(models={"tiny": tiny_lm}))
+
+
+async def test_sd_infer_through_the_executor(tiny_sd):
+    events: list[dict] = []
+    with trio.fail_after(180):
+        async with open_executor(accel_mode="cpu", models={"tiny-sd": tiny_sd}) as ex:
+            run = await ex.run(
+                "sd_infer",
+                {"prompt": "a cube", "steps": 2, "width": 64, "height": 64},
+                max_runtime_s=120,
+                on_event=events.append,
+            )
+            info = await ex.info(benchmark=False)
+    assert run.ok, run.error
+    out = decode(run.output)
+    assert [e["step"] for e in events] == [1, 2] and run.metrics["steps"] == 2
+    assert run.metrics["ms_per_step"] == out["ms_per_step"] and run.metrics["output_bytes"] == len(run.output)
+    assert "sd_infer" in info.workloads and "llm_gen" not in info.workloads
+
+
+async def test_an_output_too_large_for_a_result_fails_the_job(executor):
+    """A result must fit the job protocol's frame, a fetch answer and a journal record: a
+    larger one fails in the worker, with the sizes, and is never receipted."""
+    from aitbc_p2p.market.jobs import MAX_OUTPUT
+
+    with trio.fail_after(60):
+        fits = await executor.run("fault_output", {"n": MAX_OUTPUT - 64}, max_runtime_s=10)
+        over = await executor.run("fault_output", {"n": MAX_OUTPUT}, max_runtime_s=10)
+    assert fits.ok and MAX_OUTPUT - 64 < len(fits.output) <= MAX_OUTPUT
+    assert not over.ok and f"more than the {MAX_OUTPUT:,} a job result carries" in over.error
+    assert over.output == b""

@@ -1,5 +1,6 @@
 """End to end with three real ``aitbc-peer`` processes on 127.0.0.1 (the demo's flow)."""
 
+import hashlib
 import json
 import os
 import re
@@ -58,6 +59,85 @@ async def test_demo_runs_llm_gen_with_streamed_generation(tmp_path):
     assert output["backend"] == "torch" and output["model"] == "tiny" and 0 < output["tokens"] <= 32
     assert outcome["result"]["metrics"]["tokens"] == output["tokens"]
     assert outcome["supply"][0]["total"] == outcome["supply"][1]["total"]
+
+
+needs_sd = pytest.mark.skipif(
+    not all(module_available(m) for m in ("torch", "diffusers", "transformers")), reason="sd_infer needs the sd extra"
+)
+
+
+@needs_sd
+async def test_demo_runs_sd_infer_and_writes_the_image(tmp_path):
+    from PIL import Image
+
+    lines: list[str] = []
+    with trio.fail_after(240):
+        outcome = await devnet.run_demo(NODES, tmp_path / "run", workload="sd_infer", out=lines.append)
+    assert outcome["job"]["status"] == "settled", lines
+    output, path = outcome["result"]["output"], outcome["image"]
+    assert any(f"image written to {path}" in line for line in lines), lines
+    data = path.read_bytes()
+    assert hashlib.sha256(data).hexdigest() == output["digest"]
+    with Image.open(path) as image:
+        assert (image.format, image.size) == ("PNG", (128, 128))
+        assert hashlib.sha256(image.convert("RGB").tobytes()).hexdigest() == output["pixels_digest"]
+    assert outcome["result"]["metrics"]["steps"] == output["steps"] == 10
+    assert outcome["supply"][0]["total"] == outcome["supply"][1]["total"]
+
+
+@needs_sd
+async def test_sd_infer_streams_its_steps_to_the_cli_and_saves_the_png(tmp_path):
+    """``aitbc job submit --stream`` shows each denoising step as the provider makes it;
+    ``aitbc job result --image`` writes the PNG; the client pays the cost and the fee."""
+    from PIL import Image
+
+    run_dir = tmp_path / "run"
+    procs = devnet.start(NODES, run_dir, tiny_sd=True)
+    try:
+        with trio.fail_after(90):
+            await devnet.wait_ready(procs, progress=lambda s: None)
+        client = load_key_file(NODES / "wallets" / "client.json", "devnet")
+        async with procs[0].rpc() as rpc:
+            with trio.fail_after(30):
+                while not any("sd_infer" in p["workloads"] for p in await rpc.providers()):
+                    await trio.sleep(0.3)
+            balance = (await rpc.account(client.address))["balance"]
+        params = ["steps=4", "width=64", "height=96", "seed=7", "model=tiny-sd"]
+        out = await trio.to_thread.run_sync(
+            aitbc_cli, run_dir, "job", "submit", "--workload", "sd_infer", "--prompt", "a red cube",
+            *(a for p in params for a in ("--param", p)), "--max-runtime", "60", "--stream",
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        steps = [json.loads(line) for line in out.stderr.splitlines() if line.startswith('{"step"')]
+        assert steps == [{"step": i, "steps": 4} for i in range(1, 5)], out.stderr
+        short = re.search(r"job ([0-9a-f]{16}): settled", out.stderr)
+        assert short, out.stderr
+        png = tmp_path / "out.png"
+        out = await trio.to_thread.run_sync(aitbc_cli, run_dir, "job", "result", short.group(1), "--image", str(png))
+        assert out.returncode == 0, out.stderr
+        result = json.loads(out.stdout)
+        assert result["output"]["image"] == str(png) and result["output_hex"] is None  # not printed twice
+        assert hashlib.sha256(png.read_bytes()).hexdigest() == result["output"]["digest"]
+        with Image.open(png) as image:
+            assert (image.format, image.size) == ("PNG", (64, 96))
+        out = await trio.to_thread.run_sync(aitbc_cli, run_dir, "job", "status", short.group(1))
+        job = json.loads(out.stdout)
+        async with procs[0].rpc() as rpc:
+            after = (await rpc.account(client.address))["balance"]
+        assert job["status"] == "settled" and after == balance - job["escrow"]["cost"] - 1000
+        # A job with no image in its result: a clear refusal, no traceback, no file.
+        out = await trio.to_thread.run_sync(
+            aitbc_cli, run_dir, "job", "submit", "--workload", "echo", "--message", "hi", "--wait"
+        )
+        echo_id = json.loads(out.stdout)["job_id"]
+        out = await trio.to_thread.run_sync(
+            aitbc_cli, run_dir, "job", "result", echo_id, "--image", str(tmp_path / "none.png")
+        )
+        assert out.returncode == 1 and "has no image" in out.stderr and "Traceback" not in out.stderr, out.stderr
+        assert not (tmp_path / "none.png").exists()
+    finally:
+        report = devnet.stop(run_dir)
+    assert all("stopped" in line for line in report), report
 
 
 def plain_cli(*args):

@@ -49,7 +49,7 @@ from aitbc_p2p.types import UNITS_PER_AITBC, Address, Hash32, JobId, aitbc, form
 
 if TYPE_CHECKING:
     from aitbc_p2p.node import Node, NodeAPI, NodeConfig, ProviderConfig, open_node
-    from aitbc_p2p.rpc import RpcClient, create_app, serve_rpc
+    from aitbc_p2p.rpc import RpcClient, create_app, result_image, serve_rpc
 
 _LAZY = {
     "Node": "aitbc_p2p.node",
@@ -59,6 +59,7 @@ _LAZY = {
     "open_node": "aitbc_p2p.node",
     "RpcClient": "aitbc_p2p.rpc",
     "create_app": "aitbc_p2p.rpc",
+    "result_image": "aitbc_p2p.rpc",
     "serve_rpc": "aitbc_p2p.rpc",
 }
 
@@ -115,6 +116,7 @@ __all__ = [
     "genesis_from_json",
     "load_key_file",
     "open_node",
+    "result_image",
     "save_key_file",
     "select_bid",
     "serve_rpc",

@@ -26,7 +26,7 @@ from aitbc_p2p.cli.config import load_peer_config
 from aitbc_p2p.crypto import load_key_file
 from aitbc_p2p.exceptions import ConfigError, RpcError
 from aitbc_p2p.network import peer_id_of
-from aitbc_p2p.rpc import RpcClient
+from aitbc_p2p.rpc import RpcClient, result_image
 from aitbc_p2p.rpc.server import NODE_INFO, TOKEN_FILE
 from aitbc_p2p.types import aitbc, format_aitbc
 
@@ -126,6 +126,7 @@ def start(
     run_dir: Path,
     *,
     tiny_llm: bool = False,
+    tiny_sd: bool = False,
     hosts: Sequence[str] = (),
     wrap: Sequence[Sequence[str]] = (),
     bootstrap_first: bool = False,
@@ -133,7 +134,9 @@ def start(
     """Start a fresh devnet in ``run_dir`` (its old contents are removed).
 
     With ``tiny_llm`` (needs the ``llm`` extra), a tiny causal LM is built in the run
-    directory and every provider offers it to ``llm_gen`` as the model ``tiny``.
+    directory and every provider offers it to ``llm_gen`` as the model ``tiny``; with
+    ``tiny_sd`` (the ``sd`` extra), a tiny Stable Diffusion pipeline, offered to
+    ``sd_infer`` as ``tiny-sd``.
 
     ``hosts`` gives peer i its own IPv4 address for libp2p and RPC (default 127.0.0.1);
     ``wrap`` prefixes peer i's command (``ip netns exec ns1``, say). Each peer bootstraps
@@ -144,13 +147,10 @@ def start(
         raise ConfigError(f"a devnet is already running in {run_dir}; run 'aitbc devnet down' first")
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
-    model_args: list[str] = []
-    if tiny_llm:
-        try:
-            from aitbc_p2p.testing.models import build_tiny_causal_lm
-        except ImportError as e:
-            raise ConfigError("--tiny-llm needs the llm extra: pip install 'aitbc-p2p[llm]'") from e
-        model_args = ["--model", f"tiny={build_tiny_causal_lm(run_dir / 'models' / 'tiny').resolve()}"]
+    model_args = [
+        *(_tiny_model(run_dir, "tiny", "llm") if tiny_llm else []),
+        *(_tiny_model(run_dir, "tiny-sd", "sd") if tiny_sd else []),
+    ]
     procs: list[PeerProcess] = []
     bootstrap: list[str] = []
     for i, config in enumerate(peer_configs(nodes_dir)):
@@ -174,6 +174,20 @@ def start(
         bootstrap.append(f"/ip4/{host}/tcp/{port}/p2p/{peer_id_of(cfg.node.key)}")
     _save_state(run_dir, procs)
     return procs
+
+
+def _tiny_model(run_dir: Path, name: str, extra: str) -> list[str]:
+    """Build the tiny model ``name`` in ``run_dir``; the peer arguments that offer it."""
+    from aitbc_p2p.compute.context import module_available
+
+    needs = {"llm": ("torch", "transformers"), "sd": ("torch", "diffusers", "transformers")}[extra]
+    missing = [m for m in needs if not module_available(m)]
+    if missing:
+        raise ConfigError(f"the tiny model {name!r} needs {missing}: pip install 'aitbc-p2p[{extra}]'")
+    from aitbc_p2p.testing import models
+
+    build = models.build_tiny_causal_lm if extra == "llm" else models.build_tiny_sd_pipeline
+    return ["--model", f"{name}={build(run_dir / 'models' / name).resolve()}"]
 
 
 async def wait_ready(
@@ -243,6 +257,11 @@ def _short_result(workload: str, output: Any) -> str:
         return f"{rate}: {output['text'][:60]!r}"
     if workload == "embed":
         return f"{output['count']} x {output['dim']} {output['dtype']} vectors, {output['texts_per_s']} texts/s"
+    if workload == "sd_infer":
+        return (
+            f"{output['width']}x{output['height']} PNG, {output['steps']} steps at {output['ms_per_step']} ms each, "
+            f"pixels {output['pixels_digest'][:16]}"
+        )
     return json.dumps(output)[:80]
 
 
@@ -251,7 +270,11 @@ DEMO_PARAMS: dict[str, dict[str, Any]] = {
     "echo": {"message": "hello from the AITBC devnet"},
     "embed": {"texts": ["a GPU market for AI agents", "providers sell compute for tokens"]},
     "llm_gen": {"prompt": "What is machine learning?", "max_tokens": 32, "model": "tiny"},
+    "sd_infer": {"prompt": "an astronaut riding a horse on the moon", "steps": 10, "width": 128, "height": 128,
+                 "seed": 42, "model": "tiny-sd"},
 }
+PROMPTED = ("llm_gen", "sd_infer")
+"""The demo's workloads whose ``--prompt`` is a prompt (echo's is its message)."""
 
 
 async def run_demo(
@@ -278,7 +301,9 @@ async def run_demo(
     say(f"starting {len(peer_configs(nodes_dir))} aitbc-peer processes on 127.0.0.1 ...")
     if workload == "llm_gen":
         say("building a tiny causal LM for llm_gen (model 'tiny') ...")
-    procs = start(nodes_dir, run_dir, tiny_llm=workload == "llm_gen")
+    if workload == "sd_infer":
+        say("building a tiny Stable Diffusion pipeline for sd_infer (model 'tiny-sd') ...")
+    procs = start(nodes_dir, run_dir, tiny_llm=workload == "llm_gen", tiny_sd=workload == "sd_infer")
     try:
         await wait_ready(procs, progress=say)
         say("devnet connected and producing blocks")
@@ -302,11 +327,13 @@ async def run_demo(
                     )
             if workload == "llm_gen":
                 say("note: the demo's model 'tiny' has random weights: its text is noise, its timings are real")
+            if workload == "sd_infer":
+                say("note: the demo's pipeline 'tiny-sd' has random weights: its image is noise, its steps are real")
             if workload not in provider["workloads"]:
                 raise ConfigError(f"the provider does not offer {workload} (it offers {provider['workloads']})")
             params = dict(DEMO_PARAMS.get(workload, {}))
             if prompt is not None:
-                params["prompt" if workload == "llm_gen" else "message"] = prompt
+                params["prompt" if workload in PROMPTED else "message"] = prompt
             say(
                 f"provider {provider['miner_id']} ({provider['mode']}, {provider['device']}) "
                 f"offers {provider['workloads']}"
@@ -324,6 +351,11 @@ async def run_demo(
                 "provider": (await rpc.account(provider["provider"]))["balance"],
             }
             supply_after = await rpc.supply()
+        image_path = None
+        image = result_image(result)
+        if image is not None:
+            image_path = (run_dir / f"{workload}-{job_id[:16]}.png").resolve()
+            image_path.write_bytes(image)
         escrow = job.get("escrow") or {}
         table = Table(title=f"AITBC devnet demo: {workload} job", show_header=False)
         table.add_column(no_wrap=True)
@@ -339,10 +371,21 @@ async def run_demo(
             ("provider balance", f"{format_aitbc(before['provider'])} -> {format_aitbc(after['provider'])} AITBC"),
             ("total supply", f"{format_aitbc(supply_before['total'])} -> {format_aitbc(supply_after['total'])} AITBC"),
         ]
+        if image_path is not None:
+            rows.insert(4, ("image", str(image_path)))
         for k, v in rows:
             table.add_row(k, str(v))
         console.print(table)
-        return {"job": job, "result": result, "before": before, "after": after, "supply": (supply_before, supply_after)}
+        if image_path is not None:
+            say(f"image written to {image_path} ({len(image or b''):,} bytes)")
+        return {
+            "job": job,
+            "result": result,
+            "before": before,
+            "after": after,
+            "supply": (supply_before, supply_after),
+            "image": image_path,
+        }
     finally:
         say("stopping peers ...")
         for line in stop(run_dir):

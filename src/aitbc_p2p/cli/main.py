@@ -24,8 +24,8 @@ import trio
 from aitbc_p2p.cli import devnet
 from aitbc_p2p.crypto import PrivateKey, key_file_address, load_key_file, save_key_file
 from aitbc_p2p.crypto.keys import validate_address
-from aitbc_p2p.exceptions import AitbcError, RpcError
-from aitbc_p2p.rpc import RpcClient
+from aitbc_p2p.exceptions import AitbcError, ConfigError, RpcError
+from aitbc_p2p.rpc import RpcClient, result_image
 from aitbc_p2p.types import aitbc, format_aitbc
 
 DEFAULT_RPC = "http://127.0.0.1:8006"
@@ -159,7 +159,16 @@ async def _job_cmd(args: argparse.Namespace) -> None:
         elif args.job_command == "status":
             _print(await rpc.job(args.job_id))
         elif args.job_command == "result":
-            _print(await rpc.job_result(args.job_id))
+            result = await rpc.job_result(args.job_id)
+            if args.image is not None:
+                image = result_image(result)
+                if image is None:
+                    raise ConfigError(f"job {args.job_id} has no image in its result")
+                args.image.write_bytes(image)
+                print(f"wrote {len(image):,} bytes to {args.image}", file=sys.stderr)
+                # the image is in the file: the JSON keeps its digests, not its bytes twice in hex
+                result = {**result, "output": {**result["output"], "image": str(args.image)}, "output_hex": None}
+            _print(result)
         elif args.job_command == "cancel":
             _print(await rpc.cancel_job(args.job_id))
 
@@ -201,7 +210,7 @@ async def _chain_cmd(args: argparse.Namespace) -> None:
 
 def _devnet_cmd(args: argparse.Namespace) -> None:
     if args.devnet_command == "up":
-        procs = devnet.start(args.nodes_dir, args.run_dir, tiny_llm=args.tiny_llm)
+        procs = devnet.start(args.nodes_dir, args.run_dir, tiny_llm=args.tiny_llm, tiny_sd=args.tiny_sd)
         trio.run(lambda: devnet.wait_ready(procs))
         for p in procs:
             info = p.info()
@@ -305,8 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument(
         "--stream", action="store_true", help="show the output as it is made (tokens on stdout), until the job ends"
     )
-    for name in ("status", "result"):
-        job.add_parser(name).add_argument("job_id")
+    job.add_parser("status").add_argument("job_id")
+    result = job.add_parser("result", help="the job's result (bytes as hex)")
+    result.add_argument("job_id")
+    result.add_argument("--image", type=Path, metavar="FILE", help="write an sd_infer result's PNG to FILE")
     cancel = job.add_parser("cancel", help="take a job back: its escrow returns (at once with the provider's release)")
     cancel.add_argument("job_id")
 
@@ -318,10 +329,15 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("devnet", help="local 3-peer devnet").add_subparsers(dest="devnet_command", required=True)
     up = dev.add_parser("up", help="start the peers in the background")
     up.add_argument("--tiny-llm", action="store_true", help="build a tiny LM so the provider offers llm_gen")
+    up.add_argument(
+        "--tiny-sd", action="store_true", help="build a tiny Stable Diffusion pipeline so the provider offers sd_infer"
+    )
     dev.add_parser("down", help="stop them")
     demo = dev.add_parser("demo", help="start, run one job end to end, print the outcome, stop")
-    demo.add_argument("--workload", help="echo | torch_bench | embed | llm_gen (default: torch_bench if offered)")
-    demo.add_argument("--prompt", help="llm_gen's prompt (or echo's message)")
+    demo.add_argument(
+        "--workload", help="echo | torch_bench | embed | llm_gen | sd_infer (default: torch_bench if offered)"
+    )
+    demo.add_argument("--prompt", help="llm_gen's or sd_infer's prompt (or echo's message)")
     return parser
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -17,6 +18,21 @@ def torch_available() -> bool:
     return module_available("torch")
 
 
+def is_pipeline(path: str) -> bool:
+    """A diffusers pipeline directory (it has ``model_index.json``), not a causal LM."""
+    return (Path(path) / "model_index.json").is_file()
+
+
+def pipeline_models(models: Mapping[str, str]) -> dict[str, str]:
+    """The configured models that are diffusers pipelines (``sd_infer``)."""
+    return {name: path for name, path in models.items() if is_pipeline(path)}
+
+
+def language_models(models: Mapping[str, str]) -> dict[str, str]:
+    """The configured models that are causal LMs (``llm_gen``): all the others."""
+    return {name: path for name, path in models.items() if not is_pipeline(path)}
+
+
 @dataclass(frozen=True)
 class RunContext:
     """What a running workload may use: its device, an event sink, configured models."""
@@ -24,8 +40,9 @@ class RunContext:
     device: str = "cpu"
     emit: Callable[[dict[str, Any]], None] = lambda event: None
     models: Mapping[str, str] = field(default_factory=dict)
-    """Model name -> local directory (never downloaded at run time)."""
+    """Model name -> local directory (never downloaded at run time): causal LMs for
+    ``llm_gen`` and diffusers pipelines for ``sd_infer``, told apart by their files."""
     ollama_url: str | None = None
 
 
-__all__ = ["RunContext", "module_available", "torch_available"]
+__all__ = ["RunContext", "is_pipeline", "language_models", "module_available", "pipeline_models", "torch_available"]

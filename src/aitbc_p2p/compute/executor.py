@@ -285,7 +285,7 @@ async def open_executor(
     several CUDA devices, each gets ``slots`` workers of its own.
 
     ``fault_workloads``: tests only; the workers run :mod:`~aitbc_p2p.compute.faults`
-    too (a crash, a sleep, an allocation, a stream of events).
+    too (a crash, a sleep, an allocation, a stream of events, a large output).
 
     Raises:
         ComputeError: a worker could not start.

@@ -45,6 +45,10 @@ def _events(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     return {"events": params["n"]}
 
 
+def _output(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+    return {"blob": bytes(params["n"])}  # n bytes of output: the result size cap
+
+
 FAULT_WORKLOADS: dict[str, Workload] = {
     name: Workload(name, _ms, run)
     for name, run in (
@@ -52,6 +56,7 @@ FAULT_WORKLOADS: dict[str, Workload] = {
         ("fault_crash", _crash),
         ("fault_alloc", _alloc),
         ("fault_events", _events),
+        ("fault_output", _output),
     )
 }
 

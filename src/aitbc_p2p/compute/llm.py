@@ -12,7 +12,7 @@ import json
 import time
 from typing import Any
 
-from aitbc_p2p.compute.context import RunContext, module_available, torch_available
+from aitbc_p2p.compute.context import RunContext, language_models, module_available, torch_available
 from aitbc_p2p.exceptions import ComputeError
 
 _MODELS: dict[tuple[str, str], tuple[Any, Any]] = {}
@@ -20,8 +20,9 @@ _MODELS: dict[tuple[str, str], tuple[Any, Any]] = {}
 
 def generate(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     backend = params["backend"]
+    local = language_models(ctx.models)
     if backend == "auto":
-        if params["model"] in ctx.models or (not params["model"] and ctx.models):
+        if params["model"] in local or (not params["model"] and local):
             backend = "torch"
         elif ctx.ollama_url:
             backend = "ollama"
@@ -48,10 +49,11 @@ def _torch_generate(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
         raise ComputeError("the torch backend needs torch and transformers")
     import torch
 
-    name = params["model"] or next(iter(ctx.models), "")
-    path = ctx.models.get(name)
+    local = language_models(ctx.models)
+    name = params["model"] or next(iter(local), "")
+    path = local.get(name)
     if path is None:
-        raise ComputeError(f"model {name!r} is not configured on this provider; it has {sorted(ctx.models)}")
+        raise ComputeError(f"model {name!r} is not configured on this provider; it has {sorted(local)}")
     tokenizer, model = _load(path, ctx.device)
     gen = torch.Generator(device="cpu").manual_seed(params["seed"])
     temperature = params["temperature_milli"] / 1000

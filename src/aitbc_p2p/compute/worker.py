@@ -27,7 +27,8 @@ from aitbc_p2p.codec.framing import HEADER, frame, frame_size
 from aitbc_p2p.compute.capability import choose_device, measure, probe, proc_status_mb
 from aitbc_p2p.compute.context import RunContext, torch_available
 from aitbc_p2p.compute.workloads import Workload, get_workload
-from aitbc_p2p.exceptions import AitbcError, CodecError
+from aitbc_p2p.exceptions import AitbcError, CodecError, ComputeError
+from aitbc_p2p.market.jobs import MAX_OUTPUT
 
 MAX_FRAME = 64 << 20
 
@@ -107,10 +108,14 @@ class Worker:
         result = spec.run(clean, ctx)
         compute_ms = max(1, int((time.perf_counter() - start) * 1000))
         output = encode(result)
+        if len(output) > MAX_OUTPUT:
+            raise ComputeError(
+                f"the result is {len(output):,} bytes, more than the {MAX_OUTPUT:,} a job result carries"
+            )
         metrics = {"compute_ms": compute_ms, "output_bytes": len(output), "peak_rss_mb": proc_status_mb("VmHWM")}
         if cuda:
             metrics["peak_vram_mb"] = int(torch.cuda.max_memory_allocated(self.device) // (1 << 20))
-        for key in ("tokens", "ttft_ms", "tokens_per_s"):
+        for key in ("tokens", "ttft_ms", "tokens_per_s", "steps", "ms_per_step"):
             if isinstance(result.get(key), int):
                 metrics[key] = result[key]
         return {"ok": True, "output": output, "metrics": metrics}

