@@ -3,7 +3,7 @@
 import pytest
 
 from aitbc_p2p.exceptions import MarketError
-from aitbc_p2p.market import Bid, JobOffer, job_cost, params_hash, quote, select_bid
+from aitbc_p2p.market import Bid, JobOffer, escrow_amount, job_cost, params_hash, quote, rank_bids, select_bid
 from aitbc_p2p.testing import make_key
 
 
@@ -66,6 +66,11 @@ def test_a_bid_is_chosen_by_price_then_wait_and_equal_providers_share_a_burst():
         oi = offer(i)
         won[select_bid(oi, [bid(p, oi, 50, 0) for p in (p1, p2, p3)]).signer] += 1
     assert all(60 < n < 140 for n in won.values()), won
+    # The escrow covers a failover: the dearest of the best MAX_ATTEMPTS acceptable bids.
+    bids = [bid(p1, o, 40, 0), bid(p2, o, 70, 0), bid(p3, o, 50, 0), bid(client, o, 101, 0)]
+    assert [b.body["price"] for b in rank_bids(o, bids)] == [40, 50, 70]  # 101 is above max_price
+    assert escrow_amount(o, bids, 3) == 70 and escrow_amount(o, bids, 2) == 50 and escrow_amount(o, bids, 1) == 40
+    assert escrow_amount(o, [], 3) == 0 and escrow_amount(o, [bid(p1, o, 10, 2001)], 3) == 0
     # A provider's live load: full when no slot is free and its queue is at its bound.
     assert Load(2, 0, 3, 3, 5000).full and not Load(2, 0, 2, 3, 5000).full and not Load(2, 1, 0, 0, 0).full
     with pytest.raises(MarketError, match="free_slots"):

@@ -99,6 +99,28 @@ async def test_a_receipt_for_a_result_never_delivered_is_disputed_and_not_paid(m
         assert client_node.supply().escrowed == bid.body["price"]
 
 
+async def test_a_receipt_charging_more_than_the_bid_is_disputed_and_never_acked(monkeypatch: Any) -> None:
+    """The escrow holds more than the winning bid (the SDK's failover reserve); a provider
+    that bills past its own bid gets no ack, and the client's agent disputes at once."""
+    async with open_test_network(2, providers=[1], alloc=ALLOC, hub=MemoryHub()) as (client_node, provider):
+        await wait_for(lambda: provider.market.registered() and PROVIDER.address in client_node.market.providers)
+        monkeypatch.setattr("aitbc_p2p.node.market.job_cost", lambda price, ms, cap: cap)  # bills it all
+        before, fee = balances(client_node), client_node.genesis.min_fee
+        job_id, offer = await offer_job(client_node, CLIENT, "echo", {"message": "x"})
+        bid = await open_escrow(client_node, CLIENT, job_id, offer, reserve=aitbc(1))
+        await wait_for(lambda: client_node.job_status(job_id).status == "disputed")
+        escrow = client_node.store.state.job(job_id)
+        assert escrow.cost == escrow.amount == bid.body["price"] + aitbc(1)
+        assert client_node.job_status(job_id).result_available  # delivered, and still disputed
+        await client_node.wait_height(client_node.head.height + client_node.genesis.dispute_blocks + 2)
+        assert provider.market._held[job_id].ack == b""  # the agent never vouched for the bill
+        assert client_node.store.state.job(job_id).status is JobStatus.DISPUTED  # an arbiter rules
+        after = balances(client_node)
+        assert after[CLIENT.address] == before[CLIENT.address] - escrow.amount - fee  # locked, not paid
+        assert after[PROVIDER.address] == before[PROVIDER.address] - fee  # its receipt's fee
+        assert after[AGENT.address] == before[AGENT.address] - fee  # the dispute's
+
+
 async def test_a_held_job_runs_once_and_goes_only_to_the_peer_that_sent_it() -> None:
     hub = MemoryHub()
     other = make_key("other-stranger")

@@ -10,6 +10,7 @@ from typing import Any
 import trio
 
 from aitbc_p2p.chain.state import JobStatus
+from aitbc_p2p.exceptions import NetworkError
 from aitbc_p2p.market import JobPayload, JobResult
 from aitbc_p2p.network.memory import MemoryHub
 from aitbc_p2p.testing import make_key, open_test_network
@@ -25,6 +26,15 @@ KEYS = (CLIENT, AGENT, P1, P2)
 
 def balances(node: Any) -> dict[str, int]:
     return {k.address: node.account(k.address).account.balance for k in KEYS}
+
+
+async def _settle_after_a_failover(client_node: Any) -> tuple[Any, Any, Any, Any]:
+    """Offer a job to both providers, escrow it for the first choice, wait until it settles
+    (on the other one, after a failover): its id, the first bid, the escrow, the winner."""
+    job_id, job = await offer_job(client_node, CLIENT, "echo", {"message": "hello"}, bids=2)
+    first = await open_escrow(client_node, CLIENT, job_id, job)
+    await wait_for(lambda: client_node.job_status(job_id).status == "settled")
+    return job_id, first, client_node.store.state.job(job_id), P2 if first.signer == P1.address else P1
 
 
 async def test_a_failed_provider_releases_the_job_and_the_escrow_moves_to_the_next_bidder(monkeypatch: Any) -> None:
@@ -44,11 +54,7 @@ async def test_a_failed_provider_releases_the_job_and_the_escrow_moves_to_the_ne
 
             monkeypatch.setattr(node.market, "_run_job", run)
         before, fee = balances(client_node), client_node.genesis.min_fee
-        job_id, job = await offer_job(client_node, CLIENT, "echo", {"message": "hello"}, bids=2)
-        first = await open_escrow(client_node, CLIENT, job_id, job)
-        await wait_for(lambda: client_node.job_status(job_id).status == "settled")
-        escrow = client_node.store.state.job(job_id)
-        winner = P2 if first.signer == P1.address else P1
+        job_id, first, escrow, winner = await _settle_after_a_failover(client_node)
         assert failed == [first.signer] and escrow.provider == winner.address and escrow.attempts == 2
         assert client_node.job_result(job_id).receipt_matches
         after = balances(client_node)
@@ -60,6 +66,41 @@ async def test_a_failed_provider_releases_the_job_and_the_escrow_moves_to_the_ne
         supply = client_node.supply()
         assert supply.total == supply.genesis_total and supply.escrowed == 0
         assert client_node.account(loser.address).account.active_jobs == 0
+
+
+async def test_a_silent_provider_is_cancelled_and_the_escrow_moves_on_after_its_grace(monkeypatch: Any) -> None:
+    """No release can come from a provider that went silent: the client's peer cancels the
+    escrow, waits out the grace, then reassigns it without one (and the job settles)."""
+    monkeypatch.setattr("aitbc_p2p.node.market.SILENT_S", 0.5)
+    async with open_test_network(3, providers=[1, 2], alloc=ALLOC, hub=MemoryHub()) as (client_node, *providers):
+        await wait_for(lambda: all(p.market.registered() for p in providers) and len(client_node.market.providers) == 2)
+        silent: list[str] = []
+
+        def gone(node: Any) -> bool:  # the first provider sent the job: every stream to it fails from then on
+            if not silent:
+                silent.append(node.key.address)
+            return silent[0] == node.key.address
+
+        for node in providers:
+            for name in ("_run_job", "_answer_fetch", "_give_release"):
+                real = getattr(node.market, name)
+
+                async def serve(*args: Any, node: Any = node, real: Any = real) -> Any:
+                    if gone(node):
+                        raise NetworkError("the connection closed")
+                    result = real(*args)
+                    return await result if hasattr(result, "__await__") else result
+
+                monkeypatch.setattr(node.market, name, serve)
+        before, fee = balances(client_node), client_node.genesis.min_fee
+        _, first, escrow, winner = await _settle_after_a_failover(client_node)
+        assert silent == [first.signer] and escrow.provider == winner.address and escrow.attempts == 2
+        after = balances(client_node)
+        assert after[CLIENT.address] == before[CLIENT.address] - escrow.cost - fee
+        assert after[AGENT.address] == before[AGENT.address] - 2 * fee  # the cancel, then the reassignment
+        assert after[first.signer] == before[first.signer]
+        assert after[winner.address] == before[winner.address] + escrow.cost - 2 * fee
+        assert client_node.supply().escrowed == 0
 
 
 async def test_a_job_cancelled_before_its_escrow_is_refunded_at_once_when_the_escrow_opens() -> None:

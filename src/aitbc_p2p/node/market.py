@@ -98,6 +98,10 @@ RECEIPT_RETRY_BLOCKS = 3
 FETCH_INTERVAL_S = 1.0
 """How often the client's peer asks a provider again for a result it has not got."""
 FETCH_TIMEOUT_S = 10.0
+SILENT_S = 20.0
+"""A provider that no fetch has reached for this long, its escrow still unreceipted, is
+silent: the attempt fails and the job moves on (a receipted one is fetched until the
+dispute window closes: it has claimed pay, and the agent disputes what it never got)."""
 ACK_ATTEMPTS = 3
 RELEASE_TIMEOUT_S = 5.0
 REASSIGN_WAIT_BLOCKS = 2
@@ -158,6 +162,9 @@ class ClientJob:
     """While failing over: the bid the escrow is being moved to."""
     chain_action: bool = False
     """A cancel or reassign of this job's escrow is on its way (one at a time)."""
+    reassign_sent: bool = False
+    """The reassignment of its cancelled escrow, once the grace is over, is posted (a
+    pending cancel's ``chain_action`` is still set when that cancel is committed)."""
     events: list[dict[str, Any]] = field(default_factory=list)
     """The workload's progress events the provider streamed (not journaled)."""
     events_dropped: int = 0
@@ -499,7 +506,8 @@ class MarketService:
                     job.phase, job.error = Phase.FAILED, "resumed with no bid from the escrow's provider"
                     self._mark(Side.CLIENT, job.job_id)
             elif job.phase is Phase.RESULT_RECEIVED and job.result is not None and job.result.ok:
-                nursery.start_soon(self._send_ack, job, job.result, job.peer)
+                job.acted = False  # its ack may not have left: the receipt is checked (and acked) again
+                self._check_receipt(job, self.chain.head.height)
             elif (
                 job.phase is Phase.FAILING_OVER
                 and escrow.status is JobStatus.OPEN
@@ -749,9 +757,10 @@ class MarketService:
 
     def _check_receipt(self, job: ClientJob, height: int) -> None:
         """Delivery before payment (specs/market.md, "Delivery"): once a receipt is
-        committed, the client's agent lets it stand if it holds the very result the
-        receipt names (it acked that to the provider), and disputes it if it holds another
-        result, a failure, or, as the dispute window closes, nothing."""
+        committed, the client's agent acks it if it holds the very result the receipt
+        names at a cost within the provider's bid (the provider then settles at once), and
+        disputes it if it charges more, names another result or a failure, or, as the
+        dispute window closes, a result that never came."""
         escrow = self.chain.state.job(job.job_id)
         if escrow is None or escrow.status is not JobStatus.RECEIPTED or self._nursery is None:
             return
@@ -759,13 +768,19 @@ class MarketService:
             job.acted = True  # the wallet kept these rights to itself
             return
         result = job.result
-        if result is not None and result.ok and result.result_hash == escrow.result_hash:
-            job.acted = True  # delivered: the provider settles with this peer's ack
+        delivered = result is not None and result.ok and result.result_hash == escrow.result_hash
+        bid = job.bids.get(escrow.provider)
+        quoted: int = bid.body["price"] if bid is not None else escrow.amount
+        if result is not None and delivered and escrow.cost <= quoted:
+            job.acted = True  # delivered at its price: acked, and the provider settles at once
+            self._nursery.start_soon(self._send_ack, job, result, job.peer)
             return
         # While the stream or a fetch is under way the result may still come (a busy peer
         # can see the receipt's block first): dispute only in the window's last block.
         margin = 0 if job.phase in (Phase.RUNNING, Phase.FETCHING) else DISPUTE_MARGIN_BLOCKS
-        if result is not None or job.phase is Phase.FAILED:
+        if delivered:  # the escrow may hold more than this provider's bid (a failover reserve)
+            why = f"charged {escrow.cost} units, more than its bid of {quoted}"
+        elif result is not None or job.phase is Phase.FAILED:
             why = "receipted a result other than the one delivered"
         elif height + 1 >= escrow.receipt_height + self.chain.rules.dispute_blocks - margin:
             why = "receipted, never delivered"
@@ -876,8 +891,9 @@ class MarketService:
         await self._flush()
         crash_point("market.result_saved")
         logger.info("job %s result received", job.job_id.hex()[:16])
-        if self._nursery is not None:
-            self._nursery.start_soon(self._send_ack, job, result, job.peer)
+        # The ack waits for the receipt, so that it never vouches for a cost above the bid.
+        if not job.acted:
+            self._check_receipt(job, self.chain.head.height)
 
     # ------------------------------------------------------- failover, cancel
     async def _attempt_failed(self, job: ClientJob, why: str) -> None:
@@ -955,7 +971,7 @@ class MarketService:
             await self.account.send_own_tx(payload)
             logger.info("job %s: %s posted", job.job_id.hex()[:16], payload.KIND)
         except TxRejected as e:
-            job.chain_action = False
+            job.chain_action = job.reassign_sent = False  # tried again on a later block
             logger.warning("job %s: %s refused: %s", job.job_id.hex()[:16], payload.KIND, e)
 
     def _continue_failover(self, job: ClientJob, height: int) -> None:
@@ -968,10 +984,12 @@ class MarketService:
             return
         if escrow.status is JobStatus.OPEN and escrow.provider == nxt.signer:
             job.phase, job.next_bid, job.result, job.chain_action = Phase.RUNNING, None, None, False
+            job.reassign_sent = False
             logger.info("job %s: failing over to %s (attempt %d)", job.job_id.hex()[:16], nxt.signer, escrow.attempts)
             self._nursery.start_soon(self._dispatch, job.job_id, job, nxt)
-        elif escrow.status is JobStatus.CANCELLED:
-            if height + 1 > escrow.cancelled_at + self.chain.rules.dispute_blocks and not job.chain_action:
+        elif escrow.status is JobStatus.CANCELLED:  # its cancel is committed: reassign after the grace
+            if height + 1 > escrow.cancelled_at + self.chain.rules.dispute_blocks and not job.reassign_sent:
+                job.reassign_sent = True
                 self._nursery.start_soon(self._post, job, JobReassign(job.job_id, nxt.signer, self._deadline(job)))
         elif escrow.status is JobStatus.RECEIPTED:
             job.phase, job.next_bid = Phase.FETCHING, None
@@ -1027,6 +1045,7 @@ class MarketService:
         """Ask the provider for a job's held result until it has one, or until it no
         longer could be paid for it (escrow past its deadline unreceipted, or ended)."""
         request = JobFetch(job_id).encode()
+        reached = trio.current_time()
         while True:
             escrow = self.chain.state.job(job_id)
             if escrow is None or escrow.status not in (JobStatus.OPEN, JobStatus.RECEIPTED):
@@ -1037,9 +1056,17 @@ class MarketService:
                 answer = FetchAnswer.decode(
                     await self.network.request(peer, JOB_PROTOCOL, request, timeout=FETCH_TIMEOUT_S)
                 )
-            except (NetworkError, MarketError) as e:
+            except NetworkError as e:
+                logger.debug("fetch of job %s: %s", job_id.hex()[:16], e)
+                silent = trio.current_time() - reached
+                if escrow.status is JobStatus.OPEN and silent >= SILENT_S:
+                    logger.info("job %s: provider unreachable for %.0f s: silent", job_id.hex()[:16], silent)
+                    return None
+            except MarketError as e:
+                reached = trio.current_time()
                 logger.debug("fetch of job %s: %s", job_id.hex()[:16], e)
             else:
+                reached = trio.current_time()
                 if answer.state is Held.DONE:
                     return answer.result
                 if answer.state is Held.UNKNOWN:
@@ -1386,6 +1413,7 @@ class MarketService:
         held.cost = job_cost(self._provider.price_per_s, run.metrics["compute_ms"], escrow.amount)
         self._mark(Side.PROVIDER, job_id)
         await self._flush()  # held (and its cost) on disk before the receipt claims pay for it
+        crash_point("market.result_held")
         await self._post_receipt(escrow, held, result)
         return result
 

@@ -20,11 +20,11 @@ import trio
 from httpx_sse import SSEError, aconnect_sse
 
 from aitbc_p2p.chain.models import Transaction, TxKind
-from aitbc_p2p.chain.payloads import JobOpen, Payload
+from aitbc_p2p.chain.payloads import MAX_ATTEMPTS, JobOpen, Payload
 from aitbc_p2p.compute.workloads import check_params
 from aitbc_p2p.crypto import PrivateKey
 from aitbc_p2p.exceptions import MarketError, RpcError
-from aitbc_p2p.market import Bid, JobOffer, params_hash, select_bid
+from aitbc_p2p.market import Bid, JobOffer, escrow_amount, params_hash, select_bid
 from aitbc_p2p.rpc.server import NODE_INFO, TOKEN_FILE
 from aitbc_p2p.types import Address, format_aitbc
 
@@ -233,6 +233,7 @@ class RpcClient:
             raise MarketError(f"the node filed the offer as job {posted['job_id']}, not {job_id}")
         await _report(progress, f"offer {job_id[:16]} published; collecting bids")
         bid: Bid | None = None
+        bids: list[Bid] = []
         with trio.move_on_after(bid_timeout):
             async with aclosing(self.stream_job(job_id)) as events:
                 async for event in events:  # the job's status each time a bid comes in
@@ -247,12 +248,16 @@ class RpcClient:
             why = no_bid_reason(await self.providers(), workload, max_price, max_runtime_s)
             why = why or "no provider answered"
             raise MarketError(f"no acceptable bid for job {job_id} within {bid_timeout} s: {why}")
-        await _report(progress, f"chose provider {bid.signer} at {bid.body['price']} units; opening escrow")
+        # Enough for the next bids too: a failover moves this escrow, and cannot add to it.
+        amount = escrow_amount(offer, bids, MAX_ATTEMPTS)
+        await _report(
+            progress, f"chose provider {bid.signer} at {bid.body['price']} units; opening escrow of {amount}"
+        )
         deadline = int(status["height"]) + max(30, 4 * max_runtime_s)
         # The peer tracking the job acts for the client on its escrow (settles it once the
         # result is delivered, disputes a receipt it was not delivered); not the provider's own.
         agent = status["address"] if status["address"] != bid.signer else key.address
-        await self.send(key, TxKind.JOB_OPEN, JobOpen(offer.job_id, bid.signer, bid.body["price"], deadline, agent))
+        await self.send(key, TxKind.JOB_OPEN, JobOpen(offer.job_id, bid.signer, amount, deadline, agent))
         return job_id
 
     async def wait_job(

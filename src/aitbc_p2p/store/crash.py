@@ -24,6 +24,7 @@ CRASH_POINTS = (
     "vote.after_persist",  # vote recorded and synced, not released to the network
     "vote.after_release",  # vote handed to the network
     "market.result_saved",  # client's peer: a delivered result journaled, its ack not sent
+    "market.result_held",  # provider: result computed and journaled; not answered, not receipted
     "market.receipt_posted",  # provider: result journaled and receipted, not settled
 )
 

@@ -52,12 +52,16 @@ async def offer_job(
     return job_id, job
 
 
-async def open_escrow(node: Node, key: PrivateKey, job_id: JobId, offer: JobOffer, *, blocks: int = 100) -> Bid:
+async def open_escrow(
+    node: Node, key: PrivateKey, job_id: JobId, offer: JobOffer, *, blocks: int = 100, reserve: int = 0
+) -> Bid:
     """The wallet's choice and escrow: the cheapest bid, a deadline ``blocks`` ahead, and
-    ``node`` (the peer the job was offered through) as the client's agent."""
+    ``node`` (the peer the job was offered through) as the client's agent. The escrow holds
+    the bid's price and ``reserve`` more (as the SDK reserves for a failover's dearer bid)."""
     bid = select_bid(offer, list(node.market.client_jobs[job_id].bids.values()))
     assert bid is not None, "no acceptable bid"
-    escrow = JobOpen(job_id, bid.signer, bid.body["price"], node.head.height + blocks, node.key.address)
+    amount = bid.body["price"] + reserve
+    escrow = JobOpen(job_id, bid.signer, amount, node.head.height + blocks, node.key.address)
     tx = Transaction.create(
         key, chain_id=node.genesis.chain_id, payload=escrow, fee=node.genesis.min_fee,
         nonce=node.mempool.pending_nonce(key.address, node.store.state),
