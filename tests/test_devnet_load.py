@@ -3,16 +3,14 @@ peer and three providers of two slots each, every one an ``aitbc-peer`` process;
 jobs at once from one key through the SDK. All settle, none runs twice, no provider runs
 more jobs at once than it has slots, and balances and supply add up to the unit."""
 
-import json
 from pathlib import Path
 
 import pytest
 import trio
 
 from aitbc_p2p.cli import devnet
-from aitbc_p2p.cli.config import read_key_file
 from aitbc_p2p.crypto import load_key_file
-from aitbc_p2p.testing import make_key
+from aitbc_p2p.testing.devnets import ProviderSpec, write_devnet
 from aitbc_p2p.types import aitbc
 
 NODES = Path(__file__).resolve().parents[1] / "nodes" / "devnet"
@@ -22,47 +20,15 @@ FEE = 1000
 pytestmark = pytest.mark.slow
 
 
-def _load_devnet(root: Path) -> tuple[Path, list[str]]:
-    """nodes/devnet with a fourth peer, and peers 2, 3 and 4 providers of two slots each
-    (staked and registered in the genesis); peer1 is the client's peer, with a balance."""
-    genesis = json.loads((NODES / "genesis.json").read_text())
-    root.mkdir(parents=True)
-    (root / "keys").mkdir()
-    (root / "wallets").symlink_to(NODES / "wallets")
-    peer4 = make_key("load-devnet-peer4")
-    (root / "keys" / "peer4.key").write_text(peer4.secret.hex())
-    providers = []
-    for i in (1, 2, 3):
-        (root / "keys" / f"peer{i}.key").write_text((NODES / "keys" / f"peer{i}.key").read_text())
-    for i in (2, 3, 4):
-        key = peer4 if i == 4 else read_key_file(NODES / "keys" / f"peer{i}.key")
-        providers.append(key.address)
-    agent = read_key_file(NODES / "keys" / "peer1.key").address  # funded: it pays for any failover it posts
-    genesis["alloc"] = [a for a in genesis["alloc"] if not a.get("provider")] + [
-        {"address": a, "balance": aitbc(1_000), "stake": genesis["min_provider_stake"], "provider": True}
-        for a in providers
-    ] + [{"address": agent, "balance": aitbc(10)}]
-    # One authority (peer1): under this load the devnet's three poa authorities fork now
-    # and then, and forks are not what this test is about (tests/test_sdk_concurrency.py
-    # does the same; the closing note of issue 17 says what a fork does to such a burst).
-    genesis["consensus"]["authorities"] = [agent]
-    (root / "genesis.json").write_text(json.dumps(genesis, indent=2))
-    for i in (1, 2, 3, 4):
-        text = f'data_dir = "data/peer{i}"\nkey_file = "keys/peer{i}.key"\ngenesis = "genesis.json"\n'
-        text += 'listen = ["/ip4/127.0.0.1/tcp/0"]\n'
-        if i > 1:
-            text += (
-                f'\n[provider]\nminer_id = "load-peer{i}"\nprice_per_s = 20000000\naccel_mode = "cpu"\n'
-                f"max_concurrency = {SLOTS}\nmax_queue = 8\nbenchmark = false\nannounce_interval_s = 2.0\n"
-            )
-        (root / f"peer{i}.toml").write_text(text)
-    return root, providers
-
-
 async def test_fifty_jobs_from_one_key_on_three_providers_of_two_slots(tmp_path):
-    nodes, providers = _load_devnet(tmp_path / "nodes")
+    # Peers 2, 3 and 4 sell with two slots each; peer1, the client's peer, is the one
+    # authority: under this load the devnet's three poa authorities fork now and then, and
+    # forks are not what this test is about (tests/test_sdk_concurrency.py does the same;
+    # the closing note of issue 17 says what a fork does to such a burst).
+    net = write_devnet(tmp_path / "nodes", NODES, [ProviderSpec(slots=SLOTS)] * 3)
+    providers = list(net.providers)
     run_dir = tmp_path / "run"
-    procs = devnet.start(nodes, run_dir)
+    procs = devnet.start(net.nodes, run_dir)
     try:
         with trio.fail_after(120):
             await devnet.wait_ready(procs, progress=lambda s: None)

@@ -1,0 +1,86 @@
+"""Devnets of real ``aitbc-peer`` processes with a genesis of their own, for end-to-end
+tests and benches that need more than ``nodes/devnet`` gives: several providers, each
+with its own price, slots and limits, and a client's peer with a balance.
+
+``write_devnet`` writes a nodes directory that ``aitbc_p2p.cli.devnet.start`` runs as it
+runs ``nodes/devnet``. Peer 1 is the client's peer: the chain's one authority, funded so
+that it can pay for what it posts as the client's agent (a cancel, a reassignment, a
+refund, a dispute). Peers 2, 3, ... sell compute, staked and registered in the genesis.
+The devnet's wallets (client, genesis) and keys of peers 1 to 3 are reused.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from aitbc_p2p.crypto import PrivateKey
+from aitbc_p2p.testing.factories import make_key
+from aitbc_p2p.types import aitbc
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSpec:
+    """One provider peer's ``[provider]`` settings."""
+
+    price_per_s: int = 20_000_000
+    slots: int = 1
+    max_queue: int = 8
+    max_ram_mb: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Devnet:
+    nodes: Path
+    """The directory to pass as ``nodes_dir``."""
+    providers: tuple[str, ...]
+    """The providers' addresses: peer 2's first."""
+    agent: str
+    """Peer 1's address: the client's peer, its agent."""
+
+
+def _key(base: Path, i: int) -> PrivateKey:
+    path = base / "keys" / f"peer{i}.key"
+    if path.exists():
+        return PrivateKey.from_hex(path.read_text())
+    return make_key(f"devnet-peer{i}")
+
+
+def write_devnet(
+    root: Path, base: Path, providers: Sequence[ProviderSpec], *, agent_balance: int = aitbc(10)
+) -> Devnet:
+    """Write a devnet of ``1 + len(providers)`` peers into ``root`` (created), from the
+    devnet in ``base`` (``nodes/devnet``)."""
+    genesis = json.loads((base / "genesis.json").read_text())
+    root.mkdir(parents=True)
+    (root / "keys").mkdir()
+    (root / "wallets").symlink_to((base / "wallets").resolve())
+    keys = [_key(base, i) for i in range(1, len(providers) + 2)]
+    for i, key in enumerate(keys, start=1):
+        (root / "keys" / f"peer{i}.key").write_text(key.secret.hex())
+    agent, sellers = keys[0].address, [k.address for k in keys[1:]]
+    genesis["alloc"] = [
+        *(a for a in genesis["alloc"] if not a.get("provider")),
+        *({"address": a, "balance": aitbc(1_000), "stake": genesis["min_provider_stake"], "provider": True}
+          for a in sellers),
+        {"address": agent, "balance": agent_balance},
+    ]  # fmt: skip
+    # One authority: tests of the market are not tests of forks among authorities.
+    genesis["consensus"]["authorities"] = [agent]
+    (root / "genesis.json").write_text(json.dumps(genesis, indent=2))
+    for i in range(1, len(keys) + 1):
+        text = f'data_dir = "data/peer{i}"\nkey_file = "keys/peer{i}.key"\ngenesis = "genesis.json"\n'
+        text += 'listen = ["/ip4/127.0.0.1/tcp/0"]\n'
+        if i > 1:
+            spec = providers[i - 2]
+            text += (
+                f'\n[provider]\nminer_id = "peer{i}"\nprice_per_s = {spec.price_per_s}\naccel_mode = "cpu"\n'
+                f"max_concurrency = {spec.slots}\nmax_queue = {spec.max_queue}\nbenchmark = false\n"
+                "announce_interval_s = 2.0\n"
+            )
+            if spec.max_ram_mb is not None:
+                text += f"max_ram_mb = {spec.max_ram_mb}\n"
+        (root / f"peer{i}.toml").write_text(text)
+    return Devnet(root, tuple(sellers), agent)
