@@ -81,17 +81,27 @@ async def test_a_silent_provider_is_cancelled_and_the_escrow_moves_on_after_its_
                 silent.append(node.key.address)
             return silent[0] == node.key.address
 
+        def unreachable_once_gone(node: Any, real: Any) -> Any:
+            async def serve(*args: Any) -> Any:  # run and release requests
+                if gone(node):
+                    raise NetworkError("the connection closed")
+                return await real(*args)
+
+            return serve
+
+        def fetch_unreachable_once_gone(node: Any, real: Any) -> Any:
+            def fetch(*args: Any) -> Any:
+                if gone(node):
+                    raise NetworkError("the connection closed")
+                return real(*args)
+
+            return fetch
+
         for node in providers:
-            for name in ("_run_job", "_answer_fetch", "_give_release"):
-                real = getattr(node.market, name)
-
-                async def serve(*args: Any, node: Any = node, real: Any = real) -> Any:
-                    if gone(node):
-                        raise NetworkError("the connection closed")
-                    result = real(*args)
-                    return await result if hasattr(result, "__await__") else result
-
-                monkeypatch.setattr(node.market, name, serve)
+            for name in ("_run_job", "_give_release"):
+                monkeypatch.setattr(node.market, name, unreachable_once_gone(node, getattr(node.market, name)))
+            fetch = fetch_unreachable_once_gone(node, node.market._answer_fetch)
+            monkeypatch.setattr(node.market, "_answer_fetch", fetch)
         before, fee = balances(client_node), client_node.genesis.min_fee
         _, first, escrow, winner = await _settle_after_a_failover(client_node)
         assert silent == [first.signer] and escrow.provider == winner.address and escrow.attempts == 2

@@ -59,7 +59,7 @@ def genesis_from_json(text: str) -> Genesis:
             min_provider_stake=_units(doc, "min_provider_stake", "the chain", DEFAULT_MIN_PROVIDER_STAKE),
             labels=labels,
         )
-    except (ValueError, KeyError, TypeError, CryptoError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError, CryptoError) as e:
         raise ConfigError(f"bad genesis document: {e}") from e
     if len({a for a, _ in alloc}) != len(alloc):
         raise ConfigError("genesis allocates to the same address twice")

@@ -94,7 +94,7 @@ def read_key_file(path: Path) -> PrivateKey:
     """A node key file: the private key as 64 hex characters (keep it mode 0600)."""
     try:
         return PrivateKey.from_hex(path.read_text())
-    except (OSError, CryptoError) as e:
+    except (OSError, UnicodeDecodeError, CryptoError) as e:
         raise ConfigError(f"cannot load node key {path}: {e}") from e
 
 
@@ -107,7 +107,7 @@ def load_peer_config(path: Path, **overrides: Any) -> PeerConfig:
     path = Path(path)
     try:
         doc = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as e:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as e:
         raise ConfigError(f"cannot read config {path}: {e}") from e
     _unknown("the config", doc, KNOWN_TOP)
     for name, kind in TOP_KEYS.items():
@@ -119,7 +119,7 @@ def load_peer_config(path: Path, **overrides: Any) -> PeerConfig:
         key = read_key_file(base / str(doc["key_file"]))
         try:
             genesis = genesis_from_json((base / str(doc["genesis"])).read_text())
-        except OSError as e:
+        except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"cannot read genesis: {e}") from e
         rpc = doc.get("rpc", {})
         _unknown("[rpc]", rpc, KNOWN_RPC)

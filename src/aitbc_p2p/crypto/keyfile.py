@@ -70,7 +70,7 @@ def decrypt_key(text: str, password: str) -> PrivateKey:
         )
     except InvalidTag as e:
         raise KeyFileError("wrong password or corrupt key file") from e
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
         raise KeyFileError(f"malformed key file: {e}") from e
     key = PrivateKey(secret)
     if key.address != doc["address"]:
@@ -89,7 +89,7 @@ def save_key_file(path: Path, key: PrivateKey, password: str, **kwargs: int) -> 
 def load_key_file(path: Path, password: str) -> PrivateKey:
     try:
         text = Path(path).read_text()
-    except OSError as e:
+    except (OSError, UnicodeDecodeError) as e:
         raise KeyFileError(f"cannot read key file {path}: {e}") from e
     return decrypt_key(text, password)
 

@@ -216,6 +216,23 @@ class Load:
             raise MarketError(f"CapabilityRecord: {e}") from e
 
 
+def decode_job_message(data: bytes, *, max_size: int = MAX_MESSAGE_SIZE) -> JobOffer | Bid:
+    """A job-topic message: ``{"offer": signed offer}`` or ``{"bid": signed bid}``
+    (specs/topics.md). Its signature is not checked here. Raises MarketError."""
+    try:
+        envelope = decode(data, max_size=max_size)
+    except CodecError as e:
+        raise MarketError(f"malformed job message: {e}") from e
+    if not isinstance(envelope, dict) or len(envelope) != 1:
+        raise MarketError("a job message is a map with one of offer, bid")
+    ((kind, wire),) = envelope.items()
+    if kind == "offer":
+        return JobOffer.from_wire(wire)
+    if kind == "bid":
+        return Bid.from_wire(wire)
+    raise MarketError(f"unknown job message {kind!r}")
+
+
 def rank_bids(offer: JobOffer, bids: list[Bid]) -> list[Bid]:
     """The acceptable bids, best first (specs/market.md, "Choosing a bid"): the cheapest
     quote; at equal price the shortest quoted wait for a slot, then the highest

@@ -64,6 +64,7 @@ from aitbc_p2p.market.jobs import (
     decode_release_answer,
     encode_release_answer,
 )
+from aitbc_p2p.market.messages import decode_job_message
 from aitbc_p2p.network.abc import REJECT, Emit, GossipMessage, Network, Verdict, accept
 from aitbc_p2p.network.protocols import JOB_PROTOCOL
 from aitbc_p2p.node.abc import ChainView, OwnAccount, Topics
@@ -568,20 +569,7 @@ class MarketService:
             return REJECT
 
     def _parse_job_message(self, data: bytes) -> JobOffer | Bid:
-        try:
-            envelope = decode(data, max_size=64 * 1024)
-        except CodecError as e:
-            raise MarketError(f"malformed job message: {e}") from e
-        if not isinstance(envelope, dict) or len(envelope) != 1:
-            raise MarketError("a job message is a map with one of offer, bid")
-        ((kind, wire),) = envelope.items()
-        msg: JobOffer | Bid
-        if kind == "offer":
-            msg = JobOffer.from_wire(wire)
-        elif kind == "bid":
-            msg = Bid.from_wire(wire)
-        else:
-            raise MarketError(f"unknown job message {kind!r}")
+        msg = decode_job_message(data, max_size=64 * 1024)
         if msg.chain_id != self.chain.genesis.chain_id:
             raise MarketError("job message for another chain")
         return msg

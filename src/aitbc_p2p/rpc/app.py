@@ -93,7 +93,9 @@ def _json(value: Any, status: int = 200) -> Response:
     return Response(json.dumps(value, default=_hexify), status=status, content_type="application/json")
 
 
-async def _body() -> dict[str, Any]:
+async def _body(*fields: str) -> dict[str, Any]:
+    """The request's JSON object, which may hold only ``fields`` (a field the route does
+    not know is refused, never ignored: a typo must not pass as a default)."""
     raw = await request.get_data(cache=True)
     try:
         doc = json.loads(raw or b"null")
@@ -103,6 +105,9 @@ async def _body() -> dict[str, Any]:
         raise Problem(400, "BAD_JSON", "request body nests too deeply") from e
     if not isinstance(doc, dict):
         raise Problem(400, "BAD_JSON", "request body must be a JSON object")
+    unknown = sorted(set(doc) - set(fields))
+    if unknown:
+        raise Problem(400, "BAD_REQUEST", f"unknown fields {unknown[:8]}; this route takes {sorted(fields)}")
     return doc
 
 
@@ -221,7 +226,7 @@ def create_app(api: NodeAPI, *, token: str, max_body: int = MAX_BODY) -> QuartTr
 
     @app.post("/v1/transactions")
     async def submit_tx() -> Response:
-        raw = _hex_field(await _body(), "tx")
+        raw = _hex_field(await _body("tx"), "tx")
         try:
             tx = Transaction.decode(raw)
             tx_hash = await api.submit_tx(tx)
@@ -260,7 +265,7 @@ def create_app(api: NodeAPI, *, token: str, max_body: int = MAX_BODY) -> QuartTr
 
     @app.post("/v1/jobs")
     async def submit_job() -> Response:
-        doc = await _body()
+        doc = await _body("offer", "workload", "params")
         raw = _hex_field(doc, "offer")
         workload = doc.get("workload")
         if not isinstance(workload, str):
