@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-$(EXTRAS)
 # model, as CI does; the default is dev only.
 EXTRAS ?= dev
 
-.PHONY: install test lint demo devnet-up devnet-down bench clean
+.PHONY: install test lint demo devnet-up devnet-down bench fuzz clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench fuzz
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
@@ -54,5 +54,12 @@ bench: $(STAMP)
 	$(BIN)/python bench/sim.py --peers 16 --consensus pos --minutes 5 | tee .bench/sim-pos.out
 	$(BIN)/python bench/floors.py .bench/ledger.out .bench/gossip.out .bench/gpu.out .bench/job.out .bench/sim-poa.out .bench/sim-pos.out
 
+# Long fuzz runs with atheris (the fuzz extra): SECONDS per target (default 60), every
+# target in aitbc_p2p/testing/fuzz.py or those named in FUZZ_TARGETS. make test runs the
+# same targets under hypothesis with a bounded number of examples.
+fuzz:
+	$(MAKE) install EXTRAS=$(EXTRAS),fuzz
+	$(BIN)/python fuzz/run.py $(FUZZ_TARGETS) --seconds $(or $(SECONDS),60)
+
 clean:
-	rm -rf $(VENV) .devnet .bench .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .devnet .bench .mypy_cache .ruff_cache .pytest_cache fuzz/corpus fuzz/artifacts

@@ -4,6 +4,7 @@ snippet are run as written (code blocks extracted from README.md, nothing retype
 import importlib.util
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -71,3 +72,19 @@ def test_the_devnet_commands_and_the_sdk_snippet_run_as_written(tmp_path):
     finally:
         down = subprocess.run(["bash", "-c", lines[-1]], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert down.returncode == 0, down.stderr
+
+
+def test_every_make_command_in_the_readme_names_a_target_with_its_variables():
+    """``make demo``, ``make fuzz SECONDS=600`` ...: each target exists in the Makefile, and
+    each VARIABLE=value it is given is one the Makefile reads."""
+    makefile = (ROOT / "Makefile").read_text()
+    targets = set(re.findall(r"^([a-z][\w-]*):", makefile, flags=re.M))
+    commands = [line for block in code_blocks("bash") for line in block.splitlines() if line.startswith("make ")]
+    commands += re.findall(r"`(make [^`]+)`", README)
+    assert len(commands) >= 5, commands
+    for command in commands:
+        words = shlex.split(command.split("#")[0])[1:]
+        names = [w for w in words if "=" not in w]
+        assert names and all(n in targets for n in names), (command, sorted(targets))
+        for var in (w.split("=")[0] for w in words if "=" in w):
+            assert f"$({var})" in makefile or f"$(or $({var})" in makefile, (command, var)
