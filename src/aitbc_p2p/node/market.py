@@ -163,6 +163,8 @@ class ClientJob:
     """While failing over: the bid the escrow is being moved to."""
     chain_action: bool = False
     """A cancel or reassign of this job's escrow is on its way (one at a time)."""
+    ack_sent: bool = False
+    """Its delivery ack is on its way (not journaled: after a restart it is sent again)."""
     reassign_sent: bool = False
     """The reassignment of its cancelled escrow, once the grace is over, is posted (a
     pending cancel's ``chain_action`` is still set when that cancel is committed)."""
@@ -761,7 +763,9 @@ class MarketService:
         quoted: int = bid.body["price"] if bid is not None else escrow.amount
         if result is not None and delivered and escrow.cost <= quoted:
             job.acted = True  # delivered at its price: acked, and the provider settles at once
-            self._nursery.start_soon(self._send_ack, job, result, job.peer)
+            if not job.ack_sent:
+                job.ack_sent = True
+                self._nursery.start_soon(self._send_ack, job, result, job.peer)
             return
         # While the stream or a fetch is under way the result may still come (a busy peer
         # can see the receipt's block first): dispute only in the window's last block.
@@ -879,7 +883,13 @@ class MarketService:
         await self._flush()
         crash_point("market.result_saved")
         logger.info("job %s result received", job.job_id.hex()[:16])
-        # The ack waits for the receipt, so that it never vouches for a cost above the bid.
+        # An escrow that holds more than this provider's bid (a failover reserve) could be
+        # overbilled: then the ack waits for the receipt's cost. Else it leaves at once.
+        escrow = self.chain.state.job(job.job_id)
+        bid = job.bids.get(escrow.provider) if escrow is not None else None
+        if escrow is not None and bid is not None and escrow.amount <= bid.body["price"] and self._nursery is not None:
+            job.ack_sent = True
+            self._nursery.start_soon(self._send_ack, job, result, job.peer)
         if not job.acted:
             self._check_receipt(job, self.chain.head.height)
 
