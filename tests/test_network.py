@@ -263,3 +263,14 @@ async def test_opening_a_network_installs_the_py_libp2p_tuning():
         assert isinstance(pubsub.maybe_consume_signed_record, _SignedRecordMemo)
         assert gossipsub.maybe_consume_signed_record is pubsub.maybe_consume_signed_record
         assert yamux._yamux_release_on_read() is False  # window updates at half the window, as go-yamux
+
+
+def test_topic_names_carry_each_topic_s_version():
+    """A topic whose messages changed shape has a new version: peers of two versions never
+    meet on it (each would REJECT the other's messages and score it down)."""
+    assert [topic("ait-devnet", n) for n in ("tx", "block", "consensus", "job", "provider")] == [
+        "/aitbc/ait-devnet/tx/1", "/aitbc/ait-devnet/block/1", "/aitbc/ait-devnet/consensus/1",
+        "/aitbc/ait-devnet/job/2", "/aitbc/ait-devnet/provider/2",
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="unknown topic"):
+        topic("ait-devnet", "jobs")

@@ -30,8 +30,15 @@ INTERIM = b"\x01"
 FINAL = b"\x00"
 
 
+TOPIC_VERSIONS = {"tx": 1, "block": 1, "consensus": 1, "job": 2, "provider": 2}
+"""Each topic's version, raised with any change to what it carries, so that peers of
+different versions never meet on one topic (where each would REJECT the other's messages
+and score it down). job/2: bids quote ``wait_ms``; provider/2: records carry ``load``."""
+
+
 def topic(chain_id: str, name: str) -> str:
-    """``/aitbc/<chain-id>/<name>/1`` for name in tx, block, job, provider, consensus."""
-    if name not in ("tx", "block", "job", "provider", "consensus"):
+    """``/aitbc/<chain-id>/<name>/<version>`` for name in tx, block, job, provider, consensus."""
+    version = TOPIC_VERSIONS.get(name)
+    if version is None:
         raise ValueError(f"unknown topic {name!r}")
-    return f"/aitbc/{chain_id}/{name}/1"
+    return f"/aitbc/{chain_id}/{name}/{version}"
