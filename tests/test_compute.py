@@ -385,9 +385,9 @@ def test_sd_infer_is_seeded_and_reports_each_step(tiny_sd, tiny_lm):
     assert (again["digest"], again["pixels_digest"]) == (out["digest"], out["pixels_digest"])  # same seed
     other = sd.run({**params, "seed": 10}, RunContext(models=models))
     assert other["pixels_digest"] != out["pixels_digest"]
-    with pytest.raises(ComputeError, match="no diffusers pipeline 'tiny'"):
+    with pytest.raises(ComputeError, match="diffusers pipeline 'tiny' is not configured"):
         sd.run({**params, "model": "tiny"}, RunContext(models=models))  # an LM is not a pipeline
-    with pytest.raises(ComputeError, match="no diffusers pipeline"):
+    with pytest.raises(ComputeError, match=r"diffusers pipeline '' is not configured .* it has \[\]"):
         sd.run(params, RunContext(models={"tiny": tiny_lm}))
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aitbc_p2p.exceptions import ComputeError
+
 
 def module_available(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
@@ -33,6 +35,16 @@ def language_models(models: Mapping[str, str]) -> dict[str, str]:
     return {name: path for name, path in models.items() if not is_pipeline(path)}
 
 
+def pick_model(models: Mapping[str, str], name: str, what: str) -> tuple[str, str]:
+    """The configured model ``name``, or the first of ``models`` when ``name`` is empty:
+    (its name, its directory). Raises ComputeError naming the ones there are."""
+    chosen = name or next(iter(models), "")
+    path = models.get(chosen)
+    if path is None:
+        raise ComputeError(f"{what} {chosen!r} is not configured on this provider; it has {sorted(models)}")
+    return chosen, path
+
+
 @dataclass(frozen=True)
 class RunContext:
     """What a running workload may use: its device, an event sink, configured models."""
@@ -45,4 +57,12 @@ class RunContext:
     ollama_url: str | None = None
 
 
-__all__ = ["RunContext", "is_pipeline", "language_models", "module_available", "pipeline_models", "torch_available"]
+__all__ = [
+    "RunContext",
+    "is_pipeline",
+    "language_models",
+    "module_available",
+    "pick_model",
+    "pipeline_models",
+    "torch_available",
+]

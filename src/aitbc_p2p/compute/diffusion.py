@@ -15,7 +15,7 @@ import io
 import time
 from typing import Any
 
-from aitbc_p2p.compute.context import RunContext, module_available, pipeline_models, torch_available
+from aitbc_p2p.compute.context import RunContext, module_available, pick_model, pipeline_models, torch_available
 from aitbc_p2p.exceptions import ComputeError
 
 _PIPELINES: dict[tuple[str, str], Any] = {}
@@ -40,11 +40,7 @@ def text_to_image(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
         raise ComputeError("sd_infer needs torch and diffusers (pip install 'aitbc-p2p[compute]')")
     import torch
 
-    pipelines = pipeline_models(ctx.models)
-    name = params["model"] or next(iter(pipelines), "")
-    path = pipelines.get(name)
-    if path is None:
-        raise ComputeError(f"no diffusers pipeline {name!r} on this provider; it has {sorted(pipelines)}")
+    name, path = pick_model(pipeline_models(ctx.models), params["model"], "diffusers pipeline")
     pipe = _load(path, ctx.device)
     steps = params["steps"]
 

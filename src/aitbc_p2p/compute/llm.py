@@ -12,7 +12,7 @@ import json
 import time
 from typing import Any
 
-from aitbc_p2p.compute.context import RunContext, language_models, module_available, torch_available
+from aitbc_p2p.compute.context import RunContext, language_models, module_available, pick_model, torch_available
 from aitbc_p2p.exceptions import ComputeError
 
 _MODELS: dict[tuple[str, str], tuple[Any, Any]] = {}
@@ -49,11 +49,7 @@ def _torch_generate(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
         raise ComputeError("the torch backend needs torch and transformers")
     import torch
 
-    local = language_models(ctx.models)
-    name = params["model"] or next(iter(local), "")
-    path = local.get(name)
-    if path is None:
-        raise ComputeError(f"model {name!r} is not configured on this provider; it has {sorted(local)}")
+    name, path = pick_model(language_models(ctx.models), params["model"], "model")
     tokenizer, model = _load(path, ctx.device)
     gen = torch.Generator(device="cpu").manual_seed(params["seed"])
     temperature = params["temperature_milli"] / 1000
