@@ -759,13 +759,10 @@ class MarketService:
             return
         result = job.result
         delivered = result is not None and result.ok and result.result_hash == escrow.result_hash
-        bid = job.bids.get(escrow.provider)
-        quoted: int = bid.body["price"] if bid is not None else escrow.amount
+        quoted = self._quoted(job, escrow)
         if result is not None and delivered and escrow.cost <= quoted:
             job.acted = True  # delivered at its price: acked, and the provider settles at once
-            if not job.ack_sent:
-                job.ack_sent = True
-                self._nursery.start_soon(self._send_ack, job, result, job.peer)
+            self._ack_once(job, result)
             return
         # While the stream or a fetch is under way the result may still come (a busy peer
         # can see the receipt's block first): dispute only in the window's last block.
@@ -886,12 +883,23 @@ class MarketService:
         # An escrow that holds more than this provider's bid (a failover reserve) could be
         # overbilled: then the ack waits for the receipt's cost. Else it leaves at once.
         escrow = self.chain.state.job(job.job_id)
-        bid = job.bids.get(escrow.provider) if escrow is not None else None
-        if escrow is not None and bid is not None and escrow.amount <= bid.body["price"] and self._nursery is not None:
-            job.ack_sent = True
-            self._nursery.start_soon(self._send_ack, job, result, job.peer)
+        if escrow is not None and escrow.amount <= self._quoted(job, escrow):
+            self._ack_once(job, result)
         if not job.acted:
             self._check_receipt(job, self.chain.head.height)
+
+    @staticmethod
+    def _quoted(job: ClientJob, escrow: Job) -> int:
+        """What the escrow's provider bid for the job (the escrow's amount if this peer
+        holds no bid from it): the most its receipt may claim unchallenged."""
+        bid = job.bids.get(escrow.provider)
+        return int(bid.body["price"]) if bid is not None else escrow.amount
+
+    def _ack_once(self, job: ClientJob, result: JobResult) -> None:
+        """Send the delivery ack of ``result`` to the job's provider, once."""
+        if not job.ack_sent and self._nursery is not None:
+            job.ack_sent = True
+            self._nursery.start_soon(self._send_ack, job, result, job.peer)
 
     # ------------------------------------------------------- failover, cancel
     async def _attempt_failed(self, job: ClientJob, why: str) -> None:
