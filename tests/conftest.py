@@ -51,6 +51,7 @@ def genesis(alice, bob, authority):
         arbiters=[authority.address],
         dispute_blocks=2,
         unbonding_blocks=3,
+        dispute_bond=5000,
     )
 
 

@@ -155,7 +155,7 @@ def _not_job_party(chain, alice, bob, authority):
 def _not_arbiter(chain, alice, bob, authority):
     chain.add_block([_open(alice, bob)])
     chain.add_block([_receipt(bob)])
-    chain.add_block([make_tx(alice, TxKind.JOB_DISPUTE, nonce=1, job_id=JOB)])
+    chain.add_block([make_tx(alice, TxKind.JOB_DISPUTE, nonce=1, job_id=JOB, evidence=b"")])
     refuse(chain, "NotArbiter", make_tx(alice, TxKind.JOB_RESOLVE, nonce=2, job_id=JOB, verdict="client"))
 
 
@@ -313,23 +313,54 @@ def test_provider_settles_after_the_dispute_window(chain, alice, bob):
 
 @pytest.mark.parametrize("verdict", ["provider", "client"])
 def test_dispute_resolution(chain, alice, bob, authority, verdict):
+    """A dispute locks the challenger's bond. For the provider: paid, and the bond is its
+    own. For the client: refunded; the provider loses 10% of its stake (at least the job's
+    amount) and its registration; half the slash and the bond go to the challenger."""
     chain.add_block([_open(alice, bob)])
     chain.add_block([_receipt(bob)])
-    chain.add_block([make_tx(alice, TxKind.JOB_DISPUTE, nonce=1, job_id=JOB)])
-    assert chain.state.job(Hash32(JOB)).status is JobStatus.DISPUTED
+    alice_before = chain.state.account(alice.address).balance
+    chain.add_block([make_tx(alice, TxKind.JOB_DISPUTE, nonce=1, job_id=JOB, evidence=b"\xa0")])
+    job = chain.state.job(Hash32(JOB))
+    assert (job.status, job.challenger, job.bond) == (JobStatus.DISPUTED, alice.address, 5000)
+    assert chain.state.account(alice.address).balance == alice_before - 1000 - 5000  # fee and bond
+    assert total_is_conserved(chain).escrowed == 10_000 + 5000
     refuse(chain, "JobState", make_tx(bob, TxKind.JOB_SETTLE, nonce=1, job_id=JOB, ack=b""), height=20)
+    refuse(chain, "NotArbiter", make_tx(alice, TxKind.JOB_RESOLVE, nonce=2, job_id=JOB, verdict="client"))
     stake = chain.state.account(bob.address).stake
     alice_before, bob_before = chain.state.account(alice.address).balance, chain.state.account(bob.address).balance
+    burned_before = chain.state.burned()
     chain.add_block([make_tx(authority, TxKind.JOB_RESOLVE, job_id=JOB, verdict=verdict)])
     job = chain.state.job(Hash32(JOB))
+    bob_after = chain.state.account(bob.address)
     if verdict == "provider":
         assert job.status is JobStatus.SETTLED
-        assert chain.state.account(bob.address).balance == bob_before + 4000
-        assert chain.state.account(bob.address).stake == stake
+        assert bob_after.balance == bob_before + 4000 + 5000  # its cost and the false challenger's bond
+        assert (bob_after.stake, bob_after.provider) == (stake, True)
+        assert chain.state.account(alice.address).balance == alice_before + 6000
     else:
+        slashed = stake // 10
         assert job.status is JobStatus.REFUNDED
-        assert chain.state.account(alice.address).balance == alice_before + 10_000
-        assert chain.state.account(bob.address).stake == stake - 10_000  # slashed by the job's amount
+        assert chain.state.account(alice.address).balance == alice_before + 10_000 + 5000 + slashed // 2
+        assert (bob_after.stake, bob_after.provider) == (stake - slashed, False)
+        assert chain.state.burned() == burned_before + 1000 + slashed - slashed // 2
+        refuse(chain, "NotProvider", _open(alice, bob, nonce=2, job_id=b"\x14" * 32))  # no longer for hire
+    assert total_is_conserved(chain).escrowed == 0
+    refuse(chain, "JobState", make_tx(authority, TxKind.JOB_RESOLVE, nonce=1, job_id=JOB, verdict=verdict))
+
+
+def test_a_dispute_needs_its_bond_and_is_not_the_providers(chain, alice, bob, authority):
+    chain.add_block([_open(alice, bob)])
+    chain.add_block([_receipt(bob)])
+    refuse(chain, "NotJobParty", make_tx(bob, TxKind.JOB_DISPUTE, nonce=1, job_id=JOB, evidence=b""))
+    poor = make_key("poor")
+    chain.add_block([make_tx(alice, to=poor.address, amount=5999, nonce=1)])
+    refuse(chain, "InsufficientFunds", make_tx(poor, TxKind.JOB_DISPUTE, job_id=JOB, evidence=b""))  # fee + bond
+    assert chain.state.job(Hash32(JOB)).status is JobStatus.RECEIPTED
+    big = b"\x00" * (64 * 1024 + 1)
+    with pytest.raises(TxRejected):
+        make_tx(authority, TxKind.JOB_DISPUTE, job_id=JOB, evidence=big)
+    chain.add_block([make_tx(authority, TxKind.JOB_DISPUTE, job_id=JOB, evidence=b"")])  # an auditor: anyone may
+    assert chain.state.job(Hash32(JOB)).challenger == authority.address
     total_is_conserved(chain)
 
 
@@ -647,9 +678,7 @@ def test_the_clients_agent_settles_and_disputes_but_is_never_paid(chain, alice, 
     other = b"\x13" * 32
     chain.add_block([_open(alice, bob, agent=agent, nonce=2, job_id=other)])
     chain.add_block([_receipt(bob, nonce=1, job_id=other)])
-    stranger = make_key("authority")
-    refuse(chain, "NotJobParty", make_tx(stranger, TxKind.JOB_DISPUTE, job_id=other))
-    chain.add_block([make_tx(agent, TxKind.JOB_DISPUTE, nonce=1, job_id=other)])
+    chain.add_block([make_tx(agent, TxKind.JOB_DISPUTE, nonce=1, job_id=other, evidence=b"")])
     assert chain.state.job(Hash32(other)).status is JobStatus.DISPUTED
 
 

@@ -27,20 +27,40 @@ from aitbc_p2p.types import aitbc
 CLIENT = make_key("client")
 AGENT = make_key("peer0")  # the client's peer: nodes[0]
 PROVIDER = make_key("peer1")
+ARBITER = make_key("peer2")  # nodes[2], where a test has one
 STRANGER = make_key("stranger")
-ALLOC = {CLIENT.address: aitbc(10_000), AGENT.address: aitbc(1), PROVIDER.address: aitbc(1_000)}
+ALLOC = {CLIENT.address: aitbc(10_000), AGENT.address: aitbc(10), PROVIDER.address: aitbc(1_000)}
+WITH_ARBITER = {"alloc": {**ALLOC, ARBITER.address: aitbc(1)}, "genesis_params": {"arbiters": [ARBITER.address]}}
 
 
 def balances(node: Any) -> dict[str, int]:
     return {k.address: node.account(k.address).account.balance for k in (CLIENT, AGENT, PROVIDER)}
 
 
+async def ruled_for_the_client(node: Any, job_id: Any, bid_price: int, before: dict[str, int]) -> None:
+    """The arbiter's ruling against the provider, to the unit: the client has its escrow
+    back, the provider lost 10% of its stake and its registration, the agent (the
+    challenger) has its bond back and half the slash."""
+    await wait_for(lambda: node.job_status(job_id).status == "refunded")
+    assert node.store.state.job(job_id).challenger == AGENT.address
+    fee, stake = node.genesis.min_fee, node.genesis.min_provider_stake
+    after = balances(node)
+    assert after[CLIENT.address] == before[CLIENT.address] - fee  # the open's fee only
+    assert after[PROVIDER.address] == before[PROVIDER.address] - fee  # its receipt's fee, no payment
+    assert after[AGENT.address] == before[AGENT.address] - fee + stake // 10 // 2  # dispute fee; bond back; reward
+    account = node.account(PROVIDER.address).account
+    assert (account.stake, account.provider) == (stake - stake // 10, False)
+    supply = node.supply()
+    assert supply.total == supply.genesis_total and supply.escrowed == 0
+
+
 async def test_a_result_whose_stream_was_cut_is_fetched_acked_and_settled_at_once(monkeypatch: Any) -> None:
     # A dispute window far longer than the test: a settlement in it can only be the ack's.
     window = {"dispute_blocks": 1000}
-    async with open_test_network(
-        2, providers=[1], alloc=ALLOC, hub=MemoryHub(), genesis_params=window
-    ) as (client_node, provider):
+    async with open_test_network(2, providers=[1], alloc=ALLOC, hub=MemoryHub(), genesis_params=window) as (
+        client_node,
+        provider,
+    ):
         await wait_for(lambda: provider.market.registered() and PROVIDER.address in client_node.market.providers)
         real_run = provider.market._run_job
 
@@ -70,8 +90,11 @@ async def test_a_result_whose_stream_was_cut_is_fetched_acked_and_settled_at_onc
         await wait_for(lambda: job_id not in provider.market._held)  # released once the escrow ended
 
 
-async def test_a_receipt_for_a_result_never_delivered_is_disputed_and_not_paid(monkeypatch: Any) -> None:
-    async with open_test_network(2, providers=[1], alloc=ALLOC, hub=MemoryHub()) as (client_node, provider):
+async def test_a_receipt_for_a_result_never_delivered_is_disputed_and_ruled_against(monkeypatch: Any) -> None:
+    """The provider receipts a result it cannot deliver. The agent disputes it as the window
+    closes; the arbiter asks the provider for the receipted result, gets none, and rules."""
+    monkeypatch.setattr("aitbc_p2p.node.audit.ARBITER_PATIENCE_S", 3.0)
+    async with open_test_network(3, providers=[1], hub=MemoryHub(), **WITH_ARBITER) as (client_node, provider, arbiter):
         await wait_for(lambda: provider.market.registered() and PROVIDER.address in client_node.market.providers)
         real_run = provider.market._run_job
 
@@ -83,42 +106,33 @@ async def test_a_receipt_for_a_result_never_delivered_is_disputed_and_not_paid(m
             raise MarketError("the stream is cut")
 
         monkeypatch.setattr(provider.market, "_run_job", run_and_lose)
-        before, fee = balances(client_node), client_node.genesis.min_fee
+        before = balances(client_node)
         job_id, offer = await offer_job(client_node, CLIENT, "echo", {"message": "x"})
         bid = await open_escrow(client_node, CLIENT, job_id, offer)
         await wait_for(lambda: client_node.job_status(job_id).status == "disputed")
         info = client_node.job_status(job_id)
         assert info.phase == "failed" and "did not deliver" in info.error
-        await client_node.wait_height(client_node.head.height + client_node.genesis.dispute_blocks + 2)
-        escrow = client_node.store.state.job(job_id)
-        assert escrow.status is JobStatus.DISPUTED  # the provider could not settle it: an arbiter rules
-        after = balances(client_node)
-        assert after[CLIENT.address] == before[CLIENT.address] - bid.body["price"] - fee  # escrow locked, not paid
-        assert after[PROVIDER.address] == before[PROVIDER.address] - fee  # its receipt's fee, no payment
-        assert after[AGENT.address] == before[AGENT.address] - fee  # the agent paid for the dispute
-        assert client_node.supply().escrowed == bid.body["price"]
+        await ruled_for_the_client(client_node, job_id, bid.body["price"], before)
+        assert "cannot show the receipted result" in arbiter.audit.rulings[job_id].why
 
 
 async def test_a_receipt_charging_more_than_the_bid_is_disputed_and_never_acked(monkeypatch: Any) -> None:
     """The escrow holds more than the winning bid (the SDK's failover reserve); a provider
-    that bills past its own bid gets no ack, and the client's agent disputes at once."""
-    async with open_test_network(2, providers=[1], alloc=ALLOC, hub=MemoryHub()) as (client_node, provider):
+    that bills past its own bid gets no ack; the client's agent disputes at once with the
+    provider's signed bid as evidence, and the arbiter rules on it alone."""
+    async with open_test_network(3, providers=[1], hub=MemoryHub(), **WITH_ARBITER) as (client_node, provider, arbiter):
         await wait_for(lambda: provider.market.registered() and PROVIDER.address in client_node.market.providers)
         monkeypatch.setattr("aitbc_p2p.node.market.job_cost", lambda price, ms, cap: cap)  # bills it all
-        before, fee = balances(client_node), client_node.genesis.min_fee
+        before = balances(client_node)
         job_id, offer = await offer_job(client_node, CLIENT, "echo", {"message": "x"})
         bid = await open_escrow(client_node, CLIENT, job_id, offer, reserve=aitbc(1))
         await wait_for(lambda: client_node.job_status(job_id).status == "disputed")
         escrow = client_node.store.state.job(job_id)
         assert escrow.cost == escrow.amount == bid.body["price"] + aitbc(1)
         assert client_node.job_status(job_id).result_available  # delivered, and still disputed
-        await client_node.wait_height(client_node.head.height + client_node.genesis.dispute_blocks + 2)
         assert provider.market._held[job_id].ack == b""  # the agent never vouched for the bill
-        assert client_node.store.state.job(job_id).status is JobStatus.DISPUTED  # an arbiter rules
-        after = balances(client_node)
-        assert after[CLIENT.address] == before[CLIENT.address] - escrow.amount - fee  # locked, not paid
-        assert after[PROVIDER.address] == before[PROVIDER.address] - fee  # its receipt's fee
-        assert after[AGENT.address] == before[AGENT.address] - fee  # the dispute's
+        await ruled_for_the_client(client_node, job_id, bid.body["price"], before)
+        assert "more than the bid" in arbiter.audit.rulings[job_id].why
 
 
 async def test_a_held_job_runs_once_and_goes_only_to_the_peer_that_sent_it() -> None:

@@ -130,6 +130,7 @@ async def test_a_client_survives_a_malformed_job_result(answer):
         open_test_network(1, alloc={CLIENT.address: aitbc(10)}) as (client,),
         open_libp2p_network(make_key("liar"), ["/ip4/127.0.0.1/tcp/0"]) as liar,
     ):
+
         async def lie(_peer, _request, _emit):
             return answer
 
@@ -149,11 +150,24 @@ async def test_a_client_survives_a_malformed_job_result(answer):
 async def test_bids_per_job_are_bounded_and_cheaper_ones_still_get_in(monkeypatch):
     async with open_test_network(1, alloc={CLIENT.address: aitbc(10)}) as (client,):
         offer, job = await _client_job(client)
+        unregistered = Bid.create(
+            make_key("nobody"), offer.chain_id, job_id=offer.job_id.hex(), peer_id="p", price=1, price_per_s=1,
+            gflops=1, wait_ms=0,
+        )  # fmt: skip
+        client.market._take_bid(unregistered)
+        assert not job.bids  # an escrow could not name it: not taken
+        monkeypatch.setattr(client.market, "_for_hire", lambda address: True)  # 192 bidders, as if registered
 
         def bid(i, price):
             key = make_key(f"bidder{i}")
             return Bid.create(
-                key, offer.chain_id, job_id=offer.job_id.hex(), peer_id="p", price=price, price_per_s=1, gflops=1,
+                key,
+                offer.chain_id,
+                job_id=offer.job_id.hex(),
+                peer_id="p",
+                price=price,
+                price_per_s=1,
+                gflops=1,
                 wait_ms=0,
             )
 

@@ -99,11 +99,9 @@ def builders() -> dict[str, tuple[Callable[[], bytes], Callable[[bytes], bytes]]
         "tx_job_open": tx(
             TxKind.JOB_OPEN, job_id=JOB, provider=BOB.address, amount=10_000, deadline=50, agent=ALICE.address
         ),
-        "tx_job_receipt": tx(
-            TxKind.JOB_RECEIPT, job_id=JOB, result_hash=b"\x44" * 32, cost=4000, metrics={"ms": 5}
-        ),
+        "tx_job_receipt": tx(TxKind.JOB_RECEIPT, job_id=JOB, result_hash=b"\x44" * 32, cost=4000, metrics={"ms": 5}),
         "tx_job_settle": tx(TxKind.JOB_SETTLE, job_id=JOB, ack=b""),
-        "tx_job_dispute": tx(TxKind.JOB_DISPUTE, job_id=JOB),
+        "tx_job_dispute": tx(TxKind.JOB_DISPUTE, job_id=JOB, evidence=b"\xa1\x61v\x01"),
         "tx_job_resolve": tx(TxKind.JOB_RESOLVE, job_id=JOB, verdict="client"),
         "tx_job_refund": tx(TxKind.JOB_REFUND, job_id=JOB),
         "tx_job_cancel": tx(TxKind.JOB_CANCEL, job_id=JOB, release=sign_release(BOB, CHAIN, JOB, 1)),

@@ -6,8 +6,11 @@ import json
 from typing import Any
 
 from aitbc_p2p.chain.models import (
+    DEFAULT_CHALLENGER_BPS,
     DEFAULT_DISPUTE_BLOCKS,
+    DEFAULT_DISPUTE_BOND,
     DEFAULT_MIN_PROVIDER_STAKE,
+    DEFAULT_SLASH_BPS,
     DEFAULT_UNBONDING_BLOCKS,
     Genesis,
 )
@@ -57,10 +60,16 @@ def genesis_from_json(text: str) -> Genesis:
             unbonding_blocks=_units(doc, "unbonding_blocks", "the chain", DEFAULT_UNBONDING_BLOCKS),
             dispute_blocks=_units(doc, "dispute_blocks", "the chain", DEFAULT_DISPUTE_BLOCKS),
             min_provider_stake=_units(doc, "min_provider_stake", "the chain", DEFAULT_MIN_PROVIDER_STAKE),
+            dispute_bond=_units(doc, "dispute_bond", "the chain", DEFAULT_DISPUTE_BOND),
+            slash_bps=_units(doc, "slash_bps", "the chain", DEFAULT_SLASH_BPS),
+            challenger_bps=_units(doc, "challenger_bps", "the chain", DEFAULT_CHALLENGER_BPS),
             labels=labels,
         )
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError, CryptoError) as e:
         raise ConfigError(f"bad genesis document: {e}") from e
+    for name in ("slash_bps", "challenger_bps"):
+        if getattr(genesis, name) > 10_000:
+            raise ConfigError(f"{name} is in basis points: at most 10000")
     if len({a for a, _ in alloc}) != len(alloc):
         raise ConfigError("genesis allocates to the same address twice")
     for address in genesis.providers:
@@ -96,6 +105,9 @@ def genesis_to_json(genesis: Genesis) -> str:
         "unbonding_blocks": genesis.unbonding_blocks,
         "dispute_blocks": genesis.dispute_blocks,
         "min_provider_stake": genesis.min_provider_stake,
+        "dispute_bond": genesis.dispute_bond,
+        "slash_bps": genesis.slash_bps,
+        "challenger_bps": genesis.challenger_bps,
         "arbiters": list(genesis.arbiters),
         "consensus": dict(genesis.consensus),
         "alloc": [entry(a, units) for a, units in genesis.alloc],

@@ -37,6 +37,12 @@ MAX_ROUND = 2**32 - 1
 DEFAULT_UNBONDING_BLOCKS = 100
 DEFAULT_DISPUTE_BLOCKS = 10
 DEFAULT_MIN_PROVIDER_STAKE = 100 * 10**9
+DEFAULT_DISPUTE_BOND = 10**9
+"""1 AITBC: what a dispute locks from its sender until the ruling (lost if it was false)."""
+DEFAULT_SLASH_BPS = 1000
+"""A ruling against a provider burns 10% of its stake (at least the job's amount)."""
+DEFAULT_CHALLENGER_BPS = 5000
+"""Half of what is slashed goes to the challenger that proved the fault; the rest is burned."""
 
 
 MAX_SIGNATURE_BYTES = 128
@@ -383,6 +389,9 @@ class Genesis:
     unbonding_blocks: int = DEFAULT_UNBONDING_BLOCKS
     dispute_blocks: int = DEFAULT_DISPUTE_BLOCKS
     min_provider_stake: int = DEFAULT_MIN_PROVIDER_STAKE
+    dispute_bond: int = DEFAULT_DISPUTE_BOND
+    slash_bps: int = DEFAULT_SLASH_BPS
+    challenger_bps: int = DEFAULT_CHALLENGER_BPS
     labels: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def to_wire(self) -> dict[str, Any]:
@@ -398,7 +407,17 @@ class Genesis:
             "unbonding_blocks": self.unbonding_blocks,
             "dispute_blocks": self.dispute_blocks,
             "min_provider_stake": self.min_provider_stake,
+            # Rules added after the first chains: in the hash only where a genesis sets
+            # them to other than their default, so those chains keep their hash.
+            **{name: value for name, value, default in self._later_rules() if value != default},
         }
+
+    def _later_rules(self) -> tuple[tuple[str, int, int], ...]:
+        return (
+            ("dispute_bond", self.dispute_bond, DEFAULT_DISPUTE_BOND),
+            ("slash_bps", self.slash_bps, DEFAULT_SLASH_BPS),
+            ("challenger_bps", self.challenger_bps, DEFAULT_CHALLENGER_BPS),
+        )
 
     @property
     def hash(self) -> Hash32:

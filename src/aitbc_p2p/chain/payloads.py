@@ -269,9 +269,27 @@ class _JobOnly:
         return {"job_id": self.job_id}
 
 
+MAX_EVIDENCE = 64 * 1024
+"""A bound on a dispute's evidence (specs/market.md, "Evidence")."""
+
+
 @dataclass(frozen=True, slots=True)
-class JobDispute(_JobOnly):
+class JobDispute:
+    """Challenge a receipt before its escrow is released: anyone may, locking the
+    chain's ``dispute_bond`` until an arbiter rules. ``evidence``: what the challenger
+    found (canonical CBOR, read by the arbiters' checker; the chain only bounds it)."""
+
     KIND: ClassVar[TxKind] = TxKind.JOB_DISPUTE
+    KEYS: ClassVar[frozenset[str]] = frozenset({"job_id", "evidence"})
+    job_id: JobId
+    evidence: bytes = b""
+
+    @classmethod
+    def read(cls, p: Mapping[str, Any]) -> JobDispute:
+        return cls(_job_id(p), fields.blob(p, "evidence", max_len=MAX_EVIDENCE))
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "evidence": self.evidence}
 
 
 @dataclass(frozen=True, slots=True)

@@ -104,9 +104,15 @@ class Job:
     """Height of the client's cancel (status ``cancelled``), else 0."""
     attempts: int = 1
     """Providers this escrow has named, the current one included (at most MAX_ATTEMPTS)."""
+    challenger: str = ""
+    """Who disputed its receipt (empty: never disputed)."""
+    bond: int = 0
+    """What the challenger locked; escrowed while the job is disputed."""
+    dispute_tx: bytes = b""
+    """The dispute transaction's hash: where the arbiters read its evidence."""
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire = {
             "job_id": self.job_id,
             "client": self.client,
             "provider": self.provider,
@@ -123,6 +129,15 @@ class Job:
             "cancelled_at": self.cancelled_at,
             "attempts": self.attempts,
         }
+        if self.challenger:  # only disputed jobs carry these (earlier records stay as they were)
+            wire.update(challenger=self.challenger, bond=self.bond, dispute_tx=self.dispute_tx)
+        return wire
+
+    @property
+    def locked(self) -> int:
+        """What this record holds out of balances: the escrow, and a pending dispute's bond."""
+        held = self.amount if self.status.escrowed else 0
+        return held + (self.bond if self.status is JobStatus.DISPUTED else 0)
 
     def encode(self) -> bytes:
         return encode(self.to_wire(), check=False)  # built from a checked transaction payload
@@ -146,6 +161,9 @@ class Job:
             receipt_height=w["receipt_height"],
             cancelled_at=w["cancelled_at"],
             attempts=w["attempts"],
+            challenger=w.get("challenger", ""),
+            bond=w.get("bond", 0),
+            dispute_tx=w.get("dispute_tx", b""),
         )
 
     def with_(self, **changes: Any) -> Job:
@@ -384,7 +402,5 @@ def supply_of(view: StateView, genesis_total: int) -> Supply:
             staked += acct.stake
             unbonding += acct.unbonding_total
         elif key.startswith(JOB_PREFIX):
-            job = Job.decode(value)
-            if job.status.escrowed:
-                escrowed += job.amount
+            escrowed += Job.decode(value).locked
     return Supply(balances, escrowed, staked, unbonding, view.burned(), genesis_total)

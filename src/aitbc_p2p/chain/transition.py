@@ -51,6 +51,9 @@ class ChainRules:
     dispute_blocks: int = 10
     min_provider_stake: int = 0
     arbiters: frozenset[str] = frozenset()
+    dispute_bond: int = 0
+    slash_bps: int = 0
+    challenger_bps: int = 0
 
     @classmethod
     def of(cls, genesis: Genesis) -> ChainRules:
@@ -61,6 +64,9 @@ class ChainRules:
             genesis.dispute_blocks,
             genesis.min_provider_stake,
             frozenset(genesis.arbiters),
+            genesis.dispute_bond,
+            genesis.slash_bps,
+            genesis.challenger_bps,
         )
 
 
@@ -362,25 +368,53 @@ def _job_settle(w: _Writes, tx: Transaction, p: JobSettle, height: int, rules: C
 
 
 def _job_dispute(w: _Writes, tx: Transaction, p: JobDispute, height: int, rules: ChainRules) -> None:
+    # Anyone may challenge a receipt (an audit), at the risk of its bond: the client and
+    # its agent post one too. The arbiters read the evidence from this transaction.
     job = _job(w.state, p)
-    if tx.sender not in (job.client, job.agent):
-        raise TxRejected("NotJobParty", "only the client (or its agent) disputes")
     if job.status is not JobStatus.RECEIPTED or height > job.receipt_height + rules.dispute_blocks:
         raise TxRejected("JobState", f"job is {job.status}; disputes close {rules.dispute_blocks} blocks after")
-    w.jobs.append(job.with_(status=JobStatus.DISPUTED))
+    if tx.sender == job.provider:
+        raise TxRejected("NotJobParty", "a provider does not dispute its own receipt")
+    me = w.get(tx.sender)
+    if me.balance < rules.dispute_bond:
+        raise TxRejected(
+            "InsufficientFunds",
+            f"a dispute locks a bond of {format_aitbc(rules.dispute_bond)} AITBC",
+            balance=me.balance,
+            needed=rules.dispute_bond,
+        )
+    w.put(tx.sender, me.with_(balance=me.balance - rules.dispute_bond))
+    w.jobs.append(
+        job.with_(status=JobStatus.DISPUTED, challenger=tx.sender, bond=rules.dispute_bond, dispute_tx=tx.hash)
+    )
+    w.events.append(("disputed", job.job_id, tx.sender))
 
 
 def _job_resolve(w: _Writes, tx: Transaction, p: JobResolve, height: int, rules: ChainRules) -> None:
+    """For the provider: it is paid its receipt and takes the challenger's bond. For the
+    client: the escrow goes back, the provider loses a share of its stake (at least the
+    job's amount) and its registration, and the challenger gets its bond back and a
+    share of what was slashed (the rest is burned)."""
     job = _job(w.state, p)
     if tx.sender not in rules.arbiters:
         raise TxRejected("NotArbiter", "only a genesis arbiter resolves disputes")
     if job.status is not JobStatus.DISPUTED:
         raise TxRejected("JobState", f"job is {job.status}, not disputed")
+    challenger = Address(job.challenger)
     if p.verdict is Verdict.PROVIDER:
         _release(w, job, JobStatus.SETTLED)
-    else:
-        _release(w, job, JobStatus.REFUNDED)
-        w.slash(job.provider, job.amount)
+        w.credit(job.provider, job.bond)
+        w.events.append(("ruled", job.job_id, "provider"))
+        return
+    _release(w, job, JobStatus.REFUNDED)
+    offender = w.get(job.provider)
+    share = (offender.stake + offender.unbonding_total) * rules.slash_bps // 10_000
+    slashed = w.slash(job.provider, max(share, job.amount))
+    reward = slashed * rules.challenger_bps // 10_000
+    w.burn -= reward
+    w.credit(challenger, job.bond + reward)
+    w.put(job.provider, w.get(job.provider).with_(provider=False))
+    w.events.append(("ruled", job.job_id, "client"))
 
 
 def _job_refund(w: _Writes, tx: Transaction, p: JobRefund, height: int, rules: ChainRules) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,11 +152,47 @@ def _bench_run(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     }
 
 
+def product_rows(params: dict[str, Any], device: str = "cpu") -> list[bytes]:
+    """Every row of a ``torch_bench`` job's product, recomputed (one n^3 matmul): what a
+    provider proves audited rows from."""
+    a, b = bench_inputs(params, device)
+    return result_rows(a @ b)
+
+
+def prove_rows(rows: list[bytes], indices: Sequence[int]) -> list[tuple[int, bytes, tuple[tuple[bool, bytes], ...]]]:
+    """``(index, row, proof)`` for each of ``indices`` under the Merkle root of ``rows``
+    (indices out of range are left out)."""
+    return [
+        (i, rows[i], tuple((left, bytes(h)) for left, h in merkle_proof(rows, i)))
+        for i in indices
+        if 0 <= i < len(rows)
+    ]
+
+
 def prove_row(params: dict[str, Any], index: int, device: str = "cpu") -> tuple[bytes, list[tuple[bool, bytes]]]:
     """The provider's side of a spot check: row ``index`` of the product and its proof."""
+    ((_, row, proof),) = prove_rows(product_rows(params, device), [index])
+    return row, list(proof)
+
+
+def row_matches(params: dict[str, Any], index: int, row: bytes, *, rel_tol: float = 1e-2, device: str = "cpu") -> bool:
+    """Whether ``row`` is row ``index`` of the job's product, recomputed at ``n^2`` cost.
+
+    Bit equality holds only on the same device class, so the values are compared with a
+    relative tolerance (specs/market.md, "Determinism").
+    """
+    import torch
+
+    n = params["n"]
+    if not 0 <= index < n or len(row) != 4 * n:
+        return False
     a, b = bench_inputs(params, device)
-    rows = result_rows(a @ b)
-    return rows[index], [(left, bytes(h)) for left, h in merkle_proof(rows, index)]
+    expected = (a[index : index + 1] @ b).to(dtype=torch.float32).cpu().flatten()
+    got = torch.frombuffer(bytearray(row), dtype=torch.float32)
+    if not bool(torch.isfinite(got).all()):
+        return False
+    scale = expected.abs().max().clamp_min(1e-6)
+    return bool(((got - expected).abs().max() / scale) <= rel_tol)
 
 
 def spot_check_row(
@@ -169,22 +205,10 @@ def spot_check_row(
     rel_tol: float = 1e-2,
     device: str = "cpu",
 ) -> bool:
-    """The verifier's side: the row is committed under ``rows_root`` and matches a recomputation.
-
-    Recomputing one row costs ``n^2``. Bit equality holds only on the same device class, so
-    the values are compared with a relative tolerance (specs/market.md, "Determinism").
-    """
-    import torch
-
+    """The verifier's side: the row is committed under ``rows_root`` and matches a recomputation."""
     if not verify_proof(bytes.fromhex(rows_root), row, proof):
         return False
-    a, b = bench_inputs(params, device)
-    expected = (a[index : index + 1] @ b).to(dtype=torch.float32).cpu().flatten()
-    got = torch.frombuffer(bytearray(row), dtype=torch.float32)
-    if got.numel() != expected.numel():
-        return False
-    scale = expected.abs().max().clamp_min(1e-6)
-    return bool(((got - expected).abs().max() / scale) <= rel_tol)
+    return row_matches(params, index, row, rel_tol=rel_tol, device=device)
 
 
 # ------------------------------------------------------------------ embed

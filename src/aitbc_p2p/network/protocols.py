@@ -5,8 +5,8 @@ from __future__ import annotations
 from aitbc_p2p.codec.framing import frame
 
 __all__ = [
-    "CONSENSUS_PROTOCOL", "FINAL", "INTERIM", "JOB_PROTOCOL", "MAX_FRAME", "MAX_SYNC_FRAME", "PEERS_PROTOCOL",
-    "STATUS_PROTOCOL", "STREAMING_PROTOCOLS", "SYNC_PROTOCOL", "frame", "topic",
+    "AUDIT_PROTOCOL", "CONSENSUS_PROTOCOL", "FINAL", "INTERIM", "JOB_PROTOCOL", "MAX_FRAME", "MAX_SYNC_FRAME",
+    "PEERS_PROTOCOL", "STATUS_PROTOCOL", "STREAMING_PROTOCOLS", "SYNC_PROTOCOL", "frame", "topic",
 ]  # fmt: skip
 
 MAX_FRAME = 1 << 20
@@ -19,6 +19,8 @@ SYNC_PROTOCOL = "/aitbc/sync/2"
 JOB_PROTOCOL = "/aitbc/job/2"
 """2: the answer to a run request may be preceded by the workload's progress events."""
 PEERS_PROTOCOL = "/aitbc/peers/1"
+AUDIT_PROTOCOL = "/aitbc/audit/1"
+"""A receipted job's facts and rows of its result, with proofs (specs/market.md, "Verification")."""
 CONSENSUS_PROTOCOL = "/aitbc/consensus/1"
 """Round-state catch-up under BFT engines: the proposals and votes of a height."""
 

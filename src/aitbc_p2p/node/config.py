@@ -7,6 +7,7 @@ from pathlib import Path
 
 from aitbc_p2p.chain.models import Genesis
 from aitbc_p2p.crypto import PrivateKey
+from aitbc_p2p.node.cheats import CHEATS
 from aitbc_p2p.types import MAX_AMOUNT
 
 ACCEL_MODES = ("auto", "gpu", "cpu")
@@ -39,6 +40,8 @@ class ProviderConfig:
     """``llm_gen`` models: name -> local directory of a causal LM (never downloaded)."""
     ollama_url: str | None = None
     """An Ollama server for ``llm_gen`` (e.g. ``http://127.0.0.1:11434``)."""
+    cheat: str = ""
+    """A test fixture only: this provider cheats this way (node/cheats.py); empty: honest."""
 
     def __post_init__(self) -> None:
         """Raises ValueError naming the first field out of its range."""
@@ -55,6 +58,8 @@ class ProviderConfig:
             raise ValueError(f"max_queue must be 0 to 4096, not {self.max_queue}")
         if not self.announce_interval_s > 0:
             raise ValueError(f"announce_interval_s must be above 0, not {self.announce_interval_s}")
+        if self.cheat and self.cheat not in CHEATS:
+            raise ValueError(f"cheat must be one of {', '.join(CHEATS)} (a test fixture), not {self.cheat!r}")
         if self.max_ram_mb is not None and self.max_ram_mb < 1:
             raise ValueError(f"max_ram_mb must be at least 1, not {self.max_ram_mb}")
 

@@ -31,6 +31,7 @@ from aitbc_p2p.node.api import (
     NodeStatus,
     TxStatus,
 )
+from aitbc_p2p.node.audit import AuditService
 from aitbc_p2p.node.bft import BftDriver
 from aitbc_p2p.node.blockrelay import BlockRelay
 from aitbc_p2p.node.chain_service import ChainService
@@ -64,6 +65,7 @@ class Node:
         peering: PeeringService,
         sync: SyncService,
         market: MarketService,
+        audit: AuditService,
         producer: BlockProducer | None,
         bft: BftDriver | None,
     ) -> None:
@@ -78,6 +80,7 @@ class Node:
         self.peering = peering
         self.sync = sync
         self.market = market
+        self.audit = audit
         self.producer = producer
         self.bft = bft
 

@@ -15,7 +15,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -51,6 +51,7 @@ from aitbc_p2p.market import (
     quote,
     select_bid,
 )
+from aitbc_p2p.market.audit import VERIFIABLE, Evidence, Facts, Level
 from aitbc_p2p.market.jobs import (
     ACK_REFUSED,
     ACK_TAKEN,
@@ -69,6 +70,7 @@ from aitbc_p2p.network.abc import REJECT, Emit, GossipMessage, Network, Verdict,
 from aitbc_p2p.network.protocols import JOB_PROTOCOL
 from aitbc_p2p.node.abc import ChainView, OwnAccount, Topics
 from aitbc_p2p.node.api import JobInfo, JobResultInfo, JobUpdate, ProviderStatus
+from aitbc_p2p.node.cheats import Cheat, Cheater
 from aitbc_p2p.node.config import ProviderConfig
 from aitbc_p2p.node.offload import blocking
 from aitbc_p2p.store.crash import crash_point
@@ -237,6 +239,8 @@ class ClientJob:
 
 
 HELD_RECORD_KEYS = ("peer", "done", "result", "ack", "cost")
+HELD_JOB_KEYS = ("offer", "workload", "params")
+"""Kept since verification: what an audit of the job is answered from (older records lack them)."""
 
 
 @dataclass
@@ -258,6 +262,10 @@ class HeldJob:
     events_dropped: int = 0
     changed: trio.Event = field(default_factory=trio.Event)
     """Set when an event is added or the job is done (and replaced by whoever waits)."""
+    offer: JobOffer | None = None
+    workload: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    """The job as its client sent it: audits of its result are answered from these."""
 
     def add_event(self, event: dict[str, Any]) -> None:
         """The executor's callback for each progress event of the job (bounded: the oldest go)."""
@@ -277,21 +285,30 @@ class HeldJob:
     def to_record(self) -> bytes:
         result = self.result.encode() if self.result is not None else None
         done = self.done.is_set()
-        return encode({"peer": self.peer, "done": done, "result": result, "ack": self.ack, "cost": self.cost})
+        offer = None if self.offer is None else self.offer.to_wire()
+        return encode(
+            {"peer": self.peer, "done": done, "result": result, "ack": self.ack, "cost": self.cost, "offer": offer,
+             "workload": self.workload, "params": self.params}
+        )  # fmt: skip
 
     @classmethod
     def from_record(cls, job_id: JobId, data: bytes) -> HeldJob:
         """Read a journal record back (MarketError if it is not one). A job that was running
         when the provider stopped is done now: interrupted, with no result."""
         try:
-            w = fields.record(decode(data, max_size=MAX_RECORD), HELD_RECORD_KEYS, "a held job record")
-            raw = w["result"]
+            w = fields.record(
+                decode(data, max_size=MAX_RECORD), HELD_RECORD_KEYS, "a held job record", optional=HELD_JOB_KEYS
+            )
+            raw, offer = w["result"], w.get("offer")
             held = cls(
                 job_id,
                 fields.text(w, "peer"),
                 result=None if raw is None else JobResult.decode(fields.blob(w, "result", max_len=MAX_RECORD)),
                 ack=fields.blob(w, "ack", max_len=MAX_ACK_BYTES),
                 cost=fields.uint(w, "cost"),
+                offer=None if offer is None else JobOffer.from_wire(offer),
+                workload=fields.text(w, "workload") if "workload" in w else "",
+                params=fields.mapping(w, "params") if "params" in w else {},
             )
         except CodecError as e:
             raise MarketError(f"unreadable held job record: {e}") from e
@@ -299,6 +316,12 @@ class HeldJob:
             raise MarketError("a held job record names another job")
         held.done.set()
         return held
+
+
+class Verifier(Protocol):
+    """Checks a delivered result before the client's agent acks it (node/audit.py)."""
+
+    def spot_check(self, job: ClientJob, escrow: Job) -> None: ...
 
 
 MAX_HELD = 4096
@@ -361,10 +384,17 @@ class MarketService:
         """Jobs whose events someone streams: each set (and dropped) when the job changes."""
         self._journal_wake = trio.Event()
         self._journal_wrote = trio.Event()
+        self.cheater: Cheater | None = None
+        """A cheating provider's fixture (tests and bench only: node/cheats.py)."""
+        self.verifier: Verifier | None = None
+        """Checks a ``spot`` job's result before it is acked (node/audit.py)."""
 
     # -------------------------------------------------------------- set-up
     def enable_provider(self, config: ProviderConfig, device: DeviceInfo, executor: Executor) -> None:
         self._provider, self._device, self._executor = config, device, executor
+        if config.cheat:
+            self.cheater = Cheater(Cheat(config.cheat))
+            logger.warning("THIS PROVIDER CHEATS (%s): a test fixture, never for a real host", config.cheat)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         # A job's request lasts as long as the job runs; an agent may run many at once.
@@ -619,6 +649,8 @@ class MarketService:
             return
         if bid.body["price"] > job.offer.body["max_price"]:
             return
+        if not self._for_hire(bid.signer):
+            return  # an escrow cannot name it: never registered, or ruled against and struck off
         if bid.signer not in job.bids and len(job.bids) >= MAX_BIDS_PER_JOB:
             dearest = max(job.bids.values(), key=lambda b: b.body["price"])
             if bid.body["price"] >= dearest.body["price"]:
@@ -628,6 +660,10 @@ class MarketService:
         if job.phase is Phase.BIDDING and job.bids_wanted and len(job.bids) >= job.bids_wanted:
             job.phase = Phase.BIDS_READY  # enough to choose from: no need to wait out the window
         self._mark(Side.CLIENT, job.job_id)
+
+    def _for_hire(self, address: Address) -> bool:
+        """Whether an escrow may name ``address``: a registered provider on chain."""
+        return self.chain.state.account(address).provider
 
     def _suitable_providers(self, offer: JobOffer) -> int:
         """Known providers whose capability record says they would bid on ``offer``."""
@@ -662,6 +698,11 @@ class MarketService:
             raise MarketError("workload or params do not match the offer's params_hash")
         if offer.body["max_runtime_s"] < 1:
             raise MarketError("max_runtime_s must be at least 1")
+        level = offer.body["verification"]
+        if level not in tuple(Level):
+            raise MarketError(f"verification must be one of {[str(v) for v in Level]}, not {level!r}")
+        if level != Level.NONE and workload not in VERIFIABLE:
+            raise MarketError(f"{workload} has no {level} check yet; verifiable: {sorted(VERIFIABLE)}")
         check_params(workload, params)  # ComputeError: refused here, before any escrow opens
         job_id = offer.job_id
         if job_id not in self.client_jobs:
@@ -762,7 +803,10 @@ class MarketService:
         quoted = self._quoted(job, escrow)
         if result is not None and delivered and escrow.cost <= quoted:
             job.acted = True  # delivered at its price: acked, and the provider settles at once
-            self._ack_once(job, result)
+            if job.offer.body["verification"] != Level.NONE and self.verifier is not None:
+                self.verifier.spot_check(job, escrow)  # it acks, or disputes with its evidence
+            else:
+                self._ack_once(job, result)
             return
         # While the stream or a fetch is under way the result may still come (a busy peer
         # can see the receipt's block first): dispute only in the window's last block.
@@ -776,11 +820,21 @@ class MarketService:
         else:
             return  # not delivered yet: the stream or a fetch may still bring it
         job.acted = True
-        self._nursery.start_soon(self._dispute, job, why)
+        bid = job.bids.get(escrow.provider)
+        evidence = Evidence(
+            why, None if result is None or not delivered else Facts(job.offer, job.params, result), bid=bid
+        )
+        self._nursery.start_soon(self.dispute, job, why, evidence.encode())
 
-    async def _dispute(self, job: ClientJob, why: str) -> None:
+    def ack_checked(self, job: ClientJob) -> None:
+        """The verifier found the delivered result right: ack it (the provider settles)."""
+        if job.result is not None:
+            self._ack_once(job, job.result)
+
+    async def dispute(self, job: ClientJob, why: str, evidence: bytes = b"") -> None:
+        """Dispute the job's receipt as the client's agent, with ``evidence`` for the arbiters."""
         try:
-            await self.account.send_own_tx(JobDispute(job.job_id))
+            await self.account.send_own_tx(JobDispute(job.job_id, evidence))
             logger.warning("job %s %s: the client's agent disputes it", job.job_id.hex()[:16], why)
         except TxRejected as e:
             if e.reason in ("InsufficientFunds", "PoolFull", "NonceTooHigh"):  # may pass on a later block
@@ -883,7 +937,8 @@ class MarketService:
         # An escrow that holds more than this provider's bid (a failover reserve) could be
         # overbilled: then the ack waits for the receipt's cost. Else it leaves at once.
         escrow = self.chain.state.job(job.job_id)
-        if escrow is not None and escrow.amount <= self._quoted(job, escrow):
+        checked = job.offer.body["verification"] != Level.NONE
+        if escrow is not None and escrow.amount <= self._quoted(job, escrow) and not checked:
             self._ack_once(job, result)
         if not job.acted:
             self._check_receipt(job, self.chain.head.height)
@@ -1369,6 +1424,7 @@ class MarketService:
         ):
             return fail("payload does not match the offer")
         held = self._hold(job_id, peer)
+        held.offer, held.workload, held.params = offer, payload.workload, payload.params
         self._promised.pop(job_id, None)
         outcome: list[JobResult] = []
 
@@ -1410,18 +1466,46 @@ class MarketService:
             max_ram_mb=self._provider.max_ram_mb,
             on_event=held.add_event,
         )
-        result = held.result = JobResult(job_id, run.ok, run.output, run.error, run.metrics)
+        result = JobResult(job_id, run.ok, run.output, run.error, run.metrics)
+        if self.cheater is not None:
+            result = await self._cheat(payload, result)
+        held.result = result
         if run.ok:  # a slot is held for about the compute time (the worker's own overhead is small)
             self._slot_ms = max(1, (3 * self._slot_ms + run.metrics.get("compute_ms", self._slot_ms)) // 4)
         if not run.ok:
             logger.info("job %s failed: %s (no receipt, no payment)", job_id.hex()[:16], run.error)
             return result
-        held.cost = job_cost(self._provider.price_per_s, run.metrics["compute_ms"], escrow.amount)
+        held.cost = job_cost(self._provider.price_per_s, result.metrics["compute_ms"], escrow.amount)
         self._mark(Side.PROVIDER, job_id)
         await self._flush()  # held (and its cost) on disk before the receipt claims pay for it
         crash_point("market.result_held")
         await self._post_receipt(escrow, held, result)
         return result
+
+    async def _cheat(self, payload: JobPayload, result: JobResult) -> JobResult:
+        """The cheating fixture's result in place of the real one (node/cheats.py)."""
+        assert self.cheater is not None and self._device is not None
+        rows = None
+        if self.cheater.cheat is Cheat.WRONG_ROWS and payload.workload == "torch_bench" and result.ok:
+            from aitbc_p2p.compute.workloads import product_rows
+
+            rows = await blocking(product_rows, check_params(payload.workload, payload.params), self._device.device)
+        clean = check_params(payload.workload, payload.params)
+        return await blocking(self.cheater.result, payload.workload, clean, result, rows)
+
+    def held_facts(self, job_id: JobId) -> tuple[Facts | None, str]:
+        """A held job's offer, parameters and ok result (what an audit is answered from),
+        and the device it ran on."""
+        held = self._held.get(job_id)
+        device = self._device.device if self._device is not None else "cpu"
+        if held is None or held.offer is None or held.result is None or not held.result.ok:
+            return None, device
+        return Facts(held.offer, held.params, held.result), device
+
+    def provider_peer(self, address: Address) -> str:
+        """The peer id a provider's latest capability record names ("" if none is known)."""
+        rec = self.providers.get(address)
+        return str(rec.body["peer_id"]) if rec is not None else ""
 
     async def _post_receipt(self, escrow: Job, held: HeldJob, result: JobResult) -> None:
         """Receipt a held result, then settle it once the receipt is committed."""
@@ -1477,7 +1561,8 @@ class MarketService:
                 return
             if escrow.status is not JobStatus.OPEN and not sent:
                 if escrow.status is not JobStatus.RECEIPTED:
-                    return  # disputed: the arbiter decides (the result stays held for it)
+                    await self.chain.wait_head_change()  # disputed: held for the arbiters' audit until ruled
+                    continue
                 held = self._held.get(job_id)
                 ack = held.ack if held is not None else b""
                 window_over = self.chain.head.height + 1 > escrow.receipt_height + self.chain.rules.dispute_blocks

@@ -20,6 +20,7 @@ from aitbc_p2p.consensus import engine_for, finality_for
 from aitbc_p2p.mempool import Mempool
 from aitbc_p2p.network import Network, open_libp2p_network
 from aitbc_p2p.node.abc import Topics
+from aitbc_p2p.node.audit import AuditService
 from aitbc_p2p.node.bft import BftDriver
 from aitbc_p2p.node.blockrelay import BlockRelay
 from aitbc_p2p.node.chain_service import ChainService
@@ -92,10 +93,11 @@ def _wire(config: NodeConfig, store: ChainStore, net: Network, clock_ms: Callabl
         chain, relay, net, topics, clock_ms, bid_window_s=config.bid_window_s, journal=MarketJournal(store.kv)
     )
     chain.head_listeners.append(market.on_head)
+    audit = market.verifier = AuditService(chain, relay, net, market)
     return Node(
         config=config, store=store, network=net, clock_ms=clock_ms, topics=topics, chain=chain, relay=relay,
         blocks=blocks, peering=peering, sync=SyncService(chain, store, net, peering), market=market,
-        producer=producer, bft=bft,
+        audit=audit, producer=producer, bft=bft,
     )  # fmt: skip
 
 
@@ -143,6 +145,7 @@ async def open_node(
             await nursery.start(node.peering.run)
             await nursery.start(node.sync.run)
             await nursery.start(node.market.run)
+            await nursery.start(node.audit.run)
             logger.info("node %s up at %s, head %d", node.key.address, net.listen_addrs(), store.head.height)
             try:
                 yield node

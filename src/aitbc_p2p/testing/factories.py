@@ -38,6 +38,9 @@ def make_key(label: str) -> PrivateKey:
     return PrivateKey(hashlib.sha256(b"aitbc-test-key:" + label.encode()).digest())
 
 
+_GENESIS_RULES = ("unbonding_blocks", "dispute_blocks", "dispute_bond", "slash_bps", "challenger_bps")
+
+
 def make_genesis(
     authorities: Sequence[PrivateKey],
     alloc: Mapping[Address, int] | None = None,
@@ -55,7 +58,7 @@ def make_genesis(
     """A genesis for tests. Each of ``providers`` gets ``min_provider_stake`` bonded unless
     ``stakes`` says otherwise; ``params``: other Genesis fields and ``consensus`` extras."""
     min_provider_stake = params.pop("min_provider_stake", aitbc(100))
-    genesis_fields = {k: params.pop(k) for k in ("unbonding_blocks", "dispute_blocks") if k in params}
+    genesis_fields = {k: params.pop(k) for k in _GENESIS_RULES if k in params}
     all_stakes = {a: min_provider_stake for a in providers} | dict(stakes or {})
     return Genesis(
         chain_id=chain_id,

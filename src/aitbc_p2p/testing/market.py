@@ -34,10 +34,11 @@ def make_offer(
     *,
     max_price: int = aitbc(5),
     max_runtime_s: int = 30,
+    verification: str = "none",
 ) -> JobOffer:
     return JobOffer.create(
         key, node.genesis.chain_id, workload=workload, params_hash=params_hash(workload, params),
-        max_price=max_price, max_runtime_s=max_runtime_s, verification="none", timestamp_ms=node.clock_ms(),
+        max_price=max_price, max_runtime_s=max_runtime_s, verification=verification, timestamp_ms=node.clock_ms(),
     )  # fmt: skip
 
 

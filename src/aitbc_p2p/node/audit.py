@@ -1,0 +1,296 @@
+"""Verification in a node (specs/market.md, "Verification"): the three sides of
+``/aitbc/audit/1``.
+
+- **Provider:** answers an audit of a job it receipted (any asker: the client's agent,
+  an arbiter, an auditor) with the job's facts and the rows asked for, each with its
+  Merkle proof under the committed ``rows_root``, until the escrow ends.
+- **Client's agent:** for a ``spot`` offer, once the receipt is committed, draws rows
+  from the hash of the next block (unknown to the provider when it computed), asks for
+  them, and judges: an ack if all holds, else a dispute carrying the evidence.
+- **Arbiter** (a genesis arbiter's peer): reads each dispute's evidence, audits the
+  provider itself where that does not decide it, and posts the ruling.
+
+Every check is :func:`aitbc_p2p.market.audit.judge`, run off the Trio thread (a row's
+recomputation needs torch, imported in that thread on the first torch_bench check).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from aitbc_p2p.chain.payloads import JobDispute, JobResolve, Verdict
+from aitbc_p2p.chain.state import Job, JobStatus
+from aitbc_p2p.compute import check_params
+from aitbc_p2p.exceptions import ComputeError, MarketError, NetworkError, TxRejected
+from aitbc_p2p.market.audit import (
+    SPOT_ROWS,
+    AuditAnswer,
+    AuditRequest,
+    Evidence,
+    Facts,
+    Ruling,
+    challenge_rows,
+    facts_hold,
+    judge,
+    rows_for,
+)
+from aitbc_p2p.market.messages import Bid
+from aitbc_p2p.network.abc import Network
+from aitbc_p2p.network.protocols import AUDIT_PROTOCOL
+from aitbc_p2p.node.abc import ChainView, OwnAccount
+from aitbc_p2p.node.offload import blocking
+from aitbc_p2p.types import JobId
+
+if TYPE_CHECKING:
+    from aitbc_p2p.node.market import ClientJob, MarketService
+
+logger = logging.getLogger(__name__)
+
+AUDIT_TIMEOUT_S = 5.0
+"""One audit request's limit."""
+AGENT_PATIENCE = 2
+"""The client's agent disputes a receipt whose provider has not answered its audit when
+1/AGENT_PATIENCE of the dispute window is left (time for the dispute to be included)."""
+ARBITER_PATIENCE_S = 20.0
+"""How long an arbiter keeps asking a provider before it rules on its silence."""
+RETRY_S = 1.0
+MAX_CASES = 256
+"""Disputes an arbiter works on at once (more wait for the next block)."""
+SCAN_BACK = 1000
+"""Blocks an arbiter reads back for disputes when it starts."""
+MAX_PRODUCTS = 4
+"""Recomputed products a provider keeps to answer audits of the same job again."""
+MAX_PRODUCT_N = 4096
+"""Above this n a product is not kept (64 MiB); each audit recomputes it."""
+
+
+def _check_row(params: dict[str, Any], index: int, row: bytes) -> bool:
+    from aitbc_p2p.compute.workloads import row_matches
+
+    return row_matches(params, index, row)
+
+
+class AuditService:
+    def __init__(self, chain: ChainView, account: OwnAccount, network: Network, market: MarketService) -> None:
+        self.chain = chain
+        self.account = account
+        self.network = network
+        self.market = market
+        self._nursery: trio.Nursery | None = None
+        self._products: OrderedDict[JobId, list[bytes]] = OrderedDict()
+        self._prove_lock = trio.Lock()  # one recomputation at a time: audits cannot pile up n^3 work
+        self._cases: set[JobId] = set()
+        self.rulings: OrderedDict[JobId, Ruling] = OrderedDict()
+        """The latest rulings this peer reached (as arbiter or client's agent), bounded."""
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.network.set_request_handler(AUDIT_PROTOCOL, self.serve_audit)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            if self.account.key.address in self.chain.rules.arbiters:
+                nursery.start_soon(self._arbitrate)
+            task_status.started()
+            await trio.sleep_forever()  # the checks and cases it starts run here
+
+    def _remember(self, job_id: JobId, ruling: Ruling) -> None:
+        self.rulings[job_id] = ruling
+        while len(self.rulings) > MAX_CASES:
+            self.rulings.popitem(last=False)
+
+    # ------------------------------------------------------------ provider
+    async def serve_audit(self, peer: str, request: bytes) -> bytes:
+        """Answer an audit of a job this provider receipted and still holds."""
+        req = AuditRequest.decode(request)  # MarketError: the stream is reset
+        job_id = req.job_id
+        escrow = self.chain.state.job(job_id)
+        facts, device = self.market.held_facts(job_id)
+        cheater = self.market.cheater
+        if (
+            facts is None
+            or escrow is None
+            or escrow.provider != self.account.key.address
+            or escrow.status not in (JobStatus.RECEIPTED, JobStatus.DISPUTED)
+        ):
+            return AuditAnswer(job_id, error="no receipted job of that id is held here").encode()
+        if cheater is not None and not cheater.answers_audits:
+            return AuditAnswer(job_id, error="busy").encode()
+        rows: tuple[Any, ...] = ()
+        if req.rows and facts.offer.body["workload"] == "torch_bench":
+            clean = check_params("torch_bench", facts.params)  # as it ran: defaults filled in
+            rows = tuple(await self._prove(job_id, clean, req.rows[: rows_for(clean["n"])], device))
+        return AuditAnswer(job_id, facts, rows).encode()
+
+    async def _prove(self, job_id: JobId, params: dict[str, Any], indices: tuple[int, ...], device: str) -> list[Any]:
+        from aitbc_p2p.compute.workloads import product_rows, prove_rows
+
+        async with self._prove_lock:
+            rows = self._products.get(job_id)
+            if rows is None:
+                rows = await blocking(product_rows, params, device)
+                cheater = self.market.cheater
+                if cheater is not None:
+                    rows = cheater.rows(params, rows)
+                if params["n"] <= MAX_PRODUCT_N:
+                    self._products[job_id] = rows
+                    while len(self._products) > MAX_PRODUCTS:
+                        self._products.popitem(last=False)
+            return await blocking(prove_rows, rows, indices)
+
+    # ------------------------------------------------------- client's agent
+    def spot_check(self, job: ClientJob, escrow: Job) -> None:
+        """Check the delivered result of ``job`` before it is acked (``spot`` level)."""
+        if self._nursery is not None:
+            self._nursery.start_soon(self._spot_guarded, job, escrow)
+
+    async def _spot_guarded(self, job: ClientJob, escrow: Job) -> None:
+        try:
+            await self._spot(job, escrow)
+        except Exception:  # a task edge: one job's check must not end the node
+            logger.exception("spot check of job %s failed", job.job_id.hex()[:16])
+
+    async def _spot(self, job: ClientJob, escrow: Job) -> None:
+        assert job.result is not None
+        job_id = job.job_id
+        facts = Facts(job.offer, job.params, job.result)
+        bid = job.bids.get(escrow.provider)
+        gflops = int(bid.body["gflops"]) if bid is not None else 0
+        evidence = Evidence("spot check", facts, bid=bid)
+        ruling = await blocking(lambda: judge(escrow, evidence, None, _check_row, check_params, gflops=gflops))
+        asked: tuple[int, ...] = ()
+        if ruling.verdict is None:  # the result must be audited: rows from a block after the receipt
+            seed = await self._block_hash(escrow.receipt_height + 1)
+            n = int(check_params(job.workload, job.params)["n"])
+            asked = challenge_rows(seed, job_id, n, min(SPOT_ROWS, rows_for(n)))
+            window = self.chain.rules.dispute_blocks
+            last = escrow.receipt_height + max(1, window - window // AGENT_PATIENCE)
+            answer = await self._ask(job.peer, AuditRequest(job_id, asked), until_height=last)
+            if answer is None:
+                ruling = Ruling(None, "the provider did not answer the audit")
+            else:
+                ruling = await blocking(
+                    lambda: judge(escrow, evidence, answer, _check_row, check_params, asked=asked, gflops=gflops)
+                )
+                evidence = Evidence(ruling.why, facts, rows=answer.rows, bid=bid)
+        self._remember(job_id, ruling)
+        if ruling.verdict is Verdict.PROVIDER:
+            logger.info("job %s passed its spot check (%s)", job_id.hex()[:16], ruling.why)
+            self.market.ack_checked(job)
+            return
+        logger.warning("job %s failed its spot check: %s", job_id.hex()[:16], ruling.why)
+        await self.market.dispute(job, ruling.why, Evidence(ruling.why, evidence.facts, evidence.rows, bid).encode())
+
+    async def _block_hash(self, height: int) -> bytes:
+        while self.chain.head.height < height:
+            await self.chain.wait_head_change()
+        block = self.chain.block(height)
+        return block.hash if block is not None else self.chain.head.hash
+
+    async def _ask(
+        self, peer: str, request: AuditRequest, *, until_height: int | None = None, patience_s: float | None = None
+    ) -> AuditAnswer | None:
+        """The provider's answer (one naming the job, without an error), asking again
+        until ``until_height`` or for ``patience_s``; None if it never came."""
+        with trio.move_on_after(patience_s if patience_s is not None else float("inf")):
+            while until_height is None or self.chain.head.height <= until_height:
+                if peer:
+                    try:
+                        raw = await self.network.request(
+                            peer, AUDIT_PROTOCOL, request.encode(), timeout=AUDIT_TIMEOUT_S
+                        )
+                        answer = AuditAnswer.decode(raw)
+                        if answer.job_id == request.job_id and not answer.error:
+                            return answer
+                        logger.info(
+                            "audit of %s: %s", request.job_id.hex()[:16], answer.error or "another job's answer"
+                        )
+                    except (NetworkError, MarketError) as e:
+                        logger.info("audit of %s unanswered: %s", request.job_id.hex()[:16], e)
+                await trio.sleep(RETRY_S)
+        return None
+
+    # ------------------------------------------------------------- arbiter
+    async def _arbitrate(self) -> None:
+        """Find every dispute in new blocks (and in the last SCAN_BACK at start) and rule."""
+        seen = max(0, self.chain.head.height - SCAN_BACK)
+        while True:
+            head = self.chain.head.height
+            for height in range(seen + 1, head + 1):
+                block = self.chain.block(height)
+                for tx in block.txs if block is not None else ():
+                    if isinstance(tx.payload, JobDispute) and len(self._cases) < MAX_CASES:
+                        self._open_case(tx.payload.job_id)
+            seen = max(seen, head)
+            await self.chain.wait_head_change()
+
+    def _open_case(self, job_id: JobId) -> None:
+        if job_id in self._cases or self._nursery is None:
+            return
+        self._cases.add(job_id)
+        self._nursery.start_soon(self._case_guarded, job_id)
+
+    async def _case_guarded(self, job_id: JobId) -> None:
+        try:
+            await self._case(job_id)
+        except Exception:  # a task edge: one case must not end the node
+            logger.exception("dispute of job %s not ruled", job_id.hex()[:16])
+        finally:
+            self._cases.discard(job_id)
+
+    async def _case(self, job_id: JobId) -> None:
+        escrow = self.chain.state.job(job_id)
+        if escrow is None or escrow.status is not JobStatus.DISPUTED:
+            return
+        found = self.chain.find_tx(escrow.dispute_tx)
+        evidence: Evidence | None = None
+        if found is not None and isinstance(found.tx.payload, JobDispute) and found.tx.payload.evidence:
+            try:
+                evidence = Evidence.decode(found.tx.payload.evidence)
+            except MarketError as e:
+                logger.info("dispute of %s carries no readable evidence: %s", job_id.hex()[:16], e)
+        bid = evidence.bid if evidence is not None else None
+        gflops = _gflops(bid, escrow)
+        ruling = await blocking(lambda: judge(escrow, evidence, None, _check_row, check_params, gflops=gflops))
+        if ruling.verdict is None:  # audit the provider: the facts (if the evidence lacks them), then rows
+            peer = self.market.provider_peer(escrow.provider)
+            facts = evidence.facts if evidence is not None and facts_hold(escrow, evidence.facts) else None
+            answer: AuditAnswer | None = None
+            if facts is None:
+                answer = await self._ask(peer, AuditRequest(job_id), patience_s=ARBITER_PATIENCE_S)
+                facts = answer.facts if answer is not None and facts_hold(escrow, answer.facts) else None
+            asked: tuple[int, ...] = ()
+            if facts is not None and facts.offer.body["workload"] == "torch_bench":
+                n = _rows_of(facts)
+                asked = challenge_rows(escrow.dispute_tx, job_id, n, min(SPOT_ROWS, rows_for(n))) if n else ()
+                answer = await self._ask(peer, AuditRequest(job_id, asked), patience_s=ARBITER_PATIENCE_S)
+            elif answer is None:
+                answer = await self._ask(peer, AuditRequest(job_id), patience_s=ARBITER_PATIENCE_S)
+            shown = answer or AuditAnswer(job_id, error="no answer within the arbiter's patience")
+            ruling = await blocking(
+                lambda: judge(escrow, evidence, shown, _check_row, check_params, asked=asked, gflops=gflops)
+            )
+        self._remember(job_id, ruling)
+        assert ruling.verdict is not None
+        logger.warning("dispute of job %s: for the %s (%s)", job_id.hex()[:16], ruling.verdict.value, ruling.why)
+        try:
+            await self.account.send_own_tx(JobResolve(job_id, ruling.verdict))
+        except TxRejected as e:  # another arbiter ruled first, or this one cannot pay the fee
+            logger.info("ruling on %s not posted: %s", job_id.hex()[:16], e)
+
+
+def _gflops(bid: Bid | None, escrow: Job) -> int:
+    """The throughput the provider declared in its own signed bid for this job (0: none shown)."""
+    if bid is None or bid.signer != escrow.provider or bid.job_id != escrow.job_id:
+        return 0
+    return int(bid.body["gflops"])
+
+
+def _rows_of(facts: Facts) -> int:
+    """The rows of a torch_bench job's product (0: its parameters are refused)."""
+    try:
+        return int(check_params("torch_bench", facts.params)["n"])
+    except ComputeError:
+        return 0

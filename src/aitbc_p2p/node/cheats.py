@@ -1,0 +1,78 @@
+"""Cheating providers, as fixtures for tests and the audit bench: never for a real host.
+
+A provider runs one when its config names it (``[provider] cheat = "..."``, logged as a
+warning at start): the injection is passed in, never read from the environment. Each
+cheat is what a dishonest provider would do to be paid for less work; the verification
+of specs/market.md is meant to catch every one of them (tests/test_devnet_audit.py,
+bench/audit.py).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from aitbc_p2p.chain.merkle import merkle_root
+from aitbc_p2p.codec import decode, encode
+from aitbc_p2p.market import JobResult
+from aitbc_p2p.market.jobs import MAX_OUTPUT
+
+
+class Cheat(enum.StrEnum):
+    WRONG_ROWS = "wrong_rows"
+    """torch_bench: half the product's rows are not computed (zeros), and committed so."""
+    RANDOM_OUTPUT = "random_output"
+    """The output is made up: an echo of another message; a rows_root of random bytes."""
+    INFLATED_METERING = "inflated_metering"
+    """The receipt bills an hour of compute (capped by the escrow) for the real result."""
+    WITHHELD_AUDITS = "withheld_audits"
+    """Honest work, but audits go unanswered."""
+
+
+CHEATS = tuple(c.value for c in Cheat)
+INFLATED_MS = 3_600_000
+
+
+def skipped(params: dict[str, Any], index: int) -> bool:
+    """Whether the WRONG_ROWS cheat leaves row ``index`` uncomputed: half the rows, chosen
+    by a hash the auditor cannot predict from the index alone."""
+    return hashlib.sha256(f"{params['seed']}:{params['n']}:{index}".encode()).digest()[0] < 128
+
+
+@dataclass(frozen=True, slots=True)
+class Cheater:
+    cheat: Cheat
+
+    @property
+    def answers_audits(self) -> bool:
+        return self.cheat is not Cheat.WITHHELD_AUDITS
+
+    def rows(self, params: dict[str, Any], honest: list[bytes]) -> list[bytes]:
+        """The rows this provider committed to (it answers audits from them)."""
+        if self.cheat is not Cheat.WRONG_ROWS:
+            return honest
+        return [bytes(len(row)) if skipped(params, i) else row for i, row in enumerate(honest)]
+
+    def result(
+        self, workload: str, params: dict[str, Any], result: JobResult, honest_rows: list[bytes] | None
+    ) -> JobResult:
+        """The result this provider delivers and receipts instead of ``result`` (blocking:
+        ``honest_rows`` is the torch_bench product, recomputed by the caller)."""
+        if not result.ok:
+            return result
+        output = decode(result.output, max_size=MAX_OUTPUT)
+        metrics = dict(result.metrics)
+        if self.cheat is Cheat.INFLATED_METERING:
+            metrics["compute_ms"] = INFLATED_MS
+        elif self.cheat is Cheat.RANDOM_OUTPUT:
+            if workload == "echo":
+                output = {"message": "made up", "length": 7}
+            elif workload == "torch_bench":
+                output["rows_root"] = hashlib.sha256(result.output).hexdigest()
+        elif self.cheat is Cheat.WRONG_ROWS and workload == "torch_bench" and honest_rows is not None:
+            rows = self.rows(params, honest_rows)
+            output["rows_root"] = merkle_root(rows).hex()
+            output["digest"] = hashlib.sha256(b"".join(rows)).hexdigest()
+        return JobResult(result.job_id, True, encode(output), "", metrics)

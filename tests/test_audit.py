@@ -1,0 +1,224 @@
+"""Verification's pure core (market/audit.py) and the cheats it is meant to catch
+(node/cheats.py): challenges, strict parsing of requests, answers and evidence, and the
+ruling ``judge`` reaches for an honest provider and for each cheat. The torch_bench cases
+recompute real products (torch); the rest run without it."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pytest
+
+from aitbc_p2p.chain.payloads import MAX_EVIDENCE, Verdict
+from aitbc_p2p.chain.state import Job, JobStatus
+from aitbc_p2p.codec import encode
+from aitbc_p2p.compute import check_params, torch_available
+from aitbc_p2p.exceptions import MarketError
+from aitbc_p2p.market import Bid, JobOffer, JobResult, params_hash
+from aitbc_p2p.market.audit import (
+    AuditAnswer,
+    AuditRequest,
+    Evidence,
+    Facts,
+    challenge_rows,
+    facts_hold,
+    judge,
+    rows_for,
+)
+from aitbc_p2p.node.cheats import INFLATED_MS, Cheat, Cheater, skipped
+from aitbc_p2p.testing import make_key
+from aitbc_p2p.types import Address
+
+needs_torch = pytest.mark.skipif(not torch_available(), reason="torch not installed (pip install '.[compute]')")
+
+CLIENT, PROVIDER = make_key("client"), make_key("provider")
+CHAIN = "ait-devnet"
+
+
+def _offer(workload: str, params: dict[str, Any]) -> JobOffer:
+    return JobOffer.create(
+        CLIENT, CHAIN, workload=workload, params_hash=params_hash(workload, params), max_price=10**9,
+        max_runtime_s=30, verification="spot", timestamp_ms=1, nonce=7,
+    )  # fmt: skip
+
+
+def _job(offer: JobOffer, result: JobResult, cost: int = 100) -> Job:
+    return Job(
+        offer.job_id, CLIENT.address, PROVIDER.address, 10**9, 99, 1, CLIENT.address, status=JobStatus.RECEIPTED,
+        result_hash=result.result_hash, cost=cost, metrics=dict(result.metrics), receipt_height=5,
+    )  # fmt: skip
+
+
+def _echo(message: str = "hello", sent: str | None = None, compute_ms: int = 3) -> tuple[Job, Facts]:
+    params = {"message": message}
+    offer = _offer("echo", params)
+    said = message if sent is None else sent
+    output = encode({"message": said, "length": len(said)})
+    result = JobResult(offer.job_id, True, output, "", {"compute_ms": compute_ms})
+    return _job(offer, result), Facts(offer, params, result)
+
+
+def _never(params: dict[str, Any], index: int, row: bytes) -> bool:
+    raise AssertionError("no row should be recomputed here")
+
+
+def test_challenge_rows_are_distinct_in_range_and_follow_the_seed() -> None:
+    job = b"\x01" * 32
+    rows = challenge_rows(b"\xaa" * 32, job, 256, 4)
+    assert len(set(rows)) == 4 and all(0 <= r < 256 for r in rows) and list(rows) == sorted(rows)
+    assert challenge_rows(b"\xaa" * 32, job, 256, 4) == rows
+    assert challenge_rows(b"\xab" * 32, job, 256, 4) != rows
+    assert challenge_rows(b"\xaa" * 32, job, 3, 10) == (0, 1, 2)  # never more rows than there are
+    assert rows_for(16384) * (4 * 16384) <= 512 * 1024 and rows_for(256) == 16
+
+
+def test_requests_answers_and_evidence_round_trip_and_refuse_anything_else() -> None:
+    job, facts = _echo()
+    req = AuditRequest(job.job_id, (1, 5))
+    assert AuditRequest.decode(req.encode()) == req
+    row = (3, b"\x00" * 8, ((True, b"\x11" * 32),))
+    answer = AuditAnswer(job.job_id, facts, (row,))
+    back = AuditAnswer.decode(answer.encode())
+    assert back.rows == (row,) and back.facts is not None and back.facts.result == facts.result
+    evidence = Evidence("spot check", facts, (row,))
+    again = Evidence.decode(evidence.encode())
+    assert again.why == "spot check" and again.rows == (row,) and facts_hold(job, again.facts)
+    for bad in (b"", b"\xa0", encode({"job_id": "zz", "rows": []}), encode({"job_id": job.job_id.hex(), "rows": [-1]})):
+        with pytest.raises(MarketError):
+            AuditRequest.decode(bad)
+    with pytest.raises(MarketError):
+        AuditRequest.decode(AuditRequest(job.job_id, tuple(range(17))).encode())  # too many rows
+    empty = {"v": 1, "why": "", "offer": None, "params": None, "result": None, "rows": [], "bid": None}
+    for bad in ({**empty, "v": 2}, {**empty, "rows": [[1, b"", [[1, 2]]]]}, {**empty, "extra": 1}):
+        with pytest.raises(MarketError):
+            Evidence.decode(encode(bad))
+
+
+def test_evidence_stays_within_the_chains_bound() -> None:
+    job, facts = _echo("x" * 4000)
+    big = Facts(facts.offer, facts.params, JobResult(job.job_id, True, b"\x00" * 200_000))
+    raw = Evidence("too big to carry", big, ((0, b"\x00" * 60_000, ()),)).encode()
+    assert len(raw) <= MAX_EVIDENCE
+    assert Evidence.decode(raw).facts is None  # left out: the arbiter asks the provider for them
+
+
+def test_an_honest_echo_passes_and_a_made_up_one_does_not() -> None:
+    job, facts = _echo()
+    ruling = judge(job, Evidence("spot", facts), None, _never, check_params)
+    assert ruling.verdict is Verdict.PROVIDER
+    cheat = Cheater(Cheat.RANDOM_OUTPUT).result("echo", facts.params, facts.result, None)
+    job, facts = _echo()
+    lied = _job(facts.offer, cheat)
+    ruling = judge(lied, Evidence("spot", Facts(facts.offer, facts.params, cheat)), None, _never, check_params)
+    assert ruling.verdict is Verdict.CLIENT
+
+
+def test_facts_that_are_not_the_escrows_decide_nothing_from_the_challenger() -> None:
+    job, facts = _echo()
+    other = Facts(facts.offer, {"message": "other"}, facts.result)  # params that do not hash to the offer
+    assert not facts_hold(job, other)
+    assert judge(job, Evidence("claims", other), None, _never, check_params).verdict is None  # the provider is asked
+    # ...and a provider that cannot show the receipted job's facts loses.
+    assert judge(job, None, AuditAnswer(job.job_id, other), _never, check_params).verdict is Verdict.CLIENT
+    assert judge(job, None, AuditAnswer(job.job_id, error="busy"), _never, check_params).verdict is Verdict.CLIENT
+    assert judge(job, None, AuditAnswer(job.job_id, facts), _never, check_params).verdict is Verdict.PROVIDER
+
+
+def test_metering_past_what_the_job_needs_is_an_overcharge() -> None:
+    job, facts = _echo(compute_ms=40)
+    assert judge(job, Evidence("spot", facts), None, _never, check_params).verdict is Verdict.PROVIDER
+    inflated = Cheater(Cheat.INFLATED_METERING).result("echo", facts.params, facts.result, None)
+    assert inflated.metrics["compute_ms"] == INFLATED_MS and inflated.output == facts.result.output
+    job = _job(facts.offer, inflated)
+    ruling = judge(job, Evidence("spot", Facts(facts.offer, facts.params, inflated)), None, _never, check_params)
+    assert ruling.verdict is Verdict.CLIENT and "metered" in ruling.why
+
+
+def test_a_receipt_above_the_providers_own_bid_is_an_overcharge() -> None:
+    job, facts = _echo()
+    bid = Bid.for_offer(PROVIDER, facts.offer, peer_id="p", price=50, price_per_s=1, gflops=0, wait_ms=0)
+    assert judge(job, Evidence("bill", bid=bid), None, _never, check_params).verdict is Verdict.CLIENT  # cost 100
+    forged = Bid.for_offer(CLIENT, facts.offer, peer_id="p", price=50, price_per_s=1, gflops=0, wait_ms=0)
+    assert judge(job, Evidence("bill", bid=forged), None, _never, check_params).verdict is None  # not its bid
+
+
+# ------------------------------------------------------------- torch_bench rows
+def _bench(cheat: Cheat | None, n: int = 64) -> tuple[Job, Facts, list[bytes]]:
+    from aitbc_p2p.compute.context import RunContext
+    from aitbc_p2p.compute.workloads import _bench_run, product_rows
+
+    params = check_params("torch_bench", {"n": n, "iters": 1, "seed": 3})
+    offer = _offer("torch_bench", params)
+    output = _bench_run(params, RunContext(device="cpu"))
+    honest = JobResult(offer.job_id, True, encode(output), "", {"compute_ms": 5})
+    rows = product_rows(params)
+    if cheat is None:
+        return _job(offer, honest), Facts(offer, params, honest), rows
+    cheater = Cheater(cheat)
+    result = cheater.result("torch_bench", params, honest, rows)
+    return _job(offer, result), Facts(offer, params, result), cheater.rows(params, rows)
+
+
+def _answer(job: Job, facts: Facts, rows: list[bytes], asked: tuple[int, ...]) -> AuditAnswer:
+    from aitbc_p2p.compute.workloads import prove_rows
+
+    return AuditAnswer(job.job_id, facts, tuple(prove_rows(rows, asked)))
+
+
+def _check(params: dict[str, Any], index: int, row: bytes) -> bool:
+    from aitbc_p2p.compute.workloads import row_matches
+
+    return row_matches(params, index, row)
+
+
+@needs_torch
+def test_an_honest_product_passes_every_audit() -> None:
+    job, facts, rows = _bench(None)
+    assert judge(job, Evidence("spot", facts), None, _check, check_params).verdict is None  # rows must be asked for
+    for seed in range(20):
+        asked = challenge_rows(bytes([seed]) * 32, job.job_id, 64)
+        answer = _answer(job, facts, rows, asked)
+        assert judge(job, None, answer, _check, check_params, asked=asked).verdict is Verdict.PROVIDER
+
+
+@needs_torch
+def test_skipped_rows_are_caught_when_asked_for_and_the_evidence_convinces_an_arbiter() -> None:
+    job, facts, rows = _bench(Cheat.WRONG_ROWS)
+    caught = 0
+    for seed in range(20):
+        asked = challenge_rows(hashlib.sha256(bytes([seed])).digest(), job.job_id, 64)
+        answer = _answer(job, facts, rows, asked)
+        ruling = judge(job, None, answer, _check, check_params, asked=asked)
+        hit = any(skipped(facts.params, i) for i in asked)
+        assert ruling.verdict is (Verdict.CLIENT if hit else Verdict.PROVIDER)
+        if hit:
+            caught += 1
+            # The agent's evidence (those committed rows) decides it for an arbiter, provider gone or not.
+            again = judge(job, Evidence(ruling.why, facts, answer.rows), None, _check, check_params)
+            assert again.verdict is Verdict.CLIENT
+    assert caught >= 17  # half the rows skipped, four asked: 15/16 of the jobs are caught
+
+
+@needs_torch
+def test_a_made_up_root_cannot_be_answered_and_missing_rows_lose() -> None:
+    job, facts, rows = _bench(Cheat.RANDOM_OUTPUT)
+    asked = challenge_rows(b"\x05" * 32, job.job_id, 64)
+    ruling = judge(job, None, _answer(job, facts, rows, asked), _check, check_params, asked=asked)
+    assert ruling.verdict is Verdict.CLIENT and "not under its rows_root" in ruling.why
+    # A challenger's rows that are not under the root prove nothing: the provider is asked.
+    shown = Evidence("x", facts, _answer(job, facts, rows, asked).rows)
+    assert judge(job, shown, None, _check, check_params).verdict is None
+    honest_job, honest_facts, honest_rows = _bench(None)
+    short = _answer(honest_job, honest_facts, honest_rows, asked[:2])
+    ruling = judge(honest_job, None, short, _check, check_params, asked=asked)
+    assert ruling.verdict is Verdict.CLIENT and "did not show rows" in ruling.why
+
+
+def test_a_cheat_config_is_named_or_refused() -> None:
+    from aitbc_p2p.node.config import ProviderConfig
+
+    assert ProviderConfig(miner_id="m", cheat="wrong_rows").cheat == "wrong_rows"
+    with pytest.raises(ValueError, match="cheat must be one of"):
+        ProviderConfig(miner_id="m", cheat="lie")
+    assert Address(PROVIDER.address)

@@ -1,0 +1,101 @@
+"""Verification end to end inside one process: a client's agent, a provider and an arbiter
+as three peers over the in-memory network, with real worker processes and the real clock.
+
+At ``spot`` level the agent checks each delivered result before it acks; a provider that
+passes is paid at once, one that cheats is disputed with the evidence, and the arbiter
+rules against it on chain: its stake slashed, its registration gone, the client refunded,
+the agent rewarded, supply conserved. (tests/test_devnet_audit.py does it with real
+processes.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+
+from aitbc_p2p.chain.payloads import Verdict
+from aitbc_p2p.compute import torch_available
+from aitbc_p2p.network.memory import MemoryHub
+from aitbc_p2p.node.cheats import Cheat, Cheater
+from aitbc_p2p.testing import make_key, open_test_network
+from aitbc_p2p.testing.market import make_offer, offer_job, open_escrow, wait_for
+from aitbc_p2p.types import aitbc
+
+CLIENT = make_key("client")
+AGENT, PROVIDER, ARBITER = make_key("peer0"), make_key("peer1"), make_key("peer2")
+ALLOC = {CLIENT.address: aitbc(10_000), AGENT.address: aitbc(10), ARBITER.address: aitbc(1)}
+ARBITERS = {"arbiters": [ARBITER.address]}
+needs_torch = pytest.mark.skipif(not torch_available(), reason="torch not installed (pip install '.[compute]')")
+
+ECHO = ("echo", {"message": "hello"})
+BENCH = ("torch_bench", {"n": 64, "iters": 1, "seed": 5})
+
+
+def _network() -> Any:
+    return open_test_network(3, providers=[1], alloc=ALLOC, hub=MemoryHub(), genesis_params=ARBITERS)
+
+
+async def _spot_job(client_node: Any, workload: str, params: dict[str, Any]) -> Any:
+    job_id, offer = await offer_job(client_node, CLIENT, workload, params, verification="spot")
+    await open_escrow(client_node, CLIENT, job_id, offer)
+    await wait_for(lambda: client_node.job_status(job_id).status in ("settled", "refunded"), timeout=90)
+    return job_id
+
+
+@pytest.mark.parametrize("job", [ECHO, pytest.param(BENCH, marks=needs_torch)], ids=["echo", "torch_bench"])
+async def test_an_honest_provider_passes_its_spot_checks_and_is_paid_at_once(job: tuple[str, dict[str, Any]]) -> None:
+    async with _network() as (client_node, provider, arbiter):
+        await wait_for(lambda: provider.market.registered() and PROVIDER.address in client_node.market.providers)
+        for _ in range(2):
+            job_id = await _spot_job(client_node, *job)
+            escrow = client_node.store.state.job(job_id)
+            assert escrow.status.value == "settled" and not escrow.challenger
+            assert client_node.audit.rulings[job_id].verdict is Verdict.PROVIDER
+            # Acked after the check, so settled inside the dispute window.
+            assert escrow.receipt_height + client_node.genesis.dispute_blocks >= client_node.head.height - 2
+        account = client_node.account(PROVIDER.address).account
+        assert account.provider and account.stake == client_node.genesis.min_provider_stake
+        assert not arbiter.audit.rulings
+
+
+CAUGHT = [
+    pytest.param(Cheat.RANDOM_OUTPUT, ECHO, "not the message sent", id="made-up-echo"),
+    pytest.param(Cheat.INFLATED_METERING, ECHO, "metered", id="inflated-metering"),
+    pytest.param(Cheat.RANDOM_OUTPUT, BENCH, "not under its rows_root", marks=needs_torch, id="made-up-root"),
+    pytest.param(Cheat.WRONG_ROWS, BENCH, "is wrong", marks=needs_torch, id="skipped-rows"),
+    pytest.param(Cheat.WITHHELD_AUDITS, BENCH, "did not answer", marks=needs_torch, id="withheld-audits"),
+]
+
+
+@pytest.mark.parametrize(("cheat", "job", "why"), CAUGHT)
+async def test_a_cheating_provider_is_caught_slashed_and_struck_off(
+    cheat: Cheat, job: tuple[str, dict[str, Any]], why: str, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr("aitbc_p2p.node.audit.ARBITER_PATIENCE_S", 3.0)
+    async with _network() as (client_node, provider, arbiter):
+        await wait_for(lambda: provider.market.registered() and PROVIDER.address in client_node.market.providers)
+        provider.market.cheater = Cheater(cheat)  # passed in: the fixture, not the environment
+        stake, fee = client_node.genesis.min_provider_stake, client_node.genesis.min_fee
+        workload, params = job
+        for attempt in range(8):  # skipped rows escape one check in 16
+            before = {k.address: client_node.account(k.address).account.balance for k in (CLIENT, AGENT)}
+            job_id = await _spot_job(client_node, workload, {**params, "seed": attempt} if "seed" in params else params)
+            if client_node.job_status(job_id).status == "refunded":
+                break
+        escrow = client_node.store.state.job(job_id)
+        assert escrow.status.value == "refunded" and escrow.challenger == AGENT.address
+        assert why in arbiter.audit.rulings[job_id].why and arbiter.audit.rulings[job_id].verdict is Verdict.CLIENT
+        account = client_node.account(PROVIDER.address).account
+        assert (account.provider, account.stake) == (False, stake - stake // 10)
+        after = {k.address: client_node.account(k.address).account.balance for k in (CLIENT, AGENT)}
+        assert after[CLIENT.address] == before[CLIENT.address] - fee  # the escrow came back whole
+        assert after[AGENT.address] == before[AGENT.address] - fee + stake // 10 // 2  # bond back, half the slash
+        supply = client_node.supply()
+        assert supply.total == supply.genesis_total and supply.escrowed == 0
+        # Struck off: it does not bid, and a bid from it would not be taken.
+        again = make_offer(client_node, CLIENT, "echo", {"message": "again"})
+        again_id = await client_node.submit_job(again, "echo", {"message": "again"})
+        await trio.sleep(3 * client_node.config.bid_window_s)
+        assert not client_node.market.client_jobs[again_id].bids
