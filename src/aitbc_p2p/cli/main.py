@@ -25,6 +25,7 @@ from aitbc_p2p.cli import devnet
 from aitbc_p2p.crypto import PrivateKey, key_file_address, load_key_file, save_key_file
 from aitbc_p2p.crypto.keys import validate_address
 from aitbc_p2p.exceptions import AitbcError, ConfigError, RpcError
+from aitbc_p2p.market.audit import Level
 from aitbc_p2p.rpc import RpcClient, result_image
 from aitbc_p2p.types import aitbc, format_aitbc
 
@@ -147,6 +148,7 @@ async def _job_cmd(args: argparse.Namespace) -> None:
                 _params(args),
                 max_price=aitbc(args.max_price),
                 max_runtime_s=args.max_runtime,
+                verification=args.verify,
                 progress=lambda s: print(s, file=sys.stderr),
             )
             if args.stream:
@@ -310,6 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     submit.add_argument("--max-price", default="5", help="most AITBC to pay (default 5)")
     submit.add_argument("--max-runtime", type=_positive_int, default=60, help="runtime cap in seconds (at least 1)")
+    submit.add_argument(
+        "--verify",
+        choices=[str(level) for level in Level],
+        default="none",
+        help="what this peer checks before it pays: none, or spot (echo, torch_bench; specs/market.md)",
+    )
     submit.add_argument("--wait", action="store_true", help="wait until settled, refunded or failed")
     submit.add_argument(
         "--stream", action="store_true", help="show the output as it is made (tokens on stdout), until the job ends"

@@ -54,6 +54,14 @@ Normalize = Callable[[str, dict[str, Any]], dict[str, Any]]
 """``(workload, params) -> clean params`` (defaults filled in), raising on parameters the
 workload refuses: :func:`aitbc_p2p.compute.check_params`."""
 
+def check_level(workload: str, level: str) -> None:
+    """Raises MarketError for a verification level that is unknown, or that ``workload`` has no check for."""
+    if level not in tuple(Level):
+        raise MarketError(f"verification must be one of {[str(v) for v in Level]}, not {level!r}")
+    if level != Level.NONE and workload not in VERIFIABLE:
+        raise MarketError(f"{workload} has no {level} check yet; verifiable: {sorted(VERIFIABLE)}")
+
+
 RowCheck = Callable[[dict[str, Any], int, bytes], bool]
 """``(params, index, row) -> whether the row is right``: a torch_bench row recomputed
 (n^2) within the tolerance of specs/market.md, "Determinism"."""

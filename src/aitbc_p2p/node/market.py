@@ -51,7 +51,7 @@ from aitbc_p2p.market import (
     quote,
     select_bid,
 )
-from aitbc_p2p.market.audit import VERIFIABLE, Evidence, Facts, Level
+from aitbc_p2p.market.audit import Evidence, Facts, Level, check_level
 from aitbc_p2p.market.jobs import (
     ACK_REFUSED,
     ACK_TAKEN,
@@ -698,11 +698,7 @@ class MarketService:
             raise MarketError("workload or params do not match the offer's params_hash")
         if offer.body["max_runtime_s"] < 1:
             raise MarketError("max_runtime_s must be at least 1")
-        level = offer.body["verification"]
-        if level not in tuple(Level):
-            raise MarketError(f"verification must be one of {[str(v) for v in Level]}, not {level!r}")
-        if level != Level.NONE and workload not in VERIFIABLE:
-            raise MarketError(f"{workload} has no {level} check yet; verifiable: {sorted(VERIFIABLE)}")
+        check_level(workload, offer.body["verification"])
         check_params(workload, params)  # ComputeError: refused here, before any escrow opens
         job_id = offer.job_id
         if job_id not in self.client_jobs:

@@ -25,6 +25,7 @@ from aitbc_p2p.compute.workloads import check_params
 from aitbc_p2p.crypto import PrivateKey
 from aitbc_p2p.exceptions import MarketError, RpcError
 from aitbc_p2p.market import Bid, JobOffer, escrow_amount, params_hash, select_bid
+from aitbc_p2p.market.audit import check_level
 from aitbc_p2p.rpc.server import NODE_INFO, TOKEN_FILE
 from aitbc_p2p.types import Address, format_aitbc
 
@@ -191,11 +192,17 @@ class RpcClient:
         *,
         max_price: int,
         max_runtime_s: int = 60,
+        verification: str = "none",
         bid_timeout: float = 15.0,
         progress: Callable[[str], Awaitable[None] | None] | None = None,
     ) -> str:
         """Offer a job, choose a bid, open escrow for that provider; returns the job's id
         in hex (its offer's hash, also its escrow's id on chain).
+
+        ``verification``: ``"none"``, or ``"spot"``: the peer checks the delivered result
+        (rows of a product proved and recomputed, a cheap output recomputed, the metered
+        time) before it pays, and disputes it with the evidence if it fails
+        (specs/market.md, "Verification").
 
         Nothing is sent for a job that cannot run: bad parameters, a runtime cap under
         1 s, or (when this peer knows providers) one that none of them can take.
@@ -210,6 +217,7 @@ class RpcClient:
             raise MarketError(f"max_runtime_s must be at least 1, not {max_runtime_s}")
         if max_price < 1:
             raise MarketError(f"max_price must be at least 1 base unit, not {max_price}")
+        check_level(workload, verification)
         check_params(workload, params)
         known = await self.providers()
         if known and (why := no_bid_reason(known, workload, max_price, max_runtime_s)):
@@ -222,7 +230,7 @@ class RpcClient:
             params_hash=params_hash(workload, params),
             max_price=max_price,
             max_runtime_s=max_runtime_s,
-            verification="none",
+            verification=verification,
             timestamp_ms=int(status["head_timestamp_ms"]),
         )
         posted = await self._call(

@@ -29,6 +29,8 @@ class ProviderSpec:
     slots: int = 1
     max_queue: int = 8
     max_ram_mb: int | None = None
+    cheat: str = ""
+    """A cheating provider (node/cheats.py): a test fixture."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +41,8 @@ class Devnet:
     """The providers' addresses: peer 2's first."""
     agent: str
     """Peer 1's address: the client's peer, its agent."""
+    arbiter: str = ""
+    """The last peer's address where the devnet has an arbiter (a genesis arbiter's peer)."""
 
 
 def _key(base: Path, i: int) -> PrivateKey:
@@ -49,31 +53,43 @@ def _key(base: Path, i: int) -> PrivateKey:
 
 
 def write_devnet(
-    root: Path, base: Path, providers: Sequence[ProviderSpec], *, agent_balance: int = aitbc(10)
+    root: Path,
+    base: Path,
+    providers: Sequence[ProviderSpec],
+    *,
+    agent_balance: int = aitbc(10),
+    arbiter: bool = False,
+    rules: dict[str, int] | None = None,
 ) -> Devnet:
     """Write a devnet of ``1 + len(providers)`` peers into ``root`` (created), from the
-    devnet in ``base`` (``nodes/devnet``)."""
+    devnet in ``base`` (``nodes/devnet``); with ``arbiter``, one more peer, the chain's one
+    arbiter. ``rules``: genesis rules to set (``dispute_blocks``, ``slash_bps``, ...)."""
     genesis = json.loads((base / "genesis.json").read_text())
     root.mkdir(parents=True)
     (root / "keys").mkdir()
     (root / "wallets").symlink_to((base / "wallets").resolve())
-    keys = [_key(base, i) for i in range(1, len(providers) + 2)]
+    keys = [_key(base, i) for i in range(1, len(providers) + 2 + arbiter)]
     for i, key in enumerate(keys, start=1):
         (root / "keys" / f"peer{i}.key").write_text(key.secret.hex())
-    agent, sellers = keys[0].address, [k.address for k in keys[1:]]
+    agent, sellers = keys[0].address, [k.address for k in keys[1 : 1 + len(providers)]]
+    judge = keys[-1].address if arbiter else ""
     genesis["alloc"] = [
         *(a for a in genesis["alloc"] if not a.get("provider")),
         *({"address": a, "balance": aitbc(1_000), "stake": genesis["min_provider_stake"], "provider": True}
           for a in sellers),
         {"address": agent, "balance": agent_balance},
+        *([{"address": judge, "balance": aitbc(10)}] if judge else []),
     ]  # fmt: skip
+    if judge:
+        genesis["arbiters"] = [judge]
+    genesis.update(rules or {})
     # One authority: tests of the market are not tests of forks among authorities.
     genesis["consensus"]["authorities"] = [agent]
     (root / "genesis.json").write_text(json.dumps(genesis, indent=2))
     for i in range(1, len(keys) + 1):
         text = f'data_dir = "data/peer{i}"\nkey_file = "keys/peer{i}.key"\ngenesis = "genesis.json"\n'
         text += 'listen = ["/ip4/127.0.0.1/tcp/0"]\n'
-        if i > 1:
+        if 1 < i <= len(providers) + 1:
             spec = providers[i - 2]
             text += (
                 f'\n[provider]\nminer_id = "peer{i}"\nprice_per_s = {spec.price_per_s}\naccel_mode = "cpu"\n'
@@ -82,5 +98,7 @@ def write_devnet(
             )
             if spec.max_ram_mb is not None:
                 text += f"max_ram_mb = {spec.max_ram_mb}\n"
+            if spec.cheat:
+                text += f'cheat = "{spec.cheat}"\n'
         (root / f"peer{i}.toml").write_text(text)
-    return Devnet(root, tuple(sellers), agent)
+    return Devnet(root, tuple(sellers), agent, judge)

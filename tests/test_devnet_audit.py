@@ -1,0 +1,116 @@
+"""A market that cannot be cheated, with real ``aitbc-peer`` processes (specs/market.md,
+"Verification"): four cheating providers, each cheaper than the one honest provider, an
+arbiter's peer, and a client that asks for ``spot`` verification on every job.
+
+Each cheater wins jobs until one of its results fails the client agent's check; the
+dispute carries the evidence, the arbiter rules on chain, the cheater's stake is slashed
+and its registration struck, and no escrow names it again. Then the honest provider runs
+50 jobs under the same checks and is never disputed. Balances and supply are read over
+RPC; supply is conserved throughout.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from aitbc_p2p.cli import devnet
+from aitbc_p2p.compute import torch_available
+from aitbc_p2p.crypto import load_key_file
+from aitbc_p2p.testing.devnets import ProviderSpec, write_devnet
+from aitbc_p2p.types import aitbc
+
+NODES = Path(__file__).resolve().parents[1] / "nodes" / "devnet"
+pytestmark = pytest.mark.slow
+
+TORCH = torch_available()
+CHEATS = ["random_output", "inflated_metering", *(["wrong_rows", "withheld_audits"] if TORCH else [])]
+"""Cheapest first: each wins the jobs until it is struck off. Without torch, only the
+cheats an echo job shows."""
+HONEST_JOBS = 50
+WITHIN = 10
+"""A cheater is caught within its first this many jobs."""
+
+
+def _job(i: int) -> tuple[str, dict[str, Any]]:
+    """Jobs alternate between echo and (with torch) a small product."""
+    if TORCH and i % 2:
+        return "torch_bench", {"n": 64, "iters": 1, "seed": i}
+    return "echo", {"message": f"job {i}"}
+
+
+async def _run_job(proc: devnet.PeerProcess, i: int) -> dict[str, Any]:
+    client = load_key_file(NODES / "wallets" / "client.json", "devnet")
+    workload, params = _job(i)
+    async with proc.rpc() as rpc:
+        job_id = await rpc.submit_job(
+            client, workload, params, max_price=aitbc(5), max_runtime_s=30, verification="spot"
+        )
+        job = await rpc.wait_job(job_id, timeout=180)
+    assert job["status"] in ("settled", "refunded"), job
+    return job
+
+
+async def _account(proc: devnet.PeerProcess, address: str) -> dict[str, Any]:
+    async with proc.rpc() as rpc:
+        return await rpc.account(address)
+
+
+async def test_each_cheater_is_caught_slashed_and_dropped_and_the_honest_provider_never_is(tmp_path: Path) -> None:
+    specs = [ProviderSpec(10_000_000 + i * 1_000_000, cheat=c) for i, c in enumerate(CHEATS)]
+    specs.append(ProviderSpec(20_000_000, slots=2))
+    net = write_devnet(tmp_path / "nodes", NODES, specs, arbiter=True, rules={"dispute_blocks": 10})
+    cheaters, honest = dict(zip(net.providers, CHEATS, strict=False)), net.providers[-1]
+    procs = devnet.start(net.nodes, tmp_path / "run")
+    try:
+        with trio.fail_after(180):
+            await devnet.wait_ready(procs, progress=lambda s: None)
+            async with procs[0].rpc() as rpc:
+                while len(await rpc.providers()) < len(specs):
+                    await trio.sleep(0.3)
+        stake = (await _account(procs[0], honest))["stake"]
+        # 1. The cheaters, cheapest first, until the honest provider wins a job.
+        jobs_of: dict[str, int] = dict.fromkeys(cheaters, 0)
+        struck_at: dict[str, int] = {}
+        i = 0
+        while True:
+            job = await _run_job(procs[0], i)
+            i += 1
+            provider, escrow = job["escrow"]["provider"], job["escrow"]
+            assert provider not in struck_at, f"an escrow named {cheaters.get(provider)} after it was struck off"
+            if provider == honest:
+                assert job["status"] == "settled" and "challenger" not in escrow, job
+                break
+            jobs_of[provider] += 1
+            assert jobs_of[provider] <= WITHIN, f"{cheaters[provider]} not caught within {WITHIN} jobs"
+            if job["status"] == "refunded":
+                assert escrow["challenger"] == net.agent, job
+                account = await _account(procs[0], provider)
+                assert (account["provider"], account["stake"]) == (False, stake - stake // 10), account
+                struck_at[provider] = i
+            assert i < WITHIN * len(CHEATS) + 5, "the cheaters kept winning"
+        assert set(struck_at) == set(cheaters), f"not caught: {set(cheaters) - set(struck_at)}"
+        # 2. The honest provider, under the same checks, over HONEST_JOBS jobs (five clients at once).
+        done: list[dict[str, Any]] = [job]
+
+        async def client_stream(start: int) -> None:
+            for k in range(start, start + HONEST_JOBS // 5):
+                done.append(await _run_job(procs[0], 1000 + k))
+
+        async with trio.open_nursery() as nursery:
+            for s in range(5):
+                nursery.start_soon(client_stream, s * (HONEST_JOBS // 5))
+        assert len(done) > HONEST_JOBS
+        for job in done:
+            assert job["status"] == "settled" and job["escrow"]["provider"] == honest, job
+            assert "challenger" not in job["escrow"], job
+        account = await _account(procs[0], honest)
+        assert account["provider"] and account["stake"] == stake
+        async with procs[0].rpc() as rpc:
+            supply = await rpc.supply()
+        assert supply["total"] == supply["genesis_total"] and supply["escrowed"] == 0, supply
+        arbiter_log = procs[-1].log.read_text()
+        assert arbiter_log.count("for the client") == len(cheaters) and "for the provider" not in arbiter_log
+    finally:
+        devnet.stop(tmp_path / "run")
