@@ -50,9 +50,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/gossip.py | tee .bench/gossip.out
 	$(BIN)/python bench/gpu.py --quick | tee .bench/gpu.out
 	$(BIN)/python bench/job.py | tee .bench/job.out
+	$(BIN)/python bench/audit.py | tee .bench/audit.out
 	$(BIN)/python bench/sim.py --peers 32 --minutes 5 | tee .bench/sim-poa.out
 	$(BIN)/python bench/sim.py --peers 16 --consensus pos --minutes 5 | tee .bench/sim-pos.out
-	$(BIN)/python bench/floors.py .bench/ledger.out .bench/gossip.out .bench/gpu.out .bench/job.out .bench/sim-poa.out .bench/sim-pos.out
+	$(BIN)/python bench/floors.py .bench/ledger.out .bench/gossip.out .bench/gpu.out .bench/job.out .bench/audit.out .bench/sim-poa.out .bench/sim-pos.out
 
 # Long fuzz runs with atheris (the fuzz extra): SECONDS per target (default 60), every
 # target in aitbc_p2p/testing/fuzz.py or those named in FUZZ_TARGETS. make test runs the

@@ -98,3 +98,23 @@ def test_the_simulator_runs_a_small_network_through_its_faults_to_one_chain():
     assert report["height"] >= 40  # 90 simulated seconds of one-second blocks, less the faults' cost
     assert report["propagation_p50_ms"] < 1000 and report["messages_per_peer_per_block"] > 0
     assert "partition" in out.stderr and "restarts" in out.stderr  # the faults were injected
+
+
+def test_the_audit_bench_reports_detection_and_cost_per_level():
+    """bench/audit.py as a user runs it, small: every cheat is caught at spot, no honest job
+    is ruled against, and the costs come per job size. Without torch it says it skipped."""
+    args = ["--trials", "4", "--jobs", "3", "--n", "64", "--cost-n", "64", "128", "--repeats", "2"]
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "audit.py"), *args], capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    if "skipped" in report:
+        assert report == {"bench": "audit", "skipped": "torch not installed"}
+        return
+    assert report["false_positives"] == 0 and report["levels"]["spot"]["detect_rate_min"] == 1.0
+    assert set(report["cheats"]) == {"wrong_rows", "random_output", "inflated_metering", "withheld_audits"}
+    assert all(rates["none"] == 0.0 for rates in report["cheats"].values())  # cost within the bid: none sees nothing
+    assert set(report["costs"]) == {"64", "128"} and report["overhead_n"] == 128
+    assert 0 < report["levels"]["audit"]["overhead"] < report["levels"]["spot"]["overhead"]
+    assert "false positives" in out.stderr and "shares of the job" in out.stderr

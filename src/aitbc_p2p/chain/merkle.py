@@ -26,9 +26,17 @@ def merkle_root(leaves: Sequence[bytes]) -> Hash32:
     """Root over the leaf *data* (each hashed with :func:`leaf_hash`)."""
     if not leaves:
         return EMPTY_ROOT
-    # leaf_hash and node_hash inlined: two roots of a thousand leaves each per block.
+    # leaf_hash inlined: two roots of a thousand leaves each per block.
     sha256 = hashlib.sha256
-    level = [sha256(b"\x00" + leaf).digest() for leaf in leaves]
+    return root_of([sha256(b"\x00" + leaf).digest() for leaf in leaves])
+
+
+def root_of(hashes: Sequence[bytes]) -> Hash32:
+    """Root over the leaves' hashes (:func:`leaf_hashes`)."""
+    if not hashes:
+        return EMPTY_ROOT
+    sha256 = hashlib.sha256
+    level = list(hashes)
     while len(level) > 1:
         nxt = [sha256(b"\x01" + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)]
         if len(level) % 2:
@@ -52,6 +60,33 @@ def merkle_proof(leaves: Sequence[bytes], index: int) -> list[tuple[bool, Hash32
             nxt.append(level[-1])
         level, index = nxt, index // 2
     return path
+
+
+def leaf_hashes(leaves: Sequence[bytes]) -> list[bytes]:
+    """Each leaf's :func:`leaf_hash`: what :func:`merkle_proofs` builds a tree from."""
+    sha256 = hashlib.sha256
+    return [sha256(b"\x00" + leaf).digest() for leaf in leaves]
+
+
+def merkle_proofs(hashes: Sequence[bytes], indices: Sequence[int]) -> list[list[tuple[bool, Hash32]]]:
+    """:func:`merkle_proof` of each of ``indices``, from the leaves' hashes
+    (:func:`leaf_hashes`), the tree built once."""
+    if any(not 0 <= i < len(hashes) for i in indices):
+        raise IndexError("leaf index out of range")
+    sha256 = hashlib.sha256
+    level = list(hashes)
+    at = list(indices)
+    paths: list[list[tuple[bool, Hash32]]] = [[] for _ in at]
+    while len(level) > 1:
+        for path, index in zip(paths, at, strict=True):
+            sibling = index ^ 1
+            if sibling < len(level):
+                path.append((sibling < index, Hash32(level[sibling])))
+        nxt = [sha256(b"\x01" + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level, at = nxt, [i // 2 for i in at]
+    return paths
 
 
 def verify_proof(root: bytes, leaf: bytes, path: Sequence[tuple[bool, bytes]]) -> bool:

@@ -55,6 +55,9 @@ class RunContext:
     """Model name -> local directory (never downloaded at run time): causal LMs for
     ``llm_gen`` and diffusers pipelines for ``sd_infer``, told apart by their files."""
     ollama_url: str | None = None
+    keep: Callable[[bytes], None] = lambda data: None
+    """Hand bytes back to the provider with the result, not sent to the client: what it
+    answers audits from (a torch_bench product's rows)."""
 
 
 __all__ = [

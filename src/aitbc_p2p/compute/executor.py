@@ -49,6 +49,8 @@ class Execution:
     output: bytes  # canonical CBOR of the workload's result map (empty on failure)
     error: str = ""
     metrics: dict[str, int] = field(default_factory=dict)
+    kept: bytes = b""
+    """What the workload handed back for the provider alone (RunContext.keep)."""
 
 
 class WorkerProcess:
@@ -257,7 +259,8 @@ class Executor:
             return Execution(False, b"", str(reply.get("error", "unknown error")))
         self._done += 1
         metrics = {str(k): int(v) for k, v in dict(reply.get("metrics", {})).items()}
-        return Execution(True, bytes(reply["output"]), metrics=metrics)
+        kept = reply.get("kept", b"")
+        return Execution(True, bytes(reply["output"]), metrics=metrics, kept=kept if isinstance(kept, bytes) else b"")
 
     async def _watch_rss(self, worker: WorkerProcess, cap_mb: int, over: trio.Event) -> None:
         while True:

@@ -93,11 +93,13 @@ class Worker:
     def run(self, rid: int, workload: str, params: dict[str, Any]) -> dict[str, Any]:
         spec = get_workload(workload, self.workloads)
         clean = spec.validate(params)
+        kept: list[bytes] = []
         ctx = RunContext(
             device=self.device,
             emit=lambda event: self.send({"id": rid, "event": event}),
             models=self.models,
             ollama_url=self.ollama_url,
+            keep=kept.append,
         )
         torch: Any = sys.modules.get("torch")
         cuda = torch is not None and self.device.startswith("cuda")
@@ -118,7 +120,10 @@ class Worker:
         for key in ("tokens", "ttft_ms", "tokens_per_s", "steps", "ms_per_step"):
             if isinstance(result.get(key), int):
                 metrics[key] = result[key]
-        return {"ok": True, "output": output, "metrics": metrics}
+        reply = {"ok": True, "output": output, "metrics": metrics}
+        if kept:
+            reply["kept"] = kept[-1]
+        return reply
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aitbc_p2p.chain.merkle import merkle_proof, merkle_root, verify_proof
+from aitbc_p2p.chain.merkle import leaf_hashes, merkle_proofs, root_of, verify_proof
 from aitbc_p2p.compute.context import RunContext, language_models, module_available, pipeline_models, torch_available
 from aitbc_p2p.exceptions import ComputeError
 
@@ -102,6 +103,28 @@ def bench_inputs(params: dict[str, Any], device: str) -> tuple[Any, Any]:
     return a.to(device=device, dtype=dtype), b.to(device=device, dtype=dtype)
 
 
+_INPUTS: dict[tuple[int, int, str, str], tuple[Any, Any]] = {}
+_INPUTS_LOCK = threading.Lock()
+INPUTS_KEPT_N = 2048
+"""Inputs of products up to this n are kept (the last two), so that the rows of one
+check, each needing both inputs, generate them once (2 x 16 MiB at most)."""
+
+
+def kept_inputs(params: dict[str, Any], device: str) -> tuple[Any, Any]:
+    """:func:`bench_inputs`, the last two sets kept (a check recomputes several rows of one job)."""
+    key = (params["n"], params["seed"], params["dtype"], device)
+    with _INPUTS_LOCK:  # checks run in threads
+        found = _INPUTS.get(key)
+    if found is None:
+        found = bench_inputs(params, device)
+        if params["n"] <= INPUTS_KEPT_N:
+            with _INPUTS_LOCK:
+                while len(_INPUTS) >= 2:
+                    del _INPUTS[next(iter(_INPUTS))]
+                _INPUTS[key] = found
+    return found
+
+
 def tensor_bytes(t: Any) -> bytes:
     """The raw bytes of a tensor as float32 on the CPU (one memcpy, no per-element Python)."""
     import torch
@@ -115,6 +138,11 @@ def result_rows(c: Any) -> list[bytes]:
     raw = tensor_bytes(c)
     width = c.shape[1] * 4
     return [raw[i : i + width] for i in range(0, len(raw), width)]
+
+
+KEEP_N = 2048
+"""Products up to this n (16 MiB) go back to the provider with the result, and their rows'
+leaf hashes: it keeps them to answer audits; larger ones are recomputed for an audit."""
 
 
 def _bench_run(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
@@ -140,6 +168,9 @@ def _bench_run(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     elapsed = max(time.perf_counter() - start, 1e-9)
     flops = 2 * params["n"] ** 3 * params["iters"]
     rows = result_rows(c)
+    hashes = leaf_hashes(rows)
+    if params["n"] <= KEEP_N:  # the provider proves audited rows from these, not a recomputation
+        ctx.keep(b"".join(rows) + b"".join(hashes))
     return {
         "n": params["n"],
         "iters": params["iters"],
@@ -148,7 +179,7 @@ def _bench_run(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
         "elapsed_us": int(elapsed * 1e6),
         "gflops": int(flops / elapsed / 1e9),
         "digest": hashlib.sha256(b"".join(rows)).hexdigest(),
-        "rows_root": merkle_root(rows).hex(),
+        "rows_root": root_of(hashes).hex(),
     }
 
 
@@ -159,14 +190,14 @@ def product_rows(params: dict[str, Any], device: str = "cpu") -> list[bytes]:
     return result_rows(a @ b)
 
 
-def prove_rows(rows: list[bytes], indices: Sequence[int]) -> list[tuple[int, bytes, tuple[tuple[bool, bytes], ...]]]:
+def prove_rows(
+    rows: list[bytes], indices: Sequence[int], hashes: Sequence[bytes] | None = None
+) -> list[tuple[int, bytes, tuple[tuple[bool, bytes], ...]]]:
     """``(index, row, proof)`` for each of ``indices`` under the Merkle root of ``rows``
-    (indices out of range are left out)."""
-    return [
-        (i, rows[i], tuple((left, bytes(h)) for left, h in merkle_proof(rows, i)))
-        for i in indices
-        if 0 <= i < len(rows)
-    ]
+    (indices out of range are left out); ``hashes``: the rows' leaf hashes, if kept."""
+    inside = [i for i in indices if 0 <= i < len(rows)]
+    proofs = merkle_proofs(hashes if hashes is not None else leaf_hashes(rows), inside)
+    return [(i, rows[i], tuple((left, bytes(h)) for left, h in proof)) for i, proof in zip(inside, proofs, strict=True)]
 
 
 def prove_row(params: dict[str, Any], index: int, device: str = "cpu") -> tuple[bytes, list[tuple[bool, bytes]]]:
@@ -186,7 +217,7 @@ def row_matches(params: dict[str, Any], index: int, row: bytes, *, rel_tol: floa
     n = params["n"]
     if not 0 <= index < n or len(row) != 4 * n:
         return False
-    a, b = bench_inputs(params, device)
+    a, b = kept_inputs(params, device)
     expected = (a[index : index + 1] @ b).to(dtype=torch.float32).cpu().flatten()
     got = torch.frombuffer(bytearray(row), dtype=torch.float32)
     if not bool(torch.isfinite(got).all()):

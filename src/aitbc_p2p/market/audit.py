@@ -33,6 +33,19 @@ class Level(enum.StrEnum):
     SPOT = "spot"
     """And the result itself: k rows of a product proved and recomputed, a cheap output
     recomputed, and the metered time against what the job can take."""
+    AUDIT = "audit"
+    """The spot check on a sampled share of the jobs (AUDIT_RATE), drawn from the block
+    after the receipt: a provider cannot know which of its results will be checked."""
+
+
+AUDIT_RATE_BITS = 1
+"""Level ``audit`` checks one job in 2**AUDIT_RATE_BITS."""
+
+
+def sampled(seed: bytes, job_id: bytes) -> bool:
+    """Whether level ``audit`` checks this job: from ``seed`` (the hash of the block after
+    the receipt), unknown to the provider when it computed."""
+    return sha256(b"audit" + seed + job_id)[0] >> (8 - AUDIT_RATE_BITS) == 0
 
 
 SPOT_ROWS = 4

@@ -32,11 +32,13 @@ from aitbc_p2p.market.audit import (
     AuditRequest,
     Evidence,
     Facts,
+    Level,
     Ruling,
     challenge_rows,
     facts_hold,
     judge,
     rows_for,
+    sampled,
 )
 from aitbc_p2p.market.messages import Bid
 from aitbc_p2p.network.abc import Network
@@ -81,7 +83,8 @@ class AuditService:
         self.network = network
         self.market = market
         self._nursery: trio.Nursery | None = None
-        self._products: OrderedDict[JobId, list[bytes]] = OrderedDict()
+        self._products: OrderedDict[JobId, tuple[list[bytes], list[bytes] | None]] = OrderedDict()
+        """Products proved from lately: ``(rows, leaf hashes or None)``."""
         self._prove_lock = trio.Lock()  # one recomputation at a time: audits cannot pile up n^3 work
         self._cases: set[JobId] = set()
         self.rulings: OrderedDict[JobId, Ruling] = OrderedDict()
@@ -128,21 +131,24 @@ class AuditService:
         from aitbc_p2p.compute.workloads import product_rows, prove_rows
 
         async with self._prove_lock:
-            rows = self._products.get(job_id)
-            if rows is None:
-                rows = await blocking(product_rows, params, device)
+            product = self._products.get(job_id)
+            if product is None:
+                product = self.market.held_product(job_id, params["n"])  # kept with the result
+                if product is None:  # not kept: recomputed (one more product)
+                    product = (await blocking(product_rows, params, device), None)
                 cheater = self.market.cheater
                 if cheater is not None:
-                    rows = cheater.rows(params, rows)
+                    product = (cheater.rows(params, product[0]), None)
                 if params["n"] <= MAX_PRODUCT_N:
-                    self._products[job_id] = rows
+                    self._products[job_id] = product
                     while len(self._products) > MAX_PRODUCTS:
                         self._products.popitem(last=False)
-            return await blocking(prove_rows, rows, indices)
+            return await blocking(prove_rows, product[0], indices, product[1])
 
     # ------------------------------------------------------- client's agent
     def spot_check(self, job: ClientJob, escrow: Job) -> None:
-        """Check the delivered result of ``job`` before it is acked (``spot`` level)."""
+        """Check the delivered result of ``job`` before it is acked (levels ``spot``, and
+        ``audit`` where the job is drawn)."""
         if self._nursery is not None:
             self._nursery.start_soon(self._spot_guarded, job, escrow)
 
@@ -159,6 +165,12 @@ class AuditService:
         bid = job.bids.get(escrow.provider)
         gflops = int(bid.body["gflops"]) if bid is not None else 0
         evidence = Evidence("spot check", facts, bid=bid)
+        if job.offer.body["verification"] == Level.AUDIT:
+            seed = await self._block_hash(escrow.receipt_height + 1)
+            if not sampled(seed, job_id):
+                logger.info("job %s not drawn for an audit: acked", job_id.hex()[:16])
+                self.market.ack_checked(job)
+                return
         ruling = await blocking(lambda: judge(escrow, evidence, None, _check_row, check_params, gflops=gflops))
         asked: tuple[int, ...] = ()
         if ruling.verdict is None:  # the result must be audited: rows from a block after the receipt

@@ -266,6 +266,8 @@ class HeldJob:
     workload: str = ""
     params: dict[str, Any] = field(default_factory=dict)
     """The job as its client sent it: audits of its result are answered from these."""
+    kept: bytes = b""
+    """What the workload kept for audits (a product's rows; in memory only, bounded by MAX_KEPT)."""
 
     def add_event(self, event: dict[str, Any]) -> None:
         """The executor's callback for each progress event of the job (bounded: the oldest go)."""
@@ -324,6 +326,9 @@ class Verifier(Protocol):
     def spot_check(self, job: ClientJob, escrow: Job) -> None: ...
 
 
+MAX_KEPT = 256 << 20
+"""Bytes of kept products a provider holds for audits, all jobs together; past it the
+oldest go (an audit of those recomputes the product)."""
 MAX_HELD = 4096
 """Jobs whose results a provider holds (each needed an escrow naming it); past it the
 oldest finished ones are dropped."""
@@ -1463,6 +1468,8 @@ class MarketService:
             on_event=held.add_event,
         )
         result = JobResult(job_id, run.ok, run.output, run.error, run.metrics)
+        if run.kept:
+            self._keep(held, run.kept)
         if self.cheater is not None:
             result = await self._cheat(payload, result)
         held.result = result
@@ -1488,6 +1495,26 @@ class MarketService:
             rows = await blocking(product_rows, check_params(payload.workload, payload.params), self._device.device)
         clean = check_params(payload.workload, payload.params)
         return await blocking(self.cheater.result, payload.workload, clean, result, rows)
+
+    def _keep(self, held: HeldJob, data: bytes) -> None:
+        held.kept = data
+        total = sum(len(h.kept) for h in self._held.values())
+        for other in self._held.values():  # oldest first
+            if total <= MAX_KEPT:
+                break
+            total -= len(other.kept)
+            other.kept = b""
+
+    def held_product(self, job_id: JobId, n: int) -> tuple[list[bytes], list[bytes]] | None:
+        """The kept rows of a held torch_bench product of ``n`` rows and their leaf hashes
+        (compute/workloads.py, KEEP_N), None if not kept."""
+        held = self._held.get(job_id)
+        width, size = 4 * n, 4 * n * n
+        if held is None or len(held.kept) != size + 32 * n:
+            return None
+        kept = held.kept
+        rows = [kept[i : i + width] for i in range(0, size, width)]
+        return rows, [kept[i : i + 32] for i in range(size, len(kept), 32)]
 
     def held_facts(self, job_id: JobId) -> tuple[Facts | None, str]:
         """A held job's offer, parameters and ok result (what an audit is answered from),

@@ -1,0 +1,268 @@
+"""What verification catches and what it costs (specs/market.md, "Verification").
+
+For each cheat of node/cheats.py and for the honest provider, ``--trials`` runs of
+``--jobs`` torch_bench jobs (n x n, ``--iters`` products, real products on this
+machine's CPU). At level ``none`` the client's agent only checks the receipt's cost
+against the bid; at ``spot`` it draws rows from a block hash the provider could not know,
+asks the provider (the cheat's own answer: its committed rows with their proofs, or no
+answer), and rules with the same ``judge`` the node runs; at ``audit`` it does that for
+the jobs the same hash draws (one in two). A cheat is detected in a run if any of its
+jobs is ruled against it; a false positive is an honest job ruled against.
+
+Cost, at each of ``--cost-n`` (the headline at the last, 2048: a job of about a second on a
+2-core CPU), each the median over ``--repeats`` timings and a fraction of the job's own
+compute (the provider's ``_bench_run``, measured in the same run): the check costs O(n^2)
+against the job's O(n^3 iters), so a smaller job pays a larger share (the table shows it): the verifier's check (k rows
+recomputed at n^2 each, after generating the seeded inputs: ``verifier_overhead``) and the
+provider's answer: the proofs from the product it kept with the result
+(``provider_overhead``; products up to n = 2048 are kept), or, where it was not kept, one
+more n^3 product (``provider_overhead_recomputed``). A level's extra compute is the
+verifier's and the provider's (kept) together, times the share of jobs it checks; the
+headline figures are level ``audit``'s.
+
+Prints progress and a table to stderr; its last line is JSON:
+{"bench": "audit", "level": "audit", "detect_rate_min": ..., "false_positives": 0,
+ "audit_overhead": ..., "levels": {level: {"detect_rate_min", "overhead"}}, ...,
+ "cheats": {cheat: {level: rate}}}
+Run: .venv/bin/python bench/audit.py [--trials 200] [--jobs 10] [--n 512] [--cost-n 512 1024 2048] [--iters 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import sys
+import time
+from typing import Any
+
+from aitbc_p2p.chain.merkle import leaf_hashes
+from aitbc_p2p.chain.payloads import Verdict
+from aitbc_p2p.chain.state import Job, JobStatus
+from aitbc_p2p.codec import encode
+from aitbc_p2p.compute import check_params, torch_available
+from aitbc_p2p.compute.context import RunContext
+from aitbc_p2p.market import JobOffer, JobResult, params_hash
+from aitbc_p2p.market.audit import SPOT_ROWS, AuditAnswer, Evidence, Facts, challenge_rows, judge, sampled
+from aitbc_p2p.node.cheats import CHEATS, Cheat, Cheater
+from aitbc_p2p.testing import make_key
+
+CLIENT = make_key("bench-audit-client")
+PROVIDER = make_key("bench-audit-provider")
+BID = 10**9
+"""The provider's bid and the escrow: the cost a receipt may claim unchallenged."""
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+class BenchJob:
+    """One torch_bench job: run once, honestly, and its product kept for the answers."""
+
+    def __init__(self, n: int, iters: int, seed: int) -> None:
+        from aitbc_p2p.compute.workloads import _bench_run, product_rows
+
+        self.params = check_params("torch_bench", {"n": n, "iters": iters, "seed": seed})
+        self.offer = JobOffer.create(
+            CLIENT, "ait-devnet", workload="torch_bench", params_hash=params_hash("torch_bench", self.params),
+            max_price=BID, max_runtime_s=60, verification="spot", timestamp_ms=1, nonce=seed,
+        )  # fmt: skip
+        start = time.perf_counter()
+        output = _bench_run(self.params, RunContext(device="cpu"))
+        self.compute_ms = max(1, int((time.perf_counter() - start) * 1000))
+        self.gflops = int(output["gflops"])
+        self.result = JobResult(self.offer.job_id, True, encode(output), "", {"compute_ms": self.compute_ms})
+        self.rows = product_rows(self.params)
+        self.hashes = leaf_hashes(self.rows)  # kept by the provider with the rows
+
+    def as_delivered(self, cheater: Cheater | None) -> tuple[Job, Facts, list[bytes]]:
+        """The escrow after the receipt, what the client was delivered, and the rows the
+        provider answers from."""
+        result, rows = self.result, self.rows
+        if cheater is not None:
+            result = cheater.result("torch_bench", self.params, result, self.rows)
+            rows = cheater.rows(self.params, self.rows)
+        cost = min(BID, result.metrics["compute_ms"] * 1000)  # 1,000 units a second, capped by the escrow
+        job = Job(
+            self.offer.job_id, CLIENT.address, PROVIDER.address, BID, 99, 1, CLIENT.address,
+            status=JobStatus.RECEIPTED, result_hash=result.result_hash, cost=cost, metrics=dict(result.metrics),
+            receipt_height=5,
+        )  # fmt: skip
+        return job, Facts(self.offer, self.params, result), rows
+
+
+def check_row(params: dict[str, Any], index: int, row: bytes) -> bool:
+    from aitbc_p2p.compute.workloads import row_matches
+
+    return row_matches(params, index, row)
+
+
+def spot(job: Job, facts: Facts, rows: list[bytes], cheater: Cheater | None, seed: bytes, gflops: int) -> Verdict:
+    """The client agent's spot check of one job: the ruling it acts on."""
+    from aitbc_p2p.compute.workloads import prove_rows
+
+    evidence = Evidence("spot check", facts)
+    ruling = judge(job, evidence, None, check_row, check_params, gflops=gflops)
+    if ruling.verdict is not None:
+        return ruling.verdict
+    asked = challenge_rows(seed, job.job_id, len(rows), SPOT_ROWS)
+    if cheater is not None and not cheater.answers_audits:
+        answer = AuditAnswer(job.job_id, error="no answer")
+    else:
+        answer = AuditAnswer(job.job_id, facts, tuple(prove_rows(rows, asked)))
+    verdict = judge(job, evidence, answer, check_row, check_params, asked=asked, gflops=gflops).verdict
+    assert verdict is not None
+    return verdict
+
+
+def detection(jobs: list[BenchJob], cheat: str | None, trials: int) -> tuple[dict[str, float], int, float]:
+    """Per level, the share of runs in which the cheat is caught within the jobs; the false
+    positives (honest jobs ruled against); and the share of jobs level ``audit`` checked."""
+    cheater = Cheater(Cheat(cheat)) if cheat else None
+    delivered = [j.as_delivered(cheater) for j in jobs]
+    caught = {"none": 0, "spot": 0, "audit": 0}
+    false_positives = drawn = 0
+    for trial in range(trials):
+        if any(job.cost > BID for job, _, _ in delivered):  # level none: the cost against the bid
+            caught["none"] += 1
+        for level in ("spot", "audit"):
+            for k, ((job, facts, rows), bench_job) in enumerate(zip(delivered, jobs, strict=True)):
+                seed = hashlib.sha256(f"block after receipt {trial}:{k}".encode()).digest()
+                if level == "audit":
+                    if not sampled(seed, job.job_id):
+                        continue  # acked unchecked
+                    drawn += 1
+                verdict = spot(job, facts, rows, cheater, seed, bench_job.gflops)
+                if verdict is Verdict.CLIENT:
+                    if cheater is None:
+                        false_positives += 1
+                        continue
+                    caught[level] += 1
+                    break
+    rate = drawn / (trials * len(jobs)) if cheater is None else 0.0
+    return {level: count / trials for level, count in caught.items()}, false_positives, rate
+
+
+def costs(job: BenchJob, repeats: int) -> dict[str, float]:
+    """Median seconds of the job, the verifier's check and the provider's answer."""
+    from aitbc_p2p.compute import workloads
+    from aitbc_p2p.compute.workloads import _bench_run, product_rows, prove_rows
+
+    escrow, facts, rows = job.as_delivered(None)
+    runs: dict[str, list[float]] = {"job": [], "verifier": [], "provider": [], "recomputed": []}
+    for r in range(repeats):
+        start = time.perf_counter()
+        _bench_run(job.params, RunContext(device="cpu"))
+        runs["job"].append(time.perf_counter() - start)
+        seed = hashlib.sha256(f"cost {r}".encode()).digest()
+        asked = challenge_rows(seed, escrow.job_id, len(rows), SPOT_ROWS)
+        start = time.perf_counter()
+        answer = AuditAnswer(escrow.job_id, facts, tuple(prove_rows(rows, asked, job.hashes)))  # from what it kept
+        runs["provider"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        prove_rows(product_rows(job.params), asked)  # a product too large to keep: recomputed
+        runs["recomputed"].append(time.perf_counter() - start)
+        workloads._INPUTS.clear()  # a verifier checks each job once: its inputs are not at hand
+        start = time.perf_counter()
+        verdict = judge(escrow, Evidence("spot", facts), answer, check_row, check_params, asked=asked).verdict
+        runs["verifier"].append(time.perf_counter() - start)
+        assert verdict is Verdict.PROVIDER
+    return {name: statistics.median(values) for name, values in runs.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=200)
+    parser.add_argument("--jobs", type=int, default=10)
+    parser.add_argument("--n", type=int, default=512, help="the jobs' n for the detection runs")
+    parser.add_argument(
+        "--cost-n", type=int, nargs="+", default=[512, 1024, 2048], help="n of the costs' jobs (the last: headline)"
+    )
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    if not torch_available():
+        say("audit: torch not installed (pip install '.[compute]'), skipped")
+        print(json.dumps({"bench": "audit", "skipped": "torch not installed"}))
+        return
+    import torch
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    say(f"audit: {args.jobs} torch_bench jobs (n={args.n}, iters={args.iters}) run on the CPU")
+    jobs = [BenchJob(args.n, args.iters, seed) for seed in range(args.jobs)]
+    say(f"  jobs run; measured {jobs[0].gflops} GFLOP/s (declared in the bids)")
+    table: dict[str, dict[str, float]] = {}
+    false_positives, audit_rate = 0, 0.0
+    for cheat in [None, *CHEATS]:
+        name = cheat or "honest"
+        rates, fp, drawn = detection(jobs, cheat, args.trials)
+        false_positives += fp
+        audit_rate = drawn or audit_rate
+        say(f"  {name}: caught " + ", ".join(f"at {k} {v:.3f}" for k, v in rates.items()) + f"; false positives {fp}")
+        if cheat:
+            table[name] = rates
+    by_n: dict[int, dict[str, float]] = {}
+    for n in args.cost_n:
+        cost = costs(jobs[0] if n == args.n else BenchJob(n, args.iters, 0), args.repeats)
+        by_n[n] = {
+            "job_ms": round(cost["job"] * 1000, 3),
+            "verifier": round(cost["verifier"] / cost["job"], 4),
+            "provider": round(cost["provider"] / cost["job"], 4),
+            "provider_recomputed": round(cost["recomputed"] / cost["job"], 4),
+        }
+        say(
+            f"  cost at n={n}: job {cost['job'] * 1000:.1f} ms, verifier {cost['verifier'] * 1000:.2f} ms, "
+            f"provider's answer {cost['provider'] * 1000:.2f} ms "
+            f"({cost['recomputed'] * 1000:.2f} ms where the product is not kept)"
+        )
+    head = by_n[args.cost_n[-1]]
+    verifier, provider, recomputed = head["verifier"], head["provider"], head["provider_recomputed"]
+    overhead = {"none": 0.0, "spot": verifier + provider, "audit": audit_rate * (verifier + provider)}
+    say("")
+    say(f"share of {args.trials} runs in which the cheat is caught within {args.jobs} jobs, per level (n={args.n})")
+    say(f"{'cheat':<20} {'none':>6} {'spot':>6} {'audit':>6}")
+    for name, rates in table.items():
+        say(f"{name:<20} {rates['none']:>6.3f} {rates['spot']:>6.3f} {rates['audit']:>6.3f}")
+    extra = f"{overhead['none']:>6.3f} {overhead['spot']:>6.3f} {overhead['audit']:>6.3f}"
+    say(f"{'extra compute':<20} {extra}  (n={args.cost_n[-1]})")
+    say(f"false positives (honest jobs ruled against, of {args.trials * args.jobs} per level): {false_positives}")
+    say(f"level audit checked {audit_rate:.3f} of the jobs")
+    say("")
+    say(f"{'n':>6} {'job ms':>9} {'verifier':>9} {'provider':>9} {'recomputed':>11}   (shares of the job)")
+    for n, row in by_n.items():
+        shares = f"{row['verifier']:>9.4f} {row['provider']:>9.4f} {row['provider_recomputed']:>11.4f}"
+        say(f"{n:>6} {row['job_ms']:>9.1f} {shares}")
+    levels = {
+        level: {"detect_rate_min": min(r[level] for r in table.values()), "overhead": round(overhead[level], 4)}
+        for level in ("none", "spot", "audit")
+    }
+    print(
+        json.dumps(
+            {
+                "bench": "audit",
+                "level": "audit",
+                "detect_rate_min": levels["audit"]["detect_rate_min"],
+                "false_positives": false_positives,
+                "audit_overhead": levels["audit"]["overhead"],
+                "levels": levels,
+                "audit_rate": round(audit_rate, 4),
+                "verifier_overhead": round(verifier, 4),
+                "provider_overhead": round(provider, 4),
+                "provider_overhead_recomputed": round(recomputed, 4),
+                "overhead_n": args.cost_n[-1],
+                "costs": by_n,
+                "n": args.n,
+                "iters": args.iters,
+                "jobs": args.jobs,
+                "trials": args.trials,
+                "spot_rows": SPOT_ROWS,
+                "cheats": table,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
