@@ -81,11 +81,12 @@ async def test_each_cheater_is_caught_slashed_and_dropped_and_the_honest_provide
             assert provider not in struck_at, f"an escrow named {cheaters.get(provider)} after it was struck off"
             if provider == honest:
                 assert job["status"] == "settled" and "challenger" not in escrow, job
+                assert job["check"]["verdict"] == "provider", job
                 break
             jobs_of[provider] += 1
             assert jobs_of[provider] <= WITHIN, f"{cheaters[provider]} not caught within {WITHIN} jobs"
             if job["status"] == "refunded":
-                assert escrow["challenger"] == net.agent, job
+                assert escrow["challenger"] == net.agent and job["check"]["verdict"] == "client", job
                 account = await _account(procs[0], provider)
                 assert (account["provider"], account["stake"]) == (False, stake - stake // 10), account
                 struck_at[provider] = i

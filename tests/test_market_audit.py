@@ -99,3 +99,29 @@ async def test_a_cheating_provider_is_caught_slashed_and_struck_off(
         again_id = await client_node.submit_job(again, "echo", {"message": "again"})
         await trio.sleep(3 * client_node.config.bid_window_s)
         assert not client_node.market.client_jobs[again_id].bids
+
+
+async def test_level_audit_checks_a_drawn_share_and_still_catches_a_cheat(monkeypatch: Any) -> None:
+    """At ``audit`` a job is checked when the block after its receipt draws it (one in two):
+    the honest provider's jobs all settle, checked or not; a made-up echo is caught (each
+    job escapes with probability 1/2)."""
+    monkeypatch.setattr("aitbc_p2p.node.audit.ARBITER_PATIENCE_S", 3.0)
+    async with _network() as (client_node, provider, arbiter):
+        await wait_for(lambda: provider.market.registered() and PROVIDER.address in client_node.market.providers)
+
+        async def audited(message: str) -> Any:
+            job_id, offer = await offer_job(client_node, CLIENT, "echo", {"message": message}, verification="audit")
+            await open_escrow(client_node, CLIENT, job_id, offer)
+            await wait_for(lambda: client_node.job_status(job_id).status in ("settled", "refunded"), timeout=90)
+            return client_node.job_status(job_id)
+
+        honest = [await audited(f"honest {i}") for i in range(4)]
+        assert all(j.status == "settled" and not j.escrow.challenger for j in honest)
+        assert {j.check for j in honest} <= {None, ("provider", "the result is what the parameters give")}
+        provider.market.cheater = Cheater(Cheat.RANDOM_OUTPUT)
+        for i in range(20):  # escapes all 20 with probability 2^-20
+            job = await audited(f"made up {i}")
+            if job.status == "refunded":
+                break
+        assert job.status == "refunded" and job.check is not None and job.check[0] == "client"
+        assert not client_node.account(PROVIDER.address).account.provider

@@ -107,6 +107,9 @@ class JobInfo:
     workload: str | None = None
     offer: JobOffer | None = None
     bids: Sequence[Bid] = ()
+    check: tuple[str, str] | None = None
+    """This peer's ruling on the job's result, as the client's agent or an arbiter:
+    ``(verdict, why)`` (specs/market.md, "Verification"); None if it checked nothing."""
 
 
     @property

@@ -152,6 +152,7 @@ def job(j: JobInfo) -> dict[str, Any]:
         "escrow": job_view(escrow) if escrow else None,
         "receipt_id": escrow.receipt_tx.hex() if escrow and escrow.receipt_tx else None,
         "result_available": j.result_available,
+        "check": None if j.check is None else {"verdict": j.check[0], "why": j.check[1]},
     }
     if j.offer is not None:
         view["workload"] = j.workload
