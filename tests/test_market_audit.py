@@ -124,4 +124,5 @@ async def test_level_audit_checks_a_drawn_share_and_still_catches_a_cheat(monkey
             if job.status == "refunded":
                 break
         assert job.status == "refunded" and job.check is not None and job.check[0] == "client"
+        assert arbiter.audit.rulings[job.job_id].verdict is Verdict.CLIENT
         assert not client_node.account(PROVIDER.address).account.provider
