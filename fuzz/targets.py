@@ -26,15 +26,18 @@ from pathlib import Path
 from aitbc_p2p.chain.batch import check_block_message
 from aitbc_p2p.chain.genesis import genesis_from_json, genesis_to_json
 from aitbc_p2p.chain.models import Block, Transaction, TxKind
+from aitbc_p2p.chain.state import Job, JobStatus
 from aitbc_p2p.chain.votes import Vote
 from aitbc_p2p.cli.config import load_peer_config
 from aitbc_p2p.codec import decode, encode
+from aitbc_p2p.compute import check_params
 from aitbc_p2p.consensus.tendermint import Proposal, decode_certificate
 from aitbc_p2p.crypto.keyfile import encrypt_key, load_key_file
 from aitbc_p2p.exceptions import AitbcError
-from aitbc_p2p.market import CapabilityRecord, JobResult
+from aitbc_p2p.market import CapabilityRecord, JobResult, params_hash
+from aitbc_p2p.market.audit import AuditAnswer, AuditRequest, Evidence, Facts, judge
 from aitbc_p2p.market.jobs import FetchAnswer, JobEvent, decode_job_request, decode_release_answer
-from aitbc_p2p.market.messages import decode_job_message
+from aitbc_p2p.market.messages import Bid, JobOffer, decode_job_message
 from aitbc_p2p.node.bundles import decode_bundle
 from aitbc_p2p.node.peers import PeerBook
 from aitbc_p2p.node.wire import Status, decode_consensus_message, decode_sync_item, decode_sync_request
@@ -109,6 +112,42 @@ HASH = Hash32(b"\x5a" * 32)
 JOB = JobId(HASH)
 PEER = "16Uiu2HAmExamplePeer"
 
+
+@cache
+def _audited() -> tuple[Job, Facts, Bid]:
+    """A receipted echo job, what was delivered, and its provider's bid: the ruling target's case."""
+    client, provider = make_key("fuzz-client"), make_key("fuzz-provider")
+    params = {"message": "audit me"}
+    offer = JobOffer.create(
+        client, "ait-devnet", workload="echo", params_hash=params_hash("echo", params), max_price=10**9,
+        max_runtime_s=30, verification="spot", timestamp_ms=1, nonce=1,
+    )  # fmt: skip
+    result = JobResult(offer.job_id, True, encode({"message": "audit me", "length": 8}), "", {"compute_ms": 3})
+    job = Job(
+        offer.job_id, client.address, provider.address, 10**9, 99, 1, client.address, status=JobStatus.RECEIPTED,
+        result_hash=result.result_hash, cost=10, metrics=dict(result.metrics), receipt_height=5,
+    )  # fmt: skip
+    bid = Bid.for_offer(provider, offer, peer_id=PEER, price=100, price_per_s=1, gflops=1, wait_ms=0)
+    return job, Facts(offer, params, result), bid
+
+
+def _never_a_row(params: object, index: int, row: bytes) -> bool:
+    return False
+
+
+def _ruling(data: bytes) -> object:
+    """A challenger's evidence, decoded and judged: the arbiter's path for any dispute."""
+    job = _audited()[0]
+    evidence = Evidence.decode(data)
+    return judge(job, evidence, None, _never_a_row, check_params, gflops=1)
+
+
+def _audit_answer(data: bytes) -> object:
+    """A provider's answer, decoded and judged: the client agent's and arbiter's path."""
+    job = _audited()[0]
+    answer = AuditAnswer.decode(data)
+    return judge(job, None, answer, _never_a_row, check_params, asked=(0, 1))
+
 TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
@@ -148,6 +187,23 @@ TARGETS: dict[str, Target] = {
             ],
         ),
         Target("genesis", _genesis, seeds=lambda: [genesis_to_json(make_genesis([make_key("fuzz-a")])).encode()]),
+        Target("audit_request", AuditRequest.decode, seeds=lambda: [AuditRequest(JOB, (1, 7)).encode()]),
+        Target(
+            "audit_answer",
+            _audit_answer,
+            seeds=lambda: [
+                AuditAnswer(_audited()[0].job_id, _audited()[1], ((0, b"\x00" * 16, ((True, HASH),)),)).encode(),
+                AuditAnswer(JOB, error="busy").encode(),
+            ],
+        ),
+        Target(
+            "evidence_ruling",
+            _ruling,
+            seeds=lambda: [
+                Evidence("spot check", _audited()[1], bid=_audited()[2]).encode(),
+                Evidence("rows", None, ((3, b"\x01" * 8, ((False, HASH),)),)).encode(),
+            ],
+        ),
     )
 }
 
