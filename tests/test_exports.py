@@ -9,7 +9,7 @@ EXPECTED = {
     "Node", "NodeAPI", "NodeConfig", "PrivateKey", "ProviderConfig", "RpcClient", "RpcError",
     "StoreError", "Transaction", "TxKind", "TxRejected", "ValidationError", "__version__", "aitbc",
     "create_app", "format_aitbc", "genesis_from_json", "load_key_file", "open_node", "save_key_file",
-    "result_image", "select_bid", "serve_rpc",
+    "result_image", "select_bid", "serve_rpc", "JobProof", "VerifiedReceipt", "verify_receipt",
 }  # fmt: skip
 
 

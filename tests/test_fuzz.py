@@ -240,7 +240,7 @@ async def test_the_rpc_answers_mutated_bodies_and_paths_with_a_4xx_envelope_and_
     gets = [
         "/v1/accounts/{a}", "/v1/accounts/{a}/history?limit={n}", "/v1/accounts/{a}/proof", "/v1/transactions/{h}",
         "/v1/transactions/{h}/proof", "/v1/blocks/{n}", "/v1/jobs/{j}", "/v1/jobs/{j}/result",
-        "/v1/jobs/{j}/events?after={n}",
+        "/v1/jobs/{j}/events?after={n}", "/v1/jobs/{j}/proof",
     ]  # fmt: skip
     rng = random.Random(20261202)
     before = node.account(client.address)

@@ -27,6 +27,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from aitbc_p2p.chain import Block, BlockHeader, Genesis, Transaction, TxKind, genesis_from_json
+from aitbc_p2p.consensus.proofs import JobProof, VerifiedReceipt, verify_receipt
 from aitbc_p2p.crypto import Domain, PrivateKey, load_key_file, save_key_file
 from aitbc_p2p.exceptions import (
     AitbcError,
@@ -94,6 +95,7 @@ __all__ = [
     "Hash32",
     "JobId",
     "JobOffer",
+    "JobProof",
     "KeyFileError",
     "MarketError",
     "NetworkError",
@@ -109,6 +111,7 @@ __all__ = [
     "TxKind",
     "TxRejected",
     "ValidationError",
+    "VerifiedReceipt",
     "__version__",
     "aitbc",
     "create_app",
@@ -120,4 +123,5 @@ __all__ = [
     "save_key_file",
     "select_bid",
     "serve_rpc",
+    "verify_receipt",
 ]

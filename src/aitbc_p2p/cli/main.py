@@ -21,7 +21,9 @@ from typing import Any
 
 import trio
 
+from aitbc_p2p.chain import genesis_from_json
 from aitbc_p2p.cli import devnet
+from aitbc_p2p.consensus.proofs import JobProof, verify_receipt
 from aitbc_p2p.crypto import PrivateKey, key_file_address, load_key_file, save_key_file
 from aitbc_p2p.crypto.keys import validate_address
 from aitbc_p2p.exceptions import AitbcError, ConfigError, RpcError
@@ -138,6 +140,20 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
     return params
 
 
+def _verify_proof(args: argparse.Namespace) -> None:
+    """``aitbc job verify FILE``: a saved receipt proof checked against the genesis alone;
+    prints what it proves, or fails naming the check that failed."""
+    genesis_path = args.genesis or (Path(args.nodes_dir) / "genesis.json" if args.devnet else None)
+    if genesis_path is None:
+        raise ConfigError("name the chain's genesis: --genesis genesis.json (or --devnet)")
+    try:
+        genesis = genesis_from_json(genesis_path.read_text())
+        proof = JobProof.from_json(json.loads(args.file.read_text()))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read {e}") from e
+    _print({"verified": True, **verify_receipt(proof, genesis).to_json()})
+
+
 async def _job_cmd(args: argparse.Namespace) -> None:
     async with _rpc(args) as rpc:
         if args.job_command == "submit":
@@ -158,6 +174,14 @@ async def _job_cmd(args: argparse.Namespace) -> None:
                 _print(job)
             else:
                 print(job_id)
+        elif args.job_command == "proof":
+            proof = await rpc.job_proof(args.job_id)
+            text = json.dumps(proof, indent=2) + "\n"
+            if args.out is None:
+                sys.stdout.write(text)
+            else:
+                args.out.write_text(text)
+                print(f"wrote {args.out}; check it offline: aitbc job verify {args.out}", file=sys.stderr)
         elif args.job_command == "status":
             _print(await rpc.job(args.job_id))
         elif args.job_command == "result":
@@ -322,6 +346,14 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument(
         "--stream", action="store_true", help="show the output as it is made (tokens on stdout), until the job ends"
     )
+    proof = job.add_parser("proof", help="the job's receipt proof, to keep and check offline")
+    proof.add_argument("job_id")
+    proof.add_argument("-o", "--out", type=Path, metavar="FILE", help="write it to FILE (default: stdout)")
+    verify = job.add_parser("verify", help="check a saved receipt proof offline (no peer needed)")
+    verify.add_argument("file", type=Path)
+    verify.add_argument(
+        "--genesis", type=Path, help="the chain's genesis.json (default with --devnet: the devnet's)"
+    )
     job.add_parser("status").add_argument("job_id")
     result = job.add_parser("result", help="the job's result (bytes as hex)")
     result.add_argument("job_id")
@@ -356,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
             _devnet_cmd(args)
         elif args.command == "wallet":
             trio.run(_wallet_cmd, args)
+        elif args.command == "job" and args.job_command == "verify":
+            _verify_proof(args)
         elif args.command == "job":
             trio.run(_job_cmd, args)
         elif args.command == "chain":

@@ -15,6 +15,7 @@ from typing import Any, Literal, Protocol
 from aitbc_p2p.chain.commitment import StateProof
 from aitbc_p2p.chain.models import Block, BlockHeader, Transaction
 from aitbc_p2p.chain.state import Account, Job, Supply
+from aitbc_p2p.consensus.proofs import JobProof
 from aitbc_p2p.market.jobs import JobResult
 from aitbc_p2p.market.messages import Bid, CapabilityRecord, JobOffer
 from aitbc_p2p.store.chain import ReceiptProof, TxLocation
@@ -179,6 +180,11 @@ class NodeAPI(Protocol):
 
     def job_result(self, job: JobId | str) -> JobResultInfo | None:
         """Same lookup as job_status."""
+        ...
+
+    def job_proof(self, job: JobId | str) -> JobProof | None:
+        """The offline proof of a job's committed receipt (consensus/proofs.py); None while
+        it has none. Same lookup as job_status, and any escrow by its full id."""
         ...
 
     def watch_job(self, job_id: JobId, *, after: int = 0) -> AsyncGenerator[JobUpdate, None]:

@@ -15,6 +15,7 @@ from aitbc_p2p.chain.transition import ChainRules
 from aitbc_p2p.chain.votes import Vote
 from aitbc_p2p.codec import decode
 from aitbc_p2p.consensus import ConsensusEngine
+from aitbc_p2p.consensus.proofs import JobProof, job_proof
 from aitbc_p2p.consensus.tendermint import decode_certificate
 from aitbc_p2p.crypto.keys import PrivateKey
 from aitbc_p2p.market.messages import CapabilityRecord, JobOffer
@@ -204,6 +205,20 @@ class Node:
     def job_result(self, job: JobId | str) -> JobResultInfo | None:
         return self.market.job_result(job)
 
+    def job_proof(self, job: JobId | str) -> JobProof | None:
+        info = self.market.job_status(job)
+        job_id = info.job_id if info is not None else _full_id(job)
+        escrow = None if job_id is None else self.store.state.job(job_id)
+        if job_id is None or escrow is None or not escrow.receipt_tx:
+            return None
+        found = self.store.receipt_proof(escrow.receipt_tx)
+        located = self.store.find_tx(escrow.receipt_tx)
+        if found is None or located is None:
+            return None
+        raw = self.store.certificate(located.height)
+        votes = decode_certificate(decode(raw)) if raw else ()
+        return job_proof(job_id, located.tx, found.receipt.encode(), found.path, found.header, votes)
+
     def watch_job(self, job_id: JobId, *, after: int = 0) -> AsyncGenerator[JobUpdate, None]:
         return self.market.watch(job_id, after=after)
 
@@ -212,3 +227,14 @@ class Node:
 
     def providers(self) -> list[CapabilityRecord]:
         return list(self.market.providers.values())
+
+
+def _full_id(job: JobId | str) -> JobId | None:
+    """A job's id from 64 hex digits (a job this peer does not track), else None."""
+    if isinstance(job, bytes):
+        return job
+    try:
+        raw = bytes.fromhex(job)
+    except ValueError:
+        return None
+    return JobId(Hash32(raw)) if len(raw) == 32 else None

@@ -315,6 +315,13 @@ def create_app(api: NodeAPI, *, token: str, max_body: int = MAX_BODY) -> QuartTr
             raise Problem(404, "NOT_FOUND", "no result for this job (yet)")
         return _json(render.job_result(found))
 
+    @app.get("/v1/jobs/<job_id>/proof")
+    async def job_proof(job_id: str) -> Response:
+        found = _job_lookup(api.job_proof, job_id)
+        if found is None:
+            raise Problem(404, "NOT_FOUND", "no committed receipt for this job (yet)")
+        return _json(found.to_json())
+
     @app.post("/v1/jobs/<job_id>/cancel")
     async def cancel_job(job_id: str) -> Response:
         _job_lookup(api.job_status, job_id)  # an ambiguous prefix: 409 AMBIGUOUS_JOB_ID

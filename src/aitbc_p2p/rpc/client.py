@@ -138,6 +138,12 @@ class RpcClient:
         result: dict[str, Any] = await self._call("GET", f"/v1/jobs/{job_id}/result")
         return result
 
+    async def job_proof(self, job_id: str) -> dict[str, Any]:
+        """The job's receipt proof (``GET /v1/jobs/<id>/proof``): save it, and check it
+        offline with :func:`aitbc_p2p.verify_receipt` or ``aitbc job verify FILE``."""
+        result: dict[str, Any] = await self._call("GET", f"/v1/jobs/{job_id}/proof")
+        return result
+
     async def providers(self) -> list[dict[str, Any]]:
         result: dict[str, Any] = await self._call("GET", "/v1/providers")
         return list(result["providers"])
