@@ -9,7 +9,7 @@ from aitbc_p2p.chain.blocks import build_block, encode_receipts, receipts_root
 from aitbc_p2p.chain.commitment import StateTree, bucket_of, leaf_data, prove
 from aitbc_p2p.chain.merkle import merkle_proof, verify_proof
 from aitbc_p2p.chain.models import Block, BlockHeader
-from aitbc_p2p.chain.state import Account, JobStatus, Overlay, account_key, supply_of
+from aitbc_p2p.chain.state import Account, JobStatus, Overlay, account_key, read_reputation, supply_of
 from aitbc_p2p.chain.transition import ChainRules, Receipt, apply_tx, check_stateless
 from aitbc_p2p.chain.votes import Vote, VoteStep
 from aitbc_p2p.codec import encode
@@ -753,6 +753,7 @@ def test_an_escrow_fails_over_to_at_most_three_providers(chain, alice, bob):
     job = chain.state.job(Hash32(JOB))
     assert (job.provider, job.status, job.attempts, job.deadline) == (carol.address, JobStatus.OPEN, 2, 90)
     assert chain.state.account(bob.address).active_jobs == 0 and chain.state.account(carol.address).active_jobs == 1
+    assert read_reputation(chain.state, bob.address).failed == 1  # the escrow moved on from it
     refuse(chain, "NotJobParty", _receipt(bob))  # bob's part is over
     # carol goes silent: cancelled, and after her grace the escrow moves to dave.
     chain.add_block([_cancel(alice, nonce=4)])
@@ -765,3 +766,31 @@ def test_an_escrow_fails_over_to_at_most_three_providers(chain, alice, bob):
     assert (job.provider, job.status, job.attempts, job.cancelled_at) == (dave.address, JobStatus.OPEN, 3, 0)
     refuse(chain, "JobState", _reassign(alice, bob, nonce=6, release=sign_release(dave, chain_id, JOB, 3)))  # a 4th
     assert total_is_conserved(chain).escrowed == 10_000
+
+
+def test_the_chain_keeps_each_providers_record(chain, alice, bob, authority):
+    """Settled escrows, failures (an escrow moved on or refunded past its deadline, never
+    receipted) and lost disputes with what they slashed: every peer reads the same record."""
+    from aitbc_p2p.chain.state import Reputation
+
+    carol = make_key("carol")
+    chain.add_block([_open(alice, bob)])
+    chain.add_block([_receipt(bob)])
+    chain.add_block([make_tx(alice, TxKind.JOB_SETTLE, nonce=1, job_id=JOB, ack=b"")])
+    assert read_reputation(chain.state, bob.address) == Reputation(settled=1)
+    second = b"\x21" * 32
+    chain.add_block([_open(alice, bob, nonce=2, job_id=second, deadline=6)])
+    chain.add_block()
+    chain.add_block()
+    chain.add_block([make_tx(alice, TxKind.JOB_REFUND, nonce=3, job_id=second)])  # past its deadline, unreceipted
+    assert read_reputation(chain.state, bob.address) == Reputation(settled=1, failed=1)
+    third = b"\x22" * 32
+    chain.add_block([_open(alice, bob, nonce=4, job_id=third)])
+    chain.add_block([_receipt(bob, nonce=1, job_id=third)])
+    chain.add_block([make_tx(alice, TxKind.JOB_DISPUTE, nonce=5, job_id=third, evidence=b"")])
+    stake = chain.state.account(bob.address).stake
+    chain.add_block([make_tx(authority, TxKind.JOB_RESOLVE, job_id=third, verdict="client")])
+    assert read_reputation(chain.state, bob.address) == Reputation(settled=1, failed=1, lost=1, slashed=stake // 10)
+    assert read_reputation(chain.state, carol.address) == Reputation()
+    assert read_reputation(chain.state, bob.address).score_milli() == 1000 * 2 // (2 + 2 + 10)
+    total_is_conserved(chain)

@@ -71,6 +71,16 @@ def test_a_bid_is_chosen_by_price_then_wait_and_equal_providers_share_a_burst():
     assert [b.body["price"] for b in rank_bids(o, bids)] == [40, 50, 70]  # 101 is above max_price
     assert escrow_amount(o, bids, 3) == 70 and escrow_amount(o, bids, 2) == 50 and escrow_amount(o, bids, 1) == 40
     assert escrow_amount(o, [], 3) == 0 and escrow_amount(o, [bid(p1, o, 10, 2001)], 3) == 0
+    # The record on chain weighs the price: one failure in two paid jobs (score 600) makes
+    # 40 weigh 67, above an unblemished 50; a lost dispute (score 1000 * 1/11) far more.
+    from aitbc_p2p.chain.state import Reputation
+
+    shaky = Reputation(settled=1, failed=1).score_milli()
+    assert shaky == 500 and Reputation().score_milli() == 1000 and Reputation(lost=1).score_milli() == 90
+    trust = {p1.address: shaky}
+    assert [b.body["price"] for b in rank_bids(o, bids, trust)] == [50, 70, 40]
+    assert select_bid(o, bids, {p1.address: 900}).signer == p1.address  # 40 / 0.9 = 45 still wins
+    assert escrow_amount(o, bids, 2, trust) == 70
     # A provider's live load: full when no slot is free and its queue is at its bound.
     assert Load(2, 0, 3, 3, 5000).full and not Load(2, 0, 2, 3, 5000).full and not Load(2, 1, 0, 0, 0).full
     with pytest.raises(MarketError, match="free_slots"):

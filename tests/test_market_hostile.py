@@ -180,10 +180,11 @@ async def test_bids_per_job_are_bounded_and_cheaper_ones_still_get_in(monkeypatc
         assert max(b.body["price"] for b in job.bids.values()) < 1000 + 3 * MAX_BIDS_PER_JOB - 1
 
 
-def test_capability_records_are_bounded(monkeypatch):
+async def test_capability_records_are_bounded(monkeypatch):
     monkeypatch.setattr(market_module, "MAX_PROVIDERS", 5)
     svc = market_module.MarketService.__new__(market_module.MarketService)
     svc.providers = OrderedDict()
+    svc._heard = {}
     for i in range(20):
         rec = CapabilityRecord.create(
             make_key(f"prov{i}"), "ait-devnet", miner_id=f"m{i}", peer_id="p", mode="cpu", gpu=False, device="d",
@@ -192,5 +193,5 @@ def test_capability_records_are_bounded(monkeypatch):
             load={"slots": 1, "free_slots": 1, "queued": 0, "max_queue": 8, "wait_ms": 0},
         )  # fmt: skip
         svc._remember_provider(rec)
-    assert len(svc.providers) == 5
+    assert len(svc.providers) == 5 and set(svc._heard) == set(svc.providers)  # both bounded
     assert [r.body["miner_id"] for r in svc.providers.values()] == [f"m{i}" for i in range(15, 20)]

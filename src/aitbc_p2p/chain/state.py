@@ -20,6 +20,7 @@ from aitbc_p2p.types import Address, Hash32, JobId
 ACCOUNT_PREFIX = b"a"
 JOB_PREFIX = b"j"
 EVIDENCE_PREFIX = b"e"
+REPUTATION_PREFIX = b"r"
 BURNED_KEY = b"m:burned"
 MAX_UNBONDING = 16
 """Unbonding entries an account may hold at once."""
@@ -182,6 +183,43 @@ def evidence_key(offence: bytes) -> bytes:
     return EVIDENCE_PREFIX + offence
 
 
+def reputation_key(address: Address) -> bytes:
+    return REPUTATION_PREFIX + address.encode()
+
+
+class Reputation(NamedTuple):
+    """A provider's record on chain, kept by the transition (specs/transactions.md, "State"):
+    what every peer weighs its bids by (market/messages.py, ``rank_bids``)."""
+
+    settled: int = 0
+    """Escrows released to it as paid (a settle, or a ruling for it)."""
+    failed: int = 0
+    """Escrows taken from it unreceipted: moved to the next provider, or refunded past their deadline."""
+    lost: int = 0
+    """Disputes ruled against it."""
+    slashed: int = 0
+    """Stake those rulings took."""
+
+    def encode(self) -> bytes:
+        return encode(list(self), check=False)
+
+    @classmethod
+    def decode(cls, data: bytes) -> Reputation:
+        settled, failed, lost, slashed = decode_record(data)
+        return cls(settled, failed, lost, slashed)
+
+    def score_milli(self) -> int:
+        """Trust in thousandths: 1000 for a provider with nothing against it, falling with
+        each failure (counted twice) and each lost dispute (ten times) against its paid jobs."""
+        paid = self.settled + 1
+        return max(1, 1000 * paid // (paid + 2 * self.failed + 10 * self.lost))
+
+
+def read_reputation(view: StateView, address: Address) -> Reputation:
+    raw = view.get(reputation_key(address))
+    return Reputation() if raw is None else Reputation.decode(raw)
+
+
 class StateView(Protocol):
     """Read-only access to committed state. Implementations must not block for long."""
 
@@ -296,6 +334,9 @@ class Overlay:
 
     def set_evidence(self, offence: bytes, height: int) -> None:
         self._raw[evidence_key(offence)] = encode(height)
+
+    def set_reputation(self, address: Address, reputation: Reputation) -> None:
+        self._raw[reputation_key(address)] = reputation.encode()
 
     def absorb(self, other: Overlay) -> None:
         """Take ``other``'s changes (``other`` must sit on this overlay)."""

@@ -35,7 +35,17 @@ from aitbc_p2p.chain.payloads import (
     ack_digest,
     release_digest,
 )
-from aitbc_p2p.chain.state import MAX_UNBONDING, Account, EmptyState, Job, JobStatus, Overlay, StateView
+from aitbc_p2p.chain.state import (
+    MAX_UNBONDING,
+    Account,
+    EmptyState,
+    Job,
+    JobStatus,
+    Overlay,
+    Reputation,
+    StateView,
+    read_reputation,
+)
 from aitbc_p2p.chain.votes import check_evidence
 from aitbc_p2p.codec import encode, head
 from aitbc_p2p.crypto import recover_address
@@ -159,6 +169,12 @@ class _Writes:
         self.burn = 0
         self.evidence: bytes | None = None
         self.events: list[tuple[Any, ...]] = []
+        self.reputations: dict[Address, Reputation] = {}
+
+    def count(self, provider: Address, **deltas: int) -> None:
+        """Add to a provider's reputation record."""
+        rep = self.reputations.get(provider) or read_reputation(self.state, provider)
+        self.reputations[provider] = rep._replace(**{k: getattr(rep, k) + v for k, v in deltas.items()})
 
     def get(self, address: Address) -> Account:
         return self.accounts.get(address) or self.state.account(address)
@@ -253,6 +269,8 @@ def apply_tx(state: Overlay, tx: Transaction, *, height: int, rules: ChainRules,
         state.set_job(job)
     if w.evidence is not None:
         state.set_evidence(w.evidence, height)
+    for address, reputation in w.reputations.items():
+        state.set_reputation(address, reputation)
     state.set_burned(_add(state.burned(), w.burn, "burned"))
     return Receipt(tx.hash, index, tx.fee, tuple(w.events))
 
@@ -414,6 +432,7 @@ def _job_resolve(w: _Writes, tx: Transaction, p: JobResolve, height: int, rules:
     w.burn -= reward
     w.credit(challenger, job.bond + reward)
     w.put(job.provider, w.get(job.provider).with_(provider=False))
+    w.count(job.provider, lost=1, slashed=slashed)
     w.events.append(("ruled", job.job_id, "client"))
 
 
@@ -426,6 +445,8 @@ def _job_refund(w: _Writes, tx: Transaction, p: JobRefund, height: int, rules: C
     if not (expired or _grace_over(job, height, rules)):
         why = f"job is {job.status}; refund only after deadline {job.deadline} or a cancel's grace"
         raise TxRejected("JobState", why)
+    if expired:
+        w.count(job.provider, failed=1)  # it held the escrow to its deadline without a receipt
     _release(w, job, JobStatus.REFUNDED)
 
 
@@ -488,6 +509,7 @@ def _job_reassign(w: _Writes, tx: Transaction, p: JobReassign, height: int, rule
         raise TxRejected("JobState", "deadline must be after the current height")
     w.provider_jobs(job.provider, -1)
     w.provider_jobs(p.provider, +1)
+    w.count(job.provider, failed=1)  # the escrow moves on from a provider that failed it
     w.jobs.append(
         job.with_(
             provider=p.provider, deadline=p.deadline, opened_at=height, status=JobStatus.OPEN, cancelled_at=0,
@@ -535,6 +557,8 @@ def _release(w: _Writes, job: Job, status: JobStatus) -> None:
     """Release a job's escrow, which happens exactly once: settled pays the provider its
     cost and returns the rest; refunded returns everything to the client."""
     to_provider = job.cost if status is JobStatus.SETTLED else 0
+    if status is JobStatus.SETTLED:
+        w.count(job.provider, settled=1)
     w.credit(job.provider, to_provider)
     w.credit(job.client, job.amount - to_provider)
     w.provider_jobs(job.provider, -1)

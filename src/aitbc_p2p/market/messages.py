@@ -233,16 +233,19 @@ def decode_job_message(data: bytes, *, max_size: int = MAX_MESSAGE_SIZE) -> JobO
     raise MarketError(f"unknown job message {kind!r}")
 
 
-def rank_bids(offer: JobOffer, bids: list[Bid]) -> list[Bid]:
+def rank_bids(offer: JobOffer, bids: list[Bid], trust: Mapping[str, int] | None = None) -> list[Bid]:
     """The acceptable bids, best first (specs/market.md, "Choosing a bid"): the cheapest
-    quote; at equal price the shortest quoted wait for a slot, then the highest
-    throughput; and among bids equal in all that, the provider whose hash with the job id
-    is lowest (so that equal providers share a burst of jobs instead of all getting it).
+    quote weighed by the provider's record on chain (``trust``: address -> score in
+    thousandths, chain/state.py ``Reputation.score_milli``; 1000 where absent); at equal
+    weighed price the shortest quoted wait for a slot, then the highest throughput; and
+    among bids equal in all that, the provider whose hash with the job id is lowest (so
+    that equal providers share a burst of jobs instead of all getting it).
 
     Bids for another job or chain, above the offer's max price, or quoting a wait for a
     slot longer than the offer's runtime cap are left out.
     """
     job_hex = offer.job_id.hex()
+    scores = trust or {}
     ok = [
         b
         for b in bids
@@ -251,24 +254,29 @@ def rank_bids(offer: JobOffer, bids: list[Bid]) -> list[Bid]:
         and b.body["price"] <= offer.body["max_price"]
         and b.body["wait_ms"] <= offer.body["max_runtime_s"] * 1000
     ]
+
+    def weighed(b: Bid) -> int:
+        score = max(1, min(1000, scores.get(b.signer, 1000)))
+        return int(-(-b.body["price"] * 1000 // score))
+
     return sorted(
         ok,
-        key=lambda b: (b.body["price"], b.body["wait_ms"], -b.body["gflops"], sha256(f"{job_hex}:{b.signer}".encode())),
+        key=lambda b: (weighed(b), b.body["wait_ms"], -b.body["gflops"], sha256(f"{job_hex}:{b.signer}".encode())),
     )
 
 
-def select_bid(offer: JobOffer, bids: list[Bid]) -> Bid | None:
+def select_bid(offer: JobOffer, bids: list[Bid], trust: Mapping[str, int] | None = None) -> Bid | None:
     """The best acceptable bid (see :func:`rank_bids`), or None."""
-    ranked = rank_bids(offer, bids)
+    ranked = rank_bids(offer, bids, trust)
     return ranked[0] if ranked else None
 
 
-def escrow_amount(offer: JobOffer, bids: list[Bid], attempts: int) -> int:
+def escrow_amount(offer: JobOffer, bids: list[Bid], attempts: int, trust: Mapping[str, int] | None = None) -> int:
     """What the client escrows for a job: the dearest of the ``attempts`` best bids, so that
     a failover can move the escrow to any of them (a reassignment cannot add funds). Each
     provider is still paid only its own cost, and the client's agent disputes a receipt
     that claims more than its bid. Zero when no bid is acceptable."""
-    return max((b.body["price"] for b in rank_bids(offer, bids)[:attempts]), default=0)
+    return max((b.body["price"] for b in rank_bids(offer, bids, trust)[:attempts]), default=0)
 
 
 def quote(price_per_s: int, max_runtime_s: int) -> int:

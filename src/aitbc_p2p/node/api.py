@@ -9,7 +9,7 @@ the wire (specs/rpc.md), and agents that import the node read typed fields.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from aitbc_p2p.chain.commitment import StateProof
@@ -108,6 +108,8 @@ class JobInfo:
     workload: str | None = None
     offer: JobOffer | None = None
     bids: Sequence[Bid] = ()
+    trust: Mapping[str, int] = field(default_factory=dict)
+    """Each bidder's record on chain as a score in thousandths (Reputation.score_milli)."""
     check: tuple[str, str] | None = None
     """This peer's ruling on the job's result, as the client's agent or an arbiter:
     ``(verdict, why)`` (specs/market.md, "Verification"); None if it checked nothing."""

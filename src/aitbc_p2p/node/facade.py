@@ -226,7 +226,7 @@ class Node:
         return await self.market.cancel(job)
 
     def providers(self) -> list[CapabilityRecord]:
-        return list(self.market.providers.values())
+        return self.market.live_providers()
 
 
 def _full_id(job: JobId | str) -> JobId | None:

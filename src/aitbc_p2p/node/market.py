@@ -34,7 +34,7 @@ from aitbc_p2p.chain.payloads import (
     sign_ack,
     sign_release,
 )
-from aitbc_p2p.chain.state import Job, JobStatus
+from aitbc_p2p.chain.state import Job, JobStatus, read_reputation
 from aitbc_p2p.codec import decode, encode, fields
 from aitbc_p2p.compute import DeviceInfo, Executor, check_params
 from aitbc_p2p.crypto import recover_address
@@ -81,6 +81,10 @@ logger = logging.getLogger(__name__)
 
 MAX_OFFERS_SEEN = 10_000
 MAX_PROVIDERS = 1024
+RECORD_TTL_S = 60.0
+"""A provider whose capability record this peer has not heard for this long (six of the
+default announce intervals) is not listed, not counted, and its bids are not offered for
+choice: it may be gone."""
 """Capability records kept (the least recently announced dropped first)."""
 ENOUGH_BIDS = 3
 """Bidding on a client's offer closes early once this many bids are in, or one from every
@@ -363,6 +367,8 @@ class MarketService:
         self.clock_ms = clock_ms
         self._bid_window_s = bid_window_s
         self.providers: OrderedDict[Address, CapabilityRecord] = OrderedDict()
+        self._heard: dict[Address, float] = {}
+        """When each provider's latest record came (trio's clock)."""
         self.client_jobs: OrderedDict[JobId, ClientJob] = OrderedDict()
         self._held: OrderedDict[JobId, HeldJob] = OrderedDict()
         self._offers_seen: OrderedDict[JobId, JobOffer] = OrderedDict()
@@ -632,8 +638,20 @@ class MarketService:
             return
         self.providers[rec.signer] = rec
         self.providers.move_to_end(rec.signer)
+        self._heard[rec.signer] = trio.current_time()
         while len(self.providers) > MAX_PROVIDERS:
-            self.providers.popitem(last=False)
+            gone, _ = self.providers.popitem(last=False)
+            self._heard.pop(gone, None)
+
+    def recent(self, address: Address) -> bool:
+        """Whether this peer heard the provider's capability record within RECORD_TTL_S
+        (by its own clock: a provider's skewed clock does not make it stale)."""
+        heard = self._heard.get(address)
+        return heard is not None and trio.current_time() - heard <= RECORD_TTL_S
+
+    def live_providers(self) -> list[CapabilityRecord]:
+        """The capability records heard within RECORD_TTL_S."""
+        return [rec for address, rec in self.providers.items() if self.recent(address)]
 
     async def on_job_topic(self, inbox: trio.MemoryReceiveChannel[GossipMessage[JobOffer | Bid]]) -> None:
         async for msg in inbox:
@@ -675,7 +693,7 @@ class MarketService:
         body = offer.body
         runtime = body["max_runtime_s"]
         count = 0
-        for rec in self.providers.values():
+        for rec in self.live_providers():
             cap, load = rec.body["limits"].get("max_runtime_s"), rec.load()
             if (
                 not load.full
@@ -998,9 +1016,14 @@ class MarketService:
     def _next_bid(self, job: ClientJob, escrow: Job) -> Bid | None:
         if escrow.attempts >= MAX_ATTEMPTS:
             return None
-        left = [b for a, b in job.bids.items() if a not in job.tried and a != escrow.provider]
-        left = [b for b in left if b.body["price"] <= escrow.amount and self.chain.state.account(b.signer).provider]
-        return select_bid(job.offer, left)
+        left = [b for a, b in job.bids.items() if a not in job.tried and a != escrow.provider and self.recent(a)]
+        left = [b for b in left if b.body["price"] <= escrow.amount and self._for_hire(b.signer)]
+        return select_bid(job.offer, left, self.trust(left))
+
+    def trust(self, bids: list[Bid]) -> dict[str, int]:
+        """Each bidder's record on chain as a score in thousandths (rank_bids weighs by it)."""
+        state = self.chain.state
+        return {b.signer: read_reputation(state, b.signer).score_milli() for b in bids}
 
     def _deadline(self, job: ClientJob) -> int:
         """A fresh deadline for the next attempt, as the SDK sets the first one."""
@@ -1177,6 +1200,7 @@ class MarketService:
         if tracked is None:
             return JobInfo(job_id, status, status if ended else None, "", escrow, result_available=False)
         phase = status if ended else str(tracked.phase)
+        bids = [b for b in tracked.bids.values() if self.recent(b.signer)]  # offered for choice
         return JobInfo(
             job_id,
             status,
@@ -1186,7 +1210,8 @@ class MarketService:
             result_available=bool(tracked.result and tracked.result.ok),
             workload=tracked.workload,
             offer=tracked.offer,
-            bids=list(tracked.bids.values()),
+            bids=bids,
+            trust=self.trust(bids),
         )
 
     def job_result(self, job: JobId | str) -> JobResultInfo | None:

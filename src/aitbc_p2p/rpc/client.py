@@ -248,6 +248,7 @@ class RpcClient:
         await _report(progress, f"offer {job_id[:16]} published; collecting bids")
         bid: Bid | None = None
         bids: list[Bid] = []
+        trust: dict[str, int] = {}
         with trio.move_on_after(bid_timeout):
             async with aclosing(self.stream_job(job_id)) as events:
                 async for event in events:  # the job's status each time a bid comes in
@@ -255,15 +256,18 @@ class RpcClient:
                     if event["event"] == "progress":
                         continue
                     bids = [Bid.decode(bytes.fromhex(b["wire"])) for b in job.get("bids", [])]
+                    # each bidder's record on chain, as the peer reads it: a provider that
+                    # failed jobs or lost disputes needs a lower price to win
+                    trust = {b["provider"]: int(b.get("trust_milli", 1000)) for b in job.get("bids", [])}
                     if (bids and job["phase"] != "bidding") or event["event"] == "end":
-                        bid = select_bid(offer, bids) if bids else None
+                        bid = select_bid(offer, bids, trust) if bids else None
                         break
         if bid is None:
             why = no_bid_reason(await self.providers(), workload, max_price, max_runtime_s)
             why = why or "no provider answered"
             raise MarketError(f"no acceptable bid for job {job_id} within {bid_timeout} s: {why}")
         # Enough for the next bids too: a failover moves this escrow, and cannot add to it.
-        amount = escrow_amount(offer, bids, MAX_ATTEMPTS)
+        amount = escrow_amount(offer, bids, MAX_ATTEMPTS, trust)
         await _report(
             progress, f"chose provider {bid.signer} at {bid.body['price']} units; opening escrow of {amount}"
         )

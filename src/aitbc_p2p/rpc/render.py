@@ -158,7 +158,10 @@ def job(j: JobInfo) -> dict[str, Any]:
         view["workload"] = j.workload
         view["client"] = j.offer.signer
         view["offer"] = jsonable(dict(j.offer.body))
-        view["bids"] = [{**jsonable(dict(b.body)), "wire": b.encode().hex()} for b in j.bids]
+        view["bids"] = [
+            {**jsonable(dict(b.body)), "wire": b.encode().hex(), "trust_milli": j.trust.get(b.signer, 1000)}
+            for b in j.bids
+        ]
     return view
 
 
