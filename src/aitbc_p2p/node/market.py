@@ -37,6 +37,8 @@ from aitbc_p2p.chain.payloads import (
 from aitbc_p2p.chain.state import Job, JobStatus, read_reputation
 from aitbc_p2p.codec import decode, encode, fields
 from aitbc_p2p.compute import DeviceInfo, Executor, check_params
+from aitbc_p2p.compute.context import module_available
+from aitbc_p2p.compute.workloads import EMBED_MODULE
 from aitbc_p2p.crypto import recover_address
 from aitbc_p2p.exceptions import CodecError, CryptoError, MarketError, NetworkError, StoreError, TxRejected
 from aitbc_p2p.market import (
@@ -722,6 +724,8 @@ class MarketService:
         if offer.body["max_runtime_s"] < 1:
             raise MarketError("max_runtime_s must be at least 1")
         check_level(workload, offer.body["verification"])
+        if workload == "embed" and offer.body["verification"] != Level.NONE and not module_available(EMBED_MODULE):
+            raise MarketError("this peer cannot check embed results: it has no embedding model (the compute extra)")
         check_params(workload, params)  # ComputeError: refused here, before any escrow opens
         job_id = offer.job_id
         if job_id not in self.client_jobs:
