@@ -113,7 +113,8 @@ async def test_a_receipt_for_a_result_never_delivered_is_disputed_and_ruled_agai
         info = client_node.job_status(job_id)
         assert info.phase == "failed" and "did not deliver" in info.error
         await ruled_for_the_client(client_node, job_id, bid.body["price"], before)
-        assert "cannot show the receipted result" in arbiter.audit.rulings[job_id].why
+        assert "did not answer the audit" in arbiter.audit.rulings[job_id].why  # it holds no such result
+        assert client_node.job_status(job_id).check[0] == "client"  # the agent's own ruling, shown with the job
 
 
 async def test_a_receipt_charging_more_than_the_bid_is_disputed_and_never_acked(monkeypatch: Any) -> None:

@@ -116,6 +116,10 @@ class AuditService:
             task_status.started()
             await trio.sleep_forever()  # the checks and cases it starts run here
 
+    def disputed(self, job_id: JobId, why: str) -> None:
+        """The client's agent disputed the receipt: its ruling is against the provider."""
+        self._remember(job_id, Ruling(Verdict.CLIENT, why))
+
     def _remember(self, job_id: JobId, ruling: Ruling) -> None:
         self.rulings[job_id] = ruling
         while len(self.rulings) > MAX_CASES:

@@ -331,6 +331,9 @@ class Verifier(Protocol):
 
     def spot_check(self, job: ClientJob, escrow: Job) -> None: ...
 
+    def disputed(self, job_id: JobId, why: str) -> None:
+        """This peer disputed the job's receipt as the client's agent, for ``why``."""
+
 
 MAX_KEPT = 256 << 20
 """Bytes of kept products a provider holds for audits, all jobs together; past it the
@@ -858,6 +861,8 @@ class MarketService:
         """Dispute the job's receipt as the client's agent, with ``evidence`` for the arbiters."""
         try:
             await self.account.send_own_tx(JobDispute(job.job_id, evidence))
+            if self.verifier is not None:
+                self.verifier.disputed(job.job_id, why)
             logger.warning("job %s %s: the client's agent disputes it", job.job_id.hex()[:16], why)
         except TxRejected as e:
             if e.reason in ("InsufficientFunds", "PoolFull", "NonceTooHigh"):  # may pass on a later block
