@@ -120,6 +120,10 @@ class AuditService:
         """The client's agent disputed the receipt: its ruling is against the provider."""
         self._remember(job_id, Ruling(Verdict.CLIENT, why))
 
+    def check_of(self, job_id: JobId) -> tuple[str, str] | None:
+        ruling = self.rulings.get(job_id)
+        return None if ruling is None or ruling.verdict is None else (ruling.verdict.value, ruling.why)
+
     def _remember(self, job_id: JobId, ruling: Ruling) -> None:
         self.rulings[job_id] = ruling
         while len(self.rulings) > MAX_CASES:

@@ -3,7 +3,6 @@ gives agents and tests one handle on them. It decides nothing and owns no task."
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncGenerator, Callable, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any
@@ -196,11 +195,7 @@ class Node:
         return await self.market.submit(offer, workload, params)
 
     def job_status(self, job: JobId | str) -> JobInfo | None:
-        info = self.market.job_status(job)
-        ruling = None if info is None else self.audit.rulings.get(info.job_id)
-        if info is None or ruling is None or ruling.verdict is None:
-            return info
-        return dataclasses.replace(info, check=(ruling.verdict.value, ruling.why))
+        return self.market.job_status(job)
 
     def job_result(self, job: JobId | str) -> JobResultInfo | None:
         return self.market.job_result(job)

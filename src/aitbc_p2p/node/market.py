@@ -334,6 +334,9 @@ class Verifier(Protocol):
     def disputed(self, job_id: JobId, why: str) -> None:
         """This peer disputed the job's receipt as the client's agent, for ``why``."""
 
+    def check_of(self, job_id: JobId) -> tuple[str, str] | None:
+        """This peer's ruling on the job's result, ``(verdict, why)``, if it reached one."""
+
 
 MAX_KEPT = 256 << 20
 """Bytes of kept products a provider holds for audits, all jobs together; past it the
@@ -1207,7 +1210,8 @@ class MarketService:
         # Once the chain has ended the job (settled, refunded), that is its phase too.
         ended = escrow is not None and escrow.status in ENDED
         if tracked is None:
-            return JobInfo(job_id, status, status if ended else None, "", escrow, result_available=False)
+            check = None if self.verifier is None else self.verifier.check_of(job_id)  # as an arbiter
+            return JobInfo(job_id, status, status if ended else None, "", escrow, result_available=False, check=check)
         phase = status if ended else str(tracked.phase)
         bids = [b for b in tracked.bids.values() if self.recent(b.signer)]  # offered for choice
         return JobInfo(
@@ -1221,6 +1225,7 @@ class MarketService:
             offer=tracked.offer,
             bids=bids,
             trust=self.trust(bids),
+            check=None if self.verifier is None else self.verifier.check_of(job_id),
         )
 
     def job_result(self, job: JobId | str) -> JobResultInfo | None:
