@@ -1527,12 +1527,12 @@ class MarketService:
     async def _cheat(self, payload: JobPayload, result: JobResult) -> JobResult:
         """The cheating fixture's result in place of the real one (node/cheats.py)."""
         assert self.cheater is not None and self._device is not None
+        clean = check_params(payload.workload, payload.params)
         rows = None
         if self.cheater.cheat is Cheat.WRONG_ROWS and payload.workload == "torch_bench" and result.ok:
             from aitbc_p2p.compute.workloads import product_rows
 
-            rows = await blocking(product_rows, check_params(payload.workload, payload.params), self._device.device)
-        clean = check_params(payload.workload, payload.params)
+            rows = await blocking(product_rows, clean, self._device.device)
         return await blocking(self.cheater.result, payload.workload, clean, result, rows)
 
     def _keep(self, held: HeldJob, data: bytes) -> None:
