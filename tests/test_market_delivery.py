@@ -13,9 +13,10 @@ from typing import Any
 
 import trio
 
+from aitbc_p2p.chain.payloads import JobReceipt
 from aitbc_p2p.chain.state import JobStatus
 from aitbc_p2p.codec import decode, encode
-from aitbc_p2p.exceptions import MarketError
+from aitbc_p2p.exceptions import MarketError, TxRejected
 from aitbc_p2p.market import JobPayload, JobResult
 from aitbc_p2p.market.jobs import ACK_REFUSED, FetchAnswer, Held, JobAck, JobFetch
 from aitbc_p2p.network import JOB_PROTOCOL
@@ -190,3 +191,35 @@ async def test_a_held_job_runs_once_and_goes_only_to_the_peer_that_sent_it() -> 
         ack = JobAck(offer.job_id, b"\x01" * 65).encode()
         assert await eavesdropper.request(peer, JOB_PROTOCOL, ack, timeout=10) == ACK_REFUSED
         assert provider.market._held[offer.job_id].ack == b""
+
+
+async def test_an_escrow_whose_receipt_never_lands_by_the_deadline_goes_back_to_the_client(
+    monkeypatch: Any,
+) -> None:
+    """The result is delivered but the provider's receipt never reaches a block (lost in
+    gossip: CI once saw a burst of receipts dropped this way). Before, the client's agent
+    refunded only failed jobs, so this escrow stayed locked for good and the SDK's
+    ``wait_job`` never returned; now the agent takes it back once the deadline passes."""
+    async with open_test_network(2, providers=[1], alloc=ALLOC, hub=MemoryHub()) as (client_node, provider):
+        await wait_for(lambda: provider.market.registered() and PROVIDER.address in client_node.market.providers)
+        real_send = provider.relay.send_own_tx
+
+        async def lose_receipts(payload: Any) -> Any:
+            if isinstance(payload, JobReceipt):
+                raise TxRejected("PoolFull", "lost on its way (the test's)")
+            return await real_send(payload)
+
+        monkeypatch.setattr(provider.relay, "send_own_tx", lose_receipts)
+        before, fee = balances(client_node), client_node.genesis.min_fee
+        job_id, offer = await offer_job(client_node, CLIENT, "echo", {"message": "free"})
+        await open_escrow(client_node, CLIENT, job_id, offer, blocks=8)
+        await wait_for(lambda: client_node.job_status(job_id).phase == "result_received")
+        await wait_for(lambda: client_node.job_status(job_id).status == "refunded")
+        assert decode(client_node.job_result(job_id).result.output) == {"message": "free", "length": 4}
+        after = balances(client_node)
+        assert after[CLIENT.address] == before[CLIENT.address] - fee  # the open's fee; the escrow back
+        assert after[AGENT.address] == before[AGENT.address] - fee  # the refund's fee
+        assert after[PROVIDER.address] == before[PROVIDER.address]  # nothing committed, nothing paid
+        supply = client_node.supply()
+        assert supply.total == supply.genesis_total and supply.escrowed == 0
+        await wait_for(lambda: job_id not in provider.market._held)  # nothing left to deliver

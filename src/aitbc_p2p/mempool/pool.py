@@ -24,7 +24,11 @@ from aitbc_p2p.types import Address, Hash32
 
 DEFAULT_MAX_SIZE = 10_000
 DEFAULT_MAX_PER_SENDER = 64
-DEFAULT_MAX_FUTURE_PER_SENDER = 16
+DEFAULT_MAX_FUTURE_PER_SENDER = DEFAULT_MAX_PER_SENDER
+"""As many as a sender may have pending: peers check gossiped bundles concurrently and
+admit them in the order the checks end, so a burst (a provider's receipts for 50 jobs)
+can arrive last nonce first. With a smaller cap the overflow was dropped, the gap behind
+it lasted until the sender's re-announce, and receipts missed their escrows' deadlines."""
 DEFAULT_REPLACE_BUMP_PCT = 10
 DEFAULT_MAX_FUTURE = DEFAULT_MAX_SIZE // 4
 """Future transactions in all: they pay nothing until their gap fills, so they may hold
