@@ -159,7 +159,8 @@ class ClientJob:
     result: JobResult | None = None
     error: str = ""
     refund_sent: bool = False
-    """Nothing more to do about a failed job's escrow: this peer posted its refund, or it ended otherwise."""
+    """Nothing more to do about the escrow of a failed job, or of one whose receipt missed
+    its deadline: this peer posted its refund, or it ended otherwise."""
     acted: bool = False
     """Nothing more to check about the receipt: this peer (the client's agent) let it stand
     (it holds that result), disputed it, or has no right to act on it."""
@@ -774,6 +775,12 @@ class MarketService:
     def _on_head_job(self, job_id: JobId, job: ClientJob, height: int) -> None:
         if job.phase in (Phase.FAILED, Phase.CANCELLED) and not job.refund_sent:
             self._maybe_refund(job, height)
+        elif job.phase in (Phase.RUNNING, Phase.FETCHING, Phase.RESULT_RECEIVED) and not job.refund_sent:
+            # A receipt never committed by the deadline (lost in gossip, a provider gone):
+            # the escrow would stay locked for good, result delivered or not. Take it back.
+            escrow = self.chain.state.job(job_id)
+            if escrow is not None and escrow.status is JobStatus.OPEN and height + 1 > escrow.deadline:
+                self._maybe_refund(job, height)
         if job.phase is Phase.FAILING_OVER:
             self._continue_failover(job, height)
             return
