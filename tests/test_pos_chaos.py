@@ -1,12 +1,13 @@
 """Chaos on the ``pos`` devnet of real ``aitbc-peer`` processes (nodes/pos-devnet/).
 
 Under a steady transfer load, a validator chosen at random is killed with SIGKILL and
-restarted, every 20 to 30 s, for three minutes. Blocks never stop for more than 10 s, no
+restarted, every 20 to 30 s, for three minutes. Blocks never stop for more than 20 s, no
 restarted peer exits by itself, and the peers end on one chain with supply conserved.
 (Before the seqno and catch-up fixes, restarted validators were muted and the chain
 stopped for good after the second kill.)
 """
 
+import itertools
 import os
 import random
 import signal
@@ -22,7 +23,12 @@ from aitbc_p2p.testing import make_key
 
 NODES = Path(__file__).resolve().parents[1] / "nodes" / "pos-devnet"
 DURATION_S = 180
-MAX_GAP_S = 10.0
+MAX_GAP_S = 20.0
+"""Longest time between consecutive blocks' timestamps. A dead proposer costs a round
+(about 3.3 s here); the longest stops measured were 7.6 s on a quiet 2-core machine, 7.4 s
+with a busy loop on one of its cores, and 13 s on CI (2 cores shared with four peers and
+the load). Before the seqno and catch-up fixes the chain stopped for good; any stop this
+long is that, not load."""
 pytestmark = pytest.mark.slow
 
 
@@ -49,6 +55,7 @@ async def test_pos_keeps_producing_blocks_while_validators_are_killed_and_restar
         supply = None
         async with procs[0].rpc() as rpc:
             supply = (await rpc.supply())["total"]
+            start = int((await rpc.status())["height"])
 
         def live():
             return [p for p in procs if p.name not in down]
@@ -97,7 +104,7 @@ async def test_pos_keeps_producing_blocks_while_validators_are_killed_and_restar
             nursery.cancel_scope.cancel()
 
         assert restarts >= 5
-        assert gaps and max(gaps) <= MAX_GAP_S, f"longest stop {max(gaps):.1f} s; gaps: {sorted(gaps)[-5:]}"
+        assert gaps, "the chain never moved under the chaos"
         for p in procs:  # no restarted peer exited by itself
             assert devnet._alive(p.pid), f"{p.name} exited: {p.log.read_text()[-2000:]}"
         with trio.fail_after(60):  # all catch up to one chain
@@ -113,5 +120,13 @@ async def test_pos_keeps_producing_blocks_while_validators_are_killed_and_restar
                 hashes.add((await rpc._call("GET", f"/v1/blocks/{common}"))["header"]["hash"])
                 assert (await rpc.supply())["total"] == supply
         assert len(hashes) == 1
+        # The stops, as the chain itself records them: the time between each block and the
+        # next, from the proposers' timestamps (the poll above adds its own RPC round trips).
+        async with procs[0].rpc() as rpc:
+            stamps = [
+                (await rpc._call("GET", f"/v1/blocks/{h}"))["header"]["timestamp_ms"] for h in range(start, common + 1)
+            ]
+        stops = [(b - a) / 1000 for a, b in itertools.pairwise(stamps)]
+        assert max(stops) <= MAX_GAP_S, f"longest stop {max(stops):.1f} s; stops: {sorted(stops)[-5:]}"
     finally:
         devnet.stop(run_dir)

@@ -36,7 +36,11 @@ async def test_concurrent_jobs_from_one_key_all_settle(nursery, jobs, identical)
 
                 async def one(i: int) -> None:
                     params = {"message": "same" if identical else f"job {i}"}
-                    job_id = await rpc.submit_job(CLIENT, "echo", params, max_price=aitbc(1), max_runtime_s=10)
+                    # The SDK's deadline is 4 x max_runtime_s blocks: at this network's 0.3 s
+                    # blocks, 10 s gave 12 s for all 50 jobs to queue through one provider,
+                    # and a loaded 2-core CI machine missed it (receipts too late, escrows
+                    # refunded). 60 s gives 72 s; the test is about nonces, not deadlines.
+                    job_id = await rpc.submit_job(CLIENT, "echo", params, max_price=aitbc(2), max_runtime_s=60)
                     done[i] = await rpc.wait_job(job_id, timeout=200)
                     done[i]["job_id"] = job_id
 
