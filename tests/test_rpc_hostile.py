@@ -85,7 +85,7 @@ async def test_a_body_sent_after_an_early_answer_is_not_taken_for_the_next_reque
     headers = f"Authorization: Bearer {TOKEN}\r\nIdempotency-Key: slow\r\n" if auth else ""
     body = b'{"tx": "00"}'
     head = (
-        f"POST /v1/transactions HTTP/1.1\r\nHost: x\r\n{headers}Content-Type: application/json\r\n"
+        f"POST /v1/transactions HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}Content-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode()
     with trio.fail_after(20):
@@ -101,7 +101,7 @@ async def test_a_body_sent_after_an_early_answer_is_not_taken_for_the_next_reque
                 answer += await stream.receive_some(65536)
             assert answer.split(b" ", 2)[1] in (b"401", b"400"), answer[:100]
             try:
-                await stream.send_all(body + b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+                await stream.send_all(body + b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             except trio.BrokenResourceError:
                 return  # closed after the early answer: the client knows to reconnect
             rest = b""
@@ -112,3 +112,119 @@ async def test_a_body_sent_after_an_early_answer_is_not_taken_for_the_next_reque
                         return  # closed after the early answer: the client knows to reconnect
                     rest += chunk
             assert not waited.cancelled_caught, "the next request on the connection got no answer"
+
+
+def _balance(node) -> int:
+    return node.account(CLIENT.address).account.balance
+
+
+async def test_a_foreign_host_or_origin_is_refused_before_anything_else(rpc):
+    """DNS rebinding: a web page on evil.example whose name resolves to 127.0.0.1 sends
+    ``Host: evil.example``; a page's script sends its ``Origin``. Both are a 403 on every
+    route (health too), before the token is looked at; loopback names pass."""
+    node, url = rpc
+    port = url.rstrip("/").rsplit(":", 1)[1]
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    before = _balance(node)
+    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+        for path in ("/v1/health", "/v1/status"):
+            resp = await http.get(path, headers={**auth, "Host": f"evil.example:{port}"})
+            assert (resp.status_code, _code(resp)) == (403, "FORBIDDEN_HOST"), resp.text
+            resp = await http.get(path, headers={**auth, "Origin": "https://evil.example"})
+            assert (resp.status_code, _code(resp)) == (403, "FORBIDDEN_ORIGIN"), resp.text
+            resp = await http.get(path, headers={**auth, "Origin": "null"})  # a sandboxed frame, a file://
+            assert (resp.status_code, _code(resp)) == (403, "FORBIDDEN_ORIGIN"), resp.text
+        transfer = {"tx": "00"}
+        resp = await http.post("/v1/transactions", json=transfer, headers={**auth, "Host": "evil.example"})
+        assert (resp.status_code, _code(resp)) == (403, "FORBIDDEN_HOST")
+        for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "localhost"):
+            resp = await http.get("/v1/status", headers={**auth, "Host": host, "Origin": f"http://{host}"})
+            assert resp.status_code == 200, (host, resp.text)
+    assert _balance(node) == before
+
+
+async def test_a_token_in_the_query_string_is_refused_even_with_the_header(rpc):
+    _node, url = rpc
+    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+        for name in ("token", "access_token", "Token"):
+            resp = await http.get("/v1/status", params={name: TOKEN}, headers={"Authorization": f"Bearer {TOKEN}"})
+            assert (resp.status_code, _code(resp)) == (400, "TOKEN_IN_QUERY"), resp.text
+            assert TOKEN not in resp.text  # never echoed back
+        assert (await http.get("/v1/status", headers={"Authorization": f"Bearer {TOKEN}"})).status_code == 200
+
+
+async def _serve_with(nursery, node, limits):
+    from aitbc_p2p.rpc.server import serve_rpc
+
+    return await nursery.start(
+        lambda task_status: serve_rpc(node, token=TOKEN, port=0, limits=limits, task_status=task_status)
+    )
+
+
+async def _open(url):
+    host, port = url.removeprefix("http://").rstrip("/").split(":")
+    return await trio.open_tcp_stream(host, int(port))
+
+
+async def _closed_within(stream, seconds: float, dribble: bytes = b"") -> bool:
+    """Whether the server closes ``stream`` within ``seconds`` (sending ``dribble`` every
+    0.2 s meanwhile, as a slowloris client does)."""
+    with trio.move_on_after(seconds):
+        while True:
+            if dribble:
+                try:
+                    await stream.send_all(dribble)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return True
+            with trio.move_on_after(0.2):
+                data = await stream.receive_some(65536)
+                if data == b"" or b"408" in data.split(b"\r\n", 1)[0]:
+                    return True
+    return False
+
+
+async def test_slow_headers_and_slow_bodies_are_cut_off_while_others_are_served(rpc, nursery):
+    """Slowloris: headers dribbled a byte at a time, and a body promised but never sent.
+    The first is closed once the header deadline passes (Hypercorn's keep-alive timeout,
+    set here to 1 s), the second answered ``408 BODY_TIMEOUT``; an event stream whose
+    client says nothing stays open; other clients are served throughout."""
+    from aitbc_p2p.rpc.server import ServerLimits
+
+    node, _ = rpc
+    url = await _serve_with(nursery, node, ServerLimits(keep_alive_s=1.0, body_timeout_s=1.0))
+    with trio.fail_after(30):
+        slow_headers = await _open(url)
+        await slow_headers.send_all(b"GET /v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        slow_body = await _open(url)
+        await slow_body.send_all(
+            f"POST /v1/transactions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{".encode()
+        )
+        async with httpx.AsyncClient(base_url=url, timeout=5) as http:
+            assert (await http.get("/v1/health")).status_code == 200  # served meanwhile
+            assert await _closed_within(slow_headers, 5, dribble=b"X")
+            assert await _closed_within(slow_body, 5)
+            assert (await http.get("/v1/health")).status_code == 200
+        await slow_headers.aclose()
+        await slow_body.aclose()
+
+
+async def test_a_thousand_concurrent_requests_are_all_answered_and_the_peer_still_serves(rpc):
+    node, url = rpc
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    statuses: list[int] = []
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=0)
+    with trio.fail_after(120):
+        async with httpx.AsyncClient(base_url=url, timeout=60, headers=auth, limits=limits) as http:
+
+            async def one(i: int) -> None:
+                path = ("/v1/status", "/v1/supply", f"/v1/accounts/{CLIENT.address}", "/v1/nope")[i % 4]
+                statuses.append((await http.get(path)).status_code)
+
+            async with trio.open_nursery() as crowd:
+                for i in range(1000):
+                    crowd.start_soon(one, i)
+            assert len(statuses) == 1000
+            assert sorted(set(statuses)) == [200, 404]  # each its own answer: none dropped, none a 5xx
+            assert (await http.get("/v1/status")).json()["height"] >= 0
+    assert node.head.height >= 0

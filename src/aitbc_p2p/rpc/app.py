@@ -33,6 +33,11 @@ T = TypeVar("T")
 
 MAX_BODY = 1 << 20
 IDEMPOTENCY_CACHE = 1024
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+"""The ``Host`` names a peer bound to loopback answers to (specs/rpc.md, "Hosts and origins")."""
+TOKEN_PARAMS = frozenset({"token", "access_token", "auth", "authorization"})
+"""Query parameters refused outright: a token in a URL ends up in logs, histories and
+``Referer`` headers (rpc.md); it belongs in the ``Authorization`` header."""
 
 # HTTP status for each TxRejected reason (specs/rpc.md, "Errors").
 REASON_STATUS = {
@@ -157,11 +162,42 @@ def _job_lookup(lookup: Callable[[str], T | None], job_id: str) -> T | None:
         raise Problem(409, "AMBIGUOUS_JOB_ID", str(e)) from e
 
 
-def create_app(api: NodeAPI, *, token: str, max_body: int = MAX_BODY) -> QuartTrio:
-    """The RPC app for ``api``. ``token`` guards every route but health."""
+def host_name(value: str) -> str:
+    """The host of a ``Host`` header or an origin's authority, lower-cased, without its
+    port or an IPv6 literal's brackets (``[::1]:8006`` is ``::1``)."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def create_app(
+    api: NodeAPI, *, token: str, max_body: int = MAX_BODY, allowed_hosts: frozenset[str] | None = LOOPBACK_NAMES
+) -> QuartTrio:
+    """The RPC app for ``api``. ``token`` guards every route but health; every route
+    answers only requests whose ``Host`` (and ``Origin``, if sent) names one of
+    ``allowed_hosts`` (None: any), so a web page cannot reach it by DNS rebinding."""
     app = QuartTrio(__name__)
     app.config["MAX_CONTENT_LENGTH"] = max_body
     idempotent: OrderedDict[tuple[str, str], tuple[int, bytes]] = OrderedDict()
+
+    @app.before_request
+    async def guard() -> Response | None:
+        """Checks before the token: where the request says it is going and came from."""
+        if allowed_hosts is not None:
+            host = host_name(request.headers.get("Host", ""))
+            if host not in allowed_hosts:
+                return _closing(
+                    envelope(403, "FORBIDDEN_HOST", f"this peer answers to {', '.join(sorted(allowed_hosts))} only")
+                )
+            origin = request.headers.get("Origin")
+            if origin is not None and host_name(origin.partition("://")[2].split("/", 1)[0]) not in allowed_hosts:
+                return _closing(envelope(403, "FORBIDDEN_ORIGIN", f"requests from {origin[:100]!r} are refused"))
+        if TOKEN_PARAMS & {k.lower() for k in request.args}:
+            return _closing(
+                envelope(400, "TOKEN_IN_QUERY", "send the token as 'Authorization: Bearer <token>', never in the URL")
+            )
+        return None
 
     @app.before_request
     async def authenticate() -> Response | None:
@@ -195,9 +231,10 @@ def create_app(api: NodeAPI, *, token: str, max_body: int = MAX_BODY) -> QuartTr
 
     @app.errorhandler(HTTPException)
     async def http_error(e: HTTPException) -> Response:
-        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "BODY_TOO_LARGE"}.get(e.code or 0, "HTTP_ERROR")
+        codes = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 408: "BODY_TIMEOUT", 413: "BODY_TOO_LARGE"}
+        code = codes.get(e.code or 0, "HTTP_ERROR")
         response = envelope(e.code or 500, code, e.description or code)
-        return _closing(response) if e.code == 413 else response
+        return _closing(response) if e.code in (408, 413) else response
 
     @app.get("/v1/health")
     async def health() -> Response:

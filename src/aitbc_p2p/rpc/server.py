@@ -6,6 +6,7 @@ import errno
 import os
 import secrets
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -14,7 +15,7 @@ from hypercorn.trio import serve
 
 from aitbc_p2p.exceptions import NetworkError
 from aitbc_p2p.node.api import NodeAPI
-from aitbc_p2p.rpc.app import create_app
+from aitbc_p2p.rpc.app import LOOPBACK_NAMES, create_app
 
 TOKEN_FILE = "rpc.token"
 NODE_INFO = "node.json"
@@ -49,12 +50,42 @@ def check_bindable(host: str, port: int) -> None:
         raise NetworkError(f"cannot serve the RPC on {host}:{port}: {why}") from e
 
 
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """Hypercorn's limits, set deliberately rather than left to its defaults (specs/rpc.md,
+    "Limits"): what a slow, stuck or flooding local client may hold."""
+
+    header_bytes: int = 16 * 1024
+    """A request line and headers larger than this close the connection (h11)."""
+    keep_alive_s: float = 5.0
+    """A connection is closed when it has not sent a whole request line and headers this
+    long after it opened or after its last answer: an idle kept-alive connection, and a
+    slowloris client dribbling headers. (Not Hypercorn's ``read_timeout``: that would cut
+    event streams, whose clients rightly send nothing for minutes.)"""
+    body_timeout_s: float = 10.0
+    """A request body not received in full this long after its headers is a ``408``."""
+    keep_alive_requests: int = 1000
+    backlog: int = 128
+    """Connections the kernel queues while all are busy; past it a client's connect waits."""
+    h2_streams: int = 100
+
+
+def allowed_hosts_for(host: str) -> frozenset[str] | None:
+    """The ``Host`` names the RPC answers to when bound to ``host``: the loopback names
+    and ``host`` itself; any name when bound to every interface (the operator chose to
+    expose it, and the token still guards it)."""
+    if host in ("0.0.0.0", "::", ""):
+        return None
+    return LOOPBACK_NAMES | {host.strip("[]").lower()}
+
+
 async def serve_rpc(
     api: NodeAPI,
     *,
     token: str,
     host: str = "127.0.0.1",
     port: int = 8006,
+    limits: ServerLimits = ServerLimits(),
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the RPC until cancelled; ``task_status.started`` gets the base URL (port 0 works).
@@ -68,7 +99,14 @@ async def serve_rpc(
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 1.0
-    app = create_app(api, token=token)
+    config.include_server_header = False
+    config.h11_max_incomplete_size = limits.header_bytes
+    config.keep_alive_timeout = limits.keep_alive_s
+    config.keep_alive_max_requests = limits.keep_alive_requests
+    config.backlog = limits.backlog
+    config.h2_max_concurrent_streams = limits.h2_streams
+    app = create_app(api, token=token, allowed_hosts=allowed_hosts_for(host))
+    app.config["BODY_TIMEOUT"] = limits.body_timeout_s
     async with trio.open_nursery() as nursery:
         urls: list[str] = await nursery.start(serve, app, config)
         task_status.started(urls[0])
