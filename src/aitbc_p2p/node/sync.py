@@ -1,6 +1,7 @@
 """Sync: catch up with peers that are ahead, and serve blocks to peers that are behind.
 
-After each peering round the service syncs from the highest peer that is ahead, a batch
+After each peering round the service syncs from the highest peer that is ahead and not
+cooling down after a failed sync (a peer that answers garbage is banned), a batch
 of blocks at a time (``/aitbc/sync/2``), each block decoded and its signatures checked
 in a worker while the ones before it are applied. A peer whose chain forks from ours
 below our head is asked for its fork, and the chain service switches if its tip is
@@ -34,6 +35,20 @@ SYNC_BATCH = 64
 """Most blocks in one sync response (fewer when they would pass MAX_SYNC_FRAME)."""
 MAX_REORG_FETCH = 256
 """Most blocks above our final height fetched to compare a forked peer's chain."""
+FETCH_TIMEOUT_S = 30.0
+"""A sync request unanswered this long fails: a stalled peer, tried again only after its cool-down."""
+COOLDOWN_BASE_S = 2.0
+COOLDOWN_MAX_S = 60.0
+"""After a failed sync a peer is skipped for 2 s, doubling per failure in a row up to 60 s,
+so the next round syncs from another peer (before, the highest claim was always tried
+first: a peer claiming a height it could not serve stopped a node's sync for good)."""
+MAX_COOLING = 1024
+"""Peers whose cool-downs are remembered; past it the soonest to end is forgotten."""
+
+
+class GarbageResponse(NetworkError):
+    """A sync answer no honest peer sends: not the wire format, or a block that does not
+    decode or whose signatures are wrong (a peer serves only blocks it imported). Banned."""
 
 
 class _Forked(Exception):
@@ -49,21 +64,46 @@ class SyncService:
         self._store = store  # read only: serves stored blocks as they are encoded
         self.network = network
         self.peering = peering
+        self.cooling: dict[str, tuple[int, float]] = {}
+        """Peers whose last syncs failed: ``(failures in a row, skipped until)`` (trio time)."""
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.network.set_request_handler(protocols.SYNC_PROTOCOL, self.serve)
         task_status.started()
         while True:
             await self.peering.wait_round()
-            ahead = self.peering.ahead()
-            if not ahead:
+            picked = self.pick()
+            if picked is None:
                 continue
-            target, peer = max(ahead)
+            target, peer = picked
             try:
                 await self.sync_from(peer, target)
-            except (NetworkError, ValidationError, ConsensusError) as e:
-                logger.warning("sync from %s failed: %s", peer, e)
+            except GarbageResponse as e:
+                logger.warning("sync from %s: %s", peer, e)
+                self.network.ban(peer, f"sync: {e}")
                 self.peering.forget_head(peer)
+            except (ValidationError, ConsensusError) as e:  # well formed, but not a block of our chain
+                self.network.penalize(peer, f"sync: {e}")
+                self._cool(peer, e)
+            except NetworkError as e:  # unreachable, stalled, or a chain that does not extend ours
+                self._cool(peer, e)
+            else:
+                self.cooling.pop(peer, None)
+
+    def pick(self) -> tuple[int, str] | None:
+        """``(height, peer)``: the highest peer ahead of us that is not cooling down."""
+        now = trio.current_time()
+        ready = [(h, p) for h, p in self.peering.ahead() if self.cooling.get(p, (0, now))[1] <= now]
+        return max(ready) if ready else None
+
+    def _cool(self, peer: str, why: Exception) -> None:
+        failures = self.cooling.get(peer, (0, 0.0))[0] + 1
+        delay = min(COOLDOWN_MAX_S, COOLDOWN_BASE_S * 2 ** min(failures - 1, 16))
+        self.cooling[peer] = (failures, trio.current_time() + delay)
+        if len(self.cooling) > MAX_COOLING:
+            del self.cooling[min(self.cooling, key=lambda p: self.cooling[p][1])]
+        self.peering.forget_head(peer)
+        logger.warning("sync from %s failed (%s); other peers first for %.0f s", peer, why, delay)
 
     # ------------------------------------------------------------ serving
     async def serve(self, peer: str, request: bytes) -> bytes:
@@ -86,19 +126,20 @@ class SyncService:
     # ------------------------------------------------------------ fetching
     async def fetch(self, peer: str, start: int, end: int) -> Served:
         """Blocks ``start..end`` from ``peer``, each still encoded, with its certificate."""
-        raw = await self.network.request(peer, protocols.SYNC_PROTOCOL, encode_sync_request(start, end), timeout=30)
+        request = encode_sync_request(start, end)
+        raw = await self.network.request(peer, protocols.SYNC_PROTOCOL, request, timeout=FETCH_TIMEOUT_S)
         try:
             items = decode(raw, max_size=protocols.MAX_SYNC_FRAME)
             if not isinstance(items, list):
                 raise ValidationError("sync response must be a list")
             return [decode_sync_item(item) for item in items]
         except (CodecError, ValidationError) as e:
-            raise NetworkError(f"bad sync response from {peer}: {e}") from e
+            raise GarbageResponse(f"bad sync response from {peer}: {e}") from e
 
     @staticmethod
     def _served_block(peer: str, checked: CheckedBlock) -> Block:
         if checked.block is None:
-            raise NetworkError(f"bad sync response from {peer}: {checked.error}")
+            raise GarbageResponse(f"bad sync response from {peer}: {checked.error}")
         return checked.block
 
     async def sync_from(self, peer: str, target: int) -> None:
