@@ -311,3 +311,46 @@ def test_sigterm_to_the_daemons_process_group_stops_it_cleanly(tmp_path):
     assert proc.returncode == 0, out[-3000:]
     assert "Traceback" not in out and "BrokenWorker" not in out, out[-3000:]
     assert "stopped cleanly" in out
+
+
+async def test_a_frozen_peer_is_dropped_by_the_others_and_rejoins_when_it_thaws(tmp_path):
+    """SIGSTOP one of the three processes: its TCP connections stay "established", but the
+    others' keepalive pings go unanswered and they drop it (default policy: a ping every
+    15 s, two missed); the chain goes on without it. SIGCONT: it is dialled again, and
+    catches up to the same chain."""
+    run_dir = tmp_path / "run"
+    procs = devnet.start(NODES, run_dir)
+    frozen = procs[2]
+    try:
+        with trio.fail_after(90):
+            await devnet.wait_ready(procs, progress=lambda s: None)
+        frozen_id = json.loads((frozen.data_dir / "node.json").read_text())["peer_id"]
+
+        async def status(p):
+            async with p.rpc() as rpc:
+                return await rpc.status()
+
+        with trio.fail_after(30):
+            while not all(frozen_id in s["peers"] for s in [await status(p) for p in procs[:2]]):
+                await trio.sleep(0.5)
+        os.kill(frozen.pid, signal.SIGSTOP)
+        try:
+            height = (await status(procs[0]))["height"]
+            with trio.fail_after(75):  # 2 x 15 s of pings and a 10 s timeout, on a loaded machine
+                while any(frozen_id in s["peers"] for s in [await status(p) for p in procs[:2]]):
+                    await trio.sleep(1)
+            assert (await status(procs[0]))["height"] > height  # the chain went on without it
+        finally:
+            os.kill(frozen.pid, signal.SIGCONT)
+        with trio.fail_after(90):
+            while True:
+                heads = [await status(p) for p in procs]
+                if frozen_id in heads[0]["peers"] and heads[2]["height"] >= heads[0]["height"] - 1:
+                    break
+                await trio.sleep(1)
+        async with frozen.rpc() as rpc, procs[0].rpc() as other:
+            h = (await rpc.status())["height"] - 1
+            ours = (await rpc._call("GET", f"/v1/blocks/{h}"))["header"]["hash"]
+            assert ours == (await other._call("GET", f"/v1/blocks/{h}"))["header"]["hash"]
+    finally:
+        devnet.stop(run_dir)

@@ -209,3 +209,31 @@ async def test_a_restarted_publisher_is_relayed_like_before():
                         relayed = len(set(wanted) & set(got))
                         assert relayed == len(wanted), f"run {run}: {relayed} of {len(wanted)} relayed"
                 nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_that_stops_answering_pings_is_disconnected_and_the_rest_stay():
+    """Keepalive: a frozen host keeps its TCP connection "established"; here one peer's
+    ping handler swallows pings and never answers (as a SIGSTOPped process would). The
+    pinger drops it after two missed pings; a peer that answers stays connected."""
+    from libp2p.host.ping import ID as PING
+
+    from aitbc_p2p.network.host import Keepalive
+
+    async def black_hole(stream):
+        await trio.sleep_forever()
+
+    quick = Keepalive(interval_s=0.3, timeout_s=0.5, misses=2)
+    async with (
+        open_libp2p_network(make_key("pinger"), LOCAL, keepalive=quick) as pinger,
+        open_libp2p_network(make_key("frozen"), LOCAL, keepalive=None) as frozen,
+        open_libp2p_network(make_key("alive"), LOCAL, keepalive=None) as alive,
+    ):
+        frozen._host.set_stream_handler(PING, black_hole)
+        await pinger.connect(f"{frozen.listen_addrs()[0]}/p2p/{frozen.peer_id}")
+        await pinger.connect(f"{alive.listen_addrs()[0]}/p2p/{alive.peer_id}")
+        assert await pinger.ping(alive.peer_id, 2) is not None
+        with trio.fail_after(10):
+            while frozen.peer_id in pinger.connected_peers():
+                await trio.sleep(0.1)
+        await trio.sleep(1.5)  # several more rounds: the answering peer is never dropped
+        assert alive.peer_id in pinger.connected_peers()

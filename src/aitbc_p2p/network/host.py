@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import multiaddr
@@ -24,6 +25,8 @@ from libp2p.custom_types import TProtocol
 from libp2p.discovery.events.peerDiscovery import peerDiscovery
 from libp2p.discovery.mdns.mdns import create_mdns_discovery
 from libp2p.exceptions import BaseLibp2pError
+from libp2p.host.ping import ID as PING_PROTOCOL
+from libp2p.host.ping import perform_ping_roundtrip
 from libp2p.network.auto_connector import AutoConnector
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
@@ -290,6 +293,18 @@ async def read_frame(stream: Any, max_size: int = MAX_FRAME) -> bytes:
     return await _read_exact(stream, size)
 
 
+@dataclass(frozen=True, slots=True)
+class Keepalive:
+    """The libp2p ping (``/ipfs/ping/1.0.0``) sent to every connected peer. A TCP
+    connection to a host that froze, lost power or dropped off the network stays
+    "established" for minutes to hours; a peer that misses ``misses`` pings in a row
+    (each unanswered for ``timeout_s``) is disconnected, so the peer floor dials others."""
+
+    interval_s: float = 15.0
+    timeout_s: float = 10.0
+    misses: int = 2
+
+
 class Libp2pNetwork(Banning):
     """A running libp2p host with gossipsub. Open it with :func:`open_libp2p_network`."""
 
@@ -344,6 +359,53 @@ class Libp2pNetwork(Banning):
             await self._host.disconnect(ID.from_base58(peer_id))
         except _IO_ERRORS as e:
             logger.debug("disconnect %s: %s", peer_id, e)
+
+    async def ping(self, peer_id: str, timeout_s: float) -> float | None:
+        """One libp2p ping round trip to a connected peer, in seconds; None if it did not
+        answer within ``timeout_s`` (or could not open the stream)."""
+        with trio.move_on_after(timeout_s):
+            try:
+                stream = await self._host.new_stream(ID.from_base58(peer_id), [PING_PROTOCOL])
+            except (*_IO_ERRORS, BaseLibp2pError, ValueError) as e:
+                logger.debug("ping %s: %s", peer_id, e)
+                return None
+            try:
+                start = trio.current_time()
+                await perform_ping_roundtrip(stream)
+                return trio.current_time() - start
+            except (*_IO_ERRORS, BaseLibp2pError, ValueError, trio.TooSlowError) as e:
+                logger.debug("ping %s: %s", peer_id, e)
+                return None
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    try:
+                        await stream.reset()
+                    except (*_IO_ERRORS, BaseLibp2pError) as e:
+                        logger.debug("closing a ping stream to %s: %s", peer_id, e)
+        return None
+
+    async def _keepalive(self, policy: Keepalive) -> None:
+        """Ping every connected peer each interval, all at once; drop the ones that miss."""
+        missed: dict[str, int] = {}
+
+        async def probe(peer: str) -> None:
+            if await self.ping(peer, policy.timeout_s) is not None:
+                missed.pop(peer, None)
+                return
+            missed[peer] = missed.get(peer, 0) + 1
+            if missed[peer] >= policy.misses:
+                logger.info("peer %s missed %d pings in a row; disconnecting", peer, missed[peer])
+                missed.pop(peer, None)
+                await self.disconnect(peer)
+
+        while True:
+            await trio.sleep(policy.interval_s)
+            peers = self.connected_peers()
+            for gone in set(missed) - set(peers):
+                del missed[gone]
+            async with trio.open_nursery() as round_:
+                for peer in peers:
+                    round_.start_soon(probe, peer)
 
     def _cut_off(self, peer_id: str) -> None:
         try:
@@ -567,6 +629,7 @@ async def open_libp2p_network(
     requests: RequestPolicy | None = None,
     max_peers: int = 50,
     mdns: str | None = None,
+    keepalive: Keepalive | None = Keepalive(),
 ) -> AsyncIterator[Libp2pNetwork]:
     """Start a libp2p host on ``listen`` multiaddrs (e.g. ``/ip4/127.0.0.1/tcp/0``).
 
@@ -574,8 +637,9 @@ async def open_libp2p_network(
     plaintext or SECIO fails to negotiate. At most ``max_peers`` connections are held,
     inbound and outbound together. ``mdns``, when given, announces this host on the LAN
     under that name (at most 10 characters; peers of one chain share it) and records
-    the peers it hears in :meth:`Libp2pNetwork.discovered`. Everything stops when the
-    context exits.
+    the peers it hears in :meth:`Libp2pNetwork.discovered`. ``keepalive`` pings every
+    connected peer and drops the ones that stop answering (None: never). Everything stops
+    when the context exits.
     """
     if max_peers < 1:
         raise NetworkError(f"max_peers must be at least 1, not {max_peers}")
@@ -655,6 +719,8 @@ async def open_libp2p_network(
                 if unbound:
                     raise NetworkError(f"cannot listen on {', '.join(unbound)}: address in use or unavailable")
                 nursery.start_soon(network._enforce_bans)
+                if keepalive is not None:
+                    nursery.start_soon(network._keepalive, keepalive)
                 yield network
             except BaseException as e:
                 failure = e
