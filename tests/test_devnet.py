@@ -354,3 +354,63 @@ async def test_a_frozen_peer_is_dropped_by_the_others_and_rejoins_when_it_thaws(
             assert ours == (await other._call("GET", f"/v1/blocks/{h}"))["header"]["hash"]
     finally:
         devnet.stop(run_dir)
+
+
+def _scrape(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def test_metrics_move_during_a_job(tmp_path):
+    """Each devnet peer serves Prometheus metrics on its own loopback port (node.json's
+    ``metrics_url``), without a token. Around one echo job: blocks, accepted gossip, the
+    client's job, the provider's executor runs and its settled escrows all move."""
+    import httpx
+
+    run_dir = tmp_path / "run"
+    procs = devnet.start(NODES, run_dir)
+    client = load_key_file(NODES / "wallets" / "client.json", "devnet")
+    try:
+        with trio.fail_after(90):
+            await devnet.wait_ready(procs, progress=lambda s: None)
+        urls = [json.loads((p.data_dir / "node.json").read_text())["metrics_url"] for p in procs]
+        provider = 2  # nodes/devnet/peer3.toml sells compute
+
+        async def scrape_all() -> list[dict]:
+            async with httpx.AsyncClient(timeout=10) as http:
+                pages = [await http.get(url) for url in urls]
+            assert all(p.status_code == 200 and p.headers["content-type"].startswith("text/plain") for p in pages)
+            return [_scrape(p.text) for p in pages]
+
+        before = await scrape_all()
+        async with procs[0].rpc() as rpc:
+            job_id = await rpc.submit_job(client, "echo", {"message": "metrics"}, max_price=aitbc(1), max_runtime_s=10)
+            assert (await rpc.wait_job(job_id, timeout=120))["status"] == "settled"
+        after = await scrape_all()
+
+        def value(page: dict, name: str, **labels: str) -> float:
+            return page.get((name, tuple(sorted(labels.items()))), 0.0)
+
+        for b, a in zip(before, after, strict=True):
+            assert value(a, "aitbc_chain_height") > value(b, "aitbc_chain_height")
+            assert value(a, "aitbc_peers_connected") == 2
+            assert value(a, "aitbc_gossip_messages_total", verdict="accept") > value(
+                b, "aitbc_gossip_messages_total", verdict="accept"
+            )
+        assert value(after[0], "aitbc_client_jobs", phase="result_received") >= 1  # the job, at the client's peer
+
+        def moved(name: str, **labels: str) -> float:
+            return value(after[provider], name, **labels) - value(before[provider], name, **labels)
+
+        assert moved("aitbc_executor_jobs_total", outcome="done") == 1
+        assert moved("aitbc_provider_escrows_total", outcome="settled") == 1
+        async with httpx.AsyncClient(timeout=10) as http:  # loopback names only, as the RPC
+            refused = await http.get(urls[0], headers={"Host": "evil.example"})
+            assert refused.status_code == 403
+    finally:
+        devnet.stop(run_dir)

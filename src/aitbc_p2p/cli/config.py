@@ -20,7 +20,7 @@ from aitbc_p2p.exceptions import ConfigError, CryptoError
 from aitbc_p2p.node.config import NodeConfig, ProviderConfig
 
 TOP_KEYS = {"data_dir": str, "key_file": str, "genesis": str, "listen": list, "bootstrap": list, "announce": list}
-KNOWN_RPC = {"host", "port"}
+KNOWN_RPC = {"host", "port", "metrics_port"}
 NODE_SET_ELSEWHERE = {"key", "genesis", "data_dir", "listen", "bootstrap", "announce", "provider", "extra"}
 """NodeConfig fields that the top level of the file (or the CLI) sets, not ``[node]``."""
 
@@ -82,6 +82,8 @@ class PeerConfig:
     data_dir: Path
     rpc_host: str
     rpc_port: int
+    metrics_port: int | None = None
+    """Serve Prometheus metrics on 127.0.0.1 at this port (0: a free one); None: off."""
 
 
 def _unknown(section: str, table: dict[str, Any], known: set[str]) -> None:
@@ -155,7 +157,12 @@ def load_peer_config(path: Path, **overrides: Any) -> PeerConfig:
         if not 0 <= rpc_port <= 65535:
             raise ConfigError(f"rpc port {rpc_port} out of range")
         rpc_host = str(overrides.get("rpc_host") or rpc.get("host", "127.0.0.1"))
-        return PeerConfig(node=node, data_dir=data_dir, rpc_host=rpc_host, rpc_port=rpc_port)
+        metrics = overrides.get("metrics_port")
+        metrics = metrics if metrics is not None else rpc.get("metrics_port")
+        is_port = isinstance(metrics, int) and not isinstance(metrics, bool) and 0 <= metrics <= 65535
+        if metrics is not None and not is_port:
+            raise ConfigError(f"[rpc] metrics_port must be a port number 0..65535, not {metrics!r}")
+        return PeerConfig(node=node, data_dir=data_dir, rpc_host=rpc_host, rpc_port=rpc_port, metrics_port=metrics)
     except KeyError as e:
         raise ConfigError(f"config {path} lacks {e}") from e
     except (TypeError, ValueError) as e:

@@ -164,7 +164,7 @@ def start(
         log = run_dir / f"{name}.log"
         cmd = [*(wrap[i] if i < len(wrap) else ())]
         cmd += [sys.executable, "-m", "aitbc_p2p.cli.peer", "run", "--config", str(config), "--data-dir", str(data_dir)]
-        cmd += ["--rpc-host", host, "--rpc-port", "0", "--listen", f"/ip4/{host}/tcp/{port}"]
+        cmd += ["--rpc-host", host, "--rpc-port", "0", "--metrics-port", "0", "--listen", f"/ip4/{host}/tcp/{port}"]
         cmd += ["--verify-in-threads"]  # the peers share this machine's cores: worker processes would compete
         for addr in bootstrap[:1] if bootstrap_first else bootstrap:
             cmd += ["--bootstrap", addr]

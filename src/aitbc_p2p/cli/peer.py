@@ -25,9 +25,12 @@ async def run_peer(cfg: PeerConfig) -> None:
     from aitbc_p2p.node import open_node
     from aitbc_p2p.node.runtime import tune_gc
     from aitbc_p2p.rpc import ensure_token, serve_rpc
+    from aitbc_p2p.rpc.metrics import serve_metrics
     from aitbc_p2p.rpc.server import NODE_INFO, check_bindable
 
     check_bindable(cfg.rpc_host, cfg.rpc_port)  # before the store and the network open
+    if cfg.metrics_port is not None:
+        check_bindable("127.0.0.1", cfg.metrics_port)
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     token = ensure_token(cfg.data_dir)
     info_path = cfg.data_dir / NODE_INFO
@@ -48,6 +51,11 @@ async def run_peer(cfg: PeerConfig) -> None:
                 "rpc_url": url,
                 "chain_id": node.genesis.chain_id,
             }
+            if cfg.metrics_port is not None:
+                port = cfg.metrics_port
+                info["metrics_url"] = await nursery.start(
+                    lambda task_status: serve_metrics(node, port=port, task_status=task_status)
+                )
             tmp = info_path.with_suffix(".tmp")
             tmp.write_text(json.dumps(info, indent=2) + "\n")
             tmp.replace(info_path)
@@ -78,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--data-dir", help="override data_dir")
     run.add_argument("--rpc-host", help="override [rpc] host (an address on this host; keep it private)")
     run.add_argument("--rpc-port", type=int, help="override [rpc] port (0 picks a free port)")
+    run.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1 at this port (0: a free one)"
+    )
     run.add_argument("--listen", action="append", help="override listen multiaddrs")
     run.add_argument("--bootstrap", action="append", help="override bootstrap multiaddrs")
     run.add_argument(
@@ -106,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             data_dir=args.data_dir,
             rpc_host=args.rpc_host,
             rpc_port=args.rpc_port,
+            metrics_port=args.metrics_port,
             listen=args.listen,
             bootstrap=args.bootstrap,
             models=dict(args.model or []),

@@ -73,6 +73,8 @@ class Mempool:
         self._by_hash: dict[Hash32, Transaction] = {}
         self._future_since: dict[Hash32, int] = {}
         """Height at which each future transaction was admitted (for its expiry)."""
+        self.rejected_by_reason: dict[str, int] = {}
+        """Refusals since start by reason (a closed set: exceptions.REJECTION_REASONS), for metrics."""
         self._height = 0
         """The latest committed height this pool has heard of."""
         # Per sender: the view with its ready queue applied, so admitting the next nonce
@@ -107,8 +109,9 @@ class Mempool:
         """
         try:
             out = self._admit(tx, view, height, verified)
-        except TxRejected:
+        except TxRejected as e:
             self._counts["rejected"] += 1
+            self.rejected_by_reason[e.reason] = self.rejected_by_reason.get(e.reason, 0) + 1
             raise
         self._counts["admitted"] += 1
         return out

@@ -410,6 +410,15 @@ class MarketService:
         """Checks a ``spot`` job's result before it is acked (node/audit.py)."""
 
     # -------------------------------------------------------------- set-up
+    @property
+    def held_jobs(self) -> int:
+        """Jobs this provider holds a result or run for, until their escrows end."""
+        return len(self._held)
+
+    def executor_statistics(self) -> dict[str, int]:
+        """The executor's counters (empty unless this peer sells compute)."""
+        return {} if self._executor is None else self._executor.statistics()
+
     def enable_provider(self, config: ProviderConfig, device: DeviceInfo, executor: Executor) -> None:
         self._provider, self._device, self._executor = config, device, executor
         if config.cheat:
