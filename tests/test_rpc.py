@@ -5,6 +5,7 @@ and changes no state (balances, nonces, mempool).
 """
 
 import json
+from importlib.metadata import version
 
 import httpx
 import pytest
@@ -66,6 +67,8 @@ async def test_status_account_and_accepted_transaction(rpc):
     _node, http, _url = rpc
     status = (await http.get("/v1/status")).json()
     assert status["chain_id"] == "ait-devnet" and status["consensus"] == "solo"
+    assert status["version"] == version("aitbc-p2p") and status["uptime_s"] >= 0
+    assert status["sync"] == {"target_height": status["height"], "behind": 0}  # alone: nobody claims more
     tx = make_tx(CLIENT, to=DEST.address, amount=aitbc(1))
     resp = await post_tx(http, tx)
     assert resp.status_code == 201 and resp.json()["tx_hash"] == tx.hash.hex()

@@ -46,7 +46,7 @@ from aitbc_p2p.exceptions import (
     ValidationError,
 )
 from aitbc_p2p.market import Bid, CapabilityRecord, JobOffer, select_bid
-from aitbc_p2p.types import UNITS_PER_AITBC, Address, Hash32, JobId, aitbc, format_aitbc
+from aitbc_p2p.types import UNITS_PER_AITBC, VERSION, Address, Hash32, JobId, aitbc, format_aitbc
 
 if TYPE_CHECKING:
     from aitbc_p2p.node import Node, NodeAPI, NodeConfig, ProviderConfig, open_node
@@ -74,7 +74,7 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 __all__ = [
     "UNITS_PER_AITBC",

@@ -5,7 +5,14 @@ Amounts are always integers in base units: 1 AITBC = 10**9 units (specs/transact
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
 from typing import NewType
+
+try:
+    VERSION = version("aitbc-p2p")
+    """The installed package's version (its metadata, from pyproject.toml)."""
+except PackageNotFoundError:  # a source tree that was never installed
+    VERSION = "0.0.0+unknown"
 
 Address = NewType("Address", str)
 """A bech32m account address, ``aitbc1...`` (specs/wire.md, "Addresses")."""

@@ -52,6 +52,12 @@ class NodeStatus:
     mempool: int
     min_fee: int
     provider: ProviderStatus | None
+    version: str = ""
+    """The package's version."""
+    uptime_s: float = 0.0
+    """Seconds since this node started."""
+    sync_target: int = 0
+    """The highest head a connected peer claims, or ours if none claims more."""
 
 
 @dataclass(frozen=True, slots=True)

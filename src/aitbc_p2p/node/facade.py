@@ -7,6 +7,8 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any
 
+import trio
+
 from aitbc_p2p.chain.models import Block, BlockHeader, Genesis, Transaction
 from aitbc_p2p.chain.payloads import Payload
 from aitbc_p2p.chain.state import Supply, account_key, supply_of
@@ -45,7 +47,7 @@ from aitbc_p2p.node.relay import TxRelay
 from aitbc_p2p.node.sync import SyncService
 from aitbc_p2p.store import ChainStore
 from aitbc_p2p.store.chain import ReceiptProof, TxLocation
-from aitbc_p2p.types import Address, Hash32, JobId
+from aitbc_p2p.types import VERSION, Address, Hash32, JobId
 
 
 class Node:
@@ -84,6 +86,7 @@ class Node:
         self.audit = audit
         self.producer = producer
         self.bft = bft
+        self.started = trio.current_time()
 
     # ------------------------------------------------------- handles
     @property
@@ -148,6 +151,9 @@ class Node:
             mempool=len(self.mempool),
             min_fee=self.genesis.min_fee,
             provider=self.market.provider_status(),
+            version=VERSION,
+            uptime_s=trio.current_time() - self.started,
+            sync_target=max([head.height, *self.peering.heads.values()]),
         )
 
     def supply(self) -> Supply:

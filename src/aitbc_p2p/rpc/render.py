@@ -85,6 +85,9 @@ def status(s: NodeStatus) -> dict[str, Any]:
         "mempool": s.mempool,
         "min_fee": s.min_fee,
         "provider": provider,
+        "version": s.version,
+        "uptime_s": round(s.uptime_s, 3),
+        "sync": {"target_height": s.sync_target, "behind": s.sync_target - s.head.height},
     }
 
 
