@@ -4,7 +4,6 @@ exporters serve it (specs/rpc.md, "Metrics"). Hypercorn under Trio, like the RPC
 from __future__ import annotations
 
 import trio
-from hypercorn.config import Config
 from hypercorn.trio import serve
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Response, request
@@ -13,7 +12,7 @@ from quart_trio import QuartTrio
 from aitbc_p2p.node.facade import Node
 from aitbc_p2p.node.metrics import node_registry
 from aitbc_p2p.rpc.app import LOOPBACK_NAMES, envelope, host_name
-from aitbc_p2p.rpc.server import check_bindable
+from aitbc_p2p.rpc.server import ServerLimits, hypercorn_config
 
 
 def create_metrics_app(node: Node) -> QuartTrio:
@@ -42,13 +41,7 @@ async def serve_metrics(
     Raises:
         NetworkError: the port cannot be bound.
     """
-    check_bindable("127.0.0.1", port)
-    config = Config()
-    config.bind = [f"127.0.0.1:{port}"]
-    config.accesslog = None
-    config.errorlog = None
-    config.graceful_timeout = 1.0
-    config.include_server_header = False
+    config = hypercorn_config("127.0.0.1", port, ServerLimits())
     async with trio.open_nursery() as nursery:
         urls: list[str] = await nursery.start(serve, create_metrics_app(node), config)
         task_status.started(urls[0].rstrip("/") + "/metrics")

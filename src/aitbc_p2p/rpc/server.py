@@ -79,6 +79,24 @@ def allowed_hosts_for(host: str) -> frozenset[str] | None:
     return LOOPBACK_NAMES | {host.strip("[]").lower()}
 
 
+def hypercorn_config(host: str, port: int, limits: ServerLimits) -> Config:
+    """Hypercorn's settings for serving on ``host:port`` within ``limits``, once the
+    address is known to be bindable (NetworkError otherwise)."""
+    check_bindable(host, port)
+    config = Config()
+    config.bind = [f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = None
+    config.graceful_timeout = 1.0
+    config.include_server_header = False
+    config.h11_max_incomplete_size = limits.header_bytes
+    config.keep_alive_timeout = limits.keep_alive_s
+    config.keep_alive_max_requests = limits.keep_alive_requests
+    config.backlog = limits.backlog
+    config.h2_max_concurrent_streams = limits.h2_streams
+    return config
+
+
 async def serve_rpc(
     api: NodeAPI,
     *,
@@ -93,18 +111,7 @@ async def serve_rpc(
     Raises:
         NetworkError: ``host:port`` cannot be bound.
     """
-    check_bindable(host, port)
-    config = Config()
-    config.bind = [f"{host}:{port}"]
-    config.accesslog = None
-    config.errorlog = None
-    config.graceful_timeout = 1.0
-    config.include_server_header = False
-    config.h11_max_incomplete_size = limits.header_bytes
-    config.keep_alive_timeout = limits.keep_alive_s
-    config.keep_alive_max_requests = limits.keep_alive_requests
-    config.backlog = limits.backlog
-    config.h2_max_concurrent_streams = limits.h2_streams
+    config = hypercorn_config(host, port, limits)
     app = create_app(api, token=token, allowed_hosts=allowed_hosts_for(host))
     app.config["BODY_TIMEOUT"] = limits.body_timeout_s
     async with trio.open_nursery() as nursery:
