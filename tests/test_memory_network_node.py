@@ -192,7 +192,8 @@ async def test_the_node_api_returns_typed_views_that_the_rpc_renders_to_its_spec
         status = render.status(views["status"])
         assert set(status) == {
             "chain_id", "genesis_hash", "height", "head_hash", "head_timestamp_ms", "consensus", "next_proposer",
-            "final_height", "address", "peer_id", "listen", "peers", "mempool", "min_fee", "provider",
+            "final_height", "address", "peer_id", "listen", "peers", "mempool", "min_fee", "provider", "version",
+            "uptime_s", "sync",
         }  # fmt: skip
         assert status["height"] == node.head.height and status["head_hash"] == node.head.hash.hex()
         account = render.account(views["account"])

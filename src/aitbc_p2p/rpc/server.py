@@ -65,8 +65,10 @@ class ServerLimits:
     body_timeout_s: float = 10.0
     """A request body not received in full this long after its headers is a ``408``."""
     keep_alive_requests: int = 1000
-    backlog: int = 128
-    """Connections the kernel queues while all are busy; past it a client's connect waits."""
+    backlog: int = 1024
+    """Connections the kernel queues before the server accepts them (capped by the host's
+    ``net.core.somaxconn``). At 128, a burst of 1,000 connections from one client had some
+    reset by the kernel on a loaded machine."""
     h2_streams: int = 100
 
 
