@@ -30,18 +30,16 @@ class NodeCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         node = self.node
-        head = node.head.height
-        final = node.final_height()
+        status = node.status()  # the figures /v1/status shows, derived once, in one place
+        head, final, target = status.head.height, status.final_height, status.sync_target
         yield _gauge("aitbc_chain_height", "Height of this peer's head block.", head)
         yield _gauge("aitbc_chain_final_height", "Height of the last final block.", final)
         yield _gauge("aitbc_chain_finality_lag_blocks", "Blocks above the last final one.", head - final)
-        claims = list(node.peering.heads.values())
-        target = max([head, *claims])
         yield _gauge("aitbc_sync_target_height", "Highest head a connected peer claims (or ours).", target)
         yield _gauge("aitbc_sync_behind_blocks", "Blocks between our head and the highest claimed.", target - head)
 
         network = node.network
-        yield _gauge("aitbc_peers_connected", "Peers connected now.", len(network.connected_peers()))
+        yield _gauge("aitbc_peers_connected", "Peers connected now.", len(status.peers))
         scores = getattr(network, "scores", None)
         banned = len(scores.banned_peers()) if scores is not None else 0
         yield _gauge("aitbc_peers_banned", "Peers banned now (misbehaviour; served bans are lifted).", banned)
