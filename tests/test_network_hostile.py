@@ -237,3 +237,43 @@ async def test_a_peer_that_stops_answering_pings_is_disconnected_and_the_rest_st
                 await trio.sleep(0.1)
         await trio.sleep(1.5)  # several more rounds: the answering peer is never dropped
         assert alive.peer_id in pinger.connected_peers()
+
+
+async def test_a_ban_while_the_pubsub_stream_is_closing_does_not_end_the_node():
+    """CI once ended a node here: py-libp2p's blacklist teardown resets the banned peer's
+    pubsub stream, then deletes the peer, which the disconnect's dead-peer handler had
+    deleted while the reset was in flight (KeyError in pubsub's service, so the node
+    stopped). A slow first reset makes that interleaving certain."""
+    with trio.fail_after(30):
+        async with (
+            open_libp2p_network(make_key("victim"), LOCAL) as victim,
+            open_libp2p_network(make_key("banned"), LOCAL) as stranger,
+            open_libp2p_network(make_key("bystander"), LOCAL) as bystander,
+        ):
+            tx = topic("ait-devnet", "tx")
+            await victim.subscribe(tx, gate(lambda data: True))
+            await stranger.subscribe(tx, gate(lambda data: True))
+            await stranger.connect(victim.listen_addrs()[0])
+            pubsub = victim._pubsub
+            with trio.fail_after(10):
+                while not any(str(p) == stranger.peer_id for p in pubsub.peers):
+                    await trio.sleep(0.05)
+            stream = next(s for p, s in pubsub.peers.items() if str(p) == stranger.peer_id)
+            reset, resets = stream.reset, []
+
+            async def slow_reset() -> None:
+                # the first reset (the teardown's) lags; the disconnect's goes through
+                resets.append(1)
+                if len(resets) == 1:
+                    await trio.sleep(0.5)
+                await reset()
+
+            stream.reset = slow_reset
+            victim.ban(stranger.peer_id, "test")
+            with trio.fail_after(10):
+                while stranger.peer_id in victim.connected_peers():
+                    await trio.sleep(0.05)
+            await trio.sleep(1)  # past the slow reset
+            assert not any(str(p) == stranger.peer_id for p in pubsub.peers)
+            assert victim.banned(stranger.peer_id)
+            await _still_serves(victim, bystander)

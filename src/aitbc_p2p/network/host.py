@@ -409,9 +409,14 @@ class Libp2pNetwork(Banning):
 
     def _cut_off(self, peer_id: str) -> None:
         try:
-            self._pubsub.add_to_blacklist(ID.from_base58(peer_id))
+            peer = ID.from_base58(peer_id)
         except ValueError:
             return
+        # Not Pubsub.add_to_blacklist: its teardown task resets the peer's stream, then
+        # deletes the peer, which the disconnect's dead-peer handler may have deleted
+        # while the reset was in flight; the KeyError ended pubsub's service and the node
+        # (py-libp2p 0.8.1). The blacklist itself is this set; the disconnect tears down.
+        self._pubsub.blacklisted_peers.add(peer)
         self._nursery.start_soon(self.disconnect, peer_id)
 
     async def subscribe(self, topic: str, validator: Validator[T]) -> trio.MemoryReceiveChannel[GossipMessage[T]]:
