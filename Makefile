@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-$(EXTRAS)
 # model, as CI does; the default is dev only.
 EXTRAS ?= dev
 
-.PHONY: install test lint demo devnet-up devnet-down bench fuzz clean
+.PHONY: install test lint demo devnet-up devnet-down bench fuzz screenshots clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -54,6 +54,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/sim.py --peers 32 --minutes 5 | tee .bench/sim-poa.out
 	$(BIN)/python bench/sim.py --peers 16 --consensus pos --minutes 5 | tee .bench/sim-pos.out
 	$(BIN)/python bench/floors.py .bench/ledger.out .bench/gossip.out .bench/gpu.out .bench/job.out .bench/audit.out .bench/sim-poa.out .bench/sim-pos.out
+
+# The README's dashboard pictures: the browser tests (Debian's chromium and
+# chromium-driver) save each screenshot into docs/screenshots as well.
+screenshots: $(STAMP)
+	AITBC_SCREENSHOTS=docs/screenshots $(BIN)/pytest -q tests/test_dashboard.py
 
 # Long fuzz runs with atheris (the fuzz extra): SECONDS per target (default 60), every
 # target in aitbc_p2p/testing/fuzz.py or those named in FUZZ_TARGETS. make test runs the

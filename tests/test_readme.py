@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from aitbc_p2p.cli.config import load_peer_config
@@ -62,6 +63,11 @@ def test_the_devnet_commands_and_the_sdk_snippet_run_as_written(tmp_path):
             )  # fmt: skip
             assert out.returncode == 0, f"{line}\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}"
             assert "Traceback" not in out.stderr, f"{line}\n{out.stderr[-2000:]}"
+            if line.endswith("devnet up"):  # it names the dashboard ("The dashboard"), which answers
+                dashboard = re.search(r"^dashboard: (http://127\.0\.0\.1:\d+/ui/) ", out.stdout, re.M)
+                assert dashboard, out.stdout
+                page = httpx.get(dashboard.group(1), timeout=10)
+                assert page.status_code == 200 and "<title>AITBC peer</title>" in page.text
         if importlib.util.find_spec("torch") is not None:
             (tmp_path / "sdk.py").write_text(snippet)
             out = subprocess.run(

@@ -115,3 +115,24 @@ async def test_a_providers_progress_streams_to_the_client_in_order_and_resumes_a
                     again = [e async for e in events]
                 assert [e["id"] for e in again if e["event"] == "progress"] == [6, 7]
                 assert (await rpc.job_result(job_id))["output"]["message"] == message
+
+
+async def test_the_jobs_list_shows_this_peers_jobs_newest_first(rpc_server: Any) -> None:
+    node, url = rpc_server
+    async with httpx.AsyncClient(base_url=url, headers=AUTH) as http:
+        ids = []
+        for message in ("first", "second"):
+            offer = make_offer(node, CLIENT, "echo", {"message": message})
+            body = {"offer": offer.encode().hex(), "workload": "echo", "params": {"message": message}}
+            ids.append((await http.post("/v1/jobs", json=body)).json()["job_id"])
+        listed = (await http.get("/v1/jobs")).json()["jobs"]
+        assert [j["job_id"] for j in listed] == ids[::-1]
+        assert all(j["workload"] == "echo" and j["status"] == "bidding" for j in listed)
+        assert [j["job_id"] for j in (await http.get("/v1/jobs", params={"limit": 1})).json()["jobs"]] == ids[1:]
+        assert (await http.get("/v1/jobs", params={"limit": "x"})).status_code == 400
+        network = (await http.get("/v1/network")).json()
+        assert network["peers"] == [] and isinstance(network["gossip"], dict)
+        assert isinstance(network["mempool_rejected"], dict)
+    async with httpx.AsyncClient(base_url=url) as anon:
+        assert (await anon.get("/v1/jobs")).status_code == 401
+        assert (await anon.get("/v1/network")).status_code == 401

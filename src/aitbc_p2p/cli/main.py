@@ -242,6 +242,8 @@ def _devnet_cmd(args: argparse.Namespace) -> None:
             info = p.info()
             print(f"{p.name}: {info['address']}  rpc {info['rpc_url']}  log {p.log}")
         print("devnet up; use 'aitbc --devnet ...' to talk to peer1, 'aitbc devnet down' to stop")
+        first = procs[0]
+        print(f"dashboard: {first.info()['rpc_url']}/ui/  (sign in with the token in {first.data_dir / 'rpc.token'})")
     elif args.devnet_command == "down":
         for line in devnet.stop(args.run_dir) or ["no devnet running"]:
             print(line)

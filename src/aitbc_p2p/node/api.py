@@ -61,6 +61,27 @@ class NodeStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class PeerScore:
+    peer_id: str
+    connected: bool
+    score: float
+    """Gossip score (0 is clean; below the graylist threshold its gossip is dropped)."""
+    rejected: int
+    """Messages from it the gate or the node rejected."""
+    banned: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkInfo:
+    """How this peer sees its neighbours (``GET /v1/network``): connected peers and any
+    scored one, the gate's verdicts on gossip, and what the pool refused, by reason."""
+
+    peers: Sequence[PeerScore]
+    gossip: Mapping[str, int]
+    mempool_rejected: Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True)
 class AccountInfo:
     address: Address
     account: Account
@@ -157,6 +178,8 @@ class NodeAPI(Protocol):
 
     def supply(self) -> Supply: ...
 
+    def network_info(self) -> NetworkInfo: ...
+
     def account(self, address: Address) -> AccountInfo: ...
 
     def history(self, address: Address, limit: int) -> list[TxLocation]: ...
@@ -184,6 +207,10 @@ class NodeAPI(Protocol):
     def job_status(self, job: JobId | str) -> JobInfo | None:
         """A job by its JobId, its id in hex, or a unique prefix of at least 4 hex digits
         of a tracked job's. Raises MarketError if the prefix is ambiguous."""
+        ...
+
+    def jobs(self, limit: int) -> list[JobInfo]:
+        """Up to ``limit`` jobs this peer takes part in (as client, then as provider), newest first."""
         ...
 
     def job_result(self, job: JobId | str) -> JobResultInfo | None:

@@ -31,7 +31,9 @@ from aitbc_p2p.node.api import (
     JobInfo,
     JobResultInfo,
     JobUpdate,
+    NetworkInfo,
     NodeStatus,
+    PeerScore,
     TxStatus,
 )
 from aitbc_p2p.node.audit import AuditService
@@ -202,6 +204,25 @@ class Node:
 
     def job_status(self, job: JobId | str) -> JobInfo | None:
         return self.market.job_status(job)
+
+    def network_info(self) -> NetworkInfo:
+        connected = set(self.network.connected_peers())
+        scores = getattr(self.network, "scores", None)
+        scored = scores.snapshot() if scores is not None else {}
+        peers = [
+            PeerScore(
+                peer,
+                peer in connected,
+                float(scored.get(peer, {}).get("score", 0.0)),
+                int(scored.get(peer, {}).get("rejected", 0)),
+                bool(scored.get(peer, {}).get("banned", False)),
+            )
+            for peer in sorted(connected | set(scored))
+        ]
+        return NetworkInfo(peers, dict(getattr(self.network, "verdicts", {})), dict(self.mempool.rejected_by_reason))
+
+    def jobs(self, limit: int) -> list[JobInfo]:
+        return self.market.recent_jobs(limit)
 
     def job_result(self, job: JobId | str) -> JobResultInfo | None:
         return self.market.job_result(job)

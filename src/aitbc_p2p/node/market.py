@@ -1244,6 +1244,13 @@ class MarketService:
             check=None if self.verifier is None else self.verifier.check_of(job_id),
         )
 
+    def recent_jobs(self, limit: int) -> list[JobInfo]:
+        """Up to ``limit`` jobs this peer takes part in, newest first: those it submitted
+        as a client, then those it holds as a provider."""
+        ids = list(reversed(self.client_jobs)) + [j for j in reversed(self._held) if j not in self.client_jobs]
+        found = (self.job_status(job_id) for job_id in ids[: max(limit, 0)])
+        return [info for info in found if info is not None]
+
     def job_result(self, job: JobId | str) -> JobResultInfo | None:
         job_id = self.resolve(job)
         tracked = self.client_jobs.get(job_id) if job_id is not None else None

@@ -1,7 +1,8 @@
 """The local RPC: a QuartTrio app over a :class:`~aitbc_p2p.node.api.NodeAPI` (specs/rpc.md).
 
-Every route but ``/v1/health`` needs ``Authorization: Bearer <token>``, the token being
-the cookie file in the data directory. Errors use the seeds' envelope
+Every route but ``/v1/health`` (and the dashboard's page, :mod:`aitbc_p2p.rpc.ui`) needs
+``Authorization: Bearer <token>``, the token being the cookie file in the data directory,
+or the dashboard's session cookie from a page of this peer. Errors use the seeds' envelope
 ``{"error": {"code", "message", "details"}}``. POSTs honour ``Idempotency-Key``.
 """
 
@@ -25,7 +26,7 @@ from aitbc_p2p.crypto.keys import validate_address
 from aitbc_p2p.exceptions import CodecError, ComputeError, CryptoError, MarketError, TxRejected
 from aitbc_p2p.market.messages import JobOffer
 from aitbc_p2p.node.api import NodeAPI
-from aitbc_p2p.rpc import render
+from aitbc_p2p.rpc import render, ui
 from aitbc_p2p.types import Address, Hash32
 
 logger = logging.getLogger(__name__)
@@ -201,11 +202,17 @@ def create_app(
 
     @app.before_request
     async def authenticate() -> Response | None:
-        if request.path == "/v1/health":
+        if request.path == "/v1/health" or request.path in ui.PUBLIC_PATHS:
             return None
         header = request.headers.get("Authorization", "")
         given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-        if not given or not hmac.compare_digest(given.encode(), token.encode()):
+        if given and hmac.compare_digest(given.encode(), token.encode()):
+            pass
+        elif not header and ui.has_session(token):
+            refusal = ui.cookie_refusal()  # the dashboard's cookie: from the peer's own pages only
+            if refusal is not None:
+                return _closing(envelope(403, "FORBIDDEN_ORIGIN", refusal))
+        else:
             return _closing(
                 envelope(401, "UNAUTHORIZED", "missing or wrong bearer token (see rpc.token in the data directory)")
             )
@@ -243,6 +250,10 @@ def create_app(
     @app.get("/v1/status")
     async def status() -> Response:
         return _json(render.status(api.status()))
+
+    @app.get("/v1/network")
+    async def network() -> Response:
+        return _json(render.network(api.network_info()))
 
     @app.get("/v1/supply")
     async def supply() -> Response:
@@ -370,8 +381,17 @@ def create_app(
             raise Problem(404, "NOT_FOUND", "this peer tracks no such job")
         return _json(render.job(info))
 
+    @app.get("/v1/jobs")
+    async def jobs() -> Response:
+        try:
+            limit = min(max(int(request.args.get("limit", "50")), 1), 200)
+        except ValueError as e:
+            raise Problem(400, "BAD_REQUEST", "limit must be an integer") from e
+        return _json({"jobs": [render.job(info) for info in api.jobs(limit)]})
+
     @app.get("/v1/providers")
     async def providers() -> Response:
         return _json({"providers": [render.provider(rec) for rec in api.providers()]})
 
+    ui.install(app, token=token)
     return app

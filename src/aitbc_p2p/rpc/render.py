@@ -4,6 +4,7 @@ with an ``_aitbc`` decimal beside the ones people read. The node returns typed v
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -19,6 +20,7 @@ from aitbc_p2p.node.api import (
     JobInfo,
     JobResultInfo,
     JobUpdate,
+    NetworkInfo,
     NodeStatus,
     TxStatus,
 )
@@ -88,6 +90,14 @@ def status(s: NodeStatus) -> dict[str, Any]:
         "version": s.version,
         "uptime_s": round(s.uptime_s, 3),
         "sync": {"target_height": s.sync_target, "behind": s.sync_target - s.head.height},
+    }
+
+
+def network(n: NetworkInfo) -> dict[str, Any]:
+    return {
+        "peers": [dataclasses.asdict(p) for p in n.peers],
+        "gossip": dict(n.gossip),
+        "mempool_rejected": dict(n.mempool_rejected),
     }
 
 
