@@ -166,6 +166,19 @@ class JobUpdate:
 
 
 @dataclass(frozen=True, slots=True)
+class ChainUpdate:
+    """One event of the chain's stream (``GET /v1/events``, specs/rpc.md): a block joined
+    the main chain (``block``), blocks above ``height`` left it (``reorg``: the blocks
+    that replace them follow), or nothing happened for a while (``keepalive``)."""
+
+    kind: str
+    block: BlockHeader | None = None
+    txs: int = 0
+    final_height: int = 0
+    height: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class JobResultInfo:
     job_id: JobId
     result: JobResult
@@ -179,6 +192,11 @@ class NodeAPI(Protocol):
     def supply(self) -> Supply: ...
 
     def network_info(self) -> NetworkInfo: ...
+
+    def watch_chain(self, *, after: int | None = None) -> AsyncGenerator[ChainUpdate, None]:
+        """The chain's event stream: each block above ``after`` (the head's parent if None;
+        at most the last CHAIN_CATCH_UP), then each block as it joins the main chain."""
+        ...
 
     def account(self, address: Address) -> AccountInfo: ...
 

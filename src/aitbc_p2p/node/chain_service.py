@@ -85,6 +85,11 @@ class ChainService:
     async def wait_head_change(self) -> None:
         await self._head_changed.wait()
 
+    def next_head_change(self) -> trio.Event:
+        """The event set at the next head change: taken before reading the head, a waiter
+        misses no change that happens while it works."""
+        return self._head_changed
+
     async def wait_height(self, height: int) -> None:
         while self.store.head.height < height:
             await self.wait_head_change()

@@ -3,6 +3,7 @@ gives agents and tests one handle on them. It decides nothing and owns no task."
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any
@@ -28,6 +29,7 @@ from aitbc_p2p.node.api import (
     AccountProof,
     BlockInfo,
     CertificateInfo,
+    ChainUpdate,
     JobInfo,
     JobResultInfo,
     JobUpdate,
@@ -41,7 +43,7 @@ from aitbc_p2p.node.bft import BftDriver
 from aitbc_p2p.node.blockrelay import BlockRelay
 from aitbc_p2p.node.chain_service import ChainService
 from aitbc_p2p.node.config import NodeConfig
-from aitbc_p2p.node.market import MarketService
+from aitbc_p2p.node.market import KEEPALIVE_S, MarketService
 from aitbc_p2p.node.peering import PeeringService
 from aitbc_p2p.node.peers import PeerBook
 from aitbc_p2p.node.producer import BlockProducer
@@ -50,6 +52,9 @@ from aitbc_p2p.node.sync import SyncService
 from aitbc_p2p.store import ChainStore
 from aitbc_p2p.store.chain import ReceiptProof, TxLocation
 from aitbc_p2p.types import VERSION, Address, Hash32, JobId
+
+CHAIN_CATCH_UP = 100
+"""The most blocks ``watch_chain`` sends to catch a client up (older ones: GET /v1/blocks)."""
 
 
 class Node:
@@ -204,6 +209,43 @@ class Node:
 
     def job_status(self, job: JobId | str) -> JobInfo | None:
         return self.market.job_status(job)
+
+    async def watch_chain(self, *, after: int | None = None) -> AsyncGenerator[ChainUpdate, None]:
+        sent: OrderedDict[int, Hash32] = OrderedDict()
+        """Heights sent lately (and the parent of the first) with their hashes: how a
+        revert below the head is noticed. A revert deeper than these is announced at the
+        lowest height known."""
+        last = self.store.head.height - 1 if after is None else max(after, -1)
+        while True:
+            changed = self.chain.next_head_change()
+            head = self.store.head
+            fork = min(last, head.height)
+            while fork in sent and self._hash_at(fork) != sent[fork]:
+                fork -= 1
+            for height in [h for h in sent if h > fork]:
+                del sent[height]
+            if fork < last:
+                yield ChainUpdate("reorg", height=fork)
+                last = fork
+            final = self.final_height()
+            for height in range(max(last + 1, head.height - CHAIN_CATCH_UP + 1), head.height + 1):
+                block = self.store.block(height)
+                if block is None:  # reverted since the head was read: the next round sees it
+                    break
+                yield ChainUpdate("block", block=block.header, txs=len(block.txs), final_height=final)
+                sent.setdefault(height - 1, block.header.parent)  # the client knows its parent too
+                sent[height] = block.header.hash
+                last = height
+                while len(sent) > CHAIN_CATCH_UP:
+                    sent.popitem(last=False)
+            with trio.move_on_after(KEEPALIVE_S) as quiet:
+                await changed.wait()
+            if quiet.cancelled_caught:
+                yield ChainUpdate("keepalive")
+
+    def _hash_at(self, height: int) -> Hash32 | None:
+        block = self.store.block(height)
+        return None if block is None else block.header.hash
 
     def network_info(self) -> NetworkInfo:
         connected = set(self.network.connected_peers())

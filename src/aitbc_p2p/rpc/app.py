@@ -12,7 +12,7 @@ import hmac
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any, TypeVar
 
@@ -92,6 +92,21 @@ def _closing(response: Response) -> Response:
     request is expected, and that request would never be answered."""
     if request.method not in ("GET", "HEAD"):
         response.headers["Connection"] = "close"
+    return response
+
+
+def _event_stream(updates: AsyncGenerator[T, None], encode: Callable[[T], bytes]) -> Response:
+    """A ``text/event-stream`` answer of ``updates``, each encoded by ``encode``; the
+    generator is closed when the client goes."""
+
+    async def stream() -> AsyncIterator[bytes]:
+        async with aclosing(updates):
+            async for update in updates:
+                yield encode(update)
+
+    response = Response(stream(), content_type="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.timeout = None  # a stream lasts as long as what it follows
     return response
 
 
@@ -251,6 +266,16 @@ def create_app(
     async def status() -> Response:
         return _json(render.status(api.status()))
 
+    @app.get("/v1/events")
+    async def chain_events() -> Response:
+        """Server-sent events: each block as it joins the main chain, a ``reorg`` when
+        blocks leave it (specs/rpc.md, "Chain events")."""
+        text = request.headers.get("Last-Event-ID") or request.args.get("after")
+        if text is not None and (not text.isdigit() or len(text) > 12):
+            raise Problem(400, "BAD_REQUEST", "after (or Last-Event-ID) must be a block height")
+        updates = api.watch_chain(after=None if text is None else int(text))
+        return _event_stream(updates, render.chain_sse)
+
     @app.get("/v1/network")
     async def network() -> Response:
         return _json(render.network(api.network_info()))
@@ -344,17 +369,7 @@ def create_app(
         text = request.headers.get("Last-Event-ID") or request.args.get("after", "0")
         if not text.isdigit() or len(text) > 12:
             raise Problem(400, "BAD_REQUEST", "after (or Last-Event-ID) must be a progress event number")
-        updates = api.watch_job(found.job_id, after=int(text))
-
-        async def stream() -> AsyncIterator[bytes]:
-            async with aclosing(updates):
-                async for update in updates:
-                    yield render.sse(update)
-
-        response = Response(stream(), content_type="text/event-stream")
-        response.headers["Cache-Control"] = "no-cache"
-        response.timeout = None  # a job's stream lasts as long as the job
-        return response
+        return _event_stream(api.watch_job(found.job_id, after=int(text)), render.sse)
 
     @app.get("/v1/jobs/<job_id>/result")
     async def job_result(job_id: str) -> Response:

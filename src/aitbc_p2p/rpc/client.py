@@ -342,6 +342,40 @@ class RpcClient:
                 await trio.sleep(0.2 * failures)
 
 
+    async def stream_chain(self, *, after: int | None = None) -> AsyncGenerator[dict[str, Any], None]:
+        """The chain as it grows (``GET /v1/events``, specs/rpc.md, "Chain events"):
+        ``{"event": "block", "id": height, "data": {height, hash, parent, timestamp_ms,
+        proposer, txs, final_height}}`` for each block after ``after`` (from the head if
+        None; at most the last 100), then each new one; ``{"event": "reorg", "id": None,
+        "data": {"height": h}}`` when the blocks above ``h`` left the main chain (their
+        replacements follow). It never ends by itself: close it with
+        ``contextlib.aclosing``. A dropped connection is resumed after the last block.
+
+        Raises:
+            RpcError: the peer cannot be reached (STREAM_RETRIES times in a row).
+        """
+        timeout = httpx.Timeout(self._http.timeout.connect, read=STREAM_READ_TIMEOUT_S)
+        failures = 0
+        while True:
+            params = {} if after is None else {"after": after}
+            try:
+                async with aconnect_sse(self._http, "GET", "/v1/events", params=params, timeout=timeout) as source:
+                    if source.response.status_code >= 400:
+                        await source.response.aread()
+                        _raise_for(source.response)
+                    async for sse in source.aiter_sse():
+                        failures = 0
+                        data = sse.json()
+                        if sse.event in ("block", "reorg"):  # resume after it
+                            after = data["height"]
+                        yield {"event": sse.event, "id": after if sse.event == "block" else None, "data": data}
+            except (httpx.HTTPError, SSEError) as e:
+                failures += 1
+                if failures > STREAM_RETRIES:
+                    raise RpcError(0, "UNREACHABLE", f"GET /v1/events: {e}") from e
+                await trio.sleep(0.2 * failures)
+
+
 def result_image(result: dict[str, Any]) -> bytes | None:
     """The image file of a result as :meth:`RpcClient.job_result` returns it (an
     ``sd_infer`` PNG, which JSON carries as hex), or None if it has none."""

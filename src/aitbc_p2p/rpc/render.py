@@ -17,6 +17,7 @@ from aitbc_p2p.node.api import (
     AccountInfo,
     AccountProof,
     BlockInfo,
+    ChainUpdate,
     JobInfo,
     JobResultInfo,
     JobUpdate,
@@ -213,3 +214,25 @@ def sse(update: JobUpdate) -> bytes:
     assert update.job is not None
     data = json.dumps(job(update.job), separators=(",", ":"))
     return f"event: {update.kind}\ndata: {data}\n\n".encode()
+
+
+def chain_sse(update: ChainUpdate) -> bytes:
+    """One server-sent event of the chain's stream (``GET /v1/events``): ``block`` with the
+    block's height as its id (a client resumes after it with ``Last-Event-ID``), ``reorg``
+    naming the height whose successors left the main chain."""
+    if update.kind == "keepalive":
+        return b": keepalive\n\n"
+    if update.kind == "reorg":
+        return f"event: reorg\ndata: {json.dumps({'height': update.height})}\n\n".encode()
+    assert update.block is not None
+    header = update.block
+    data = {
+        "height": header.height,
+        "hash": header.hash.hex(),
+        "parent": header.parent.hex(),
+        "timestamp_ms": header.timestamp_ms,
+        "proposer": header.proposer,
+        "txs": update.txs,
+        "final_height": update.final_height,
+    }
+    return f"id: {header.height}\nevent: block\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()

@@ -7,7 +7,7 @@ const POLL_MS = 1000;
 const SAMPLES = 300; // five minutes of one-second samples for the node charts
 const LATEST_BLOCKS = 10;
 
-const state = { status: null, samples: [], blocks: new Map(), view: null, cleanup: null, signedIn: true };
+const state = { status: null, samples: [], blocks: new Map(), latest: [], view: null, cleanup: null, signedIn: true };
 
 // ---------------------------------------------------------------- helpers
 function h(tag, attrs, ...children) {
@@ -90,11 +90,7 @@ async function poll() {
     state.status = status;
     document.getElementById("logout").hidden = false;
     document.getElementById("chain").textContent = status.chain_id;
-    document.getElementById("height").textContent = status.height;
-    document.getElementById("final").textContent = status.final_height;
     document.getElementById("peers").textContent = status.peers.length;
-    conn.textContent = "live";
-    conn.className = "conn ok";
     const provider = status.provider || {};
     state.samples.push({
       t: Date.now(), height: status.height, mempool: status.mempool, peers: status.peers.length,
@@ -111,6 +107,29 @@ async function poll() {
       conn.className = "conn down";
     }
   }
+}
+
+// The chain's event stream (GET /v1/events): each block as it joins the main chain, a
+// reorg when blocks leave it. The browser reconnects by itself, resuming after the last
+// block it got (Last-Event-ID), so no block is missed.
+function follow(fromHeight) {
+  const conn = document.getElementById("conn");
+  const source = new EventSource(`/v1/events?after=${Math.max(0, fromHeight)}`);
+  source.addEventListener("open", () => { conn.textContent = "live"; conn.className = "conn ok"; });
+  source.addEventListener("error", () => { conn.textContent = "reconnecting"; conn.className = "conn down"; });
+  source.addEventListener("reorg", (event) => {
+    const { height } = JSON.parse(event.data);
+    state.latest = state.latest.filter((b) => b.height <= height);
+    for (const cached of [...state.blocks.keys()]) if (cached > height) state.blocks.delete(cached);
+    if (state.view && state.view.onBlocks) state.view.onBlocks();
+  });
+  source.addEventListener("block", (event) => {
+    const b = JSON.parse(event.data);
+    state.latest = [b, ...state.latest.filter((x) => x.height < b.height)].slice(0, LATEST_BLOCKS);
+    document.getElementById("height").textContent = b.height;
+    document.getElementById("final").textContent = b.final_height;
+    if (state.view && state.view.onBlocks) state.view.onBlocks();
+  });
 }
 
 // ---------------------------------------------------------------- explorer
@@ -159,22 +178,15 @@ function explorerView() {
   } }, h("label", { for: "q" }, "Search"), input, h("button", { type: "submit" }, "Go"));
   const latest = h("div", { id: "latest-blocks" }, h("p", { class: "hint" }, "Loading…"));
   render("Explorer", form, message, h("h3", {}, "Latest blocks"), latest);
-  let shown = -1;
-  async function refresh(status) {
-    if (!status || status.height === shown) return;
-    shown = status.height;
-    const heights = [];
-    for (let height = status.height; height >= 0 && heights.length < LATEST_BLOCKS; height--) heights.push(height);
-    try {
-      const blocks = await Promise.all(heights.map(block));
-      latest.replaceChildren(table(["Height", "Hash", "Txs", "Proposer", "Time"], blocks.map((b) => [
-        link(`#/block/${b.header.height}`, b.header.height), mono(short(b.header.hash), b.header.hash), b.txs.length,
-        link(`#/account/${b.header.proposer}`, short(b.header.proposer, 16)), when(b.header.timestamp_ms),
-      ])));
-    } catch (err) { latest.replaceChildren(problem(err)); }
+  function refresh() {
+    if (!state.latest.length) return;
+    latest.replaceChildren(table(["Height", "Hash", "Txs", "Proposer", "Time"], state.latest.map((b) => [
+      link(`#/block/${b.height}`, b.height), mono(short(b.hash), b.hash), b.txs,
+      link(`#/account/${b.proposer}`, short(b.proposer, 16)), when(b.timestamp_ms),
+    ])));
   }
-  refresh(state.status);
-  return { onStatus: (status) => refresh(status) };
+  refresh();
+  return { onBlocks: refresh };
 }
 
 function txRows(txs, withHeight) {
@@ -470,6 +482,7 @@ window.addEventListener("DOMContentLoaded", async () => {
     return;
   }
   route();
-  poll();
+  await poll();
+  follow(state.status ? state.status.height - LATEST_BLOCKS : 0);
   setInterval(poll, POLL_MS);
 });
