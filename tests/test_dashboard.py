@@ -9,6 +9,7 @@ on CI, whose .ci/run installs it: there a missing browser is a failure.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -185,6 +186,12 @@ def test_a_job_submitted_with_the_cli_reaches_settled_on_the_page(net, browser, 
     assert all("done" in (s.get_attribute("class") or "") for s in steps), [s.text for s in steps]
     assert "seen in a browser" in browser.find_element(By.ID, "view").text
     shot(browser, tmp_path, "job")
+    # The settled escrow counts on the provider's record on chain, which the market shows.
+    browser.get(f"{net['url']}/ui/#/market")
+    wait(
+        browser,
+        lambda d: re.search(r"1\.000 \([1-9]\d* paid, 0 failed, 0 disputes lost\)", d.find_element(By.ID, "view").text),
+    )
     browser.get(f"{net['url']}/ui/#/node")
     wait(browser, lambda d: "over the last" in d.find_element(By.TAG_NAME, "figcaption").text)
     browser.execute_script("window.scrollTo(0, 0)")

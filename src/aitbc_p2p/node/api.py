@@ -14,7 +14,7 @@ from typing import Any, Literal, Protocol
 
 from aitbc_p2p.chain.commitment import StateProof
 from aitbc_p2p.chain.models import Block, BlockHeader, Transaction
-from aitbc_p2p.chain.state import Account, Job, Supply
+from aitbc_p2p.chain.state import Account, Job, Reputation, Supply
 from aitbc_p2p.consensus.proofs import JobProof
 from aitbc_p2p.market.jobs import JobResult
 from aitbc_p2p.market.messages import Bid, CapabilityRecord, JobOffer
@@ -252,3 +252,7 @@ class NodeAPI(Protocol):
         ...
 
     def providers(self) -> list[CapabilityRecord]: ...
+
+    def reputation(self, address: Address) -> Reputation:
+        """A provider's record on chain (settled, failed, lost disputes, slashed stake)."""
+        ...

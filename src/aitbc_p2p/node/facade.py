@@ -12,7 +12,7 @@ import trio
 
 from aitbc_p2p.chain.models import Block, BlockHeader, Genesis, Transaction
 from aitbc_p2p.chain.payloads import Payload
-from aitbc_p2p.chain.state import Supply, account_key, supply_of
+from aitbc_p2p.chain.state import Reputation, Supply, account_key, read_reputation, supply_of
 from aitbc_p2p.chain.transition import ChainRules
 from aitbc_p2p.chain.votes import Vote
 from aitbc_p2p.codec import decode
@@ -291,6 +291,9 @@ class Node:
 
     def providers(self) -> list[CapabilityRecord]:
         return self.market.live_providers()
+
+    def reputation(self, address: Address) -> Reputation:
+        return read_reputation(self.store.state, address)
 
 
 def _full_id(job: JobId | str) -> JobId | None:

@@ -406,7 +406,7 @@ def create_app(
 
     @app.get("/v1/providers")
     async def providers() -> Response:
-        return _json({"providers": [render.provider(rec) for rec in api.providers()]})
+        return _json({"providers": [render.provider(rec, api.reputation(rec.signer)) for rec in api.providers()]})
 
     ui.install(app, token=token)
     return app

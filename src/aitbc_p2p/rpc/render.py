@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from aitbc_p2p.chain.models import Block, BlockHeader, Transaction
-from aitbc_p2p.chain.state import Job, Supply
+from aitbc_p2p.chain.state import Job, Reputation, Supply
 from aitbc_p2p.codec import decode
 from aitbc_p2p.exceptions import CodecError
 from aitbc_p2p.market.messages import CapabilityRecord
@@ -197,8 +197,10 @@ def job_result(r: JobResultInfo) -> dict[str, Any]:
     }
 
 
-def provider(rec: CapabilityRecord) -> dict[str, Any]:
+def provider(rec: CapabilityRecord, record: Reputation) -> dict[str, Any]:
+    """A capability record as its provider signed it, with its record on chain beside it."""
     view: dict[str, Any] = jsonable(dict(rec.body))
+    view["reputation"] = {**record._asdict(), "score_milli": record.score_milli()}
     return view
 
 

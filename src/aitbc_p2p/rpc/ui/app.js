@@ -262,9 +262,10 @@ function marketView() {
   async function refresh() {
     try {
       const [p, j] = await Promise.all([api("/v1/providers"), api("/v1/jobs?limit=50")]);
-      providers.replaceChildren(p.providers.length ? table(["Miner", "Device", "GFLOP/s", "Price /s", "Workloads", "Load"], p.providers.map((r) => [
+      providers.replaceChildren(p.providers.length ? table(["Miner", "Device", "GFLOP/s", "Price /s", "Workloads", "Load", "Reputation"], p.providers.map((r) => [
         h("span", {}, r.miner_id, h("br"), link(`#/account/${r.provider}`, short(r.provider, 16))), `${r.device} (${r.mode})`, r.gflops,
         aitbc(r.price_per_s), (r.workloads || []).join(", "), r.load ? `${r.load.slots - r.load.free_slots}/${r.load.slots} busy, ${r.load.queued} queued` : "—",
+        r.reputation ? `${(r.reputation.score_milli / 1000).toFixed(3)} (${r.reputation.settled} paid, ${r.reputation.failed} failed, ${r.reputation.lost} disputes lost)` : "—",
       ])) : h("p", { class: "hint" }, "No provider has announced itself yet."));
       jobs.replaceChildren(j.jobs.length ? table(["Job", "Workload", "Status", "Phase", "Escrow", "Cost"], j.jobs.map((job) => [
         link(`#/job/${job.job_id}`, short(job.job_id)), job.workload || "—", h("span", { class: "status" }, job.status), job.phase || "—",
