@@ -193,7 +193,10 @@ def test_a_job_submitted_with_the_cli_reaches_settled_on_the_page(net, browser, 
         lambda d: re.search(r"1\.000 \([1-9]\d* paid, 0 failed, 0 disputes lost\)", d.find_element(By.ID, "view").text),
     )
     browser.get(f"{net['url']}/ui/#/node")
-    wait(browser, lambda d: "over the last" in d.find_element(By.TAG_NAME, "figcaption").text)
+    captions = wait(
+        browser, lambda d: [f.text for f in d.find_elements(By.TAG_NAME, "figcaption") if "over the last" in f.text]
+    )
+    assert [c.split(":")[0] for c in captions] == ["Height", "Committed tx/s (10 s)", "Mempool", "Peers"], captions
     browser.execute_script("window.scrollTo(0, 0)")
     shot(browser, tmp_path, "node")
     assert console_errors(browser) == []

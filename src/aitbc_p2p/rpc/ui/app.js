@@ -6,8 +6,9 @@
 const POLL_MS = 1000;
 const SAMPLES = 300; // five minutes of one-second samples for the node charts
 const LATEST_BLOCKS = 10;
+const TX_RATE_WINDOW_MS = 10000; // transactions per second: those committed in the last 10 s
 
-const state = { status: null, samples: [], blocks: new Map(), latest: [], view: null, cleanup: null, signedIn: true };
+const state = { status: null, samples: [], blocks: new Map(), latest: [], arrivals: [], view: null, cleanup: null, signedIn: true };
 
 // ---------------------------------------------------------------- helpers
 function h(tag, attrs, ...children) {
@@ -92,9 +93,12 @@ async function poll() {
     document.getElementById("chain").textContent = status.chain_id;
     document.getElementById("peers").textContent = status.peers.length;
     const provider = status.provider || {};
+    const now = Date.now();
+    state.arrivals = state.arrivals.filter((a) => a.t > now - TX_RATE_WINDOW_MS);
     state.samples.push({
-      t: Date.now(), height: status.height, mempool: status.mempool, peers: status.peers.length,
+      t: now, height: status.height, mempool: status.mempool, peers: status.peers.length,
       busy: provider.slots !== undefined ? provider.slots - provider.free_slots : null,
+      txs: state.arrivals.length ? Math.round((10 * state.arrivals.reduce((n, a) => n + a.txs, 0)) / (TX_RATE_WINDOW_MS / 1000)) / 10 : 0,
     });
     if (state.samples.length > SAMPLES) state.samples.shift();
     if (state.view && state.view.onStatus) state.view.onStatus(status, grew);
@@ -126,6 +130,7 @@ function follow(fromHeight) {
   source.addEventListener("block", (event) => {
     const b = JSON.parse(event.data);
     state.latest = [b, ...state.latest.filter((x) => x.height < b.height)].slice(0, LATEST_BLOCKS);
+    state.arrivals.push({ t: b.timestamp_ms, txs: b.txs }); // chain time: a catch-up of old blocks adds no rate
     document.getElementById("height").textContent = b.height;
     document.getElementById("final").textContent = b.final_height;
     if (state.view && state.view.onBlocks) state.view.onBlocks();
@@ -409,7 +414,7 @@ function counts(map) {
 function nodeView() {
   const info = h("div");
   const neighbours = h("div", {}, h("p", { class: "hint" }, "Loading…"));
-  const charts = [chart("Height", "height"), chart("Mempool", "mempool", " txs"), chart("Peers", "peers")];
+  const charts = [chart("Height", "height"), chart("Committed tx/s (10 s)", "txs", " tx/s"), chart("Mempool", "mempool", " txs"), chart("Peers", "peers")];
   if (state.status && state.status.provider) charts.push(chart("Executor slots busy", "busy"));
   render("My node", info, h("h3", {}, "The last minutes"), h("div", { class: "charts" }, charts.map((c) => c.el)), neighbours);
   let asked = 0;
