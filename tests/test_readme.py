@@ -2,11 +2,14 @@
 snippet are run as written (code blocks extracted from README.md, nothing retyped)."""
 
 import importlib.util
+import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -94,3 +97,27 @@ def test_every_make_command_in_the_readme_names_a_target_with_its_variables():
         assert names and all(n in targets for n in names), (command, sorted(targets))
         for var in (w.split("=")[0] for w in words if "=" in w):
             assert f"$({var})" in makefile or f"$(or $({var})" in makefile, (command, var)
+
+
+def test_the_init_block_lays_out_a_peer_that_runs_as_written(tmp_path):
+    """The README's ``aitbc-peer init`` line, then its ``run`` line as a real process, from
+    a directory laid out like the checkout: the peer comes up (node.json) and stops on SIGTERM."""
+    (tmp_path / ".venv").symlink_to(ROOT / ".venv")
+    (tmp_path / "nodes").symlink_to(ROOT / "nodes")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AITBC_")} | {"HOME": str(tmp_path)}
+    init, run = [ln for ln in block_with("bash", "aitbc-peer init").splitlines() if ln.strip()]
+    out = subprocess.run(["bash", "-c", init], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "next: aitbc-peer run" in out.stdout, out.stderr
+    proc = subprocess.Popen(shlex.split(run), cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        info = tmp_path / "mypeer" / "data" / "node.json"
+        deadline = time.monotonic() + 60
+        while not info.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.2)
+        assert json.loads(info.read_text())["chain_id"] == "ait-devnet"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
