@@ -22,12 +22,10 @@ from typing import Any
 
 import trio
 
-from aitbc_p2p.cli.config import load_peer_config
 from aitbc_p2p.crypto import load_key_file
 from aitbc_p2p.exceptions import ConfigError, RpcError
-from aitbc_p2p.network import peer_id_of
 from aitbc_p2p.rpc import RpcClient, result_image
-from aitbc_p2p.rpc.server import NODE_INFO, TOKEN_FILE
+from aitbc_p2p.rpc.files import NODE_INFO, TOKEN_FILE
 from aitbc_p2p.types import aitbc, format_aitbc
 
 DEVNET_WALLET_PASSWORD = "devnet"
@@ -143,6 +141,11 @@ def start(
     from all the peers before it, or with ``bootstrap_first`` from the first only, so
     that it must find the rest by peer exchange.
     """
+    # Here, not at the top: the wallet commands import this module, and an SDK-only
+    # install (no peer extra) has neither the node's config nor libp2p.
+    from aitbc_p2p.cli.config import load_peer_config
+    from aitbc_p2p.network import peer_id_of
+
     if any(_alive(p.pid) for p in load_state(run_dir)):
         raise ConfigError(f"a devnet is already running in {run_dir}; run 'aitbc devnet down' first")
     shutil.rmtree(run_dir, ignore_errors=True)

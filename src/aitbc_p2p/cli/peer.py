@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -237,6 +238,12 @@ def main(argv: list[str] | None = None) -> int:
         help="text, or one JSON object per line (env AITBC_LOG_FORMAT; default text)",
     )
     args = parser.parse_args(argv)
+    try:
+        for module in ("aitbc_p2p.node", "aitbc_p2p.rpc.server"):  # the daemon's stack
+            importlib.import_module(module)
+    except ImportError as e:
+        print(f"aitbc-peer: the daemon needs the peer extra: pip install 'aitbc-p2p[peer]' ({e})", file=sys.stderr)
+        return EXIT_CONFIG
     if args.command == "init":
         try:
             written = init_peer(args.directory, args.role, args.genesis, args.data_dir)

@@ -26,7 +26,7 @@ from aitbc_p2p.crypto import PrivateKey
 from aitbc_p2p.exceptions import MarketError, RpcError
 from aitbc_p2p.market import Bid, JobOffer, escrow_amount, params_hash, select_bid
 from aitbc_p2p.market.audit import check_level
-from aitbc_p2p.rpc.server import NODE_INFO, TOKEN_FILE
+from aitbc_p2p.rpc.files import NODE_INFO, TOKEN_FILE
 from aitbc_p2p.types import Address, format_aitbc
 
 STREAM_READ_TIMEOUT_S = 45.0

@@ -16,11 +16,10 @@ from hypercorn.trio import serve
 from aitbc_p2p.exceptions import NetworkError
 from aitbc_p2p.node.api import NodeAPI
 from aitbc_p2p.rpc.app import LOOPBACK_NAMES, create_app
+from aitbc_p2p.rpc.files import NODE_INFO, TOKEN_FILE
 
-TOKEN_FILE = "rpc.token"
-NODE_INFO = "node.json"
-"""Written by ``aitbc-peer`` into its data directory once it listens: address, peer id,
-``rpc_url`` and listen addresses. Removed at start, so its presence means "up"."""
+__all__ = ["NODE_INFO", "TOKEN_FILE", "ServerLimits", "ensure_token", "hypercorn_config", "serve_rpc"]
+
 
 
 def ensure_token(data_dir: Path) -> str:
