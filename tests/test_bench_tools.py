@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 FLOORS = ROOT / "bench" / "floors.py"
 
@@ -118,3 +120,26 @@ def test_the_audit_bench_reports_detection_and_cost_per_level():
     assert set(report["costs"]) == {"64", "128"} and report["overhead_n"] == 128
     assert 0 < report["levels"]["audit"]["overhead"] < report["levels"]["spot"]["overhead"]
     assert "false positives" in out.stderr and "shares of the job" in out.stderr
+
+
+@pytest.mark.slow
+def test_the_chaos_harness_kills_and_pauses_real_peers_and_finds_nothing_lost():
+    """bench/chaos.py as a user runs it, short: the 3-peer poa devnet, a fault every 10 to
+    12 s for 45 s (a kill and a pause at least, by the seed), then its checks."""
+    out = subprocess.run(
+        [
+            sys.executable, str(ROOT / "bench" / "chaos.py"), "--consensus", "poa", "--minutes", "0.75",
+            "--fault-every", "10", "12", "--job-every", "10", "--seed", "7",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["bench"] == "chaos" and report["consensus"] == "poa" and report["peers"] == 3
+    assert report["faults"] >= 3 and set(report["faults_by_kind"]) == {"kill", "pause"}
+    assert report["committed_lost"] == 0 and report["divergent_heights"] == 0 and report["height_gaps"] == 0
+    assert report["supply_conserved"] is True and report["never_caught_up"] == []
+    assert report["txs_committed"] > 0 and report["height"] > 0
+    assert "fault 1:" in out.stderr
