@@ -10,9 +10,13 @@ import httpx
 import trio
 
 from aitbc_p2p.rpc import RpcClient
+from aitbc_p2p.testing import make_key
+from aitbc_p2p.testing.market import make_offer
+from aitbc_p2p.types import aitbc
 from conftest import RPC_TOKEN
 
 AUTH = {"Authorization": f"Bearer {RPC_TOKEN}"}
+CLIENT, DEST = make_key("client"), make_key("dest")
 
 
 async def take(stream: Any, count: int, timeout: float = 20) -> list[dict[str, Any]]:
@@ -91,3 +95,28 @@ async def test_a_bad_resume_point_is_refused_and_the_stream_needs_the_token(rpc_
             assert answer.status_code == 400 and answer.json()["error"]["code"] == "BAD_REQUEST", bad
         answer = await http.get("/v1/events", headers={**AUTH, "Last-Event-ID": "nope"})
         assert answer.status_code == 400
+
+
+async def test_a_transaction_sent_here_and_each_change_of_a_job_come_as_events(rpc_server: Any) -> None:
+    """``tx`` once a transaction submitted through this peer is committed (at its height
+    and index), ``job`` at each change of a job this peer tracks: nothing needs to poll."""
+    node, url = rpc_server
+    async with RpcClient(url, token=RPC_TOKEN) as rpc, aclosing(rpc.stream_chain()) as stream:
+        await take(stream, 1)  # connected: the head block
+        tx_hash = await rpc.transfer(CLIENT, DEST.address, aitbc(1))
+        offer = make_offer(node, CLIENT, "echo", {"message": "events"})
+        body = {"offer": offer.encode().hex(), "workload": "echo", "params": {"message": "events"}}
+        job_id = (await rpc._call("POST", "/v1/jobs", body))["job_id"]
+        await rpc.cancel_job(job_id)
+        seen: dict[str, list[dict[str, Any]]] = {"tx": [], "job": []}
+        with trio.fail_after(20):
+            async for event in stream:
+                if event["event"] in seen:
+                    seen[event["event"]].append(event["data"])
+                if seen["tx"] and any(j["status"] == "cancelled" for j in seen["job"]):
+                    break
+    [tx] = seen["tx"]
+    committed = node.tx_status(bytes.fromhex(tx_hash))
+    assert tx == {"hash": tx_hash, "status": "committed", "height": committed.height, "index": committed.index}
+    statuses = [j["status"] for j in seen["job"]]
+    assert all(j["job_id"] == job_id for j in seen["job"]) and statuses[0] == "bidding" and statuses[-1] == "cancelled"

@@ -167,15 +167,20 @@ class JobUpdate:
 
 @dataclass(frozen=True, slots=True)
 class ChainUpdate:
-    """One event of the chain's stream (``GET /v1/events``, specs/rpc.md): a block joined
+    """One event of the peer's stream (``GET /v1/events``, specs/rpc.md): a block joined
     the main chain (``block``), blocks above ``height`` left it (``reorg``: the blocks
-    that replace them follow), or nothing happened for a while (``keepalive``)."""
+    that replace them follow), a transaction submitted through this peer was committed
+    (``tx``, at ``height`` and ``index``), a job this peer takes part in changed (``job``),
+    or nothing happened for a while (``keepalive``)."""
 
     kind: str
     block: BlockHeader | None = None
     txs: int = 0
     final_height: int = 0
     height: int = 0
+    tx_hash: Hash32 | None = None
+    index: int = 0
+    job: JobInfo | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,25 @@ from aitbc_p2p.types import VERSION, Address, Hash32, JobId
 
 CHAIN_CATCH_UP = 100
 """The most blocks ``watch_chain`` sends to catch a client up (older ones: GET /v1/blocks)."""
+OWN_TXS = 10_000
+"""Transactions submitted through this peer whose commit the event stream announces (the
+latest this many)."""
+
+
+async def _first_of(*events: trio.Event, timeout: float) -> bool:
+    """Wait until one of ``events`` is set (True) or ``timeout`` passes (False)."""
+    async with trio.open_nursery() as nursery:
+
+        async def wait(event: trio.Event) -> None:
+            await event.wait()
+            nursery.cancel_scope.cancel()
+
+        for event in events:
+            nursery.start_soon(wait, event)
+        await trio.sleep(timeout)
+        nursery.cancel_scope.cancel()
+        return False
+    return True
 
 
 class Node:
@@ -94,6 +113,7 @@ class Node:
         self.producer = producer
         self.bft = bft
         self.started = trio.current_time()
+        self._own_txs: OrderedDict[Hash32, None] = OrderedDict()
 
     # ------------------------------------------------------- handles
     @property
@@ -182,7 +202,11 @@ class Node:
         return self.store.history(address, limit=limit)
 
     async def submit_tx(self, tx: Transaction) -> Hash32:
-        return await self.relay.submit_tx(tx)
+        tx_hash = await self.relay.submit_tx(tx)
+        self._own_txs[tx_hash] = None  # the event stream says when it is committed
+        while len(self._own_txs) > OWN_TXS:
+            self._own_txs.popitem(last=False)
+        return tx_hash
 
     def tx_status(self, tx_hash: Hash32) -> TxStatus | None:
         loc = self.store.find_tx(tx_hash)
@@ -216,8 +240,10 @@ class Node:
         revert below the head is noticed. A revert deeper than these is announced at the
         lowest height known."""
         last = self.store.head.height - 1 if after is None else max(after, -1)
+        jobs = {job_id: self.market.job_status(job_id) for job_id in list(self.market.client_jobs)}
+        """Each job's status as last sent (or as found at the start: only changes are sent)."""
         while True:
-            changed = self.chain.next_head_change()
+            head_changed, job_changed = self.chain.next_head_change(), self.market.next_job_change()
             head = self.store.head
             fork = min(last, head.height)
             while fork in sent and self._hash_at(fork) != sent[fork]:
@@ -233,14 +259,25 @@ class Node:
                 if block is None:  # reverted since the head was read: the next round sees it
                     break
                 yield ChainUpdate("block", block=block.header, txs=len(block.txs), final_height=final)
+                for index, tx in enumerate(block.txs):
+                    if tx.hash in self._own_txs:
+                        yield ChainUpdate("tx", height=height, index=index, tx_hash=tx.hash)
                 sent.setdefault(height - 1, block.header.parent)  # the client knows its parent too
                 sent[height] = block.header.hash
                 last = height
                 while len(sent) > CHAIN_CATCH_UP:
                     sent.popitem(last=False)
-            with trio.move_on_after(KEEPALIVE_S) as quiet:
-                await changed.wait()
-            if quiet.cancelled_caught:
+            for job_id in list(self.market.client_jobs):
+                before = jobs.get(job_id)
+                if before is not None and before.finished:
+                    continue
+                info = self.market.job_status(job_id)
+                if info is not None and info != before:
+                    jobs[job_id] = info
+                    yield ChainUpdate("job", job=info)
+            for gone in [j for j in jobs if j not in self.market.client_jobs]:
+                del jobs[gone]
+            if not await _first_of(head_changed, job_changed, timeout=KEEPALIVE_S):
                 yield ChainUpdate("keepalive")
 
     def _hash_at(self, height: int) -> Hash32 | None:

@@ -393,6 +393,7 @@ class MarketService:
         self._marked = 0
         self._written = 0
         self._watched: dict[JobId, trio.Event] = {}
+        self._any_job_changed = trio.Event()
         self._accepted = 0
         self._promised: OrderedDict[JobId, float] = OrderedDict()
         """Jobs bid on in the last PROMISE_S that have not come (yet): they count toward the
@@ -459,10 +460,16 @@ class MarketService:
         self._journal_wake.set()
 
     def _poke(self, job_id: JobId) -> None:
-        """Wake whoever streams this job's events."""
+        """Wake whoever streams this job's events, and whoever streams every job's."""
         changed = self._watched.pop(job_id, None)
         if changed is not None:
             changed.set()
+        self._any_job_changed.set()
+        self._any_job_changed = trio.Event()
+
+    def next_job_change(self) -> trio.Event:
+        """The event set when any job this peer tracks as a client next changes."""
+        return self._any_job_changed
 
     async def watch(self, job_id: JobId, *, after: int = 0) -> AsyncGenerator[JobUpdate, None]:
         """The job's event stream (specs/rpc.md, "Job events"): its status now and each

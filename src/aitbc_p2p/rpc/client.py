@@ -348,7 +348,9 @@ class RpcClient:
         proposer, txs, final_height}}`` for each block after ``after`` (from the head if
         None; at most the last 100), then each new one; ``{"event": "reorg", "id": None,
         "data": {"height": h}}`` when the blocks above ``h`` left the main chain (their
-        replacements follow). It never ends by itself: close it with
+        replacements follow); ``"tx"`` when a transaction submitted through this peer is
+        committed (``{hash, status, height, index}``); ``"job"`` when a job this peer
+        tracks changes (the job as :meth:`job` returns it). It never ends by itself: close it with
         ``contextlib.aclosing``. A dropped connection is resumed after the last block.
 
         Raises:

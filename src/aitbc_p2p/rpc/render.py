@@ -219,13 +219,21 @@ def sse(update: JobUpdate) -> bytes:
 
 
 def chain_sse(update: ChainUpdate) -> bytes:
-    """One server-sent event of the chain's stream (``GET /v1/events``): ``block`` with the
+    """One server-sent event of the peer's stream (``GET /v1/events``): ``block`` with the
     block's height as its id (a client resumes after it with ``Last-Event-ID``), ``reorg``
-    naming the height whose successors left the main chain."""
+    naming the height whose successors left the main chain, ``tx`` for a transaction
+    submitted here once committed, ``job`` with a job as ``GET /v1/jobs/<id>`` shows it."""
     if update.kind == "keepalive":
         return b": keepalive\n\n"
     if update.kind == "reorg":
         return f"event: reorg\ndata: {json.dumps({'height': update.height})}\n\n".encode()
+    if update.kind == "tx":
+        assert update.tx_hash is not None
+        tx = {"hash": update.tx_hash.hex(), "status": "committed", "height": update.height, "index": update.index}
+        return f"event: tx\ndata: {json.dumps(tx, separators=(',', ':'))}\n\n".encode()
+    if update.kind == "job":
+        assert update.job is not None
+        return f"event: job\ndata: {json.dumps(job(update.job), separators=(',', ':'))}\n\n".encode()
     assert update.block is not None
     header = update.block
     data = {
