@@ -341,7 +341,6 @@ class RpcClient:
                     raise RpcError(0, "UNREACHABLE", f"GET /v1/jobs/{job_id}/events: {e}") from e
                 await trio.sleep(0.2 * failures)
 
-
     async def stream_chain(self, *, after: int | None = None) -> AsyncGenerator[dict[str, Any], None]:
         """The chain as it grows (``GET /v1/events``, specs/rpc.md, "Chain events"):
         ``{"event": "block", "id": height, "data": {height, hash, parent, timestamp_ms,
