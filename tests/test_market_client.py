@@ -118,3 +118,18 @@ async def test_bidding_closes_once_every_known_suitable_provider_has_bid():
         assert other.bids_wanted == 0
         await trio.sleep(2)
         assert other.phase == "bidding" and not other.bids
+
+
+async def test_an_offer_whose_client_never_opens_an_escrow_fails_instead_of_waiting_for_good(monkeypatch):
+    """The client chooses and opens the escrow; one that never does (its SDK call ended,
+    or the peer restarted under it) leaves a job that would stay ``bids_ready`` forever.
+    Past ABANDONED_MS after the offer it fails, with nothing locked."""
+    monkeypatch.setattr("aitbc_p2p.node.market.ABANDONED_MS", 2000)
+    async with open_test_network(2, providers=[1], alloc=ALLOC) as (client, provider):
+        params = {"message": "left alone"}
+        job_id = await client.submit_job(offer_for(client, "echo", params), "echo", params)
+        await wait_for(lambda: client.job_status(job_id).status == "bids_ready")
+        await wait_for(lambda: client.job_status(job_id).status == "failed", timeout=30)
+        info = client.job_status(job_id)
+        assert info.finished and info.escrow is None and "no escrow opened" in info.error
+        assert client.account(CLIENT.address).account.balance == ALLOC[CLIENT.address]

@@ -119,6 +119,9 @@ DISPUTE_MARGIN_BLOCKS = 2
 dispute window closes (time for the dispute to be included)."""
 MAX_JOB_EVENTS = 4096
 """Progress events a client's peer keeps per job (the oldest go first)."""
+ABANDONED_MS = 10 * 60_000
+"""A client job still without an escrow this long after its offer was made has been given
+up by its client: it fails (nothing was locked) instead of staying in bidding for good."""
 KEEPALIVE_S = 15.0
 """A job's event stream says it is alive after this long without an event."""
 MAX_RECORD = 4 << 20
@@ -810,6 +813,11 @@ class MarketService:
                 self._check_receipt(job, height)
             return
         escrow = self.chain.state.job(job.job_id)
+        if escrow is None and self.clock_ms() - job.offer.body["timestamp_ms"] > ABANDONED_MS:
+            # The client chooses a bid and opens the escrow (the SDK's submit_job); one that
+            # never did (it stopped, or this peer restarted under it) has given the job up.
+            job.phase, job.error = Phase.FAILED, f"no escrow opened within {ABANDONED_MS // 60_000} min of the offer"
+            return
         if escrow is None or escrow.status is not JobStatus.OPEN or escrow.client != job.offer.signer:
             return
         bid = job.bids.get(escrow.provider)
