@@ -125,7 +125,7 @@ async def test_an_offer_whose_client_never_opens_an_escrow_fails_instead_of_wait
     or the peer restarted under it) leaves a job that would stay ``bids_ready`` forever.
     Past ABANDONED_MS after the offer it fails, with nothing locked."""
     monkeypatch.setattr("aitbc_p2p.node.market.ABANDONED_MS", 2000)
-    async with open_test_network(2, providers=[1], alloc=ALLOC) as (client, provider):
+    async with open_test_network(2, providers=[1], alloc=ALLOC) as (client, _provider):
         params = {"message": "left alone"}
         job_id = await client.submit_job(offer_for(client, "echo", params), "echo", params)
         await wait_for(lambda: client.job_status(job_id).status == "bids_ready")
