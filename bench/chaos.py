@@ -98,6 +98,21 @@ async def status(proc: PeerProcess) -> dict[str, Any] | None:
         return None
 
 
+async def ask(run: Run, proc: PeerProcess, tx_hash: str) -> bool | None:
+    """Whether ``proc`` reports ``tx_hash`` committed (noting its height), or None if it
+    did not answer."""
+    try:
+        async with proc.rpc() as rpc:
+            found = await rpc.tx_status(tx_hash)
+    except (RpcError, OSError):
+        return None
+    if found.get("status") != "committed":
+        return False
+    run.committed[tx_hash] = int(found["height"])
+    run.pending.pop(tx_hash, None)
+    return True
+
+
 async def load(run: Run, key: PrivateKey, rng: random.Random, tps: float) -> None:
     """Transfers of one base unit to the genesis wallet, each to a live peer at random."""
     while True:
@@ -120,14 +135,7 @@ async def confirm(run: Run, rng: random.Random) -> None:
         for tx_hash in list(run.pending)[:200]:
             if not live:
                 break
-            try:
-                async with rng.choice(live).rpc() as rpc:
-                    found = await rpc.tx_status(tx_hash)
-            except (RpcError, OSError):
-                continue
-            if found.get("status") == "committed":
-                run.committed[tx_hash] = int(found["height"])
-                run.pending.pop(tx_hash, None)
+            await ask(run, rng.choice(live), tx_hash)
         for tx_hash, sent in list(run.pending.items()):  # never to commit: replaced, or dropped with a peer
             if time.monotonic() - sent > 300:
                 run.pending.pop(tx_hash)
@@ -359,15 +367,8 @@ async def confirm_once(run: Run) -> None:
     """One pass over the pending transactions against the settled peers."""
     for tx_hash in list(run.pending):
         for proc in run.procs:
-            try:
-                async with proc.rpc() as rpc:
-                    found = await rpc.tx_status(tx_hash)
-            except (RpcError, OSError):
-                continue
-            if found.get("status") == "committed":
-                run.committed[tx_hash] = int(found["height"])
-                run.pending.pop(tx_hash, None)
-            break
+            if await ask(run, proc, tx_hash) is not None:
+                break
 
 
 if __name__ == "__main__":

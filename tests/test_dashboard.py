@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ import trio
 
 from aitbc_p2p.cli import devnet
 from aitbc_p2p.compute.context import module_available
+from test_devnet import aitbc_cli
 
 NODES = Path(__file__).resolve().parents[1] / "nodes" / "devnet"
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -101,21 +100,6 @@ def sign_in(driver: webdriver.Chrome, url: str, token: str) -> None:
     field.send_keys(token)
     field.submit()
     wait(driver, lambda d: d.find_element(By.ID, "height").text.isdigit())
-
-
-def aitbc_cli(run_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "AITBC_WALLET_PASSWORD": "devnet"}
-    base = [
-        sys.executable,
-        "-m",
-        "aitbc_p2p.cli.main",
-        "--devnet",
-        "--nodes-dir",
-        str(NODES),
-        "--run-dir",
-        str(run_dir),
-    ]
-    return subprocess.run([*base, *args], capture_output=True, text=True, env=env, timeout=120)
 
 
 def test_the_explorer_shows_blocks_as_they_arrive_without_a_reload(net, browser, tmp_path):

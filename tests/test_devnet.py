@@ -147,20 +147,13 @@ def plain_cli(*args):
     return subprocess.run(cmd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=120)
 
 
-def aitbc_cli(run_dir, *args):
+def aitbc_cli(run_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``aitbc --devnet ARGS`` through its real command line, against the devnet in
+    ``run_dir`` (the devnet wallets' password in the environment)."""
     env = {**os.environ, "AITBC_WALLET_PASSWORD": "devnet"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "aitbc_p2p.cli.main",
-        "--devnet",
-        "--nodes-dir",
-        str(NODES),
-        "--run-dir",
-        str(run_dir),
-        *args,
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    base = [sys.executable, "-m", "aitbc_p2p.cli.main", "--devnet", "--nodes-dir", str(NODES)]
+    base += ["--run-dir", str(run_dir)]
+    return subprocess.run([*base, *args], capture_output=True, text=True, env=env, timeout=120)
 
 
 async def test_cli_against_a_running_devnet(tmp_path):
