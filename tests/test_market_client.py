@@ -123,8 +123,8 @@ async def test_bidding_closes_once_every_known_suitable_provider_has_bid():
 async def test_an_offer_whose_client_never_opens_an_escrow_fails_instead_of_waiting_for_good(monkeypatch):
     """The client chooses and opens the escrow; one that never does (its SDK call ended,
     or the peer restarted under it) leaves a job that would stay ``bids_ready`` forever.
-    Past ABANDONED_MS after the offer it fails, with nothing locked."""
-    monkeypatch.setattr("aitbc_p2p.node.market.ABANDONED_MS", 2000)
+    Past ABANDONED_S after this peer took the job up it fails, with nothing locked."""
+    monkeypatch.setattr("aitbc_p2p.node.market.ABANDONED_S", 2.0)
     async with open_test_network(2, providers=[1], alloc=ALLOC) as (client, _provider):
         params = {"message": "left alone"}
         job_id = await client.submit_job(offer_for(client, "echo", params), "echo", params)

@@ -119,8 +119,8 @@ DISPUTE_MARGIN_BLOCKS = 2
 dispute window closes (time for the dispute to be included)."""
 MAX_JOB_EVENTS = 4096
 """Progress events a client's peer keeps per job (the oldest go first)."""
-ABANDONED_MS = 10 * 60_000
-"""A client job still without an escrow this long after its offer was made has been given
+ABANDONED_S = 600.0
+"""A client job still without an escrow this long after this peer took it up has been given
 up by its client: it fails (nothing was locked) instead of staying in bidding for good."""
 KEEPALIVE_S = 15.0
 """A job's event stream says it is alive after this long without an event."""
@@ -182,6 +182,9 @@ class ClientJob:
     pending cancel's ``chain_action`` is still set when that cancel is committed)."""
     events: list[dict[str, Any]] = field(default_factory=list)
     """The workload's progress events the provider streamed (not journaled)."""
+    since: float | None = None
+    """When this peer first saw a block with the job bidding (after taking it up, or after
+    a restart; not journaled): an offer's own timestamp is the client's clock."""
     events_dropped: int = 0
     """Progress events dropped from the front of ``events`` (the first kept is number this + 1)."""
     provider_seq: int = 0
@@ -813,10 +816,12 @@ class MarketService:
                 self._check_receipt(job, height)
             return
         escrow = self.chain.state.job(job.job_id)
-        if escrow is None and self.clock_ms() - job.offer.body["timestamp_ms"] > ABANDONED_MS:
+        if job.since is None:
+            job.since = trio.current_time()
+        if escrow is None and trio.current_time() - job.since > ABANDONED_S:
             # The client chooses a bid and opens the escrow (the SDK's submit_job); one that
             # never did (it stopped, or this peer restarted under it) has given the job up.
-            job.phase, job.error = Phase.FAILED, f"no escrow opened within {ABANDONED_MS // 60_000} min of the offer"
+            job.phase, job.error = Phase.FAILED, f"no escrow opened within {ABANDONED_S / 60:g} min of the offer"
             return
         if escrow is None or escrow.status is not JobStatus.OPEN or escrow.client != job.offer.signer:
             return
