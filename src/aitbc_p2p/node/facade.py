@@ -246,7 +246,7 @@ class Node:
             head_changed, job_changed = self.chain.next_head_change(), self.market.next_job_change()
             head = self.store.head
             fork = min(last, head.height)
-            while fork in sent and self._hash_at(fork) != sent[fork]:
+            while fork in sent and self.store.height_of(sent[fork]) != fork:  # an index read, no block decoded
                 fork -= 1
             for height in [h for h in sent if h > fork]:
                 del sent[height]
@@ -280,24 +280,15 @@ class Node:
             if not await _first_of(head_changed, job_changed, timeout=KEEPALIVE_S):
                 yield ChainUpdate("keepalive")
 
-    def _hash_at(self, height: int) -> Hash32 | None:
-        block = self.store.block(height)
-        return None if block is None else block.header.hash
-
     def network_info(self) -> NetworkInfo:
         connected = set(self.network.connected_peers())
         scores = getattr(self.network, "scores", None)
         scored = scores.snapshot() if scores is not None else {}
-        peers = [
-            PeerScore(
-                peer,
-                peer in connected,
-                float(scored.get(peer, {}).get("score", 0.0)),
-                int(scored.get(peer, {}).get("rejected", 0)),
-                bool(scored.get(peer, {}).get("banned", False)),
-            )
-            for peer in sorted(connected | set(scored))
-        ]
+        peers = []
+        for peer in sorted(connected | set(scored)):
+            seen = scored.get(peer, {})
+            score, rejected, banned = seen.get("score", 0.0), seen.get("rejected", 0), seen.get("banned", False)
+            peers.append(PeerScore(peer, peer in connected, float(score), int(rejected), bool(banned)))
         return NetworkInfo(peers, dict(getattr(self.network, "verdicts", {})), dict(self.mempool.rejected_by_reason))
 
     def jobs(self, limit: int) -> list[JobInfo]:
