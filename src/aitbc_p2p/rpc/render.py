@@ -204,18 +204,26 @@ def provider(rec: CapabilityRecord, record: Reputation) -> dict[str, Any]:
     return view
 
 
+KEEPALIVE_EVENT = b": keepalive\n\n"
+
+
+def _event(name: str, data: Any, event_id: int | None = None) -> bytes:
+    """One server-sent event: ``name``, ``data`` as compact JSON, and ``event_id`` (what a
+    client resumes after with ``Last-Event-ID``) if it has one."""
+    head = "" if event_id is None else f"id: {event_id}\n"
+    return f"{head}event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
 def sse(update: JobUpdate) -> bytes:
     """One server-sent event of a job's stream: ``status`` and ``end`` carry the job as
     ``GET /v1/jobs/<id>`` shows it, ``progress`` the workload's event with its number as
     the event id (a client resumes after it with ``Last-Event-ID``)."""
     if update.kind == "keepalive":
-        return b": keepalive\n\n"
+        return KEEPALIVE_EVENT
     if update.kind == "progress":
-        data = json.dumps(jsonable(dict(update.progress or {})), separators=(",", ":"))
-        return f"id: {update.seq}\nevent: progress\ndata: {data}\n\n".encode()
+        return _event("progress", jsonable(dict(update.progress or {})), update.seq)
     assert update.job is not None
-    data = json.dumps(job(update.job), separators=(",", ":"))
-    return f"event: {update.kind}\ndata: {data}\n\n".encode()
+    return _event(update.kind, job(update.job))
 
 
 def chain_sse(update: ChainUpdate) -> bytes:
@@ -224,16 +232,16 @@ def chain_sse(update: ChainUpdate) -> bytes:
     naming the height whose successors left the main chain, ``tx`` for a transaction
     submitted here once committed, ``job`` with a job as ``GET /v1/jobs/<id>`` shows it."""
     if update.kind == "keepalive":
-        return b": keepalive\n\n"
+        return KEEPALIVE_EVENT
     if update.kind == "reorg":
-        return f"event: reorg\ndata: {json.dumps({'height': update.height})}\n\n".encode()
+        return _event("reorg", {"height": update.height})
     if update.kind == "tx":
         assert update.tx_hash is not None
         tx = {"hash": update.tx_hash.hex(), "status": "committed", "height": update.height, "index": update.index}
-        return f"event: tx\ndata: {json.dumps(tx, separators=(',', ':'))}\n\n".encode()
+        return _event("tx", tx)
     if update.kind == "job":
         assert update.job is not None
-        return f"event: job\ndata: {json.dumps(job(update.job), separators=(',', ':'))}\n\n".encode()
+        return _event("job", job(update.job))
     assert update.block is not None
     header = update.block
     data = {
@@ -245,4 +253,4 @@ def chain_sse(update: ChainUpdate) -> bytes:
         "txs": update.txs,
         "final_height": update.final_height,
     }
-    return f"id: {header.height}\nevent: block\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+    return _event("block", data, header.height)
