@@ -17,7 +17,7 @@ from typing import Any, NoReturn, Self
 
 import httpx
 import trio
-from httpx_sse import SSEError, aconnect_sse
+from httpx_sse import ServerSentEvent, SSEError, aconnect_sse
 
 from aitbc_p2p.chain.models import Transaction, TxKind
 from aitbc_p2p.chain.payloads import MAX_ATTEMPTS, JobOpen, Payload
@@ -318,28 +318,14 @@ class RpcClient:
         Raises:
             RpcError: no such job (404), or the peer cannot be reached.
         """
-        timeout = httpx.Timeout(self._http.timeout.connect, read=STREAM_READ_TIMEOUT_S)
-        failures = 0
-        while True:
-            try:
-                async with aconnect_sse(
-                    self._http, "GET", f"/v1/jobs/{job_id}/events", params={"after": after}, timeout=timeout
-                ) as source:
-                    if source.response.status_code >= 400:
-                        await source.response.aread()
-                        _raise_for(source.response)
-                    async for sse in source.aiter_sse():
-                        failures = 0
-                        if sse.event == "progress":
-                            after = int(sse.id)
-                        yield {"event": sse.event, "id": after if sse.event == "progress" else None, "data": sse.json()}
-                        if sse.event == "end":
-                            return
-            except (httpx.HTTPError, SSEError) as e:
-                failures += 1
-                if failures > STREAM_RETRIES:
-                    raise RpcError(0, "UNREACHABLE", f"GET /v1/jobs/{job_id}/events: {e}") from e
-                await trio.sleep(0.2 * failures)
+        events = self._server_events(f"/v1/jobs/{job_id}/events", lambda: {"after": after})
+        async with aclosing(events):
+            async for sse in events:
+                if sse.event == "progress":
+                    after = int(sse.id)
+                yield {"event": sse.event, "id": after if sse.event == "progress" else None, "data": sse.json()}
+                if sse.event == "end":
+                    return
 
     async def stream_chain(self, *, after: int | None = None) -> AsyncGenerator[dict[str, Any], None]:
         """The chain as it grows (``GET /v1/events``, specs/rpc.md, "Chain events"):
@@ -355,25 +341,39 @@ class RpcClient:
         Raises:
             RpcError: the peer cannot be reached (STREAM_RETRIES times in a row).
         """
+        events = self._server_events("/v1/events", lambda: {} if after is None else {"after": after})
+        async with aclosing(events):
+            async for sse in events:
+                data = sse.json()
+                if sse.event in ("block", "reorg"):  # resume after it
+                    after = data["height"]
+                yield {"event": sse.event, "id": after if sse.event == "block" else None, "data": data}
+
+    async def _server_events(
+        self, path: str, params: Callable[[], dict[str, Any]]
+    ) -> AsyncGenerator[ServerSentEvent, None]:
+        """The server-sent events of ``GET path``, reconnecting with ``params()`` (read anew
+        each time, so the caller can resume after what it got) when the connection drops,
+        up to STREAM_RETRIES times in a row.
+
+        Raises:
+            RpcError: an error answer, or the peer cannot be reached.
+        """
         timeout = httpx.Timeout(self._http.timeout.connect, read=STREAM_READ_TIMEOUT_S)
         failures = 0
         while True:
-            params = {} if after is None else {"after": after}
             try:
-                async with aconnect_sse(self._http, "GET", "/v1/events", params=params, timeout=timeout) as source:
+                async with aconnect_sse(self._http, "GET", path, params=params(), timeout=timeout) as source:
                     if source.response.status_code >= 400:
                         await source.response.aread()
                         _raise_for(source.response)
                     async for sse in source.aiter_sse():
                         failures = 0
-                        data = sse.json()
-                        if sse.event in ("block", "reorg"):  # resume after it
-                            after = data["height"]
-                        yield {"event": sse.event, "id": after if sse.event == "block" else None, "data": data}
+                        yield sse
             except (httpx.HTTPError, SSEError) as e:
                 failures += 1
                 if failures > STREAM_RETRIES:
-                    raise RpcError(0, "UNREACHABLE", f"GET /v1/events: {e}") from e
+                    raise RpcError(0, "UNREACHABLE", f"GET {path}: {e}") from e
                 await trio.sleep(0.2 * failures)
 
 
