@@ -43,21 +43,25 @@ from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def net(tmp_path_factory) -> Iterator[dict[str, Any]]:
-    """A devnet, up: peer1's RPC URL and token (peer3 sells compute)."""
-    run_dir = tmp_path_factory.mktemp("dashboard") / "run"
-    procs = devnet.start(NODES, run_dir)
+def up(run_dir: Path, timeout: float, **models: bool) -> Iterator[dict[str, Any]]:
+    """A devnet in ``run_dir``, up (``models``: devnet.start's tiny_llm, tiny_sd), until the
+    fixture ends: peer1's RPC URL and token (peer3 sells compute)."""
+    procs = devnet.start(NODES, run_dir, **models)
     try:
 
         async def ready() -> None:
-            with trio.fail_after(90):
+            with trio.fail_after(timeout):
                 await devnet.wait_ready(procs, progress=lambda s: None)
 
         trio.run(ready)
         yield {"url": procs[0].info()["rpc_url"], "token": procs[0].token(), "run_dir": run_dir}
     finally:
         devnet.stop(run_dir)
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory) -> Iterator[dict[str, Any]]:
+    yield from up(tmp_path_factory.mktemp("dashboard") / "run", 90)
 
 
 @pytest.fixture
@@ -233,18 +237,7 @@ needs_models = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def models_net(tmp_path_factory) -> Iterator[dict[str, Any]]:
     """A devnet whose provider offers a tiny causal LM and a tiny diffusion pipeline."""
-    run_dir = tmp_path_factory.mktemp("dashboard-models") / "run"
-    procs = devnet.start(NODES, run_dir, tiny_llm=True, tiny_sd=True)
-    try:
-
-        async def ready() -> None:
-            with trio.fail_after(180):
-                await devnet.wait_ready(procs, progress=lambda s: None)
-
-        trio.run(ready)
-        yield {"url": procs[0].info()["rpc_url"], "token": procs[0].token(), "run_dir": run_dir}
-    finally:
-        devnet.stop(run_dir)
+    yield from up(tmp_path_factory.mktemp("dashboard-models") / "run", 180, tiny_llm=True, tiny_sd=True)
 
 
 def job_page(browser: webdriver.Chrome, net: dict[str, Any], *submit: str) -> tuple[str, dict[str, Any]]:
