@@ -17,11 +17,11 @@ from typing import Any
 from aitbc_p2p.chain.genesis import genesis_from_json
 from aitbc_p2p.crypto import PrivateKey
 from aitbc_p2p.exceptions import ConfigError, CryptoError
-from aitbc_p2p.node.config import NodeConfig, ProviderConfig
+from aitbc_p2p.node.config import MinersConfig, NodeConfig, ProviderConfig
 
 TOP_KEYS = {"data_dir": str, "key_file": str, "genesis": str, "listen": list, "bootstrap": list, "announce": list}
 KNOWN_RPC = {"host", "port", "metrics_port"}
-NODE_SET_ELSEWHERE = {"key", "genesis", "data_dir", "listen", "bootstrap", "announce", "provider", "extra"}
+NODE_SET_ELSEWHERE = {"key", "genesis", "data_dir", "listen", "bootstrap", "announce", "provider", "miners", "extra"}
 """NodeConfig fields that the top level of the file (or the CLI) sets, not ``[node]``."""
 
 
@@ -33,10 +33,11 @@ def _schema(cls: type, leave_out: Collection[str] = ()) -> dict[str, Any]:
 
 
 PROVIDER_SCHEMA = _schema(ProviderConfig)
+MINERS_SCHEMA = _schema(MinersConfig)
 NODE_SCHEMA = _schema(NodeConfig, NODE_SET_ELSEWHERE)
 KNOWN_PROVIDER = set(PROVIDER_SCHEMA)
 KNOWN_NODE = set(NODE_SCHEMA)
-KNOWN_TOP = {*TOP_KEYS, "rpc", "provider", "node"}
+KNOWN_TOP = {*TOP_KEYS, "rpc", "provider", "miners", "node"}
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
@@ -134,6 +135,14 @@ def load_peer_config(path: Path, **overrides: Any) -> PeerConfig:
             resolved = {str(name): str((base / path).resolve()) for name, path in models.items()}
             resolved.update({name: str(Path(path).resolve()) for name, path in (overrides.get("models") or {}).items()})
             provider = ProviderConfig(**table, models=resolved)
+        miners = None
+        if "miners" in doc:
+            table = dict(_table("[miners]", doc["miners"], MINERS_SCHEMA))
+            if "keys" not in table:
+                raise ConfigError("[miners] needs keys (MINER_ID = API_KEY for each external miner)")
+            if "workloads" in table:
+                table["workloads"] = tuple(table["workloads"])
+            miners = MinersConfig(**table)
         node_opts = dict(_table("[node]", doc.get("node", {}), NODE_SCHEMA))
         if overrides.get("verify_in_workers") is not None:
             node_opts["verify_in_workers"] = overrides["verify_in_workers"]
@@ -150,6 +159,7 @@ def load_peer_config(path: Path, **overrides: Any) -> PeerConfig:
             bootstrap=bootstrap,
             announce=announce,
             provider=provider,
+            miners=miners,
             **node_opts,
         )
         port = overrides.get("rpc_port")

@@ -117,6 +117,9 @@ async def start_worker(cmd: list[str], device: str) -> WorkerProcess:
 class Executor:
     """A pool of worker processes. Open it with :func:`open_executor`."""
 
+    checkable = True
+    """Its results can be spot-checked and audited: it keeps what a challenge asks for."""
+
     def __init__(
         self,
         nursery: trio.Nursery,
@@ -206,8 +209,10 @@ class Executor:
         max_runtime_s: float,
         max_ram_mb: int | None = None,
         on_event: Callable[[dict[str, Any]], None] | None = None,
+        job_id: bytes = b"",
     ) -> Execution:
         """Validate, then run one job in a free worker. A job's own failure returns ok=False.
+        ``job_id`` is the market's name for the job (unused here; the miner pool's key).
 
         Cancellation: the worker running the job is killed and replaced; Cancelled propagates.
         """

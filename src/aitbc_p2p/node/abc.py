@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from aitbc_p2p.chain.blocks import AppliedBlock
-from aitbc_p2p.chain.models import Block, BlockHeader, Genesis
+from aitbc_p2p.chain.models import Block, BlockHeader, Genesis, Transaction
 from aitbc_p2p.chain.payloads import Payload
 from aitbc_p2p.chain.transition import ChainRules
 from aitbc_p2p.chain.votes import Vote
@@ -143,3 +143,18 @@ class OwnAccount(Protocol):
         """Sign a transaction of ``payload``'s kind at the next pending nonce, pool and
         gossip it. Raises TxRejected."""
         ...
+
+
+class OwnWallet(OwnAccount, Protocol):
+    """The node's account as a service that must send a transaction exactly once (a
+    payout) sees it: signing, submitting and the pool apart."""
+
+    def sign_own_tx(self, payload: Payload) -> Transaction:
+        """Signed at the next pending nonce; not submitted."""
+        ...
+
+    async def submit_tx(self, tx: Transaction) -> Hash32:
+        """Pool and gossip. Raises TxRejected."""
+        ...
+
+    def pending(self, tx_hash: Hash32) -> bool: ...

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from aitbc_p2p.chain.commitment import StateProof
 from aitbc_p2p.chain.models import Block, BlockHeader, Transaction
@@ -20,6 +20,9 @@ from aitbc_p2p.market.jobs import JobResult
 from aitbc_p2p.market.messages import Bid, CapabilityRecord, JobOffer
 from aitbc_p2p.store.chain import ReceiptProof, TxLocation
 from aitbc_p2p.types import Address, Hash32, JobId
+
+if TYPE_CHECKING:
+    from aitbc_p2p.compute.miners import MinerPool
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,4 +263,12 @@ class NodeAPI(Protocol):
 
     def reputation(self, address: Address) -> Reputation:
         """A provider's record on chain (settled, failed, lost disputes, slashed stake)."""
+        ...
+
+    def miner_pool(self) -> MinerPool | None:
+        """The external miners this peer sells the compute of (None without ``[miners]``)."""
+        ...
+
+    def miner_payouts(self) -> dict[str, int]:
+        """What this peer owes and has paid its miners: ``owed``, ``paid_jobs``, ``paid_total``."""
         ...

@@ -64,6 +64,45 @@ class ProviderConfig:
             raise ValueError(f"max_ram_mb must be at least 1, not {self.max_ram_mb}")
 
 
+MINER_WORKLOADS = ("echo", "torch_bench", "embed", "llm_gen", "sd_infer")
+MIN_MINER_KEY = 16
+
+
+@dataclass(frozen=True, kw_only=True)
+class MinersConfig:
+    """External miners (the seed miner guide's ``miner.sh``) that sell their compute
+    through this peer over the v1 miner API (specs/rpc.md, "Miner API")."""
+
+    keys: dict[str, str]
+    """MINER_ID -> its API_KEY, the Bearer key of its ``/v1/miner/*`` requests."""
+    workloads: tuple[str, ...] = ("torch_bench",)
+    """What their compute is sold for: the workloads a heartbeat that names none runs, and
+    the most a heartbeat's ``workloads`` can claim."""
+    heartbeat_timeout_s: float = 60.0
+    """A miner not heard for this long is not offered until it heartbeats again."""
+    payout_percent: int = 100
+    """Of what each settled job paid this peer, transferred to the miner's ``wallet``
+    (the peer pays the transfer's fee). 0: no payouts (the operator's own rigs)."""
+
+    def __post_init__(self) -> None:
+        if not self.keys:
+            raise ValueError("[miners] keys must name at least one miner")
+        for miner, key in self.keys.items():
+            if not miner or len(miner) > 64:
+                raise ValueError(f"a miner id must be 1 to 64 characters, not {miner!r}")
+            if len(key) < MIN_MINER_KEY or not key.isascii() or not key.isprintable() or " " in key:
+                raise ValueError(f"the API key of miner {miner!r} must be {MIN_MINER_KEY}+ printable ASCII characters")
+        if len(set(self.keys.values())) != len(self.keys):
+            raise ValueError("[miners] keys must differ: a key names its miner")
+        unknown = sorted(set(self.workloads) - set(MINER_WORKLOADS))
+        if not self.workloads or unknown:
+            raise ValueError(f"[miners] workloads must be some of {', '.join(MINER_WORKLOADS)}, not {unknown or '[]'}")
+        if not self.heartbeat_timeout_s > 0:
+            raise ValueError(f"heartbeat_timeout_s must be above 0, not {self.heartbeat_timeout_s}")
+        if not 0 <= self.payout_percent <= 100:
+            raise ValueError(f"payout_percent must be 0 to 100, not {self.payout_percent}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class NodeConfig:
     key: PrivateKey
@@ -84,6 +123,8 @@ class NodeConfig:
     mdns: bool = False
     """Announce and find peers of this chain on the LAN by mDNS."""
     provider: ProviderConfig | None = None
+    miners: MinersConfig | None = None
+    """Sell external miners' compute (needs ``provider``, whose price and limits apply)."""
     max_block_txs: int = 1000
     bid_window_s: float = 1.5
     """How long a client node collects bids for an offer before reporting them."""
@@ -109,3 +150,5 @@ class NodeConfig:
             raise ValueError(f"peer_ceiling must be 1 to 10000, not {self.peer_ceiling}")
         if not 0 <= self.peer_floor <= self.peer_ceiling:
             raise ValueError(f"peer_floor must be 0 to peer_ceiling ({self.peer_ceiling}), not {self.peer_floor}")
+        if self.miners is not None and self.provider is None:
+            raise ValueError("[miners] needs [provider]: the price and limits its miners' compute is sold at")

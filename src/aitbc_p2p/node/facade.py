@@ -16,6 +16,7 @@ from aitbc_p2p.chain.state import Reputation, Supply, account_key, read_reputati
 from aitbc_p2p.chain.transition import ChainRules
 from aitbc_p2p.chain.votes import Vote
 from aitbc_p2p.codec import decode
+from aitbc_p2p.compute.miners import MinerPool
 from aitbc_p2p.consensus import ConsensusEngine
 from aitbc_p2p.consensus.proofs import JobProof, job_proof
 from aitbc_p2p.consensus.tendermint import decode_certificate
@@ -44,6 +45,7 @@ from aitbc_p2p.node.blockrelay import BlockRelay
 from aitbc_p2p.node.chain_service import ChainService
 from aitbc_p2p.node.config import NodeConfig
 from aitbc_p2p.node.market import KEEPALIVE_S, MarketService
+from aitbc_p2p.node.payouts import MinerPayouts
 from aitbc_p2p.node.peering import PeeringService
 from aitbc_p2p.node.peers import PeerBook
 from aitbc_p2p.node.producer import BlockProducer
@@ -112,6 +114,9 @@ class Node:
         self.audit = audit
         self.producer = producer
         self.bft = bft
+        self.miners: MinerPool | None = None
+        """External miners' compute, with ``[miners]`` (compute/miners.py)."""
+        self.payouts: MinerPayouts | None = None
         self.started = trio.current_time()
         self._own_txs: OrderedDict[Hash32, None] = OrderedDict()
 
@@ -319,6 +324,12 @@ class Node:
 
     def providers(self) -> list[CapabilityRecord]:
         return self.market.live_providers()
+
+    def miner_pool(self) -> MinerPool | None:
+        return self.miners
+
+    def miner_payouts(self) -> dict[str, int]:
+        return {"owed": 0, "paid_jobs": 0, "paid_total": 0} if self.payouts is None else self.payouts.summary()
 
     def reputation(self, address: Address) -> Reputation:
         return read_reputation(self.store.state, address)

@@ -36,7 +36,7 @@ from aitbc_p2p.chain.payloads import (
 )
 from aitbc_p2p.chain.state import Job, JobStatus, read_reputation
 from aitbc_p2p.codec import decode, encode, fields
-from aitbc_p2p.compute import DeviceInfo, Executor, check_params
+from aitbc_p2p.compute import DeviceInfo, Execution, check_params
 from aitbc_p2p.compute.context import module_available
 from aitbc_p2p.compute.workloads import EMBED_MODULE
 from aitbc_p2p.crypto import recover_address
@@ -364,6 +364,27 @@ JOB_STREAMS_PER_PEER = 256
 and runs in the executor's slots; the rate limit still applies to opening them)."""
 
 
+class ComputeBackend(Protocol):
+    """What runs a provider's jobs: the executor's worker processes (compute/executor.py)
+    or its external miners (compute/miners.py)."""
+
+    checkable: bool
+    """Whether its results can answer a spot check or an audit (else: bids on ``none`` only)."""
+
+    def statistics(self) -> dict[str, int]: ...
+
+    async def run(
+        self,
+        workload: str,
+        params: dict[str, Any],
+        *,
+        max_runtime_s: float,
+        max_ram_mb: int | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        job_id: bytes = b"",
+    ) -> Execution: ...
+
+
 class MarketService:
     def __init__(
         self,
@@ -388,8 +409,8 @@ class MarketService:
         self._held: OrderedDict[JobId, HeldJob] = OrderedDict()
         self._offers_seen: OrderedDict[JobId, JobOffer] = OrderedDict()
         self._provider: ProviderConfig | None = None
-        self._device: DeviceInfo | None = None
-        self._executor: Executor | None = None
+        self._device_of: Callable[[], DeviceInfo] | None = None
+        self._executor: ComputeBackend | None = None
         self._nursery: trio.Nursery | None = None
         self._topic_job = topics.job
         self._topic_provider = topics.provider
@@ -426,8 +447,18 @@ class MarketService:
         """The executor's counters (empty unless this peer sells compute)."""
         return {} if self._executor is None else self._executor.statistics()
 
-    def enable_provider(self, config: ProviderConfig, device: DeviceInfo, executor: Executor) -> None:
-        self._provider, self._device, self._executor = config, device, executor
+    @property
+    def _device(self) -> DeviceInfo | None:
+        """What this provider sells now (fixed for an executor, its live miners' for a pool)."""
+        return None if self._device_of is None else self._device_of()
+
+    def enable_provider(
+        self, config: ProviderConfig, device: DeviceInfo | Callable[[], DeviceInfo], executor: ComputeBackend
+    ) -> None:
+        """Sell compute: ``executor`` runs the jobs, ``device`` is what it offers (or a
+        function that says, when that changes: the miner pool's live miners)."""
+        self._provider, self._executor = config, executor
+        self._device_of = device if callable(device) else (lambda: device)
         if config.cheat:
             self.cheater = Cheater(Cheat(config.cheat))
             logger.warning("THIS PROVIDER CHEATS (%s): a test fixture, never for a real host", config.cheat)
@@ -1338,13 +1369,14 @@ class MarketService:
                 await self._load_changed.wait()
 
     async def _consider_offer(self, offer: JobOffer) -> None:
-        cfg, dev = self._provider, self._device
-        if cfg is None or dev is None or offer.signer == self.account.key.address:
+        cfg, dev, executor = self._provider, self._device, self._executor
+        if cfg is None or dev is None or executor is None or offer.signer == self.account.key.address:
             return
         body = offer.body
         price = quote(cfg.price_per_s, body["max_runtime_s"])
         if (
             body["workload"] not in dev.workloads
+            or (body["verification"] != Level.NONE and not executor.checkable)
             or body["max_runtime_s"] > cfg.max_runtime_s
             or price > body["max_price"]
             or not self.registered()  # an escrow can only name a registered provider
@@ -1548,6 +1580,7 @@ class MarketService:
             max_runtime_s=min(offer.body["max_runtime_s"], self._provider.max_runtime_s),
             max_ram_mb=self._provider.max_ram_mb,
             on_event=held.add_event,
+            job_id=job_id,
         )
         result = JobResult(job_id, run.ok, run.output, run.error, run.metrics)
         if run.kept:

@@ -16,6 +16,7 @@ import trio
 
 from aitbc_p2p.chain.transition import ChainRules
 from aitbc_p2p.compute import open_executor
+from aitbc_p2p.compute.miners import MinerPool
 from aitbc_p2p.consensus import engine_for, finality_for
 from aitbc_p2p.mempool import Mempool
 from aitbc_p2p.network import Network, open_libp2p_network
@@ -28,6 +29,7 @@ from aitbc_p2p.node.config import NodeConfig
 from aitbc_p2p.node.facade import Node
 from aitbc_p2p.node.market import MarketService
 from aitbc_p2p.node.offload import blocking
+from aitbc_p2p.node.payouts import MinerPayouts
 from aitbc_p2p.node.peering import PeeringService
 from aitbc_p2p.node.producer import BlockProducer
 from aitbc_p2p.node.relay import TxRelay
@@ -118,7 +120,7 @@ async def open_node(
         async with AsyncExitStack() as stack:
             provider = config.provider
             executor = None
-            if provider is not None:
+            if provider is not None and config.miners is None:  # with [miners], they compute
                 executor = await stack.enter_async_context(
                     open_executor(
                         accel_mode=provider.accel_mode,
@@ -134,6 +136,19 @@ async def open_node(
             if provider is not None and executor is not None:
                 device = await executor.info(benchmark=provider.benchmark)
                 node.market.enable_provider(provider, device, executor)
+            if provider is not None and config.miners is not None:
+                miners = config.miners
+                node.payouts = MinerPayouts(
+                    node.chain, node.relay, MarketJournal(store.kv), percent=miners.payout_percent
+                )
+                node.miners = MinerPool(
+                    miners.keys,
+                    workloads=miners.workloads,
+                    heartbeat_timeout_s=miners.heartbeat_timeout_s,
+                    needs_wallet=miners.payout_percent > 0,
+                    on_proven=node.payouts.proven,
+                )
+                node.market.enable_provider(provider, node.miners.device, node.miners)
             use_worker_processes(config.verify_in_workers)
             nursery.start_soon(warm_up)  # the verifying worker processes, before the first big bundle
             await nursery.start(node.relay.run)
@@ -146,6 +161,8 @@ async def open_node(
             await nursery.start(node.sync.run)
             await nursery.start(node.market.run)
             await nursery.start(node.audit.run)
+            if node.payouts is not None:
+                await nursery.start(node.payouts.run)
             logger.info("node %s up at %s, head %d", node.key.address, net.listen_addrs(), store.head.height)
             try:
                 yield node

@@ -70,17 +70,25 @@ class TxRelay:
         self.queue([tx])
         return tx.hash
 
-    async def send_own_tx(self, payload: Payload) -> Hash32:
-        """Sign a transaction of ``payload``'s kind with the node's key at its next pending
-        nonce and submit it."""
-        tx = Transaction.create(
+    def sign_own_tx(self, payload: Payload) -> Transaction:
+        """A transaction of ``payload``'s kind signed with the node's key at its next
+        pending nonce, not yet submitted."""
+        return Transaction.create(
             self._key,
             chain_id=self.chain.genesis.chain_id,
             nonce=self.mempool.pending_nonce(self._key.address, self.chain.state),
             fee=self.chain.genesis.min_fee,
             payload=payload,
         )
-        return await self.submit_tx(tx)
+
+    async def send_own_tx(self, payload: Payload) -> Hash32:
+        """Sign a transaction of ``payload``'s kind with the node's key at its next pending
+        nonce and submit it."""
+        return await self.submit_tx(self.sign_own_tx(payload))
+
+    def pending(self, tx_hash: Hash32) -> bool:
+        """Whether the transaction is in this peer's pool."""
+        return tx_hash in self.mempool
 
     # ---------------------------------------------------------------- outbound
     def queue(self, txs: list[Transaction]) -> None:

@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any, TypeVar
 
-from quart import Response, request
+from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -26,7 +26,7 @@ from aitbc_p2p.crypto.keys import validate_address
 from aitbc_p2p.exceptions import CodecError, ComputeError, CryptoError, MarketError, TxRejected
 from aitbc_p2p.market.messages import JobOffer
 from aitbc_p2p.node.api import NodeAPI
-from aitbc_p2p.rpc import render, ui
+from aitbc_p2p.rpc import miners, render, ui
 from aitbc_p2p.types import Address, Hash32
 
 logger = logging.getLogger(__name__)
@@ -195,7 +195,8 @@ def create_app(
     ``allowed_hosts`` (None: any), so a web page cannot reach it by DNS rebinding."""
     app = QuartTrio(__name__)
     app.config["MAX_CONTENT_LENGTH"] = max_body
-    idempotent: OrderedDict[tuple[str, str], tuple[int, bytes]] = OrderedDict()
+    idempotent: OrderedDict[tuple[str, str, str], tuple[int, bytes]] = OrderedDict()
+    """(who, path, Idempotency-Key) -> the answer: a miner's key never replays another's answer."""
 
     @app.before_request
     async def guard() -> Response | None:
@@ -217,11 +218,17 @@ def create_app(
 
     @app.before_request
     async def authenticate() -> Response | None:
+        g.principal = ""
         if request.path == "/v1/health" or request.path in ui.PUBLIC_PATHS:
             return None
         header = request.headers.get("Authorization", "")
         given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-        if given and hmac.compare_digest(given.encode(), token.encode()):
+        if request.path.startswith(miners.PREFIX):  # a miner's own key, never the token
+            unknown = miners.miner_of(api)
+            if unknown is not None:
+                return _closing(envelope(*unknown))
+            g.principal = "miner:" + g.miner
+        elif given and hmac.compare_digest(given.encode(), token.encode()):
             pass
         elif not header and ui.has_session(token):
             refusal = ui.cookie_refusal()  # the dashboard's cookie: from the peer's own pages only
@@ -233,7 +240,7 @@ def create_app(
             )
         key = request.headers.get("Idempotency-Key")
         if request.method == "POST" and key:
-            cached = idempotent.get((request.path, key))
+            cached = idempotent.get((g.principal, request.path, key))
             if cached is not None:
                 return _closing(Response(cached[1], status=cached[0], content_type="application/json"))
         return None
@@ -241,8 +248,11 @@ def create_app(
     @app.after_request
     async def remember(response: Response) -> Response:
         key = request.headers.get("Idempotency-Key")
-        if request.method == "POST" and key and response.status_code < 500:
-            idempotent[(request.path, key)] = (response.status_code, await response.get_data(as_text=False))
+        if request.method == "POST" and key and response.status_code < 500 and "principal" in g:
+            idempotent[(g.principal, request.path, key)] = (
+                response.status_code,
+                await response.get_data(as_text=False),
+            )
             while len(idempotent) > IDEMPOTENCY_CACHE:
                 idempotent.popitem(last=False)
         return response
@@ -408,5 +418,6 @@ def create_app(
     async def providers() -> Response:
         return _json({"providers": [render.provider(rec, api.reputation(rec.signer)) for rec in api.providers()]})
 
+    miners.install(app, api, _body, _json, Problem)
     ui.install(app, token=token)
     return app

@@ -1,12 +1,14 @@
 """The market's journal: the jobs a peer is still answerable for, kept beside the chain so
 that a restart (or a SIGKILL) resumes them (specs/market.md, "Persistence").
 
-Two kinds of record, each one value per job, written whole:
+Three kinds of record, each one value per job, written whole:
 
 - ``j:c:<job id>``: a job this peer tracks for a client (its offer, payload, bids, phase,
   the result once delivered, the failover's state);
 - ``j:p:<job id>``: a job this peer accepted as a provider (the client's peer, the result
-  it holds, the cost it receipted, the client's delivery ack).
+  it holds, the cost it receipted, the client's delivery ack);
+- ``j:m:<job id>``: a job an external miner proved, until its payout is committed (the
+  miner, its wallet, the signed transfer once there is one).
 
 The journal stores bytes; what they mean is the market's (node/market.py). Records are
 written in one batch per flush, synced, so a record is either whole on disk or absent.
@@ -25,6 +27,8 @@ from aitbc_p2p.types import Hash32, JobId
 class Side(Enum):
     CLIENT = b"c:"
     PROVIDER = b"p:"
+    PAYOUT = b"m:"
+    """What this peer owes an external miner for a job (node/payouts.py)."""
 
 
 def journal_key(side: Side, job_id: JobId) -> bytes:

@@ -18,6 +18,7 @@ from aitbc_p2p.crypto import PrivateKey
 from aitbc_p2p.network.abc import ValidationResult, Validator, Verdict
 from aitbc_p2p.network.memory import MemoryHub
 from aitbc_p2p.node import Node, NodeConfig, ProviderConfig, open_node
+from aitbc_p2p.node.config import MinersConfig
 from aitbc_p2p.node.offload import run_blocking_inline
 from aitbc_p2p.store import MemoryKV, StoreStateView, schema
 from aitbc_p2p.types import Address, aitbc
@@ -148,6 +149,7 @@ async def open_test_network(
     genesis_params: Mapping[str, Any] | None = None,
     hub: MemoryHub | None = None,
     clock_ms: Callable[[], int] | None = None,
+    miners: MinersConfig | None = None,
     **config: Any,
 ) -> AsyncIterator[list[Node]]:
     """``n`` real peers in this process on 127.0.0.1 (authorities ``peer0..``), fully connected.
@@ -160,7 +162,8 @@ async def open_test_network(
     meet on this in-memory network instead of libp2p on 127.0.0.1, and run their blocking
     work inline (:func:`~aitbc_p2p.node.offload.run_blocking_inline`: virtual time must not
     pass while a thread works); ``clock_ms``: the peers' wall clock (under Trio's
-    MockClock, :func:`virtual_clock_ms`).
+    MockClock, :func:`virtual_clock_ms`). ``miners``: the providers sell these external
+    miners' compute (the v1 miner API) instead of running an executor.
 
     The peers check big batches of signatures in worker processes, which start by
     importing the program's main module: a script that calls this at import time must do
@@ -194,6 +197,7 @@ async def open_test_network(
                 data_dir=(data_root / f"peer{i}") if data_root else None,
                 bootstrap=tuple(a for node in nodes for a in node.network.listen_addrs()),
                 provider=provider,
+                miners=miners if provider is not None else None,
                 peer_interval_s=0.2,
                 **config,
             )
