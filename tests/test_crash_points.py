@@ -35,9 +35,10 @@ def run_child(mode, tmp_path, point):
 
 
 def test_every_crash_point_is_enumerated_here():
-    assert {p.split(".")[0] for p in CRASH_POINTS} == {"commit", "vote", "market"}
-    # market's: tests/test_devnet_persistence.py and tests/test_devnet_lifecycle.py
-    assert len(CRASH_POINTS) == len(set(CRASH_POINTS)) == 9
+    assert {p.split(".")[0] for p in CRASH_POINTS} == {"commit", "vote", "market", "payouts"}
+    # market's: tests/test_devnet_persistence.py and tests/test_devnet_lifecycle.py;
+    # payouts': tests/test_devnet_miner.py
+    assert len(CRASH_POINTS) == len(set(CRASH_POINTS)) == 10
 
 
 @pytest.mark.parametrize("point", [p for p in CRASH_POINTS if p.startswith("commit.")])

@@ -12,7 +12,7 @@ heartbeat that names none runs all of those). A job fails, so that the client's 
 fails over to its next bidder, when no heard miner runs its workload, when it waits
 longer than its runtime cap for a miner, or when the miner holding it posts no proof
 within that cap (``miner.sh`` runs a job without heartbeating, so silence while it holds
-one is not failure).
+one is not failure), or when its proof is of an empty output.
 
 Every request comes from a stranger holding a key: bodies are checked field by field,
 a miner sees and proves only the jobs it took, and every map here is bounded.
@@ -47,6 +47,9 @@ MAX_METRICS = 32
 MAX_TEXT = 200
 MAX_DONE = 1024
 """Finished jobs remembered per pool, so that a proof posted twice gets the same answer."""
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+"""A proof of an empty output fails its job: the client would pay for nothing (the seed's
+miner.sh posts one for every torch_bench job: see examples/miner/README.md)."""
 CHECK_S = 1.0
 """How often a waiting job looks again for a heard miner."""
 
@@ -251,6 +254,9 @@ class MinerPool:
         sha = _text(doc, "output_sha", max_len=64).lower()
         if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
             raise _refuse("BAD_REQUEST", "'output_sha' must be 64 hex characters (a SHA-256)")
+        if sha == EMPTY_SHA256:  # the hash of nothing: whatever ran, nothing came of it
+            self._finish(task, Execution(False, b"", f"miner {miner_id} produced no output"))
+            raise _refuse("EMPTY_OUTPUT", "output_sha is the SHA-256 of nothing: an empty result is not sold", 422)
         output = doc.get("output")
         if output is not None:
             if not isinstance(output, str) or len(output) > MAX_OUTPUT:

@@ -24,6 +24,7 @@ from aitbc_p2p.codec import decode, encode, fields
 from aitbc_p2p.exceptions import CodecError, TxRejected
 from aitbc_p2p.node.abc import ChainView, OwnWallet
 from aitbc_p2p.node.offload import blocking
+from aitbc_p2p.store.crash import crash_point
 from aitbc_p2p.store.journal import MarketJournal, Side
 from aitbc_p2p.types import Address, Hash32, JobId, format_aitbc
 
@@ -145,6 +146,7 @@ class MinerPayouts:
         tx = self.wallet.sign_own_tx(Transfer(Address(payout.wallet), amount))
         payout.tx = tx
         await self._write(job_id, payout)  # the transfer is on disk before it can leave
+        crash_point("payouts.signed")
         await self._submit(job_id, payout, tx, fresh=True)
 
     async def _submit(self, job_id: JobId, payout: Payout, tx: Transaction, *, fresh: bool) -> None:

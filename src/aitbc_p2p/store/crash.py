@@ -26,6 +26,7 @@ CRASH_POINTS = (
     "market.result_saved",  # client's peer: a delivered result journaled, its ack not sent
     "market.result_held",  # provider: result computed and journaled; not answered, not receipted
     "market.receipt_posted",  # provider: result journaled and receipted, not settled
+    "payouts.signed",  # miners' peer: a miner's payout transfer signed and journaled, not submitted
 )
 
 _hits: dict[str, int] = {}

@@ -31,6 +31,10 @@ class ProviderSpec:
     max_ram_mb: int | None = None
     cheat: str = ""
     """A cheating provider (node/cheats.py): a test fixture."""
+    miners: tuple[tuple[str, str], ...] = ()
+    """``(MINER_ID, API_KEY)`` of external miners it sells the compute of (``[miners]``)."""
+    miner_timeout_s: float = 60.0
+    payout_percent: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,5 +104,9 @@ def write_devnet(
                 text += f"max_ram_mb = {spec.max_ram_mb}\n"
             if spec.cheat:
                 text += f'cheat = "{spec.cheat}"\n'
+            if spec.miners:
+                keys = ", ".join(f'"{miner}" = "{key}"' for miner, key in spec.miners)
+                text += f"\n[miners]\nkeys = {{ {keys} }}\nheartbeat_timeout_s = {spec.miner_timeout_s}\n"
+                text += f"payout_percent = {spec.payout_percent}\n"
         (root / f"peer{i}.toml").write_text(text)
     return Devnet(root, tuple(sellers), agent, judge)
