@@ -105,8 +105,8 @@ def write_devnet(
             if spec.cheat:
                 text += f'cheat = "{spec.cheat}"\n'
             if spec.miners:
-                keys = ", ".join(f'"{miner}" = "{key}"' for miner, key in spec.miners)
-                text += f"\n[miners]\nkeys = {{ {keys} }}\nheartbeat_timeout_s = {spec.miner_timeout_s}\n"
+                table = ", ".join(f'"{miner}" = "{key}"' for miner, key in spec.miners)
+                text += f"\n[miners]\nkeys = {{ {table} }}\nheartbeat_timeout_s = {spec.miner_timeout_s}\n"
                 text += f"payout_percent = {spec.payout_percent}\n"
         (root / f"peer{i}.toml").write_text(text)
     return Devnet(root, tuple(sellers), agent, judge)
