@@ -50,6 +50,8 @@ def write_config(tmp_path, text, key="01" * 32, genesis=None):
 
 
 BASE = 'data_dir = "d"\nkey_file = "node.key"\ngenesis = "genesis.json"\n'
+PROV = BASE + "[provider]\nminer_id = 'm'\n"
+RIG = PROV + f"[miners]\nkeys = {{ a = '{'k' * 16}' }}\n"
 
 
 @pytest.mark.parametrize(
@@ -76,6 +78,15 @@ BASE = 'data_dir = "d"\nkey_file = "node.key"\ngenesis = "genesis.json"\n'
         (BASE + "announce = [4001]\n", {}, "multiaddr"),
         (BASE + "listen = '/ip4/0.0.0.0/tcp/4001'\n", {}, "listen must be a list"),
         (BASE + "[provider]\nmax_concurrency = 1\n", {}, "needs miner_id"),
+        (BASE + f"[miners]\nkeys = {{ r = '{'k' * 16}' }}\n", {}, r"\[miners\] needs \[provider\]"),
+        (PROV + "[miners]\nworkloads = ['echo']\n", {}, r"\[miners\] needs keys"),
+        (PROV + "[miners]\nkeys = { r = 'short' }\n", {}, "API key of miner 'r' must be 16"),
+        (PROV + "[miners]\nkeys = { r = 'k' }\nkey = 1\n", {}, r"unknown keys in \[miners\]"),
+        (PROV + f"[miners]\nkeys = {{ a = '{'k' * 16}', b = '{'k' * 16}' }}\n", {}, "keys must differ"),
+        (RIG + "workloads = ['mine']\n", {}, "workloads must be some of"),
+        (RIG + "payout_percent = 101\n", {}, "payout_percent must be 0 to 100"),
+        (RIG + "heartbeat_timeout_s = 0\n", {}, "heartbeat_timeout_s"),
+        (PROV + "[miners]\nkeys = { a = 5 }\n", {}, r"\[miners\] keys must be dict"),
         (BASE + "[provider]\nminer_id = 'm'\naccel_mode = 'quantum'\n", {}, "accel_mode must be one of auto, gpu, cpu"),
         (BASE + "[provider]\nminer_id = 'm'\nprice_per_s = -1\n", {}, "price_per_s must be 0 to"),
         (BASE + "[provider]\nminer_id = 'm'\nprice_per_s = 'abc'\n", {}, r"\[provider\] price_per_s must be int"),

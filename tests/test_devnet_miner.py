@@ -146,15 +146,21 @@ async def _offered(proc: devnet.PeerProcess, provider: str, timeout: float, *, o
 
 
 def fixed_script(root: Path) -> Path:
-    """miner.sh with the one line examples/miner/README.md mends: the f-string's double
-    quotes ended the ``bash -lc "..."`` string, so its torch_bench never ran."""
-    text = MINER_SH.read_text()
-    bad = 'print(f"throughput_ops={100}, seconds={elapsed:.4f}")'
-    assert text.count(bad) == 1
+    """miner.sh mended by examples/miner/README.md's sed line, run as written on a copy:
+    the f-string's double quotes ended the ``bash -lc "..."`` string, so its torch_bench
+    never ran."""
+    readme = (MINER_SH.parent / "README.md").read_text()
+    (line,) = [ln.strip() for ln in readme.splitlines() if ln.strip().startswith("sed -i ")]
     root.mkdir(parents=True, exist_ok=True)
-    path = root / "miner-fixed.sh"
-    path.write_text(text.replace(bad, bad.replace('"', '\\"')))
-    return path
+    shutil.copy(MINER_SH, root / "miner.sh")
+    subprocess.run(["bash", "-c", line], cwd=root, check=True)
+    before, after = MINER_SH.read_text().splitlines(), (root / "miner.sh").read_text().splitlines()
+    changed = [(a, b) for a, b in zip(before, after, strict=True) if a != b]
+    assert changed == [(
+        'print(f"throughput_ops={100}, seconds={elapsed:.4f}")',
+        'print(f\\"throughput_ops={100}, seconds={elapsed:.4f}\\")',
+    )]  # fmt: skip
+    return root / "miner.sh"
 
 
 async def test_miner_sh_earns_and_a_miner_that_stops_or_proves_nothing_loses_its_job(tmp_path, monkeypatch):

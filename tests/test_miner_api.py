@@ -120,7 +120,7 @@ async def test_what_a_miner_may_not_do(market):
                 await trio.sleep(0.1)
         assert resp.json()["id"] == job_id.hex()
         good = {"id": job_id.hex(), "mode": "cpu", "output_sha": "0" * 64, "metrics": {}}
-        refused(await other.post("/v1/miner/proof", json=good), 404, "UNKNOWN_JOB")  # not rig-2's job
+        refused(await other.post("/v1/miner/proof", json=good), 404, "JOB_NOT_HELD")  # not rig-2's job
         refused(await miner.post("/v1/miner/proof", json={**good, "output_sha": "xyz"}), 400, "BAD_REQUEST")
         refused(await miner.post("/v1/miner/proof", json={**good, "output": "not it"}), 422, "OUTPUT_MISMATCH")
         refused(await miner.post("/v1/miner/proof", json={**good, "metrics": {"s": 1.5}}), 400, "BAD_METRICS")

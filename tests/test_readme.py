@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from aitbc_p2p.cli.config import load_peer_config
+from aitbc_p2p.crypto.keys import validate_address
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -44,6 +45,22 @@ def test_the_example_config_loads_as_written(tmp_path):
     )
     assert provider.models == {"tiny": "/srv/models/tiny", "sd15": "/srv/models/stable-diffusion-v1-5"}
     assert (cfg.node.peer_floor, cfg.node.peer_ceiling, cfg.rpc_port, cfg.metrics_port) == (8, 50, 8006, 9106)
+
+
+def test_the_miners_table_and_the_miner_conf_fit_together(tmp_path):
+    """The "Miners with their own script" blocks: ``[miners]`` beside the example config
+    loads, and the miner.conf names the miner and key that table gives it."""
+    config = block_with("toml", 'data_dir = "/var/lib/aitbc"') + "\n" + block_with("toml", "[miners]")
+    (tmp_path / "node.key").write_text("07" * 32)
+    (tmp_path / "genesis.json").write_text((ROOT / "nodes" / "devnet" / "genesis.json").read_text())
+    (tmp_path / "peer.toml").write_text(config)
+    miners = load_peer_config(tmp_path / "peer.toml").node.miners
+    assert miners is not None and miners.workloads == ("torch_bench",) and miners.payout_percent == 100
+    conf = dict(line.split("=", 1) for line in block_with("ini", "COORD_URL").splitlines() if "=" in line)
+    conf = {k: v.strip('"') for k, v in conf.items()}
+    assert miners.keys == {conf["MINER_ID"]: conf["API_KEY"]}
+    assert conf["COORD_URL"] == f"http://127.0.0.1:{load_peer_config(tmp_path / 'peer.toml').rpc_port}"
+    validate_address(conf["WALLET_ADDR"])
 
 
 @pytest.mark.slow

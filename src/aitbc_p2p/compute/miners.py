@@ -244,7 +244,7 @@ class MinerPool:
             return done[1]  # posted again (a retry): the same answer
         task = self._taken.get(job_id)
         if task is None or task.miner != miner_id:
-            raise _refuse("UNKNOWN_JOB", f"miner {miner_id!r} holds no job {text[:16]}", 404)
+            raise _refuse("JOB_NOT_HELD", f"miner {miner_id!r} holds no job {text[:16]}", 404)
         error = doc.get("error")
         if error is not None:
             if not isinstance(error, str) or len(error) > MAX_TEXT:
