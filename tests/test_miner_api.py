@@ -9,10 +9,12 @@ import hashlib
 import httpx
 import pytest
 import trio
+from prometheus_client import generate_latest
 
 from aitbc_p2p.chain.state import JobStatus
 from aitbc_p2p.codec import decode
 from aitbc_p2p.node.config import MinersConfig
+from aitbc_p2p.node.metrics import node_registry
 from aitbc_p2p.rpc.server import serve_rpc
 from aitbc_p2p.testing import make_key, open_test_network
 from aitbc_p2p.testing.market import offer_job, open_escrow, wait_for
@@ -87,6 +89,9 @@ async def test_a_miner_earns_for_a_job_it_proves(market):
     await wait_for(lambda: client.store.state.account(WALLET).balance == cost * 90 // 100, timeout=30)
     await trio.sleep(1.5)  # blocks later, still paid once
     assert seller.store.state.account(WALLET).balance == cost * 90 // 100
+    scraped = generate_latest(node_registry(seller)).decode()
+    assert "\naitbc_miners_live " in scraped and "\naitbc_miner_payouts_total 1.0\n" in scraped
+    assert f"aitbc_miner_paid_base_units_total {float(cost * 90 // 100)}" in scraped
     assert seller.payouts is not None and seller.payouts.summary() == {
         "owed": 0, "paid_jobs": 1, "paid_total": cost * 90 // 100
     }  # fmt: skip

@@ -84,6 +84,18 @@ class NodeCollector(Collector):
             restarts = CounterMetricFamily("aitbc_executor_worker_restarts", "Worker processes replaced.")
             restarts.add_metric([], executor["worker_restarts"])
             yield restarts
+        if node.miners is not None:
+            stats = node.miners.statistics()
+            yield _gauge("aitbc_miners_live", "External miners heard within the heartbeat timeout.", stats["miners"])
+            yield _gauge("aitbc_miners_queued_jobs", "Jobs waiting for a miner to take them.", stats["queued"])
+            payouts = node.miner_payouts()
+            yield _gauge("aitbc_miner_payouts_owed", "Miners' payouts waiting for their jobs to settle.", payouts["owed"])
+            paid = CounterMetricFamily("aitbc_miner_payouts", "Payouts to miners committed since start.")
+            paid.add_metric([], payouts["paid_jobs"])
+            yield paid
+            units = CounterMetricFamily("aitbc_miner_paid_base_units", "Base units paid to miners since start.")
+            units.add_metric([], payouts["paid_total"])
+            yield units
         record = read_reputation(node.store.state, node.key.address)
         reputation = CounterMetricFamily(
             "aitbc_provider_escrows", "This peer's record on chain as a provider.", labels=["outcome"]
