@@ -89,7 +89,7 @@ class NodeCollector(Collector):
             yield _gauge("aitbc_miners_live", "External miners heard within the heartbeat timeout.", stats["miners"])
             yield _gauge("aitbc_miners_queued_jobs", "Jobs waiting for a miner to take them.", stats["queued"])
             payouts = node.miner_payouts()
-            yield _gauge("aitbc_miner_payouts_owed", "Miners' payouts waiting for their jobs to settle.", payouts["owed"])
+            yield _gauge("aitbc_miner_payouts_owed", "Payouts waiting for their jobs to settle.", payouts["owed"])
             paid = CounterMetricFamily("aitbc_miner_payouts", "Payouts to miners committed since start.")
             paid.add_metric([], payouts["paid_jobs"])
             yield paid
