@@ -113,21 +113,22 @@ async def test_sd_infer_streams_its_steps_to_the_cli_and_saves_the_png(tmp_path)
         short = re.search(r"job ([0-9a-f]{16}): settled", out.stderr)
         assert short, out.stderr
         png = tmp_path / "out.png"
-        out = await trio.to_thread.run_sync(aitbc_cli, run_dir, "job", "result", short.group(1), "--image", str(png))
+        args = ("job", "result", short.group(1), "--image", str(png), "--json")
+        out = await trio.to_thread.run_sync(aitbc_cli, run_dir, *args)
         assert out.returncode == 0, out.stderr
         result = json.loads(out.stdout)
         assert result["output"]["image"] == str(png) and result["output_hex"] is None  # not printed twice
         assert hashlib.sha256(png.read_bytes()).hexdigest() == result["output"]["digest"]
         with Image.open(png) as image:
             assert (image.format, image.size) == ("PNG", (64, 96))
-        out = await trio.to_thread.run_sync(aitbc_cli, run_dir, "job", "status", short.group(1))
+        out = await trio.to_thread.run_sync(aitbc_cli, run_dir, "job", "status", short.group(1), "--json")
         job = json.loads(out.stdout)
         async with procs[0].rpc() as rpc:
             after = (await rpc.account(client.address))["balance"]
         assert job["status"] == "settled" and after == balance - job["escrow"]["cost"] - 1000
         # A job with no image in its result: a clear refusal, no traceback, no file.
         out = await trio.to_thread.run_sync(
-            aitbc_cli, run_dir, "job", "submit", "--workload", "echo", "--message", "hi", "--wait"
+            aitbc_cli, run_dir, "job", "submit", "--workload", "echo", "--message", "hi", "--wait", "--json"
         )
         echo_id = json.loads(out.stdout)["job_id"]
         out = await trio.to_thread.run_sync(
@@ -177,7 +178,7 @@ async def test_cli_against_a_running_devnet(tmp_path):
                 while (await rpc.account(genesis_wallet.address))["balance"] != aitbc(1_000_000) + aitbc("2.5"):
                     await trio.sleep(0.2)
         out = await trio.to_thread.run_sync(
-            aitbc_cli, run_dir, "job", "submit", "--workload", "echo", "--message", "hi", "--wait"
+            aitbc_cli, run_dir, "job", "submit", "--workload", "echo", "--message", "hi", "--wait", "--json"
         )
         assert out.returncode == 0, out.stderr
         job = json.loads(out.stdout)  # --wait: stdout is one JSON document, progress on stderr
@@ -192,13 +193,13 @@ async def test_cli_against_a_running_devnet(tmp_path):
         assert out.returncode == 0 and out.stdout == "live text\n", (out.stdout, out.stderr)
         short = re.search(r"job ([0-9a-f]{16}): settled", out.stderr)
         assert short and "running" in out.stderr, out.stderr
-        out = await trio.to_thread.run_sync(aitbc_cli, run_dir, "job", "status", short.group(1))
+        out = await trio.to_thread.run_sync(aitbc_cli, run_dir, "job", "status", short.group(1), "--json")
         streamed = json.loads(out.stdout)
         async with procs[0].rpc() as rpc:
             after = (await rpc.account(client.address))["balance"]
         assert after == balance - streamed["escrow"]["cost"] - 1000  # the cost and the escrow's fee, to the unit
         # A printed short id (16 hex digits) names the job, as git takes a commit's prefix.
-        out = await trio.to_thread.run_sync(aitbc_cli, run_dir, "job", "status", job["job_id"][:16])
+        out = await trio.to_thread.run_sync(aitbc_cli, run_dir, "job", "status", job["job_id"][:16], "--json")
         assert out.returncode == 0 and json.loads(out.stdout)["job_id"] == job["job_id"], out.stderr
         # A job offered and not yet escrowed is cancelled by its short id; nothing reaches the chain.
         async with procs[0].rpc() as rpc:
@@ -211,7 +212,7 @@ async def test_cli_against_a_running_devnet(tmp_path):
             body = {"offer": offer.encode().hex(), "workload": "echo", "params": params}
             job_id = (await rpc._call("POST", "/v1/jobs", body))["job_id"]
             balance = (await rpc.account(client.address))["balance"]
-        out = await trio.to_thread.run_sync(aitbc_cli, run_dir, "job", "cancel", job_id[:12])
+        out = await trio.to_thread.run_sync(aitbc_cli, run_dir, "job", "cancel", job_id[:12], "--json")
         assert out.returncode == 0, out.stderr
         cancelled = json.loads(out.stdout)
         assert (cancelled["job_id"], cancelled["status"], cancelled["escrow"]) == (job_id, "cancelled", None)

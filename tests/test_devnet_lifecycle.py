@@ -192,7 +192,7 @@ async def test_a_failing_provider_releases_and_the_job_moves_on_and_a_running_jo
         async with procs[0].rpc() as rpc:
             job_id = await rpc.submit_job(client, "echo", params, max_price=aitbc(5), max_runtime_s=60)
         await _wait(lambda: _running(procs[2]), 90, "the job running on peer3")
-        out = await trio.to_thread.run_sync(lambda: _cli(run_dir, net.nodes, "job", "cancel", job_id[:16]))
+        out = await trio.to_thread.run_sync(lambda: _cli(run_dir, net.nodes, "job", "cancel", job_id[:16], "--json"))
         assert out.returncode == 0 and '"status": "cancelled"' in out.stdout, out.stderr
         job = await _refunded(procs[0], job_id, 90)
         assert job["escrow"]["attempts"] == 1 and job["escrow"]["provider"] == dear, job

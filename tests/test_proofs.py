@@ -50,8 +50,8 @@ async def _saved_proof(tmp_path: Path) -> tuple[Path, Path, dict[str, Any]]:
     return tmp_path / "proof.json", tmp_path / "genesis.json", job["escrow"]
 
 
-def _verify_cli(proof: Path, genesis: Path) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "aitbc_p2p.cli.main", "job", "verify", str(proof), "--genesis", str(genesis)]
+def _verify_cli(proof: Path, genesis: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "aitbc_p2p.cli.main", "job", "verify", str(proof), "--genesis", str(genesis), *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
 
@@ -63,7 +63,7 @@ async def test_a_saved_receipt_proof_verifies_offline_and_any_change_fails(tmp_p
     checked = verify_receipt(JobProof.from_json(wire), genesis)
     assert checked.job_id.hex() == escrow["job_id"] and checked.provider == escrow["provider"]
     assert (checked.result_hash.hex(), checked.cost) == (escrow["result_hash"], escrow["cost"])
-    out = _verify_cli(proof_file, genesis_file)
+    out = _verify_cli(proof_file, genesis_file, "--json")
     assert out.returncode == 0, out.stderr
     shown = json.loads(out.stdout)
     assert shown["verified"] is True and shown["cost"] == escrow["cost"] and shown["height"] == checked.height

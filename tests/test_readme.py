@@ -75,14 +75,20 @@ def test_the_devnet_commands_and_the_sdk_snippet_run_as_written(tmp_path):
     lines = [ln for ln in lines if ln]
     assert lines[0].endswith("devnet up") and lines[-1].endswith("devnet down")
     snippet = block_with("python", "RpcClient")
+    wallet_lines = [ln.split("  #")[0].strip() for ln in block_with("bash", "wallet earn").splitlines()]
+
+    def run_line(line: str) -> subprocess.CompletedProcess[str]:
+        out = subprocess.run(
+            ["bash", "-c", line], cwd=tmp_path, env=env, capture_output=True, text=True,
+            stdin=subprocess.DEVNULL, timeout=300,
+        )  # fmt: skip
+        assert out.returncode == 0, f"{line}\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}"
+        assert "Traceback" not in out.stderr, f"{line}\n{out.stderr[-2000:]}"
+        return out
+
     try:
         for line in lines[:-1]:
-            out = subprocess.run(
-                ["bash", "-c", line], cwd=tmp_path, env=env, capture_output=True, text=True,
-                stdin=subprocess.DEVNULL, timeout=300,
-            )  # fmt: skip
-            assert out.returncode == 0, f"{line}\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}"
-            assert "Traceback" not in out.stderr, f"{line}\n{out.stderr[-2000:]}"
+            out = run_line(line)
             if line.endswith("devnet up"):  # it names the dashboard ("The dashboard"), which answers
                 dashboard = re.search(r"^dashboard: (http://127\.0\.0\.1:\d+/ui/) ", out.stdout, re.M)
                 assert dashboard, out.stdout
@@ -95,6 +101,12 @@ def test_the_devnet_commands_and_the_sdk_snippet_run_as_written(tmp_path):
             )
             assert out.returncode == 0, out.stderr[-3000:]
             assert out.stdout.startswith("settled "), out.stdout
+        # "Wallets and the command line": the seed's wallet commands, with the devnet's
+        # provider as the miner (it sold the jobs above).
+        for line in wallet_lines:
+            out = run_line(line)
+        stats = json.loads(out.stdout)  # the last line: --json
+        assert stats["sold"]["jobs"] >= 1 and stats["sold"]["earned"] > 0, stats
     finally:
         down = subprocess.run(["bash", "-c", lines[-1]], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert down.returncode == 0, down.stderr

@@ -63,7 +63,7 @@ async def test_an_agent_calls_a_peer_with_the_sdk_alone(rpc_server: Any) -> None
 async def test_the_wallet_cli_runs_with_the_sdk_alone(rpc_server: Any, tmp_path) -> None:
     _node, url = rpc_server
     (tmp_path / "rpc.token").write_text(RPC_TOKEN)
-    args = ["--rpc", url, "--token-file", str(tmp_path / "rpc.token"), "chain", "status"]
+    args = ["--rpc", url, "--token-file", str(tmp_path / "rpc.token"), "chain", "status", "--json"]
     out = await trio.to_thread.run_sync(
         lambda: subprocess.run([sys.executable, "-c", CLI, *args], capture_output=True, text=True, timeout=60)
     )

@@ -287,15 +287,17 @@ async def run_demo(
     workload: str | None = None,
     prompt: str | None = None,
     out: Callable[[str], None] = print,
+    to_stderr: bool = False,
 ) -> dict[str, Any]:
     """Start the devnet, run one job end to end, print the outcome, stop the devnet.
+    ``to_stderr``: the outcome's table goes to stderr (``--json`` keeps stdout for the answer).
 
     ``workload`` defaults to torch_bench where the provider offers it, else echo.
     """
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(highlight=False)
+    console = Console(highlight=False, stderr=to_stderr)
     started = time.monotonic()
 
     def say(text: str) -> None:

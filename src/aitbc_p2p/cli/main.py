@@ -14,22 +14,40 @@ import getpass
 import json
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import argcomplete
 import trio
+from rich.console import Console
 
 from aitbc_p2p.chain import genesis_from_json
-from aitbc_p2p.cli import devnet
+from aitbc_p2p.chain.models import Verdict
+from aitbc_p2p.chain.payloads import (
+    JobDispute,
+    JobRefund,
+    JobResolve,
+    JobSettle,
+    Payload,
+    ProviderRegister,
+    ProviderUnregister,
+    Stake,
+    Transfer,
+    Unstake,
+    Withdraw,
+)
+from aitbc_p2p.cli import devnet, wallet
+from aitbc_p2p.cli.output import Out, fields, table
 from aitbc_p2p.consensus.proofs import JobProof, verify_receipt
 from aitbc_p2p.crypto import PrivateKey, key_file_address, load_key_file, save_key_file
 from aitbc_p2p.crypto.keys import validate_address
 from aitbc_p2p.exceptions import AitbcError, ConfigError, RpcError
 from aitbc_p2p.market.audit import Level
 from aitbc_p2p.rpc import RpcClient, result_image
-from aitbc_p2p.types import aitbc, format_aitbc
+from aitbc_p2p.types import VERSION, Hash32, JobId, aitbc, format_aitbc
 
 DEFAULT_RPC = "http://127.0.0.1:8006"
 DEFAULT_NODES = Path("nodes/devnet")
@@ -85,44 +103,214 @@ def _rpc(args: argparse.Namespace) -> RpcClient:
     return RpcClient(url, token=Path(token_file).read_text().strip())
 
 
-def _print(obj: Any) -> None:
-    print(json.dumps(obj, indent=2))
+def _job_id(text: str) -> JobId:
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError as e:
+        raise AitbcError(f"{text!r} is not a job id (hex)") from e
+    if len(raw) != 32:
+        raise AitbcError(f"{text!r} is not a whole job id (64 hex digits)")
+    return JobId(Hash32(raw))
 
 
-async def _wallet_cmd(args: argparse.Namespace) -> None:
-    if args.wallet_command == "new":
+async def _full_job_id(rpc: RpcClient, text: str) -> JobId:
+    """A job id from its full hex or a prefix of a job this peer tracks."""
+    return _job_id(text if len(text) == 64 else str((await rpc.job(text))["job_id"]))
+
+
+async def _send(args: argparse.Namespace, out: Out, rpc: RpcClient, payload: Payload, what: str) -> dict[str, Any]:
+    """Sign ``payload`` with the wallet, submit it, and with ``--wait`` wait for its block."""
+    key = _wallet(args)
+    tx_hash = await rpc.send(key, payload.KIND, payload)
+    data: dict[str, Any] = {"tx_hash": tx_hash, "kind": str(payload.KIND), "from": key.address, "status": "pending"}
+    if getattr(args, "wait", False):
+        with out.waiting(f"{what}: waiting for tx {tx_hash[:16]} to be committed"):
+            found = await rpc.wait_tx(tx_hash, timeout=args.timeout)
+        data.update(status="committed", height=found["height"])
+    return data
+
+
+def _sent_text(data: dict[str, Any], first: str) -> str:
+    text = f"{first}\ntx {data['tx_hash']}"
+    return text + (f"\ncommitted in block {data['height']}" if data["status"] == "committed" else "")
+
+
+def _amount(text: str) -> int:
+    try:
+        amount = aitbc(text)
+    except ValueError as e:
+        raise AitbcError(f"{text!r} is not an amount of AITBC (e.g. 50 or 0.25)") from e
+    if amount <= 0:
+        raise AitbcError(f"the amount must be above 0, not {text}")
+    return amount
+
+
+# ---------------------------------------------------------------- wallet
+async def _wallet_cmd(args: argparse.Namespace, out: Out) -> None:
+    command = args.wallet_command
+    if command == "new" or command == "import":
         path = _wallet_path(args)
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
             raise AitbcError(f"{path} exists; refusing to overwrite a wallet")
-        key = PrivateKey.generate()
+        key = PrivateKey.generate() if command == "new" else wallet.read_secret(args.source)
         save_key_file(path, key, _password(args, confirm=True))
-        print(f"new wallet {path}\naddress {key.address}")
+        out.done({"wallet": str(path), "address": key.address}, f"{command} wallet {path}\naddress {key.address}")
+        return
+    if command == "list":
+        found = wallet.wallet_files(_wallet_path(args).parent)
+        rows: list[tuple[Any, ...]] = [(w["name"], w["address"], w["file"]) for w in found]
+        out.done({"wallets": found}, lambda c: c.print(table(None, ["name", "address", "file"], rows)))
+        return
+    if command == "export":
+        key = _wallet(args)
+        if args.out is not None:
+            wallet.write_secret(args.out, key)
+            out.done({"address": key.address, "file": str(args.out)}, f"wrote the key of {key.address} to {args.out}")
+        else:
+            out.progress("the private key in clear follows: whoever holds it holds the funds")
+            out.done({"address": key.address, "secret": key.secret.hex()}, key.secret.hex())
         return
     address = key_file_address(_wallet_path(args))  # in clear in the file: no password needed
-    if args.wallet_command == "address":
-        print(address)
+    if command == "address":
+        out.done({"address": address}, address)
         return
     async with _rpc(args) as rpc:
-        if args.wallet_command == "balance":
+        if command == "balance":
             acct = await rpc.account(address)
-            print(f"{address}\nbalance {acct['balance_aitbc']} AITBC  (nonce {acct['nonce']})")
-        elif args.wallet_command == "send":
+            text = f"{address}\nbalance {acct['balance_aitbc']} AITBC  (nonce {acct['nonce']})"
+            if acct["stake"] or acct["unbonding"]:
+                unbonding = sum(u["amount"] for u in acct["unbonding"])
+                text += f"\nstake {format_aitbc(acct['stake'])} AITBC, unbonding {format_aitbc(unbonding)} AITBC"
+            out.done(acct, text)
+        elif command in ("send", "withdraw"):
             to = validate_address(args.to)
-            amount = aitbc(args.amount)
-            tx_hash = await rpc.transfer(_wallet(args), to, amount)
-            print(f"sent {args.amount} AITBC to {to}\ntx {tx_hash}")
-            if args.wait:
-                found = await rpc.wait_tx(tx_hash)
-                print(f"committed in block {found['height']}")
-        elif args.wallet_command == "history":
-            for tx in await rpc.history(address, args.limit):
+            amount = _amount(args.amount)
+            data = await _send(args, out, rpc, Transfer(to, amount), "send")
+            data.update(to=to, amount=amount, amount_aitbc=format_aitbc(amount), description=args.description)
+            note = f" ({args.description})" if args.description else ""
+            out.done(data, _sent_text(data, f"sent {format_aitbc(amount)} AITBC to {to}{note}"))
+        elif command == "history":
+            txs = await rpc.history(address, args.limit)
+            rows = []
+            for tx in txs:
                 p = tx["payload"]
                 amount = p.get("amount")
                 what = f"{format_aitbc(amount)} AITBC" if isinstance(amount, int) else ""
-                print(f"#{tx['height']:<6} {tx['kind']:<12} {tx['from'][:20]}... {what} {tx['hash'][:16]}")
+                peer = p.get("to") or p.get("provider") or (p.get("job_id", "")[:16] if p.get("job_id") else "")
+                rows.append((tx["height"], tx["kind"], tx["from"], peer, what, tx["hash"][:16]))
+            columns = ["block", "kind", "from", "to / job", "amount", "tx"]
+            out.done({"address": address, "txs": txs}, lambda c: c.print(table(None, columns, rows)))
+        elif command == "earn":
+            _bought, sold, _history = await wallet.books(rpc, address)
+            if args.amount is not None:
+                if not args.job:
+                    raise AitbcError("earn AMOUNT needs --job JOB_ID: the job that paid it")
+                data = wallet.check_earning(sold, args.job, _amount(args.amount))
+                data["description"] = args.desc
+                note = f" ({args.desc})" if args.desc else ""
+                out.done(data, f"job {data['job_id'][:16]} paid {data['earned_aitbc']} AITBC to {address}{note}")
+                return
+            earned = wallet.earnings(sold)
+            rows = [(j["job_id"][:16], j["height"], format_aitbc(j["earned"]), j["client"]) for j in earned["jobs"]]
+
+            def show(c: Console) -> None:
+                c.print(table(None, ["job", "receipt block", "earned (AITBC)", "client"], rows))
+                c.print(f"total earned {earned['total_aitbc']} AITBC from {len(rows)} settled jobs")
+
+            out.done({"address": address, **earned}, show)
+        elif command == "stats":
+            bought, sold, _history = await wallet.books(rpc, address)
+            acct = await rpc.account(address)
+            data = wallet.stats(address, bought, sold, acct["reputation"])
+
+            def show_stats(c: Console) -> None:
+                rows = []
+                for name, side, money in (("bought", data["bought"], "spent"), ("sold", data["sold"], "earned")):
+                    rate = side["success_rate"]
+                    rows.append(
+                        (
+                            name,
+                            side["jobs"],
+                            side["by_status"].get("settled", 0),
+                            side[f"{money}_aitbc"],
+                            "-" if rate is None else f"{rate:.0%}",
+                        )
+                    )
+                c.print(table(address, ["jobs", "count", "settled", "AITBC", "success"], rows))
+
+            out.done(data, show_stats)
 
 
+# ------------------------------------------------------------ stake, provider, arbiter
+async def _stake_cmd(args: argparse.Namespace, out: Out) -> None:
+    async with _rpc(args) as rpc:
+        if args.stake_command == "status":
+            address = key_file_address(_wallet_path(args))
+            acct = await rpc.account(address)
+            unbonding = sum(u["amount"] for u in acct["unbonding"])
+            data = {
+                "address": address,
+                "stake": acct["stake"],
+                "unbonding": acct["unbonding"],
+                "provider": acct["provider"],
+            }
+            text = f"{address}\nstake {format_aitbc(acct['stake'])} AITBC, unbonding {format_aitbc(unbonding)} AITBC"
+            for u in acct["unbonding"]:
+                text += f"\n  {format_aitbc(u['amount'])} AITBC withdrawable from block {u['release_height']}"
+            out.done(data, text)
+            return
+        payloads: dict[str, tuple[Payload, str]] = {}
+        if args.stake_command in ("add", "remove"):
+            amount = _amount(args.amount)
+            payload: Payload = Stake(amount) if args.stake_command == "add" else Unstake(amount)
+            verb = "staked" if args.stake_command == "add" else "unstaking"
+            payloads[args.stake_command] = (payload, f"{verb} {format_aitbc(amount)} AITBC")
+        else:
+            payloads["withdraw"] = (Withdraw(), "withdrawing the unbonded stake")
+        payload, text = payloads[args.stake_command]
+        data = await _send(args, out, rpc, payload, args.stake_command)
+        out.done(data, _sent_text(data, text))
+
+
+async def _provider_cmd(args: argparse.Namespace, out: Out) -> None:
+    async with _rpc(args) as rpc:
+        if args.provider_command == "status":
+            address = args.address or key_file_address(_wallet_path(args))
+            acct = await rpc.account(validate_address(address))
+            records = [p for p in await rpc.providers() if p["provider"] == address]
+            rep = acct["reputation"]
+            data = {
+                "address": address,
+                "registered": acct["provider"],
+                "stake": acct["stake"],
+                "active_jobs": acct["active_jobs"],
+                "reputation": rep,
+                "record": records[0] if records else None,
+            }
+            text = (
+                f"{address}\nregistered {'yes' if acct['provider'] else 'no'}, "
+                f"stake {format_aitbc(acct['stake'])} AITBC, "
+                f"{acct['active_jobs']} open escrows\nsettled {rep['settled']}, failed {rep['failed']}, "
+                f"lost disputes {rep['lost']}, trust {rep['score_milli'] / 10:.1f}%"
+            )
+            if records:
+                text += f"\noffers {', '.join(records[0]['workloads']) or 'nothing now'} ({records[0]['device']})"
+            out.done(data, text)
+            return
+        payload: Payload = ProviderRegister() if args.provider_command == "register" else ProviderUnregister()
+        data = await _send(args, out, rpc, payload, args.provider_command)
+        out.done(data, _sent_text(data, f"provider {args.provider_command} sent"))
+
+
+async def _arbiter_cmd(args: argparse.Namespace, out: Out) -> None:
+    async with _rpc(args) as rpc:
+        job_id = await _full_job_id(rpc, args.job_id)
+        data = await _send(args, out, rpc, JobResolve(job_id, Verdict(args.verdict)), "resolve")
+        out.done(data, _sent_text(data, f"ruled for the {args.verdict} on job {job_id.hex()[:16]}"))
+
+
+# ------------------------------------------------------------------- jobs
 def _params(args: argparse.Namespace) -> dict[str, Any]:
     params: dict[str, Any] = {}
     if args.message is not None:
@@ -140,7 +328,7 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
     return params
 
 
-def _verify_proof(args: argparse.Namespace) -> None:
+def _verify_proof(args: argparse.Namespace, out: Out) -> None:
     """``aitbc job verify FILE``: a saved receipt proof checked against the genesis alone;
     prints what it proves, or fails naming the check that failed."""
     genesis_path = args.genesis or (Path(args.nodes_dir) / "genesis.json" if args.devnet else None)
@@ -151,52 +339,92 @@ def _verify_proof(args: argparse.Namespace) -> None:
         proof = JobProof.from_json(json.loads(args.file.read_text()))
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot read {e}") from e
-    _print({"verified": True, **verify_receipt(proof, genesis).to_json()})
+    checked = {"verified": True, **verify_receipt(proof, genesis).to_json()}
+    out.done(checked, lambda c: c.print(fields(checked)))
 
 
-async def _job_cmd(args: argparse.Namespace) -> None:
+JOB_FIELDS = ("job_id", "status", "workload", "error", "receipt_id")
+
+
+def _job_view(job: dict[str, Any]) -> dict[str, Any]:
+    """What a person wants of a job at a glance."""
+    view = {k: job.get(k) for k in JOB_FIELDS if job.get(k) not in (None, "")}
+    escrow = job.get("escrow") or {}
+    if escrow:
+        view["provider"] = escrow["provider"]
+        view["escrowed"] = f"{format_aitbc(escrow['amount'])} AITBC"
+        if escrow.get("cost"):
+            view["cost"] = f"{format_aitbc(escrow['cost'])} AITBC"
+    if job.get("bids"):
+        view["bids"] = len(job["bids"])
+    return view
+
+
+async def _job_cmd(args: argparse.Namespace, out: Out) -> None:
     async with _rpc(args) as rpc:
-        if args.job_command == "submit":
+        command = args.job_command
+        if command == "submit":
             key = _wallet(args)
             job_id = await rpc.submit_job(
                 key,
                 args.workload,
                 _params(args),
-                max_price=aitbc(args.max_price),
+                max_price=_amount(args.max_price),
                 max_runtime_s=args.max_runtime,
                 verification=args.verify,
-                progress=lambda s: print(s, file=sys.stderr),
+                progress=out.progress,
             )
             if args.stream:
                 await _stream(rpc, job_id)
-            elif args.wait:  # stdout is one JSON document (it names the job); progress goes to stderr
-                job = await rpc.wait_job(job_id, progress=lambda s: print(s, file=sys.stderr))
-                _print(job)
+            elif args.wait:  # the answer is the job as it ended; progress goes to stderr
+                with out.waiting(f"job {job_id[:16]}: running") as say:
+                    job = await rpc.wait_job(job_id, timeout=args.timeout, progress=say)
+                out.done(job, lambda c: c.print(fields(_job_view(job))))
             else:
-                print(job_id)
-        elif args.job_command == "proof":
+                out.done({"job_id": job_id, "status": "submitted"}, job_id)
+        elif command == "list":
+            jobs = await rpc.jobs(args.limit)
+            rows = [
+                (
+                    j["job_id"][:16],
+                    j["status"],
+                    j.get("workload", ""),
+                    (j.get("escrow") or {}).get("provider", ""),
+                    format_aitbc((j.get("escrow") or {}).get("cost", 0)),
+                )
+                for j in jobs
+            ]
+            columns = ["job", "status", "workload", "provider", "cost (AITBC)"]
+            out.done({"jobs": jobs}, lambda c: c.print(table(None, columns, rows)))
+        elif command == "proof":
             proof = await rpc.job_proof(args.job_id)
-            text = json.dumps(proof, indent=2) + "\n"
             if args.out is None:
-                sys.stdout.write(text)
+                out.done(proof, json.dumps(proof, indent=2))
             else:
-                args.out.write_text(text)
-                print(f"wrote {args.out}; check it offline: aitbc job verify {args.out}", file=sys.stderr)
-        elif args.job_command == "status":
-            _print(await rpc.job(args.job_id))
-        elif args.job_command == "result":
+                args.out.write_text(json.dumps(proof, indent=2) + "\n")
+                out.done({"file": str(args.out)}, f"wrote {args.out}; check it offline: aitbc job verify {args.out}")
+        elif command == "status":
+            job = await rpc.job(args.job_id)
+            out.done(job, lambda c: c.print(fields(_job_view(job))))
+        elif command == "result":
             result = await rpc.job_result(args.job_id)
             if args.image is not None:
                 image = result_image(result)
                 if image is None:
                     raise ConfigError(f"job {args.job_id} has no image in its result")
                 args.image.write_bytes(image)
-                print(f"wrote {len(image):,} bytes to {args.image}", file=sys.stderr)
+                out.progress(f"wrote {len(image):,} bytes to {args.image}")
                 # the image is in the file: the JSON keeps its digests, not its bytes twice in hex
                 result = {**result, "output": {**result["output"], "image": str(args.image)}, "output_hex": None}
-            _print(result)
-        elif args.job_command == "cancel":
-            _print(await rpc.cancel_job(args.job_id))
+            out.done(result, lambda c: c.print(fields({k: v for k, v in result.items() if k != "output_hex"})))
+        elif command == "cancel":
+            job = await rpc.cancel_job(args.job_id)
+            out.done(job, lambda c: c.print(fields(_job_view(job))))
+        elif command in ("refund", "settle", "dispute"):
+            escrow_id = await _full_job_id(rpc, args.job_id)
+            payload: Payload = {"refund": JobRefund, "settle": JobSettle, "dispute": JobDispute}[command](escrow_id)
+            data = await _send(args, out, rpc, payload, command)
+            out.done(data, _sent_text(data, f"job {escrow_id.hex()[:16]}: {command} sent"))
 
 
 async def _stream(rpc: RpcClient, job_id: str) -> None:
@@ -224,29 +452,88 @@ async def _stream(rpc: RpcClient, job_id: str) -> None:
         raise AitbcError(f"job {job_id} ended {last}: {data.get('error') or 'see aitbc job status'}")
 
 
-async def _chain_cmd(args: argparse.Namespace) -> None:
+# ------------------------------------------------------------------ chain
+async def _chain_cmd(args: argparse.Namespace, out: Out) -> None:
     async with _rpc(args) as rpc:
-        if args.chain_command == "status":
-            _print(await rpc.status())
-        elif args.chain_command == "supply":
-            _print(await rpc.supply())
-        elif args.chain_command == "providers":
-            _print(await rpc.providers())
+        command = args.chain_command
+        if command == "status":
+            status = await rpc.status()
+            keys = ("chain_id", "height", "final_height", "consensus", "address", "peer_id", "mempool", "version")
+            out.done(
+                status, lambda c: c.print(fields({k: status.get(k) for k in keys} | {"peers": len(status["peers"])}))
+            )
+        elif command == "supply":
+            supply = await rpc.supply()
+            out.done(supply, lambda c: c.print(fields({k: f"{format_aitbc(v)} AITBC" for k, v in supply.items()})))
+        elif command == "providers":
+            providers = await rpc.providers()
+            rows: list[tuple[Any, ...]] = [
+                (
+                    p["provider"],
+                    p["miner_id"],
+                    ", ".join(p["workloads"]),
+                    format_aitbc(p["price_per_s"]),
+                    p["gflops"],
+                    f"{p['reputation']['score_milli'] / 10:.0f}%",
+                )
+                for p in providers
+            ]
+            columns = ["provider", "miner id", "workloads", "AITBC/s", "GFLOP/s", "trust"]
+            out.done({"providers": providers}, lambda c: c.print(table(None, columns, rows)))
+        elif command == "block":
+            block = await rpc.block(args.height)
+            header = block["header"]
+            view = {
+                "height": header["height"],
+                "hash": header["hash"],
+                "parent": header["parent"],
+                "proposer": header["proposer"],
+                "timestamp_ms": header["timestamp_ms"],
+                "txs": len(block["txs"]),
+            }
+            out.done(block, lambda c: c.print(fields(view)))
+        elif command == "tx":
+            found = await rpc.tx_status(args.tx_hash)
+            tx = found["tx"]
+            view = {
+                "status": found["status"],
+                "height": found.get("height"),
+                "kind": tx["kind"],
+                "from": tx["from"],
+                "nonce": tx["nonce"],
+                "fee": tx["fee"],
+                "payload": tx["payload"],
+            }
+            out.done(found, lambda c: c.print(fields(view)))
+        elif command == "peers":
+            net = await rpc.network()
+            rows = [
+                (
+                    p["peer_id"],
+                    "yes" if p["connected"] else "no",
+                    p["score"],
+                    p["rejected"],
+                    "yes" if p["banned"] else "",
+                )
+                for p in net["peers"]
+            ]
+            out.done(net, lambda c: c.print(table(None, ["peer", "connected", "score", "rejected", "banned"], rows)))
 
 
-def _devnet_cmd(args: argparse.Namespace) -> None:
+def _devnet_cmd(args: argparse.Namespace, out: Out) -> None:
     if args.devnet_command == "up":
         procs = devnet.start(args.nodes_dir, args.run_dir, tiny_llm=args.tiny_llm, tiny_sd=args.tiny_sd)
-        trio.run(lambda: devnet.wait_ready(procs))
-        for p in procs:
-            info = p.info()
-            print(f"{p.name}: {info['address']}  rpc {info['rpc_url']}  log {p.log}")
-        print("devnet up; use 'aitbc --devnet ...' to talk to peer1, 'aitbc devnet down' to stop")
+        trio.run(lambda: devnet.wait_ready(procs, progress=out.progress))
+        peers = [{"name": p.name, **p.info(), "log": str(p.log)} for p in procs]
         first = procs[0]
-        print(f"dashboard: {first.info()['rpc_url']}/ui/  (sign in with the token in {first.data_dir / 'rpc.token'})")
+        dashboard = f"{first.info()['rpc_url']}/ui/"
+        lines = [f"{p['name']}: {p['address']}  rpc {p['rpc_url']}  log {p['log']}" for p in peers]
+        lines.append("devnet up; use 'aitbc --devnet ...' to talk to peer1, 'aitbc devnet down' to stop")
+        lines.append(f"dashboard: {dashboard}  (sign in with the token in {first.data_dir / 'rpc.token'})")
+        out.done({"peers": peers, "dashboard": dashboard}, "\n".join(lines))
     elif args.devnet_command == "down":
-        for line in devnet.stop(args.run_dir) or ["no devnet running"]:
-            print(line)
+        stopped = devnet.stop(args.run_dir)
+        out.done({"stopped": stopped}, "\n".join(stopped or ["no devnet running"]))
     elif args.devnet_command == "demo":
         trio.run(partial(devnet.run_demo, args.nodes_dir, args.run_dir, workload=args.workload, prompt=args.prompt))
 
@@ -281,12 +568,23 @@ def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
     parser.add_argument(
         "--run-dir", type=Path, default=default(DEFAULT_RUN), help="devnet run directory (default .devnet)"
     )
+    parser.add_argument(
+        "--json", action="store_true", default=default(False), help="print one JSON document on stdout (errors too)"
+    )
 
 
 class _Commands(argparse._SubParsersAction):  # type: ignore[type-arg]
-    """Subcommand parsers that take the global options too (see :func:`_global_options`)."""
+    """Subcommand parsers that take the global options too (see :func:`_global_options`),
+    each with its examples under its help."""
 
     def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        example = kwargs.pop("example", None)
+        if example is not None:
+            lines = [example] if isinstance(example, str) else list(example)
+            kwargs["epilog"] = "examples:\n" + "\n".join(f"  {line}" for line in lines)
+            kwargs["formatter_class"] = argparse.RawDescriptionHelpFormatter
+        if "help" in kwargs and "description" not in kwargs:
+            kwargs["description"] = kwargs["help"]
         parser: argparse.ArgumentParser = super().add_parser(name, **kwargs)
         parser.register("action", "parsers", _Commands)
         _global_options(parser, top=False)
@@ -294,7 +592,14 @@ class _Commands(argparse._SubParsersAction):  # type: ignore[type-arg]
 
 
 EPILOG = f"""The wallet's password comes from {PASSWORD_ENV} or, on a terminal, a prompt; only commands
-that sign (send, job submit) need it. Options may stand before or after the subcommand."""
+that sign need it. Options may stand before or after the subcommand. --json prints one JSON
+document on stdout. Shell completion: eval "$(register-python-argcomplete aitbc)".
+
+examples:
+  aitbc devnet up
+  aitbc --devnet wallet balance
+  aitbc --devnet job submit --workload echo --message hi --wait
+  aitbc --data-dir /var/lib/aitbc chain status --json"""
 
 
 def _positive_int(text: str) -> int:
@@ -307,34 +612,117 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _wait_options(parser: argparse.ArgumentParser, what: str = "the transaction is committed") -> None:
+    parser.add_argument("--wait", action="store_true", help=f"wait until {what}")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait at most (default 60)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aitbc", description="AITBC wallet, jobs, chain and devnet.", epilog=EPILOG)
+    parser = argparse.ArgumentParser(
+        prog="aitbc",
+        description="AITBC wallet, jobs, chain and devnet.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.register("action", "parsers", _Commands)
+    parser.add_argument("--version", action="version", version=f"aitbc {VERSION}")
     _global_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True)
+    addr = "aitbc1r44jyhgqkngl74ur7234ltghvx0z578cnfwdr6"
 
-    wallet = sub.add_parser("wallet", help="keys, balance, payments").add_subparsers(
+    w = sub.add_parser("wallet", help="keys, balance, payments, earnings").add_subparsers(
         dest="wallet_command", required=True
     )
-    wallet.add_parser("new", help="create an encrypted wallet key file")
-    wallet.add_parser("address", help="print the wallet's address")
-    wallet.add_parser("balance", help="balance and nonce")
-    send = wallet.add_parser("send", help="transfer AITBC: send AMOUNT ADDRESS")
-    send.add_argument("amount", help="AITBC, e.g. 50 or 0.25")
-    send.add_argument("to", help="recipient aitbc1... address")
-    send.add_argument("--wait", action="store_true", help="wait until committed")
-    hist = wallet.add_parser("history", help="committed transactions, newest first")
-    hist.add_argument("--limit", type=int, default=20)
+    w.add_parser("new", help="create an encrypted wallet key file", example="aitbc --wallet me.json wallet new")
+    w.add_parser("address", help="print the wallet's address", example="aitbc --devnet wallet address")
+    w.add_parser("balance", help="balance, nonce and stake", example="aitbc --devnet wallet balance")
+    for name, what in (
+        ("send", "transfer AITBC: send AMOUNT ADDRESS [DESCRIPTION]"),
+        ("withdraw", "pay earnings out to an address (a transfer): withdraw AMOUNT ADDRESS"),
+    ):
+        send = w.add_parser(name, help=what, example=f"aitbc --devnet wallet {name} 50 {addr} 'for inference' --wait")
+        send.add_argument("amount", help="AITBC, e.g. 50 or 0.25")
+        send.add_argument("to", help="recipient aitbc1... address")
+        send.add_argument("description", nargs="?", help="what it is for (shown here; the chain keeps no memo)")
+        _wait_options(send)
+    hist = w.add_parser("history", help="committed transactions, newest first", example="aitbc --devnet wallet history")
+    hist.add_argument("--limit", type=_positive_int, default=20)
+    earn = w.add_parser(
+        "earn",
+        help="what settled jobs paid this wallet; with AMOUNT --job ID, check that that job paid that",
+        example=[
+            "aitbc --wallet miner.json wallet earn",
+            "aitbc --wallet miner.json wallet earn 0.25 --job 3f2a9c --desc inference",
+        ],
+    )
+    earn.add_argument("amount", nargs="?", help="AITBC the job paid (the seed's earn AMOUNT)")
+    earn.add_argument("--job", help="the job's id (or a prefix of it)")
+    earn.add_argument("--desc", help="what the job was (shown, not stored)")
+    w.add_parser(
+        "stats", help="jobs bought and sold, spent, earned, success rate", example="aitbc --devnet wallet stats"
+    )
+    w.add_parser(
+        "list", help="the wallet files beside --wallet (default ~/.aitbc/wallets)", example="aitbc wallet list"
+    )
+    imp = w.add_parser(
+        "import",
+        help="encrypt a private key (64 hex digits) into a wallet file",
+        example="aitbc --wallet rig.json wallet import key.hex",
+    )
+    imp.add_argument("source", help="file holding the key, or - for stdin")
+    exp = w.add_parser(
+        "export",
+        help="the wallet's private key in clear (to a new 0600 file, or stdout)",
+        example="aitbc --wallet rig.json wallet export --out rig.key",
+    )
+    exp.add_argument("--out", type=Path, metavar="FILE", help="write it to FILE (mode 0600, never overwritten)")
+
+    st = sub.add_parser("stake", help="stake, unstake, withdraw unbonded stake").add_subparsers(
+        dest="stake_command", required=True
+    )
+    for name, what in (("add", "lock AMOUNT AITBC as stake"), ("remove", "start unbonding AMOUNT AITBC of stake")):
+        one = st.add_parser(name, help=what, example=f"aitbc --devnet stake {name} 100 --wait")
+        one.add_argument("amount", help="AITBC")
+        _wait_options(one)
+    _wait_options(
+        st.add_parser("withdraw", help="take back stake whose unbonding ended", example="aitbc stake withdraw --wait")
+    )
+    st.add_parser("status", help="stake and unbonding", example="aitbc --devnet stake status")
+
+    prov = sub.add_parser("provider", help="register to sell compute, or stop").add_subparsers(
+        dest="provider_command", required=True
+    )
+    _wait_options(
+        prov.add_parser(
+            "register", help="register (needs the chain's provider stake)", example="aitbc provider register --wait"
+        )
+    )
+    _wait_options(
+        prov.add_parser("unregister", help="stop being offered escrows", example="aitbc provider unregister --wait")
+    )
+    pstat = prov.add_parser(
+        "status",
+        help="registration, stake, record on chain, what it offers",
+        example="aitbc --devnet provider status aitbc1...",
+    )
+    pstat.add_argument("address", nargs="?", help="a provider's address (default: the wallet's)")
 
     job = sub.add_parser("job", help="submit and follow compute jobs").add_subparsers(dest="job_command", required=True)
-    submit = job.add_parser("submit", help="offer a job, pick a bid, open escrow")
-    submit.add_argument("--workload", default="echo", help="echo | torch_bench | ...")
+    submit = job.add_parser(
+        "submit",
+        help="offer a job, pick a bid, open escrow",
+        example=[
+            "aitbc --devnet job submit --workload echo --message hi --wait",
+            "aitbc --devnet job submit --workload torch_bench --param n=512 --max-price 2 --wait --json",
+        ],
+    )
+    submit.add_argument("--workload", default="echo", help="echo | torch_bench | embed | llm_gen | sd_infer")
     submit.add_argument("--message", help="echo's message")
     submit.add_argument("--prompt", help="prompt for text-generation workloads")
     submit.add_argument(
         "--param",
         action="append",
-        help="extra parameter NAME=VALUE, VALUE as JSON (7, true, [\"a\",\"b\"]) or plain text",
+        help='extra parameter NAME=VALUE, VALUE as JSON (7, true, ["a","b"]) or plain text',
     )
     submit.add_argument("--max-price", default="5", help="most AITBC to pay (default 5)")
     submit.add_argument("--max-runtime", type=_positive_int, default=60, help="runtime cap in seconds (at least 1)")
@@ -344,38 +732,84 @@ def build_parser() -> argparse.ArgumentParser:
         default="none",
         help="what this peer checks before it pays: none, or spot (echo, torch_bench; specs/market.md)",
     )
-    submit.add_argument("--wait", action="store_true", help="wait until settled, refunded or failed")
+    _wait_options(submit, "settled, refunded or failed")
+    submit.set_defaults(timeout=120.0)
     submit.add_argument(
         "--stream", action="store_true", help="show the output as it is made (tokens on stdout), until the job ends"
     )
-    proof = job.add_parser("proof", help="the job's receipt proof, to keep and check offline")
+    jl = job.add_parser("list", help="this peer's jobs, newest first", example="aitbc --devnet job list --limit 10")
+    jl.add_argument("--limit", type=_positive_int, default=50)
+    proof = job.add_parser(
+        "proof",
+        help="the job's receipt proof, to keep and check offline",
+        example="aitbc --devnet job proof 3f2a9c -o proof.json",
+    )
     proof.add_argument("job_id")
     proof.add_argument("-o", "--out", type=Path, metavar="FILE", help="write it to FILE (default: stdout)")
-    verify = job.add_parser("verify", help="check a saved receipt proof offline (no peer needed)")
-    verify.add_argument("file", type=Path)
-    verify.add_argument(
-        "--genesis", type=Path, help="the chain's genesis.json (default with --devnet: the devnet's)"
+    verify = job.add_parser(
+        "verify",
+        help="check a saved receipt proof offline (no peer needed)",
+        example="aitbc job verify proof.json --genesis genesis.json",
     )
-    job.add_parser("status").add_argument("job_id")
-    result = job.add_parser("result", help="the job's result (bytes as hex)")
+    verify.add_argument("file", type=Path)
+    verify.add_argument("--genesis", type=Path, help="the chain's genesis.json (default with --devnet: the devnet's)")
+    job.add_parser("status", help="where a job is", example="aitbc --devnet job status 3f2a9c").add_argument("job_id")
+    result = job.add_parser(
+        "result", help="the job's result (bytes as hex)", example="aitbc --devnet job result 3f2a9c"
+    )
     result.add_argument("job_id")
     result.add_argument("--image", type=Path, metavar="FILE", help="write an sd_infer result's PNG to FILE")
-    cancel = job.add_parser("cancel", help="take a job back: its escrow returns (at once with the provider's release)")
+    cancel = job.add_parser(
+        "cancel",
+        help="take a job back: its escrow returns (at once with the provider's release)",
+        example="aitbc --devnet job cancel 3f2a9c",
+    )
     cancel.add_argument("job_id")
+    for name, what in (
+        ("refund", "return an escrow that ended unpaid (past its deadline, or cancelled past the grace)"),
+        ("settle", "pay a receipted job now (the client's or agent's word that the result came)"),
+        ("dispute", "challenge a receipt before it settles (locks the chain's dispute bond)"),
+    ):
+        one = job.add_parser(name, help=what, example=f"aitbc --devnet job {name} 3f2a9c --wait")
+        one.add_argument("job_id")
+        _wait_options(one)
+
+    arb = sub.add_parser("arbiter", help="rule on disputed jobs (a genesis arbiter's key)").add_subparsers(
+        dest="arbiter_command", required=True
+    )
+    res = arb.add_parser(
+        "resolve",
+        help="rule a disputed job for the provider or the client",
+        example="aitbc --wallet arbiter.json arbiter resolve 3f2a9c --verdict client --wait",
+    )
+    res.add_argument("job_id")
+    res.add_argument("--verdict", required=True, choices=[str(v) for v in Verdict])
+    _wait_options(res)
 
     chain = sub.add_parser("chain", help="chain and peer status").add_subparsers(dest="chain_command", required=True)
-    chain.add_parser("status")
-    chain.add_parser("supply")
-    chain.add_parser("providers")
+    chain.add_parser("status", help="head, finality, peers", example="aitbc --devnet chain status")
+    chain.add_parser("supply", help="where every unit is", example="aitbc --devnet chain supply --json")
+    chain.add_parser("providers", help="providers offering compute now", example="aitbc --devnet chain providers")
+    chain.add_parser("block", help="a block by height", example="aitbc --devnet chain block 7").add_argument(
+        "height", type=int
+    )
+    chain.add_parser("tx", help="a transaction by hash", example="aitbc --devnet chain tx 9c1e...").add_argument(
+        "tx_hash"
+    )
+    chain.add_parser("peers", help="peers with their scores", example="aitbc --devnet chain peers")
 
     dev = sub.add_parser("devnet", help="local 3-peer devnet").add_subparsers(dest="devnet_command", required=True)
-    up = dev.add_parser("up", help="start the peers in the background")
+    up = dev.add_parser("up", help="start the peers in the background", example="aitbc devnet up")
     up.add_argument("--tiny-llm", action="store_true", help="build a tiny LM so the provider offers llm_gen")
     up.add_argument(
         "--tiny-sd", action="store_true", help="build a tiny Stable Diffusion pipeline so the provider offers sd_infer"
     )
-    dev.add_parser("down", help="stop them")
-    demo = dev.add_parser("demo", help="start, run one job end to end, print the outcome, stop")
+    dev.add_parser("down", help="stop them", example="aitbc devnet down")
+    demo = dev.add_parser(
+        "demo",
+        help="start, run one job end to end, print the outcome, stop",
+        example="aitbc devnet demo --workload echo",
+    )
     demo.add_argument(
         "--workload", help="echo | torch_bench | embed | llm_gen | sd_infer (default: torch_bench if offered)"
     )
@@ -383,26 +817,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+COMMANDS: dict[str, Callable[[argparse.Namespace, Out], Awaitable[None]]] = {
+    "wallet": _wallet_cmd,
+    "stake": _stake_cmd,
+    "provider": _provider_cmd,
+    "arbiter": _arbiter_cmd,
+    "job": _job_cmd,
+    "chain": _chain_cmd,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argcomplete.autocomplete(parser)
+    args = parser.parse_args(argv)
+    out = Out(json_mode=args.json)
     try:
-        if args.command == "devnet":
-            _devnet_cmd(args)
-        elif args.command == "wallet":
-            trio.run(_wallet_cmd, args)
+        if args.command == "devnet" and args.devnet_command == "demo" and args.json:
+            outcome = trio.run(
+                partial(
+                    devnet.run_demo,
+                    args.nodes_dir,
+                    args.run_dir,
+                    workload=args.workload,
+                    prompt=args.prompt,
+                    out=out.progress,
+                    to_stderr=True,
+                )
+            )
+            out.done(outcome)
+        elif args.command == "devnet":
+            _devnet_cmd(args, out)
         elif args.command == "job" and args.job_command == "verify":
-            _verify_proof(args)
-        elif args.command == "job":
-            trio.run(_job_cmd, args)
-        elif args.command == "chain":
-            trio.run(_chain_cmd, args)
+            _verify_proof(args, out)
+        else:
+            trio.run(COMMANDS[args.command], args, out)
     except RpcError as e:
-        print(f"aitbc: {e.code}: {e.message}", file=sys.stderr)
-        if e.details:
-            print(json.dumps(e.details, indent=2), file=sys.stderr)
+        out.error(e.code, e.message, e.details)
+        return 1
+    except trio.TooSlowError:
+        out.error("TIMEOUT", "gave up waiting (--timeout)")
         return 1
     except (AitbcError, ValueError, OSError) as e:
-        print(f"aitbc: {e}", file=sys.stderr)
+        out.error("", str(e))
         return 1
     return 0
 

@@ -296,7 +296,8 @@ def create_app(
 
     @app.get("/v1/accounts/<address>")
     async def account(address: str) -> Response:
-        return _json(render.account(api.account(_address(address))))
+        checked = _address(address)
+        return _json({**render.account(api.account(checked)), "reputation": render.reputation(api.reputation(checked))})
 
     @app.get("/v1/accounts/<address>/history")
     async def history(address: str) -> Response:

@@ -148,6 +148,25 @@ class RpcClient:
         result: dict[str, Any] = await self._call("GET", "/v1/providers")
         return list(result["providers"])
 
+    async def jobs(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The jobs this peer takes part in, newest first (``GET /v1/jobs``)."""
+        result: dict[str, Any] = await self._call("GET", f"/v1/jobs?limit={limit}")
+        return list(result["jobs"])
+
+    async def block(self, height: int) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("GET", f"/v1/blocks/{height}")
+        return result
+
+    async def network(self) -> dict[str, Any]:
+        """Peers with their scores, gossip verdicts, pool refusals (``GET /v1/network``)."""
+        result: dict[str, Any] = await self._call("GET", "/v1/network")
+        return result
+
+    async def miners(self) -> dict[str, Any]:
+        """A miners' peer's external miners and payouts (``GET /v1/miners``)."""
+        result: dict[str, Any] = await self._call("GET", "/v1/miners")
+        return result
+
     # ---------------------------------------------------------- signed flows
     async def send(
         self, key: PrivateKey, kind: TxKind | str, payload: Payload | dict[str, Any], *, fee: int | None = None

@@ -197,10 +197,15 @@ def job_result(r: JobResultInfo) -> dict[str, Any]:
     }
 
 
+def reputation(record: Reputation) -> dict[str, int]:
+    """A provider's record on chain, and the trust bids are weighed by."""
+    return {**record._asdict(), "score_milli": record.score_milli()}
+
+
 def provider(rec: CapabilityRecord, record: Reputation) -> dict[str, Any]:
     """A capability record as its provider signed it, with its record on chain beside it."""
     view: dict[str, Any] = jsonable(dict(rec.body))
-    view["reputation"] = {**record._asdict(), "score_milli": record.score_milli()}
+    view["reputation"] = reputation(record)
     return view
 
 
