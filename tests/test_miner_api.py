@@ -130,6 +130,12 @@ async def test_what_a_miner_may_not_do(market):
         refused(await miner.post("/v1/miner/proof", json={**good, "output": "not it"}), 422, "OUTPUT_MISMATCH")
         refused(await miner.post("/v1/miner/proof", json={**good, "metrics": {"s": 1.5}}), 400, "BAD_METRICS")
         refused(await miner.post("/v1/miner/proof", json={**good, "id": "zz"}), 400, "BAD_REQUEST")
+        big = "é" * (300 << 10)  # 600 KiB of UTF-8 in 300 Ki characters
+        sha = hashlib.sha256(big.encode()).hexdigest()
+        too_long = {**good, "output_sha": sha, "output": big}
+        refused(await miner.post("/v1/miner/proof", json=too_long), 400, "BAD_REQUEST")
+        huge = {**good, "output": "x" * (1 << 20)}
+        refused(await miner.post("/v1/miner/proof", json=huge), 413, "BODY_TOO_LARGE")
         assert seller.miners is not None and seller.miners.statistics()["running"] == 1  # nothing taken so far
         failed = await miner.post("/v1/miner/proof", json={"id": job_id.hex(), "error": "out of memory"})
         assert failed.json()["status"] == "failed"

@@ -41,8 +41,9 @@ logger = logging.getLogger(__name__)
 
 MAX_SLOTS = 64
 """The most jobs one miner may hold at once (``slots``, ``concurrency``)."""
-MAX_OUTPUT = 1 << 20
-"""The largest ``output`` a proof may carry (a job's result is at most 1 MiB)."""
+MAX_OUTPUT = 512 << 10
+"""The most UTF-8 bytes of ``output`` a proof may carry: with its JSON escapes it stays
+under the RPC's 1 MiB body, and in the result under a result's 1,008 KiB."""
 MAX_METRICS = 32
 MAX_TEXT = 200
 MAX_DONE = 1024
@@ -259,8 +260,8 @@ class MinerPool:
             raise _refuse("EMPTY_OUTPUT", "output_sha is the SHA-256 of nothing: an empty result is not sold", 422)
         output = doc.get("output")
         if output is not None:
-            if not isinstance(output, str) or len(output) > MAX_OUTPUT:
-                raise _refuse("BAD_REQUEST", f"'output' must be text of at most {MAX_OUTPUT} characters")
+            if not isinstance(output, str) or len(output.encode()) > MAX_OUTPUT:
+                raise _refuse("BAD_REQUEST", f"'output' must be text of at most {MAX_OUTPUT} bytes (UTF-8)")
             if hashlib.sha256(output.encode()).hexdigest() != sha:
                 raise _refuse("OUTPUT_MISMATCH", "the SHA-256 of 'output' is not 'output_sha'", 422)
         metrics = doc.get("metrics", {})
