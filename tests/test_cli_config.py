@@ -52,6 +52,8 @@ def write_config(tmp_path, text, key="01" * 32, genesis=None):
 BASE = 'data_dir = "d"\nkey_file = "node.key"\ngenesis = "genesis.json"\n'
 PROV = BASE + "[provider]\nminer_id = 'm'\n"
 RIG = PROV + f"[miners]\nkeys = {{ a = '{'k' * 16}' }}\n"
+WAL = BASE + "[wallet]\nkey_file = 'node.key'\n[wallet.clients.a]\n"
+NOWAL = BASE + "[wallet]\nkey_file = 'none.key'\n[wallet.clients.a]\n"
 
 
 @pytest.mark.parametrize(
@@ -87,6 +89,16 @@ RIG = PROV + f"[miners]\nkeys = {{ a = '{'k' * 16}' }}\n"
         (RIG + "payout_percent = 101\n", {}, "payout_percent must be 0 to 100"),
         (RIG + "heartbeat_timeout_s = 0\n", {}, "heartbeat_timeout_s"),
         (PROV + "[miners]\nkeys = { a = 5 }\n", {}, r"\[miners\] keys must be dict"),
+        (BASE + "[wallet]\nmax_price = '1'\n", {}, r"\[wallet\] needs key_file"),
+        (BASE + "[wallet]\nkey_file = 'node.key'\n", {}, r"needs at least one client"),
+        (BASE + "[wallet]\nkey_file = 'node.key'\ncap = 1\n", {}, r"unknown keys in \[wallet\]"),
+        (NOWAL + f"api_key = '{'k' * 16}'\nmax_spend = '1'\n", {}, "cannot load wallet key"),
+        (WAL + "api_key = 'short'\nmax_spend = '1'\n", {}, "api_key must be 16"),
+        (WAL + f"api_key = '{'k' * 16}'\n", {}, r"needs api_key and max_spend"),
+        (WAL + f"api_key = '{'k' * 16}'\nmax_spend = 100\n", {}, r"max_spend must be a string of AITBC"),
+        (WAL + f"api_key = '{'k' * 16}'\nmax_spend = 'lots'\n", {}, r"max_spend"),
+        (WAL + f"api_key = '{'k' * 16}'\nmax_spend = '0'\n", {}, r"max_spend must be above 0"),
+        (WAL + f"api_key = '{'k' * 16}'\nmax_spend = '1'\nlimit = 2\n", {}, r"unknown keys in \[wallet.clients"),
         (BASE + "[provider]\nminer_id = 'm'\naccel_mode = 'quantum'\n", {}, "accel_mode must be one of auto, gpu, cpu"),
         (BASE + "[provider]\nminer_id = 'm'\nprice_per_s = -1\n", {}, "price_per_s must be 0 to"),
         (BASE + "[provider]\nminer_id = 'm'\nprice_per_s = 'abc'\n", {}, r"\[provider\] price_per_s must be int"),

@@ -47,6 +47,17 @@ def test_the_example_config_loads_as_written(tmp_path):
     assert (cfg.node.peer_floor, cfg.node.peer_ceiling, cfg.rpc_port, cfg.metrics_port) == (8, 50, 8006, 9106)
 
 
+def test_the_wallet_table_loads_as_written(tmp_path):
+    config = block_with("toml", 'data_dir = "/var/lib/aitbc"') + "\n" + block_with("toml", "[wallet]")
+    (tmp_path / "node.key").write_text("07" * 32)
+    (tmp_path / "wallet.key").write_text("08" * 32)
+    (tmp_path / "genesis.json").write_text((ROOT / "nodes" / "devnet" / "genesis.json").read_text())
+    (tmp_path / "peer.toml").write_text(config)
+    wallet = load_peer_config(tmp_path / "peer.toml").node.wallet
+    assert wallet is not None and wallet.key.secret == bytes.fromhex("08" * 32)
+    assert [(n, c.max_spend) for n, c in wallet.clients.items()] == [("agent-1", 100 * 10**9)]
+
+
 def test_the_miners_table_and_the_miner_conf_fit_together(tmp_path):
     """The "Miners with their own script" blocks: ``[miners]`` beside the example config
     loads, and the miner.conf names the miner and key that table gives it."""
@@ -101,6 +112,15 @@ def test_the_devnet_commands_and_the_sdk_snippet_run_as_written(tmp_path):
             )
             assert out.returncode == 0, out.stderr[-3000:]
             assert out.stdout.startswith("settled "), out.stdout
+        # "Clients with an API key": the system flow's curl commands, run whole.
+        out = subprocess.run(
+            ["bash", "-e", "-c", block_with("bash", "X-Api-Key")], cwd=tmp_path, env=env, capture_output=True,
+            text=True, stdin=subprocess.DEVNULL, timeout=180,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        seed_job = json.loads(out.stdout[out.stdout.rindex("{\n") :])  # jq's last document
+        assert seed_job["status"] == "completed" and seed_job["receipt_id"], seed_job
+        assert seed_job["result"]["message"] == "What is machine learning?"
         # "Wallets and the command line": the seed's wallet commands, with the devnet's
         # provider as the miner (it sold the jobs above).
         for line in wallet_lines:

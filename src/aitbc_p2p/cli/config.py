@@ -17,11 +17,14 @@ from typing import Any
 from aitbc_p2p.chain.genesis import genesis_from_json
 from aitbc_p2p.crypto import PrivateKey
 from aitbc_p2p.exceptions import ConfigError, CryptoError
-from aitbc_p2p.node.config import MinersConfig, NodeConfig, ProviderConfig
+from aitbc_p2p.node.config import ApiClient, MinersConfig, NodeConfig, ProviderConfig, WalletConfig
+from aitbc_p2p.types import aitbc
 
 TOP_KEYS = {"data_dir": str, "key_file": str, "genesis": str, "listen": list, "bootstrap": list, "announce": list}
 KNOWN_RPC = {"host", "port", "metrics_port"}
-NODE_SET_ELSEWHERE = {"key", "genesis", "data_dir", "listen", "bootstrap", "announce", "provider", "miners", "extra"}
+NODE_SET_ELSEWHERE = {
+    "key", "genesis", "data_dir", "listen", "bootstrap", "announce", "provider", "miners", "wallet", "extra",
+}  # fmt: skip
 """NodeConfig fields that the top level of the file (or the CLI) sets, not ``[node]``."""
 
 
@@ -37,7 +40,7 @@ MINERS_SCHEMA = _schema(MinersConfig)
 NODE_SCHEMA = _schema(NodeConfig, NODE_SET_ELSEWHERE)
 KNOWN_PROVIDER = set(PROVIDER_SCHEMA)
 KNOWN_NODE = set(NODE_SCHEMA)
-KNOWN_TOP = {*TOP_KEYS, "rpc", "provider", "miners", "node"}
+KNOWN_TOP = {*TOP_KEYS, "rpc", "provider", "miners", "wallet", "node"}
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
@@ -93,12 +96,53 @@ def _unknown(section: str, table: dict[str, Any], known: set[str]) -> None:
         raise ConfigError(f"unknown keys in {section}: {sorted(extra)}")
 
 
-def read_key_file(path: Path) -> PrivateKey:
-    """A node key file: the private key as 64 hex characters (keep it mode 0600)."""
+def read_key_file(path: Path, what: str = "node key") -> PrivateKey:
+    """A key file: the private key as 64 hex characters (keep it mode 0600)."""
     try:
         return PrivateKey.from_hex(path.read_text())
     except (OSError, UnicodeDecodeError, CryptoError) as e:
-        raise ConfigError(f"cannot load node key {path}: {e}") from e
+        raise ConfigError(f"cannot load {what} {path}: {e}") from e
+
+
+def _aitbc(section: str, name: str, value: Any) -> int:
+    """An amount of AITBC written as a string ("100", "0.25") in base units."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{section} {name} must be a string of AITBC such as \"100\" or \"0.25\", not {value!r}")
+    try:
+        return aitbc(value)
+    except ValueError as e:
+        raise ConfigError(f"{section} {name}: {e}") from e
+
+
+def _wallet(base: Path, table: Any) -> WalletConfig:
+    """``[wallet]``: its key file (64 hex digits, as the node key), defaults, and
+    ``[wallet.clients.NAME]`` with each client's ``api_key`` and ``max_spend``."""
+    if not isinstance(table, dict):
+        raise ConfigError("[wallet] must be a table")
+    _unknown("[wallet]", table, {"key_file", "max_price", "max_runtime_s", "clients"})
+    if not isinstance(table.get("key_file"), str):
+        raise ConfigError("[wallet] needs key_file (the wallet's private key, 64 hex digits, mode 0600)")
+    clients = table.get("clients", {})
+    if not isinstance(clients, dict):
+        raise ConfigError("[wallet.clients] must be a table of tables")
+    parsed = {}
+    for name, client in clients.items():
+        section = f"[wallet.clients.{name}]"
+        if not isinstance(client, dict):
+            raise ConfigError(f"{section} must be a table")
+        _unknown(section, client, {"api_key", "max_spend"})
+        if not isinstance(client.get("api_key"), str) or "max_spend" not in client:
+            raise ConfigError(f"{section} needs api_key and max_spend")
+        parsed[name] = ApiClient(api_key=client["api_key"], max_spend=_aitbc(section, "max_spend", client["max_spend"]))
+    runtime = table.get("max_runtime_s", 120)
+    if type(runtime) is not int:
+        raise ConfigError(f"[wallet] max_runtime_s must be int, not {runtime!r}")
+    return WalletConfig(
+        key=read_key_file(base / table["key_file"], "wallet key"),
+        clients=parsed,
+        max_price=_aitbc("[wallet]", "max_price", table.get("max_price", "5")),
+        max_runtime_s=runtime,
+    )
 
 
 def load_peer_config(path: Path, **overrides: Any) -> PeerConfig:
@@ -143,6 +187,7 @@ def load_peer_config(path: Path, **overrides: Any) -> PeerConfig:
             if "workloads" in table:
                 table["workloads"] = tuple(table["workloads"])
             miners = MinersConfig(**table)
+        wallet = _wallet(base, doc["wallet"]) if "wallet" in doc else None
         node_opts = dict(_table("[node]", doc.get("node", {}), NODE_SCHEMA))
         if overrides.get("verify_in_workers") is not None:
             node_opts["verify_in_workers"] = overrides["verify_in_workers"]
@@ -160,6 +205,7 @@ def load_peer_config(path: Path, **overrides: Any) -> PeerConfig:
             announce=announce,
             provider=provider,
             miners=miners,
+            wallet=wallet,
             **node_opts,
         )
         port = overrides.get("rpc_port")

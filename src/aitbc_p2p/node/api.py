@@ -23,6 +23,7 @@ from aitbc_p2p.types import Address, Hash32, JobId
 
 if TYPE_CHECKING:
     from aitbc_p2p.compute.miners import MinerPool
+    from aitbc_p2p.node.client_wallet import ClientWallet
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +268,10 @@ class NodeAPI(Protocol):
 
     def miner_pool(self) -> MinerPool | None:
         """The external miners this peer sells the compute of (None without ``[miners]``)."""
+        ...
+
+    def wallet_service(self) -> ClientWallet | None:
+        """The wallet this peer holds for ``X-Api-Key`` clients (None without ``[wallet]``)."""
         ...
 
     def miner_payouts(self) -> dict[str, int]:

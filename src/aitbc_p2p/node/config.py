@@ -104,6 +104,46 @@ class MinersConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ApiClient:
+    """A local client that may spend from the peer's wallet with ``X-Api-Key``."""
+
+    api_key: str
+    max_spend: int
+    """Base units its jobs' escrows may lock, in all (the key's spending cap)."""
+
+    def __post_init__(self) -> None:
+        key = self.api_key
+        if len(key) < MIN_MINER_KEY or not key.isascii() or not key.isprintable() or " " in key:
+            raise ValueError(f"an api_key must be {MIN_MINER_KEY}+ printable ASCII characters without spaces")
+        if not 0 < self.max_spend <= MAX_AMOUNT:
+            raise ValueError(f"max_spend must be above 0 and at most {MAX_AMOUNT} base units")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WalletConfig:
+    """A wallet the peer holds unlocked for local clients (the seeds' wallet daemon): they
+    submit jobs with ``X-Api-Key`` and the peer signs the offer and escrow for them
+    (specs/rpc.md, "Client API"). Off unless configured; the key never leaves the peer."""
+
+    key: PrivateKey
+    clients: dict[str, ApiClient]
+    max_price: int = 5 * 10**9
+    """Most a job may cost when its request names no ``max_price`` (base units)."""
+    max_runtime_s: int = 120
+    """A job's runtime cap when its request names none."""
+
+    def __post_init__(self) -> None:
+        if not self.clients:
+            raise ValueError("[wallet] needs at least one client under [wallet.clients]")
+        if len({c.api_key for c in self.clients.values()}) != len(self.clients):
+            raise ValueError("[wallet.clients] api keys must differ: a key names its client")
+        if not 0 < self.max_price <= MAX_AMOUNT:
+            raise ValueError("[wallet] max_price must be above 0")
+        if self.max_runtime_s < 1:
+            raise ValueError("[wallet] max_runtime_s must be at least 1")
+
+
+@dataclass(frozen=True, kw_only=True)
 class NodeConfig:
     key: PrivateKey
     """The peer's secp256k1 key: libp2p identity, block signer, provider wallet."""
@@ -125,6 +165,8 @@ class NodeConfig:
     provider: ProviderConfig | None = None
     miners: MinersConfig | None = None
     """Sell external miners' compute (needs ``provider``, whose price and limits apply)."""
+    wallet: WalletConfig | None = None
+    """Hold a wallet for local clients that send ``X-Api-Key``."""
     max_block_txs: int = 1000
     bid_window_s: float = 1.5
     """How long a client node collects bids for an offer before reporting them."""

@@ -43,6 +43,7 @@ from aitbc_p2p.node.audit import AuditService
 from aitbc_p2p.node.bft import BftDriver
 from aitbc_p2p.node.blockrelay import BlockRelay
 from aitbc_p2p.node.chain_service import ChainService
+from aitbc_p2p.node.client_wallet import ClientWallet
 from aitbc_p2p.node.config import NodeConfig
 from aitbc_p2p.node.market import KEEPALIVE_S, MarketService
 from aitbc_p2p.node.payouts import MinerPayouts
@@ -117,6 +118,8 @@ class Node:
         self.miners: MinerPool | None = None
         """External miners' compute, with ``[miners]`` (compute/miners.py)."""
         self.payouts: MinerPayouts | None = None
+        self.client_wallet: ClientWallet | None = None
+        """The wallet it holds for local clients, with ``[wallet]`` (node/client_wallet.py)."""
         self.started = trio.current_time()
         self._own_txs: OrderedDict[Hash32, None] = OrderedDict()
 
@@ -327,6 +330,9 @@ class Node:
 
     def miner_pool(self) -> MinerPool | None:
         return self.miners
+
+    def wallet_service(self) -> ClientWallet | None:
+        return self.client_wallet
 
     def miner_payouts(self) -> dict[str, int]:
         return {"owed": 0, "paid_jobs": 0, "paid_total": 0} if self.payouts is None else self.payouts.summary()

@@ -25,6 +25,7 @@ from aitbc_p2p.node.audit import AuditService
 from aitbc_p2p.node.bft import BftDriver
 from aitbc_p2p.node.blockrelay import BlockRelay
 from aitbc_p2p.node.chain_service import ChainService
+from aitbc_p2p.node.client_wallet import ClientWallet
 from aitbc_p2p.node.config import NodeConfig
 from aitbc_p2p.node.facade import Node
 from aitbc_p2p.node.market import MarketService
@@ -163,6 +164,13 @@ async def open_node(
             await nursery.start(node.audit.run)
             if node.payouts is not None:
                 await nursery.start(node.payouts.run)
+            if config.wallet is not None:
+                node.client_wallet = ClientWallet(
+                    config.wallet, chain=node.chain, relay=node.relay, market=node.market, kv=store.kv,
+                    pending_nonce=lambda a: node.mempool.pending_nonce(a, node.store.state),
+                    agent=node.key.address, clock_ms=clock_ms,
+                )  # fmt: skip
+                await nursery.start(node.client_wallet.run)
             logger.info("node %s up at %s, head %d", node.key.address, net.listen_addrs(), store.head.height)
             try:
                 yield node

@@ -26,8 +26,9 @@ from aitbc_p2p.crypto.keys import validate_address
 from aitbc_p2p.exceptions import CodecError, ComputeError, CryptoError, MarketError, TxRejected
 from aitbc_p2p.market.messages import JobOffer
 from aitbc_p2p.node.api import NodeAPI
+from aitbc_p2p.node.client_wallet import CapExceeded
 from aitbc_p2p.rpc import miners, render, ui
-from aitbc_p2p.types import Address, Hash32
+from aitbc_p2p.types import Address, Hash32, aitbc
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -223,11 +224,17 @@ def create_app(
             return None
         header = request.headers.get("Authorization", "")
         given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+        api_key = request.headers.get("X-Api-Key")
         if request.path.startswith(miners.PREFIX):  # a miner's own key, never the token
             unknown = miners.miner_of(api)
             if unknown is not None:
                 return _closing(envelope(*unknown))
             g.principal = "miner:" + g.miner
+        elif api_key is not None and not header:  # a client of the peer's wallet (the seeds' client API)
+            refused = _client_of(api_key)
+            if refused is not None:
+                return _closing(refused)
+            g.principal = "client:" + g.client
         elif given and hmac.compare_digest(given.encode(), token.encode()):
             pass
         elif not header and ui.has_session(token):
@@ -243,6 +250,20 @@ def create_app(
             cached = idempotent.get((g.principal, request.path, key))
             if cached is not None:
                 return _closing(Response(cached[1], status=cached[0], content_type="application/json"))
+        return None
+
+    def _client_of(api_key: str) -> Response | None:
+        """Authenticate ``X-Api-Key`` against the peer's wallet; it reaches ``POST /v1/jobs``
+        and ``GET /v1/jobs/<id>`` only."""
+        wallet = api.wallet_service()
+        name = wallet.authenticate(api_key) if wallet is not None else None
+        if name is None:
+            why = "unknown X-Api-Key" if wallet is not None else "this peer holds no wallet for API keys ([wallet])"
+            return envelope(401, "UNAUTHORIZED", why)
+        path, method = request.path, request.method
+        if not ((method == "POST" and path == "/v1/jobs") or (method == "GET" and path.startswith("/v1/jobs/"))):
+            return envelope(403, "FORBIDDEN", "an API key reaches POST /v1/jobs and GET /v1/jobs/<id> only")
+        g.client = name
         return None
 
     @app.after_request
@@ -349,6 +370,8 @@ def create_app(
 
     @app.post("/v1/jobs")
     async def submit_job() -> Response:
+        if "client" in g:
+            return await _client_job(g.client)
         doc = await _body("offer", "workload", "params")
         raw = _hex_field(doc, "offer")
         workload = doc.get("workload")
@@ -363,9 +386,52 @@ def create_app(
             raise Problem(422, "BAD_OFFER", str(e)) from e
         return _json({"job_id": job_id.hex(), "status": "bidding"}, 201)
 
+    async def _client_job(client: str) -> Response:
+        """The seeds' submit: ``{"type": "inference", "prompt", "model"}`` or ``{"workload",
+        "params"}``, optional ``max_price`` (AITBC) and ``max_runtime_s``; the peer's wallet
+        offers it and opens its escrow (specs/rpc.md, "Client API")."""
+        doc = await _body("type", "prompt", "model", "workload", "params", "max_price", "max_runtime_s")
+        if "type" in doc:
+            if doc["type"] != "inference" or "workload" in doc or "params" in doc:
+                raise Problem(400, "BAD_REQUEST", "type must be 'inference' (with prompt and model), or send workload")
+            workload: Any = "llm_gen"
+            params: dict[str, Any] = {k: doc[k] for k in ("prompt", "model") if k in doc}
+        else:
+            workload = doc.get("workload")
+            if not isinstance(workload, str) or "prompt" in doc or "model" in doc:
+                raise Problem(400, "BAD_REQUEST", "send type 'inference' with prompt and model, or workload and params")
+            params = _job_params(doc.get("params", {}))
+        max_price = doc.get("max_price")
+        if max_price is not None:
+            try:
+                max_price = aitbc(str(max_price)) if isinstance(max_price, str) else None
+            except ValueError as e:
+                raise Problem(400, "BAD_REQUEST", f"max_price: {e}") from e
+            if max_price is None or max_price < 1:
+                raise Problem(400, "BAD_REQUEST", "max_price must be a string of AITBC above 0, such as \"0.5\"")
+        runtime = doc.get("max_runtime_s")
+        if runtime is not None and (type(runtime) is not int or not 1 <= runtime <= 86_400):
+            raise Problem(400, "BAD_REQUEST", "max_runtime_s must be an integer from 1 to 86400")
+        wallet = api.wallet_service()
+        assert wallet is not None
+        try:
+            job_id = await wallet.submit(client, workload, params, max_price=max_price, max_runtime_s=runtime)
+        except CapExceeded as e:
+            raise Problem(402, "SPENDING_CAP", str(e)) from e
+        except ComputeError as e:
+            raise Problem(400, "BAD_PARAMS", str(e)) from e
+        except MarketError as e:
+            raise Problem(422, "BAD_OFFER", str(e)) from e
+        return _json({"job_id": job_id.hex(), "status": "pending", "submitted_at": render.iso_now()}, 201)
+
     @app.get("/v1/jobs/<job_id>")
     async def job_status(job_id: str) -> Response:
         found = _job_lookup(api.job_status, job_id)
+        if "client" in g:  # the seeds' shape, for the client's own jobs only
+            wallet = api.wallet_service()
+            if found is None or wallet is None or wallet.owner(found.job_id) != g.client:
+                raise Problem(404, "NOT_FOUND", "no such job of this API key")
+            return _json(render.seed_job(found, api.job_result(found.job_id)))
         if found is None:
             raise Problem(404, "NOT_FOUND", "no such job")
         return _json(render.job(found))

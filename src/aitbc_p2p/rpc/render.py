@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from typing import Any
 
 from aitbc_p2p.chain.models import Block, BlockHeader, Transaction
@@ -194,6 +195,45 @@ def job_result(r: JobResultInfo) -> dict[str, Any]:
         "result_hash": result.result_hash.hex(),
         "metrics": result.metrics,
         "receipt_matches": r.receipt_matches,
+    }
+
+
+def iso_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+SEED_FAILED = frozenset({"failed", "cancelled", "refunded"})
+
+
+def seed_job(j: JobInfo, r: JobResultInfo | None) -> dict[str, Any]:
+    """A job in the seeds' client shape (system-flow.md, step 11): ``status`` is
+    ``pending`` (no escrow yet), ``running``, ``completed`` (its result delivered and
+    receipted) or ``failed``; ``result`` is an llm_gen's text, else the output."""
+    escrow = j.escrow
+    output: Any = None
+    if r is not None and r.result.ok and r.result.output:
+        try:
+            output = jsonable(decode(r.result.output))
+        except CodecError:
+            output = None
+    receipted = escrow is not None and bool(escrow.receipt_tx)
+    if j.status in SEED_FAILED or (r is not None and not r.result.ok):
+        status = "failed"
+    elif receipted and output is not None:
+        status = "completed"
+    elif escrow is None:
+        status = "pending"
+    else:
+        status = "running"
+    text = output.get("text") if isinstance(output, dict) and isinstance(output.get("text"), str) else None
+    return {
+        "job_id": j.job_id.hex(),
+        "status": status,
+        "result": text if text is not None else output,
+        "receipt_id": escrow.receipt_tx.hex() if receipted and escrow is not None else None,
+        "cost_aitbc": format_aitbc(escrow.cost) if escrow is not None and escrow.cost else None,
+        "error": j.error or None,
+        "detail": j.status,
     }
 
 

@@ -18,6 +18,9 @@ f:<hash>                   a block off the main chain         fork seen / revert
 v:<validator>              last signed vote per step          before a vote leaves
 j:c:<job id>               a client job this peer tracks      market journal
 j:p:<job id>               a job this peer holds as provider  market journal
+j:m:<job id>               a miner's payout, until committed  market journal
+w:s:<client name>          what an API key has escrowed       the peer's wallet
+w:j:<job id>               the API key that submitted it      the peer's wallet
 =========================  =================================  =====================
 """
 
@@ -42,6 +45,7 @@ CERT = b"c:"
 FORK = b"f:"
 VOTE = b"v:"
 JOURNAL = b"j:"
+WALLET = b"w:"
 
 
 def u64(n: int) -> bytes:

@@ -18,7 +18,7 @@ from aitbc_p2p.crypto import PrivateKey
 from aitbc_p2p.network.abc import ValidationResult, Validator, Verdict
 from aitbc_p2p.network.memory import MemoryHub
 from aitbc_p2p.node import Node, NodeConfig, ProviderConfig, open_node
-from aitbc_p2p.node.config import MinersConfig
+from aitbc_p2p.node.config import MinersConfig, WalletConfig
 from aitbc_p2p.node.offload import run_blocking_inline
 from aitbc_p2p.store import MemoryKV, StoreStateView, schema
 from aitbc_p2p.types import Address, aitbc
@@ -150,6 +150,7 @@ async def open_test_network(
     hub: MemoryHub | None = None,
     clock_ms: Callable[[], int] | None = None,
     miners: MinersConfig | None = None,
+    wallet: WalletConfig | None = None,
     **config: Any,
 ) -> AsyncIterator[list[Node]]:
     """``n`` real peers in this process on 127.0.0.1 (authorities ``peer0..``), fully connected.
@@ -163,7 +164,8 @@ async def open_test_network(
     work inline (:func:`~aitbc_p2p.node.offload.run_blocking_inline`: virtual time must not
     pass while a thread works); ``clock_ms``: the peers' wall clock (under Trio's
     MockClock, :func:`virtual_clock_ms`). ``miners``: the providers sell these external
-    miners' compute (the v1 miner API) instead of running an executor.
+    miners' compute (the v1 miner API) instead of running an executor. ``wallet``: peer 0
+    holds this wallet for ``X-Api-Key`` clients (the seeds' client API).
 
     The peers check big batches of signatures in worker processes, which start by
     importing the program's main module: a script that calls this at import time must do
@@ -198,6 +200,7 @@ async def open_test_network(
                 bootstrap=tuple(a for node in nodes for a in node.network.listen_addrs()),
                 provider=provider,
                 miners=miners if provider is not None else None,
+                wallet=wallet if i == 0 else None,
                 peer_interval_s=0.2,
                 **config,
             )
