@@ -16,7 +16,9 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any, TypeVar
 
+from pydantic import BaseModel, ValidationError
 from quart import Response, g, request
+from quart_schema import Info, QuartSchema, document_request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -28,7 +30,8 @@ from aitbc_p2p.market.messages import JobOffer
 from aitbc_p2p.node.api import NodeAPI
 from aitbc_p2p.node.client_wallet import CapExceeded
 from aitbc_p2p.rpc import miners, render, ui
-from aitbc_p2p.types import Address, Hash32, aitbc
+from aitbc_p2p.rpc.schemas import ClientJobBody, JobBody, TxBody
+from aitbc_p2p.types import VERSION, Address, Hash32, aitbc
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -115,9 +118,10 @@ def _json(value: Any, status: int = 200) -> Response:
     return Response(json.dumps(value, default=_hexify), status=status, content_type="application/json")
 
 
-async def _body(*fields: str) -> dict[str, Any]:
-    """The request's JSON object, which may hold only ``fields`` (a field the route does
-    not know is refused, never ignored: a typo must not pass as a default)."""
+async def _body(model: type[BaseModel]) -> dict[str, Any]:
+    """The request's JSON object, checked against its route's ``model`` (rpc/schemas.py):
+    a field the route does not know is refused, never ignored (a typo must not pass as a
+    default), and a field of the wrong JSON type is refused, never coerced."""
     raw = await request.get_data(cache=True)
     try:
         doc = json.loads(raw or b"null")
@@ -127,9 +131,18 @@ async def _body(*fields: str) -> dict[str, Any]:
         raise Problem(400, "BAD_JSON", "request body nests too deeply") from e
     if not isinstance(doc, dict):
         raise Problem(400, "BAD_JSON", "request body must be a JSON object")
-    unknown = sorted(set(doc) - set(fields))
+    known = sorted(model.model_fields)
+    unknown = sorted(set(doc) - set(known))
     if unknown:
-        raise Problem(400, "BAD_REQUEST", f"unknown fields {unknown[:8]}; this route takes {sorted(fields)}")
+        raise Problem(400, "BAD_REQUEST", f"unknown fields {unknown[:8]}; this route takes {known}")
+    try:
+        model.model_validate(doc)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise Problem(400, "BAD_REQUEST", f"field {where!r}: {first['msg']}") from e
+    except RecursionError as e:
+        raise Problem(400, "BAD_JSON", "request body nests too deeply") from e
     return doc
 
 
@@ -196,6 +209,16 @@ def create_app(
     ``allowed_hosts`` (None: any), so a web page cannot reach it by DNS rebinding."""
     app = QuartTrio(__name__)
     app.config["MAX_CONTENT_LENGTH"] = max_body
+    QuartSchema(  # GET /openapi.json, from the routes and rpc/schemas.py (behind the token like the rest)
+        app,
+        openapi_path="/openapi.json",
+        swagger_ui_path=None,
+        redoc_ui_path=None,
+        scalar_ui_path=None,
+        info=Info(title="AITBC peer RPC", version=VERSION, description="specs/rpc.md"),
+        security_schemes={"bearer": {"type": "http", "scheme": "bearer"}},
+        security=[{"bearer": []}],
+    )
     idempotent: OrderedDict[tuple[str, str, str], tuple[int, bytes]] = OrderedDict()
     """(who, path, Idempotency-Key) -> the answer: a miner's key never replays another's answer."""
 
@@ -330,8 +353,9 @@ def create_app(
         return _json({"address": address, "txs": txs})
 
     @app.post("/v1/transactions")
+    @document_request(TxBody)
     async def submit_tx() -> Response:
-        raw = _hex_field(await _body("tx"), "tx")
+        raw = _hex_field(await _body(TxBody), "tx")
         try:
             tx = Transaction.decode(raw)
             tx_hash = await api.submit_tx(tx)
@@ -369,10 +393,13 @@ def create_app(
         return _json(render.block(found))
 
     @app.post("/v1/jobs")
+    @document_request(JobBody)
     async def submit_job() -> Response:
+        """Submit a job: a wallet's signed offer with the token, or the seeds' request
+        (ClientJobBody) with X-Api-Key (specs/rpc.md, "Client API")."""
         if "client" in g:
             return await _client_job(g.client)
-        doc = await _body("offer", "workload", "params")
+        doc = await _body(JobBody)
         raw = _hex_field(doc, "offer")
         workload = doc.get("workload")
         if not isinstance(workload, str):
@@ -390,7 +417,7 @@ def create_app(
         """The seeds' submit: ``{"type": "inference", "prompt", "model"}`` or ``{"workload",
         "params"}``, optional ``max_price`` (AITBC) and ``max_runtime_s``; the peer's wallet
         offers it and opens its escrow (specs/rpc.md, "Client API")."""
-        doc = await _body("type", "prompt", "model", "workload", "params", "max_price", "max_runtime_s")
+        doc = await _body(ClientJobBody)
         if "type" in doc:
             if doc["type"] != "inference" or "workload" in doc or "params" in doc:
                 raise Problem(400, "BAD_REQUEST", "type must be 'inference' (with prompt and model), or send workload")

@@ -13,12 +13,15 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from pydantic import BaseModel
 from quart import Quart, Response, g, request
+from quart_schema import document_request
 
-from aitbc_p2p.compute.miners import HEARTBEAT_FIELDS, PROOF_FIELDS, MinerPool, MinerRequestError
+from aitbc_p2p.compute.miners import MinerPool, MinerRequestError
 from aitbc_p2p.crypto.keys import validate_address
 from aitbc_p2p.exceptions import CryptoError
 from aitbc_p2p.node.api import NodeAPI
+from aitbc_p2p.rpc.schemas import HeartbeatBody, ProofBody
 
 PREFIX = "/v1/miner/"
 
@@ -49,12 +52,12 @@ def miner_of(api: NodeAPI) -> tuple[int, str, str] | None:
 def install(
     app: Quart,
     api: NodeAPI,
-    body: Callable[..., Awaitable[dict[str, Any]]],
+    body: Callable[[type[BaseModel]], Awaitable[dict[str, Any]]],
     json_response: Callable[[Any, int], Response],
     problem: Callable[[int, str, str], Exception],
 ) -> None:
-    """Add the miner API to the RPC ``app``: ``body(*fields)`` reads a request's JSON
-    object, ``json_response(value, status)`` answers, ``problem(status, code, message)``
+    """Add the miner API to the RPC ``app``: ``body(model)`` reads a request's JSON
+    object checked against its model, ``json_response(value, status)`` answers, ``problem(status, code, message)``
     is the app's error."""
 
     def pool() -> MinerPool:
@@ -68,8 +71,9 @@ def install(
         return Response(json.dumps(doc), status=e.status, content_type="application/json")
 
     @app.post("/v1/miner/heartbeat")
+    @document_request(HeartbeatBody)
     async def heartbeat() -> Response:
-        doc = await body(*HEARTBEAT_FIELDS)
+        doc = await body(HeartbeatBody)
         answer = pool().heartbeat(g.miner, doc, valid_wallet=_valid_address)
         answer["server_time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         return json_response(answer, 200)
@@ -88,8 +92,9 @@ def install(
         return json_response(job, 200)
 
     @app.post("/v1/miner/proof")
+    @document_request(ProofBody)
     async def proof() -> Response:
-        doc = await body(*PROOF_FIELDS)
+        doc = await body(ProofBody)
         return json_response(pool().proof(g.miner, doc), 200)
 
     @app.get("/v1/miners")
