@@ -286,6 +286,9 @@ async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--consensus", choices=sorted(NODES), default="pos")
     parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument(
+        "--fault-count", type=int, help="inject exactly this many faults (however long they take) instead of --minutes"
+    )
     parser.add_argument("--seed", type=int, default=20261203)
     parser.add_argument("--fault-every", type=float, nargs=2, default=(20.0, 30.0), metavar=("MIN_S", "MAX_S"))
     parser.add_argument("--faults", default="kill,pause", help="fault kinds to draw from (kill, pause)")
@@ -296,6 +299,9 @@ async def main() -> int:
     if not kinds or set(kinds) - {"kill", "pause"}:
         parser.error("--faults takes kill and/or pause")
     rng = random.Random(args.seed)
+    faults_rng = random.Random(args.seed)
+    """The faults' own draws (victim, kind, timing): the same for a seed whatever the load's
+    tasks draw meanwhile."""
     nodes = NODES[args.consensus]
     key = load_key_file(nodes / "wallets" / "client.json", DEVNET_WALLET_PASSWORD)
     with tempfile.TemporaryDirectory(prefix="aitbc-chaos-") as tmp:
@@ -311,10 +317,15 @@ async def main() -> int:
                 background.start_soon(jobs, run, key, rng, args.job_every)
                 background.start_soon(watch_finality, run)
                 async with trio.open_nursery() as catch_ups:
-                    while time.monotonic() - started < args.minutes * 60:
-                        await trio.sleep(rng.uniform(*args.fault_every))
-                        await inject(run, run_dir, rng, kinds, catch_ups)
-                    say(f"{len(run.faults)} faults in {args.minutes:g} min; waiting for the peers to agree")
+                    while (
+                        len(run.faults) < args.fault_count
+                        if args.fault_count is not None
+                        else time.monotonic() - started < args.minutes * 60
+                    ):
+                        await trio.sleep(faults_rng.uniform(*args.fault_every))
+                        await inject(run, run_dir, faults_rng, kinds, catch_ups)
+                    took = (time.monotonic() - started) / 60
+                    say(f"{len(run.faults)} faults in {took:.1f} min; waiting for the peers to agree")
                     top = await settle(run)
                 background.cancel_scope.cancel()
             with trio.fail_after(30):  # the last confirmations, from a settled chain
@@ -332,7 +343,7 @@ async def main() -> int:
         "bench": "chaos",
         "consensus": args.consensus,
         "peers": len(run.procs),
-        "minutes": args.minutes,
+        "minutes": round(took, 2),  # faults included (with --fault-count, however long they took)
         "seed": args.seed,
         "faults": len(run.faults),
         "faults_by_kind": {k: sum(1 for f in run.faults if f["kind"] == k) for k in kinds},

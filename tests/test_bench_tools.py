@@ -124,11 +124,12 @@ def test_the_audit_bench_reports_detection_and_cost_per_level():
 
 @pytest.mark.slow
 def test_the_chaos_harness_kills_and_pauses_real_peers_and_finds_nothing_lost():
-    """bench/chaos.py as a user runs it, short: the 3-peer poa devnet, a fault every 10 to
-    12 s for 45 s (a kill and a pause at least, by the seed), then its checks."""
+    """bench/chaos.py as a user runs it, short: the 3-peer poa devnet, three faults 10 to
+    12 s apart (a kill and a pause at least, by the seed, whatever the load draws), then
+    its checks. A count, not a time: on a busy machine a fault takes longer."""
     out = subprocess.run(
         [
-            sys.executable, str(ROOT / "bench" / "chaos.py"), "--consensus", "poa", "--minutes", "0.75",
+            sys.executable, str(ROOT / "bench" / "chaos.py"), "--consensus", "poa", "--fault-count", "3",
             "--fault-every", "10", "12", "--job-every", "10", "--seed", "7",
         ],
         capture_output=True,
@@ -138,7 +139,7 @@ def test_the_chaos_harness_kills_and_pauses_real_peers_and_finds_nothing_lost():
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["bench"] == "chaos" and report["consensus"] == "poa" and report["peers"] == 3
-    assert report["faults"] >= 3 and set(report["faults_by_kind"]) == {"kill", "pause"}
+    assert report["faults"] == 3 and all(report["faults_by_kind"].values()), report["faults_by_kind"]
     assert report["committed_lost"] == 0 and report["divergent_heights"] == 0 and report["height_gaps"] == 0
     assert report["supply_conserved"] is True and report["never_caught_up"] == []
     assert report["txs_committed"] > 0 and report["height"] > 0
