@@ -118,7 +118,8 @@ def test_the_devnet_commands_and_the_sdk_snippet_run_as_written(tmp_path):
             text=True, stdin=subprocess.DEVNULL, timeout=180,
         )  # fmt: skip
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-        seed_job = json.loads(out.stdout[out.stdout.rindex("{\n") :])  # jq's last document
+        printed = out.stdout.splitlines()  # the poll's true/false, then jq's document
+        seed_job = json.loads("\n".join(printed[printed.index("{") :]))
         assert seed_job["status"] == "completed" and seed_job["receipt_id"], seed_job
         assert seed_job["result"]["message"] == "What is machine learning?"
         # "Wallets and the command line": the seed's wallet commands, with the devnet's
