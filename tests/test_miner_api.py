@@ -10,6 +10,7 @@ import httpx
 import pytest
 import trio
 from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from aitbc_p2p.chain.state import JobStatus
 from aitbc_p2p.codec import decode
@@ -89,9 +90,13 @@ async def test_a_miner_earns_for_a_job_it_proves(market):
     await wait_for(lambda: client.store.state.account(WALLET).balance == cost * 90 // 100, timeout=30)
     await trio.sleep(1.5)  # blocks later, still paid once
     assert seller.store.state.account(WALLET).balance == cost * 90 // 100
-    scraped = generate_latest(node_registry(seller)).decode()
-    assert "\naitbc_miners_live " in scraped and "\naitbc_miner_payouts_total 1.0\n" in scraped
-    assert f"aitbc_miner_paid_base_units_total {float(cost * 90 // 100)}" in scraped
+    scraped = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(generate_latest(node_registry(seller)).decode())
+        for sample in family.samples
+    }  # parsed, not matched as text: Prometheus writes 1188000 as 1.188e+06
+    assert "aitbc_miners_live" in scraped and scraped["aitbc_miner_payouts_total"] == 1
+    assert scraped["aitbc_miner_paid_base_units_total"] == cost * 90 // 100
     assert seller.payouts is not None and seller.payouts.summary() == {
         "owed": 0, "paid_jobs": 1, "paid_total": cost * 90 // 100
     }  # fmt: skip
