@@ -260,15 +260,13 @@ async def _stake_cmd(args: argparse.Namespace, out: Out) -> None:
                 text += f"\n  {format_aitbc(u['amount'])} AITBC withdrawable from block {u['release_height']}"
             out.done(data, text)
             return
-        payloads: dict[str, tuple[Payload, str]] = {}
-        if args.stake_command in ("add", "remove"):
-            amount = _amount(args.amount)
-            payload: Payload = Stake(amount) if args.stake_command == "add" else Unstake(amount)
-            verb = "staked" if args.stake_command == "add" else "unstaking"
-            payloads[args.stake_command] = (payload, f"{verb} {format_aitbc(amount)} AITBC")
+        if args.stake_command == "withdraw":
+            payload: Payload = Withdraw()
+            text = "withdrawing the unbonded stake"
         else:
-            payloads["withdraw"] = (Withdraw(), "withdrawing the unbonded stake")
-        payload, text = payloads[args.stake_command]
+            amount = _amount(args.amount)
+            payload = Stake(amount) if args.stake_command == "add" else Unstake(amount)
+            text = f"{'staked' if args.stake_command == 'add' else 'unstaking'} {format_aitbc(amount)} AITBC"
         data = await _send(args, out, rpc, payload, args.stake_command)
         out.done(data, _sent_text(data, text))
 

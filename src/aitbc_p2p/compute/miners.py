@@ -21,7 +21,6 @@ a miner sees and proves only the jobs it took, and every map here is bounded.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 import math
 from collections import OrderedDict
@@ -35,6 +34,7 @@ from aitbc_p2p.codec import encode
 from aitbc_p2p.compute.capability import DeviceInfo
 from aitbc_p2p.compute.executor import Execution
 from aitbc_p2p.compute.workloads import WORKLOADS
+from aitbc_p2p.crypto.keys import holder_of
 from aitbc_p2p.exceptions import ComputeError, StoreError
 
 logger = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ class MinerPool:
         needs_wallet: bool,
         on_proven: Proven | None = None,
     ) -> None:
-        self._keys = {miner: key.encode() for miner, key in keys.items()}
+        self._keys = dict(keys)
         self.miners = {miner: Miner(miner) for miner in keys}
         self._sold = workloads
         self._timeout = heartbeat_timeout_s
@@ -151,12 +151,7 @@ class MinerPool:
     # ------------------------------------------------------------- miners
     def authenticate(self, bearer: str) -> str | None:
         """The miner whose API key ``bearer`` is (compared in constant time), else None."""
-        given = bearer.encode()
-        found = None
-        for miner, key in self._keys.items():
-            if hmac.compare_digest(given, key):
-                found = miner
-        return found
+        return holder_of(bearer, self._keys)
 
     def live(self) -> list[Miner]:
         """The miners heard within the heartbeat timeout."""

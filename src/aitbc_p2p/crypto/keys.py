@@ -10,7 +10,9 @@ from __future__ import annotations
 import enum
 import functools
 import hashlib
+import hmac
 import secrets
+from collections.abc import Mapping
 from typing import Any
 
 import coincurve
@@ -207,3 +209,14 @@ def verify(domain: Domain, chain_id: str, body: Any, signature: bytes, signer: A
     """Raise :class:`BadSignature` unless ``signer`` signed ``body`` under ``domain``."""
     if not is_key_of(recover_public_key(signing_digest(domain, chain_id, body), signature), signer):
         raise BadSignature(f"signature is not by {signer}")
+
+
+def holder_of(given: str, secrets_by_name: Mapping[str, str]) -> str | None:
+    """The name whose secret (an API key) ``given`` is, else None. Compared with every
+    secret, each in constant time, so the answer's timing says nothing of which matched
+    or how much of one did."""
+    found = None
+    for name, secret in secrets_by_name.items():
+        if hmac.compare_digest(given.encode(), secret.encode()):
+            found = name
+    return found

@@ -12,7 +12,6 @@ too (``w:j:<job id>``): a key sees only its own jobs.
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -22,6 +21,7 @@ import trio
 
 from aitbc_p2p.chain.models import Transaction
 from aitbc_p2p.chain.payloads import MAX_ATTEMPTS, JobOpen
+from aitbc_p2p.crypto.keys import holder_of
 from aitbc_p2p.exceptions import MarketError, TxRejected
 from aitbc_p2p.market import Bid, JobOffer, escrow_amount, params_hash, select_bid
 from aitbc_p2p.node.abc import ChainView
@@ -80,7 +80,7 @@ class ClientWallet:
         self.config, self.chain, self.relay, self.market, self.kv = config, chain, relay, market, kv
         self.key = config.key
         self._pending_nonce, self._agent, self._clock_ms = pending_nonce, agent, clock_ms
-        self._keys = {c.api_key.encode(): name for name, c in config.clients.items()}
+        self._keys = {name: c.api_key for name, c in config.clients.items()}
         self.spent: dict[str, int] = {}
         """Base units each client's jobs hold or have locked (escrows, and submitted jobs' max_price)."""
         self._lock = trio.Lock()
@@ -88,11 +88,7 @@ class ClientWallet:
 
     def authenticate(self, api_key: str) -> str | None:
         """The client whose key ``api_key`` is, else None (compared in constant time)."""
-        given, found = api_key.encode(), None
-        for key, name in self._keys.items():
-            if hmac.compare_digest(given, key):
-                found = name
-        return found
+        return holder_of(api_key, self._keys)
 
     def owner(self, job_id: JobId) -> str | None:
         raw = self.kv.get(OWNER + job_id)

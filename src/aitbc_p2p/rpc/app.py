@@ -428,16 +428,16 @@ def create_app(
             if not isinstance(workload, str) or "prompt" in doc or "model" in doc:
                 raise Problem(400, "BAD_REQUEST", "send type 'inference' with prompt and model, or workload and params")
             params = _job_params(doc.get("params", {}))
-        max_price = doc.get("max_price")
-        if max_price is not None:
+        max_price = None
+        if doc.get("max_price") is not None:  # a string: ClientJobBody checked its type
             try:
-                max_price = aitbc(str(max_price)) if isinstance(max_price, str) else None
+                max_price = aitbc(doc["max_price"])
             except ValueError as e:
                 raise Problem(400, "BAD_REQUEST", f"max_price: {e}") from e
-            if max_price is None or max_price < 1:
+            if max_price < 1:
                 raise Problem(400, "BAD_REQUEST", "max_price must be a string of AITBC above 0, such as \"0.5\"")
         runtime = doc.get("max_runtime_s")
-        if runtime is not None and (type(runtime) is not int or not 1 <= runtime <= 86_400):
+        if runtime is not None and not 1 <= runtime <= 86_400:  # an integer: ClientJobBody checked
             raise Problem(400, "BAD_REQUEST", "max_runtime_s must be an integer from 1 to 86400")
         wallet = api.wallet_service()
         assert wallet is not None
