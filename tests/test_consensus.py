@@ -71,6 +71,31 @@ def test_poa_finality_needs_depth_and_a_majority_of_distinct_proposers():
     assert two.final_depth([a, a, a]) == 3 and two.final_depth([a, a, b, a]) == 2
 
 
+def test_poa_signer_recency_needs_a_majority_of_distinct_proposers_to_grow():
+    """Clique's rule: an authority proposes at most one of any floor(n/2)+1 consecutive blocks."""
+    a, b, c, d, e = (make_key(f"r{i}").address for i in range(5))
+    assert [PoaEngine([a, b, c, d, e][:n]).recency for n in range(1, 6)] == [0, 1, 1, 2, 2]
+    assert SoloEngine([a]).recency == 0
+    poa = PoaEngine([a, b, c, d, e])
+    poa.check_recency(header(9, a, 0), [b, c, a])  # a proposed three blocks down: allowed
+    for recent in ([a, b], [b, a], [a]):
+        with pytest.raises(ConsensusError, match="proposed one of the 2 blocks below it"):
+            poa.check_recency(header(9, a, 0), recent)
+    SoloEngine([a]).check_recency(header(9, a, 0), [a, a])  # one authority signs every block
+
+    finality = ForkChoiceFinality(PoaEngine([a, b, c]))  # recency 1
+    chain = {1: b, 2: c}
+    assert finality.may_propose(a, 2, chain.get) and not finality.may_propose(c, 2, chain.get)
+    finality.check_proposer(header(3, a, 0), chain.get)
+    with pytest.raises(ConsensusError):
+        finality.check_proposer(header(3, c, 0), chain.get)
+    finality.check_proposer(header(1, b, 0), chain.get)  # nothing below block 1 but the genesis
+    pos = engine_for(make_genesis([make_key("r0")], engine="pos", stakes={a: 1}, validators=[a]))
+    certified = finality_for(pos)  # BFT: the certificate commits, not who proposed below
+    certified.check_proposer(header(3, a, 0), {1: a, 2: a}.get)
+    assert certified.may_propose(a, 2, {1: a, 2: a}.get)
+
+
 def test_each_kind_of_engine_gets_its_finality_policy():
     a, b, c = (make_key(f"f{i}").address for i in range(3))
     poa, solo = PoaEngine([a, b, c]), SoloEngine([a])

@@ -10,7 +10,7 @@ from aitbc_p2p.chain.blocks import build_block
 from aitbc_p2p.chain.state import JobStatus
 from aitbc_p2p.chain.transition import ChainRules
 from aitbc_p2p.codec import decode, encode
-from aitbc_p2p.exceptions import NetworkError, ValidationError
+from aitbc_p2p.exceptions import ConsensusError, NetworkError, ValidationError
 from aitbc_p2p.market import JobOffer, JobResult, params_hash, select_bid
 from aitbc_p2p.network import GossipMessage, ValidationResult, protocols
 from aitbc_p2p.network.memory import MemoryHub, memory_peer_id
@@ -301,11 +301,15 @@ async def test_poa_backup_proposer_covers_an_authority_that_is_down():
         await wait_for(lambda: all(n.store.head.height >= 7 for n in nodes), timeout=60)
         engine = nodes[0].engine
         down = make_key("peer2").address
+        assert engine.recency == 1  # three authorities: none proposes two blocks in a row
+        below = nodes[0].store.block(0).header.proposer
         for h in range(1, 7):
             header = nodes[0].store.block(h).header
             assert nodes[1].store.block(h).hash == header.hash
-            assert header.proposer != down
-            assert header.round == (1 if engine.proposer(h, 0) == down else 0)
+            assert header.proposer not in (down, below)
+            # the first round whose authority is up and did not propose the block below
+            assert header.round == next(r for r in range(3) if engine.proposer(h, r) not in (down, below))
+            below = header.proposer
 
 
 async def test_poa_fork_choice_reorgs_to_the_primary_and_re_pools_reverted_txs(tmp_path):
@@ -328,6 +332,35 @@ async def test_poa_fork_choice_reorgs_to_the_primary_and_re_pools_reverted_txs(t
         assert node.supply().total == genesis.total_supply
         assert not await node.import_block(backup.block)  # the worse tip is not taken back
         assert node.store.side_block(backup.block.hash) == backup.block
+
+
+async def test_poa_refuses_a_block_whose_proposer_signed_recently_on_its_own_branch_too(tmp_path):
+    """Signer recency: of three authorities none may propose two blocks in a row, on the
+    main chain or on a fork a peer would switch to."""
+    keys = [make_key(f"rec-{i}") for i in range(3)]
+    genesis = make_genesis(keys, ALLOC, block_time_ms=1000, backup_ms=1000)
+    main = ChainBuilder(genesis, keys)
+    one, two = main.add_block(), main.add_block()  # primaries: keys[1], then keys[2]
+    cfg = NodeConfig(key=make_key("follower"), genesis=genesis, data_dir=tmp_path / "f", peer_interval_s=0.2)
+    async with open_node(cfg) as node:
+        assert await node.import_block(one.block)
+        # Height 2 in round 2 is keys[1]'s turn by the schedule, but it proposed height 1.
+        again = ChainBuilder(genesis, keys)
+        again.add_block()
+        late = again.add_block(round=2)
+        assert late.block.header.proposer == one.block.header.proposer
+        with pytest.raises(ConsensusError, match="proposed one of the 1 blocks below it"):
+            await node.import_block(late.block)
+        assert node.store.head == one.block.header
+        assert await node.import_block(two.block)
+        # A longer fork from the genesis: keys[2] as height 1's backup, then keys[2] again.
+        fork = ChainBuilder(genesis, keys)
+        branch = [fork.add_block(round=1), fork.add_block(), fork.add_block()]
+        assert [b.block.header.proposer for b in branch[:2]] == [keys[2].address] * 2
+        with pytest.raises(ConsensusError, match="proposed one of"):
+            await node.chain.reorg(0, [b.block for b in branch])
+        assert node.store.head == two.block.header  # the old chain is restored
+        assert node.chain.may_propose(keys[0].address) and not node.chain.may_propose(keys[2].address)
 
 
 def test_the_daemons_gc_tuning_freezes_what_is_alive_and_collects_less_often():

@@ -50,6 +50,17 @@ class ForkChoiceEngine(_Engine, Protocol):
         """How many rounds of a height have a proposer (round 0's, then the backups')."""
         ...
 
+    @property
+    def recency(self) -> int:
+        """How many blocks below a new block its proposer must not have proposed (0: none)."""
+        ...
+
+    def check_recency(self, header: BlockHeader, recent: Sequence[Address]) -> None:
+        """Raise :class:`~aitbc_p2p.exceptions.ConsensusError` if ``header``'s proposer is
+        among ``recent`` (the proposers below it on its branch, its parent's first) within
+        :attr:`recency`."""
+        ...
+
     def fork_score(self, header: BlockHeader) -> tuple[int, ...]:
         """Fork choice: of two tips, the one with the higher score is the head."""
         ...

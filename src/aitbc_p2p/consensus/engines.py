@@ -26,6 +26,11 @@ class PoaEngine:
     after the parent; round ``r`` a further ``r * backup_ms`` later, so when the primary is
     down the next authority steps in. Fork choice prefers the longer chain, then the tip
     proposed in the lower round (the primary), then the lower block id.
+
+    Signer recency (Clique's rule, EIP-225): an authority proposes at most one of any
+    ``floor(n/2) + 1`` consecutive blocks, so a chain grows only while a majority of the
+    authorities signs it. A minority cut off by a partition stalls instead of growing a
+    fork, and a backup cannot take turn after turn for a missing primary.
     """
 
     name = "poa"
@@ -52,6 +57,19 @@ class PoaEngine:
     @property
     def rounds(self) -> int:
         return len(self.authorities)
+
+    @property
+    def recency(self) -> int:
+        """How many blocks below a new block its proposer must not have proposed."""
+        return len(self.authorities) // 2
+
+    def check_recency(self, header: BlockHeader, recent: Sequence[Address]) -> None:
+        """Refuse ``header`` if its proposer proposed one of ``recent``: the proposers of
+        the :attr:`recency` blocks below it on its own branch, its parent's first."""
+        if header.proposer in recent[: self.recency]:
+            raise ConsensusError(
+                f"block {header.height}: {header.proposer} proposed one of the {self.recency} blocks below it"
+            )
 
     def proposer(self, height: int, round: int = 0) -> Address:
         return self.authorities[(height + round) % len(self.authorities)]

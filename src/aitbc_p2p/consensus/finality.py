@@ -42,6 +42,15 @@ class FinalityPolicy(Protocol):
 
     def reverted(self, height: int) -> None: ...
 
+    def check_proposer(self, header: BlockHeader, proposer_at: Callable[[int], Address | None]) -> None:
+        """Raise :class:`~aitbc_p2p.exceptions.ConsensusError` if ``header`` (a child of
+        the main chain's head) has a proposer the recent blocks below it bar."""
+        ...
+
+    def may_propose(self, proposer: Address, head: int, proposer_at: Callable[[int], Address | None]) -> bool:
+        """Whether ``proposer`` may propose the child of the head (at ``head``)."""
+        ...
+
     def final_depth(self, head: int, proposer_at: Callable[[int], Address | None]) -> int:
         """How many blocks at the top of the main chain (head at ``head``) are not final.
         ``proposer_at``: the proposer of a main-chain block the policy was not told of."""
@@ -78,6 +87,22 @@ class ForkChoiceFinality:
 
     def reverted(self, height: int) -> None:
         self._proposers.pop(height, None)
+
+    def _recent(self, head: int, proposer_at: Callable[[int], Address | None]) -> list[Address]:
+        """The proposers of the engine's recency window of blocks from ``head`` down."""
+        recent: list[Address] = []
+        for h in range(head, max(0, head - self.engine.recency), -1):
+            proposer = self._proposers.get(h) or proposer_at(h)
+            if proposer is None:
+                break
+            recent.append(proposer)
+        return recent
+
+    def check_proposer(self, header: BlockHeader, proposer_at: Callable[[int], Address | None]) -> None:
+        self.engine.check_recency(header, self._recent(header.height - 1, proposer_at))
+
+    def may_propose(self, proposer: Address, head: int, proposer_at: Callable[[int], Address | None]) -> bool:
+        return proposer not in self._recent(head, proposer_at)
 
     def final_depth(self, head: int, proposer_at: Callable[[int], Address | None]) -> int:
         if head == 0:
@@ -120,6 +145,12 @@ class CertifiedFinality:
 
     def reverted(self, height: int) -> None:
         return None
+
+    def check_proposer(self, header: BlockHeader, proposer_at: Callable[[int], Address | None]) -> None:
+        return None  # the certificate is what commits a block, whoever proposed the ones below
+
+    def may_propose(self, proposer: Address, head: int, proposer_at: Callable[[int], Address | None]) -> bool:
+        return True
 
     def final_depth(self, head: int, proposer_at: Callable[[int], Address | None]) -> int:
         return 0

@@ -94,14 +94,17 @@ class ChainService:
         while self.store.head.height < height:
             await self.wait_head_change()
 
+    def _proposer_at(self, height: int) -> Address | None:
+        block = self.store.block(height)
+        return None if block is None else block.header.proposer
+
     def final_depth(self) -> int:
         """How many blocks at the top of the main chain fork choice may still revert."""
+        return self.finality.final_depth(self.store.head.height, self._proposer_at)
 
-        def proposer_at(height: int) -> Address | None:
-            block = self.store.block(height)
-            return None if block is None else block.header.proposer
-
-        return self.finality.final_depth(self.store.head.height, proposer_at)
+    def may_propose(self, proposer: Address) -> bool:
+        """Whether ``proposer`` may propose the head's child (signer recency, poa)."""
+        return self.finality.may_propose(proposer, self.store.head.height, self._proposer_at)
 
     def final_height(self) -> int:
         """The highest block that can no longer be reverted."""
@@ -224,6 +227,7 @@ class ChainService:
         if block.header.timestamp_ms > self._clock_ms() + MAX_FUTURE_MS:
             raise ValidationError(f"block {block.height} is too far in the future")
         self.engine.validate_header(block.header, parent)
+        self.finality.check_proposer(block.header, self._proposer_at)
         if check_certificate:
             self.finality.check(block, certificate)
         # Pooled transactions were verified on admission; verify the rest on all cores.

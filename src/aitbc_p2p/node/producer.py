@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import trio
 
@@ -16,10 +17,16 @@ from aitbc_p2p.types import Address
 logger = logging.getLogger(__name__)
 
 
+class ProducerChain(ChainView, Protocol):
+    def may_propose(self, proposer: Address) -> bool:
+        """Whether ``proposer`` may propose the head's child (signer recency)."""
+        ...
+
+
 class BlockProducer:
     def __init__(
         self,
-        chain: ChainView,
+        chain: ProducerChain,
         engine: ForkChoiceEngine,
         me: Address,
         clock_ms: Callable[[], int],
@@ -36,13 +43,15 @@ class BlockProducer:
         self._publish = publish
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Round 0 is the primary's; when it is late, backup rounds fall due one after another."""
+        """Round 0 is the primary's; when it is late, backup rounds fall due one after another.
+        An authority that proposed one of the last blocks sits the height out (signer
+        recency): its rounds pass to the next authorities."""
         task_status.started()
         while True:
             head = self.chain.head
             height = head.height + 1
             mine = [r for r in range(self.engine.rounds) if self.engine.proposer(height, r) == self.me]
-            if not mine:
+            if not mine or not self.chain.may_propose(self.me):
                 with trio.move_on_after(1.0):
                     await self.chain.wait_head_change()
                 continue

@@ -109,15 +109,21 @@ class ChainBuilder:
     def state(self) -> StateView:
         return self._states[-1]
 
-    def add_block(self, txs: Sequence[Transaction] = (), *, step_ms: int | None = None) -> AppliedBlock:
+    def add_block(
+        self, txs: Sequence[Transaction] = (), *, step_ms: int | None = None, round: int = 0
+    ) -> AppliedBlock:
+        """The next block, by ``round``'s authority (0: the primary) at the round's slot."""
         parent = self.blocks[-1].block.header
         height = parent.height + 1
-        authorities = self.genesis.consensus["authorities"]
-        key = self._keys[authorities[height % len(authorities)]]
-        step = step_ms if step_ms is not None else int(self.genesis.consensus.get("block_time_ms", 1000))
+        consensus = self.genesis.consensus
+        authorities = consensus["authorities"]
+        key = self._keys[authorities[(height + round) % len(authorities)]]
+        step = step_ms if step_ms is not None else int(consensus.get("block_time_ms", 1000))
+        step += round * int(consensus.get("backup_ms", 2 * int(consensus.get("block_time_ms", 1000))))
         applied, dropped = build_block(
-            key, parent, self.state, txs, self.rules, timestamp_ms=parent.timestamp_ms + step, max_txs=10_000
-        )
+            key, parent, self.state, txs, self.rules, timestamp_ms=parent.timestamp_ms + step, max_txs=10_000,
+            round=round,
+        )  # fmt: skip
         if dropped:
             raise AssertionError(f"transactions did not apply: {dropped}")
         self.blocks.append(applied)
