@@ -44,8 +44,13 @@ def test_poa_round_robin_with_backup_rounds():
     parent = header(4, keys[1].address, 10_000)
     engine.validate_header(header(5, keys[2].address, 11_000), parent)
     engine.validate_header(header(5, keys[0].address, 11_500, round=1), parent)
-    with pytest.raises(ConsensusError, match="proposed by"):
-        engine.validate_header(header(5, keys[0].address, 11_000), parent)
+    recent = [keys[1].address]  # the parent's proposer
+    engine.check_recency(header(5, keys[2].address, 11_000), recent)
+    engine.check_recency(header(5, keys[0].address, 11_500, round=1), recent)
+    with pytest.raises(ConsensusError, match="proposed by"):  # round 0 is keys[2]'s
+        engine.check_recency(header(5, keys[0].address, 11_000), recent)
+    with pytest.raises(ConsensusError, match="not an authority"):
+        engine.validate_header(header(5, make_key("outsider").address, 11_000), parent)
     with pytest.raises(ConsensusError, match="slot"):
         engine.validate_header(header(5, keys[2].address, 10_999), parent)
     with pytest.raises(ConsensusError, match="slot"):  # a backup must wait for its round
@@ -72,28 +77,42 @@ def test_poa_finality_needs_depth_and_a_majority_of_distinct_proposers():
 
 
 def test_poa_signer_recency_needs_a_majority_of_distinct_proposers_to_grow():
-    """Clique's rule: an authority proposes at most one of any floor(n/2)+1 consecutive blocks."""
+    """Clique's rule: an authority proposes at most one of any floor(n/2)+1 consecutive
+    blocks; the schedule skips the authorities that proposed the last floor(n/2)."""
     a, b, c, d, e = (make_key(f"r{i}").address for i in range(5))
     assert [PoaEngine([a, b, c, d, e][:n]).recency for n in range(1, 6)] == [0, 1, 1, 2, 2]
     assert SoloEngine([a]).recency == 0
     poa = PoaEngine([a, b, c, d, e])
-    poa.check_recency(header(9, a, 0), [b, c, a])  # a proposed three blocks down: allowed
-    for recent in ([a, b], [b, a], [a]):
-        with pytest.raises(ConsensusError, match="proposed one of the 2 blocks below it"):
-            poa.check_recency(header(9, a, 0), recent)
-    SoloEngine([a]).check_recency(header(9, a, 0), [a, a])  # one authority signs every block
+    # Height 10: rotation from a (10 % 5 = 0). With a and b recent, round 0 is c's.
+    assert [poa.proposer(10, r) for r in range(5)] == [a, b, c, d, e]
+    assert [poa.proposer(10, r, [b, a]) for r in range(5)] == [c, d, e, c, d]
+    assert poa.proposer(10, 0, [c, d, a]) == a  # only the last two count: a proposed three down
+    poa.check_recency(header(10, c, 0), [b, a])
+    poa.check_recency(header(10, a, 0), [c, d, a])
+    with pytest.raises(ConsensusError, match="proposed one of the 2 blocks below it"):
+        poa.check_recency(header(10, a, 0), [b, a])
+    with pytest.raises(ConsensusError, match="must be proposed by"):
+        poa.check_recency(header(10, d, 0), [b, a])  # d's turn is round 1
+    solo = SoloEngine([a])
+    solo.check_recency(header(9, a, 0), [a, a])  # one authority signs every block
+    assert solo.proposer(9, 0, [a]) == a
+    # A backup's block costs the next height nothing: the authority it bars is skipped.
+    three = PoaEngine([a, b, c])
+    assert three.proposer(3, 1, [c]) == b  # height 3: a's turn; a backup round: b
+    assert three.proposer(4, 0, [b]) == c  # height 4 is b's turn, but b just proposed: c's at once
 
-    finality = ForkChoiceFinality(PoaEngine([a, b, c]))  # recency 1
+    finality = ForkChoiceFinality(three)  # recency 1
     chain = {1: b, 2: c}
-    assert finality.may_propose(a, 2, chain.get) and not finality.may_propose(c, 2, chain.get)
+    assert finality.recent(2, chain.get) == [c]
     finality.check_proposer(header(3, a, 0), chain.get)
     with pytest.raises(ConsensusError):
-        finality.check_proposer(header(3, c, 0), chain.get)
-    finality.check_proposer(header(1, b, 0), chain.get)  # nothing below block 1 but the genesis
+        finality.check_proposer(header(3, c, 0, round=2), chain.get)
+    assert finality.recent(0, chain.get) == []  # nothing below block 1 but the genesis
+    finality.check_proposer(header(1, b, 0), chain.get)
     pos = engine_for(make_genesis([make_key("r0")], engine="pos", stakes={a: 1}, validators=[a]))
     certified = finality_for(pos)  # BFT: the certificate commits, not who proposed below
     certified.check_proposer(header(3, a, 0), {1: a, 2: a}.get)
-    assert certified.may_propose(a, 2, {1: a, 2: a}.get)
+    assert certified.recent(2, {1: a, 2: a}.get) == []
 
 
 def test_each_kind_of_engine_gets_its_finality_policy():

@@ -180,14 +180,17 @@ async def test_the_block_gate_refuses_forged_blocks_and_an_accepted_one_is_decod
 
             # A block that passes the gate (its scheduled proposer signed it) but that the
             # chain refuses costs its publisher a REJECT; the relaying peers are not at fault.
+            # peer0 proposed height 1, so height 2 is peer1's alone (signer recency).
             head = late.store.head
+            again = block_with(make_tx(CLIENT, nonce=1, to=make_key("dest").address, amount=5), proposer, 0)
+            assert (await late.blocks.gate(encode_block_message(again))).result is (ValidationResult.REJECT)
             future, _ = build_block(
-                proposer, head, late.store.state, [], late.rules, timestamp_ms=late.clock_ms() + 60_000, max_txs=10
+                authority1, head, late.store.state, [], late.rules, timestamp_ms=late.clock_ms() + 60_000, max_txs=10
             )
             message = encode_block_message(future.block)
             verdict = await late.blocks.gate(message)
             assert verdict.result is ValidationResult.ACCEPT
-            publisher = memory_peer_id(proposer)
+            publisher = memory_peer_id(authority1)
             send, receive = trio.open_memory_channel(1)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(late.blocks.handle, receive)
@@ -302,14 +305,14 @@ async def test_poa_backup_proposer_covers_an_authority_that_is_down():
         engine = nodes[0].engine
         down = make_key("peer2").address
         assert engine.recency == 1  # three authorities: none proposes two blocks in a row
-        below = nodes[0].store.block(0).header.proposer
+        recent: list = []
         for h in range(1, 7):
             header = nodes[0].store.block(h).header
             assert nodes[1].store.block(h).hash == header.hash
-            assert header.proposer not in (down, below)
-            # the first round whose authority is up and did not propose the block below
-            assert header.round == next(r for r in range(3) if engine.proposer(h, r) not in (down, below))
-            below = header.proposer
+            assert header.proposer != down and header.proposer not in recent
+            # the first round whose scheduled authority is up
+            assert header.round == next(r for r in range(3) if engine.proposer(h, r, recent) != down)
+            recent = [header.proposer]
 
 
 async def test_poa_fork_choice_reorgs_to_the_primary_and_re_pools_reverted_txs(tmp_path):
@@ -344,23 +347,24 @@ async def test_poa_refuses_a_block_whose_proposer_signed_recently_on_its_own_bra
     cfg = NodeConfig(key=make_key("follower"), genesis=genesis, data_dir=tmp_path / "f", peer_interval_s=0.2)
     async with open_node(cfg) as node:
         assert await node.import_block(one.block)
-        # Height 2 in round 2 is keys[1]'s turn by the schedule, but it proposed height 1.
-        again = ChainBuilder(genesis, keys)
-        again.add_block()
-        late = again.add_block(round=2)
-        assert late.block.header.proposer == one.block.header.proposer
+        # keys[1] proposed height 1, so it may not propose height 2 in any round.
+        late = build_block(keys[1], one.block.header, main._states[1], [], main.rules, timestamp_ms=4000, max_txs=9)[0]
         with pytest.raises(ConsensusError, match="proposed one of the 1 blocks below it"):
             await node.import_block(late.block)
         assert node.store.head == one.block.header
         assert await node.import_block(two.block)
-        # A longer fork from the genesis: keys[2] as height 1's backup, then keys[2] again.
+        # A longer fork from the genesis: keys[2] as height 1's backup, then keys[2] again
+        # at height 2, its turn on the main chain but not on this branch.
         fork = ChainBuilder(genesis, keys)
-        branch = [fork.add_block(round=1), fork.add_block(), fork.add_block()]
-        assert [b.block.header.proposer for b in branch[:2]] == [keys[2].address] * 2
+        first = fork.add_block(round=1)
+        again = build_block(keys[2], first.block.header, fork.state, [], fork.rules, timestamp_ms=3000, max_txs=9)[0]
+        third = build_block(keys[0], again.block.header, again.state, [], fork.rules, timestamp_ms=4000, max_txs=9)[0]
+        assert first.block.header.proposer == keys[2].address
         with pytest.raises(ConsensusError, match="proposed one of"):
-            await node.chain.reorg(0, [b.block for b in branch])
+            await node.chain.reorg(0, [first.block, again.block, third.block])
         assert node.store.head == two.block.header  # the old chain is restored
-        assert node.chain.may_propose(keys[0].address) and not node.chain.may_propose(keys[2].address)
+        assert node.chain.recent_proposers() == [keys[2].address]
+        assert node.status().next_proposer == keys[0].address  # height 3: keys[0]'s turn
 
 
 def test_the_daemons_gc_tuning_freezes_what_is_alive_and_collects_less_often():

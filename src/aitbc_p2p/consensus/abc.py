@@ -41,6 +41,11 @@ class _Engine(Protocol):
         """Raise :class:`~aitbc_p2p.exceptions.ConsensusError` if consensus refuses ``header``."""
         ...
 
+    def may_have_proposed(self, header: BlockHeader) -> bool:
+        """Whether ``header``'s proposer could be scheduled at its height and round on some
+        branch: the check a relay makes without the chain below the header."""
+        ...
+
 
 class ForkChoiceEngine(_Engine, Protocol):
     kind: Literal["fork_choice"]
@@ -55,10 +60,16 @@ class ForkChoiceEngine(_Engine, Protocol):
         """How many blocks below a new block its proposer must not have proposed (0: none)."""
         ...
 
+    def proposer(self, height: int, round: int = 0, recent: Sequence[Address] = ()) -> Address:
+        """The authority scheduled at ``height`` in ``round`` on a branch whose latest
+        proposers are ``recent`` (the parent's first): those within :attr:`recency` are
+        skipped."""
+        ...
+
     def check_recency(self, header: BlockHeader, recent: Sequence[Address]) -> None:
-        """Raise :class:`~aitbc_p2p.exceptions.ConsensusError` if ``header``'s proposer is
-        among ``recent`` (the proposers below it on its branch, its parent's first) within
-        :attr:`recency`."""
+        """Raise :class:`~aitbc_p2p.exceptions.ConsensusError` unless ``header``'s branch,
+        whose latest proposers are ``recent`` (the parent's first), schedules its proposer
+        at its height and round."""
         ...
 
     def fork_score(self, header: BlockHeader) -> tuple[int, ...]:

@@ -20,17 +20,19 @@ MAX_BACKUP_ROUNDS = 64
 
 
 class PoaEngine:
-    """Round-robin proof of authority with backup proposers.
-
-    Authority ``(height + round) % n`` proposes in ``round``. Round 0 is due one block time
-    after the parent; round ``r`` a further ``r * backup_ms`` later, so when the primary is
-    down the next authority steps in. Fork choice prefers the longer chain, then the tip
-    proposed in the lower round (the primary), then the lower block id.
+    """Round-robin proof of authority with backup proposers and signer recency.
 
     Signer recency (Clique's rule, EIP-225): an authority proposes at most one of any
     ``floor(n/2) + 1`` consecutive blocks, so a chain grows only while a majority of the
-    authorities signs it. A minority cut off by a partition stalls instead of growing a
-    fork, and a backup cannot take turn after turn for a missing primary.
+    authorities signs it, and a minority cut off by a partition stalls instead of growing
+    a fork. The schedule therefore depends on the branch: of the authorities in rotation
+    order from ``height % n``, those that proposed one of the last ``floor(n/2)`` blocks
+    (``recent``) are skipped, and round ``r`` belongs to the ``r``-th of the rest. Round 0
+    is due one block time after the parent; round ``r`` a further ``r * backup_ms``
+    later, so when a proposer is down the next one steps in, and a backup's block costs
+    the heights after it nothing (the authority it bars is skipped, not waited for).
+    Fork choice prefers the longer chain, then the tip proposed in the lower round, then
+    the lower block id.
     """
 
     name = "poa"
@@ -63,28 +65,41 @@ class PoaEngine:
         """How many blocks below a new block its proposer must not have proposed."""
         return len(self.authorities) // 2
 
-    def check_recency(self, header: BlockHeader, recent: Sequence[Address]) -> None:
-        """Refuse ``header`` if its proposer proposed one of ``recent``: the proposers of
-        the :attr:`recency` blocks below it on its own branch, its parent's first."""
-        if header.proposer in recent[: self.recency]:
-            raise ConsensusError(
-                f"block {header.height}: {header.proposer} proposed one of the {self.recency} blocks below it"
-            )
-
-    def proposer(self, height: int, round: int = 0) -> Address:
-        return self.authorities[(height + round) % len(self.authorities)]
+    def proposer(self, height: int, round: int = 0, recent: Sequence[Address] = ()) -> Address:
+        n = len(self.authorities)
+        barred = set(recent[: self.recency])
+        eligible = [a for i in range(n) if (a := self.authorities[(height + i) % n]) not in barred]
+        return eligible[round % len(eligible)]  # at most floor(n/2) of n are barred: never empty
 
     def due_ms(self, parent: BlockHeader, round: int = 0) -> int:
         return parent.timestamp_ms + self.block_time_ms + round * self.backup_ms
 
     def validate_header(self, header: BlockHeader, parent: BlockHeader) -> None:
+        """What the header alone shows; who may propose it depends on its branch
+        (:meth:`check_recency`)."""
         if header.round >= max(MAX_BACKUP_ROUNDS, len(self.authorities)):
             raise ConsensusError(f"block {header.height} claims round {header.round}")
-        expected = self.proposer(header.height, header.round)
-        if header.proposer != expected:
-            raise ConsensusError(f"block {header.height} round {header.round} must be proposed by {expected}")
+        if header.proposer not in self.authorities:
+            raise ConsensusError(f"block {header.height} is proposed by {header.proposer}, not an authority")
         if header.timestamp_ms < self.due_ms(parent, header.round):
             raise ConsensusError(f"block {header.height} proposed before its slot")
+
+    def may_have_proposed(self, header: BlockHeader) -> bool:
+        """Whether some branch schedules ``header``'s proposer at its height and round (the
+        stateless check a relay can make)."""
+        return header.proposer in self.authorities and header.round < max(MAX_BACKUP_ROUNDS, len(self.authorities))
+
+    def check_recency(self, header: BlockHeader, recent: Sequence[Address]) -> None:
+        """Refuse ``header`` unless its branch schedules its proposer at its height and
+        round; ``recent``: the proposers of the blocks below it on that branch, its
+        parent's first (at least :attr:`recency` of them, fewer near the genesis)."""
+        if header.proposer in recent[: self.recency]:
+            raise ConsensusError(
+                f"block {header.height}: {header.proposer} proposed one of the {self.recency} blocks below it"
+            )
+        expected = self.proposer(header.height, header.round, recent)
+        if header.proposer != expected:
+            raise ConsensusError(f"block {header.height} round {header.round} must be proposed by {expected}")
 
     def fork_score(self, header: BlockHeader) -> tuple[int, ...]:
         return (header.height, -header.round, -int.from_bytes(header.hash, "big"))
@@ -170,6 +185,9 @@ class PosEngine:
     def due_ms(self, parent: BlockHeader, round: int = 0) -> int:
         return parent.timestamp_ms + self.block_time_ms
 
+    def may_have_proposed(self, header: BlockHeader) -> bool:
+        return header.proposer == self.proposer(header.height, header.round)
+
     def validate_header(self, header: BlockHeader, parent: BlockHeader) -> None:
         if header.round > 2**32 - 1:
             raise ConsensusError("round out of range")
@@ -178,7 +196,6 @@ class PosEngine:
             raise ConsensusError(f"block {header.height} round {header.round} must be proposed by {expected}")
         if header.timestamp_ms < self.due_ms(parent):
             raise ConsensusError(f"block {header.height} proposed before its slot")
-
 
 
 def _authorities(params: Mapping[str, Any], key: str = "authorities") -> list[Address]:

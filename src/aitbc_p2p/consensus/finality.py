@@ -43,12 +43,13 @@ class FinalityPolicy(Protocol):
     def reverted(self, height: int) -> None: ...
 
     def check_proposer(self, header: BlockHeader, proposer_at: Callable[[int], Address | None]) -> None:
-        """Raise :class:`~aitbc_p2p.exceptions.ConsensusError` if ``header`` (a child of
-        the main chain's head) has a proposer the recent blocks below it bar."""
+        """Raise :class:`~aitbc_p2p.exceptions.ConsensusError` unless the main chain, of
+        which ``header`` is the head's child, schedules its proposer (signer recency)."""
         ...
 
-    def may_propose(self, proposer: Address, head: int, proposer_at: Callable[[int], Address | None]) -> bool:
-        """Whether ``proposer`` may propose the child of the head (at ``head``)."""
+    def recent(self, head: int, proposer_at: Callable[[int], Address | None]) -> list[Address]:
+        """The proposers of the blocks from the head (at ``head``) down that the engine's
+        schedule of the head's child depends on (none for BFT)."""
         ...
 
     def final_depth(self, head: int, proposer_at: Callable[[int], Address | None]) -> int:
@@ -88,8 +89,7 @@ class ForkChoiceFinality:
     def reverted(self, height: int) -> None:
         self._proposers.pop(height, None)
 
-    def _recent(self, head: int, proposer_at: Callable[[int], Address | None]) -> list[Address]:
-        """The proposers of the engine's recency window of blocks from ``head`` down."""
+    def recent(self, head: int, proposer_at: Callable[[int], Address | None]) -> list[Address]:
         recent: list[Address] = []
         for h in range(head, max(0, head - self.engine.recency), -1):
             proposer = self._proposers.get(h) or proposer_at(h)
@@ -99,10 +99,7 @@ class ForkChoiceFinality:
         return recent
 
     def check_proposer(self, header: BlockHeader, proposer_at: Callable[[int], Address | None]) -> None:
-        self.engine.check_recency(header, self._recent(header.height - 1, proposer_at))
-
-    def may_propose(self, proposer: Address, head: int, proposer_at: Callable[[int], Address | None]) -> bool:
-        return proposer not in self._recent(head, proposer_at)
+        self.engine.check_recency(header, self.recent(header.height - 1, proposer_at))
 
     def final_depth(self, head: int, proposer_at: Callable[[int], Address | None]) -> int:
         if head == 0:
@@ -149,8 +146,8 @@ class CertifiedFinality:
     def check_proposer(self, header: BlockHeader, proposer_at: Callable[[int], Address | None]) -> None:
         return None  # the certificate is what commits a block, whoever proposed the ones below
 
-    def may_propose(self, proposer: Address, head: int, proposer_at: Callable[[int], Address | None]) -> bool:
-        return True
+    def recent(self, head: int, proposer_at: Callable[[int], Address | None]) -> list[Address]:
+        return []
 
     def final_depth(self, head: int, proposer_at: Callable[[int], Address | None]) -> int:
         return 0

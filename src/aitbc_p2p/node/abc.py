@@ -77,6 +77,11 @@ class BlockImporter(ChainView, Protocol):
         not apply. Raises ValidationError / ConsensusError: the block is invalid."""
         ...
 
+    def schedules(self, header: BlockHeader) -> bool:
+        """Whether the main chain schedules ``header``'s proposer at its height and round,
+        ``header`` being a child of the head (signer recency; always True under BFT)."""
+        ...
+
     async def reorg(self, ancestor: int, blocks: list[Block], verified: AbstractSet[Hash32] = frozenset()) -> bool:
         """Switch to ``blocks`` (extending block ``ancestor``) if their tip is better and
         no final block would be reverted; False if not switched."""

@@ -89,11 +89,16 @@ class BlockRelay:
         block = gossiped.block
         if block.header.chain_id != self.chain.genesis.chain_id:
             return REJECT
-        if block.header.proposer != self.engine.proposer(block.height, block.header.round):
-            # Signed by its proposer, but that is not who the schedule names for its
-            # height and round (an outsider, or an authority out of turn): no one
-            # honest could have made it, so no one honest relays it (specs/topics.md).
+        if not self.engine.may_have_proposed(block.header):
+            # Signed by its proposer, but no schedule names it for its height and round
+            # (an outsider, or a validator out of turn): no one honest could have made
+            # it, so no one honest relays it (specs/topics.md). Under poa who is
+            # scheduled depends on the branch below: checked here for a child of our
+            # head, and by the import for any block.
             logger.debug("rejected block %d: %s is not its scheduled proposer", block.height, block.header.proposer)
+            return REJECT
+        if block.header.parent == self.chain.head.hash and not self.chain.schedules(block.header):
+            logger.debug("rejected block %d: %s is not scheduled on our head", block.height, block.header.proposer)
             return REJECT
         if self.chain.height_of(block.hash) is not None:
             return IGNORE  # already have it

@@ -102,9 +102,17 @@ class ChainService:
         """How many blocks at the top of the main chain fork choice may still revert."""
         return self.finality.final_depth(self.store.head.height, self._proposer_at)
 
-    def may_propose(self, proposer: Address) -> bool:
-        """Whether ``proposer`` may propose the head's child (signer recency, poa)."""
-        return self.finality.may_propose(proposer, self.store.head.height, self._proposer_at)
+    def schedules(self, header: BlockHeader) -> bool:
+        try:
+            self.finality.check_proposer(header, self._proposer_at)
+        except ConsensusError:
+            return False
+        return True
+
+    def recent_proposers(self) -> list[Address]:
+        """The proposers of the latest blocks that the schedule of the head's child skips
+        (signer recency, poa; none under BFT), the head's first."""
+        return self.finality.recent(self.store.head.height, self._proposer_at)
 
     def final_height(self) -> int:
         """The highest block that can no longer be reverted."""
@@ -140,9 +148,7 @@ class ChainService:
         logger.debug("imported block %d (%d txs) from %s", block.height, len(block.txs), block.header.proposer)
         return True
 
-    async def reorg(
-        self, ancestor: int, blocks: list[Block], verified: AbstractSet[Hash32] = frozenset()
-    ) -> bool:
+    async def reorg(self, ancestor: int, blocks: list[Block], verified: AbstractSet[Hash32] = frozenset()) -> bool:
         """Switch to ``blocks`` (which extend block ``ancestor``) if their tip is better."""
         async with self._lock:
             if not blocks or not self.finality.better(blocks[-1].header, self.store.head):

@@ -169,6 +169,12 @@ class Node:
     async def send_own_tx(self, payload: Payload) -> Hash32:
         return await self.relay.send_own_tx(payload)
 
+    def _next_proposer(self, height: int) -> Address:
+        engine = self.engine
+        if engine.kind == "bft":
+            return engine.proposer(height, 0)
+        return engine.proposer(height, 0, self.chain.recent_proposers())
+
     # ------------------------------------------------------- NodeAPI
     def status(self) -> NodeStatus:
         head = self.store.head
@@ -177,7 +183,7 @@ class Node:
             genesis_hash=self.genesis.hash,
             head=head,
             consensus=self.engine.name,
-            next_proposer=self.engine.proposer(head.height + 1, 0),
+            next_proposer=self._next_proposer(head.height + 1),
             final_height=self.final_height(),
             address=self.key.address,
             peer_id=self.network.peer_id,

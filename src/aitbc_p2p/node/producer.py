@@ -18,8 +18,8 @@ logger = logging.getLogger(__name__)
 
 
 class ProducerChain(ChainView, Protocol):
-    def may_propose(self, proposer: Address) -> bool:
-        """Whether ``proposer`` may propose the head's child (signer recency)."""
+    def recent_proposers(self) -> list[Address]:
+        """The latest proposers the schedule of the head's child skips (signer recency)."""
         ...
 
 
@@ -43,15 +43,16 @@ class BlockProducer:
         self._publish = publish
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Round 0 is the primary's; when it is late, backup rounds fall due one after another.
-        An authority that proposed one of the last blocks sits the height out (signer
-        recency): its rounds pass to the next authorities."""
+        """Round 0 is the first scheduled authority's; when it is late, backup rounds fall
+        due one after another. An authority that proposed one of the last blocks is not
+        scheduled at all (signer recency)."""
         task_status.started()
         while True:
             head = self.chain.head
             height = head.height + 1
-            mine = [r for r in range(self.engine.rounds) if self.engine.proposer(height, r) == self.me]
-            if not mine or not self.chain.may_propose(self.me):
+            recent = self.chain.recent_proposers()
+            mine = [r for r in range(self.engine.rounds) if self.engine.proposer(height, r, recent) == self.me]
+            if not mine:
                 with trio.move_on_after(1.0):
                     await self.chain.wait_head_change()
                 continue

@@ -109,9 +109,7 @@ class ChainBuilder:
     def state(self) -> StateView:
         return self._states[-1]
 
-    def add_block(
-        self, txs: Sequence[Transaction] = (), *, step_ms: int | None = None, round: int = 0
-    ) -> AppliedBlock:
+    def add_block(self, txs: Sequence[Transaction] = (), *, step_ms: int | None = None, round: int = 0) -> AppliedBlock:
         """The next block, by ``round``'s authority (0: the primary) at the round's slot."""
         parent = self.blocks[-1].block.header
         height = parent.height + 1
