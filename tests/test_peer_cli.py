@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -98,6 +99,10 @@ def test_a_bad_config_exits_2_in_one_line_so_systemd_does_not_restart_it(tmp_pat
     env = {k: v for k, v in os.environ.items() if k != "AITBC_CONFIG"} | {"AITBC_LOG_FORMAT": "xml"}
     out = peer("run", "--config", str(tmp_path / "peer.toml"), env=env)
     assert out.returncode == 2 and "AITBC_LOG_FORMAT" in out.stderr
+    init = peer("init", str(tmp_path / "p"), "--genesis", str(GENESIS), "--json")
+    env = {k: v for k, v in os.environ.items() if k != "AITBC_CONFIG"} | {"AITBC_TEST_CLOCK_OFFSET_MS": "2s"}
+    out = peer("run", "--config", json.loads(init.stdout)["config"], "--rpc-port", "0", env=env)
+    assert out.returncode == 2 and "AITBC_TEST_CLOCK_OFFSET_MS must be an integer" in out.stderr, out.stderr
     assert time.monotonic() - started < 60
 
 
@@ -107,3 +112,56 @@ def test_the_systemd_unit_waits_for_readiness_and_does_not_restart_a_bad_config(
     assert settings["Type"] == "notify" and settings["NotifyAccess"] == "main"
     assert settings["RestartPreventExitStatus"] == "2" and settings["Restart"] == "on-failure"
     assert settings["ExecStart"].split()[1:3] == ["run", "--config"]
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root and unshare for a private tmpfs"
+)
+def test_a_full_disk_stops_the_peer_in_one_line_with_a_status_systemd_restarts(tmp_path):
+    """A block write that fails (ENOSPC) ends the peer with the error on one line and
+    exit status 1, which the unit's Restart=on-failure restarts (2, a bad config, it does
+    not). The data directory is a 4 MiB tmpfs in a mount namespace of the peer's own;
+    the test fills it through /proc/PID/root once the peer serves."""
+    out = peer("init", str(tmp_path / "p"), "--role", "validator", "--genesis", str(GENESIS), "--json")
+    assert out.returncode == 0, out.stderr
+    made = json.loads(out.stdout)
+    genesis = json.loads(GENESIS.read_text())  # a chain of this peer alone, so that it writes blocks
+    genesis["consensus"] = {"engine": "solo", "authorities": [made["address"]], "block_time_ms": 200}
+    layout = tomllib.loads(Path(made["config"]).read_text())
+    (tmp_path / "p" / layout["genesis"]).write_text(json.dumps(genesis))
+    data = tmp_path / "p" / layout["data_dir"]
+    data.mkdir(exist_ok=True)
+    run = " ".join([*PEER, "run", "--config", made["config"], "--rpc-port", "0", "--listen", "/ip4/127.0.0.1/tcp/0"])
+    proc = subprocess.Popen(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            f"mount -t tmpfs -o size=4m tmpfs {data} && exec {run}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        inside = Path(f"/proc/{proc.pid}/root") / data.relative_to("/")
+        deadline = time.monotonic() + 60
+        while not (inside / "node.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.1)
+        with (inside / "filler").open("wb", buffering=0) as filler:
+            try:
+                while True:
+                    filler.write(b"\0" * 65536)
+            except OSError:
+                pass  # full
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("aitbc-peer: ") and "No space left on device" in last and "Traceback" not in stderr

@@ -11,6 +11,7 @@ import re
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
 
@@ -40,7 +41,7 @@ async def run_peer(cfg: PeerConfig) -> None:
     info_path = cfg.data_dir / NODE_INFO
     info_path.unlink(missing_ok=True)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with open_node(cfg.node) as node, trio.open_nursery() as nursery:
+        async with open_node(cfg.node, clock_ms=_clock()) as node, trio.open_nursery() as nursery:
             tune_gc()  # after start-up: what is alive now stays, and is no longer walked
             url = await nursery.start(
                 lambda task_status: serve_rpc(
@@ -77,9 +78,16 @@ async def run_peer(cfg: PeerConfig) -> None:
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 ROLES = ("client", "provider", "validator")
+CLOCK_OFFSET_ENV = "AITBC_TEST_CLOCK_OFFSET_MS"
+"""Testing only (the chaos bench's clock skew): milliseconds added to the wall clock the
+node reads for block timestamps, slots and job deadlines. A host's skewed clock, without
+touching the host's."""
 EXIT_CONFIG = 2
 """The exit status for a bad config or command line: the systemd unit's
 RestartPreventExitStatus, so systemd does not restart a peer that cannot start."""
+EXIT_FAILURE = 1
+"""The exit status for a failure while running (a disk write that failed: a full disk,
+say): systemd restarts the peer, which resumes from its last committed block."""
 
 
 def sd_notify(message: str) -> bool:
@@ -279,8 +287,22 @@ def main(argv: list[str] | None = None) -> int:
         if error is None:
             raise
         print(f"aitbc-peer: {error}", file=sys.stderr)
-        return EXIT_CONFIG
+        return EXIT_CONFIG if isinstance(error, ConfigError) else EXIT_FAILURE
     return 0
+
+
+def _clock() -> Callable[[], int]:
+    from aitbc_p2p.node.node import wall_clock_ms
+
+    raw = os.environ.get(CLOCK_OFFSET_ENV)
+    if raw is None:
+        return wall_clock_ms
+    try:
+        offset = int(raw)
+    except ValueError:
+        raise ConfigError(f"{CLOCK_OFFSET_ENV} must be an integer (ms), not {raw!r}") from None
+    logger.warning("testing: this peer's clock runs %+d ms off the host's (%s)", offset, CLOCK_OFFSET_ENV)
+    return lambda: wall_clock_ms() + offset
 
 
 def _our_error(e: BaseException) -> AitbcError | None:
