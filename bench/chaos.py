@@ -4,14 +4,33 @@ runner make (issue 21).
 
 Load: transfers from the client's wallet to whichever peer is up (about ``--tps`` a
 second), and an echo job every ``--job-every`` seconds through a live peer that does not
-itself sell compute. Faults, one
-every 20 to 30 s (``--fault-every``), on a peer chosen at random:
+itself sell compute. Faults, one every 20 to 30 s (``--fault-every``), on a peer chosen
+at random; the kinds come in shuffled rounds, each kind once a round:
 
 - ``kill``: SIGKILL, down 1 to 4 s, then restarted on its data directory and ports;
 - ``pause``: SIGSTOP for 5 to 15 s (its connections stay open, it answers nothing), then
-  SIGCONT.
+  SIGCONT;
+- ``drop``: every TCP connection of the peer killed at once (``ss -K``); it and the
+  others must dial again;
+- ``partition``: the peer cut off for 10 to 20 s (its network namespace's link down),
+  then joined again;
+- ``disk``: the peer's data directory (its own small tmpfs) filled to the last byte for
+  5 to 15 s. A peer whose write fails exits with the error (nothing half-written: every
+  block is one synced batch); the harness then restarts it as systemd's
+  ``Restart=on-failure`` would, once the space is back;
+- ``skew``: the peer restarted with its clock off by up to 2 s either way (the peer's
+  ``AITBC_TEST_CLOCK_OFFSET_MS``), inside the 5 s a block may lead a peer's clock; it
+  keeps that clock until its next fault.
 
-After the last fault the peers get 90 s to agree. Checked:
+``partition`` and ``drop`` need root and network namespaces (each peer then has its own,
+bridged); ``disk`` needs root and a private mount namespace (the harness re-executes
+itself under ``unshare --mount``).
+The default, ``--faults all``, is every kind this machine allows; the JSON names those
+it could not inject and why.
+
+A peer that exits by itself (a failed write on a full disk) is restarted at once, as a
+supervisor would; any other exit fails the run. After the last fault the peers get 90 s
+to agree. Checked:
 
 - ``committed_lost``: transactions some peer reported committed that a peer lacks, or
   holds at another height;
@@ -29,7 +48,9 @@ Prints progress to stderr; its last line is JSON:
 {"bench": "chaos", "consensus": ..., "faults": ..., "committed_lost": 0, "divergent_heights": 0,
  "supply_conserved": true, "catch_up_s_max": ..., "stall_s_max": ..., ...}
 Run: .venv/bin/python bench/chaos.py --consensus pos --minutes 10
-Exit status 1 when a check fails (lost, divergent, gap, supply, or a peer that never caught up).
+Exit status 1 when a check fails (lost, divergent, gap, supply, a peer that never caught
+up or is unreachable at the end, or a peer that exited by itself for another reason than
+a full disk).
 """
 
 from __future__ import annotations
@@ -39,10 +60,14 @@ import itertools
 import json
 import os
 import random
+import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,8 +76,10 @@ import trio
 
 from aitbc_p2p.cli import devnet
 from aitbc_p2p.cli.devnet import DEVNET_WALLET_PASSWORD, PeerProcess
+from aitbc_p2p.cli.peer import CLOCK_OFFSET_ENV
 from aitbc_p2p.crypto import PrivateKey, load_key_file
 from aitbc_p2p.exceptions import AitbcError, RpcError
+from aitbc_p2p.testing import netns
 from aitbc_p2p.types import aitbc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,6 +87,13 @@ NODES = {"poa": ROOT / "nodes" / "devnet", "pos": ROOT / "nodes" / "pos-devnet"}
 SINK = "aitbc1r44jyhgqkngl74ur7234ltghvx0z578cnfwdr6"  # the devnets' genesis wallet
 SETTLE_S = 90.0
 CATCH_UP_LIMIT_S = 120.0
+KINDS = ("kill", "pause", "drop", "partition", "disk", "skew")
+MOUNT_NS_ENV = "AITBC_CHAOS_MOUNT_NS"
+MAX_SKEW_S = 2.0
+"""Within the 5 s a block's timestamp may lead a peer's clock (MAX_FUTURE_MS), even
+between two peers skewed opposite ways."""
+DATA_FS = "size=256m"
+"""Each peer's data directory under the ``disk`` fault: a tmpfs of this size."""
 
 
 def say(text: str) -> None:
@@ -82,11 +116,62 @@ class Run:
     final_stalls: list[float] = field(default_factory=list)
     jobs: dict[str, int] = field(default_factory=dict)
     job_errors: list[str] = field(default_factory=list)
+    exits: list[dict[str, str]] = field(default_factory=list)
+    """Peers that exited by themselves (restarted by the supervisor), with their last log line."""
     job_ids: list[tuple[str, str]] = field(default_factory=list)
     """Each job submitted, with the peer it went through (which may be killed under it)."""
 
     def live(self) -> list[PeerProcess]:
         return [p for p in self.procs if p.name not in self.down]
+
+
+class Lab:
+    """What this machine lets the harness do to its peers, and how.
+
+    ``unavailable``: fault kinds it cannot inject here, with the reason."""
+
+    def __init__(self, peers: int, wanted: list[str]) -> None:
+        self.unavailable: dict[str, str] = {}
+        self.nets: netns.Namespaces | None = None
+        self.mounts: list[Path] = []
+        root = os.geteuid() == 0
+        if {"partition", "drop"} & set(wanted):
+            reason = netns.unavailable() if shutil.which("ss") else "needs ss (iproute2)"
+            if reason is None:
+                self.nets = netns.Namespaces(peers)
+            else:
+                self.unavailable |= {"partition": reason, "drop": reason}
+        if "disk" in wanted and not (root and os.environ.get(MOUNT_NS_ENV)):
+            self.unavailable["disk"] = "needs root and a private mount namespace (unshare --mount)"
+
+    def kinds(self, wanted: list[str]) -> list[str]:
+        return [k for k in wanted if k not in self.unavailable]
+
+    def up(self) -> None:
+        if self.nets is not None:
+            self.nets.up()
+
+    def down(self) -> None:
+        for mount in self.mounts:
+            subprocess.run(["umount", "-l", str(mount)], capture_output=True, check=False)
+        if self.nets is not None:
+            self.nets.down()
+
+    def start(self, nodes: Path, run_dir: Path, disk: bool) -> list[PeerProcess]:
+        def tmpfs(data_dir: Path) -> None:
+            subprocess.run(["mount", "-t", "tmpfs", "-o", DATA_FS, "tmpfs", str(data_dir)], check=True)
+            self.mounts.append(data_dir)
+
+        if self.nets is None:
+            return devnet.start(nodes, run_dir, prepare=tmpfs if disk else None)
+        return devnet.start(nodes, run_dir, hosts=self.nets.hosts, wrap=self.nets.wrap, prepare=tmpfs if disk else None)
+
+    @staticmethod
+    def skewed(offset_s: float) -> tuple[str, ...]:
+        """The prefix that runs a peer with its clock ``offset_s`` off the host's (the
+        peer's testing knob: libfaketime, tried first, serializes every clock read of a
+        threaded process on one lock and stalled peers for tens of seconds)."""
+        return ("env", f"{CLOCK_OFFSET_ENV}={round(offset_s * 1000)}")
 
 
 async def status(proc: PeerProcess) -> dict[str, Any] | None:
@@ -170,6 +255,24 @@ async def jobs(run: Run, key: PrivateKey, rng: random.Random, every: float) -> N
                 nursery.start_soon(one, rng.choice(clients), i)
 
 
+def last_line(proc: PeerProcess) -> str:
+    lines = proc.log.read_text(errors="replace").strip().splitlines()
+    return lines[-1][:200] if lines else ""
+
+
+async def supervise(run: Run, run_dir: Path) -> None:
+    """Restart a peer that exited by itself (not one a fault holds down), as systemd's
+    ``Restart=on-failure`` would; each exit is reported with its last log line."""
+    while True:
+        await trio.sleep(0.5)
+        for i, proc in enumerate(run.procs):
+            if proc.name in run.down or devnet._alive(proc.pid):
+                continue
+            run.exits.append({"peer": proc.name, "last_line": last_line(proc)})
+            say(f"{proc.name} exited by itself ({run.exits[-1]['last_line']}); restarting it")
+            run.procs[i] = devnet.restart_peer(run_dir, proc.name)
+
+
 async def watch_finality(run: Run) -> None:
     last, since = -1, time.monotonic()
     while True:
@@ -192,26 +295,79 @@ async def caught_up(run: Run, proc: PeerProcess, target: int, since: float) -> N
     run.never_caught_up.append(proc.name)
 
 
-async def inject(run: Run, run_dir: Path, rng: random.Random, kinds: list[str], nursery: trio.Nursery) -> None:
+def fill(directory: Path) -> Path:
+    """Fill the file system that holds ``directory`` to the last byte; the file doing it."""
+    filler = directory / ".chaos-filler"
+    with filler.open("wb", buffering=0) as f:
+        fs = os.statvfs(directory)
+        try:
+            os.posix_fallocate(f.fileno(), 0, max(1, fs.f_bavail * fs.f_frsize))
+        except OSError:
+            pass
+        f.seek(0, os.SEEK_END)
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:  # ENOSPC: full
+            pass
+    return filler
+
+
+def kind_rounds(kinds: list[str], rng: random.Random) -> Iterator[str]:
+    """The fault kinds in shuffled rounds: every kind once a round, in a seeded order."""
+    while True:
+        round_ = list(kinds)
+        rng.shuffle(round_)
+        yield from round_
+
+
+async def inject(run: Run, run_dir: Path, lab: Lab, rng: random.Random, kind: str, nursery: trio.Nursery) -> None:
     i = rng.randrange(len(run.procs))
-    victim, kind = run.procs[i], rng.choice(kinds)
+    victim = run.procs[i]
     run.down.add(victim.name)
+    fault: dict[str, Any] = {"kind": kind, "peer": victim.name}
+    prefix: tuple[str, ...] | None = None  # restart the victim (under this prefix)
     if kind == "kill":
         os.kill(victim.pid, signal.SIGKILL)
         await trio.sleep(rng.uniform(1, 4))
-        run.procs[i] = victim = devnet.restart_peer(run_dir, victim.name)
-        with trio.fail_after(60):
-            while not (victim.data_dir / "node.json").exists():  # noqa: ASYNC110 (another process writes it)
-                await trio.sleep(0.1)
-    else:
+        prefix = ()
+    elif kind == "pause":
         os.kill(victim.pid, signal.SIGSTOP)
         await trio.sleep(rng.uniform(5, 15))
         os.kill(victim.pid, signal.SIGCONT)
+    elif kind == "drop":
+        assert lab.nets is not None
+        fault["connections"] = lab.nets.drop_connections(i)
+    elif kind == "partition":
+        assert lab.nets is not None
+        lab.nets.cut(i, off=True)
+        fault["seconds"] = round(rng.uniform(10, 20), 1)
+        await trio.sleep(fault["seconds"])
+        lab.nets.cut(i, off=False)
+    elif kind == "disk":
+        filler = await trio.to_thread.run_sync(fill, victim.data_dir)
+        await trio.sleep(rng.uniform(5, 15))
+        filler.unlink()
+        if not devnet._alive(victim.pid):  # it stopped on the failed write: a supervisor restarts it
+            fault["exited"] = last_line(victim)
+            prefix = ()
+    elif kind == "skew":
+        os.kill(victim.pid, signal.SIGKILL)
+        fault["offset_s"] = round(rng.uniform(-MAX_SKEW_S, MAX_SKEW_S), 3)
+        prefix = lab.skewed(fault["offset_s"])
+    if prefix is not None:
+        while devnet._alive(victim.pid):  # noqa: ASYNC110 (reaping our killed child)
+            await trio.sleep(0.05)
+        run.procs[i] = victim = devnet.restart_peer(run_dir, victim.name, prefix=prefix)
+        with trio.fail_after(60):
+            while not (victim.data_dir / "node.json").exists():  # noqa: ASYNC110 (another process writes it)
+                await trio.sleep(0.1)
     others = [s["height"] for s in [await status(p) for p in run.live()] if s]  # as it comes back
     run.down.discard(victim.name)
-    target = max([*others, 0])
-    run.faults.append({"kind": kind, "peer": victim.name, "at_height": target})
-    say(f"fault {len(run.faults)}: {kind} {victim.name} (others at {target})")
+    fault["at_height"] = target = max([*others, 0])
+    run.faults.append(fault)
+    extra = "".join(f", {k} {v}" for k, v in fault.items() if k not in ("kind", "peer", "at_height"))
+    say(f"fault {len(run.faults)}: {kind} {victim.name} (others at {target}{extra})")
     nursery.start_soon(caught_up, run, victim, target, time.monotonic())
 
 
@@ -249,7 +405,11 @@ async def check(run: Run, top: int) -> dict[str, Any]:
     gaps = 0
     supply_ok = True
     lost = 0
+    unreachable: list[str] = []
     for proc in run.procs:
+        if await status(proc) is None:
+            unreachable.append(proc.name)
+            continue
         async with proc.rpc() as rpc:
             for height in range(0, top + 1):
                 try:
@@ -277,8 +437,9 @@ async def check(run: Run, top: int) -> dict[str, Any]:
         "committed_lost": lost,
         "divergent_heights": divergent,
         "height_gaps": gaps,
-        "supply_conserved": supply_ok,
+        "supply_conserved": supply_ok and not unreachable,
         "stall_s_max": round(max(stops, default=0.0), 2),
+        "unreachable_at_end": unreachable,
     }
 
 
@@ -291,23 +452,41 @@ async def main() -> int:
     )
     parser.add_argument("--seed", type=int, default=20261203)
     parser.add_argument("--fault-every", type=float, nargs=2, default=(20.0, 30.0), metavar=("MIN_S", "MAX_S"))
-    parser.add_argument("--faults", default="kill,pause", help="fault kinds to draw from (kill, pause)")
+    parser.add_argument(
+        "--faults",
+        default="all",
+        help=f"fault kinds, comma-separated, from {', '.join(KINDS)}; all: every kind this machine allows",
+    )
     parser.add_argument("--tps", type=float, default=5.0, help="transfers a second")
     parser.add_argument("--job-every", type=float, default=30.0, help="seconds between echo jobs")
     args = parser.parse_args()
-    kinds = [k for k in args.faults.split(",") if k]
-    if not kinds or set(kinds) - {"kill", "pause"}:
-        parser.error("--faults takes kill and/or pause")
+    wanted = list(KINDS) if args.faults == "all" else [k for k in args.faults.split(",") if k]
+    if not wanted or set(wanted) - set(KINDS):
+        parser.error(f"--faults takes all or some of {', '.join(KINDS)}")
+    if "disk" in wanted and os.geteuid() == 0 and not os.environ.get(MOUNT_NS_ENV) and shutil.which("unshare"):
+        # Each peer's data directory becomes a small tmpfs, mounted where only this run sees it.
+        argv = ["unshare", "--mount", "--propagation", "private", sys.executable, *sys.argv]
+        os.execvpe("unshare", argv, {**os.environ, MOUNT_NS_ENV: "1"})
+    nodes = NODES[args.consensus]
+    lab = Lab(len(devnet.peer_configs(nodes)), wanted)
+    kinds = lab.kinds(wanted)
+    if args.faults != "all" and len(kinds) < len(wanted):
+        parser.error(f"cannot inject here: {lab.unavailable}")
+    if lab.unavailable:
+        say(f"not injected on this machine: {lab.unavailable}")
     rng = random.Random(args.seed)
     faults_rng = random.Random(args.seed)
     """The faults' own draws (victim, kind, timing): the same for a seed whatever the load's
     tasks draw meanwhile."""
-    nodes = NODES[args.consensus]
     key = load_key_file(nodes / "wallets" / "client.json", DEVNET_WALLET_PASSWORD)
-    with tempfile.TemporaryDirectory(prefix="aitbc-chaos-") as tmp:
+    order = kind_rounds(kinds, faults_rng)
+    with tempfile.TemporaryDirectory(prefix="aitbc-chaos-") as tmp, ExitStack() as cleanup:
         run_dir = Path(tmp) / "run"
-        say(f"starting the {args.consensus} devnet ({len(devnet.peer_configs(nodes))} peers) in {run_dir}")
-        run = Run(devnet.start(nodes, run_dir))
+        cleanup.callback(lab.down)  # after the peers stop (below), before the directory goes
+        lab.up()
+        where = "each in its own network namespace" if lab.nets else "on 127.0.0.1"
+        say(f"starting the {args.consensus} devnet ({len(devnet.peer_configs(nodes))} peers, {where}) in {run_dir}")
+        run = Run(lab.start(nodes, run_dir, disk="disk" in kinds))
         try:
             await devnet.wait_ready(run.procs, progress=lambda s: None, timeout=120)
             started = time.monotonic()
@@ -316,6 +495,7 @@ async def main() -> int:
                 background.start_soon(confirm, run, rng)
                 background.start_soon(jobs, run, key, rng, args.job_every)
                 background.start_soon(watch_finality, run)
+                background.start_soon(supervise, run, run_dir)
                 async with trio.open_nursery() as catch_ups:
                     while (
                         len(run.faults) < args.fault_count
@@ -323,7 +503,7 @@ async def main() -> int:
                         else time.monotonic() - started < args.minutes * 60
                     ):
                         await trio.sleep(faults_rng.uniform(*args.fault_every))
-                        await inject(run, run_dir, faults_rng, kinds, catch_ups)
+                        await inject(run, run_dir, lab, faults_rng, next(order), catch_ups)
                     took = (time.monotonic() - started) / 60
                     say(f"{len(run.faults)} faults in {took:.1f} min; waiting for the peers to agree")
                     top = await settle(run)
@@ -333,6 +513,10 @@ async def main() -> int:
             figures = await check(run, top)
             figures["jobs_now"] = await job_outcomes(run)
         finally:
+            logs = Path(tempfile.mkdtemp(prefix="aitbc-chaos-logs-"))
+            for p in run.procs:
+                shutil.copy(p.log, logs / p.log.name)
+            say(f"peer logs kept in {logs}")
             for p in run.procs:  # a paused peer would not stop
                 try:
                     os.kill(p.pid, signal.SIGCONT)
@@ -347,6 +531,10 @@ async def main() -> int:
         "seed": args.seed,
         "faults": len(run.faults),
         "faults_by_kind": {k: sum(1 for f in run.faults if f["kind"] == k) for k in kinds},
+        "kinds_unavailable": lab.unavailable,
+        "disk_exits": sum(1 for f in run.faults if "exited" in f),
+        "exits": run.exits,
+        "unexpected_exits": [e for e in run.exits if "No space left on device" not in e["last_line"]],
         "txs_submitted": run.submitted,
         "txs_committed": len(run.committed),
         **figures,
@@ -363,6 +551,8 @@ async def main() -> int:
         and result["height_gaps"] == 0
         and result["supply_conserved"]
         and not run.never_caught_up
+        and not result["unreachable_at_end"]
+        and not result["unexpected_exits"]
     )
     say(
         f"{result['faults']} faults; {result['txs_committed']} of {result['txs_submitted']} transfers committed; "

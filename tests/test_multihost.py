@@ -8,18 +8,15 @@
    down) while the others go on; the link comes back and all converge on one head.
    nodes/pos-devnet/ (four validators, BFT finality): the three left hold more than 2/3
    of the stake and keep committing. nodes/devnet/ (three poa authorities): the two left
-   are a majority and keep finalizing, while the one cut off keeps proposing on its
-   turns and as everyone's backup but finalizes nothing, so when the link comes back it
-   reverts onto the majority's longer chain (specs/consensus.md, poa finality).
+   are a majority and keep finalizing, while the one cut off adds at most one block of
+   its own and stalls (signer recency), finalizing nothing, so when the link comes back
+   it reverts at most that block onto the majority's chain (specs/consensus.md).
 3. Sixteen pos validators (a devnet directory generated for the test), each in its own
    namespace, split eight by eight onto two bridges and joined again.
 """
 
-import os
 import re
-import shutil
 import socket
-import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -28,6 +25,7 @@ import trio
 
 from aitbc_p2p.cli import devnet
 from aitbc_p2p.exceptions import RpcError
+from aitbc_p2p.testing.netns import Namespaces, ip, unavailable
 
 NODES = Path(__file__).resolve().parents[1] / "nodes" / "devnet"
 POS_NODES = Path(__file__).resolve().parents[1] / "nodes" / "pos-devnet"
@@ -72,69 +70,16 @@ async def test_peers_on_distinct_loopback_addresses_find_each_other(tmp_path):
         devnet.stop(tmp_path / "run")
 
 
-def _ip(*args, check=True):
-    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
-
-
-def _netns_unavailable() -> str | None:
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        return "needs root and iproute2 to make network namespaces"
-    probe = f"aitbc-probe-{os.getpid()}"
-    made = _ip("netns", "add", probe, check=False)
-    if made.returncode != 0:
-        return f"ip netns add failed: {made.stderr.strip()}"
-    _ip("netns", "del", probe, check=False)
-    return None
-
-
-class Namespaces:
-    """n namespaces with one veth each, bridged in the root namespace on 10.88.x.0/24."""
-
-    def __init__(self, n):
-        tag = os.getpid() % 100_000
-        self.names = [f"aitbc-{tag}-{i}" for i in range(n)]
-        self.links = [f"av{tag}r{i}" for i in range(n)]  # root-side ends (15 characters at most)
-        self.bridge = f"ab{tag}"
-        subnet = 16 + tag % 200
-        self.hosts = [f"10.88.{subnet}.{i + 1}" for i in range(n)]
-        self.gateway = f"10.88.{subnet}.254"
-
-    def up(self):
-        _ip("link", "add", self.bridge, "type", "bridge")
-        _ip("addr", "add", f"{self.gateway}/24", "dev", self.bridge)
-        _ip("link", "set", self.bridge, "up")
-        for ns, link, host in zip(self.names, self.links, self.hosts, strict=True):
-            inner = f"{link[:-2]}i{link[-1]}"
-            _ip("netns", "add", ns)
-            _ip("link", "add", link, "type", "veth", "peer", "name", inner)
-            _ip("link", "set", inner, "netns", ns)
-            _ip("link", "set", link, "master", self.bridge)
-            _ip("link", "set", link, "up")
-            _ip("-n", ns, "addr", "add", f"{host}/24", "dev", inner)
-            _ip("-n", ns, "link", "set", inner, "up")
-            _ip("-n", ns, "link", "set", "lo", "up")
-
-    def cut(self, i, *, off):
-        _ip("link", "set", self.links[i], "down" if off else "up")
-
-    def down(self):
-        for ns in self.names:
-            _ip("netns", "del", ns, check=False)
-        for link in self.links:
-            _ip("link", "del", link, check=False)
-        _ip("link", "del", self.bridge, check=False)
-
-
 @pytest.mark.parametrize(("nodes", "peers"), [(POS_NODES, 4), (NODES, 3)], ids=["pos", "poa"])
 async def test_a_partition_heals_and_all_peers_converge_on_one_head(tmp_path, nodes, peers):
-    reason = _netns_unavailable()
+    reason = unavailable()
     if reason:
         pytest.skip(reason)
     nets = Namespaces(peers)
     run_dir = tmp_path / "run"
     try:
         nets.up()
-        wrap = [("ip", "netns", "exec", ns) for ns in nets.names]
+        wrap = nets.wrap
         procs = devnet.start(nodes, run_dir, hosts=nets.hosts, wrap=wrap, bootstrap_first=True)
         with trio.fail_after(120):
             await devnet.wait_ready(procs, min_height=2, progress=lambda s: None)
@@ -196,7 +141,7 @@ async def test_sixteen_validators_split_eight_by_eight_halt_and_converge_when_he
     """Sixteen ``aitbc-peer`` processes, each in its own namespace, on two bridges once
     split: neither half holds more than 2/3 of the stake, so neither commits a block (no
     fork is possible); joined again, they decide the next heights together."""
-    reason = _netns_unavailable()
+    reason = unavailable()
     if reason:
         pytest.skip(reason)
     n = 16
@@ -206,16 +151,16 @@ async def test_sixteen_validators_split_eight_by_eight_halt_and_converge_when_he
     other_bridge = f"{nets.bridge}b"
     try:
         nets.up()
-        _ip("link", "add", other_bridge, "type", "bridge")
-        _ip("link", "set", other_bridge, "up")
-        wrap = [("ip", "netns", "exec", ns) for ns in nets.names]
+        ip("link", "add", other_bridge, "type", "bridge")
+        ip("link", "set", other_bridge, "up")
+        wrap = nets.wrap
         procs = devnet.start(nodes, run_dir, hosts=nets.hosts, wrap=wrap)
         with trio.fail_after(300):
             await devnet.wait_ready(procs, min_height=2, timeout=300, progress=lambda s: None)
         before = await _converged(procs, above=2, timeout=120)
         east = procs[: n // 2]  # the west half's RPC is out of this namespace's reach while split
         for link in nets.links[n // 2 :]:  # the west half moves to a bridge of its own
-            _ip("link", "set", link, "master", other_bridge)
+            ip("link", "set", link, "master", other_bridge)
         # Let what was in flight land, then neither half may commit anything more.
         await trio.sleep(10)
         split_east = [(await _status(p))["height"] for p in east]
@@ -227,10 +172,10 @@ async def test_sixteen_validators_split_eight_by_eight_halt_and_converge_when_he
         assert max(after) == max(split_east), (split_east, after)
         assert all(a >= s for a, s in zip(after, split_east, strict=True)), (split_east, after)
         for link in nets.links[n // 2 :]:
-            _ip("link", "set", link, "master", nets.bridge)
+            ip("link", "set", link, "master", nets.bridge)
         healed = await _converged(procs, above=max(split_east) + 2, timeout=240)
         assert healed > before  # pos never reverts a committed block: one chain means no half committed apart
     finally:
         devnet.stop(run_dir)
         nets.down()
-        _ip("link", "del", other_bridge, check=False)
+        ip("link", "del", other_bridge, check=False)

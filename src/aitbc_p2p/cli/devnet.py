@@ -105,15 +105,16 @@ def _spawn(cmd: tuple[str, ...], log: Path) -> int:
     return proc.pid
 
 
-def restart_peer(run_dir: Path, name: str) -> PeerProcess:
-    """Start a stopped (or killed) devnet peer again on its data directory and ports."""
+def restart_peer(run_dir: Path, name: str, *, prefix: Sequence[str] = ()) -> PeerProcess:
+    """Start a stopped (or killed) devnet peer again on its data directory and ports.
+    ``prefix``: a command to run it under this time only (``faketime -f +2s``, say)."""
     procs = load_state(run_dir)
     for i, p in enumerate(procs):
         if p.name == name:
             if _alive(p.pid):
                 raise ConfigError(f"{name} is still running")
             (p.data_dir / NODE_INFO).unlink(missing_ok=True)
-            procs[i] = PeerProcess(p.name, _spawn(p.cmd, p.log), p.data_dir, p.log, p.cmd)
+            procs[i] = PeerProcess(p.name, _spawn((*prefix, *p.cmd), p.log), p.data_dir, p.log, p.cmd)
             _save_state(run_dir, procs)
             return procs[i]
     raise ConfigError(f"no devnet peer named {name}")
@@ -128,6 +129,7 @@ def start(
     hosts: Sequence[str] = (),
     wrap: Sequence[Sequence[str]] = (),
     bootstrap_first: bool = False,
+    prepare: Callable[[Path], None] | None = None,
 ) -> list[PeerProcess]:
     """Start a fresh devnet in ``run_dir`` (its old contents are removed).
 
@@ -139,7 +141,9 @@ def start(
     ``hosts`` gives peer i its own IPv4 address for libp2p and RPC (default 127.0.0.1);
     ``wrap`` prefixes peer i's command (``ip netns exec ns1``, say). Each peer bootstraps
     from all the peers before it, or with ``bootstrap_first`` from the first only, so
-    that it must find the rest by peer exchange.
+    that it must find the rest by peer exchange. ``prepare`` is called with each peer's
+    new, empty data directory before the peer starts (to mount a small file system
+    there, say).
     """
     # Here, not at the top: the wallet commands import this module, and an SDK-only
     # install (no peer extra) has neither the node's config nor libp2p.
@@ -164,6 +168,8 @@ def start(
         port = _free_port(host if host.startswith("127.") else "127.0.0.1")
         data_dir = (run_dir / name).resolve()
         data_dir.mkdir()
+        if prepare is not None:
+            prepare(data_dir)
         log = run_dir / f"{name}.log"
         cmd = [*(wrap[i] if i < len(wrap) else ())]
         cmd += [sys.executable, "-m", "aitbc_p2p.cli.peer", "run", "--config", str(config), "--data-dir", str(data_dir)]
