@@ -53,7 +53,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/audit.py | tee .bench/audit.out
 	$(BIN)/python bench/sim.py --peers 32 --minutes 5 | tee .bench/sim-poa.out
 	$(BIN)/python bench/sim.py --peers 16 --consensus pos --minutes 5 | tee .bench/sim-pos.out
-	$(BIN)/python bench/floors.py .bench/ledger.out .bench/gossip.out .bench/gpu.out .bench/job.out .bench/audit.out .bench/sim-poa.out .bench/sim-pos.out
+	$(BIN)/python bench/flood.py | tee .bench/flood.out
+	$(BIN)/python bench/floors.py .bench/ledger.out .bench/gossip.out .bench/gpu.out .bench/job.out .bench/audit.out .bench/sim-poa.out .bench/sim-pos.out .bench/flood.out
 
 # The README's dashboard pictures: the browser tests (Debian's chromium and
 # chromium-driver) save each screenshot into docs/screenshots as well.
