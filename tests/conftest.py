@@ -13,7 +13,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +29,41 @@ from aitbc_p2p.testing import make_genesis, make_key, open_test_network
 def _quiet_libp2p() -> Iterator[None]:
     logging.getLogger("libp2p").setLevel(logging.WARNING)
     yield
+
+
+def _peer_children() -> list[int]:
+    """``aitbc-peer`` processes this pytest process started and that still run."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        if ppid == os.getpid() and b"aitbc_p2p.cli.peer" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_leaked_peers() -> Iterator[None]:
+    """A test stopped by its timeout may not reach its own ``devnet.stop``: peers left
+    running would load the machine under every later test. Kill them at the end of
+    the module (module-scoped devnets have been stopped by then)."""
+    yield
+    if not Path("/proc").is_dir():
+        return
+    leaked = _peer_children()
+    for pid in leaked:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+    if leaked:
+        warnings.warn(f"killed {len(leaked)} peer processes left running by this module", stacklevel=1)
 
 
 @pytest.fixture
