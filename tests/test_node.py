@@ -35,6 +35,9 @@ async def test_peers_agree_and_gossip_transactions(tmp_path):
         tx = make_tx(CLIENT, to=make_key("dest").address, amount=12345)
         await nodes[1].submit_tx(tx)
         await wait_for(lambda: all(n.store.find_tx(tx.hash) for n in nodes))
+        found = nodes[0].tx_status(tx.hash)
+        assert found.final == (found.height <= nodes[0].final_height())  # poa: n deep and a majority
+        await wait_for(lambda: nodes[0].tx_status(tx.hash).final, timeout=30)
         target = max(n.store.head.height for n in nodes) + 1
         await wait_for(lambda: all(n.store.head.height >= target for n in nodes))
         hashes = {n.store.block(target).hash for n in nodes}

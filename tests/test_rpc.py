@@ -75,6 +75,7 @@ async def test_status_account_and_accepted_transaction(rpc):
     with trio.fail_after(20):
         while (await http.get(f"/v1/transactions/{tx.hash.hex()}")).json()["status"] != "committed":
             await trio.sleep(0.1)
+    assert (await http.get(f"/v1/transactions/{tx.hash.hex()}")).json()["final"] is True  # solo: at once
     acct = (await http.get(f"/v1/accounts/{DEST.address}")).json()
     assert acct["balance"] == aitbc(1) and acct["balance_aitbc"] == "1"
     history = (await http.get(f"/v1/accounts/{DEST.address}/history")).json()["txs"]

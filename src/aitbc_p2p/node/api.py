@@ -99,6 +99,8 @@ class TxStatus:
     tx: Transaction
     height: int | None = None
     index: int | None = None
+    final: bool = False
+    """Committed in a block fork choice can no longer revert (at once under BFT)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -225,7 +225,7 @@ class Node:
     def tx_status(self, tx_hash: Hash32) -> TxStatus | None:
         loc = self.store.find_tx(tx_hash)
         if loc is not None:
-            return TxStatus("committed", loc.tx, loc.height, loc.index)
+            return TxStatus("committed", loc.tx, loc.height, loc.index, final=loc.height <= self.final_height())
         for tx in self.mempool.pending():
             if tx.hash == tx_hash:
                 return TxStatus("pending", tx)

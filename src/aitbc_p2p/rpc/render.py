@@ -136,7 +136,7 @@ def history_entry(loc: TxLocation) -> dict[str, Any]:
 
 def tx_status(t: TxStatus) -> dict[str, Any]:
     if t.status == "committed":
-        return {"status": t.status, "height": t.height, "index": t.index, "tx": tx_view(t.tx)}
+        return {"status": t.status, "height": t.height, "index": t.index, "final": t.final, "tx": tx_view(t.tx)}
     return {"status": t.status, "tx": tx_view(t.tx)}
 
 
