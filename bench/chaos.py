@@ -32,8 +32,9 @@ A peer that exits by itself (a failed write on a full disk) is restarted at once
 supervisor would; any other exit fails the run. After the last fault the peers get 90 s
 to agree. Checked:
 
-- ``committed_lost``: transactions some peer reported committed that a peer lacks, or
-  holds at another height;
+- ``committed_lost``: transactions some peer reported committed and final (under poa,
+  a block is final once fork choice can no longer revert it; under pos at once) that a
+  peer lacks, or holds at another height;
 - ``divergent_heights``: heights whose block hash differs between peers (up to the
   lowest head);
 - ``height_gaps``: heights a peer cannot serve below its own head;
@@ -48,6 +49,7 @@ Prints progress to stderr; its last line is JSON:
 {"bench": "chaos", "consensus": ..., "faults": ..., "committed_lost": 0, "divergent_heights": 0,
  "supply_conserved": true, "catch_up_s_max": ..., "stall_s_max": ..., ...}
 Run: .venv/bin/python bench/chaos.py --consensus pos --minutes 10
+     .venv/bin/python bench/chaos.py --consensus poa --peers 4 --minutes 10   (nodes/devnet and a 4th authority)
 Exit status 1 when a check fails (lost, divergent, gap, supply, a peer that never caught
 up or is unreachable at the end, or a peer that exited by itself for another reason than
 a full disk).
@@ -79,7 +81,7 @@ from aitbc_p2p.cli.devnet import DEVNET_WALLET_PASSWORD, PeerProcess
 from aitbc_p2p.cli.peer import CLOCK_OFFSET_ENV
 from aitbc_p2p.crypto import PrivateKey, load_key_file
 from aitbc_p2p.exceptions import AitbcError, RpcError
-from aitbc_p2p.testing import netns
+from aitbc_p2p.testing import make_key, netns
 from aitbc_p2p.types import aitbc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,6 +176,21 @@ class Lab:
         return ("env", f"{CLOCK_OFFSET_ENV}={round(offset_s * 1000)}")
 
 
+def poa_devnet(root: Path, peers: int) -> Path:
+    """nodes/devnet with ``peers - 3`` more authorities (published test keys), each a peer
+    like peer2: a new chain (the genesis names them), the same wallets."""
+    shutil.copytree(NODES["poa"], root)
+    genesis = json.loads((root / "genesis.json").read_text())
+    template = (root / "peer2.toml").read_text()
+    for i in range(4, peers + 1):
+        key = make_key(f"chaos-authority-{i}")
+        (root / "keys" / f"peer{i}.key").write_text(key.secret.hex() + "\n")
+        (root / f"peer{i}.toml").write_text(template.replace("peer2", f"peer{i}").replace("peer 2", f"peer {i}"))
+        genesis["consensus"]["authorities"].append(key.address)
+    (root / "genesis.json").write_text(json.dumps(genesis, indent=2))
+    return root
+
+
 async def status(proc: PeerProcess) -> dict[str, Any] | None:
     try:
         async with proc.rpc() as rpc:
@@ -184,15 +201,15 @@ async def status(proc: PeerProcess) -> dict[str, Any] | None:
 
 
 async def ask(run: Run, proc: PeerProcess, tx_hash: str) -> bool | None:
-    """Whether ``proc`` reports ``tx_hash`` committed (noting its height), or None if it
+    """Whether ``proc`` reports ``tx_hash`` committed and final (noting its height), or None if it
     did not answer."""
     try:
         async with proc.rpc() as rpc:
             found = await rpc.tx_status(tx_hash)
     except (RpcError, OSError):
         return None
-    if found.get("status") != "committed":
-        return False
+    if found.get("status") != "committed" or not found.get("final"):
+        return False  # a block fork choice may still revert (poa) is no promise yet: ask again
     run.committed[tx_hash] = int(found["height"])
     run.pending.pop(tx_hash, None)
     return True
@@ -450,6 +467,9 @@ async def main() -> int:
     parser.add_argument(
         "--fault-count", type=int, help="inject exactly this many faults (however long they take) instead of --minutes"
     )
+    parser.add_argument(
+        "--peers", type=int, help="poa: this many authorities (4 or more: nodes/devnet's three and more); pos: 4"
+    )
     parser.add_argument("--seed", type=int, default=20261203)
     parser.add_argument("--fault-every", type=float, nargs=2, default=(20.0, 30.0), metavar=("MIN_S", "MAX_S"))
     parser.add_argument(
@@ -468,6 +488,10 @@ async def main() -> int:
         argv = ["unshare", "--mount", "--propagation", "private", sys.executable, *sys.argv]
         os.execvpe("unshare", argv, {**os.environ, MOUNT_NS_ENV: "1"})
     nodes = NODES[args.consensus]
+    if args.peers is not None and args.peers != len(devnet.peer_configs(nodes)):
+        if args.consensus != "poa" or args.peers < 3:
+            parser.error("--peers: poa takes 3 or more; pos runs its devnet's 4")
+        nodes = poa_devnet(Path(tempfile.mkdtemp(prefix="aitbc-chaos-nodes-")) / "devnet", args.peers)
     lab = Lab(len(devnet.peer_configs(nodes)), wanted)
     kinds = lab.kinds(wanted)
     if args.faults != "all" and len(kinds) < len(wanted):
