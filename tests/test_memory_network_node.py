@@ -103,6 +103,29 @@ async def test_a_network_split_in_two_halves_heals_onto_one_chain(autojump_clock
         assert min(n.final_height() for n in nodes) > at_split  # together they finalize again
 
 
+async def test_poa_peers_each_on_its_own_block_at_one_height_agree_on_the_better_tip(autojump_clock: Any) -> None:
+    """Three authorities cut off from each other: each adds at most one block of its own
+    (signer recency), so they may end at one height on three different blocks, each the
+    last proposer of its own branch and barred from the next height. No one is ahead, so
+    nothing syncs; healed, they must still agree: each compares its tip with the peers'
+    at its height and fork choice takes the better one. (Without the comparison they
+    waited on each other for good: a start-up race left the in-memory market tests at
+    height 1.)"""
+    hub = MemoryHub(latency_s=0.02)
+    async with open_test_network(3, hub=hub, clock_ms=virtual_clock_ms) as nodes:
+        await nodes[0].wait_height(2)
+        ids = [n.network.peer_id for n in nodes]
+        hub.partition([ids[0]], [ids[1]], [ids[2]])
+        await trio.sleep(10)  # twenty block times alone: at most one block each
+        heads = [n.head for n in nodes]
+        hub.heal()
+        with trio.fail_after(60):
+            while not one_chain(nodes):
+                await trio.sleep(0.3)
+            await nodes[0].wait_height(max(h.height for h in heads) + 5)  # and the chain goes on
+        assert one_chain(nodes)
+
+
 async def test_pos_validators_decide_blocks_and_go_on_without_one_of_four(autojump_clock: Any) -> None:
     keys = [make_key(f"peer{i}") for i in range(4)]
     params = {

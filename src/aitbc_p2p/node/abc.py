@@ -133,6 +133,10 @@ class PeerHeads(Protocol):
         """``(height, peer)`` of the handshaken peers whose head is above ours."""
         ...
 
+    def level(self) -> list[str]:
+        """The handshaken peers whose head is at our height but another block."""
+        ...
+
     def forget_head(self, peer: str) -> None:
         """``peer``'s reported head proved wrong: do not sync from it until it says again."""
         ...

@@ -37,6 +37,8 @@ class PeeringService:
         self.heads: dict[str, int] = {}
         """Heads that connected peers told us (pruned to the connected ones each round);
         a peer is here once it passed the status handshake."""
+        self.head_hashes: dict[str, bytes] = {}
+        """The hash of each head in :attr:`heads`, as its peer last said it."""
         self._backoff = Backoff(trio.current_time)
         self._dialing: set[str] = set()
         self._exchanged: dict[str, float] = {}
@@ -64,13 +66,25 @@ class PeeringService:
         mine = self.chain.head.height
         return [(h, p) for p, h in self.heads.items() if h > mine and not self.network.banned(p)]
 
+    def level(self) -> list[str]:
+        """The handshaken peers whose head is at our height but another block: a
+        competing tip that fork choice may prefer (poa: after a start-up race or a
+        partition, each side extending its own block stalls under signer recency)."""
+        head = self.chain.head
+        return [
+            p for p, h in self.heads.items()
+            if h == head.height and self.head_hashes.get(p) not in (None, head.hash) and not self.network.banned(p)
+        ]  # fmt: skip
+
     def saw_height(self, peer: str, height: int) -> None:
         """``peer`` published a block at ``height``: it is at least that far."""
-        if peer in self.heads:  # a peer we handshook with, not any name on a message
-            self.heads[peer] = max(self.heads[peer], height)
+        if peer in self.heads and height > self.heads[peer]:  # a peer we handshook with, not any name
+            self.heads[peer] = height
+            self.head_hashes.pop(peer, None)  # its head moved: the hash it said is stale
 
     def forget_head(self, peer: str) -> None:
         self.heads.pop(peer, None)
+        self.head_hashes.pop(peer, None)
 
     # ------------------------------------------------------------ handshake
     def status(self) -> Status:
@@ -92,12 +106,13 @@ class PeeringService:
         if status.chain_id != genesis.chain_id or status.genesis != genesis.hash:
             raise HandshakeRefused(f"peer {peer} is on another chain ({status.chain_id!r})")
         self.book.verified(peer, list(status.listen))
+        self.head_hashes[peer] = status.head
         return status.height
 
     def _refuse(self, peer: str, reason: str) -> None:
         self.network.ban(peer, reason)
         self.book.forget(peer)
-        self.heads.pop(peer, None)
+        self.forget_head(peer)
 
     async def serve_status(self, peer: str, request: bytes) -> bytes:
         try:
@@ -175,7 +190,7 @@ class PeeringService:
     async def _round(self) -> None:
         connected = set(self.network.connected_peers())
         for gone in [p for p in self.heads if p not in connected]:
-            del self.heads[gone]
+            self.forget_head(gone)
         self._exchanged = {p: t for p, t in self._exchanged.items() if p in connected}
         self._dial_more(connected)
         now = trio.current_time()

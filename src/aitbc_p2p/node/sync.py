@@ -11,6 +11,7 @@ better and no final block would be reverted.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from functools import partial
 
 import trio
@@ -66,6 +67,8 @@ class SyncService:
         self.peering = peering
         self.cooling: dict[str, tuple[int, float]] = {}
         """Peers whose last syncs failed: ``(failures in a row, skipped until)`` (trio time)."""
+        self._compared: dict[tuple[str, bytes], None] = {}
+        """``(peer, our head)`` pairs whose competing tips were compared (bounded, oldest out)."""
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.network.set_request_handler(protocols.SYNC_PROTOCOL, self.serve)
@@ -74,27 +77,53 @@ class SyncService:
             await self.peering.wait_round()
             picked = self.pick()
             if picked is None:
+                await self._compare_tips()
                 continue
             target, peer = picked
-            try:
-                await self.sync_from(peer, target)
-            except GarbageResponse as e:
-                logger.warning("sync from %s: %s", peer, e)
-                self.network.ban(peer, f"sync: {e}")
-                self.peering.forget_head(peer)
-            except (ValidationError, ConsensusError) as e:  # well formed, but not a block of our chain
-                self.network.penalize(peer, f"sync: {e}")
-                self._cool(peer, e)
-            except NetworkError as e:  # unreachable, stalled, or a chain that does not extend ours
-                self._cool(peer, e)
-            else:
-                self.cooling.pop(peer, None)
+            await self._guarded(peer, self.sync_from(peer, target))
+
+    async def _guarded(self, peer: str, sync: Awaitable[None]) -> None:
+        """Run one sync from ``peer``; what it did wrong costs it, and nothing else."""
+        try:
+            await sync
+        except GarbageResponse as e:
+            logger.warning("sync from %s: %s", peer, e)
+            self.network.ban(peer, f"sync: {e}")
+            self.peering.forget_head(peer)
+        except (ValidationError, ConsensusError) as e:  # well formed, but not a block of our chain
+            self.network.penalize(peer, f"sync: {e}")
+            self._cool(peer, e)
+        except NetworkError as e:  # unreachable, stalled, or a chain that does not extend ours
+            self._cool(peer, e)
+        else:
+            self.cooling.pop(peer, None)
 
     def pick(self) -> tuple[int, str] | None:
         """``(height, peer)``: the highest peer ahead of us that is not cooling down."""
         now = trio.current_time()
         ready = [(h, p) for h, p in self.peering.ahead() if self.cooling.get(p, (0, now))[1] <= now]
         return max(ready) if ready else None
+
+    async def _compare_tips(self) -> None:
+        """No peer is ahead, but one is at our height on another block: fetch its branch
+        and let fork choice decide (it switches only to a better tip, never past a final
+        block). Each competing head is compared once. Without this, two peers that each
+        made their own block at one height would wait on each other for good under poa's
+        signer recency (each the last proposer of its own branch). BFT heads are final:
+        nothing to compare."""
+        head = self.chain.head
+        if self.chain.final_height() >= head.height:
+            return
+        now = trio.current_time()
+        for peer in self.peering.level():
+            key = (peer, head.hash)
+            if key in self._compared or self.cooling.get(peer, (0, now))[1] > now:
+                continue
+            self._compared[key] = None
+            if len(self._compared) > MAX_COOLING:
+                del self._compared[next(iter(self._compared))]
+            await self._guarded(peer, self._sync_fork(peer, head.height))
+            return  # one a round
 
     def _cool(self, peer: str, why: Exception) -> None:
         failures = self.cooling.get(peer, (0, 0.0))[0] + 1
