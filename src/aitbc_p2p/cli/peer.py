@@ -18,7 +18,7 @@ from pathlib import Path
 import trio
 
 from aitbc_p2p.cli.config import PeerConfig, load_peer_config
-from aitbc_p2p.exceptions import AitbcError, ConfigError
+from aitbc_p2p.exceptions import AitbcError, ConfigError, NetworkError
 
 logger = logging.getLogger("aitbc_p2p.peer")
 
@@ -33,9 +33,12 @@ async def run_peer(cfg: PeerConfig) -> None:
     from aitbc_p2p.rpc.metrics import serve_metrics
     from aitbc_p2p.rpc.server import NODE_INFO, check_bindable
 
-    check_bindable(cfg.rpc_host, cfg.rpc_port)  # before the store and the network open
-    if cfg.metrics_port is not None:
-        check_bindable("127.0.0.1", cfg.metrics_port)
+    try:  # before the store and the network open; a port taken is the config's to change (exit 2)
+        check_bindable(cfg.rpc_host, cfg.rpc_port)
+        if cfg.metrics_port is not None:
+            check_bindable("127.0.0.1", cfg.metrics_port)
+    except NetworkError as e:
+        raise ConfigError(str(e)) from e
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     token = ensure_token(cfg.data_dir)
     info_path = cfg.data_dir / NODE_INFO
