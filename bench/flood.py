@@ -101,7 +101,6 @@ def invalid_messages(node: Node) -> Iterator[tuple[str, bytes]]:
 async def honest_load(nodes: list[Node], rate: float, seconds: float) -> tuple[list[float], int]:
     """Transfers at peer 0 for ``seconds``; each one's latency (ms) until in every other
     peer's pool, and how many never arrived within 10 s."""
-    sent: dict[bytes, float] = {}
     latencies: list[float] = []
     lost = 0
     nonce = nodes[0].account(CLIENT.address).account.nonce + len(nodes[0].mempool)
@@ -122,7 +121,6 @@ async def honest_load(nodes: list[Node], rate: float, seconds: float) -> tuple[l
             nonce += 1
             at = time.monotonic()
             await nodes[0].submit_tx(tx)
-            sent[tx.hash] = at
             nursery.start_soon(one, tx, at)
             await trio.sleep(1 / rate)
     return latencies, lost

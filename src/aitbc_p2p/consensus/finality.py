@@ -92,9 +92,12 @@ class ForkChoiceFinality:
     def recent(self, head: int, proposer_at: Callable[[int], Address | None]) -> list[Address]:
         recent: list[Address] = []
         for h in range(head, max(0, head - self.engine.recency), -1):
-            proposer = self._proposers.get(h) or proposer_at(h)
-            if proposer is None:
-                break
+            proposer = self._proposers.get(h)
+            if proposer is None:  # read once (a stored block decoded), then kept like the others
+                proposer = proposer_at(h)
+                if proposer is None:
+                    break
+                self._proposers[h] = proposer
             recent.append(proposer)
         return recent
 
