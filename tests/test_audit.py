@@ -275,3 +275,78 @@ def test_an_embed_result_must_hold_one_vector_per_text_under_its_digest() -> Non
         result = JobResult(offer.job_id, True, encode({**good, **bad}), "", {"compute_ms": 1})
         ruling = judge(_job(offer, result), Evidence("x", Facts(offer, params, result)), None, _never, check_params)
         assert ruling.verdict is Verdict.CLIENT and why in ruling.why
+
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+def _generated(params: dict[str, Any], **output: Any) -> tuple[Job, Facts]:
+    offer = _offer("llm_gen", params)
+    made = {"backend": "torch", "model": params.get("model", ""), "text": "hi", "tokens": 2, "ids": [5, 6],
+            "ttft_ms": 1, "tokens_per_s": 1, "elapsed_ms": 2, **output}  # fmt: skip
+    result = JobResult(offer.job_id, True, encode(made), "", {"compute_ms": 2})
+    return _job(offer, result), Facts(offer, params, result)
+
+
+def test_llm_gen_is_checkable_only_when_its_model_is_named_by_content() -> None:
+    from aitbc_p2p.market.audit import check_level
+
+    check_level("llm_gen", "spot", {"prompt": "x", "model": DIGEST})
+    check_level("llm_gen", "audit", {"prompt": "x", "model": DIGEST, "backend": "torch"})
+    check_level("llm_gen", "none", {"prompt": "x", "model": "llama3"})
+    for params in ({"prompt": "x", "model": "llama3"}, {"prompt": "x"}, {"prompt": "x", "model": "sha256:ab"},
+                   {"prompt": "x", "model": DIGEST, "backend": "ollama"}):  # fmt: skip
+        with pytest.raises(MarketError, match="content hash"):
+            check_level("llm_gen", "spot", params)
+    with pytest.raises(MarketError, match="no spot check"):
+        check_level("sd_infer", "spot", {"prompt": "x"})
+
+
+def test_a_generation_is_ruled_by_the_generation_check() -> None:
+    """judge hands a checkable generation to the check (one teacher-forced pass in a node:
+    tests/test_compute.py) and rules as it says; it cannot check: undecided."""
+    params = {"prompt": "A provider", "model": DIGEST}
+    seen: list[Any] = []
+
+    def check(answer: str | None) -> Any:
+        def run(p: dict[str, Any], output: dict[str, Any]) -> str | None:
+            seen.append((p["max_tokens"], output["ids"]))  # the parameters come normalized
+            return answer
+
+        return run
+
+    job, facts = _generated(params)
+    ev = Evidence("spot", facts)
+    assert judge(job, ev, None, _never, check_params, check_generation=check("")).verdict is Verdict.PROVIDER
+    assert seen == [(64, [5, 6])]
+    ruling = judge(job, ev, None, _never, check_params, check_generation=check("token 1 is not a greedy choice"))
+    assert ruling.verdict is Verdict.CLIENT and "token 1" in ruling.why
+    assert judge(job, ev, None, _never, check_params, check_generation=check(None)).verdict is None
+    assert judge(job, ev, None, _never, check_params).verdict is None  # no check here: undecided
+    # What the result says is checked before any model runs.
+    never = check("")
+    for bad, why in (({"model": "sha256:" + "cd" * 32}, "not name the model"), ({"backend": "ollama"}, "no token ids"),
+                     ({"tokens": 3}, "no token ids"), ({"ids": "5 6"}, "no token ids")):  # fmt: skip
+        job, facts = _generated(params, **bad)
+        ruling = judge(job, Evidence("spot", facts), None, _never, check_params, check_generation=never)
+        assert ruling.verdict is Verdict.CLIENT and why in ruling.why
+    assert len(seen) == 3  # none of those reached the model
+    # A generation of a model named by name cannot be checked: ruled as before, for the provider.
+    job, facts = _generated({"prompt": "A provider", "model": "llama3"}, model="llama3", ids=None)
+    ruling = judge(job, Evidence("x", facts), None, _never, check_params, check_generation=check("wrong"))
+    assert ruling.verdict is Verdict.PROVIDER and len(seen) == 3
+
+
+def test_llm_cheats_run_something_else_and_name_what_was_asked() -> None:
+    params = {"prompt": "x", "model": DIGEST, "max_tokens": 9, "temperature_milli": 0, "seed": 4, "backend": "auto"}
+    assert Cheater(Cheat.TRUNCATED_GENERATION).run_params("llm_gen", params, {})["max_tokens"] == 4
+    hot = Cheater(Cheat.SUBSTITUTED_GENERATION).run_params("llm_gen", params, {})
+    assert (hot["temperature_milli"], hot["seed"]) == (1500, 5)
+    assert Cheater(Cheat.OTHER_MODEL).run_params("echo", {"message": "m"}, {}) == {"message": "m"}
+    _, facts = _generated(params, model="cheap")
+    made_up = Cheater(Cheat.OTHER_MODEL).result("llm_gen", params, facts.result, None)
+    from aitbc_p2p.codec import decode
+
+    assert decode(made_up.output)["model"] == DIGEST
+    random_ids = decode(Cheater(Cheat.RANDOM_OUTPUT).result("llm_gen", params, facts.result, None).output)["ids"]
+    assert random_ids != [5, 6]

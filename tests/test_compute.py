@@ -191,6 +191,84 @@ def test_llm_gen_torch_backend_streams_tokens(tiny_lm):
         )
 
 
+@pytest.fixture(scope="module")
+def other_lm(tmp_path_factory):
+    """A second model, same tokenizer and shape, other weights: the 'cheaper' one a cheat runs."""
+    if not (torch_available() and module_available("transformers")):
+        pytest.skip("torch + transformers not installed")
+    from aitbc_p2p.testing.models import build_tiny_causal_lm
+
+    return str(build_tiny_causal_lm(tmp_path_factory.mktemp("models") / "other", seed=1))
+
+
+@needs_llm
+def test_a_model_is_named_by_its_content(tiny_lm, other_lm, tmp_path):
+    from aitbc_p2p.compute import llm
+
+    digest = llm.model_digest(tiny_lm)
+    assert llm.is_digest(digest) and digest != llm.model_digest(other_lm)
+    models = {"tiny": tiny_lm, "other": other_lm}
+    assert llm.find_model(models, digest) == (digest, tiny_lm)
+    assert llm.find_model(models, "other") == ("other", other_lm)
+    assert llm.find_model(models, "") == ("tiny", tiny_lm)  # the first, as before
+    assert llm.find_model(models, "sha256:" + "0" * 64) is None and llm.find_model(models, "llama3") is None
+    # The same files elsewhere are the same model; a changed file (or a new one) is not; hidden ones do not count.
+    import shutil
+
+    copy = shutil.copytree(tiny_lm, tmp_path / "copy")
+    (copy / ".cache").mkdir()
+    (copy / ".cache" / "x").write_text("not part of the model")
+    assert llm.model_digest(str(copy)) == digest
+    (copy / "extra.txt").write_text("one more file")
+    assert llm.model_digest(str(copy)) != digest
+    # A job naming the content runs that model and names it so.
+    gen = get_workload("llm_gen")
+    out = gen.run(gen.validate({"prompt": "A provider", "model": digest, "max_tokens": 8}), RunContext(models=models))
+    assert out["model"] == digest and out["backend"] == "torch" and len(out["ids"]) == out["tokens"]
+
+
+def _generate(path_by_name, params):
+    gen = get_workload("llm_gen")
+    return gen.run(gen.validate(params), RunContext(models=path_by_name))
+
+
+@needs_llm
+@pytest.mark.parametrize("temperature_milli", [0, 800], ids=["greedy", "seeded"])
+def test_a_generation_is_checked_by_one_teacher_forced_pass(tiny_lm, other_lm, temperature_milli):
+    """specs/market.md, "Checks per workload": each token is what the logits allow, a short
+    generation ends where end-of-text is allowed, the text is the ids decoded. Every
+    cheat of node/cheats.py on llm_gen fails; the honest generation passes."""
+    from aitbc_p2p.compute import llm
+
+    digest = llm.model_digest(tiny_lm)
+    models = {"tiny": tiny_lm, "other": other_lm}
+    asked = get_workload("llm_gen").validate(
+        {"prompt": "A client publishes", "model": digest, "max_tokens": 24, "temperature_milli": temperature_milli,
+         "seed": 11}
+    )  # fmt: skip
+    honest = _generate(models, asked)
+    assert llm.check_generation(asked, honest, tiny_lm) == ""
+    assert llm.check_generation(asked, _generate(models, asked), tiny_lm) == ""  # it repeats
+    other = {**_generate(models, {**asked, "model": "other"}), "model": digest}
+    assert "is not" in llm.check_generation(asked, other, tiny_lm)
+    truncated = _generate(models, {**asked, "max_tokens": 12})
+    assert "end-of-text is not" in llm.check_generation(asked, truncated, tiny_lm)
+    substituted = _generate(models, {**asked, "temperature_milli": 1500, "seed": 12})
+    assert "token" in llm.check_generation(asked, substituted, tiny_lm)
+    assert "decoded" in llm.check_generation(asked, {**honest, "text": honest["text"] + "!"}, tiny_lm)
+    assert "carries" in llm.check_generation(asked, {**honest, "tokens": honest["tokens"] + 1}, tiny_lm)
+    assert "no token ids" in llm.check_generation(asked, {**honest, "backend": "ollama"}, tiny_lm)
+    assert "vocabulary" in llm.check_generation(asked, {**honest, "ids": [10**6] * honest["tokens"]}, tiny_lm)
+    # The cheats of node/cheats.py run what they say.
+    from aitbc_p2p.node.cheats import Cheat, Cheater
+
+    for cheat in (Cheat.TRUNCATED_GENERATION, Cheat.SUBSTITUTED_GENERATION, Cheat.OTHER_MODEL):
+        ran = Cheater(cheat).run_params("llm_gen", asked, models)
+        assert ran != asked
+        cheated = {**_generate(models, ran), "model": digest}
+        assert llm.check_generation(asked, cheated, tiny_lm), cheat
+
+
 class FakeOllama(BaseHTTPRequestHandler):
     """Answers POST /api/generate as Ollama does with stream=true: NDJSON lines."""
 

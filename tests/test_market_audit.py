@@ -18,6 +18,7 @@ import trio
 from aitbc_p2p.chain.payloads import Verdict
 from aitbc_p2p.compute import torch_available
 from aitbc_p2p.compute.context import module_available
+from aitbc_p2p.exceptions import MarketError
 from aitbc_p2p.network.memory import MemoryHub
 from aitbc_p2p.node.cheats import Cheat, Cheater
 from aitbc_p2p.testing import make_key, open_test_network
@@ -109,6 +110,65 @@ async def test_a_cheating_provider_is_caught_slashed_and_struck_off(
         again_id = await client_node.submit_job(again, "echo", {"message": "again"})
         await trio.sleep(3 * client_node.config.bid_window_s)
         assert not client_node.market.client_jobs[again_id].bids
+
+
+needs_llm = pytest.mark.skipif(
+    not (torch_available() and module_available("transformers")), reason="torch + transformers not installed"
+)
+
+
+@pytest.fixture(scope="module")
+def language_models(tmp_path_factory: Any) -> tuple[dict[str, str], str]:
+    """Two tiny causal LMs every peer holds, and the content hash of the first (the one
+    jobs ask for; the second is the cheaper model a cheat runs instead)."""
+    from aitbc_p2p.compute import llm
+    from aitbc_p2p.testing.models import build_tiny_causal_lm
+
+    root = tmp_path_factory.mktemp("models")
+    models = {"tiny": str(build_tiny_causal_lm(root / "tiny")), "cheap": str(build_tiny_causal_lm(root / "cb", seed=1))}
+    return models, llm.model_digest(models["tiny"])
+
+
+@needs_llm
+@pytest.mark.parametrize(
+    ("cheat", "why"),
+    [
+        (None, ""),
+        (Cheat.TRUNCATED_GENERATION, "end-of-text is not"),
+        (Cheat.SUBSTITUTED_GENERATION, "token 0 is not"),
+        (Cheat.OTHER_MODEL, "is not"),
+        (Cheat.RANDOM_OUTPUT, "not the token ids decoded"),
+    ],
+    ids=["honest", "truncated", "substituted", "other-model", "made-up-ids"],
+)
+async def test_generations_are_checked_by_the_clients_agent_and_the_arbiter(
+    cheat: Cheat | None, why: str, language_models: tuple[dict[str, str], str], monkeypatch: Any
+) -> None:
+    """llm_gen at spot, the model named by content: the agent re-reads each generation in
+    one teacher-forced pass with its own copy of the model; an honest one is acked, each
+    llm cheat is disputed and the arbiter (same check) rules against it."""
+    monkeypatch.setattr("aitbc_p2p.node.audit.ARBITER_PATIENCE_S", 3.0)
+    models, digest = language_models
+    params = {"prompt": "A provider advertises", "model": digest, "max_tokens": 16, "temperature_milli": 700}
+    async with open_test_network(3, providers=[1], alloc=ALLOC, hub=MemoryHub(), genesis_params=ARBITERS,
+                                 models=models) as (client_node, provider, arbiter):  # fmt: skip
+        await wait_for(lambda: provider.market.registered() and PROVIDER.address in client_node.market.providers)
+        # A peer that cannot check such a job refuses to offer it.
+        with pytest.raises(MarketError, match="no model of content"):
+            await _spot_job(client_node, "llm_gen", {**params, "model": "sha256:" + "0" * 64})
+        provider.market.cheater = Cheater(cheat) if cheat is not None else None
+        job_id = await _spot_job(client_node, "llm_gen", {**params, "seed": 3})
+        escrow = client_node.store.state.job(job_id)
+        if cheat is None:
+            assert escrow.status.value == "settled" and not escrow.challenger
+            assert client_node.audit.rulings[job_id].verdict is Verdict.PROVIDER
+            assert not arbiter.audit.rulings
+            return
+        assert escrow.status.value == "refunded" and escrow.challenger == AGENT.address
+        ruling = arbiter.audit.rulings[job_id]
+        assert ruling.verdict is Verdict.CLIENT and why in ruling.why, ruling
+        account = client_node.account(PROVIDER.address).account
+        assert account.provider is False and account.stake < client_node.genesis.min_provider_stake
 
 
 async def test_level_audit_checks_a_drawn_share_and_still_catches_a_cheat(monkeypatch: Any) -> None:

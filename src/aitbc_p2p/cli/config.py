@@ -189,6 +189,8 @@ def load_peer_config(path: Path, **overrides: Any) -> PeerConfig:
             miners = MinersConfig(**table)
         wallet = _wallet(base, doc["wallet"]) if "wallet" in doc else None
         node_opts = dict(_table("[node]", doc.get("node", {}), NODE_SCHEMA))
+        if "models" in node_opts:
+            node_opts["models"] = {str(name): str((base / p).resolve()) for name, p in node_opts["models"].items()}
         if overrides.get("verify_in_workers") is not None:
             node_opts["verify_in_workers"] = overrides["verify_in_workers"]
         listen = tuple(overrides.get("listen") or doc.get("listen", ["/ip4/127.0.0.1/tcp/0"]))

@@ -3,26 +3,100 @@
 Both stream: each new piece of text is emitted as ``{"token": text}`` through the run
 context as soon as it exists, and the result reports time to first token and tokens/s.
 Nothing is downloaded: the torch backend loads a causal language model from a local
-directory that the provider configured by name; Ollama serves its own models.
+directory that the provider configured by name, or that a job names by its content
+(``sha256:<hex>``, :func:`model_digest`); Ollama serves its own models.
+
+The torch backend's generations are checkable (specs/market.md, "Checks per workload"):
+the result carries the token ids, greedy decoding takes the argmax and seeded sampling
+inverts the CDF at uniforms drawn up front from the seed, so one teacher-forced forward
+pass over prompt + output (:func:`check_generation`, a prefill) tells whether each token
+is what the model's logits allow.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import threading
 import time
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from aitbc_p2p.compute.context import RunContext, language_models, module_available, pick_model, torch_available
 from aitbc_p2p.exceptions import ComputeError
 
 _MODELS: dict[tuple[str, str], tuple[Any, Any]] = {}
+_LOAD_LOCK = threading.Lock()
+_DIGESTS: dict[str, tuple[tuple[tuple[str, int, int], ...], str]] = {}
+_DIGEST_LOCK = threading.Lock()
+
+DIGEST_PREFIX = "sha256:"
+GREEDY_SLACK = 0.5
+"""A greedy token is allowed when its log-probability is within this of the top one's
+(a different device class rounds logits differently; a token the model ranks more than
+e^0.5 = 1.65 times less likely than its top is not a greedy choice)."""
+SAMPLE_SLACK = 0.02
+"""A sampled token is allowed when its step's uniform falls within this of the token's
+interval of the cumulative distribution (the same slack across device classes)."""
+
+
+def is_digest(name: str) -> bool:
+    """Whether a model name is a content hash (``sha256:`` and 64 hex digits)."""
+    rest = name[len(DIGEST_PREFIX) :]
+    return name.startswith(DIGEST_PREFIX) and len(rest) == 64 and all(c in "0123456789abcdef" for c in rest)
+
+
+def model_digest(path: str) -> str:
+    """The content hash of a model directory: ``sha256:`` of its manifest, one line
+    ``relative path, size, SHA-256`` per file (sorted; hidden files left out). What a job
+    names so that its provider and its checkers run the same weights. Cached while the
+    files' sizes and modification times stay the same (blocking: it reads every file)."""
+    root = Path(path)
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+    signature = tuple((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    with _DIGEST_LOCK:
+        cached = _DIGESTS.get(path)
+        if cached is not None and cached[0] == signature:
+            return cached[1]
+    manifest = hashlib.sha256()
+    for p, (rel, size, _) in zip(files, signature, strict=True):
+        h = hashlib.sha256()
+        with p.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        manifest.update(f"{rel}\0{size}\0{h.hexdigest()}\n".encode())
+    digest = DIGEST_PREFIX + manifest.hexdigest()
+    with _DIGEST_LOCK:
+        _DIGESTS[path] = (signature, digest)
+    return digest
+
+
+def find_model(models: Mapping[str, str], name: str) -> tuple[str, str] | None:
+    """The configured causal LM a job names (by name, by content hash, or the first for
+    an empty name): (the name as the job gave it, its directory), or None."""
+    local = language_models(models)
+    if is_digest(name):
+        for path in local.values():
+            if model_digest(path) == name:
+                return name, path
+        return None
+    try:
+        return pick_model(local, name, "model")
+    except ComputeError:
+        return None
 
 
 def generate(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     backend = params["backend"]
     local = language_models(ctx.models)
     if backend == "auto":
-        if params["model"] in local or (not params["model"] and local):
+        if find_model(local, params["model"]) is not None:
             backend = "torch"
         elif ctx.ollama_url:
             backend = "ollama"
@@ -35,13 +109,30 @@ def generate(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
 
 def _load(path: str, device: str) -> tuple[Any, Any]:
     key = (path, device)
-    if key not in _MODELS:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    with _LOAD_LOCK:
+        if key not in _MODELS:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).to(device).eval()
-        _MODELS[key] = (tokenizer, model)
-    return _MODELS[key]
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).to(device).eval()
+            _MODELS[key] = (tokenizer, model)
+        return _MODELS[key]
+
+
+def _uniforms(seed: int, count: int) -> Any:
+    """The uniforms a seeded generation samples at, one per step, drawn up front (float64)."""
+    import torch
+
+    return torch.rand(count, generator=torch.Generator(device="cpu").manual_seed(seed), dtype=torch.float64)
+
+
+def _sample(logits: Any, temperature: float, u: float) -> int:
+    """The token whose interval of the cumulative distribution holds ``u``."""
+    import torch
+
+    probs = torch.softmax(logits.double() / temperature, dim=-1)
+    cdf = torch.cumsum(probs, dim=-1)
+    return min(int(torch.searchsorted(cdf, torch.tensor([u * float(cdf[-1])], dtype=torch.float64))[0]), len(cdf) - 1)
 
 
 def _torch_generate(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
@@ -49,10 +140,14 @@ def _torch_generate(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
         raise ComputeError("the torch backend needs torch and transformers")
     import torch
 
-    name, path = pick_model(language_models(ctx.models), params["model"], "model")
+    found = find_model(ctx.models, params["model"])
+    if found is None:
+        local = sorted(language_models(ctx.models))
+        raise ComputeError(f"model {params['model']!r} is not configured on this provider; it has {local}")
+    name, path = found
     tokenizer, model = _load(path, ctx.device)
-    gen = torch.Generator(device="cpu").manual_seed(params["seed"])
     temperature = params["temperature_milli"] / 1000
+    uniforms = _uniforms(params["seed"], params["max_tokens"] + 1) if temperature else None
     ids = tokenizer(params["prompt"], return_tensors="pt").input_ids.to(ctx.device)
     eos = tokenizer.eos_token_id
     start = time.perf_counter()
@@ -69,8 +164,8 @@ def _torch_generate(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
             if temperature == 0:
                 next_id = int(torch.argmax(logits, dim=-1)[0])
             else:
-                probs = torch.softmax(logits / temperature, dim=-1)
-                next_id = int(torch.multinomial(probs, 1, generator=gen)[0, 0])
+                assert uniforms is not None
+                next_id = _sample(logits[0], temperature, float(uniforms[i]))
             if i == 0:
                 ttft = time.perf_counter() - start
             if eos is not None and next_id == eos:
@@ -88,10 +183,64 @@ def _torch_generate(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
         "model": name,
         "text": text_so_far,
         "tokens": len(out_ids),
+        "ids": out_ids,
         "ttft_ms": int(ttft * 1000),
         "tokens_per_s": int(max(len(out_ids) - 1, 0) / decode_s) if len(out_ids) > 1 else 0,
         "elapsed_ms": int(elapsed * 1000),
     }
+
+
+def check_generation(params: Mapping[str, Any], output: Mapping[str, Any], path: str, *, device: str = "cpu") -> str:
+    """Whether a torch generation is what the model at ``path`` gives for ``params``
+    (validated): one teacher-forced forward pass over prompt + output. Each produced token
+    must be allowed by the logits before it (greedy: within GREEDY_SLACK of the top;
+    sampled: its interval of the distribution holds the step's seeded uniform, within
+    SAMPLE_SLACK), a generation shorter than ``max_tokens`` must end where end-of-text is
+    allowed, and the text must be the ids decoded. Empty: it is; else why not (blocking)."""
+    import torch
+
+    ids = output.get("ids")
+    if output.get("backend") != "torch" or not isinstance(ids, list) or not all(type(t) is int for t in ids):
+        return "the result carries no token ids of a torch generation"
+    max_tokens = int(params["max_tokens"])
+    if len(ids) > max_tokens or output.get("tokens") != len(ids):
+        return f"the result claims {output.get('tokens')} tokens and carries {len(ids)} ids (at most {max_tokens})"
+    tokenizer, model = _load(path, device)
+    vocab = int(model.get_output_embeddings().weight.shape[0])
+    if not all(0 <= t < vocab for t in ids):
+        return "a token id is outside the model's vocabulary"
+    if tokenizer.decode(ids, skip_special_tokens=True) != output.get("text"):
+        return "the text is not the token ids decoded"
+    prompt = tokenizer(params["prompt"], return_tensors="pt").input_ids[0].tolist()
+    eos = tokenizer.eos_token_id
+    if not prompt:
+        return "the prompt has no tokens: nothing was generated from it"
+    if eos is not None and eos in ids:
+        return "the ids go on past end-of-text"
+    ends = len(ids) < max_tokens
+    if ends and eos is None:
+        return f"the generation stops after {len(ids)} of {max_tokens} tokens and the model has no end-of-text"
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([prompt + ids], device=device)).logits[0].double().cpu()
+    steps = logits[len(prompt) - 1 : len(prompt) - 1 + len(ids) + int(ends)]
+    wanted = ids + ([eos] if ends else [])
+    temperature = params["temperature_milli"] / 1000
+    uniforms = _uniforms(params["seed"], max_tokens + 1) if temperature else None
+    for i, (row, token) in enumerate(zip(steps, wanted, strict=True)):
+        what = "end-of-text" if i == len(ids) else f"token {i}"
+        if uniforms is None:
+            logp = torch.log_softmax(row, dim=-1)
+            gap = float(logp.max() - logp[token])
+            if not gap <= GREEDY_SLACK:  # NaN logits fail too
+                return f"{what} is not a greedy choice: {gap:.2f} below the top log-probability"
+            continue
+        probs = torch.softmax(row / temperature, dim=-1)
+        hi = float(torch.sum(probs[: token + 1]))
+        lo = hi - float(probs[token])
+        u = float(uniforms[i]) * float(torch.sum(probs))
+        if not (lo - SAMPLE_SLACK <= u <= hi + SAMPLE_SLACK) or math.isnan(hi):
+            return f"{what} is not the seeded sample: its interval [{lo:.4f}, {hi:.4f}] does not hold {u:.4f}"
+    return ""
 
 
 def _ollama_generate(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:

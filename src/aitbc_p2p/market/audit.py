@@ -61,20 +61,43 @@ model's load): a receipt claiming more is an overcharge."""
 METER_FACTOR = 4
 """... and the factor on the time its parameters need at the provider's declared speed."""
 
-VERIFIABLE = frozenset({"echo", "torch_bench", "embed"})
-"""Workloads with a spot check (others are offered at level ``none`` only, for now)."""
+VERIFIABLE = frozenset({"echo", "torch_bench", "embed", "llm_gen"})
+"""Workloads with a spot check (others are offered at level ``none`` only, for now);
+``llm_gen`` only as :func:`check_level` says."""
+DIGEST_PREFIX = "sha256:"
 
 Normalize = Callable[[str, dict[str, Any]], dict[str, Any]]
 """``(workload, params) -> clean params`` (defaults filled in), raising on parameters the
 workload refuses: :func:`aitbc_p2p.compute.check_params`."""
 
-def check_level(workload: str, level: str) -> None:
-    """Raises MarketError for a verification level that is unknown, or that ``workload`` has no check for."""
+def check_level(workload: str, level: str, params: Mapping[str, Any] | None = None) -> None:
+    """Raises MarketError for a verification level that is unknown, or that ``workload``
+    (with ``params``) has no check for. ``llm_gen`` is checked only when its parameters
+    name the model by content (``sha256:<hex>``: both sides run the same weights) and do
+    not ask for Ollama (whose generations carry no token ids)."""
     if level not in tuple(Level):
         raise MarketError(f"verification must be one of {[str(v) for v in Level]}, not {level!r}")
     if level != Level.NONE and workload not in VERIFIABLE:
         raise MarketError(f"{workload} has no {level} check yet; verifiable: {sorted(VERIFIABLE)}")
+    if level != Level.NONE and workload == "llm_gen" and not checkable_generation(params or {}):
+        raise MarketError(
+            f"llm_gen at {level} needs the model named by its content hash (sha256:<64 hex>) and a backend other"
+            " than Ollama (whose generations carry no token ids to check)"
+        )
 
+
+def checkable_generation(params: Mapping[str, Any]) -> bool:
+    """Whether an ``llm_gen`` job's generation can be checked: its model is named by
+    content hash and it does not ask for Ollama. Others are ruled as before (step 8)."""
+    model = params.get("model")
+    named = isinstance(model, str) and model.startswith(DIGEST_PREFIX) and len(model) == len(DIGEST_PREFIX) + 64
+    return named and params.get("backend", "auto") != "ollama"
+
+
+GenerationCheck = Callable[[dict[str, Any], dict[str, Any]], "str | None"]
+"""``(params, output) -> ""`` if an ``llm_gen`` output is what the named model gives (one
+teacher-forced pass, compute/llm.py ``check_generation``), why not otherwise, or None
+where this peer cannot check it (it has no model of that content)."""
 
 RowCheck = Callable[[dict[str, Any], int, bytes], bool]
 """``(params, index, row) -> whether the row is right``: a torch_bench row recomputed
@@ -306,6 +329,12 @@ def check_output(facts: Facts) -> str:
             return "the result's vectors are not one per text"
         if output.get("digest") != hashlib.sha256(vectors).hexdigest():
             return "the result's digest is not of its vectors"
+    if workload == "llm_gen" and checkable_generation(params):
+        if not isinstance(output, dict) or output.get("model") != params.get("model"):
+            return "the result does not name the model the job asked for"
+        ids = output.get("ids")
+        if output.get("backend") != "torch" or not isinstance(ids, list) or output.get("tokens") != len(ids):
+            return "the result carries no token ids of a torch generation"
     return ""
 
 
@@ -328,6 +357,16 @@ def _judge_embed(
     return Ruling(Verdict.PROVIDER, f"texts {indices} re-embedded match")
 
 
+def _judge_llm(facts: Facts, output: dict[str, Any], check: GenerationCheck | None) -> Ruling:
+    """The whole generation checked in one teacher-forced pass (nothing to ask for)."""
+    why = check(facts.params, output) if check is not None else None
+    if why is None:
+        return Ruling(None, f"this peer cannot check generations of {facts.params.get('model')!r} (no such model)")
+    if why:
+        return Ruling(Verdict.CLIENT, why)
+    return Ruling(Verdict.PROVIDER, f"each of the {len(output['ids'])} tokens is what the model allows")
+
+
 def judge(
     job: Job,
     evidence: Evidence | None,
@@ -338,6 +377,7 @@ def judge(
     asked: Sequence[int] = (),
     gflops: int = 0,
     check_vector: RowCheck | None = None,
+    check_generation: GenerationCheck | None = None,
 ) -> Ruling:
     """Rule on a receipted job from the challenger's ``evidence`` and, where that does
     not decide it, the provider's ``answer`` to an audit that asked for rows ``asked``.
@@ -376,6 +416,8 @@ def judge(
         return Ruling(Verdict.CLIENT, f"metered {billed} ms where the job needs about {need} ms")
     if workload == "embed":
         return _judge_embed(facts, output, evidence, asked, check_vector)
+    if workload == "llm_gen" and checkable_generation(facts.params):
+        return _judge_llm(facts, output, check_generation)
     if workload != "torch_bench":
         return Ruling(Verdict.PROVIDER, "the result is what the parameters give")  # recomputed whole
     root = bytes.fromhex(output["rows_root"])

@@ -25,7 +25,7 @@ import trio
 from aitbc_p2p.chain.payloads import JobDispute, JobResolve, Verdict
 from aitbc_p2p.chain.state import Job, JobStatus
 from aitbc_p2p.compute import check_params
-from aitbc_p2p.compute.context import module_available
+from aitbc_p2p.compute.context import language_models, module_available, torch_available
 from aitbc_p2p.compute.workloads import EMBED_MODULE
 from aitbc_p2p.exceptions import ComputeError, MarketError, NetworkError, TxRejected
 from aitbc_p2p.market.audit import (
@@ -34,10 +34,12 @@ from aitbc_p2p.market.audit import (
     AuditRequest,
     Evidence,
     Facts,
+    GenerationCheck,
     Level,
     RowCheck,
     Ruling,
     challenge_rows,
+    checkable_generation,
     facts_hold,
     judge,
     rows_for,
@@ -87,6 +89,22 @@ def _vector_check() -> RowCheck | None:
     return check
 
 
+def _generation_check(models: dict[str, str]) -> GenerationCheck | None:
+    """Checks an llm_gen generation with this peer's model of the content the job names
+    (one teacher-forced pass, in the calling thread), where it has torch, transformers and
+    causal LMs; else None."""
+    if not language_models(models) or not (torch_available() and module_available("transformers")):
+        return None
+
+    def check(params: dict[str, Any], output: dict[str, Any]) -> str | None:
+        from aitbc_p2p.compute import llm
+
+        found = llm.find_model(models, params["model"])
+        return None if found is None else llm.check_generation(params, output, found[1])
+
+    return check
+
+
 def _check_row(params: dict[str, Any], index: int, row: bytes) -> bool:
     from aitbc_p2p.compute.workloads import row_matches
 
@@ -94,11 +112,22 @@ def _check_row(params: dict[str, Any], index: int, row: bytes) -> bool:
 
 
 class AuditService:
-    def __init__(self, chain: ChainView, account: OwnAccount, network: Network, market: MarketService) -> None:
+    def __init__(
+        self,
+        chain: ChainView,
+        account: OwnAccount,
+        network: Network,
+        market: MarketService,
+        *,
+        models: dict[str, str] | None = None,
+    ) -> None:
         self.chain = chain
         self.account = account
         self.network = network
         self.market = market
+        self.models = dict(models or {})
+        """Local model directories (name -> path) this peer checks llm_gen generations with."""
+        self._check_generation = _generation_check(self.models)
         self._nursery: trio.Nursery | None = None
         self._products: OrderedDict[JobId, tuple[list[bytes], list[bytes] | None]] = OrderedDict()
         """Products proved from lately: ``(rows, leaf hashes or None)``."""
@@ -115,6 +144,20 @@ class AuditService:
                 nursery.start_soon(self._arbitrate)
             task_status.started()
             await trio.sleep_forever()  # the checks and cases it starts run here
+
+    async def cannot_check(self, workload: str, params: dict[str, Any]) -> str:
+        """Why this peer could not check a job of ``workload`` with ``params`` at level
+        spot or audit (empty: it can): a client's peer refuses such an offer up front."""
+        if workload == "embed" and not module_available(EMBED_MODULE):
+            return "this peer cannot check embed results: it has no embedding model (the compute extra)"
+        if workload == "llm_gen" and checkable_generation(params):
+            from aitbc_p2p.compute import llm
+
+            if self._check_generation is None:
+                return "this peer cannot check llm_gen generations: it has no causal LM (torch, transformers, models)"
+            if await blocking(llm.find_model, self.models, params["model"]) is None:
+                return f"this peer holds no model of content {params['model']} to check the generation with"
+        return ""
 
     def disputed(self, job_id: JobId, why: str) -> None:
         """The client's agent disputed the receipt: its ruling is against the provider."""
@@ -196,10 +239,13 @@ class AuditService:
                 logger.info("job %s not drawn for an audit: acked", job_id.hex()[:16])
                 self.market.ack_checked(job)
                 return
-        check = _vector_check()
+        check, check_llm = _vector_check(), self._check_generation
         ruling = await blocking(
-            lambda: judge(escrow, evidence, None, _check_row, check_params, gflops=gflops, check_vector=check)
-        )
+            lambda: judge(
+                escrow, evidence, None, _check_row, check_params, gflops=gflops, check_vector=check,
+                check_generation=check_llm,
+            )
+        )  # fmt: skip
         clean = check_params(job.workload, job.params)
         if ruling.verdict is None and job.workload == "embed":  # texts drawn from a block after the receipt
             seed = await self._block_hash(escrow.receipt_height + 1)
@@ -208,7 +254,7 @@ class AuditService:
                 lambda: judge(escrow, evidence, None, _check_row, check_params, asked=drawn, check_vector=check)
             )
             evidence = Evidence(ruling.why, facts, rows=tuple((i, b"", ()) for i in drawn), bid=bid)
-        elif ruling.verdict is None:  # the result must be audited: rows from a block after the receipt
+        elif ruling.verdict is None and job.workload == "torch_bench":  # rows from a block after the receipt
             seed = await self._block_hash(escrow.receipt_height + 1)
             n = int(clean["n"])
             asked = challenge_rows(seed, job_id, n, min(SPOT_ROWS, rows_for(n)))
@@ -227,7 +273,7 @@ class AuditService:
             logger.info("job %s passed its spot check (%s)", job_id.hex()[:16], ruling.why)
             self.market.ack_checked(job)
             return
-        if ruling.verdict is None and job.workload == "embed":  # it could not check: neither pays nor disputes
+        if ruling.verdict is None and job.workload in ("embed", "llm_gen"):  # it could not check: no ack, no dispute
             logger.error("job %s not checked: %s; no ack (paid after the window)", job_id.hex()[:16], ruling.why)
             return
         logger.warning("job %s failed its spot check: %s", job_id.hex()[:16], ruling.why)
@@ -303,7 +349,11 @@ class AuditService:
                 logger.info("dispute of %s carries no readable evidence: %s", job_id.hex()[:16], e)
         bid = evidence.bid if evidence is not None else None
         gflops = _gflops(bid, escrow)
-        ruling = await blocking(lambda: judge(escrow, evidence, None, _check_row, check_params, gflops=gflops))
+        ruling = await blocking(
+            lambda: judge(
+                escrow, evidence, None, _check_row, check_params, gflops=gflops, check_generation=self._check_generation
+            )
+        )
         if ruling.verdict is None:  # audit the provider: the facts (if the evidence lacks them), then rows
             peer = self.market.provider_peer(escrow.provider)
             silent = AuditAnswer(job_id, error="no answer within the arbiter's patience")
@@ -325,7 +375,7 @@ class AuditService:
             ruling = await blocking(
                 lambda: judge(
                     escrow, evidence, shown, _check_row, check_params, asked=asked, gflops=gflops,
-                    check_vector=_vector_check(),
+                    check_vector=_vector_check(), check_generation=self._check_generation,
                 )
             )  # fmt: skip
         if ruling.verdict is None:

@@ -31,6 +31,12 @@ class Cheat(enum.StrEnum):
     """The receipt bills an hour of compute (capped by the escrow) for the real result."""
     WITHHELD_AUDITS = "withheld_audits"
     """Honest work, but audits go unanswered."""
+    TRUNCATED_GENERATION = "truncated_generation"
+    """llm_gen: half the tokens asked for are generated, and billed as the whole."""
+    SUBSTITUTED_GENERATION = "substituted_generation"
+    """llm_gen: the tokens are sampled hot from another seed, not the decoding asked for."""
+    OTHER_MODEL = "other_model"
+    """llm_gen: another (cheaper) configured model runs; the result names the one asked for."""
 
 
 CHEATS = tuple(c.value for c in Cheat)
@@ -51,6 +57,24 @@ class Cheater:
     def answers_audits(self) -> bool:
         return self.cheat is not Cheat.WITHHELD_AUDITS
 
+    def run_params(self, workload: str, params: dict[str, Any], models: dict[str, str]) -> dict[str, Any]:
+        """The parameters this provider really runs a job with, in place of ``params``
+        (blocking: naming another model reads the models' content hashes)."""
+        if workload != "llm_gen":
+            return params
+        if self.cheat is Cheat.TRUNCATED_GENERATION:
+            return {**params, "max_tokens": max(1, int(params.get("max_tokens", 64)) // 2)}
+        if self.cheat is Cheat.SUBSTITUTED_GENERATION:
+            return {**params, "temperature_milli": 1500, "seed": (int(params.get("seed", 0)) + 1) % (1 << 32)}
+        if self.cheat is Cheat.OTHER_MODEL:
+            from aitbc_p2p.compute import llm
+
+            asked = llm.find_model(models, str(params.get("model", "")))
+            others = [name for name, path in models.items() if asked is None or path != asked[1]]
+            if others:
+                return {**params, "model": others[0]}
+        return params
+
     def rows(self, params: dict[str, Any], honest: list[bytes]) -> list[bytes]:
         """The rows this provider committed to (it answers audits from them)."""
         if self.cheat is not Cheat.WRONG_ROWS:
@@ -66,6 +90,8 @@ class Cheater:
             return result
         output = decode(result.output, max_size=MAX_OUTPUT)
         metrics = dict(result.metrics)
+        if workload == "llm_gen":
+            output["model"] = params["model"]  # the model asked for, whichever ran
         if self.cheat is Cheat.INFLATED_METERING:
             metrics["compute_ms"] = INFLATED_MS
         elif self.cheat is Cheat.RANDOM_OUTPUT:
@@ -77,6 +103,8 @@ class Cheater:
                 floats = array.array("f", output["vectors"])
                 output["vectors"] = array.array("f", (-x for x in floats)).tobytes()
                 output["digest"] = hashlib.sha256(output["vectors"]).hexdigest()
+            elif workload == "llm_gen" and isinstance(output.get("ids"), list):  # ids that do not make the text
+                output["ids"] = [(t + 1) % 256 for t in output["ids"]]
         elif self.cheat is Cheat.WRONG_ROWS and workload == "torch_bench" and honest_rows is not None:
             rows = self.rows(params, honest_rows)
             output["rows_root"] = merkle_root(rows).hex()

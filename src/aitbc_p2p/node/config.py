@@ -185,6 +185,10 @@ class NodeConfig:
     """Check big batches of signatures in worker processes, on every core (a peer alone
     on its host). ``False``: in a thread, for peers that share a host's cores (a devnet),
     whose workers would compete for the same cores (node/verify.py)."""
+    models: dict[str, str] = field(default_factory=dict)
+    """Local model directories (name -> path, relative to the config file) this peer checks
+    ``llm_gen`` generations with, found by the content hash a job names; a provider's
+    ``[provider] models`` serve as well (specs/market.md, "Checks per workload")."""
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

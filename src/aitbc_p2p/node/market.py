@@ -37,8 +37,6 @@ from aitbc_p2p.chain.payloads import (
 from aitbc_p2p.chain.state import Job, JobStatus, read_reputation
 from aitbc_p2p.codec import decode, encode, fields
 from aitbc_p2p.compute import DeviceInfo, Execution, check_params
-from aitbc_p2p.compute.context import module_available
-from aitbc_p2p.compute.workloads import EMBED_MODULE
 from aitbc_p2p.crypto import recover_address
 from aitbc_p2p.exceptions import CodecError, CryptoError, MarketError, NetworkError, StoreError, TxRejected
 from aitbc_p2p.market import (
@@ -337,6 +335,9 @@ class Verifier(Protocol):
     """Checks a delivered result before the client's agent acks it (node/audit.py)."""
 
     def spot_check(self, job: ClientJob, escrow: Job) -> None: ...
+
+    async def cannot_check(self, workload: str, params: dict[str, Any]) -> str:
+        """Why this peer could not check such a job at level spot or audit (empty: it can)."""
 
     def disputed(self, job_id: JobId, why: str) -> None:
         """This peer disputed the job's receipt as the client's agent, for ``why``."""
@@ -783,10 +784,12 @@ class MarketService:
             raise MarketError("workload or params do not match the offer's params_hash")
         if offer.body["max_runtime_s"] < 1:
             raise MarketError("max_runtime_s must be at least 1")
-        check_level(workload, offer.body["verification"])
-        if workload == "embed" and offer.body["verification"] != Level.NONE and not module_available(EMBED_MODULE):
-            raise MarketError("this peer cannot check embed results: it has no embedding model (the compute extra)")
+        check_level(workload, offer.body["verification"], params)
         check_params(workload, params)  # ComputeError: refused here, before any escrow opens
+        if offer.body["verification"] != Level.NONE and self.verifier is not None:
+            why = await self.verifier.cannot_check(workload, params)
+            if why:
+                raise MarketError(why)
         job_id = offer.job_id
         if job_id not in self.client_jobs:
             wanted = min(ENOUGH_BIDS, self._suitable_providers(offer))
@@ -1574,9 +1577,12 @@ class MarketService:
             return fail("no open escrow names this provider")
         if escrow.amount < quote(self._provider.price_per_s, offer.body["max_runtime_s"]):
             return fail("the escrow holds less than this provider's bid")
+        params = payload.params
+        if self.cheater is not None:  # a test fixture: it may run something other than asked
+            params = await blocking(self.cheater.run_params, payload.workload, params, self._provider.models)
         run = await self._executor.run(
             payload.workload,
-            payload.params,
+            params,
             max_runtime_s=min(offer.body["max_runtime_s"], self._provider.max_runtime_s),
             max_ram_mb=self._provider.max_ram_mb,
             on_event=held.add_event,

@@ -96,7 +96,8 @@ def _wire(config: NodeConfig, store: ChainStore, net: Network, clock_ms: Callabl
         chain, relay, net, topics, clock_ms, bid_window_s=config.bid_window_s, journal=MarketJournal(store.kv)
     )
     chain.head_listeners.append(market.on_head)
-    audit = market.verifier = AuditService(chain, relay, net, market)
+    models = {**config.models, **(config.provider.models if config.provider is not None else {})}
+    audit = market.verifier = AuditService(chain, relay, net, market, models=models)
     return Node(
         config=config, store=store, network=net, clock_ms=clock_ms, topics=topics, chain=chain, relay=relay,
         blocks=blocks, peering=peering, sync=SyncService(chain, store, net, peering), market=market,

@@ -242,7 +242,7 @@ class RpcClient:
             raise MarketError(f"max_runtime_s must be at least 1, not {max_runtime_s}")
         if max_price < 1:
             raise MarketError(f"max_price must be at least 1 base unit, not {max_price}")
-        check_level(workload, verification)
+        check_level(workload, verification, params)
         check_params(workload, params)
         known = await self.providers()
         if known and (why := no_bid_reason(known, workload, max_price, max_runtime_s)):

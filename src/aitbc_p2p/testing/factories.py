@@ -169,7 +169,8 @@ async def open_test_network(
     pass while a thread works); ``clock_ms``: the peers' wall clock (under Trio's
     MockClock, :func:`virtual_clock_ms`). ``miners``: the providers sell these external
     miners' compute (the v1 miner API) instead of running an executor. ``wallet``: peer 0
-    holds this wallet for ``X-Api-Key`` clients (the seeds' client API).
+    holds this wallet for ``X-Api-Key`` clients (the seeds' client API). ``models`` (in
+    ``config``): every peer checks generations with these, and the providers run them.
 
     The peers check big batches of signatures in worker processes, which start by
     importing the program's main module: a script that calls this at import time must do
@@ -193,7 +194,9 @@ async def open_test_network(
         nodes: list[Node] = []
         for i, key in enumerate(keys):
             provider = (
-                ProviderConfig(miner_id=f"peer{i}", benchmark=False, announce_interval_s=1.0)
+                ProviderConfig(
+                    miner_id=f"peer{i}", benchmark=False, announce_interval_s=1.0, models=dict(config.get("models", {}))
+                )
                 if i in providers
                 else None
             )

@@ -33,8 +33,14 @@ def _tokenizer(**special: str) -> object:
     return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, **special)
 
 
-def build_tiny_causal_lm(path: Path, *, layers: int = 2, hidden: int = 64, heads: int = 2, seed: int = 0) -> Path:
-    """Save a tokenizer and a GPT-2 shaped model with ``layers`` x ``hidden`` to ``path``."""
+def build_tiny_causal_lm(
+    path: Path, *, layers: int = 2, hidden: int = 64, heads: int = 2, seed: int = 0, init_std: float = 0.3
+) -> Path:
+    """Save a tokenizer and a GPT-2 shaped model with ``layers`` x ``hidden`` to ``path``.
+    ``init_std`` is the weights' spread: GPT-2's own 0.02 gives a model this small almost
+    flat logits (every token nearly as likely, so any model's text passes for any
+    other's); 0.3 gives it the peaked distributions of a trained model, which a check of
+    its generations (compute/llm.py, ``check_generation``) can tell apart."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
     from transformers.utils import logging as hf_logging
@@ -54,6 +60,7 @@ def build_tiny_causal_lm(path: Path, *, layers: int = 2, hidden: int = 64, heads
         n_head=heads,
         bos_token_id=tokenizer.eos_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        initializer_range=init_std,
     )
     GPT2LMHeadModel(config).save_pretrained(path)
     return path
