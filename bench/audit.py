@@ -1,24 +1,32 @@
 """What verification catches and what it costs (specs/market.md, "Verification").
 
 For each cheat of node/cheats.py and for the honest provider, ``--trials`` runs of
-``--jobs`` torch_bench jobs (n x n, ``--iters`` products, real products on this
-machine's CPU). At level ``none`` the client's agent only checks the receipt's cost
-against the bid; at ``spot`` it draws rows from a block hash the provider could not know,
-asks the provider (the cheat's own answer: its committed rows with their proofs, or no
-answer), and rules with the same ``judge`` the node runs; at ``audit`` it does that for
-the jobs the same hash draws (one in two). A cheat is detected in a run if any of its
-jobs is ruled against it; a false positive is an honest job ruled against.
+``--jobs`` jobs of the workload the cheat is about: torch_bench jobs (n x n, ``--iters``
+products, real products on this machine's CPU) for the cheats on products and metering,
+and (with transformers) llm_gen jobs of ``--tokens`` tokens from a tiny GPT-2 shaped
+model named by its content hash, greedy and seeded in turn, for the cheats on
+generations (truncated, substituted, another model, made-up ids). At level ``none``
+the client's agent only checks the receipt's cost against the bid; at ``spot`` it draws
+rows from a block hash the provider could not know, asks the provider (the cheat's own
+answer: its committed rows with their proofs, or no answer), and rules with the same
+``judge`` the node runs (a generation: one teacher-forced pass of its own model, nothing
+to ask); at ``audit`` it does that for the jobs the same hash draws (one in two). A
+cheat is detected in a run if any of its jobs is ruled against it; a false positive is an honest job ruled against.
 
 Cost, at each of ``--cost-n`` (the headline at the last, 2048: a job of about a second on a
 2-core CPU), each the median over ``--repeats`` timings and a fraction of the job's own
 compute (the provider's ``_bench_run``, measured in the same run): the check costs O(n^2)
-against the job's O(n^3 iters), so a smaller job pays a larger share (the table shows it): the verifier's check (k rows
-recomputed at n^2 each, after generating the seeded inputs: ``verifier_overhead``) and the
-provider's answer: the proofs from the product it kept with the result
+against the job's O(n^3 iters), so a smaller job pays a larger share (the table shows
+it): the verifier's check (k rows recomputed at n^2 each, after generating the seeded
+inputs: ``verifier_overhead``) and the provider's answer: the proofs from the product it kept with the result
 (``provider_overhead``; products up to n = 2048 are kept), or, where it was not kept, one
 more n^3 product (``provider_overhead_recomputed``). A level's extra compute is the
 verifier's and the provider's (kept) together, times the share of jobs it checks; the
 headline figures are level ``audit``'s.
+
+A generation's check is one teacher-forced pass over prompt + output, whatever the seed:
+its cost (``llm_cost.verifier``, a share of the generation's own time) counts toward a
+level's extra compute where it is more than the product's: the headline takes the larger.
 
 Prints progress and a table to stderr; its last line is JSON:
 {"bench": "audit", "level": "audit", "detect_rate_min": ..., "false_positives": 0,
@@ -35,6 +43,7 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from aitbc_p2p.chain.merkle import leaf_hashes
@@ -42,16 +51,21 @@ from aitbc_p2p.chain.payloads import Verdict
 from aitbc_p2p.chain.state import Job, JobStatus
 from aitbc_p2p.codec import encode
 from aitbc_p2p.compute import check_params, torch_available
-from aitbc_p2p.compute.context import RunContext
+from aitbc_p2p.compute.context import RunContext, module_available
 from aitbc_p2p.market import JobOffer, JobResult, params_hash
 from aitbc_p2p.market.audit import SPOT_ROWS, AuditAnswer, Evidence, Facts, challenge_rows, judge, sampled
-from aitbc_p2p.node.cheats import CHEATS, Cheat, Cheater
+from aitbc_p2p.node.cheats import Cheat, Cheater
 from aitbc_p2p.testing import make_key
 
 CLIENT = make_key("bench-audit-client")
 PROVIDER = make_key("bench-audit-provider")
 BID = 10**9
 """The provider's bid and the escrow: the cost a receipt may claim unchallenged."""
+
+
+PRODUCT_CHEATS = ("random_output", "wrong_rows", "inflated_metering", "withheld_audits")
+GENERATION_CHEATS = ("truncated_generation", "substituted_generation", "other_model", "random_output")
+"""The cheats measured on each workload (random_output on both)."""
 
 
 def say(text: str) -> None:
@@ -91,6 +105,101 @@ class BenchJob:
             receipt_height=5,
         )  # fmt: skip
         return job, Facts(self.offer, self.params, result), rows
+
+
+class GenJob:
+    """One llm_gen job of a tiny model named by content: generated honestly, and as each
+    cheat would (node/cheats.py: what it runs instead, and what it delivers)."""
+
+    def __init__(self, models: dict[str, str], digest: str, tokens: int, seed: int) -> None:
+        from aitbc_p2p.compute.workloads import get_workload
+
+        gen = get_workload("llm_gen")
+        self.models, self.run_gen = models, lambda p: gen.run(gen.validate(p), RunContext(models=models))
+        temperature = 0 if seed % 2 else 700  # greedy and seeded in turn
+        self.params = check_params(
+            "llm_gen", {"prompt": f"Job {seed}: a provider", "model": digest, "max_tokens": tokens,
+                        "temperature_milli": temperature, "seed": seed}
+        )  # fmt: skip
+        self.offer = JobOffer.create(
+            CLIENT, "ait-devnet", workload="llm_gen", params_hash=params_hash("llm_gen", self.params),
+            max_price=BID, max_runtime_s=60, verification="spot", timestamp_ms=1, nonce=seed,
+        )  # fmt: skip
+        start = time.perf_counter()
+        output = self.run_gen(self.params)
+        self.compute_ms = max(1, int((time.perf_counter() - start) * 1000))
+        self.result = JobResult(self.offer.job_id, True, encode(output), "", {"compute_ms": self.compute_ms})
+
+    def as_delivered(self, cheater: Cheater | None) -> tuple[Job, Facts]:
+        result = self.result
+        if cheater is not None:
+            ran = cheater.run_params("llm_gen", self.params, self.models)
+            if ran != self.params:
+                output = self.run_gen(ran)
+                result = JobResult(self.offer.job_id, True, encode(output), "", {"compute_ms": self.compute_ms})
+            result = cheater.result("llm_gen", self.params, result, None)
+        job = Job(
+            self.offer.job_id, CLIENT.address, PROVIDER.address, BID, 99, 1, CLIENT.address,
+            status=JobStatus.RECEIPTED, result_hash=result.result_hash, cost=min(BID, self.compute_ms * 1000),
+            metrics=dict(result.metrics), receipt_height=5,
+        )  # fmt: skip
+        return job, Facts(self.offer, self.params, result)
+
+
+def check_generation(params: dict[str, Any], output: dict[str, Any]) -> str | None:
+    from aitbc_p2p.compute import llm
+
+    found = llm.find_model(GEN_MODELS, params["model"])
+    return None if found is None else llm.check_generation(params, output, found[1])
+
+
+GEN_MODELS: dict[str, str] = {}
+"""The models the generation jobs' checker holds (set once they are built)."""
+
+
+def generation_detection(jobs: list[GenJob], cheat: str | None, trials: int) -> tuple[dict[str, float], int]:
+    """As :func:`detection`, for generations: each job's check is deterministic (one
+    teacher-forced pass), so only level ``audit``'s draw varies between runs."""
+    cheater = Cheater(Cheat(cheat)) if cheat else None
+    verdicts = []
+    for job, facts in (j.as_delivered(cheater) for j in jobs):
+        ruling = judge(job, Evidence("spot", facts), None, check_row, check_params, check_generation=check_generation)
+        assert ruling.verdict is not None, ruling
+        verdicts.append((job, ruling.verdict))
+    caught = {"none": 0, "spot": 0, "audit": 0}
+    false_positives = 0
+    for trial in range(trials):
+        if any(job.cost > BID for job, _ in verdicts):
+            caught["none"] += 1
+        for level in ("spot", "audit"):
+            for k, (job, verdict) in enumerate(verdicts):
+                seed = hashlib.sha256(f"block after receipt {trial}:{k}".encode()).digest()
+                if level == "audit" and not sampled(seed, job.job_id):
+                    continue
+                if verdict is Verdict.CLIENT:
+                    if cheater is None:
+                        false_positives += 1
+                        continue
+                    caught[level] += 1
+                    break
+    return {level: count / trials for level, count in caught.items()}, false_positives
+
+
+def generation_costs(job: GenJob, repeats: int) -> dict[str, float]:
+    """Median seconds of the generation and of its check."""
+    escrow, facts = job.as_delivered(None)
+    runs: dict[str, list[float]] = {"job": [], "verifier": []}
+    for _ in range(repeats):
+        start = time.perf_counter()
+        job.run_gen(job.params)
+        runs["job"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        ruling = judge(
+            escrow, Evidence("spot", facts), None, check_row, check_params, check_generation=check_generation
+        )
+        runs["verifier"].append(time.perf_counter() - start)
+        assert ruling.verdict is Verdict.PROVIDER, ruling
+    return {name: statistics.median(values) for name, values in runs.items()}
 
 
 def check_row(params: dict[str, Any], index: int, row: bytes) -> bool:
@@ -172,6 +281,43 @@ def costs(job: BenchJob, repeats: int) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in runs.items()}
 
 
+def report(table: dict[str, dict[str, float]], name: str, rates: dict[str, float], fp: int, cheat: str | None) -> None:
+    say(f"  {name}: caught " + ", ".join(f"at {k} {v:.3f}" for k, v in rates.items()) + f"; false positives {fp}")
+    if cheat:
+        table[name] = rates
+
+
+def measure_generations(args: argparse.Namespace, table: dict[str, dict[str, float]]) -> tuple[int, dict[str, float]]:
+    """The generation cheats' rows of ``table``; the false positives and the check's cost."""
+    if not module_available("transformers"):
+        say("audit: transformers not installed: the generation cheats are not measured")
+        return 0, {}
+    import tempfile
+
+    from aitbc_p2p.compute import llm
+    from aitbc_p2p.testing.models import build_tiny_causal_lm
+
+    false_positives = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        named = build_tiny_causal_lm(Path(tmp) / "tiny", layers=4, hidden=128)
+        cheap = build_tiny_causal_lm(Path(tmp) / "cheap", layers=2, hidden=64, seed=1)
+        GEN_MODELS.update(tiny=str(named), cheap=str(cheap))
+        digest = llm.model_digest(str(named))
+        say(f"audit: {args.jobs} llm_gen jobs of {args.tokens} tokens ({digest[:19]}..., 4 x 128) on the CPU")
+        gen_jobs = [GenJob(GEN_MODELS, digest, args.tokens, seed) for seed in range(args.jobs)]
+        for cheat in [None, *GENERATION_CHEATS]:
+            rates, fp = generation_detection(gen_jobs, cheat, args.trials)
+            false_positives += fp
+            report(table, f"{cheat or 'honest'} (llm_gen)", rates, fp, cheat)
+        cost = generation_costs(gen_jobs[0], args.repeats)
+    job_ms, check_ms = cost["job"] * 1000, cost["verifier"] * 1000
+    say(f"  cost of a {args.tokens}-token generation: job {job_ms:.1f} ms, check {check_ms:.2f} ms")
+    return false_positives, {
+        "job_ms": round(cost["job"] * 1000, 3),
+        "verifier": round(cost["verifier"] / cost["job"], 4),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=200)
@@ -182,6 +328,7 @@ def main() -> None:
     )
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--tokens", type=int, default=64, help="tokens per generation job")
     args = parser.parse_args()
     if not torch_available():
         say("audit: torch not installed (pip install '.[compute]'), skipped")
@@ -195,14 +342,14 @@ def main() -> None:
     say(f"  jobs run; measured {jobs[0].gflops} GFLOP/s (declared in the bids)")
     table: dict[str, dict[str, float]] = {}
     false_positives, audit_rate = 0, 0.0
-    for cheat in [None, *CHEATS]:
-        name = cheat or "honest"
+    for cheat in [None, *PRODUCT_CHEATS]:
+        name = f"{cheat or 'honest'} (torch_bench)"
         rates, fp, drawn = detection(jobs, cheat, args.trials)
         false_positives += fp
         audit_rate = drawn or audit_rate
-        say(f"  {name}: caught " + ", ".join(f"at {k} {v:.3f}" for k, v in rates.items()) + f"; false positives {fp}")
-        if cheat:
-            table[name] = rates
+        report(table, name, rates, fp, cheat)
+    fp, llm_cost = measure_generations(args, table)
+    false_positives += fp
     by_n: dict[int, dict[str, float]] = {}
     for n in args.cost_n:
         cost = costs(jobs[0] if n == args.n else BenchJob(n, args.iters, 0), args.repeats)
@@ -219,14 +366,15 @@ def main() -> None:
         )
     head = by_n[args.cost_n[-1]]
     verifier, provider, recomputed = head["verifier"], head["provider"], head["provider_recomputed"]
-    overhead = {"none": 0.0, "spot": verifier + provider, "audit": audit_rate * (verifier + provider)}
+    worst = max(verifier + provider, llm_cost.get("verifier", 0.0))  # the costlier check of the two workloads
+    overhead = {"none": 0.0, "spot": worst, "audit": audit_rate * worst}
     say("")
     say(f"share of {args.trials} runs in which the cheat is caught within {args.jobs} jobs, per level (n={args.n})")
-    say(f"{'cheat':<20} {'none':>6} {'spot':>6} {'audit':>6}")
+    say(f"{'cheat':<34} {'none':>6} {'spot':>6} {'audit':>6}")
     for name, rates in table.items():
-        say(f"{name:<20} {rates['none']:>6.3f} {rates['spot']:>6.3f} {rates['audit']:>6.3f}")
+        say(f"{name:<34} {rates['none']:>6.3f} {rates['spot']:>6.3f} {rates['audit']:>6.3f}")
     extra = f"{overhead['none']:>6.3f} {overhead['spot']:>6.3f} {overhead['audit']:>6.3f}"
-    say(f"{'extra compute':<20} {extra}  (n={args.cost_n[-1]})")
+    say(f"{'extra compute':<34} {extra}  (the larger of n={args.cost_n[-1]} and the generation's)")
     say(f"false positives (honest jobs ruled against, of {args.trials * args.jobs} per level): {false_positives}")
     say(f"level audit checked {audit_rate:.3f} of the jobs")
     say("")
@@ -253,6 +401,8 @@ def main() -> None:
                 "provider_overhead_recomputed": round(recomputed, 4),
                 "overhead_n": args.cost_n[-1],
                 "costs": by_n,
+                "llm_cost": llm_cost,
+                "tokens": args.tokens,
                 "n": args.n,
                 "iters": args.iters,
                 "jobs": args.jobs,

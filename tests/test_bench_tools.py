@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from aitbc_p2p.compute.context import module_available
+
 ROOT = Path(__file__).resolve().parents[1]
 FLOORS = ROOT / "bench" / "floors.py"
 
@@ -107,7 +109,7 @@ def test_the_simulator_runs_a_small_network_through_its_faults_to_one_chain():
 def test_the_audit_bench_reports_detection_and_cost_per_level():
     """bench/audit.py as a user runs it, small: every cheat is caught at spot, no honest job
     is ruled against, and the costs come per job size. Without torch it says it skipped."""
-    args = ["--trials", "4", "--jobs", "3", "--n", "64", "--cost-n", "64", "128", "--repeats", "2"]
+    args = ["--trials", "4", "--jobs", "3", "--n", "64", "--cost-n", "64", "128", "--repeats", "2", "--tokens", "16"]
     out = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "audit.py"), *args], capture_output=True, text=True, timeout=600
     )
@@ -117,7 +119,13 @@ def test_the_audit_bench_reports_detection_and_cost_per_level():
         assert report == {"bench": "audit", "skipped": "torch not installed"}
         return
     assert report["false_positives"] == 0 and report["levels"]["spot"]["detect_rate_min"] == 1.0
-    assert set(report["cheats"]) == {"wrong_rows", "random_output", "inflated_metering", "withheld_audits"}
+    products = {f"{c} (torch_bench)" for c in ("wrong_rows", "random_output", "inflated_metering", "withheld_audits")}
+    generations = {f"{c} (llm_gen)" for c in ("truncated_generation", "substituted_generation", "other_model")}
+    if module_available("transformers"):
+        assert set(report["cheats"]) == {*products, *generations, "random_output (llm_gen)"}
+        assert report["tokens"] == 16 and 0 < report["llm_cost"]["verifier"] < 1  # one prefill, less than the decode
+    else:
+        assert set(report["cheats"]) == products and report["llm_cost"] == {}
     assert all(rates["none"] == 0.0 for rates in report["cheats"].values())  # cost within the bid: none sees nothing
     assert set(report["costs"]) == {"64", "128"} and report["overhead_n"] == 128
     assert 0 < report["levels"]["audit"]["overhead"] < report["levels"]["spot"]["overhead"]

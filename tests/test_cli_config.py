@@ -106,11 +106,18 @@ NOWAL = BASE + "[wallet]\nkey_file = 'none.key'\n[wallet.clients.a]\n"
         (BASE + "[provider]\nminer_id = 7\n", {}, r"\[provider\] miner_id must be str"),
         (BASE + "[provider]\nminer_id = 'm'\nmodels = {tiny = 3}\n", {}, r"\[provider\] models must be"),
         (BASE + "provider = 3\n", {}, r"\[provider\] must be a table"),
+        (BASE + "[node]\nmodels = {tiny = 3}\n", {}, r"\[node\] models must be"),
     ],
 )
 def test_bad_configs_are_refused(tmp_path, text, kwargs, match):
     with pytest.raises(ConfigError, match=match):
         load_peer_config(write_config(tmp_path, text, **kwargs))
+
+
+def test_a_peers_own_models_are_found_beside_the_config(tmp_path):
+    """``[node] models``: what the peer checks generations with, paths relative to the file."""
+    cfg = load_peer_config(write_config(tmp_path, BASE + "[node]\nmodels = { tiny = 'models/tiny' }\n"))
+    assert cfg.node.models == {"tiny": str((tmp_path / "models" / "tiny").resolve())}
 
 
 def test_missing_file(tmp_path):

@@ -1,6 +1,9 @@
 """A market that cannot be cheated, with real ``aitbc-peer`` processes (specs/market.md,
-"Verification"): four cheating providers, each cheaper than the one honest provider, an
-arbiter's peer, and a client that asks for ``spot`` verification on every job.
+"Verification"): cheating providers (up to seven, one per cheat), each cheaper than the
+one honest provider, an arbiter's peer, and a client that asks for ``spot`` verification
+on every job. Jobs rotate through echo, a small product (torch) and a generation of a
+tiny model named by its content hash (torch + transformers; every peer holds that model
+and a cheaper one, which the ``other_model`` cheat runs instead).
 
 Each cheater wins jobs until one of its results fails the client agent's check; the
 dispute carries the evidence, the arbiter rules on chain, the cheater's stake is slashed
@@ -17,32 +20,56 @@ import trio
 
 from aitbc_p2p.cli import devnet
 from aitbc_p2p.compute import torch_available
+from aitbc_p2p.compute.context import module_available
 from aitbc_p2p.crypto import load_key_file
 from aitbc_p2p.testing.devnets import ProviderSpec, write_devnet
 from aitbc_p2p.types import aitbc
 
 NODES = Path(__file__).resolve().parents[1] / "nodes" / "devnet"
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # ten peers on two cores: about 7 minutes
 
 TORCH = torch_available()
-CHEATS = ["random_output", "inflated_metering", *(["wrong_rows", "withheld_audits"] if TORCH else [])]
+LLM = TORCH and module_available("transformers")
+CHEATS = [
+    "random_output",
+    "inflated_metering",
+    *(["wrong_rows", "withheld_audits"] if TORCH else []),
+    *(["truncated_generation", "substituted_generation", "other_model"] if LLM else []),
+]
 """Cheapest first: each wins the jobs until it is struck off. Without torch, only the
 cheats an echo job shows."""
+
 HONEST_JOBS = 50
 WITHIN = 10
 """A cheater is caught within its first this many jobs."""
 
 
-def _job(i: int) -> tuple[str, dict[str, Any]]:
-    """Jobs alternate between echo and (with torch) a small product."""
-    if TORCH and i % 2:
+def _job(i: int, model: str) -> tuple[str, dict[str, Any]]:
+    """Jobs rotate through echo, (with torch) a small product and (with transformers) a
+    seeded generation of 16 tokens."""
+    kinds = 1 + TORCH + LLM
+    if TORCH and i % kinds == 1:
         return "torch_bench", {"n": 64, "iters": 1, "seed": i}
+    if LLM and i % kinds == 2:
+        return "llm_gen", {"prompt": f"Job {i}:", "model": model, "max_tokens": 16,
+                           "temperature_milli": 700, "seed": i}  # fmt: skip
     return "echo", {"message": f"job {i}"}
 
 
-async def _run_job(proc: devnet.PeerProcess, i: int) -> dict[str, Any]:
+def _models(root: Path) -> tuple[dict[str, str], str]:
+    """The models every peer holds, and the content hash of the one jobs name."""
+    if not LLM:
+        return {}, ""
+    from aitbc_p2p.compute import llm
+    from aitbc_p2p.testing.models import build_tiny_causal_lm
+
+    tiny, cheap = build_tiny_causal_lm(root / "tiny"), build_tiny_causal_lm(root / "cheap", seed=1)
+    return {"tiny": str(tiny), "cheap": str(cheap)}, llm.model_digest(str(tiny))
+
+
+async def _run_job(proc: devnet.PeerProcess, i: int, model: str) -> dict[str, Any]:
     client = load_key_file(NODES / "wallets" / "client.json", "devnet")
-    workload, params = _job(i)
+    workload, params = _job(i, model)
     async with proc.rpc() as rpc:
         job_id = await rpc.submit_job(
             client, workload, params, max_price=aitbc(5), max_runtime_s=30, verification="spot"
@@ -60,7 +87,8 @@ async def _account(proc: devnet.PeerProcess, address: str) -> dict[str, Any]:
 async def test_each_cheater_is_caught_slashed_and_dropped_and_the_honest_provider_never_is(tmp_path: Path) -> None:
     specs = [ProviderSpec(10_000_000 + i * 1_000_000, cheat=c) for i, c in enumerate(CHEATS)]
     specs.append(ProviderSpec(20_000_000, slots=2))
-    net = write_devnet(tmp_path / "nodes", NODES, specs, arbiter=True, rules={"dispute_blocks": 10})
+    models, model = _models(tmp_path / "models")
+    net = write_devnet(tmp_path / "nodes", NODES, specs, arbiter=True, rules={"dispute_blocks": 10}, models=models)
     cheaters, honest = dict(zip(net.providers, CHEATS, strict=False)), net.providers[-1]
     procs = devnet.start(net.nodes, tmp_path / "run")
     try:
@@ -75,7 +103,7 @@ async def test_each_cheater_is_caught_slashed_and_dropped_and_the_honest_provide
         struck_at: dict[str, int] = {}
         i = 0
         while True:
-            job = await _run_job(procs[0], i)
+            job = await _run_job(procs[0], i, model)
             i += 1
             provider, escrow = job["escrow"]["provider"], job["escrow"]
             assert provider not in struck_at, f"an escrow named {cheaters.get(provider)} after it was struck off"
@@ -97,7 +125,7 @@ async def test_each_cheater_is_caught_slashed_and_dropped_and_the_honest_provide
 
         async def client_stream(start: int) -> None:
             for k in range(start, start + HONEST_JOBS // 5):
-                done.append(await _run_job(procs[0], 1000 + k))
+                done.append(await _run_job(procs[0], 1000 + k, model))
 
         async with trio.open_nursery() as nursery:
             for s in range(5):

@@ -44,6 +44,7 @@ def test_the_example_config_loads_as_written(tmp_path):
         "gpu-box-1", 16000, "http://127.0.0.1:11434"
     )
     assert provider.models == {"tiny": "/srv/models/tiny", "sd15": "/srv/models/stable-diffusion-v1-5"}
+    assert cfg.node.models == {"tiny": "/srv/models/tiny"}
     assert (cfg.node.peer_floor, cfg.node.peer_ceiling, cfg.rpc_port, cfg.metrics_port) == (8, 50, 8006, 9106)
 
 

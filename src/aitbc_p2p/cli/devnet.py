@@ -73,7 +73,8 @@ def _alive(pid: int) -> bool:
 
 
 def peer_configs(nodes_dir: Path) -> list[Path]:
-    found = sorted(Path(nodes_dir).glob("peer*.toml"))
+    """``peer*.toml`` in numeric order (peer2 before peer10)."""
+    found = sorted(Path(nodes_dir).glob("peer*.toml"), key=lambda p: (len(p.stem), p.stem))
     if not found:
         raise ConfigError(f"no peer*.toml in {nodes_dir}")
     return found

@@ -83,7 +83,7 @@ def find_model(models: Mapping[str, str], name: str) -> tuple[str, str] | None:
     local = language_models(models)
     if is_digest(name):
         for path in local.values():
-            if model_digest(path) == name:
+            if Path(path).is_dir() and model_digest(path) == name:
                 return name, path
         return None
     try:

@@ -64,10 +64,13 @@ def write_devnet(
     agent_balance: int = aitbc(10),
     arbiter: bool = False,
     rules: dict[str, int] | None = None,
+    models: dict[str, str] | None = None,
 ) -> Devnet:
     """Write a devnet of ``1 + len(providers)`` peers into ``root`` (created), from the
     devnet in ``base`` (``nodes/devnet``); with ``arbiter``, one more peer, the chain's one
-    arbiter. ``rules``: genesis rules to set (``dispute_blocks``, ``slash_bps``, ...)."""
+    arbiter. ``rules``: genesis rules to set (``dispute_blocks``, ``slash_bps``, ...).
+    ``models`` (name -> directory): every peer checks generations with them (``[node]
+    models``) and the providers run them (``[provider] models``)."""
     genesis = json.loads((base / "genesis.json").read_text())
     root.mkdir(parents=True)
     (root / "keys").mkdir()
@@ -90,6 +93,8 @@ def write_devnet(
     # One authority: tests of the market are not tests of forks among authorities.
     genesis["consensus"]["authorities"] = [agent]
     (root / "genesis.json").write_text(json.dumps(genesis, indent=2))
+    pairs = ", ".join(f"{json.dumps(name)} = {json.dumps(str(path))}" for name, path in (models or {}).items())
+    model_table = "{ " + pairs + " }"
     for i in range(1, len(keys) + 1):
         text = f'data_dir = "data/peer{i}"\nkey_file = "keys/peer{i}.key"\ngenesis = "genesis.json"\n'
         text += 'listen = ["/ip4/127.0.0.1/tcp/0"]\n'
@@ -104,9 +109,13 @@ def write_devnet(
                 text += f"max_ram_mb = {spec.max_ram_mb}\n"
             if spec.cheat:
                 text += f'cheat = "{spec.cheat}"\n'
+            if models:
+                text += f"models = {model_table}\n"
             if spec.miners:
                 table = ", ".join(f'"{miner}" = "{key}"' for miner, key in spec.miners)
                 text += f"\n[miners]\nkeys = {{ {table} }}\nheartbeat_timeout_s = {spec.miner_timeout_s}\n"
                 text += f"payout_percent = {spec.payout_percent}\n"
+        if models:
+            text += f"\n[node]\nmodels = {model_table}\n"
         (root / f"peer{i}.toml").write_text(text)
     return Devnet(root, tuple(sellers), agent, judge)
