@@ -36,7 +36,7 @@ def leaves(
 
 def test_every_command_has_examples_in_its_help():
     commands = leaves(build_parser())
-    assert len(commands) == 38  # a new command gets here by being counted
+    assert len(commands) == 39  # a new command gets here by being counted
     for path, parser in commands:
         text = parser.format_help()
         assert "examples:\n  aitbc" in text, " ".join(path)
@@ -62,6 +62,21 @@ def test_version_and_completion(tmp_path):
     out = run(env=env)
     assert out.returncode == 0, out.stderr
     assert answer.read_text().split() == ["wallet"]
+
+
+def test_model_digest_names_a_directory_by_its_content(tmp_path):
+    """``aitbc model digest DIR`` (offline): what a checkable llm_gen job names its model by,
+    the library's own hash of the same files; a path that is no directory fails in a line."""
+    from aitbc_p2p.compute.llm import model_digest
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    (tmp_path / "m" / "weights.bin").write_bytes(bytes(range(256)))
+    out = run("model", "digest", str(tmp_path / "m"))
+    assert out.returncode == 0 and out.stdout.strip() == model_digest(str(tmp_path / "m")), out.stderr
+    assert json.loads(run("--json", "model", "digest", str(tmp_path / "m")).stdout)["model"] == out.stdout.strip()
+    bad = run("model", "digest", str(tmp_path / "none"))
+    assert bad.returncode == 1 and "is not a model directory" in bad.stderr and len(bad.stderr.splitlines()) == 1
 
 
 def test_wallet_files_new_import_export_list(tmp_path):

@@ -221,6 +221,10 @@ def test_a_model_is_named_by_its_content(tiny_lm, other_lm, tmp_path):
     assert llm.model_digest(str(copy)) == digest
     (copy / "extra.txt").write_text("one more file")
     assert llm.model_digest(str(copy)) != digest
+    # What a provider hands its workers: each model by its content hash too (hashed once).
+    known = llm.with_digests(models)
+    assert known[digest] == tiny_lm and known[llm.model_digest(other_lm)] == other_lm and len(known) == 4
+    assert llm.find_model(known, digest) == (digest, tiny_lm)
     # A job naming the content runs that model and names it so.
     gen = get_workload("llm_gen")
     out = gen.run(gen.validate({"prompt": "A provider", "model": digest, "max_tokens": 8}), RunContext(models=models))

@@ -341,6 +341,16 @@ def _verify_proof(args: argparse.Namespace, out: Out) -> None:
     out.done(checked, lambda c: c.print(fields(checked)))
 
 
+def _model_digest(args: argparse.Namespace, out: Out) -> None:
+    """``aitbc model digest DIR``: the content hash a job names a model by (offline)."""
+    from aitbc_p2p.compute.llm import model_digest
+
+    if not args.path.is_dir():
+        raise ConfigError(f"{args.path} is not a model directory")
+    digest = {"path": str(args.path), "model": model_digest(str(args.path))}
+    out.done(digest, lambda c: c.print(digest["model"]))
+
+
 JOB_FIELDS = ("job_id", "status", "workload", "error", "receipt_id")
 
 
@@ -728,7 +738,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--verify",
         choices=[str(level) for level in Level],
         default="none",
-        help="what this peer checks before it pays: none, or spot (echo, torch_bench; specs/market.md)",
+        help="what this peer checks before it pays: none, spot or audit (echo, torch_bench, embed, llm_gen with"
+        " --param model=sha256:...; specs/market.md)",
     )
     _wait_options(submit, "settled, refunded or failed")
     submit.set_defaults(timeout=120.0)
@@ -784,6 +795,14 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--verdict", required=True, choices=[str(v) for v in Verdict])
     _wait_options(res)
 
+    model = sub.add_parser("model", help="models named by their content").add_subparsers(
+        dest="model_command", required=True
+    )
+    model.add_parser(
+        "digest",
+        help="a model directory's content hash, to name it in a checkable llm_gen job (no peer needed)",
+        example="aitbc model digest /srv/models/tiny",
+    ).add_argument("path", type=Path)
     chain = sub.add_parser("chain", help="chain and peer status").add_subparsers(dest="chain_command", required=True)
     chain.add_parser("status", help="head, finality, peers", example="aitbc --devnet chain status")
     chain.add_parser("supply", help="where every unit is", example="aitbc --devnet chain supply --json")
@@ -848,6 +867,8 @@ def main(argv: list[str] | None = None) -> int:
             _devnet_cmd(args, out)
         elif args.command == "job" and args.job_command == "verify":
             _verify_proof(args, out)
+        elif args.command == "model":
+            _model_digest(args, out)
         else:
             trio.run(COMMANDS[args.command], args, out)
     except RpcError as e:

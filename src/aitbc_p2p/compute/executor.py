@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -301,6 +302,15 @@ async def open_executor(
     if slots < 1:
         raise ComputeError("slots must be at least 1")
     cmd = [sys.executable, "-m", "aitbc_p2p.compute.worker", "--accel", accel_mode]
+    if models:  # each causal LM also by its content hash, read once here (a large model: seconds)
+        from aitbc_p2p.compute.llm import is_digest, with_digests
+
+        started, named = time.monotonic(), dict(models)
+        models = await trio.to_thread.run_sync(with_digests, named)
+        for digest, path in models.items():
+            if is_digest(digest):
+                names = [name for name, p in named.items() if p == path]
+                logger.info("model %s is %s (hashed in %.1f s)", "/".join(names), digest, time.monotonic() - started)
     for name, path in (models or {}).items():
         cmd += ["--model", f"{name}={path}"]
     if ollama_url:

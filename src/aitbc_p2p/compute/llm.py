@@ -81,6 +81,8 @@ def find_model(models: Mapping[str, str], name: str) -> tuple[str, str] | None:
     """The configured causal LM a job names (by name, by content hash, or the first for
     an empty name): (the name as the job gave it, its directory), or None."""
     local = language_models(models)
+    if name in local:  # a name, or a content hash already known (with_digests)
+        return name, local[name]
     if is_digest(name):
         for path in local.values():
             if Path(path).is_dir() and model_digest(path) == name:
@@ -90,6 +92,17 @@ def find_model(models: Mapping[str, str], name: str) -> tuple[str, str] | None:
         return pick_model(local, name, "model")
     except ComputeError:
         return None
+
+
+def with_digests(models: Mapping[str, str]) -> dict[str, str]:
+    """``models`` and, for each causal LM directory among them, its content hash -> its
+    directory: what a provider hands its workers, so that a job naming a model by content
+    finds it without each worker reading every model's files again (blocking)."""
+    out = dict(models)
+    for path in language_models(models).values():
+        if Path(path).is_dir():
+            out.setdefault(model_digest(path), path)
+    return out
 
 
 def generate(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
