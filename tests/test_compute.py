@@ -273,6 +273,42 @@ def test_a_generation_is_checked_by_one_teacher_forced_pass(tiny_lm, other_lm, t
         assert llm.check_generation(asked, cheated, tiny_lm), cheat
 
 
+@needs_llm
+@pytest.mark.parametrize("temperature_milli", [0, 1, 700], ids=["greedy", "nearly-greedy", "seeded"])
+def test_a_checker_whose_logits_differ_slightly_still_passes_an_honest_generation(
+    tiny_lm, temperature_milli, monkeypatch
+):
+    """Another device class rounds logits differently: with every logit of the checker's
+    pass off by up to 0.05 (a bf16 GPU against a CPU is off by less), an honest generation
+    still passes at any temperature, while a substituted one still fails."""
+    import torch
+
+    from aitbc_p2p.compute import llm
+
+    models = {"tiny": tiny_lm}
+    asked = get_workload("llm_gen").validate(
+        {"prompt": "Escrow locks", "model": "tiny", "max_tokens": 24, "temperature_milli": temperature_milli, "seed": 2}
+    )
+    honest = _generate(models, asked)
+    substituted = _generate(models, {**asked, "temperature_milli": 1500, "seed": 3})
+    tokenizer, model = llm._load(tiny_lm, "cpu")
+    noise = torch.Generator().manual_seed(0)
+
+    class Rounded:
+        def __call__(self, **kwargs):
+            out = model(**kwargs)
+            out.logits = out.logits + (torch.rand(out.logits.shape, generator=noise) - 0.5) * 0.1
+            return out
+
+        def get_output_embeddings(self):
+            return model.get_output_embeddings()
+
+    monkeypatch.setattr(llm, "_load", lambda path, device: (tokenizer, Rounded()))
+    for _ in range(5):
+        assert llm.check_generation(asked, honest, tiny_lm) == ""
+    assert llm.check_generation(asked, substituted, tiny_lm) != ""
+
+
 class FakeOllama(BaseHTTPRequestHandler):
     """Answers POST /api/generate as Ollama does with stream=true: NDJSON lines."""
 
