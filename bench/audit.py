@@ -43,6 +43,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -166,23 +167,8 @@ def generation_detection(jobs: list[GenJob], cheat: str | None, trials: int) -> 
         ruling = judge(job, Evidence("spot", facts), None, check_row, check_params, check_generation=check_generation)
         assert ruling.verdict is not None, ruling
         verdicts.append((job, ruling.verdict))
-    caught = {"none": 0, "spot": 0, "audit": 0}
-    false_positives = 0
-    for trial in range(trials):
-        if any(job.cost > BID for job, _ in verdicts):
-            caught["none"] += 1
-        for level in ("spot", "audit"):
-            for k, (job, verdict) in enumerate(verdicts):
-                seed = hashlib.sha256(f"block after receipt {trial}:{k}".encode()).digest()
-                if level == "audit" and not sampled(seed, job.job_id):
-                    continue
-                if verdict is Verdict.CLIENT:
-                    if cheater is None:
-                        false_positives += 1
-                        continue
-                    caught[level] += 1
-                    break
-    return {level: count / trials for level, count in caught.items()}, false_positives
+    rates, false_positives, _ = runs([job for job, _ in verdicts], lambda k, seed: verdicts[k][1], cheater, trials)
+    return rates, false_positives
 
 
 def generation_costs(job: GenJob, repeats: int) -> dict[str, float]:
@@ -231,26 +217,39 @@ def detection(jobs: list[BenchJob], cheat: str | None, trials: int) -> tuple[dic
     positives (honest jobs ruled against); and the share of jobs level ``audit`` checked."""
     cheater = Cheater(Cheat(cheat)) if cheat else None
     delivered = [j.as_delivered(cheater) for j in jobs]
+
+    def rule(k: int, seed: bytes) -> Verdict:
+        job, facts, rows = delivered[k]
+        return spot(job, facts, rows, cheater, seed, jobs[k].gflops)
+
+    return runs([job for job, _, _ in delivered], rule, cheater, trials)
+
+
+def runs(
+    escrows: list[Job], rule: Callable[[int, bytes], Verdict], cheater: Cheater | None, trials: int
+) -> tuple[dict[str, float], int, float]:
+    """``trials`` runs of the jobs at each level: a run catches the cheat when ``rule``
+    (job index, the hash of the block after its receipt) rules a checked job against it.
+    The share of runs per level, the honest jobs ruled against, the share ``audit`` drew."""
     caught = {"none": 0, "spot": 0, "audit": 0}
     false_positives = drawn = 0
     for trial in range(trials):
-        if any(job.cost > BID for job, _, _ in delivered):  # level none: the cost against the bid
+        if any(job.cost > BID for job in escrows):  # level none: the cost against the bid
             caught["none"] += 1
         for level in ("spot", "audit"):
-            for k, ((job, facts, rows), bench_job) in enumerate(zip(delivered, jobs, strict=True)):
+            for k, job in enumerate(escrows):
                 seed = hashlib.sha256(f"block after receipt {trial}:{k}".encode()).digest()
                 if level == "audit":
                     if not sampled(seed, job.job_id):
                         continue  # acked unchecked
                     drawn += 1
-                verdict = spot(job, facts, rows, cheater, seed, bench_job.gflops)
-                if verdict is Verdict.CLIENT:
+                if rule(k, seed) is Verdict.CLIENT:
                     if cheater is None:
                         false_positives += 1
                         continue
                     caught[level] += 1
                     break
-    rate = drawn / (trials * len(jobs)) if cheater is None else 0.0
+    rate = drawn / (trials * len(escrows)) if cheater is None else 0.0
     return {level: count / trials for level, count in caught.items()}, false_positives, rate
 
 
