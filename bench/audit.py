@@ -113,10 +113,7 @@ class GenJob:
     cheat would (node/cheats.py: what it runs instead, and what it delivers)."""
 
     def __init__(self, models: dict[str, str], digest: str, tokens: int, seed: int) -> None:
-        from aitbc_p2p.compute.workloads import get_workload
-
-        gen = get_workload("llm_gen")
-        self.models, self.run_gen = models, lambda p: gen.run(gen.validate(p), RunContext(models=models))
+        self.models = models
         temperature = 0 if seed % 2 else 700  # greedy and seeded in turn
         self.params = check_params(
             "llm_gen", {"prompt": f"Job {seed}: a provider", "model": digest, "max_tokens": tokens,
@@ -130,6 +127,12 @@ class GenJob:
         output = self.run_gen(self.params)
         self.compute_ms = max(1, int((time.perf_counter() - start) * 1000))
         self.result = JobResult(self.offer.job_id, True, encode(output), "", {"compute_ms": self.compute_ms})
+
+    def run_gen(self, params: dict[str, Any]) -> dict[str, Any]:
+        from aitbc_p2p.compute.workloads import get_workload
+
+        gen = get_workload("llm_gen")
+        return gen.run(gen.validate(params), RunContext(models=self.models))
 
     def as_delivered(self, cheater: Cheater | None) -> tuple[Job, Facts]:
         result = self.result
