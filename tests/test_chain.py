@@ -348,6 +348,37 @@ def test_dispute_resolution(chain, alice, bob, authority, verdict):
     refuse(chain, "JobState", make_tx(authority, TxKind.JOB_RESOLVE, nonce=1, job_id=JOB, verdict=verdict))
 
 
+def test_a_quorum_of_arbiters_resolves_a_dispute_once_that_many_agree(alice, bob, authority):
+    """``arbiter_quorum`` 2 of 3: a ruling short of it is recorded and the dispute stays
+    open; an arbiter rules once; the second agreeing ruling resolves it (a split waits for
+    the third). The genesis of quorum 1 keeps its hash (the rule is left out of it)."""
+    judges = [make_key(f"judge{i}") for i in range(3)]
+    alloc = {alice.address: 10**12, bob.address: 10**9, **{j.address: 10**9 for j in judges}}
+    options = {"providers": [bob.address], "dispute_blocks": 2, "dispute_bond": 5000}
+    genesis = make_genesis([authority], alloc, arbiters=[j.address for j in judges], arbiter_quorum=2, **options)
+    assert genesis.arbiter_quorum == 2 and genesis_from_json(genesis_to_json(genesis)) == genesis
+    single = make_genesis([authority], alloc, arbiters=[j.address for j in judges], **options)
+    assert "arbiter_quorum" not in single.to_wire() and "arbiter_quorum" in genesis.to_wire()
+    for verdicts, ruled in ((["client", "client"], "client"), (["client", "provider", "provider"], "provider")):
+        chain = ChainBuilder(genesis, [authority])
+        chain.add_block([_open(alice, bob)])
+        chain.add_block([_receipt(bob)])
+        chain.add_block([make_tx(alice, TxKind.JOB_DISPUTE, nonce=1, job_id=JOB, evidence=b"")])
+        for i, verdict in enumerate(verdicts):
+            job = chain.state.job(Hash32(JOB))
+            assert job.status is JobStatus.DISPUTED and len(job.votes) == i
+            if i:  # one ruling each
+                refuse(chain, "Duplicate", make_tx(judges[0], TxKind.JOB_RESOLVE, nonce=1, job_id=JOB, verdict=verdict))
+            chain.add_block([make_tx(judges[i], TxKind.JOB_RESOLVE, job_id=JOB, verdict=verdict)])
+        job = chain.state.job(Hash32(JOB))
+        assert job.status is (JobStatus.REFUNDED if ruled == "client" else JobStatus.SETTLED)
+        assert [v for _, v in job.votes] == verdicts
+        assert chain.state.account(bob.address).provider is (ruled != "client")
+        assert total_is_conserved(chain).escrowed == 0
+    with pytest.raises(ConfigError, match="arbiter_quorum must be 1 to the number of arbiters"):
+        genesis_from_json(genesis_to_json(genesis).replace('"arbiter_quorum": 2', '"arbiter_quorum": 4'))
+
+
 def test_a_dispute_needs_its_bond_and_is_not_the_providers(chain, alice, bob, authority):
     chain.add_block([_open(alice, bob)])
     chain.add_block([_receipt(bob)])

@@ -171,6 +171,26 @@ async def test_generations_are_checked_by_the_clients_agent_and_the_arbiter(
         assert account.provider is False and account.stake < client_node.genesis.min_provider_stake
 
 
+async def test_with_a_quorum_of_two_arbiters_a_dispute_waits_for_both(monkeypatch: Any) -> None:
+    """Two arbiters, ``arbiter_quorum`` 2: each audits the made-up echo by itself and rules;
+    the first ruling is recorded on the escrow, the second resolves it (slash, refund)."""
+    monkeypatch.setattr("aitbc_p2p.node.audit.ARBITER_PATIENCE_S", 3.0)
+    second = make_key("peer3")
+    alloc = {**ALLOC, second.address: aitbc(1)}
+    rules = {"arbiters": [ARBITER.address, second.address], "arbiter_quorum": 2}
+    async with open_test_network(4, providers=[1], alloc=alloc, hub=MemoryHub(), genesis_params=rules) as nodes:
+        client_node, provider, arbiter, other = nodes
+        await wait_for(lambda: provider.market.registered() and PROVIDER.address in client_node.market.providers)
+        provider.market.cheater = Cheater(Cheat.RANDOM_OUTPUT)
+        job_id = await _spot_job(client_node, *ECHO)
+        escrow = client_node.store.state.job(job_id)
+        assert escrow.status.value == "refunded" and escrow.challenger == AGENT.address
+        assert sorted(a for a, _ in escrow.votes) == sorted([ARBITER.address, second.address])
+        assert {v for _, v in escrow.votes} == {"client"}
+        assert arbiter.audit.rulings[job_id].verdict is other.audit.rulings[job_id].verdict is Verdict.CLIENT
+        assert client_node.account(PROVIDER.address).account.provider is False
+
+
 async def test_level_audit_checks_a_drawn_share_and_still_catches_a_cheat(monkeypatch: Any) -> None:
     """At ``audit`` a job is checked when the block after its receipt draws it (one in two):
     the honest provider's jobs all settle, checked or not; a made-up echo is caught (each

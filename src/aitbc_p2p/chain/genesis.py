@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from aitbc_p2p.chain.models import (
+    DEFAULT_ARBITER_QUORUM,
     DEFAULT_CHALLENGER_BPS,
     DEFAULT_DISPUTE_BLOCKS,
     DEFAULT_DISPUTE_BOND,
@@ -63,6 +64,7 @@ def genesis_from_json(text: str) -> Genesis:
             dispute_bond=_units(doc, "dispute_bond", "the chain", DEFAULT_DISPUTE_BOND),
             slash_bps=_units(doc, "slash_bps", "the chain", DEFAULT_SLASH_BPS),
             challenger_bps=_units(doc, "challenger_bps", "the chain", DEFAULT_CHALLENGER_BPS),
+            arbiter_quorum=_units(doc, "arbiter_quorum", "the chain", DEFAULT_ARBITER_QUORUM),
             labels=labels,
         )
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError, CryptoError) as e:
@@ -70,6 +72,8 @@ def genesis_from_json(text: str) -> Genesis:
     for name in ("slash_bps", "challenger_bps"):
         if getattr(genesis, name) > 10_000:
             raise ConfigError(f"{name} is in basis points: at most 10000")
+    if not 1 <= genesis.arbiter_quorum <= max(1, len(set(genesis.arbiters))):
+        raise ConfigError(f"arbiter_quorum must be 1 to the number of arbiters, not {genesis.arbiter_quorum}")
     if len({a for a, _ in alloc}) != len(alloc):
         raise ConfigError("genesis allocates to the same address twice")
     for address in genesis.providers:
@@ -109,6 +113,7 @@ def genesis_to_json(genesis: Genesis) -> str:
         "slash_bps": genesis.slash_bps,
         "challenger_bps": genesis.challenger_bps,
         "arbiters": list(genesis.arbiters),
+        **({"arbiter_quorum": genesis.arbiter_quorum} if genesis.arbiter_quorum != DEFAULT_ARBITER_QUORUM else {}),
         "consensus": dict(genesis.consensus),
         "alloc": [entry(a, units) for a, units in genesis.alloc],
     }

@@ -42,6 +42,7 @@ DEFAULT_DISPUTE_BOND = 10**9
 DEFAULT_SLASH_BPS = 1000
 """A ruling against a provider burns 10% of its stake (at least the job's amount)."""
 DEFAULT_CHALLENGER_BPS = 5000
+DEFAULT_ARBITER_QUORUM = 1
 """Half of what is slashed goes to the challenger that proved the fault; the rest is burned."""
 
 
@@ -392,6 +393,8 @@ class Genesis:
     dispute_bond: int = DEFAULT_DISPUTE_BOND
     slash_bps: int = DEFAULT_SLASH_BPS
     challenger_bps: int = DEFAULT_CHALLENGER_BPS
+    arbiter_quorum: int = DEFAULT_ARBITER_QUORUM
+    """Arbiters whose rulings must agree before a dispute is resolved (1: the first ruling)."""
     labels: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def to_wire(self) -> dict[str, Any]:
@@ -417,6 +420,7 @@ class Genesis:
             ("dispute_bond", self.dispute_bond, DEFAULT_DISPUTE_BOND),
             ("slash_bps", self.slash_bps, DEFAULT_SLASH_BPS),
             ("challenger_bps", self.challenger_bps, DEFAULT_CHALLENGER_BPS),
+            ("arbiter_quorum", self.arbiter_quorum, DEFAULT_ARBITER_QUORUM),
         )
 
     @property

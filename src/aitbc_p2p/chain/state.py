@@ -111,6 +111,9 @@ class Job:
     """What the challenger locked; escrowed while the job is disputed."""
     dispute_tx: bytes = b""
     """The dispute transaction's hash: where the arbiters read its evidence."""
+    votes: tuple[tuple[str, str], ...] = ()
+    """The arbiters' rulings so far, ``(arbiter, verdict)`` in order (a genesis with an
+    ``arbiter_quorum`` above 1 resolves once that many agree)."""
 
     def to_wire(self) -> dict[str, Any]:
         wire = {
@@ -132,6 +135,8 @@ class Job:
         }
         if self.challenger:  # only disputed jobs carry these (earlier records stay as they were)
             wire.update(challenger=self.challenger, bond=self.bond, dispute_tx=self.dispute_tx)
+        if self.votes:  # only where a quorum of arbiters is counted
+            wire["votes"] = [[arbiter, verdict] for arbiter, verdict in self.votes]
         return wire
 
     @property
@@ -165,6 +170,7 @@ class Job:
             challenger=w.get("challenger", ""),
             bond=w.get("bond", 0),
             dispute_tx=w.get("dispute_tx", b""),
+            votes=tuple((arbiter, verdict) for arbiter, verdict in w.get("votes", [])),
         )
 
     def with_(self, **changes: Any) -> Job:

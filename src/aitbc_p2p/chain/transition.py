@@ -64,6 +64,7 @@ class ChainRules:
     dispute_bond: int = 0
     slash_bps: int = 0
     challenger_bps: int = 0
+    arbiter_quorum: int = 1
 
     @classmethod
     def of(cls, genesis: Genesis) -> ChainRules:
@@ -77,6 +78,7 @@ class ChainRules:
             genesis.dispute_bond,
             genesis.slash_bps,
             genesis.challenger_bps,
+            genesis.arbiter_quorum,
         )
 
 
@@ -418,6 +420,13 @@ def _job_resolve(w: _Writes, tx: Transaction, p: JobResolve, height: int, rules:
         raise TxRejected("NotArbiter", "only a genesis arbiter resolves disputes")
     if job.status is not JobStatus.DISPUTED:
         raise TxRejected("JobState", f"job is {job.status}, not disputed")
+    if any(arbiter == tx.sender for arbiter, _ in job.votes):
+        raise TxRejected("Duplicate", "this arbiter has already ruled on this dispute")
+    if rules.arbiter_quorum > 1:  # rulings counted (a chain of one arbiter's ruling records none)
+        job = job.with_(votes=(*job.votes, (tx.sender, p.verdict.value)))
+        if sum(verdict == p.verdict.value for _, verdict in job.votes) < rules.arbiter_quorum:
+            w.jobs.append(job)  # a ruling short of the quorum: recorded, the dispute stays open
+            return
     challenger = Address(job.challenger)
     if p.verdict is Verdict.PROVIDER:
         _release(w, job, JobStatus.SETTLED)

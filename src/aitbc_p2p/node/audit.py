@@ -340,6 +340,8 @@ class AuditService:
         escrow = self.chain.state.job(job_id)
         if escrow is None or escrow.status is not JobStatus.DISPUTED:
             return
+        if any(arbiter == self.account.key.address for arbiter, _ in escrow.votes):
+            return  # ruled already (a quorum of arbiters is counted on chain)
         found = self.chain.find_tx(escrow.dispute_tx)
         evidence: Evidence | None = None
         if found is not None and isinstance(found.tx.payload, JobDispute) and found.tx.payload.evidence:

@@ -39,7 +39,7 @@ def make_key(label: str) -> PrivateKey:
     return PrivateKey(hashlib.sha256(b"aitbc-test-key:" + label.encode()).digest())
 
 
-_GENESIS_RULES = ("unbonding_blocks", "dispute_blocks", "dispute_bond", "slash_bps", "challenger_bps")
+_GENESIS_RULES = ("unbonding_blocks", "dispute_blocks", "dispute_bond", "slash_bps", "challenger_bps", "arbiter_quorum")
 
 
 def make_genesis(
