@@ -142,8 +142,24 @@ class AuditService:
             self._nursery = nursery
             if self.account.key.address in self.chain.rules.arbiters:
                 nursery.start_soon(self._arbitrate)
+            if self._check_generation is not None:
+                nursery.start_soon(self._hash_models)
             task_status.started()
             await trio.sleep_forever()  # the checks and cases it starts run here
+
+    async def _hash_models(self) -> None:
+        """Read each model's content hash once at start, off the event loop, so that the
+        first job naming one is not kept waiting while a large model is hashed."""
+        from aitbc_p2p.compute import llm
+
+        try:
+            known = await blocking(llm.with_digests, self.models)
+        except OSError as e:  # a model directory that cannot be read: the jobs naming it say so
+            logger.warning("models not hashed: %s", e)
+            return
+        for digest, path in known.items():
+            if llm.is_digest(digest):
+                logger.info("checks generations of %s with %s", digest, path)
 
     async def cannot_check(self, workload: str, params: dict[str, Any]) -> str:
         """Why this peer could not check a job of ``workload`` with ``params`` at level
