@@ -263,6 +263,11 @@ def test_a_generation_is_checked_by_one_teacher_forced_pass(tiny_lm, other_lm, t
     assert "carries" in llm.check_generation(asked, {**honest, "tokens": honest["tokens"] + 1}, tiny_lm)
     assert "no token ids" in llm.check_generation(asked, {**honest, "backend": "ollama"}, tiny_lm)
     assert "vocabulary" in llm.check_generation(asked, {**honest, "ids": [10**6] * honest["tokens"]}, tiny_lm)
+    # A generation no run of this model could make (past its context) is wrong, not unreadable.
+    tokenizer, _ = llm._load(tiny_lm, "cpu")
+    long_ids = honest["ids"][:1] * 600
+    too_long = {**honest, "ids": long_ids, "tokens": 600, "text": tokenizer.decode(long_ids, skip_special_tokens=True)}
+    assert "longer than the model's context" in llm.check_generation({**asked, "max_tokens": 600}, too_long, tiny_lm)
     # The cheats of node/cheats.py run what they say.
     from aitbc_p2p.node.cheats import Cheat, Cheater
 

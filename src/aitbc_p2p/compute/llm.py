@@ -231,6 +231,9 @@ def check_generation(params: Mapping[str, Any], output: Mapping[str, Any], path:
         return "the prompt has no tokens: nothing was generated from it"
     if eos is not None and eos in ids:
         return "the ids go on past end-of-text"
+    context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if context is not None and len(prompt) + len(ids) > int(context):
+        return f"prompt + generation, {len(prompt)} + {len(ids)} tokens, longer than the model's context of {context}"
     ends = len(ids) < max_tokens
     if ends and eos is None:
         return f"the generation stops after {len(ids)} of {max_tokens} tokens and the model has no end-of-text"
