@@ -204,9 +204,10 @@ def other_lm(tmp_path_factory):
 @needs_llm
 def test_a_model_is_named_by_its_content(tiny_lm, other_lm, tmp_path):
     from aitbc_p2p.compute import llm
+    from aitbc_p2p.market.audit import is_model_digest
 
     digest = llm.model_digest(tiny_lm)
-    assert llm.is_digest(digest) and digest != llm.model_digest(other_lm)
+    assert is_model_digest(digest) and digest != llm.model_digest(other_lm)
     models = {"tiny": tiny_lm, "other": other_lm}
     assert llm.find_model(models, digest) == (digest, tiny_lm)
     assert llm.find_model(models, "other") == ("other", other_lm)
@@ -300,6 +301,8 @@ def test_a_checker_whose_logits_differ_slightly_still_passes_an_honest_generatio
     noise = torch.Generator().manual_seed(0)
 
     class Rounded:
+        config = model.config
+
         def __call__(self, **kwargs):
             out = model(**kwargs)
             out.logits = out.logits + (torch.rand(out.logits.shape, generator=noise) - 0.5) * 0.1

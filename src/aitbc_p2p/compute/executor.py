@@ -303,12 +303,13 @@ async def open_executor(
         raise ComputeError("slots must be at least 1")
     cmd = [sys.executable, "-m", "aitbc_p2p.compute.worker", "--accel", accel_mode]
     if models:  # each causal LM also by its content hash, read once here (a large model: seconds)
-        from aitbc_p2p.compute.llm import is_digest, with_digests
+        from aitbc_p2p.compute.llm import with_digests
+        from aitbc_p2p.market.audit import is_model_digest
 
         started, named = time.monotonic(), dict(models)
         models = await trio.to_thread.run_sync(with_digests, named)
         for digest, path in models.items():
-            if is_digest(digest):
+            if is_model_digest(digest):
                 names = [name for name, p in named.items() if p == path]
                 logger.info("model %s is %s (hashed in %.1f s)", "/".join(names), digest, time.monotonic() - started)
     for name, path in (models or {}).items():

@@ -26,13 +26,13 @@ from typing import Any
 
 from aitbc_p2p.compute.context import RunContext, language_models, module_available, pick_model, torch_available
 from aitbc_p2p.exceptions import ComputeError
+from aitbc_p2p.market.audit import DIGEST_PREFIX, is_model_digest
 
 _MODELS: dict[tuple[str, str], tuple[Any, Any]] = {}
 _LOAD_LOCK = threading.Lock()
 _DIGESTS: dict[str, tuple[tuple[tuple[str, int, int], ...], str]] = {}
 _DIGEST_LOCK = threading.Lock()
 
-DIGEST_PREFIX = "sha256:"
 LOGIT_SLACK = 0.25
 """How far the provider's logits may differ from the checker's, each (a different device
 class rounds them differently and may break a near-tie the other way). A produced token
@@ -41,12 +41,6 @@ greedy, its logit within 2 x 0.25 = 0.5 of the top one (a token the model ranks 
 e^0.5 = 1.65 times less likely than its top is not a greedy choice); seeded, the step's
 uniform inside the widest interval such logits give it. The slack is in logits, before
 the temperature: a low temperature widens the interval as much as it magnifies errors."""
-
-
-def is_digest(name: str) -> bool:
-    """Whether a model name is a content hash (``sha256:`` and 64 hex digits)."""
-    rest = name[len(DIGEST_PREFIX) :]
-    return name.startswith(DIGEST_PREFIX) and len(rest) == 64 and all(c in "0123456789abcdef" for c in rest)
 
 
 def model_digest(path: str) -> str:
@@ -60,7 +54,8 @@ def model_digest(path: str) -> str:
         for p in root.rglob("*")
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
     )
-    signature = tuple((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    stats = [(str(p.relative_to(root)), p.stat()) for p in files]
+    signature = tuple((rel, st.st_size, st.st_mtime_ns) for rel, st in stats)
     with _DIGEST_LOCK:
         cached = _DIGESTS.get(path)
         if cached is not None and cached[0] == signature:
@@ -84,7 +79,7 @@ def find_model(models: Mapping[str, str], name: str) -> tuple[str, str] | None:
     local = language_models(models)
     if name in local:  # a name, or a content hash already known (with_digests)
         return name, local[name]
-    if is_digest(name):
+    if is_model_digest(name):
         for path in local.values():
             if Path(path).is_dir() and model_digest(path) == name:
                 return name, path

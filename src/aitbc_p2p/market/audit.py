@@ -86,12 +86,18 @@ def check_level(workload: str, level: str, params: Mapping[str, Any] | None = No
         )
 
 
+def is_model_digest(name: object) -> bool:
+    """Whether a model name is a content hash: ``sha256:`` and 64 lowercase hex digits."""
+    if not isinstance(name, str) or not name.startswith(DIGEST_PREFIX):
+        return False
+    rest = name[len(DIGEST_PREFIX) :]
+    return len(rest) == 64 and all(c in "0123456789abcdef" for c in rest)
+
+
 def checkable_generation(params: Mapping[str, Any]) -> bool:
     """Whether an ``llm_gen`` job's generation can be checked: its model is named by
     content hash and it does not ask for Ollama. Others are ruled as before (step 8)."""
-    model = params.get("model")
-    named = isinstance(model, str) and model.startswith(DIGEST_PREFIX) and len(model) == len(DIGEST_PREFIX) + 64
-    return named and params.get("backend", "auto") != "ollama"
+    return is_model_digest(params.get("model")) and params.get("backend", "auto") != "ollama"
 
 
 GenerationCheck = Callable[[dict[str, Any], dict[str, Any]], "str | None"]

@@ -41,6 +41,7 @@ from aitbc_p2p.market.audit import (
     challenge_rows,
     checkable_generation,
     facts_hold,
+    is_model_digest,
     judge,
     rows_for,
     sampled,
@@ -158,7 +159,7 @@ class AuditService:
             logger.warning("models not hashed: %s", e)
             return
         for digest, path in known.items():
-            if llm.is_digest(digest):
+            if is_model_digest(digest):
                 logger.info("checks generations of %s with %s", digest, path)
 
     async def cannot_check(self, workload: str, params: dict[str, Any]) -> str:
