@@ -28,11 +28,20 @@ A generation's check is one teacher-forced pass over prompt + output, whatever t
 its cost (``llm_cost.verifier``, a share of the generation's own time) counts toward a
 level's extra compute where it is more than the product's: the headline takes the larger.
 
+With diffusers, ``--jobs`` sd_infer jobs of a tiny Stable Diffusion pipeline named by its
+content hash (``--sd-steps`` DDIM steps, ``--sd-size`` pixels a side) for the cheats on
+images (made-up latents and image, half the steps run): the agent draws one challenge
+(a denoising step or the decode) per job and re-runs it from the latents the provider
+proves under its ``latents_root``. Its cost (``sd_cost.verifier``) is the mean over every
+challenge, each equally likely, against the job's own time; it counts toward the headline
+as the generation's does.
+
 Prints progress and a table to stderr; its last line is JSON:
 {"bench": "audit", "level": "audit", "detect_rate_min": ..., "false_positives": 0,
  "audit_overhead": ..., "levels": {level: {"detect_rate_min", "overhead"}}, ...,
  "cheats": {cheat: {level: rate}}}
 Run: .venv/bin/python bench/audit.py [--trials 200] [--jobs 10] [--n 512] [--cost-n 512 1024 2048] [--iters 10]
+     [--tokens 64] [--sd-steps 20] [--sd-size 64]
 """
 
 from __future__ import annotations
@@ -66,7 +75,8 @@ BID = 10**9
 
 PRODUCT_CHEATS = ("random_output", "wrong_rows", "inflated_metering", "withheld_audits")
 GENERATION_CHEATS = ("truncated_generation", "substituted_generation", "other_model", "random_output")
-"""The cheats measured on each workload (random_output on both)."""
+IMAGE_CHEATS = ("random_output", "fewer_steps")
+"""The cheats measured on each workload (random_output on each)."""
 
 
 def say(text: str) -> None:
@@ -189,6 +199,151 @@ def generation_costs(job: GenJob, repeats: int) -> dict[str, float]:
         runs["verifier"].append(time.perf_counter() - start)
         assert ruling.verdict is Verdict.PROVIDER, ruling
     return {name: statistics.median(values) for name, values in runs.items()}
+
+
+class ImageJob:
+    """One sd_infer job of a tiny pipeline named by content: run honestly (its latents
+    kept), and as each cheat would."""
+
+    def __init__(self, models: dict[str, str], digest: str, steps: int, size: int, seed: int) -> None:
+        self.models = models
+        self.params = check_params(
+            "sd_infer", {"prompt": f"job {seed}: a red cube", "model": digest, "steps": steps, "width": size,
+                         "height": size, "seed": seed}
+        )  # fmt: skip
+        self.offer = JobOffer.create(
+            CLIENT, "ait-devnet", workload="sd_infer", params_hash=params_hash("sd_infer", self.params),
+            max_price=BID, max_runtime_s=60, verification="spot", timestamp_ms=1, nonce=seed,
+        )  # fmt: skip
+        start = time.perf_counter()
+        output, self.leaves = self.run_image(self.params)
+        self.compute_ms = max(1, int((time.perf_counter() - start) * 1000))
+        self.result = JobResult(self.offer.job_id, True, encode(output), "", {"compute_ms": self.compute_ms})
+
+    def run_image(self, params: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
+        from aitbc_p2p.compute import diffusion
+
+        kept: list[bytes] = []
+        output = diffusion.text_to_image(params, RunContext(models=self.models, keep=kept.append))
+        leaves = diffusion.split_leaves(kept[0], params["steps"])
+        assert leaves is not None
+        return output, leaves
+
+    def as_delivered(self, cheater: Cheater | None) -> tuple[Job, Facts, list[bytes]]:
+        result, leaves = self.result, self.leaves
+        if cheater is not None:
+            ran = cheater.run_params("sd_infer", self.params, self.models)
+            if ran != self.params:
+                output, leaves = self.run_image(ran)
+                result = JobResult(self.offer.job_id, True, encode(output), "", {"compute_ms": self.compute_ms})
+            leaves = cheater.leaves(self.params, leaves)
+            result = cheater.result("sd_infer", self.params, result, leaves)
+        job = Job(
+            self.offer.job_id, CLIENT.address, PROVIDER.address, BID, 99, 1, CLIENT.address,
+            status=JobStatus.RECEIPTED, result_hash=result.result_hash, cost=min(BID, self.compute_ms * 1000),
+            metrics=dict(result.metrics), receipt_height=5,
+        )  # fmt: skip
+        return job, Facts(self.offer, self.params, result), leaves
+
+
+IMAGE_MODELS: dict[str, str] = {}
+
+
+def check_image(params: dict[str, Any], output: dict[str, Any], challenge: int, leaves: Any) -> str | None:
+    from aitbc_p2p.compute import diffusion
+    from aitbc_p2p.compute.context import find_model, pipeline_models
+
+    found = find_model(IMAGE_MODELS, params["model"], pipeline_models)
+    return None if found is None else diffusion.check_challenge(params, output, found[1], challenge, leaves)
+
+
+def image_spot(job: Job, facts: Facts, leaves: list[bytes], seed: bytes) -> tuple[Verdict, tuple[int, ...]]:
+    """The client agent's spot check of one image: the ruling, and the challenges drawn."""
+    from aitbc_p2p.compute.workloads import prove_rows
+    from aitbc_p2p.market.audit import image_challenges, leaves_for
+
+    evidence = Evidence("spot check", facts)
+    ruling = judge(job, evidence, None, check_row, check_params, check_image=check_image)
+    if ruling.verdict is not None:
+        return ruling.verdict, ()
+    steps = int(facts.params["steps"])
+    drawn = image_challenges(seed, job.job_id, steps)
+    answer = AuditAnswer(job.job_id, facts, tuple(prove_rows(leaves, leaves_for(drawn, steps))))
+    verdict = judge(job, evidence, answer, check_row, check_params, asked=drawn, check_image=check_image).verdict
+    assert verdict is not None
+    return verdict, drawn
+
+
+def image_detection(jobs: list[ImageJob], cheat: str | None, trials: int) -> tuple[dict[str, float], int]:
+    """As :func:`detection`, for images; a challenge's re-run is deterministic, so each
+    (job, challenge) is ruled once and looked up after."""
+    cheater = Cheater(Cheat(cheat)) if cheat else None
+    delivered = [j.as_delivered(cheater) for j in jobs]
+    steps = int(jobs[0].params["steps"])
+    known: dict[tuple[int, int], Verdict] = {}
+
+    def rule(k: int, seed: bytes) -> Verdict:
+        from aitbc_p2p.market.audit import image_challenges
+
+        job, facts, leaves = delivered[k]
+        key = (k, image_challenges(seed, job.job_id, steps)[0])
+        if key not in known:
+            known[key] = image_spot(job, facts, leaves, seed)[0]
+        return known[key]
+
+    rates, false_positives, _ = runs([job for job, _, _ in delivered], rule, cheater, trials)
+    return rates, false_positives
+
+
+def image_costs(job: ImageJob, repeats: int) -> dict[str, float]:
+    """Median seconds of the job; mean seconds of a challenge's check over every challenge."""
+    from aitbc_p2p.compute.workloads import prove_rows
+    from aitbc_p2p.market.audit import challenge_leaves
+
+    escrow, facts, leaves = job.as_delivered(None)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        job.run_image(job.params)
+        times.append(time.perf_counter() - start)
+    steps = int(job.params["steps"])
+    checks = []
+    for challenge in range(1, steps + 2):
+        answer = AuditAnswer(escrow.job_id, facts, tuple(prove_rows(leaves, challenge_leaves(challenge, steps))))
+        start = time.perf_counter()
+        ruling = judge(escrow, Evidence("spot", facts), answer, check_row, check_params, asked=(challenge,),
+                       check_image=check_image)  # fmt: skip
+        checks.append(time.perf_counter() - start)
+        assert ruling.verdict is Verdict.PROVIDER, ruling
+    return {"job": statistics.median(times), "verifier": statistics.mean(checks)}
+
+
+def measure_images(args: argparse.Namespace, table: dict[str, dict[str, float]]) -> tuple[int, dict[str, float]]:
+    """The image cheats' rows of ``table``; the false positives and a check's cost."""
+    if not (module_available("diffusers") and module_available("transformers")):
+        say("audit: diffusers not installed: the image cheats are not measured")
+        return 0, {}
+    import tempfile
+
+    from aitbc_p2p.compute.context import model_digest
+    from aitbc_p2p.testing.models import build_tiny_sd_pipeline
+
+    false_positives = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(build_tiny_sd_pipeline(Path(tmp) / "tiny-sd"))
+        IMAGE_MODELS.update({"tiny-sd": path})
+        digest = model_digest(path)
+        size, steps = args.sd_size, args.sd_steps
+        say(f"audit: {args.jobs} sd_infer jobs of {steps} steps, {size} x {size} ({digest[:19]}...) on the CPU")
+        image_jobs = [ImageJob(IMAGE_MODELS, digest, steps, size, seed) for seed in range(args.jobs)]
+        for cheat in [None, *IMAGE_CHEATS]:
+            rates, fp = image_detection(image_jobs, cheat, args.trials)
+            false_positives += fp
+            report(table, f"{cheat or 'honest'} (sd_infer)", rates, fp, cheat)
+        cost = image_costs(image_jobs[0], max(1, args.repeats // 2))
+    job_ms, check_ms = cost["job"] * 1000, cost["verifier"] * 1000
+    say(f"  cost of a {steps}-step image: job {job_ms:.1f} ms, a challenge's check {check_ms:.2f} ms (mean)")
+    return false_positives, {"job_ms": round(job_ms, 3), "verifier": round(cost["verifier"] / cost["job"], 4)}
 
 
 def check_row(params: dict[str, Any], index: int, row: bytes) -> bool:
@@ -331,6 +486,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--tokens", type=int, default=64, help="tokens per generation job")
+    parser.add_argument("--sd-steps", type=int, default=20, help="denoising steps per sd_infer job")
+    parser.add_argument("--sd-size", type=int, default=64, help="sd_infer image side in pixels")
     args = parser.parse_args()
     if not torch_available():
         say("audit: torch not installed (pip install '.[compute]'), skipped")
@@ -352,6 +509,8 @@ def main() -> None:
         report(table, name, rates, fp, cheat)
     fp, llm_cost = measure_generations(args, table)
     false_positives += fp
+    fp, sd_cost = measure_images(args, table)
+    false_positives += fp
     by_n: dict[int, dict[str, float]] = {}
     for n in args.cost_n:
         cost = costs(jobs[0] if n == args.n else BenchJob(n, args.iters, 0), args.repeats)
@@ -368,7 +527,7 @@ def main() -> None:
         )
     head = by_n[args.cost_n[-1]]
     verifier, provider, recomputed = head["verifier"], head["provider"], head["provider_recomputed"]
-    worst = max(verifier + provider, llm_cost.get("verifier", 0.0))  # the costlier check of the two workloads
+    worst = max(verifier + provider, llm_cost.get("verifier", 0.0), sd_cost.get("verifier", 0.0))  # the costliest
     overhead = {"none": 0.0, "spot": worst, "audit": audit_rate * worst}
     say("")
     say(f"share of {args.trials} runs in which the cheat is caught within {args.jobs} jobs, per level (n={args.n})")
@@ -376,7 +535,7 @@ def main() -> None:
     for name, rates in table.items():
         say(f"{name:<34} {rates['none']:>6.3f} {rates['spot']:>6.3f} {rates['audit']:>6.3f}")
     extra = f"{overhead['none']:>6.3f} {overhead['spot']:>6.3f} {overhead['audit']:>6.3f}"
-    say(f"{'extra compute':<34} {extra}  (the larger of n={args.cost_n[-1]} and the generation's)")
+    say(f"{'extra compute':<34} {extra}  (the largest of n={args.cost_n[-1]}, the generation's and the image's)")
     say(f"false positives (honest jobs ruled against, of {args.trials * args.jobs} per level): {false_positives}")
     say(f"level audit checked {audit_rate:.3f} of the jobs")
     say("")
@@ -404,6 +563,8 @@ def main() -> None:
                 "overhead_n": args.cost_n[-1],
                 "costs": by_n,
                 "llm_cost": llm_cost,
+                "sd_cost": sd_cost,
+                "sd_steps": args.sd_steps,
                 "tokens": args.tokens,
                 "n": args.n,
                 "iters": args.iters,

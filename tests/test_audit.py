@@ -298,8 +298,9 @@ def test_llm_gen_is_checkable_only_when_its_model_is_named_by_content() -> None:
                    {"prompt": "x", "model": DIGEST, "backend": "ollama"}):  # fmt: skip
         with pytest.raises(MarketError, match="content hash"):
             check_level("llm_gen", "spot", params)
-    with pytest.raises(MarketError, match="no spot check"):
-        check_level("sd_infer", "spot", {"prompt": "x"})
+    with pytest.raises(MarketError, match="content hash"):
+        check_level("sd_infer", "spot", {"prompt": "x", "model": "tiny-sd"})
+    check_level("sd_infer", "audit", {"prompt": "x", "model": DIGEST})
 
 
 def test_a_generation_is_ruled_by_the_generation_check() -> None:
@@ -350,3 +351,99 @@ def test_llm_cheats_run_something_else_and_name_what_was_asked() -> None:
     assert decode(made_up.output)["model"] == DIGEST
     random_ids = decode(Cheater(Cheat.RANDOM_OUTPUT).result("llm_gen", params, facts.result, None).output)["ids"]
     assert random_ids != [5, 6]
+
+
+# ---------------------------------------------------------------- sd_infer
+def _image_job(steps: int = 4, output: dict[str, Any] | None = None) -> tuple[Job, Facts, list[bytes]]:
+    """An sd_infer job whose result commits to made-up latents (leaf i: 64 bytes of i)."""
+    from aitbc_p2p.chain.merkle import merkle_root
+
+    params = {"prompt": "a red cube", "model": DIGEST, "steps": steps, "width": 64, "height": 64, "seed": 9}
+    leaves = [bytes([i]) * 64 for i in range(steps + 1)]
+    image = b"\x89PNG made up"
+    made = {"model": DIGEST, "width": 64, "height": 64, "steps": steps, "seed": 9, "format": "png", "image": image,
+            "digest": hashlib.sha256(image).hexdigest(), "pixels_digest": "00" * 32,
+            "latents_root": merkle_root(leaves).hex(), "elapsed_ms": 1, "ms_per_step": 1, **(output or {})}  # fmt: skip
+    offer = _offer("sd_infer", params)
+    result = JobResult(offer.job_id, True, encode(made), "", {"compute_ms": 5})
+    return _job(offer, result), Facts(offer, params, result), leaves
+
+
+def _shown(leaves: list[bytes], indices: Any) -> tuple[Any, ...]:
+    from aitbc_p2p.compute.workloads import prove_rows
+
+    return tuple(prove_rows(leaves, list(indices)))
+
+
+def test_an_image_job_draws_one_step_or_the_decode_and_asks_for_the_latents_it_needs() -> None:
+    from aitbc_p2p.market.audit import challenge_leaves, challenges_of, image_challenges, leaves_for
+
+    drawn = {image_challenges(bytes([b]) * 32, b"job" * 8, 4)[0] for b in range(200)}
+    assert drawn == {1, 2, 3, 4, 5}  # each step and the decode (5) get drawn
+    assert image_challenges(b"s" * 32, b"j" * 32, 4) == image_challenges(b"s" * 32, b"j" * 32, 4)
+    assert challenge_leaves(1, 4) == (0, 1) and challenge_leaves(4, 4) == (3, 4) and challenge_leaves(5, 4) == (4,)
+    assert leaves_for([2, 5], 4) == (1, 2, 4)
+    assert challenges_of([1, 2], 4) == (2,) and challenges_of([4], 4) == (5,) and challenges_of([3, 4], 4) == (4,)
+
+
+def test_an_image_is_ruled_by_re_running_the_challenge_from_the_committed_latents() -> None:
+    seen: list[tuple[int, list[int]]] = []
+
+    def check(answer: str | None) -> Any:
+        def run(params: dict[str, Any], output: dict[str, Any], challenge: int, leaves: Any) -> str | None:
+            assert params["guidance_milli"] == 7500  # normalized
+            seen.append((challenge, sorted(leaves)))
+            return answer
+
+        return run
+
+    job, facts, leaves = _image_job()
+    ev = Evidence("spot", facts)
+    answer = AuditAnswer(job.job_id, facts, _shown(leaves, (1, 2)))
+    ruling = judge(job, ev, answer, _never, check_params, asked=(2,), check_image=check(""))
+    assert ruling.verdict is Verdict.PROVIDER and "step 2" in ruling.why and seen == [(2, [1, 2])]
+    ruling = judge(job, ev, answer, _never, check_params, asked=(2,), check_image=check("step 2 of 4 re-run is off"))
+    assert ruling.verdict is Verdict.CLIENT and "re-run is off" in ruling.why
+    decode = AuditAnswer(job.job_id, facts, _shown(leaves, (4,)))
+    assert judge(job, ev, decode, _never, check_params, asked=(5,), check_image=check("")).verdict is Verdict.PROVIDER
+    assert seen[-1] == (5, [4])
+    # No check here (no such pipeline): undecided. Nothing answered yet: undecided.
+    assert judge(job, ev, answer, _never, check_params, asked=(2,), check_image=check(None)).verdict is None
+    assert judge(job, ev, answer, _never, check_params, asked=(2,)).verdict is None
+    assert judge(job, ev, None, _never, check_params, asked=(2,), check_image=check("")).verdict is None
+    # The provider must show what it is asked for, under its own root.
+    partial = AuditAnswer(job.job_id, facts, _shown(leaves, (2,)))
+    ruling = judge(job, ev, partial, _never, check_params, asked=(2,), check_image=check(""))
+    assert ruling.verdict is Verdict.CLIENT and "did not show its latents [1]" in ruling.why
+    forged = AuditAnswer(job.job_id, facts, ((1, b"\x07" * 64, _shown(leaves, (1,))[0][2]), *_shown(leaves, (2,))))
+    ruling = judge(job, ev, forged, _never, check_params, asked=(2,), check_image=check(""))
+    assert ruling.verdict is Verdict.CLIENT and "leaf 1 is not under its latents_root" in ruling.why
+    # A challenger's committed latents are checked before anyone is asked.
+    count = len(seen)
+    shown = Evidence("spot", facts, rows=_shown(leaves, (2, 3)))
+    ruling = judge(job, shown, None, _never, check_params, check_image=check("step 3 is wrong"))
+    assert ruling.verdict is Verdict.CLIENT and seen[count:] == [(3, [2, 3])]
+
+
+def test_what_an_image_result_says_is_checked_before_any_pipeline_runs() -> None:
+    def never(*_: Any) -> str:
+        raise AssertionError("no pipeline runs for a result that contradicts itself")
+
+    for bad, why in (({"steps": 3}, "size, steps or seed"), ({"width": 128}, "size, steps or seed"),
+                     ({"model": "tiny-sd"}, "pipeline the job asked"), ({"digest": "00"}, "digest is not"),
+                     ({"latents_root": None}, "no latents_root")):  # fmt: skip
+        job, facts, leaves = _image_job(output=bad)
+        answer = AuditAnswer(job.job_id, facts, _shown(leaves, (0, 1)))
+        ruling = judge(job, Evidence("spot", facts), answer, _never, check_params, asked=(1,), check_image=never)
+        assert ruling.verdict is Verdict.CLIENT and why in ruling.why, (bad, ruling)
+
+
+def test_image_cheats_commit_latents_that_are_not_a_trajectory() -> None:
+    params = {"prompt": "x", "model": DIGEST, "steps": 4, "width": 64, "height": 64, "seed": 2}
+    ran = [bytes([i]) * 8 for i in range(3)]  # what two steps made
+    fewer = Cheater(Cheat.FEWER_STEPS)
+    assert fewer.run_params("sd_infer", params, {})["steps"] == 2
+    assert fewer.leaves(params, ran) == [ran[0], ran[0], ran[1], ran[1], ran[2]]  # five leaves, as four steps give
+    made_up = Cheater(Cheat.RANDOM_OUTPUT).leaves(params, [b"\x00" * 8] * 5)
+    assert len(made_up) == 5 and len(set(made_up)) == 5 and all(len(x) == 8 for x in made_up)
+    assert Cheater(Cheat.WRONG_ROWS).leaves(params, ran) == ran

@@ -109,7 +109,8 @@ def test_the_simulator_runs_a_small_network_through_its_faults_to_one_chain():
 def test_the_audit_bench_reports_detection_and_cost_per_level():
     """bench/audit.py as a user runs it, small: every cheat is caught at spot, no honest job
     is ruled against, and the costs come per job size. Without torch it says it skipped."""
-    args = ["--trials", "4", "--jobs", "3", "--n", "64", "--cost-n", "64", "128", "--repeats", "2", "--tokens", "16"]
+    args = ["--trials", "4", "--jobs", "3", "--n", "64", "--cost-n", "64", "128", "--repeats", "2", "--tokens", "16",
+            "--sd-steps", "6"]  # fmt: skip
     out = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "audit.py"), *args], capture_output=True, text=True, timeout=600
     )
@@ -121,11 +122,16 @@ def test_the_audit_bench_reports_detection_and_cost_per_level():
     assert report["false_positives"] == 0 and report["levels"]["spot"]["detect_rate_min"] == 1.0
     products = {f"{c} (torch_bench)" for c in ("wrong_rows", "random_output", "inflated_metering", "withheld_audits")}
     generations = {f"{c} (llm_gen)" for c in ("truncated_generation", "substituted_generation", "other_model")}
-    if module_available("transformers"):
-        assert set(report["cheats"]) == {*products, *generations, "random_output (llm_gen)"}
+    images = {"random_output (sd_infer)", "fewer_steps (sd_infer)"}
+    if module_available("transformers") and module_available("diffusers"):
+        assert set(report["cheats"]) == {*products, *generations, "random_output (llm_gen)", *images}
         assert report["tokens"] == 16 and 0 < report["llm_cost"]["verifier"] < 1  # one prefill, less than the decode
+        assert report["sd_steps"] == 6 and 0 < report["sd_cost"]["verifier"] < 1  # one step of six, or the decode
+    elif module_available("transformers"):
+        assert set(report["cheats"]) == {*products, *generations, "random_output (llm_gen)"}
+        assert report["sd_cost"] == {}
     else:
-        assert set(report["cheats"]) == products and report["llm_cost"] == {}
+        assert set(report["cheats"]) == products and report["llm_cost"] == {} and report["sd_cost"] == {}
     assert all(rates["none"] == 0.0 for rates in report["cheats"].values())  # cost within the bid: none sees nothing
     assert set(report["costs"]) == {"64", "128"} and report["overhead_n"] == 128
     assert 0 < report["levels"]["audit"]["overhead"] < report["levels"]["spot"]["overhead"]

@@ -517,6 +517,75 @@ def test_sd_infer_is_seeded_and_reports_each_step(tiny_sd, tiny_lm):
         sd.run(params, RunContext(models={"tiny": tiny_lm}))
 
 
+def test_an_image_is_checked_one_step_or_the_decode_at_a_time(tiny_sd):
+    """sd_infer commits to its trajectory (latents before the first step and after each,
+    under ``latents_root``): each step re-run from the committed latents before it gives
+    those after it, and the decode of the last gives the delivered pixels. Skipped steps,
+    other noise, made-up latents and another image each fail the challenge that shows them."""
+    import torch
+
+    from aitbc_p2p.chain.merkle import merkle_root
+    from aitbc_p2p.compute import diffusion
+    from aitbc_p2p.compute.context import model_digest
+
+    digest = model_digest(tiny_sd)
+    models = {"tiny-sd": tiny_sd}
+    params = get_workload("sd_infer").validate(
+        {"prompt": "a red cube", "steps": 4, "width": 64, "height": 64, "seed": 9, "model": digest}
+    )
+    kept: list[bytes] = []
+    out = get_workload("sd_infer").run(params, RunContext(models=models, keep=kept.append))
+    leaves = diffusion.split_leaves(kept[0], 4)
+    assert leaves is not None and len(leaves) == 5 and out["model"] == digest  # found by its content
+    assert merkle_root(leaves).hex() == out["latents_root"]
+    assert diffusion.trajectory(params, models) == leaves  # what a provider that kept nothing proves from
+    assert diffusion.split_leaves(kept[0][:-2], 4) is None and diffusion.split_leaves(b"", 4) is None
+
+    def check(challenge: int, given: dict[int, bytes], output: dict = out) -> str:
+        return diffusion.check_challenge(params, output, tiny_sd, challenge, given)
+
+    honest = dict(enumerate(leaves))
+    assert [check(c, honest) for c in range(1, 6)] == [""] * 5
+    assert "needs leaves [1, 2]" in check(2, {2: leaves[2]}) and "needs leaves" in check(6, honest)
+    skipped = {**honest, 3: leaves[2]}  # step 3 not run: its latents committed twice
+    assert "step 3 of 4 re-run does not give" in check(3, skipped)
+    other_noise = {**honest, 0: diffusion.leaf(torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(1)))}
+    assert "not the seeded noise" in check(1, other_noise)
+    assert "not finite" in check(2, {**honest, 1: b"\xff" * len(leaves[1])})  # float16 NaNs
+    assert "not the last latents decoded" in check(5, {**honest, 4: leaves[1]})
+    other = get_workload("sd_infer").run({**params, "seed": 10}, RunContext(models=models))
+    for field in ("image", "pixels_digest"):
+        assert check(5, honest, {**out, field: other[field]}) != ""
+    assert "not the last latents decoded" in check(5, honest, {**out, "image": other["image"],
+                                                                 "pixels_digest": other["pixels_digest"]})  # fmt: skip
+    assert "does not decode" in check(5, honest, {**out, "image": b"\x89PNG\r\n\x1a\n broken"})
+
+
+def test_a_multistep_scheduler_is_not_checked_step_by_step(tiny_sd, tmp_path):
+    import shutil
+
+    from aitbc_p2p.compute import diffusion
+
+    copy = tmp_path / "pndm"
+    shutil.copytree(tiny_sd, copy)
+    config = json.loads((copy / "scheduler" / "scheduler_config.json").read_text())
+    (copy / "scheduler" / "scheduler_config.json").write_text(json.dumps({**config, "_class_name": "PNDMScheduler"}))
+    index = json.loads((copy / "model_index.json").read_text())
+    (copy / "model_index.json").write_text(json.dumps({**index, "scheduler": ["diffusers", "PNDMScheduler"]}))
+    assert "PNDMScheduler carries state" in diffusion.pipeline_uncheckable(str(copy))  # read, not loaded
+    assert diffusion.pipeline_uncheckable(tiny_sd) == ""
+    (copy / "model_index.json").write_text(json.dumps({**index, "safety_checker": ["x", "SafetyChecker"]}))
+    assert "safety checker" in diffusion.pipeline_uncheckable(str(copy))
+    (copy / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionXLPipeline"}))
+    assert "StableDiffusionXLPipeline is not checked" in diffusion.pipeline_uncheckable(str(copy))
+    (copy / "model_index.json").write_text("{")
+    assert "does not read" in diffusion.pipeline_uncheckable(str(copy))
+    (copy / "model_index.json").write_text(json.dumps({**index, "scheduler": ["diffusers", "PNDMScheduler"]}))
+    params = get_workload("sd_infer").validate({"prompt": "x", "steps": 2, "width": 64, "height": 64})
+    with pytest.raises(ComputeError, match="carries state"):
+        diffusion.check_challenge(params, {}, str(copy), 1, {})
+
+
 async def test_sd_infer_through_the_executor(tiny_sd):
     events: list[dict] = []
     with trio.fail_after(180):

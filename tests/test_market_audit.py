@@ -171,6 +171,69 @@ async def test_generations_are_checked_by_the_clients_agent_and_the_arbiter(
         assert account.provider is False and account.stake < client_node.genesis.min_provider_stake
 
 
+needs_sd = pytest.mark.skipif(
+    not all(module_available(m) for m in ("torch", "diffusers", "transformers")),
+    reason="torch + diffusers + transformers not installed",
+)
+
+
+@pytest.fixture(scope="module")
+def pipelines(tmp_path_factory: Any) -> tuple[dict[str, str], str]:
+    """A tiny Stable Diffusion pipeline every peer holds, and its content hash."""
+    from aitbc_p2p.compute.context import model_digest
+    from aitbc_p2p.testing.models import build_tiny_sd_pipeline
+
+    path = str(build_tiny_sd_pipeline(tmp_path_factory.mktemp("pipelines") / "tiny-sd"))
+    return {"tiny-sd": path}, model_digest(path)
+
+
+@needs_sd
+@pytest.mark.parametrize(
+    ("cheat", "why"),
+    [
+        (None, ""),
+        (Cheat.RANDOM_OUTPUT, ("not finite", "not the seeded noise", "re-run does not give", "not the last latents")),
+        (Cheat.FEWER_STEPS, ("re-run does not give",)),
+    ],
+    ids=["honest", "made-up-image", "fewer-steps"],
+)
+async def test_images_are_checked_a_step_at_a_time_by_the_agent_and_the_arbiter(
+    cheat: Cheat | None, why: tuple[str, ...], pipelines: tuple[dict[str, str], str], monkeypatch: Any
+) -> None:
+    """sd_infer at spot, the pipeline named by content: the agent draws one denoising step
+    (or the decode) from the block after the receipt, asks the provider for the committed
+    latents it needs and re-runs it; an honest image is acked; made-up latents and skipped
+    steps are disputed and the arbiter, drawing its own challenge and the agent's, rules
+    against them (skipped steps escape two draws in five here: the decode, and the last step,
+    which both schedules take at the same timestep)."""
+    monkeypatch.setattr("aitbc_p2p.node.audit.ARBITER_PATIENCE_S", 3.0)
+    models, digest = pipelines
+    params = {"prompt": "a red cube", "model": digest, "steps": 4, "width": 64, "height": 64}
+    async with open_test_network(3, providers=[1], alloc=ALLOC, hub=MemoryHub(), genesis_params=ARBITERS,
+                                 models=models) as (client_node, provider, arbiter):  # fmt: skip
+        await wait_for(lambda: provider.market.registered() and PROVIDER.address in client_node.market.providers)
+        with pytest.raises(MarketError, match="no pipeline of content"):
+            await _spot_job(client_node, "sd_infer", {**params, "model": "sha256:" + "0" * 64})
+        provider.market.cheater = Cheater(cheat) if cheat is not None else None
+        for attempt in range(2 if cheat is None else 8):
+            job_id = await _spot_job(client_node, "sd_infer", {**params, "seed": attempt})
+            escrow = client_node.store.state.job(job_id)
+            if cheat is None:
+                assert escrow.status.value == "settled" and not escrow.challenger
+                ruling = client_node.audit.rulings[job_id]
+                assert ruling.verdict is Verdict.PROVIDER and "re-run from the committed latents" in ruling.why
+            elif escrow.status.value == "refunded":
+                break
+        if cheat is None:
+            assert not arbiter.audit.rulings
+            return
+        assert escrow.status.value == "refunded" and escrow.challenger == AGENT.address
+        ruling = arbiter.audit.rulings[job_id]
+        assert ruling.verdict is Verdict.CLIENT and any(w in ruling.why for w in why), ruling
+        account = client_node.account(PROVIDER.address).account
+        assert account.provider is False and account.stake < client_node.genesis.min_provider_stake
+
+
 async def test_with_a_quorum_of_two_arbiters_a_dispute_waits_for_both(monkeypatch: Any) -> None:
     """Two arbiters, ``arbiter_quorum`` 2: each audits the made-up echo by itself and rules;
     the first ruling is recorded on the escrow, the second resolves it (slash, refund)."""

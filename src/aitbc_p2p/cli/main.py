@@ -343,7 +343,7 @@ def _verify_proof(args: argparse.Namespace, out: Out) -> None:
 
 def _model_digest(args: argparse.Namespace, out: Out) -> None:
     """``aitbc model digest DIR``: the content hash a job names a model by (offline)."""
-    from aitbc_p2p.compute.llm import model_digest
+    from aitbc_p2p.compute.context import model_digest
 
     if not args.path.is_dir():
         raise ConfigError(f"{args.path} is not a model directory")

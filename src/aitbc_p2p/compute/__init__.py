@@ -6,7 +6,7 @@ runs ``echo``.
 """
 
 from aitbc_p2p.compute.capability import ACCEL_MODES, PEAK_TFLOPS, DeviceInfo, detect, peak_tflops
-from aitbc_p2p.compute.context import RunContext, torch_available
+from aitbc_p2p.compute.context import RunContext, model_digest, torch_available
 from aitbc_p2p.compute.executor import Execution, Executor, open_executor
 from aitbc_p2p.compute.workloads import WORKLOADS, Workload, available_workloads, check_params, get_workload
 
@@ -23,6 +23,7 @@ __all__ = [
     "check_params",
     "detect",
     "get_workload",
+    "model_digest",
     "open_executor",
     "peak_tflops",
     "torch_available",

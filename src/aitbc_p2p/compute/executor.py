@@ -303,7 +303,7 @@ async def open_executor(
         raise ComputeError("slots must be at least 1")
     cmd = [sys.executable, "-m", "aitbc_p2p.compute.worker", "--accel", accel_mode]
     if models:  # each causal LM also by its content hash, read once here (a large model: seconds)
-        from aitbc_p2p.compute.llm import with_digests
+        from aitbc_p2p.compute.context import with_digests
         from aitbc_p2p.market.audit import is_model_digest
 
         started, named = time.monotonic(), dict(models)

@@ -15,23 +15,26 @@ is what the model's logits allow.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import threading
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from aitbc_p2p.compute.context import RunContext, language_models, module_available, pick_model, torch_available
+from aitbc_p2p.compute.context import (
+    RunContext,
+    find_model,
+    language_models,
+    model_digest,  # noqa: F401 - llm.model_digest is what users and tests have named
+    module_available,
+    torch_available,
+    with_digests,  # noqa: F401
+)
 from aitbc_p2p.exceptions import ComputeError
-from aitbc_p2p.market.audit import DIGEST_PREFIX, is_model_digest
 
 _MODELS: dict[tuple[str, str], tuple[Any, Any]] = {}
 _LOAD_LOCK = threading.Lock()
-_DIGESTS: dict[str, tuple[tuple[tuple[str, int, int], ...], str]] = {}
-_DIGEST_LOCK = threading.Lock()
 
 LOGIT_SLACK = 0.25
 """How far the provider's logits may differ from the checker's, each (a different device
@@ -41,64 +44,6 @@ greedy, its logit within 2 x 0.25 = 0.5 of the top one (a token the model ranks 
 e^0.5 = 1.65 times less likely than its top is not a greedy choice); seeded, the step's
 uniform inside the widest interval such logits give it. The slack is in logits, before
 the temperature: a low temperature widens the interval as much as it magnifies errors."""
-
-
-def model_digest(path: str) -> str:
-    """The content hash of a model directory: ``sha256:`` of its manifest, one line
-    ``relative path, size, SHA-256`` per file (sorted; hidden files left out). What a job
-    names so that its provider and its checkers run the same weights. Cached while the
-    files' sizes and modification times stay the same (blocking: it reads every file)."""
-    root = Path(path)
-    files = sorted(
-        p
-        for p in root.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
-    stats = [(str(p.relative_to(root)), p.stat()) for p in files]
-    signature = tuple((rel, st.st_size, st.st_mtime_ns) for rel, st in stats)
-    with _DIGEST_LOCK:
-        cached = _DIGESTS.get(path)
-        if cached is not None and cached[0] == signature:
-            return cached[1]
-    manifest = hashlib.sha256()
-    for p, (rel, size, _) in zip(files, signature, strict=True):
-        h = hashlib.sha256()
-        with p.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-        manifest.update(f"{rel}\0{size}\0{h.hexdigest()}\n".encode())
-    digest = DIGEST_PREFIX + manifest.hexdigest()
-    with _DIGEST_LOCK:
-        _DIGESTS[path] = (signature, digest)
-    return digest
-
-
-def find_model(models: Mapping[str, str], name: str) -> tuple[str, str] | None:
-    """The configured causal LM a job names (by name, by content hash, or the first for
-    an empty name): (the name as the job gave it, its directory), or None."""
-    local = language_models(models)
-    if name in local:  # a name, or a content hash already known (with_digests)
-        return name, local[name]
-    if is_model_digest(name):
-        for path in local.values():
-            if Path(path).is_dir() and model_digest(path) == name:
-                return name, path
-        return None
-    try:
-        return pick_model(local, name, "model")
-    except ComputeError:
-        return None
-
-
-def with_digests(models: Mapping[str, str]) -> dict[str, str]:
-    """``models`` and, for each causal LM directory among them, its content hash -> its
-    directory: what a provider hands its workers, so that a job naming a model by content
-    finds it without each worker reading every model's files again (blocking)."""
-    out = dict(models)
-    for path in language_models(models).values():
-        if Path(path).is_dir():
-            out.setdefault(model_digest(path), path)
-    return out
 
 
 def generate(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:

@@ -61,9 +61,10 @@ model's load): a receipt claiming more is an overcharge."""
 METER_FACTOR = 4
 """... and the factor on the time its parameters need at the provider's declared speed."""
 
-VERIFIABLE = frozenset({"echo", "torch_bench", "embed", "llm_gen"})
-"""Workloads with a spot check (others are offered at level ``none`` only, for now);
-``llm_gen`` only as :func:`check_level` says."""
+VERIFIABLE = frozenset({"echo", "torch_bench", "embed", "llm_gen", "sd_infer"})
+"""Workloads with a spot check; ``llm_gen`` and ``sd_infer`` only as :func:`check_level` says."""
+SPOT_STEPS = 1
+"""Challenges of an sd_infer job a spot check draws (a denoising step or the decode)."""
 DIGEST_PREFIX = "sha256:"
 
 Normalize = Callable[[str, dict[str, Any]], dict[str, Any]]
@@ -74,7 +75,8 @@ def check_level(workload: str, level: str, params: Mapping[str, Any] | None = No
     """Raises MarketError for a verification level that is unknown, or that ``workload``
     (with ``params``) has no check for. ``llm_gen`` is checked only when its parameters
     name the model by content (``sha256:<hex>``: both sides run the same weights) and do
-    not ask for Ollama (whose generations carry no token ids)."""
+    not ask for Ollama (whose generations carry no token ids); ``sd_infer`` only when they
+    name the pipeline by content."""
     if level not in tuple(Level):
         raise MarketError(f"verification must be one of {[str(v) for v in Level]}, not {level!r}")
     if level != Level.NONE and workload not in VERIFIABLE:
@@ -84,6 +86,8 @@ def check_level(workload: str, level: str, params: Mapping[str, Any] | None = No
             f"llm_gen at {level} needs the model named by its content hash (sha256:<64 hex>) and a backend other"
             " than Ollama (whose generations carry no token ids to check)"
         )
+    if level != Level.NONE and workload == "sd_infer" and not is_model_digest((params or {}).get("model")):
+        raise MarketError(f"sd_infer at {level} needs the pipeline named by its content hash (sha256:<64 hex>)")
 
 
 def is_model_digest(name: object) -> bool:
@@ -105,6 +109,11 @@ GenerationCheck = Callable[[dict[str, Any], dict[str, Any]], "str | None"]
 teacher-forced pass, compute/llm.py ``check_generation``), why not otherwise, or None
 where this peer cannot check it (it has no model of that content)."""
 
+ImageCheck = Callable[[dict[str, Any], dict[str, Any], int, Mapping[int, bytes]], "str | None"]
+"""``(params, output, challenge, leaves) -> ""`` if an ``sd_infer`` challenge holds (a
+denoising step or the decode re-run from the committed latents, compute/diffusion.py
+``check_challenge``), why not otherwise, or None where this peer cannot check it."""
+
 RowCheck = Callable[[dict[str, Any], int, bytes], bool]
 """``(params, index, row) -> whether the row is right``: a torch_bench row recomputed
 (n^2) within the tolerance of specs/market.md, "Determinism"."""
@@ -125,6 +134,30 @@ def challenge_rows(seed: bytes, job_id: bytes, n: int, k: int = SPOT_ROWS) -> tu
         if draw not in picked:
             picked.append(draw)
     return tuple(sorted(picked))
+
+
+def image_challenges(seed: bytes, job_id: bytes, steps: int, k: int = SPOT_STEPS) -> tuple[int, ...]:
+    """``k`` challenges of an sd_infer job of ``steps`` steps, drawn from ``seed`` (as
+    :func:`challenge_rows`): 1 to ``steps`` a denoising step, ``steps + 1`` the decode."""
+    return tuple(i + 1 for i in challenge_rows(seed, job_id, steps + 1, k))
+
+
+def challenge_leaves(challenge: int, steps: int) -> tuple[int, ...]:
+    """The committed latents a challenge needs: a step, the leaves before and after it;
+    the decode, the last."""
+    return (challenge - 1, challenge) if challenge <= steps else (steps,)
+
+
+def leaves_for(challenges: Sequence[int], steps: int) -> tuple[int, ...]:
+    """What an audit of these challenges asks the provider for."""
+    return tuple(sorted({i for c in challenges for i in challenge_leaves(c, steps)}))
+
+
+def challenges_of(leaves: Sequence[int], steps: int) -> tuple[int, ...]:
+    """The challenges a set of leaves answers (what a challenger's evidence names)."""
+    have = set(leaves)
+    steps_shown = [c for c in range(1, steps + 1) if c - 1 in have and c in have]
+    return tuple(steps_shown + ([steps + 1] if steps in have and steps - 1 not in have else []))
 
 
 def rows_for(n: int) -> int:
@@ -335,6 +368,16 @@ def check_output(facts: Facts) -> str:
             return "the result's vectors are not one per text"
         if output.get("digest") != hashlib.sha256(vectors).hexdigest():
             return "the result's digest is not of its vectors"
+    if workload == "sd_infer" and is_model_digest(params.get("model")):
+        if not isinstance(output, dict) or output.get("model") != params.get("model"):
+            return "the result does not name the pipeline the job asked for"
+        if any(output.get(k) != params.get(k) for k in ("width", "height", "steps", "seed")):
+            return "the result's size, steps or seed are not the job's"
+        root, image = output.get("latents_root"), output.get("image")
+        if not isinstance(root, str) or len(root) != 64:
+            return "the result commits to no latents_root"
+        if not isinstance(image, bytes) or output.get("digest") != hashlib.sha256(image).hexdigest():
+            return "the result's digest is not of its image"
     if workload == "llm_gen" and checkable_generation(params):
         if not isinstance(output, dict) or output.get("model") != params.get("model"):
             return "the result does not name the model the job asked for"
@@ -373,6 +416,51 @@ def _judge_llm(facts: Facts, output: dict[str, Any], check: GenerationCheck | No
     return Ruling(Verdict.PROVIDER, f"each of the {len(output['ids'])} tokens is what the model allows")
 
 
+def _judge_image(
+    facts: Facts,
+    output: dict[str, Any],
+    evidence: Evidence | None,
+    answer: AuditAnswer | None,
+    asked: Sequence[int],
+    check: ImageCheck | None,
+) -> Ruling:
+    """Challenges re-run from committed latents: those drawn (``asked``) and those the
+    challenger's committed leaves show."""
+    if check is None:
+        return Ruling(None, f"this peer cannot check images of {facts.params.get('model')!r} (no such pipeline)")
+    steps = int(facts.params["steps"])
+    root = bytes.fromhex(output["latents_root"])
+    leaves: dict[int, bytes] = {}
+    shown = [(r, False) for r in (evidence.rows if evidence is not None else ())]
+    shown += [(r, True) for r in (answer.rows if answer is not None else ())]
+    for (index, data, proof), by_provider in shown:
+        if 0 <= index <= steps and verify_proof(root, data, list(proof)):
+            leaves[index] = data
+        elif by_provider:
+            return Ruling(Verdict.CLIENT, f"the provider's leaf {index} is not under its latents_root")
+    challenger = [i for (i, data, _), by_provider in shown if not by_provider and i in leaves]
+    challenges = sorted({c for c in asked if 1 <= c <= steps + 1} | set(challenges_of(challenger, steps)))
+    if answer is not None:
+        missing = [i for i in leaves_for([c for c in asked if 1 <= c <= steps + 1], steps) if i not in leaves]
+        if missing:
+            return Ruling(Verdict.CLIENT, f"the provider did not show its latents {missing}")
+    checked = []
+    for c in challenges:
+        need = challenge_leaves(c, steps)
+        if not all(i in leaves for i in need):
+            continue
+        why = check(facts.params, output, c, {i: leaves[i] for i in need})
+        if why is None:
+            return Ruling(None, f"this peer cannot check images of {facts.params.get('model')!r}")
+        if why:
+            return Ruling(Verdict.CLIENT, why)
+        checked.append(c)
+    if answer is None:
+        return UNDECIDED  # nothing shown is wrong: the provider is asked for latents of its own
+    what = ", ".join("the decode" if c > steps else f"step {c}" for c in checked)
+    return Ruling(Verdict.PROVIDER, f"{what or 'nothing asked'} re-run from the committed latents: right")
+
+
 def judge(
     job: Job,
     evidence: Evidence | None,
@@ -384,6 +472,7 @@ def judge(
     gflops: int = 0,
     check_vector: RowCheck | None = None,
     check_generation: GenerationCheck | None = None,
+    check_image: ImageCheck | None = None,
 ) -> Ruling:
     """Rule on a receipted job from the challenger's ``evidence`` and, where that does
     not decide it, the provider's ``answer`` to an audit that asked for rows ``asked``.
@@ -424,6 +513,8 @@ def judge(
         return _judge_embed(facts, output, evidence, asked, check_vector)
     if workload == "llm_gen" and checkable_generation(facts.params):
         return _judge_llm(facts, output, check_generation)
+    if workload == "sd_infer" and is_model_digest(facts.params.get("model")):
+        return _judge_image(facts, output, evidence, answer, asked, check_image)
     if workload != "torch_bench":
         return Ruling(Verdict.PROVIDER, "the result is what the parameters give")  # recomputed whole
     root = bytes.fromhex(output["rows_root"])

@@ -25,30 +25,44 @@ import trio
 from aitbc_p2p.chain.payloads import JobDispute, JobResolve, Verdict
 from aitbc_p2p.chain.state import Job, JobStatus
 from aitbc_p2p.compute import check_params
-from aitbc_p2p.compute.context import language_models, module_available, torch_available
+from aitbc_p2p.compute.context import (
+    find_model,
+    language_models,
+    module_available,
+    pipeline_models,
+    torch_available,
+    with_digests,
+)
 from aitbc_p2p.compute.workloads import EMBED_MODULE
 from aitbc_p2p.exceptions import ComputeError, MarketError, NetworkError, TxRejected
 from aitbc_p2p.market.audit import (
+    MAX_ANSWER_ROWS_BYTES,
+    MAX_AUDIT_ROWS,
+    MAX_PROOF_DEPTH,
     SPOT_ROWS,
     AuditAnswer,
     AuditRequest,
     Evidence,
     Facts,
     GenerationCheck,
+    ImageCheck,
     Level,
     RowCheck,
     Ruling,
     challenge_rows,
+    challenges_of,
     checkable_generation,
     facts_hold,
+    image_challenges,
     is_model_digest,
     judge,
+    leaves_for,
     rows_for,
     sampled,
 )
 from aitbc_p2p.market.messages import Bid
 from aitbc_p2p.network.abc import Network
-from aitbc_p2p.network.protocols import AUDIT_PROTOCOL
+from aitbc_p2p.network.protocols import AUDIT_PROTOCOL, MAX_FRAME
 from aitbc_p2p.node.abc import ChainView, OwnAccount
 from aitbc_p2p.node.offload import blocking
 from aitbc_p2p.types import JobId
@@ -100,8 +114,30 @@ def _generation_check(models: dict[str, str]) -> GenerationCheck | None:
     def check(params: dict[str, Any], output: dict[str, Any]) -> str | None:
         from aitbc_p2p.compute import llm
 
-        found = llm.find_model(models, params["model"])
+        found = find_model(models, params["model"])
         return None if found is None else llm.check_generation(params, output, found[1])
+
+    return check
+
+
+def _image_check(models: dict[str, str]) -> ImageCheck | None:
+    """Re-runs an sd_infer challenge with this peer's pipeline of the content the job
+    names (on the CPU, in the calling thread), where it has torch, diffusers and
+    pipelines; else None."""
+    if not pipeline_models(models) or not (torch_available() and module_available("diffusers")):
+        return None
+
+    def check(params: dict[str, Any], output: dict[str, Any], challenge: int, leaves: Any) -> str | None:
+        from aitbc_p2p.compute import diffusion
+
+        found = find_model(models, params["model"], pipeline_models)
+        if found is None:
+            return None
+        try:
+            return diffusion.check_challenge(params, output, found[1], challenge, leaves)
+        except ComputeError as e:  # a pipeline not checked step by step
+            logger.info("sd_infer challenge not checked: %s", e)
+            return None
 
     return check
 
@@ -129,6 +165,7 @@ class AuditService:
         self.models = dict(models or {})
         """Local model directories (name -> path) this peer checks llm_gen generations with."""
         self._check_generation = _generation_check(self.models)
+        self._check_image = _image_check(self.models)
         self._nursery: trio.Nursery | None = None
         self._products: OrderedDict[JobId, tuple[list[bytes], list[bytes] | None]] = OrderedDict()
         """Products proved from lately: ``(rows, leaf hashes or None)``."""
@@ -143,7 +180,7 @@ class AuditService:
             self._nursery = nursery
             if self.account.key.address in self.chain.rules.arbiters:
                 nursery.start_soon(self._arbitrate)
-            if self._check_generation is not None:
+            if self._check_generation is not None or self._check_image is not None:
                 nursery.start_soon(self._hash_models)
             task_status.started()
             await trio.sleep_forever()  # the checks and cases it starts run here
@@ -151,16 +188,14 @@ class AuditService:
     async def _hash_models(self) -> None:
         """Read each model's content hash once at start, off the event loop, so that the
         first job naming one is not kept waiting while a large model is hashed."""
-        from aitbc_p2p.compute import llm
-
         try:
-            known = await blocking(llm.with_digests, self.models)
+            known = await blocking(with_digests, self.models)
         except OSError as e:  # a model directory that cannot be read: the jobs naming it say so
             logger.warning("models not hashed: %s", e)
             return
         for digest, path in known.items():
             if is_model_digest(digest):
-                logger.info("checks generations of %s with %s", digest, path)
+                logger.info("checks jobs naming %s with %s", digest, path)
 
     async def cannot_check(self, workload: str, params: dict[str, Any]) -> str:
         """Why this peer could not check a job of ``workload`` with ``params`` at level
@@ -168,12 +203,22 @@ class AuditService:
         if workload == "embed" and not module_available(EMBED_MODULE):
             return "this peer cannot check embed results: it has no embedding model (the compute extra)"
         if workload == "llm_gen" and checkable_generation(params):
-            from aitbc_p2p.compute import llm
 
             if self._check_generation is None:
                 return "this peer cannot check llm_gen generations: it has no causal LM (torch, transformers, models)"
-            if await blocking(llm.find_model, self.models, params["model"]) is None:
+            if await blocking(find_model, self.models, params["model"]) is None:
                 return f"this peer holds no model of content {params['model']} to check the generation with"
+        if workload == "sd_infer" and is_model_digest(params.get("model")):
+            if self._check_image is None:
+                return "this peer cannot check sd_infer images: it has no pipeline (torch, diffusers, models)"
+            found = await blocking(find_model, self.models, params["model"], pipeline_models)
+            if found is None:
+                return f"this peer holds no pipeline of content {params['model']} to check the image with"
+            from aitbc_p2p.compute import diffusion
+
+            why = await blocking(diffusion.pipeline_uncheckable, found[1])
+            if why:
+                return f"the pipeline {params['model']} cannot be checked: {why}"
         return ""
 
     def disputed(self, job_id: JobId, why: str) -> None:
@@ -207,10 +252,35 @@ class AuditService:
         if cheater is not None and not cheater.answers_audits:
             return AuditAnswer(job_id, error="busy").encode()
         rows: tuple[Any, ...] = ()
-        if req.rows and facts.offer.body["workload"] == "torch_bench":
+        workload = facts.offer.body["workload"]
+        if req.rows and workload == "torch_bench":
             clean = check_params("torch_bench", facts.params)  # as it ran: defaults filled in
             rows = tuple(await self._prove(job_id, clean, req.rows[: rows_for(clean["n"])], device))
-        return AuditAnswer(job_id, facts, rows).encode()
+        elif req.rows and workload == "sd_infer":
+            clean = check_params("sd_infer", facts.params)
+            rows = tuple(await self._prove_latents(job_id, clean, req.rows, device))
+        answer = AuditAnswer(job_id, facts, rows).encode()
+        if rows and len(answer) > MAX_FRAME - 1024:  # an image and latents: the asker holds the facts already
+            answer = AuditAnswer(job_id, None, rows).encode()
+        return answer
+
+    async def _prove_latents(
+        self, job_id: JobId, params: dict[str, Any], indices: tuple[int, ...], device: str
+    ) -> list[Any]:
+        """The committed latents asked for, with their proofs: from what the run kept, or
+        the trajectory recomputed (the whole job again, one at a time)."""
+        from aitbc_p2p.compute import diffusion
+        from aitbc_p2p.compute.workloads import prove_rows
+
+        leaves = diffusion.split_leaves(self.market.held_kept(job_id), params["steps"])
+        if leaves is None:
+            async with self._prove_lock:
+                leaves = await blocking(diffusion.trajectory, params, self.market.provider_models(), device)
+        cheater = self.market.cheater
+        if cheater is not None:
+            leaves = cheater.leaves(params, leaves)
+        budget = MAX_ANSWER_ROWS_BYTES // max(1, len(leaves[0]) + 64 * MAX_PROOF_DEPTH)
+        return await blocking(prove_rows, leaves, indices[: max(1, budget)])
 
     async def _prove(self, job_id: JobId, params: dict[str, Any], indices: tuple[int, ...], device: str) -> list[Any]:
         from aitbc_p2p.compute.workloads import product_rows, prove_rows
@@ -256,11 +326,12 @@ class AuditService:
                 logger.info("job %s not drawn for an audit: acked", job_id.hex()[:16])
                 self.market.ack_checked(job)
                 return
-        check, check_llm = _vector_check(), self._check_generation
+        check, check_llm, check_image = _vector_check(), self._check_generation, self._check_image
+        unanswered = False
         ruling = await blocking(
             lambda: judge(
                 escrow, evidence, None, _check_row, check_params, gflops=gflops, check_vector=check,
-                check_generation=check_llm,
+                check_generation=check_llm, check_image=check_image,
             )
         )  # fmt: skip
         clean = check_params(job.workload, job.params)
@@ -279,10 +350,26 @@ class AuditService:
             last = escrow.receipt_height + max(1, window - window // AGENT_PATIENCE)
             answer = await self._ask(job.peer, AuditRequest(job_id, asked), until_height=last)
             if answer is None:
-                ruling = Ruling(None, "the provider did not answer the audit")
+                ruling, unanswered = Ruling(None, "the provider did not answer the audit"), True
             else:
                 ruling = await blocking(
                     lambda: judge(escrow, evidence, answer, _check_row, check_params, asked=asked, gflops=gflops)
+                )
+                evidence = Evidence(ruling.why, facts, rows=answer.rows, bid=bid)
+        elif ruling.verdict is None and job.workload == "sd_infer":  # a step or the decode, drawn after the receipt
+            seed = await self._block_hash(escrow.receipt_height + 1)
+            steps = int(clean["steps"])
+            drawn = image_challenges(seed, job_id, steps)
+            window = self.chain.rules.dispute_blocks
+            last = escrow.receipt_height + max(1, window - window // AGENT_PATIENCE)
+            answer = await self._ask(job.peer, AuditRequest(job_id, leaves_for(drawn, steps)), until_height=last)
+            if answer is None:
+                ruling, unanswered = Ruling(None, "the provider did not answer the audit"), True
+            else:
+                ruling = await blocking(
+                    lambda: judge(
+                        escrow, evidence, answer, _check_row, check_params, asked=drawn, check_image=check_image
+                    )
                 )
                 evidence = Evidence(ruling.why, facts, rows=answer.rows, bid=bid)
         self._remember(job_id, ruling)
@@ -290,7 +377,7 @@ class AuditService:
             logger.info("job %s passed its spot check (%s)", job_id.hex()[:16], ruling.why)
             self.market.ack_checked(job)
             return
-        if ruling.verdict is None and job.workload in ("embed", "llm_gen"):  # it could not check: no ack, no dispute
+        if ruling.verdict is None and not unanswered:  # it could not check: no ack, no dispute
             logger.error("job %s not checked: %s; no ack (paid after the window)", job_id.hex()[:16], ruling.why)
             return
         logger.warning("job %s failed its spot check: %s", job_id.hex()[:16], ruling.why)
@@ -368,11 +455,13 @@ class AuditService:
                 logger.info("dispute of %s carries no readable evidence: %s", job_id.hex()[:16], e)
         bid = evidence.bid if evidence is not None else None
         gflops = _gflops(bid, escrow)
+        check_llm, check_image = self._check_generation, self._check_image
         ruling = await blocking(
             lambda: judge(
-                escrow, evidence, None, _check_row, check_params, gflops=gflops, check_generation=self._check_generation
+                escrow, evidence, None, _check_row, check_params, gflops=gflops, check_generation=check_llm,
+                check_image=check_image,
             )
-        )
+        )  # fmt: skip
         if ruling.verdict is None:  # audit the provider: the facts (if the evidence lacks them), then rows
             peer = self.market.provider_peer(escrow.provider)
             silent = AuditAnswer(job_id, error="no answer within the arbiter's patience")
@@ -390,11 +479,20 @@ class AuditService:
             elif facts is not None and workload == "embed":  # texts of its own drawing, and the challenger's
                 texts = facts.params.get("texts")
                 asked = challenge_rows(escrow.dispute_tx, job_id, len(texts), SPOT_ROWS) if texts else ()
+            elif facts is not None and workload == "sd_infer":  # a challenge of its own, and the challenger's
+                steps = _steps_of(facts)
+                named = [i for i, _, _ in evidence.rows] if evidence is not None else []
+                drawn = image_challenges(escrow.dispute_tx, job_id, steps)
+                asked = tuple(sorted({*drawn, *challenges_of(named, steps)}))
+                request = AuditRequest(job_id, leaves_for(asked, steps)[:MAX_AUDIT_ROWS])
+                answer = await self._ask(peer, request, patience_s=ARBITER_PATIENCE_S) or silent
+                if answer.facts is None and not answer.error:  # an image and latents: the facts came first
+                    answer = AuditAnswer(job_id, facts, answer.rows)
             shown = answer
             ruling = await blocking(
                 lambda: judge(
                     escrow, evidence, shown, _check_row, check_params, asked=asked, gflops=gflops,
-                    check_vector=_vector_check(), check_generation=self._check_generation,
+                    check_vector=_vector_check(), check_generation=check_llm, check_image=check_image,
                 )
             )  # fmt: skip
         if ruling.verdict is None:
@@ -413,6 +511,14 @@ def _gflops(bid: Bid | None, escrow: Job) -> int:
     if bid is None or bid.signer != escrow.provider or bid.job_id != escrow.job_id:
         return 0
     return int(bid.body["gflops"])
+
+
+def _steps_of(facts: Facts) -> int:
+    """The steps of an sd_infer job (1 where its parameters are refused: judge says so)."""
+    try:
+        return int(check_params("sd_infer", facts.params)["steps"])
+    except ComputeError:
+        return 1
 
 
 def _rows_of(facts: Facts) -> int:

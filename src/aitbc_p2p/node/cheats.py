@@ -12,6 +12,7 @@ from __future__ import annotations
 import array
 import enum
 import hashlib
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,8 @@ class Cheat(enum.StrEnum):
     """torch_bench: half the product's rows are not computed (zeros), and committed so."""
     RANDOM_OUTPUT = "random_output"
     """The output is made up: an echo of another message; a rows_root of random bytes;
-    embeddings pointing the other way."""
+    embeddings pointing the other way; token ids that are not the text; an image of noise
+    over latents of noise."""
     INFLATED_METERING = "inflated_metering"
     """The receipt bills an hour of compute (capped by the escrow) for the real result."""
     WITHHELD_AUDITS = "withheld_audits"
@@ -37,6 +39,9 @@ class Cheat(enum.StrEnum):
     """llm_gen: the tokens are sampled hot from another seed, not the decoding asked for."""
     OTHER_MODEL = "other_model"
     """llm_gen: another (cheaper) configured model runs; the result names the one asked for."""
+    FEWER_STEPS = "fewer_steps"
+    """sd_infer: half the denoising steps run; each latents committed twice to fill the
+    trajectory of the steps asked for, billed as the whole."""
 
 
 CHEATS = tuple(c.value for c in Cheat)
@@ -60,6 +65,8 @@ class Cheater:
     def run_params(self, workload: str, params: dict[str, Any], models: dict[str, str]) -> dict[str, Any]:
         """The parameters this provider really runs a job with, in place of ``params``
         (blocking: naming another model reads the models' content hashes)."""
+        if workload == "sd_infer" and self.cheat is Cheat.FEWER_STEPS:
+            return {**params, "steps": max(1, int(params.get("steps", 20)) // 2)}
         if workload != "llm_gen":
             return params
         if self.cheat is Cheat.TRUNCATED_GENERATION:
@@ -67,13 +74,23 @@ class Cheater:
         if self.cheat is Cheat.SUBSTITUTED_GENERATION:
             return {**params, "temperature_milli": 1500, "seed": (int(params.get("seed", 0)) + 1) % (1 << 32)}
         if self.cheat is Cheat.OTHER_MODEL:
-            from aitbc_p2p.compute import llm
+            from aitbc_p2p.compute.context import find_model, language_models
 
-            asked = llm.find_model(models, str(params.get("model", "")))
-            others = [name for name, path in models.items() if asked is None or path != asked[1]]
+            asked = find_model(models, str(params.get("model", "")))
+            others = [name for name, path in language_models(models).items() if asked is None or path != asked[1]]
             if others:
                 return {**params, "model": others[0]}
         return params
+
+    def leaves(self, params: dict[str, Any], ran: list[bytes]) -> list[bytes]:
+        """The sd_infer latents this provider commits to (and answers audits from), from
+        those of what it ran (``run_params``)."""
+        steps = int(params["steps"])
+        if self.cheat is Cheat.FEWER_STEPS:
+            return [ran[i * (len(ran) - 1) // steps] for i in range(steps + 1)]
+        if self.cheat is Cheat.RANDOM_OUTPUT:
+            return [hashlib.shake_256(f"{params['seed']}:{i}".encode()).digest(len(ran[0])) for i in range(steps + 1)]
+        return ran
 
     def rows(self, params: dict[str, Any], honest: list[bytes]) -> list[bytes]:
         """The rows this provider committed to (it answers audits from them)."""
@@ -85,7 +102,8 @@ class Cheater:
         self, workload: str, params: dict[str, Any], result: JobResult, honest_rows: list[bytes] | None
     ) -> JobResult:
         """The result this provider delivers and receipts instead of ``result`` (blocking:
-        ``honest_rows`` is the torch_bench product, recomputed by the caller)."""
+        ``honest_rows`` is the torch_bench product, recomputed by the caller, or the
+        sd_infer latents it committed to, :meth:`leaves`)."""
         if not result.ok:
             return result
         output = decode(result.output, max_size=MAX_OUTPUT)
@@ -105,8 +123,31 @@ class Cheater:
                 output["digest"] = hashlib.sha256(output["vectors"]).hexdigest()
             elif workload == "llm_gen" and isinstance(output.get("ids"), list):  # ids that do not make the text
                 output["ids"] = [(t + 1) % 256 for t in output["ids"]]
+            elif workload == "sd_infer":
+                output.update(_noise_image(params))
         elif self.cheat is Cheat.WRONG_ROWS and workload == "torch_bench" and honest_rows is not None:
             rows = self.rows(params, honest_rows)
             output["rows_root"] = merkle_root(rows).hex()
             output["digest"] = hashlib.sha256(b"".join(rows)).hexdigest()
+        if workload == "sd_infer" and honest_rows is not None:
+            output["latents_root"] = merkle_root(honest_rows).hex()
+            output["steps"] = params["steps"]  # the steps asked for, however many ran
         return JobResult(result.job_id, True, encode(output), "", metrics)
+
+
+def _noise_image(params: dict[str, Any]) -> dict[str, Any]:
+    """A PNG of noise the size asked for, and its digests."""
+    import io
+
+    from PIL import Image
+
+    size = (params["width"], params["height"])
+    rgb = Image.frombytes("RGB", size, os.urandom(size[0] * size[1] * 3))
+    png = io.BytesIO()
+    rgb.save(png, format="PNG")
+    data = png.getvalue()
+    return {
+        "image": data,
+        "digest": hashlib.sha256(data).hexdigest(),
+        "pixels_digest": hashlib.sha256(rgb.tobytes()).hexdigest(),
+    }

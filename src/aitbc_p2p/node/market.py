@@ -1592,7 +1592,7 @@ class MarketService:
         if run.kept:
             self._keep(held, run.kept)
         if self.cheater is not None:
-            result = await self._cheat(payload, result)
+            result = await self._cheat(payload, params, result, held)
         held.result = result
         if run.ok:  # a slot is held for about the compute time (the worker's own overhead is small)
             self._slot_ms = max(1, (3 * self._slot_ms + run.metrics.get("compute_ms", self._slot_ms)) // 4)
@@ -1606,8 +1606,9 @@ class MarketService:
         await self._post_receipt(escrow, held, result)
         return result
 
-    async def _cheat(self, payload: JobPayload, result: JobResult) -> JobResult:
-        """The cheating fixture's result in place of the real one (node/cheats.py)."""
+    async def _cheat(self, payload: JobPayload, ran: dict[str, Any], result: JobResult, held: HeldJob) -> JobResult:
+        """The cheating fixture's result in place of the real one (node/cheats.py); ``ran``:
+        the parameters it really ran."""
         assert self.cheater is not None and self._device is not None
         clean = check_params(payload.workload, payload.params)
         rows = None
@@ -1615,6 +1616,12 @@ class MarketService:
             from aitbc_p2p.compute.workloads import product_rows
 
             rows = await blocking(product_rows, clean, self._device.device)
+        if payload.workload == "sd_infer" and result.ok:  # the latents it commits to, kept for audits
+            from aitbc_p2p.compute.diffusion import split_leaves
+
+            kept = split_leaves(held.kept, check_params("sd_infer", ran)["steps"])
+            rows = self.cheater.leaves(clean, kept) if kept is not None else None
+            self._keep(held, b"".join(rows or ()))
         return await blocking(self.cheater.result, payload.workload, clean, result, rows)
 
     def _keep(self, held: HeldJob, data: bytes) -> None:
@@ -1636,6 +1643,15 @@ class MarketService:
         kept = held.kept
         rows = [kept[i : i + width] for i in range(0, size, width)]
         return rows, [kept[i : i + 32] for i in range(size, len(kept), 32)]
+
+    def held_kept(self, job_id: JobId) -> bytes:
+        """What the workload of a held job kept for audits (empty: nothing, or dropped)."""
+        held = self._held.get(job_id)
+        return held.kept if held is not None else b""
+
+    def provider_models(self) -> dict[str, str]:
+        """The models this provider serves (name -> directory; none if it is no provider)."""
+        return dict(self._provider.models) if self._provider is not None else {}
 
     def held_facts(self, job_id: JobId) -> tuple[Facts | None, str]:
         """A held job's offer, parameters and ok result (what an audit is answered from),
