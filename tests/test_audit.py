@@ -447,3 +447,16 @@ def test_image_cheats_commit_latents_that_are_not_a_trajectory() -> None:
     made_up = Cheater(Cheat.RANDOM_OUTPUT).leaves(params, [b"\x00" * 8] * 5)
     assert len(made_up) == 5 and len(set(made_up)) == 5 and all(len(x) == 8 for x in made_up)
     assert Cheater(Cheat.WRONG_ROWS).leaves(params, ran) == ran
+
+
+def test_a_third_party_auditor_draws_its_own_share_of_receipts() -> None:
+    from aitbc_p2p.market.audit import third_party_drawn
+
+    seeds = [hashlib.sha256(f"block {i}".encode()).digest() for i in range(4000)]
+    job = b"j" * 32
+    for rate in (0.0, 0.1, 0.5, 1.0):
+        share = sum(third_party_drawn(rate, "aitbc1auditor", seed, job) for seed in seeds) / len(seeds)
+        assert abs(share - rate) < 0.03, (rate, share)
+    mine = [third_party_drawn(0.5, "aitbc1one", seed, job) for seed in seeds]
+    theirs = [third_party_drawn(0.5, "aitbc1two", seed, job) for seed in seeds]
+    assert mine != theirs  # each auditor its own draw: a provider cannot tell whom to answer

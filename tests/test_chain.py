@@ -379,6 +379,61 @@ def test_a_quorum_of_arbiters_resolves_a_dispute_once_that_many_agree(alice, bob
         genesis_from_json(genesis_to_json(genesis).replace('"arbiter_quorum": 2', '"arbiter_quorum": 4'))
 
 
+@pytest.mark.parametrize("verdict", ["provider", "client"])
+def test_a_settled_job_may_be_challenged_within_challenge_blocks(alice, bob, authority, verdict):
+    """``challenge_blocks`` 6: a job settled at once (level none) may still be disputed by
+    anyone, once, within 6 blocks of its receipt, at the risk of the bond. For the
+    provider: it stays settled and takes the bond. For the client: the provider loses 10%
+    of its stake (at least what it was paid) and its registration; the client gets back
+    what it paid, from the slash; the challenger its bond and half the rest; the rest is
+    burned. A genesis without the rule keeps its hash and refuses such a challenge."""
+    auditor = make_key("auditor")
+    alloc = {alice.address: 10**12, bob.address: 10**9, authority.address: 10**9, auditor.address: 10**6}
+    options = {"providers": [bob.address], "arbiters": [authority.address], "dispute_blocks": 2, "dispute_bond": 5000}
+    genesis = make_genesis([authority], alloc, challenge_blocks=6, **options)
+    assert genesis.challenge_blocks == 6 and genesis_from_json(genesis_to_json(genesis)) == genesis
+    plain = make_genesis([authority], alloc, **options)
+    assert "challenge_blocks" not in plain.to_wire() and "challenge_blocks" in genesis.to_wire()
+    before = ChainBuilder(plain, [authority])
+    before.add_block([_open(alice, bob)])
+    before.add_block([_receipt(bob)])
+    before.add_block([make_tx(alice, TxKind.JOB_SETTLE, nonce=1, job_id=JOB, ack=b"")])
+    refuse(before, "JobState", make_tx(auditor, TxKind.JOB_DISPUTE, job_id=JOB, evidence=b""))
+
+    chain = ChainBuilder(genesis, [authority])
+    chain.add_block([_open(alice, bob)])
+    chain.add_block([_receipt(bob)])  # height 2: challenges until 8
+    chain.add_block([make_tx(alice, TxKind.JOB_SETTLE, nonce=1, job_id=JOB, ack=b"")])  # paid: 4000 to bob
+    refuse(chain, "NotJobParty", make_tx(bob, TxKind.JOB_DISPUTE, nonce=1, job_id=JOB, evidence=b""))
+    refuse(chain, "JobState", make_tx(auditor, TxKind.JOB_DISPUTE, job_id=JOB, evidence=b""), height=9)
+    chain.add_block([make_tx(auditor, TxKind.JOB_DISPUTE, job_id=JOB, evidence=b"\xa0")])
+    job = chain.state.job(Hash32(JOB))
+    assert (job.status, job.challenger, job.bond) == (JobStatus.CHALLENGED, auditor.address, 5000)
+    assert total_is_conserved(chain).escrowed == 5000  # the bond: the escrow was released already
+    refuse(chain, "JobState", make_tx(alice, TxKind.JOB_DISPUTE, nonce=2, job_id=JOB, evidence=b""))  # once
+    refuse(chain, "JobState", make_tx(bob, TxKind.JOB_SETTLE, nonce=1, job_id=JOB, ack=b""))
+    stake = chain.state.account(bob.address).stake
+    balances = {k: chain.state.account(k.address).balance for k in (alice, bob, auditor)}
+    burned = chain.state.burned()
+    chain.add_block([make_tx(authority, TxKind.JOB_RESOLVE, job_id=JOB, verdict=verdict)])
+    job, bob_after = chain.state.job(Hash32(JOB)), chain.state.account(bob.address)
+    if verdict == "provider":
+        assert job.status is JobStatus.SETTLED
+        assert bob_after.balance == balances[bob] + 5000 and (bob_after.stake, bob_after.provider) == (stake, True)
+        assert chain.state.account(auditor.address).balance == balances[auditor]  # its bond is gone
+        refuse(chain, "JobState", make_tx(alice, TxKind.JOB_DISPUTE, nonce=2, job_id=JOB, evidence=b""))  # once
+    else:
+        slashed = stake // 10
+        assert job.status is JobStatus.REFUNDED
+        assert chain.state.account(alice.address).balance == balances[alice] + 4000  # what it paid
+        rest = slashed - 4000
+        assert chain.state.account(auditor.address).balance == balances[auditor] + 5000 + rest // 2
+        assert (bob_after.stake, bob_after.provider, bob_after.balance) == (stake - slashed, False, balances[bob])
+        assert chain.state.burned() == burned + 1000 + rest - rest // 2
+    assert total_is_conserved(chain).escrowed == 0
+    refuse(chain, "JobState", make_tx(authority, TxKind.JOB_RESOLVE, nonce=1, job_id=JOB, verdict=verdict))
+
+
 def test_a_dispute_needs_its_bond_and_is_not_the_providers(chain, alice, bob, authority):
     chain.add_block([_open(alice, bob)])
     chain.add_block([_receipt(bob)])

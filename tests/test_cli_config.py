@@ -74,6 +74,8 @@ NOWAL = BASE + "[wallet]\nkey_file = 'none.key'\n[wallet.clients.a]\n"
         (BASE, {"genesis": '{"chain_id": "x", "timestamp_ms": 0, "alloc": [], "consensus": {}}'}, "engine"),
         (BASE + "[node]\npeer_floor = 9\npeer_ceiling = 4\n", {}, "peer_floor"),
         (BASE + "[node]\npeer_ceiling = 0\n", {}, "peer_ceiling"),
+        (BASE + "[node]\naudit_rate = 1.5\n", {}, "audit_rate must be 0 to 1"),
+        (BASE + "[node]\naudit_rate = 'often'\n", {}, r"\[node\] audit_rate must be float"),
         (BASE + "[node]\nmdns = 'yes'\n", {}, r"\[node\] mdns must be bool"),
         (BASE + "[node]\npeer_floor = true\n", {}, r"\[node\] peer_floor must be int"),
         (BASE + "[node]\npeer_floor = 2.5\n", {}, r"\[node\] peer_floor must be int"),

@@ -279,3 +279,57 @@ async def test_level_audit_checks_a_drawn_share_and_still_catches_a_cheat(monkey
         assert job.status == "refunded" and job.check is not None and job.check[0] == "client"
         assert arbiter.audit.rulings[job.job_id].verdict is Verdict.CLIENT
         assert not client_node.account(PROVIDER.address).account.provider
+
+
+AUDITOR = make_key("peer3")
+
+
+@pytest.mark.parametrize("cheat", [None, Cheat.RANDOM_OUTPUT], ids=["honest", "made-up-echo"])
+async def test_a_third_party_auditor_challenges_a_settled_job_whose_result_is_wrong(
+    cheat: Cheat | None, monkeypatch: Any
+) -> None:
+    """Level ``none``: the client's peer acks on delivery and the provider is paid at once,
+    so nobody on the job's side checks it. A fourth peer with ``audit_rate`` 1 watches the
+    receipts, asks the provider for the job's facts, recomputes the echo and, where it is
+    wrong, challenges the settled job (genesis ``challenge_blocks``): the arbiter rules,
+    the provider is slashed and struck off, the client gets back what it paid, the auditor
+    its bond and half the rest of the slash. An honest job is audited and left alone."""
+    monkeypatch.setattr("aitbc_p2p.node.audit.ARBITER_PATIENCE_S", 3.0)
+    alloc = {**ALLOC, AUDITOR.address: aitbc(10)}
+    async with open_test_network(
+        4, providers=[1], alloc=alloc, hub=MemoryHub(), genesis_params={**ARBITERS, "challenge_blocks": 40},
+        per_peer={3: {"audit_rate": 1.0}},
+    ) as (client_node, provider, arbiter, auditor):  # fmt: skip
+        await wait_for(lambda: provider.market.registered() and PROVIDER.address in auditor.market.providers)
+        provider.market.cheater = Cheater(cheat) if cheat is not None else None
+        job_id, offer = await offer_job(client_node, CLIENT, "echo", {"message": "hello"}, verification="none")
+        await open_escrow(client_node, CLIENT, job_id, offer)
+        settled: dict[str, int] = {}
+
+        def paid() -> bool:
+            escrow = client_node.store.state.job(job_id)
+            if escrow is not None and escrow.status.value == "settled" and not settled:
+                settled.update({k.address: client_node.account(k.address).account.balance for k in (CLIENT, AUDITOR)})
+            return bool(settled)
+
+        await wait_for(paid, timeout=60)
+        await wait_for(lambda: job_id in auditor.audit.rulings, timeout=60)
+        if cheat is None:
+            assert auditor.audit.rulings[job_id].verdict is Verdict.PROVIDER
+            for _ in range(3):  # a few blocks: nothing follows
+                await client_node.chain.wait_head_change()
+            escrow = client_node.store.state.job(job_id)
+            assert escrow.status.value == "settled" and not escrow.challenger and not arbiter.audit.rulings
+            return
+        assert "not the message sent" in auditor.audit.rulings[job_id].why
+        await wait_for(lambda: client_node.store.state.job(job_id).status.value == "refunded", timeout=60)
+        escrow = client_node.store.state.job(job_id)
+        assert escrow.challenger == AUDITOR.address and arbiter.audit.rulings[job_id].verdict is Verdict.CLIENT
+        stake, fee = client_node.genesis.min_provider_stake, client_node.genesis.min_fee
+        account = client_node.account(PROVIDER.address).account
+        assert (account.provider, account.stake) == (False, stake - stake // 10)
+        assert client_node.account(CLIENT.address).account.balance == settled[CLIENT.address] + escrow.cost
+        rest = stake // 10 - escrow.cost
+        assert client_node.account(AUDITOR.address).account.balance == settled[AUDITOR.address] - fee + rest // 2
+        supply = client_node.supply()
+        assert supply.total == supply.genesis_total and supply.escrowed == 0

@@ -7,6 +7,7 @@ from typing import Any
 
 from aitbc_p2p.chain.models import (
     DEFAULT_ARBITER_QUORUM,
+    DEFAULT_CHALLENGE_BLOCKS,
     DEFAULT_CHALLENGER_BPS,
     DEFAULT_DISPUTE_BLOCKS,
     DEFAULT_DISPUTE_BOND,
@@ -65,6 +66,7 @@ def genesis_from_json(text: str) -> Genesis:
             slash_bps=_units(doc, "slash_bps", "the chain", DEFAULT_SLASH_BPS),
             challenger_bps=_units(doc, "challenger_bps", "the chain", DEFAULT_CHALLENGER_BPS),
             arbiter_quorum=_units(doc, "arbiter_quorum", "the chain", DEFAULT_ARBITER_QUORUM),
+            challenge_blocks=_units(doc, "challenge_blocks", "the chain", DEFAULT_CHALLENGE_BLOCKS),
             labels=labels,
         )
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError, CryptoError) as e:
@@ -114,6 +116,7 @@ def genesis_to_json(genesis: Genesis) -> str:
         "challenger_bps": genesis.challenger_bps,
         "arbiters": list(genesis.arbiters),
         **({"arbiter_quorum": genesis.arbiter_quorum} if genesis.arbiter_quorum != DEFAULT_ARBITER_QUORUM else {}),
+        **({"challenge_blocks": genesis.challenge_blocks} if genesis.challenge_blocks else {}),
         "consensus": dict(genesis.consensus),
         "alloc": [entry(a, units) for a, units in genesis.alloc],
     }

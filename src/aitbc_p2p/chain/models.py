@@ -43,6 +43,8 @@ DEFAULT_SLASH_BPS = 1000
 """A ruling against a provider burns 10% of its stake (at least the job's amount)."""
 DEFAULT_CHALLENGER_BPS = 5000
 DEFAULT_ARBITER_QUORUM = 1
+DEFAULT_CHALLENGE_BLOCKS = 0
+"""Blocks after a receipt in which a settled job may still be disputed (0: not at all)."""
 """Half of what is slashed goes to the challenger that proved the fault; the rest is burned."""
 
 
@@ -395,6 +397,10 @@ class Genesis:
     challenger_bps: int = DEFAULT_CHALLENGER_BPS
     arbiter_quorum: int = DEFAULT_ARBITER_QUORUM
     """Arbiters whose rulings must agree before a dispute is resolved (1: the first ruling)."""
+    challenge_blocks: int = DEFAULT_CHALLENGE_BLOCKS
+    """Blocks after its receipt in which a settled job may still be challenged (an audit
+    by anyone, after the provider was paid): a ruling against it slashes the provider and
+    refunds the client from the slash."""
     labels: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def to_wire(self) -> dict[str, Any]:
@@ -421,6 +427,7 @@ class Genesis:
             ("slash_bps", self.slash_bps, DEFAULT_SLASH_BPS),
             ("challenger_bps", self.challenger_bps, DEFAULT_CHALLENGER_BPS),
             ("arbiter_quorum", self.arbiter_quorum, DEFAULT_ARBITER_QUORUM),
+            ("challenge_blocks", self.challenge_blocks, DEFAULT_CHALLENGE_BLOCKS),
         )
 
     @property

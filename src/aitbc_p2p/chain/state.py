@@ -35,6 +35,9 @@ class JobStatus(enum.StrEnum):
     CANCELLED = "cancelled"
     """The client cancelled without the provider's release: the provider may still post
     its receipt for ``dispute_blocks``; then the escrow is refundable or reassignable."""
+    CHALLENGED = "challenged"
+    """Settled (the provider was paid), then disputed within ``challenge_blocks`` of its
+    receipt: the challenger's bond is locked until the arbiters rule."""
 
     @property
     def escrowed(self) -> bool:
@@ -143,7 +146,7 @@ class Job:
     def locked(self) -> int:
         """What this record holds out of balances: the escrow, and a pending dispute's bond."""
         held = self.amount if self.status.escrowed else 0
-        return held + (self.bond if self.status is JobStatus.DISPUTED else 0)
+        return held + (self.bond if self.status in (JobStatus.DISPUTED, JobStatus.CHALLENGED) else 0)
 
     def encode(self) -> bytes:
         return encode(self.to_wire(), check=False)  # built from a checked transaction payload

@@ -65,6 +65,7 @@ class ChainRules:
     slash_bps: int = 0
     challenger_bps: int = 0
     arbiter_quorum: int = 1
+    challenge_blocks: int = 0
 
     @classmethod
     def of(cls, genesis: Genesis) -> ChainRules:
@@ -79,6 +80,7 @@ class ChainRules:
             genesis.slash_bps,
             genesis.challenger_bps,
             genesis.arbiter_quorum,
+            genesis.challenge_blocks,
         )
 
 
@@ -389,10 +391,22 @@ def _job_settle(w: _Writes, tx: Transaction, p: JobSettle, height: int, rules: C
 
 def _job_dispute(w: _Writes, tx: Transaction, p: JobDispute, height: int, rules: ChainRules) -> None:
     # Anyone may challenge a receipt (an audit), at the risk of its bond: the client and
-    # its agent post one too. The arbiters read the evidence from this transaction.
+    # its agent post one too. The arbiters read the evidence from this transaction. A job
+    # already settled may still be challenged, once, within challenge_blocks of its receipt.
     job = _job(w.state, p)
-    if job.status is not JobStatus.RECEIPTED or height > job.receipt_height + rules.dispute_blocks:
-        raise TxRejected("JobState", f"job is {job.status}; disputes close {rules.dispute_blocks} blocks after")
+    open_dispute = job.status is JobStatus.RECEIPTED and height <= job.receipt_height + rules.dispute_blocks
+    late = (
+        job.status is JobStatus.SETTLED
+        and not job.challenger
+        and job.receipt_height > 0
+        and height <= job.receipt_height + rules.challenge_blocks
+    )
+    if not (open_dispute or late):
+        raise TxRejected(
+            "JobState",
+            f"job is {job.status}; disputes close {rules.dispute_blocks} blocks after its receipt, challenges of a"
+            f" settled job {rules.challenge_blocks}",
+        )
     if tx.sender == job.provider:
         raise TxRejected("NotJobParty", "a provider does not dispute its own receipt")
     me = w.get(tx.sender)
@@ -404,9 +418,8 @@ def _job_dispute(w: _Writes, tx: Transaction, p: JobDispute, height: int, rules:
             needed=rules.dispute_bond,
         )
     w.put(tx.sender, me.with_(balance=me.balance - rules.dispute_bond))
-    w.jobs.append(
-        job.with_(status=JobStatus.DISPUTED, challenger=tx.sender, bond=rules.dispute_bond, dispute_tx=tx.hash)
-    )
+    status = JobStatus.DISPUTED if open_dispute else JobStatus.CHALLENGED
+    w.jobs.append(job.with_(status=status, challenger=tx.sender, bond=rules.dispute_bond, dispute_tx=tx.hash))
     w.events.append(("disputed", job.job_id, tx.sender))
 
 
@@ -414,11 +427,14 @@ def _job_resolve(w: _Writes, tx: Transaction, p: JobResolve, height: int, rules:
     """For the provider: it is paid its receipt and takes the challenger's bond. For the
     client: the escrow goes back, the provider loses a share of its stake (at least the
     job's amount) and its registration, and the challenger gets its bond back and a
-    share of what was slashed (the rest is burned)."""
+    share of what was slashed (the rest is burned). A challenged job (settled, then
+    disputed) was paid already: for the provider it stays settled and takes the bond; for
+    the client the slash refunds the client what it paid, first, then rewards the
+    challenger."""
     job = _job(w.state, p)
     if tx.sender not in rules.arbiters:
         raise TxRejected("NotArbiter", "only a genesis arbiter resolves disputes")
-    if job.status is not JobStatus.DISPUTED:
+    if job.status not in (JobStatus.DISPUTED, JobStatus.CHALLENGED):
         raise TxRejected("JobState", f"job is {job.status}, not disputed")
     if any(arbiter == tx.sender for arbiter, _ in job.votes):
         raise TxRejected("Duplicate", "this arbiter has already ruled on this dispute")
@@ -428,17 +444,26 @@ def _job_resolve(w: _Writes, tx: Transaction, p: JobResolve, height: int, rules:
             w.jobs.append(job)  # a ruling short of the quorum: recorded, the dispute stays open
             return
     challenger = Address(job.challenger)
+    paid = job.status is JobStatus.CHALLENGED
     if p.verdict is Verdict.PROVIDER:
-        _release(w, job, JobStatus.SETTLED)
+        if paid:
+            w.jobs.append(job.with_(status=JobStatus.SETTLED))
+        else:
+            _release(w, job, JobStatus.SETTLED)
         w.credit(job.provider, job.bond)
         w.events.append(("ruled", job.job_id, "provider"))
         return
-    _release(w, job, JobStatus.REFUNDED)
+    if paid:
+        w.jobs.append(job.with_(status=JobStatus.REFUNDED))
+    else:
+        _release(w, job, JobStatus.REFUNDED)
     offender = w.get(job.provider)
     share = (offender.stake + offender.unbonding_total) * rules.slash_bps // 10_000
-    slashed = w.slash(job.provider, max(share, job.amount))
-    reward = slashed * rules.challenger_bps // 10_000
-    w.burn -= reward
+    slashed = w.slash(job.provider, max(share, job.cost if paid else job.amount))
+    refund = min(job.cost, slashed) if paid else 0  # what the client paid, back from the slash
+    reward = (slashed - refund) * rules.challenger_bps // 10_000
+    w.burn -= refund + reward
+    w.credit(job.client, refund)
     w.credit(challenger, job.bond + reward)
     w.put(job.provider, w.get(job.provider).with_(provider=False))
     w.count(job.provider, lost=1, slashed=slashed)

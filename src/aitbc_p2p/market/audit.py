@@ -49,6 +49,14 @@ def sampled(seed: bytes, job_id: bytes) -> bool:
     return sha256(b"audit" + seed + job_id)[0] >> (8 - AUDIT_RATE_BITS) == 0
 
 
+def third_party_drawn(rate: float, auditor: str, seed: bytes, job_id: bytes) -> bool:
+    """Whether a third-party auditor auditing a share ``rate`` of receipts audits this job:
+    from ``seed`` (the hash of the block after the receipt, unknown to the provider when it
+    computed) and the auditor's own address (each auditor draws its own share)."""
+    draw = int.from_bytes(sha256(b"third-party" + auditor.encode() + seed + job_id)[:8], "big")
+    return draw < rate * 2**64
+
+
 SPOT_ROWS = 4
 """Rows of a torch_bench product a spot check asks for, and texts of an embed job it re-embeds."""
 MAX_AUDIT_ROWS = 16

@@ -9,6 +9,10 @@
   them, and judges: an ack if all holds, else a dispute carrying the evidence.
 - **Arbiter** (a genesis arbiter's peer): reads each dispute's evidence, audits the
   provider itself where that does not decide it, and posts the ruling.
+- **Third-party auditor** (a peer with ``[node] audit_rate`` above 0): draws that share of
+  the other peers' receipts, asks their providers for the facts and what the workload's
+  check needs, and disputes a result the check refutes (a challenge, once the job is
+  settled, within the genesis ``challenge_blocks``).
 
 Every check is :func:`aitbc_p2p.market.audit.judge`, run off the Trio thread (a row's
 recomputation needs torch, imported in that thread on the first torch_bench check).
@@ -22,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from aitbc_p2p.chain.payloads import JobDispute, JobResolve, Verdict
+from aitbc_p2p.chain.payloads import JobDispute, JobReceipt, JobResolve, Verdict
 from aitbc_p2p.chain.state import Job, JobStatus
 from aitbc_p2p.compute import check_params
 from aitbc_p2p.compute.context import (
@@ -59,6 +63,7 @@ from aitbc_p2p.market.audit import (
     leaves_for,
     rows_for,
     sampled,
+    third_party_drawn,
 )
 from aitbc_p2p.market.messages import Bid
 from aitbc_p2p.network.abc import Network
@@ -85,6 +90,8 @@ MAX_CASES = 256
 """Disputes an arbiter works on at once (more wait for the next block)."""
 SCAN_BACK = 1000
 """Blocks an arbiter reads back for disputes when it starts."""
+MAX_AUDITS = 8
+"""Third-party audits a peer runs at once; receipts drawn past it are left unaudited."""
 MAX_PRODUCTS = 4
 """Recomputed products a provider keeps to answer audits of the same job again."""
 MAX_PRODUCT_N = 4096
@@ -157,6 +164,7 @@ class AuditService:
         market: MarketService,
         *,
         models: dict[str, str] | None = None,
+        audit_rate: float = 0.0,
     ) -> None:
         self.chain = chain
         self.account = account
@@ -171,6 +179,9 @@ class AuditService:
         """Products proved from lately: ``(rows, leaf hashes or None)``."""
         self._prove_lock = trio.Lock()  # one recomputation at a time: audits cannot pile up n^3 work
         self._cases: set[JobId] = set()
+        self.audit_rate = audit_rate
+        """The share of other peers' receipts this peer audits as a third party."""
+        self._audits: set[JobId] = set()
         self.rulings: OrderedDict[JobId, Ruling] = OrderedDict()
         """The latest rulings this peer reached (as arbiter or client's agent), bounded."""
 
@@ -182,6 +193,14 @@ class AuditService:
                 nursery.start_soon(self._arbitrate)
             if self._check_generation is not None or self._check_image is not None:
                 nursery.start_soon(self._hash_models)
+            if self.audit_rate > 0:
+                if not self.chain.rules.challenge_blocks:
+                    logger.warning(
+                        "audit_rate %s: this chain's genesis allows no challenge of a settled job (challenge_blocks"
+                        " 0), so only receipts not yet settled can be disputed",
+                        self.audit_rate,
+                    )
+                nursery.start_soon(self._audit_others)
             task_status.started()
             await trio.sleep_forever()  # the checks and cases it starts run here
 
@@ -246,7 +265,7 @@ class AuditService:
             facts is None
             or escrow is None
             or escrow.provider != self.account.key.address
-            or escrow.status not in (JobStatus.RECEIPTED, JobStatus.DISPUTED)
+            or not self._answerable(escrow)
         ):
             return AuditAnswer(job_id, error="no receipted job of that id is held here").encode()
         if cheater is not None and not cheater.answers_audits:
@@ -281,6 +300,14 @@ class AuditService:
             leaves = cheater.leaves(params, leaves)
         budget = MAX_ANSWER_ROWS_BYTES // max(1, len(leaves[0]) + 64 * MAX_PROOF_DEPTH)
         return await blocking(prove_rows, leaves, indices[: max(1, budget)])
+
+    def _answerable(self, escrow: Job) -> bool:
+        """Whether a provider answers audits of this escrow: receipted and not yet paid, under
+        dispute, or settled and still open to a challenge (``challenge_blocks``)."""
+        if escrow.status in (JobStatus.RECEIPTED, JobStatus.DISPUTED, JobStatus.CHALLENGED):
+            return True
+        window = escrow.receipt_height + self.chain.rules.challenge_blocks
+        return escrow.status is JobStatus.SETTLED and self.chain.head.height <= window
 
     async def _prove(self, job_id: JobId, params: dict[str, Any], indices: tuple[int, ...], device: str) -> list[Any]:
         from aitbc_p2p.compute.workloads import product_rows, prove_rows
@@ -412,6 +439,93 @@ class AuditService:
                 await trio.sleep(RETRY_S)
         return None
 
+    # ------------------------------------------------------ third-party auditor
+    async def _audit_others(self) -> None:
+        """Audit the drawn share of the receipts in new blocks (other peers' jobs)."""
+        seen = self.chain.head.height
+        while True:
+            head = self.chain.head.height
+            for height in range(seen + 1, head + 1):
+                block = self.chain.block(height)
+                for tx in block.txs if block is not None else ():
+                    if isinstance(tx.payload, JobReceipt):
+                        self._consider(tx.payload.job_id)
+            seen = max(seen, head)
+            await self.chain.wait_head_change()
+
+    def _consider(self, job_id: JobId) -> None:
+        me = self.account.key.address
+        escrow = self.chain.state.job(job_id)
+        if escrow is None or me in (escrow.client, escrow.agent, escrow.provider) or self._nursery is None:
+            return  # its own jobs are its agent's to check
+        if job_id in self._audits or len(self._audits) >= MAX_AUDITS:
+            logger.debug("receipt of %s not audited: %d audits running", job_id.hex()[:16], len(self._audits))
+            return
+        self._audits.add(job_id)
+        self._nursery.start_soon(self._third_party_guarded, job_id)
+
+    async def _third_party_guarded(self, job_id: JobId) -> None:
+        try:
+            await self._third_party(job_id)
+        except Exception:  # a task edge: one audit must not end the node
+            logger.exception("third-party audit of job %s failed", job_id.hex()[:16])
+        finally:
+            self._audits.discard(job_id)
+
+    async def _third_party(self, job_id: JobId) -> None:
+        """Draw, ask the provider for the facts and what the check needs, judge, and
+        dispute a result the check refutes. Silence is not disputed: an auditor does not
+        stake its bond on a provider it may not reach."""
+        escrow = self.chain.state.job(job_id)
+        if escrow is None:
+            return
+        seed = await self._block_hash(escrow.receipt_height + 1)
+        if not third_party_drawn(self.audit_rate, self.account.key.address, seed, job_id):
+            return
+        peer = self.market.provider_peer(escrow.provider)
+        answer = await self._ask(peer, AuditRequest(job_id), patience_s=ARBITER_PATIENCE_S)
+        if answer is None:
+            logger.warning("third-party audit of %s: the provider did not answer; not disputed", job_id.hex()[:16])
+            return
+        facts = answer.facts if facts_hold(escrow, answer.facts) else None
+        asked: tuple[int, ...] = ()
+        workload = facts.offer.body["workload"] if facts is not None else ""
+        request: AuditRequest | None = None
+        if facts is not None and workload == "torch_bench" and (n := _rows_of(facts)):
+            asked = challenge_rows(seed, job_id, n, min(SPOT_ROWS, rows_for(n)))
+            request = AuditRequest(job_id, asked)
+        elif facts is not None and workload == "sd_infer" and is_model_digest(facts.params.get("model")):
+            steps = _steps_of(facts)
+            asked = image_challenges(seed, job_id, steps)
+            request = AuditRequest(job_id, leaves_for(asked, steps))
+        elif facts is not None and workload == "embed" and (texts := facts.params.get("texts")):
+            asked = challenge_rows(seed, job_id, len(texts), SPOT_ROWS)
+        if request is not None:
+            rows = await self._ask(peer, request, patience_s=ARBITER_PATIENCE_S)
+            if rows is None:
+                logger.warning("third-party audit of %s: no rows answered; not disputed", job_id.hex()[:16])
+                return
+            answer = rows if rows.facts is not None else AuditAnswer(job_id, facts, rows.rows)
+        shown, evidence = answer, Evidence("third-party audit", facts)
+        check_llm, check_image = self._check_generation, self._check_image
+        ruling = await blocking(
+            lambda: judge(
+                escrow, evidence, shown, _check_row, check_params, asked=asked, check_vector=_vector_check(),
+                check_generation=check_llm, check_image=check_image,
+            )
+        )  # fmt: skip
+        self._remember(job_id, ruling)
+        if ruling.verdict is not Verdict.CLIENT:
+            logger.info("third-party audit of %s: %s", job_id.hex()[:16], ruling.why or "not checked here")
+            return
+        now = self.chain.state.job(job_id)
+        what = "challenged (settled)" if now is not None and now.status is JobStatus.SETTLED else "disputed"
+        logger.warning("third-party audit of %s refutes the result: %s; %s", job_id.hex()[:16], ruling.why, what)
+        try:
+            await self.account.send_own_tx(JobDispute(job_id, Evidence(ruling.why, facts, shown.rows).encode()))
+        except TxRejected as e:  # disputed by another, settled past its challenges, or no bond to lock
+            logger.warning("third-party audit of %s: dispute refused: %s", job_id.hex()[:16], e)
+
     # ------------------------------------------------------------- arbiter
     async def _arbitrate(self) -> None:
         """Find every dispute in new blocks (and in the last SCAN_BACK at start) and rule."""
@@ -442,7 +556,7 @@ class AuditService:
 
     async def _case(self, job_id: JobId) -> None:
         escrow = self.chain.state.job(job_id)
-        if escrow is None or escrow.status is not JobStatus.DISPUTED:
+        if escrow is None or escrow.status not in (JobStatus.DISPUTED, JobStatus.CHALLENGED):
             return
         if any(arbiter == self.account.key.address for arbiter, _ in escrow.votes):
             return  # ruled already (a quorum of arbiters is counted on chain)

@@ -189,9 +189,16 @@ class NodeConfig:
     """Local model directories (name -> path, relative to the config file) this peer checks
     ``llm_gen`` generations with, found by the content hash a job names; a provider's
     ``[provider] models`` serve as well (specs/market.md, "Checks per workload")."""
+    audit_rate: float = 0.0
+    """The share of other peers' receipted jobs this peer audits as a third party (0:
+    none), each drawn from the block after its receipt: a result its checks refute is
+    disputed (challenged, once the job is settled, within the genesis ``challenge_blocks``)
+    at the risk of the dispute bond (specs/market.md, "Third-party audits")."""
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.audit_rate <= 1.0:
+            raise ValueError(f"audit_rate must be 0 to 1, not {self.audit_rate}")
         if not 1 <= self.peer_ceiling <= 10_000:
             raise ValueError(f"peer_ceiling must be 1 to 10000, not {self.peer_ceiling}")
         if not 0 <= self.peer_floor <= self.peer_ceiling:

@@ -624,8 +624,8 @@ class MarketService:
         me = self.account.key.address
         for job_id, held in list(self._held.items()):
             escrow = self.chain.state.job(job_id)
-            if escrow is None or escrow.provider != me or escrow.status in ENDED:
-                del self._held[job_id]  # paid, refunded, or moved to another provider
+            if escrow is None or escrow.provider != me or self._done_with(escrow):
+                del self._held[job_id]  # refunded, settled past its challenges, or moved to another provider
                 self._mark(Side.PROVIDER, job_id)
                 continue
             self._mark(Side.PROVIDER, job_id)  # a job that was running is now recorded as interrupted
@@ -634,8 +634,17 @@ class MarketService:
                 continue
             if escrow.status is JobStatus.OPEN:
                 nursery.start_soon(self._post_receipt, escrow, held, result)
-            elif escrow.status is JobStatus.RECEIPTED and escrow.result_hash == result.result_hash:
-                nursery.start_soon(self._settle_when_receipted, job_id)
+            elif escrow.status is not JobStatus.CANCELLED and escrow.result_hash == result.result_hash:
+                nursery.start_soon(self._settle_when_receipted, job_id)  # settles, or holds it for challenges
+
+    def _done_with(self, escrow: Job) -> bool:
+        """Whether a provider may drop a held job: refunded, or settled and past the blocks
+        in which it may still be challenged (``challenge_blocks``; until then it answers
+        audits of it)."""
+        if escrow.status is JobStatus.REFUNDED:
+            return True
+        window = escrow.receipt_height + self.chain.rules.challenge_blocks
+        return escrow.status is JobStatus.SETTLED and self.chain.head.height > window
 
     async def _ensure_registered(self) -> None:
         """Stake ``min_provider_stake`` and register on chain if this provider is not yet."""
@@ -1712,10 +1721,13 @@ class MarketService:
                     logger.info("job %s: receipt posted again", job_id.hex()[:16])
                 except TxRejected as e:
                     logger.debug("receipt for %s not posted again: %s", job_id.hex()[:16], e)
-            if escrow.status in ENDED:
-                self._held.pop(job_id, None)  # paid and refunded: nothing left to deliver
+            if self._done_with(escrow):
+                self._held.pop(job_id, None)  # paid and refunded: nothing left to deliver or answer for
                 self._mark(Side.PROVIDER, job_id)
                 return
+            if escrow.status is JobStatus.SETTLED:  # paid: held to answer audits while it may be challenged
+                await self.chain.wait_head_change()
+                continue
             if escrow.status is JobStatus.OPEN and self.chain.head.height > escrow.deadline:
                 logger.warning("receipt for %s not committed by the deadline; not settled", job_id.hex()[:16])
                 return

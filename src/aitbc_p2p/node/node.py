@@ -97,7 +97,7 @@ def _wire(config: NodeConfig, store: ChainStore, net: Network, clock_ms: Callabl
     )
     chain.head_listeners.append(market.on_head)
     models = {**config.models, **(config.provider.models if config.provider is not None else {})}
-    audit = market.verifier = AuditService(chain, relay, net, market, models=models)
+    audit = market.verifier = AuditService(chain, relay, net, market, models=models, audit_rate=config.audit_rate)
     return Node(
         config=config, store=store, network=net, clock_ms=clock_ms, topics=topics, chain=chain, relay=relay,
         blocks=blocks, peering=peering, sync=SyncService(chain, store, net, peering), market=market,

@@ -47,6 +47,8 @@ class Devnet:
     """Peer 1's address: the client's peer, its agent."""
     arbiter: str = ""
     """The last peer's address where the devnet has an arbiter (a genesis arbiter's peer)."""
+    auditor: str = ""
+    """The third-party auditor's address (the peer after the providers), where it has one."""
 
 
 def _key(base: Path, i: int) -> PrivateKey:
@@ -65,27 +67,31 @@ def write_devnet(
     arbiter: bool = False,
     rules: dict[str, int] | None = None,
     models: dict[str, str] | None = None,
+    auditor: bool = False,
 ) -> Devnet:
     """Write a devnet of ``1 + len(providers)`` peers into ``root`` (created), from the
     devnet in ``base`` (``nodes/devnet``); with ``arbiter``, one more peer, the chain's one
     arbiter. ``rules``: genesis rules to set (``dispute_blocks``, ``slash_bps``, ...).
     ``models`` (name -> directory): every peer checks generations with them (``[node]
-    models``) and the providers run them (``[provider] models``)."""
+    models``) and the providers run them (``[provider] models``). ``auditor``: one more peer
+    after the providers, a funded third-party auditor of every receipt (``audit_rate`` 1)."""
     genesis = json.loads((base / "genesis.json").read_text())
     root.mkdir(parents=True)
     (root / "keys").mkdir()
     (root / "wallets").symlink_to((base / "wallets").resolve())
-    keys = [_key(base, i) for i in range(1, len(providers) + 2 + arbiter)]
+    keys = [_key(base, i) for i in range(1, len(providers) + 2 + auditor + arbiter)]
     for i, key in enumerate(keys, start=1):
         (root / "keys" / f"peer{i}.key").write_text(key.secret.hex())
     agent, sellers = keys[0].address, [k.address for k in keys[1 : 1 + len(providers)]]
     judge = keys[-1].address if arbiter else ""
+    watcher = keys[1 + len(providers)].address if auditor else ""
     genesis["alloc"] = [
         *(a for a in genesis["alloc"] if not a.get("provider")),
         *({"address": a, "balance": aitbc(1_000), "stake": genesis["min_provider_stake"], "provider": True}
           for a in sellers),
         {"address": agent, "balance": agent_balance},
         *([{"address": judge, "balance": aitbc(10)}] if judge else []),
+        *([{"address": watcher, "balance": aitbc(10)}] if watcher else []),
     ]  # fmt: skip
     if judge:
         genesis["arbiters"] = [judge]
@@ -115,7 +121,10 @@ def write_devnet(
                 table = ", ".join(f'"{miner}" = "{key}"' for miner, key in spec.miners)
                 text += f"\n[miners]\nkeys = {{ {table} }}\nheartbeat_timeout_s = {spec.miner_timeout_s}\n"
                 text += f"payout_percent = {spec.payout_percent}\n"
-        if models:
-            text += f"\n[node]\nmodels = {model_table}\n"
+        node = f"models = {model_table}\n" if models else ""
+        if watcher and i == len(providers) + 2:
+            node += "audit_rate = 1.0\n"
+        if node:
+            text += f"\n[node]\n{node}"
         (root / f"peer{i}.toml").write_text(text)
-    return Devnet(root, tuple(sellers), agent, judge)
+    return Devnet(root, tuple(sellers), agent, judge, watcher)

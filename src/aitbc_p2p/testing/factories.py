@@ -39,7 +39,15 @@ def make_key(label: str) -> PrivateKey:
     return PrivateKey(hashlib.sha256(b"aitbc-test-key:" + label.encode()).digest())
 
 
-_GENESIS_RULES = ("unbonding_blocks", "dispute_blocks", "dispute_bond", "slash_bps", "challenger_bps", "arbiter_quorum")
+_GENESIS_RULES = (
+    "unbonding_blocks",
+    "dispute_blocks",
+    "dispute_bond",
+    "slash_bps",
+    "challenger_bps",
+    "arbiter_quorum",
+    "challenge_blocks",
+)
 
 
 def make_genesis(
@@ -155,6 +163,7 @@ async def open_test_network(
     clock_ms: Callable[[], int] | None = None,
     miners: MinersConfig | None = None,
     wallet: WalletConfig | None = None,
+    per_peer: Mapping[int, Mapping[str, Any]] | None = None,
     **config: Any,
 ) -> AsyncIterator[list[Node]]:
     """``n`` real peers in this process on 127.0.0.1 (authorities ``peer0..``), fully connected.
@@ -171,6 +180,7 @@ async def open_test_network(
     miners' compute (the v1 miner API) instead of running an executor. ``wallet``: peer 0
     holds this wallet for ``X-Api-Key`` clients (the seeds' client API). ``models`` (in
     ``config``): every peer checks generations with these, and the providers run them.
+    ``per_peer``: more configuration for single peers (``{3: {"audit_rate": 1.0}}``).
 
     The peers check big batches of signatures in worker processes, which start by
     importing the program's main module: a script that calls this at import time must do
@@ -209,7 +219,7 @@ async def open_test_network(
                 miners=miners if provider is not None else None,
                 wallet=wallet if i == 0 else None,
                 peer_interval_s=0.2,
-                **config,
+                **{**config, **dict((per_peer or {}).get(i, {}))},
             )
             options: dict[str, Any] = {}
             if hub is not None:
