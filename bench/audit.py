@@ -13,6 +13,9 @@ answer: its committed rows with their proofs, or no answer), and rules with the 
 to ask); at ``audit`` it does that for the jobs the same hash draws (one in two). A
 cheat is detected in a run if any of its jobs is ruled against it; a false positive is an honest job ruled against.
 
+Metering is held to the chain's time from a job's escrow to its receipt (taken here as its
+compute plus one block): an inflated receipt is caught on every workload.
+
 Cost, at each of ``--cost-n`` (the headline at the last, 2048: a job of about a second on a
 2-core CPU), each the median over ``--repeats`` timings and a fraction of the job's own
 compute (the provider's ``_bench_run``, measured in the same run): the check costs O(n^2)
@@ -71,12 +74,17 @@ CLIENT = make_key("bench-audit-client")
 PROVIDER = make_key("bench-audit-provider")
 BID = 10**9
 """The provider's bid and the escrow: the cost a receipt may claim unchallenged."""
+BLOCK_MS = 1000
+"""The chain's time from a job's escrow to its receipt is taken as its compute plus one
+block (the receipt waits for the next block): what ``judge`` holds the metered time to."""
 
 
 PRODUCT_CHEATS = ("random_output", "wrong_rows", "inflated_metering", "withheld_audits")
-GENERATION_CHEATS = ("truncated_generation", "substituted_generation", "other_model", "random_output")
-IMAGE_CHEATS = ("random_output", "fewer_steps")
-"""The cheats measured on each workload (random_output on each)."""
+GENERATION_CHEATS = (
+    "truncated_generation", "substituted_generation", "other_model", "random_output", "inflated_metering"
+)  # fmt: skip
+IMAGE_CHEATS = ("random_output", "fewer_steps", "inflated_metering")
+"""The cheats measured on each workload (random_output and inflated_metering on each)."""
 
 
 def say(text: str) -> None:
@@ -97,6 +105,7 @@ class BenchJob:
         start = time.perf_counter()
         output = _bench_run(self.params, RunContext(device="cpu"))
         self.compute_ms = max(1, int((time.perf_counter() - start) * 1000))
+        self.elapsed_ms = self.compute_ms + BLOCK_MS
         self.gflops = int(output["gflops"])
         self.result = JobResult(self.offer.job_id, True, encode(output), "", {"compute_ms": self.compute_ms})
         self.rows = product_rows(self.params)
@@ -136,6 +145,7 @@ class GenJob:
         start = time.perf_counter()
         output = self.run_gen(self.params)
         self.compute_ms = max(1, int((time.perf_counter() - start) * 1000))
+        self.elapsed_ms = self.compute_ms + BLOCK_MS
         self.result = JobResult(self.offer.job_id, True, encode(output), "", {"compute_ms": self.compute_ms})
 
     def run_gen(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -176,8 +186,12 @@ def generation_detection(jobs: list[GenJob], cheat: str | None, trials: int) -> 
     teacher-forced pass), so only level ``audit``'s draw varies between runs."""
     cheater = Cheater(Cheat(cheat)) if cheat else None
     verdicts = []
-    for job, facts in (j.as_delivered(cheater) for j in jobs):
-        ruling = judge(job, Evidence("spot", facts), None, check_row, check_params, check_generation=check_generation)
+    for gen in jobs:
+        job, facts = gen.as_delivered(cheater)
+        ruling = judge(
+            job, Evidence("spot", facts), None, check_row, check_params, check_generation=check_generation,
+            elapsed_ms=gen.elapsed_ms,
+        )  # fmt: skip
         assert ruling.verdict is not None, ruling
         verdicts.append((job, ruling.verdict))
     rates, false_positives, _ = runs([job for job, _ in verdicts], lambda k, seed: verdicts[k][1], cheater, trials)
@@ -218,6 +232,7 @@ class ImageJob:
         start = time.perf_counter()
         output, self.leaves = self.run_image(self.params)
         self.compute_ms = max(1, int((time.perf_counter() - start) * 1000))
+        self.elapsed_ms = self.compute_ms + BLOCK_MS
         self.result = JobResult(self.offer.job_id, True, encode(output), "", {"compute_ms": self.compute_ms})
 
     def run_image(self, params: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
@@ -257,19 +272,23 @@ def check_image(params: dict[str, Any], output: dict[str, Any], challenge: int, 
     return None if found is None else diffusion.check_challenge(params, output, found[1], challenge, leaves)
 
 
-def image_spot(job: Job, facts: Facts, leaves: list[bytes], seed: bytes) -> tuple[Verdict, tuple[int, ...]]:
+def image_spot(
+    job: Job, facts: Facts, leaves: list[bytes], seed: bytes, elapsed_ms: int
+) -> tuple[Verdict, tuple[int, ...]]:
     """The client agent's spot check of one image: the ruling, and the challenges drawn."""
     from aitbc_p2p.compute.workloads import prove_rows
     from aitbc_p2p.market.audit import image_challenges, leaves_for
 
     evidence = Evidence("spot check", facts)
-    ruling = judge(job, evidence, None, check_row, check_params, check_image=check_image)
+    ruling = judge(job, evidence, None, check_row, check_params, check_image=check_image, elapsed_ms=elapsed_ms)
     if ruling.verdict is not None:
         return ruling.verdict, ()
     steps = int(facts.params["steps"])
     drawn = image_challenges(seed, job.job_id, steps)
     answer = AuditAnswer(job.job_id, facts, tuple(prove_rows(leaves, leaves_for(drawn, steps))))
-    verdict = judge(job, evidence, answer, check_row, check_params, asked=drawn, check_image=check_image).verdict
+    verdict = judge(
+        job, evidence, answer, check_row, check_params, asked=drawn, check_image=check_image, elapsed_ms=elapsed_ms
+    ).verdict
     assert verdict is not None
     return verdict, drawn
 
@@ -288,7 +307,7 @@ def image_detection(jobs: list[ImageJob], cheat: str | None, trials: int) -> tup
         job, facts, leaves = delivered[k]
         key = (k, image_challenges(seed, job.job_id, steps)[0])
         if key not in known:
-            known[key] = image_spot(job, facts, leaves, seed)[0]
+            known[key] = image_spot(job, facts, leaves, seed, jobs[k].elapsed_ms)[0]
         return known[key]
 
     rates, false_positives, _ = runs([job for job, _, _ in delivered], rule, cheater, trials)
@@ -352,12 +371,14 @@ def check_row(params: dict[str, Any], index: int, row: bytes) -> bool:
     return row_matches(params, index, row)
 
 
-def spot(job: Job, facts: Facts, rows: list[bytes], cheater: Cheater | None, seed: bytes, gflops: int) -> Verdict:
+def spot(
+    job: Job, facts: Facts, rows: list[bytes], cheater: Cheater | None, seed: bytes, gflops: int, elapsed_ms: int
+) -> Verdict:
     """The client agent's spot check of one job: the ruling it acts on."""
     from aitbc_p2p.compute.workloads import prove_rows
 
     evidence = Evidence("spot check", facts)
-    ruling = judge(job, evidence, None, check_row, check_params, gflops=gflops)
+    ruling = judge(job, evidence, None, check_row, check_params, gflops=gflops, elapsed_ms=elapsed_ms)
     if ruling.verdict is not None:
         return ruling.verdict
     asked = challenge_rows(seed, job.job_id, len(rows), SPOT_ROWS)
@@ -365,7 +386,9 @@ def spot(job: Job, facts: Facts, rows: list[bytes], cheater: Cheater | None, see
         answer = AuditAnswer(job.job_id, error="no answer")
     else:
         answer = AuditAnswer(job.job_id, facts, tuple(prove_rows(rows, asked)))
-    verdict = judge(job, evidence, answer, check_row, check_params, asked=asked, gflops=gflops).verdict
+    verdict = judge(
+        job, evidence, answer, check_row, check_params, asked=asked, gflops=gflops, elapsed_ms=elapsed_ms
+    ).verdict
     assert verdict is not None
     return verdict
 
@@ -378,7 +401,7 @@ def detection(jobs: list[BenchJob], cheat: str | None, trials: int) -> tuple[dic
 
     def rule(k: int, seed: bytes) -> Verdict:
         job, facts, rows = delivered[k]
-        return spot(job, facts, rows, cheater, seed, jobs[k].gflops)
+        return spot(job, facts, rows, cheater, seed, jobs[k].gflops, jobs[k].elapsed_ms)
 
     return runs([job for job, _, _ in delivered], rule, cheater, trials)
 

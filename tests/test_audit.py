@@ -460,3 +460,22 @@ def test_a_third_party_auditor_draws_its_own_share_of_receipts() -> None:
     mine = [third_party_drawn(0.5, "aitbc1one", seed, job) for seed in seeds]
     theirs = [third_party_drawn(0.5, "aitbc1two", seed, job) for seed in seeds]
     assert mine != theirs  # each auditor its own draw: a provider cannot tell whom to answer
+
+
+def test_a_receipt_metering_more_than_the_chain_saw_pass_is_an_overcharge() -> None:
+    """Whatever the workload: the provider starts once its escrow is committed, so the
+    compute it meters cannot exceed the chain's time from that block to the receipt's
+    (plus the proposers' clock slack). Decided before any fact is asked for."""
+    from aitbc_p2p.market.audit import CLOCK_SLACK_MS
+
+    params = {"prompt": "A provider", "model": DIGEST}
+    job = _generated(params)[0].with_(metrics={"compute_ms": 30_000})
+
+    def never(*_: Any) -> str:
+        raise AssertionError("no check runs for a receipt the chain's clock refutes")
+
+    ruling = judge(job, None, None, _never, check_params, check_generation=never, elapsed_ms=20_000)
+    assert ruling.verdict is Verdict.CLIENT and "metered 30000 ms" in ruling.why and "20000 ms" in ruling.why
+    fine = judge(job, None, None, _never, check_params, elapsed_ms=30_000 - CLOCK_SLACK_MS)
+    assert fine.verdict is None  # within the slack: on to the facts (none shown: undecided)
+    assert judge(job, None, None, _never, check_params).verdict is None  # no blocks at hand: no bound

@@ -122,7 +122,8 @@ def test_the_audit_bench_reports_detection_and_cost_per_level():
     assert report["false_positives"] == 0 and report["levels"]["spot"]["detect_rate_min"] == 1.0
     products = {f"{c} (torch_bench)" for c in ("wrong_rows", "random_output", "inflated_metering", "withheld_audits")}
     generations = {f"{c} (llm_gen)" for c in ("truncated_generation", "substituted_generation", "other_model")}
-    images = {"random_output (sd_infer)", "fewer_steps (sd_infer)"}
+    images = {"random_output (sd_infer)", "fewer_steps (sd_infer)", "inflated_metering (sd_infer)"}
+    generations.add("inflated_metering (llm_gen)")
     if module_available("transformers") and module_available("diffusers"):
         assert set(report["cheats"]) == {*products, *generations, "random_output (llm_gen)", *images}
         assert report["tokens"] == 16 and 0 < report["llm_cost"]["verifier"] < 1  # one prefill, less than the decode

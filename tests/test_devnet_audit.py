@@ -45,7 +45,7 @@ cheats an echo job shows."""
 WORKLOADS = ["echo", *(["torch_bench"] if TORCH else []), *(["llm_gen"] if LLM else []), *(["sd_infer"] if SD else [])]
 SHOWS_ON = {
     "random_output": set(WORKLOADS),
-    "inflated_metering": {"echo", "torch_bench"},  # a generation's metering has no bound (specs/market.md)
+    "inflated_metering": set(WORKLOADS),  # held to the chain's time from escrow to receipt
     "wrong_rows": {"torch_bench"},
     "withheld_audits": {"torch_bench"},
     "truncated_generation": {"llm_gen"},

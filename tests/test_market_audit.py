@@ -138,8 +138,9 @@ def language_models(tmp_path_factory: Any) -> tuple[dict[str, str], str]:
         (Cheat.SUBSTITUTED_GENERATION, "token 0 is not"),
         (Cheat.OTHER_MODEL, "is not"),
         (Cheat.RANDOM_OUTPUT, "not the token ids decoded"),
+        (Cheat.INFLATED_METERING, "after the escrow"),
     ],
-    ids=["honest", "truncated", "substituted", "other-model", "made-up-ids"],
+    ids=["honest", "truncated", "substituted", "other-model", "made-up-ids", "inflated-metering"],
 )
 async def test_generations_are_checked_by_the_clients_agent_and_the_arbiter(
     cheat: Cheat | None, why: str, language_models: tuple[dict[str, str], str], monkeypatch: Any

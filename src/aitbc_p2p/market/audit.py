@@ -68,6 +68,9 @@ METER_SLACK_MS = 5000
 model's load): a receipt claiming more is an overcharge."""
 METER_FACTOR = 4
 """... and the factor on the time its parameters need at the provider's declared speed."""
+CLOCK_SLACK_MS = 5000
+"""A receipt may meter this much more than the chain's time between its escrow and its
+receipt (block timestamps are their proposers' clocks, a few seconds apart at most)."""
 
 VERIFIABLE = frozenset({"echo", "torch_bench", "embed", "llm_gen", "sd_infer"})
 """Workloads with a spot check; ``llm_gen`` and ``sd_infer`` only as :func:`check_level` says."""
@@ -481,6 +484,7 @@ def judge(
     check_vector: RowCheck | None = None,
     check_generation: GenerationCheck | None = None,
     check_image: ImageCheck | None = None,
+    elapsed_ms: int | None = None,
 ) -> Ruling:
     """Rule on a receipted job from the challenger's ``evidence`` and, where that does
     not decide it, the provider's ``answer`` to an audit that asked for rows ``asked``.
@@ -490,11 +494,18 @@ def judge(
     that a recomputation refutes, a metered time its parameters cannot need; or when it
     cannot show the receipted result and rows it is asked for (``answer`` given, with
     no valid facts or rows). Everything else is for the provider.
+
+    ``elapsed_ms``: the chain's time from the escrow the provider ran under (the block at
+    its ``opened_at``) to the receipt's block; a receipt metering more compute than that is
+    an overcharge whatever the workload (the provider starts once the escrow is committed).
     """
     if evidence is not None and evidence.bid is not None:
         bid = evidence.bid
         if bid.signer == job.provider and bid.job_id == job.job_id and job.cost > bid.body["price"]:
             return Ruling(Verdict.CLIENT, f"the receipt claims {job.cost}, more than the bid of {bid.body['price']}")
+    billed = job.metrics.get("compute_ms", 0)
+    if elapsed_ms is not None and billed > max(0, elapsed_ms) + CLOCK_SLACK_MS:
+        return Ruling(Verdict.CLIENT, f"metered {billed} ms, but the receipt came {elapsed_ms} ms after the escrow")
     if answer is not None and answer.error:
         return Ruling(Verdict.CLIENT, f"the provider did not answer the audit ({answer.error[:100]})")
     facts = evidence.facts if evidence is not None and facts_hold(job, evidence.facts) else None
@@ -514,7 +525,6 @@ def judge(
     workload = facts.offer.body["workload"]
     output = decode(facts.result.output)
     need = expected_ms(workload, facts.params, output, gflops) if gflops or workload == "echo" else None
-    billed = job.metrics.get("compute_ms", 0)
     if need is not None and billed > METER_FACTOR * need + METER_SLACK_MS:
         return Ruling(Verdict.CLIENT, f"metered {billed} ms where the job needs about {need} ms")
     if workload == "embed":

@@ -20,8 +20,10 @@ recomputation needs torch, imported in that thread on the first torch_bench chec
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -301,6 +303,24 @@ class AuditService:
         budget = MAX_ANSWER_ROWS_BYTES // max(1, len(leaves[0]) + 64 * MAX_PROOF_DEPTH)
         return await blocking(prove_rows, leaves, indices[: max(1, budget)])
 
+    def _rule(self, escrow: Job, gflops: int = 0) -> Callable[..., Ruling]:
+        """:func:`judge` bound to ``escrow``, every check this peer can run, the provider's
+        declared ``gflops`` and the chain's time from the escrow to the receipt: call it
+        with ``(evidence, answer, asked=...)``, off the event loop."""
+        return functools.partial(
+            judge, escrow, check_row=_check_row, normalize=check_params, gflops=gflops, check_vector=_vector_check(),
+            check_generation=self._check_generation, check_image=self._check_image,
+            elapsed_ms=self._elapsed_ms(escrow),
+        )  # fmt: skip
+
+    def _elapsed_ms(self, escrow: Job) -> int | None:
+        """The chain's time from the block of the escrow the provider ran under (its
+        ``opened_at``) to its receipt's block (None: a block not at hand)."""
+        opened, receipted = self.chain.block(escrow.opened_at), self.chain.block(escrow.receipt_height)
+        if opened is None or receipted is None or not escrow.receipt_height:
+            return None
+        return receipted.header.timestamp_ms - opened.header.timestamp_ms
+
     def _answerable(self, escrow: Job) -> bool:
         """Whether a provider answers audits of this escrow: receipted and not yet paid, under
         dispute, or settled and still open to a challenge (``challenge_blocks``)."""
@@ -353,21 +373,14 @@ class AuditService:
                 logger.info("job %s not drawn for an audit: acked", job_id.hex()[:16])
                 self.market.ack_checked(job)
                 return
-        check, check_llm, check_image = _vector_check(), self._check_generation, self._check_image
+        rule = self._rule(escrow, gflops)
         unanswered = False
-        ruling = await blocking(
-            lambda: judge(
-                escrow, evidence, None, _check_row, check_params, gflops=gflops, check_vector=check,
-                check_generation=check_llm, check_image=check_image,
-            )
-        )  # fmt: skip
+        ruling = await blocking(rule, evidence, None)
         clean = check_params(job.workload, job.params)
         if ruling.verdict is None and job.workload == "embed":  # texts drawn from a block after the receipt
             seed = await self._block_hash(escrow.receipt_height + 1)
             drawn = challenge_rows(seed, job_id, len(clean["texts"]), SPOT_ROWS)
-            ruling = await blocking(
-                lambda: judge(escrow, evidence, None, _check_row, check_params, asked=drawn, check_vector=check)
-            )
+            ruling = await blocking(lambda: rule(evidence, None, asked=drawn))
             evidence = Evidence(ruling.why, facts, rows=tuple((i, b"", ()) for i in drawn), bid=bid)
         elif ruling.verdict is None and job.workload == "torch_bench":  # rows from a block after the receipt
             seed = await self._block_hash(escrow.receipt_height + 1)
@@ -379,9 +392,7 @@ class AuditService:
             if answer is None:
                 ruling, unanswered = Ruling(None, "the provider did not answer the audit"), True
             else:
-                ruling = await blocking(
-                    lambda: judge(escrow, evidence, answer, _check_row, check_params, asked=asked, gflops=gflops)
-                )
+                ruling = await blocking(lambda: rule(evidence, answer, asked=asked))
                 evidence = Evidence(ruling.why, facts, rows=answer.rows, bid=bid)
         elif ruling.verdict is None and job.workload == "sd_infer":  # a step or the decode, drawn after the receipt
             seed = await self._block_hash(escrow.receipt_height + 1)
@@ -393,11 +404,7 @@ class AuditService:
             if answer is None:
                 ruling, unanswered = Ruling(None, "the provider did not answer the audit"), True
             else:
-                ruling = await blocking(
-                    lambda: judge(
-                        escrow, evidence, answer, _check_row, check_params, asked=drawn, check_image=check_image
-                    )
-                )
+                ruling = await blocking(lambda: rule(evidence, answer, asked=drawn))
                 evidence = Evidence(ruling.why, facts, rows=answer.rows, bid=bid)
         self._remember(job_id, ruling)
         if ruling.verdict is Verdict.PROVIDER:
@@ -506,14 +513,8 @@ class AuditService:
                 logger.warning("third-party audit of %s: no rows answered; not disputed", job_id.hex()[:16])
                 return
             answer = rows if rows.facts is not None else AuditAnswer(job_id, facts, rows.rows)
-        shown, evidence = answer, Evidence("third-party audit", facts)
-        check_llm, check_image = self._check_generation, self._check_image
-        ruling = await blocking(
-            lambda: judge(
-                escrow, evidence, shown, _check_row, check_params, asked=asked, check_vector=_vector_check(),
-                check_generation=check_llm, check_image=check_image,
-            )
-        )  # fmt: skip
+        shown, evidence, rule = answer, Evidence("third-party audit", facts), self._rule(escrow)
+        ruling = await blocking(lambda: rule(evidence, shown, asked=asked))
         self._remember(job_id, ruling)
         if ruling.verdict is not Verdict.CLIENT:
             logger.info("third-party audit of %s: %s", job_id.hex()[:16], ruling.why or "not checked here")
@@ -568,14 +569,8 @@ class AuditService:
             except MarketError as e:
                 logger.info("dispute of %s carries no readable evidence: %s", job_id.hex()[:16], e)
         bid = evidence.bid if evidence is not None else None
-        gflops = _gflops(bid, escrow)
-        check_llm, check_image = self._check_generation, self._check_image
-        ruling = await blocking(
-            lambda: judge(
-                escrow, evidence, None, _check_row, check_params, gflops=gflops, check_generation=check_llm,
-                check_image=check_image,
-            )
-        )  # fmt: skip
+        rule = self._rule(escrow, _gflops(bid, escrow))
+        ruling = await blocking(rule, evidence, None)
         if ruling.verdict is None:  # audit the provider: the facts (if the evidence lacks them), then rows
             peer = self.market.provider_peer(escrow.provider)
             silent = AuditAnswer(job_id, error="no answer within the arbiter's patience")
@@ -603,12 +598,7 @@ class AuditService:
                 if answer.facts is None and not answer.error:  # an image and latents: the facts came first
                     answer = AuditAnswer(job_id, facts, answer.rows)
             shown = answer
-            ruling = await blocking(
-                lambda: judge(
-                    escrow, evidence, shown, _check_row, check_params, asked=asked, gflops=gflops,
-                    check_vector=_vector_check(), check_generation=check_llm, check_image=check_image,
-                )
-            )  # fmt: skip
+            ruling = await blocking(lambda: rule(evidence, shown, asked=asked))
         if ruling.verdict is None:
             logger.error("dispute of job %s not ruled here: %s", job_id.hex()[:16], ruling.why)
             return
