@@ -204,7 +204,7 @@ def other_lm(tmp_path_factory):
 @needs_llm
 def test_a_model_is_named_by_its_content(tiny_lm, other_lm, tmp_path):
     from aitbc_p2p.compute import llm
-    from aitbc_p2p.market.audit import is_model_digest
+    from aitbc_p2p.market.messages import is_model_digest
 
     digest = llm.model_digest(tiny_lm)
     assert is_model_digest(digest) and digest != llm.model_digest(other_lm)

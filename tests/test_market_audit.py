@@ -21,6 +21,7 @@ from aitbc_p2p.compute.context import module_available
 from aitbc_p2p.exceptions import MarketError
 from aitbc_p2p.network.memory import MemoryHub
 from aitbc_p2p.node.cheats import Cheat, Cheater
+from aitbc_p2p.rpc.render import jsonable
 from aitbc_p2p.testing import make_key, open_test_network
 from aitbc_p2p.testing.market import make_offer, offer_job, open_escrow, wait_for
 from aitbc_p2p.types import aitbc
@@ -334,3 +335,55 @@ async def test_a_third_party_auditor_challenges_a_settled_job_whose_result_is_wr
         assert client_node.account(AUDITOR.address).account.balance == settled[AUDITOR.address] - fee + rest // 2
         supply = client_node.supply()
         assert supply.total == supply.genesis_total and supply.escrowed == 0
+
+
+@needs_llm
+async def test_a_provider_whose_record_lacks_the_named_model_is_not_chosen(
+    language_models: tuple[dict[str, str], str],
+) -> None:
+    """A provider sees only the parameters' hash when it bids, so a cheaper one that does
+    not hold the model a job names by content hash bids too. Its capability record lists
+    the content hashes of its models, and the client's peer does not offer its bid for
+    choice: the job goes to the provider that holds the model (and none to it on a
+    failover). The SDK says so before it offers such a job to peers where nobody holds it."""
+    from aitbc_p2p.rpc.client import no_bid_reason
+
+    models, digest = language_models
+    params = {"prompt": "A provider advertises", "model": digest, "max_tokens": 4}
+    lacking = {"provider": {"models": {"cheap": models["cheap"]}, "price_per_s": 1_000_000}}
+    async with open_test_network(
+        3, providers=[1, 2], alloc=ALLOC, hub=MemoryHub(), models=models, per_peer={2: lacking}
+    ) as (client_node, holder, cheap):
+        sellers = (holder.key.address, cheap.key.address)
+        await wait_for(lambda: all(a in client_node.market.providers for a in sellers), timeout=30)
+        records = client_node.market.providers
+        assert digest in records[holder.key.address].body["models"]
+        assert digest not in records[cheap.key.address].body["models"] and records[cheap.key.address].body["models"]
+        job_id, _ = await offer_job(client_node, CLIENT, "llm_gen", params, bids=2)
+        assert set(client_node.market.client_jobs[job_id].bids) == set(sellers)  # both bid
+        offered = client_node.job_status(job_id).bids
+        assert [b.signer for b in offered] == [holder.key.address]
+        echo_id, _ = await offer_job(client_node, CLIENT, "echo", {"message": "m"}, bids=2)
+        assert {b.signer for b in client_node.job_status(echo_id).bids} == set(sellers)  # no model: both
+        known = [jsonable(dict(r.body)) for r in client_node.market.live_providers()]
+    assert no_bid_reason(known, "llm_gen", aitbc(5), 30, params) is None
+    other = {**params, "model": "sha256:" + "0" * 64}
+    assert "holds the model sha256:000" in (no_bid_reason(known, "llm_gen", aitbc(5), 30, other) or "")
+
+
+def test_a_capability_record_lists_content_hashes_only() -> None:
+    from aitbc_p2p.market import CapabilityRecord
+
+    def record(models: list[str]) -> CapabilityRecord:
+        return CapabilityRecord.create(
+            PROVIDER, "ait-devnet", miner_id="m", peer_id="p", mode="cpu", gpu=False, device="d", concurrency=1,
+            workloads=["llm_gen"], limits={}, gflops=1, gflops_by_dtype={}, versions={}, price_per_s=1,
+            timestamp_ms=1, load={"slots": 1, "free_slots": 1, "queued": 0, "max_queue": 8, "wait_ms": 0},
+            models=models,
+        )  # fmt: skip
+
+    digest = "sha256:" + "ab" * 32
+    assert record([digest]).holds(digest) and not record([]).holds(digest)
+    for bad in (["tiny"], ["sha256:AB" + "ab" * 31], [digest] * 65, [7]):
+        with pytest.raises(MarketError):
+            record(bad)  # type: ignore[arg-type]

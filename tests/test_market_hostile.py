@@ -190,7 +190,7 @@ async def test_capability_records_are_bounded(monkeypatch):
             make_key(f"prov{i}"), "ait-devnet", miner_id=f"m{i}", peer_id="p", mode="cpu", gpu=False, device="d",
             concurrency=1, workloads=["echo"], limits={}, gflops=1, gflops_by_dtype={}, versions={},
             price_per_s=1, timestamp_ms=i,
-            load={"slots": 1, "free_slots": 1, "queued": 0, "max_queue": 8, "wait_ms": 0},
+            load={"slots": 1, "free_slots": 1, "queued": 0, "max_queue": 8, "wait_ms": 0}, models=[],
         )  # fmt: skip
         svc._remember_provider(rec)
     assert len(svc.providers) == 5 and set(svc._heard) == set(svc.providers)  # both bounded

@@ -36,7 +36,7 @@ def record(key: Any, chain_id: str, i: int) -> CapabilityRecord:
     return CapabilityRecord.create(
         key, chain_id, miner_id=f"m{i}", peer_id="p", mode="cpu", gpu=False, device="d", concurrency=1,
         workloads=["echo"], limits={}, gflops=1, gflops_by_dtype={}, versions={}, price_per_s=1, timestamp_ms=i,
-        load={"slots": 1, "free_slots": 1, "queued": 0, "max_queue": 8, "wait_ms": 0},
+        load={"slots": 1, "free_slots": 1, "queued": 0, "max_queue": 8, "wait_ms": 0}, models=[],
     )  # fmt: skip
 
 

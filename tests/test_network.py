@@ -270,7 +270,7 @@ def test_topic_names_carry_each_topic_s_version():
     meet on it (each would REJECT the other's messages and score it down)."""
     assert [topic("ait-devnet", n) for n in ("tx", "block", "consensus", "job", "provider")] == [
         "/aitbc/ait-devnet/tx/1", "/aitbc/ait-devnet/block/1", "/aitbc/ait-devnet/consensus/1",
-        "/aitbc/ait-devnet/job/2", "/aitbc/ait-devnet/provider/2",
+        "/aitbc/ait-devnet/job/2", "/aitbc/ait-devnet/provider/3",
     ]  # fmt: skip
     with pytest.raises(ValueError, match="unknown topic"):
         topic("ait-devnet", "jobs")

@@ -54,6 +54,7 @@ def _capability() -> CapabilityRecord:
         gflops_by_dtype={"float32": 112}, versions={"torch": "2.13.0", "cuda": "", "driver": ""},
         price_per_s=20_000_000, timestamp_ms=T0,
         load={"slots": 2, "free_slots": 1, "queued": 0, "max_queue": 8, "wait_ms": 0},
+        models=["sha256:" + "5d" * 32],
     )  # fmt: skip
 
 

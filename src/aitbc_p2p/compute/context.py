@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from aitbc_p2p.exceptions import ComputeError
-from aitbc_p2p.market.audit import DIGEST_PREFIX, is_model_digest
+from aitbc_p2p.market.messages import DIGEST_PREFIX, is_model_digest
 
 _DIGESTS: dict[str, tuple[tuple[tuple[str, int, int], ...], str]] = {}
 _DIGEST_LOCK = threading.Lock()

@@ -120,6 +120,8 @@ class Executor:
 
     checkable = True
     """Its results can be spot-checked and audited: it keeps what a challenge asks for."""
+    models: tuple[str, ...] = ()
+    """The content hashes of the models its workers run (set when it opens)."""
 
     def __init__(
         self,
@@ -302,9 +304,10 @@ async def open_executor(
     if slots < 1:
         raise ComputeError("slots must be at least 1")
     cmd = [sys.executable, "-m", "aitbc_p2p.compute.worker", "--accel", accel_mode]
-    if models:  # each causal LM also by its content hash, read once here (a large model: seconds)
+    digests: tuple[str, ...] = ()
+    if models:  # each model also by its content hash, read once here (a large model: seconds)
         from aitbc_p2p.compute.context import with_digests
-        from aitbc_p2p.market.audit import is_model_digest
+        from aitbc_p2p.market.messages import is_model_digest
 
         started, named = time.monotonic(), dict(models)
         models = await trio.to_thread.run_sync(with_digests, named)
@@ -312,6 +315,7 @@ async def open_executor(
             if is_model_digest(digest):
                 names = [name for name, p in named.items() if p == path]
                 logger.info("model %s is %s (hashed in %.1f s)", "/".join(names), digest, time.monotonic() - started)
+        digests = tuple(sorted(d for d in models if is_model_digest(d)))
     for name, path in (models or {}).items():
         cmd += ["--model", f"{name}={path}"]
     if ollama_url:
@@ -324,6 +328,7 @@ async def open_executor(
         table = with_faults()
     async with trio.open_nursery() as nursery:
         executor = Executor(nursery, cmd, cache, table)
+        executor.models = digests
         try:
             first = await executor._add_worker(None)
             executor.device = first.device

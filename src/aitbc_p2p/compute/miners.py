@@ -123,6 +123,8 @@ class MinerPool:
     ``heartbeat``, ``next`` and ``proof`` (rpc/miners.py)."""
 
     checkable = False
+    models: tuple[str, ...] = ()
+    """Its miners' models are their own: none is listed."""
     """A miner's proof is a hash: nothing a spot check or an audit can ask of it, so this
     peer bids only on offers that ask for no verification."""
 

@@ -22,7 +22,7 @@ from aitbc_p2p.codec import decode, encode, fields
 from aitbc_p2p.crypto import sha256
 from aitbc_p2p.exceptions import CodecError, MarketError
 from aitbc_p2p.market.jobs import MAX_OUTPUT, JobResult, params_hash
-from aitbc_p2p.market.messages import Bid, JobOffer
+from aitbc_p2p.market.messages import Bid, JobOffer, is_model_digest
 from aitbc_p2p.types import Hash32, JobId
 
 
@@ -76,7 +76,6 @@ VERIFIABLE = frozenset({"echo", "torch_bench", "embed", "llm_gen", "sd_infer"})
 """Workloads with a spot check; ``llm_gen`` and ``sd_infer`` only as :func:`check_level` says."""
 SPOT_STEPS = 1
 """Challenges of an sd_infer job a spot check draws (a denoising step or the decode)."""
-DIGEST_PREFIX = "sha256:"
 
 Normalize = Callable[[str, dict[str, Any]], dict[str, Any]]
 """``(workload, params) -> clean params`` (defaults filled in), raising on parameters the
@@ -99,14 +98,6 @@ def check_level(workload: str, level: str, params: Mapping[str, Any] | None = No
         )
     if level != Level.NONE and workload == "sd_infer" and not is_model_digest((params or {}).get("model")):
         raise MarketError(f"sd_infer at {level} needs the pipeline named by its content hash (sha256:<64 hex>)")
-
-
-def is_model_digest(name: object) -> bool:
-    """Whether a model name is a content hash: ``sha256:`` and 64 lowercase hex digits."""
-    if not isinstance(name, str) or not name.startswith(DIGEST_PREFIX):
-        return False
-    rest = name[len(DIGEST_PREFIX) :]
-    return len(rest) == 64 and all(c in "0123456789abcdef" for c in rest)
 
 
 def checkable_generation(params: Mapping[str, Any]) -> bool:

@@ -36,6 +36,18 @@ _READERS: dict[type, Callable[[Mapping[str, Any], str], Any]] = {
 }
 """The strict reader of each field type a market message body holds."""
 
+DIGEST_PREFIX = "sha256:"
+MAX_RECORD_MODELS = 64
+"""Model content hashes a capability record lists at most."""
+
+
+def is_model_digest(name: object) -> bool:
+    """Whether a model name is a content hash: ``sha256:`` and 64 lowercase hex digits."""
+    if not isinstance(name, str) or not name.startswith(DIGEST_PREFIX):
+        return False
+    rest = name[len(DIGEST_PREFIX) :]
+    return len(rest) == 64 and all(c in "0123456789abcdef" for c in rest)
+
 
 @dataclass(frozen=True, slots=True)
 class Signed:
@@ -126,12 +138,20 @@ class CapabilityRecord(Signed):
         "versions": dict,  # torch, cuda, driver
         "price_per_s": int,  # base units per second of compute
         "load": dict,  # live: slots, free_slots, queued, max_queue, wait_ms (specs/market.md, "Load")
+        "models": list,  # the content hashes of the models it runs (llm_gen, sd_infer), sorted
         "timestamp_ms": int,
     }
 
     def check(self) -> None:
         super().check()
         Load.read(self.body["load"])  # MarketError: a load map of other keys, or not uints
+        models = self.body["models"]
+        if len(models) > MAX_RECORD_MODELS or not all(is_model_digest(m) for m in models):
+            raise MarketError(f"models must be at most {MAX_RECORD_MODELS} content hashes (sha256:<64 hex>)")
+
+    def holds(self, model: str) -> bool:
+        """Whether it lists the model of this content hash."""
+        return model in self.body["models"]
 
     def load(self) -> Load:
         """Its live load (checked when the record was read)."""

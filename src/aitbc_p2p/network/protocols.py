@@ -32,10 +32,11 @@ INTERIM = b"\x01"
 FINAL = b"\x00"
 
 
-TOPIC_VERSIONS = {"tx": 1, "block": 1, "consensus": 1, "job": 2, "provider": 2}
+TOPIC_VERSIONS = {"tx": 1, "block": 1, "consensus": 1, "job": 2, "provider": 3}
 """Each topic's version, raised with any change to what it carries, so that peers of
 different versions never meet on one topic (where each would REJECT the other's messages
-and score it down). job/2: bids quote ``wait_ms``; provider/2: records carry ``load``."""
+and score it down). job/2: bids quote ``wait_ms``; provider/2: records carry ``load``;
+provider/3: records list ``models``."""
 
 
 def topic(chain_id: str, name: str) -> str:

@@ -60,14 +60,13 @@ from aitbc_p2p.market.audit import (
     checkable_generation,
     facts_hold,
     image_challenges,
-    is_model_digest,
     judge,
     leaves_for,
     rows_for,
     sampled,
     third_party_drawn,
 )
-from aitbc_p2p.market.messages import Bid
+from aitbc_p2p.market.messages import Bid, is_model_digest
 from aitbc_p2p.network.abc import Network
 from aitbc_p2p.network.protocols import AUDIT_PROTOCOL, MAX_FRAME
 from aitbc_p2p.node.abc import ChainView, OwnAccount

@@ -65,7 +65,7 @@ from aitbc_p2p.market.jobs import (
     decode_release_answer,
     encode_release_answer,
 )
-from aitbc_p2p.market.messages import decode_job_message
+from aitbc_p2p.market.messages import MAX_RECORD_MODELS, decode_job_message, is_model_digest
 from aitbc_p2p.network.abc import REJECT, Emit, GossipMessage, Network, Verdict, accept
 from aitbc_p2p.network.protocols import JOB_PROTOCOL
 from aitbc_p2p.node.abc import ChainView, OwnAccount, Topics
@@ -371,6 +371,8 @@ class ComputeBackend(Protocol):
 
     checkable: bool
     """Whether its results can answer a spot check or an audit (else: bids on ``none`` only)."""
+    models: tuple[str, ...]
+    """The content hashes of the models it runs (llm_gen, sd_infer): its capability record lists them."""
 
     def statistics(self) -> dict[str, int]: ...
 
@@ -720,6 +722,18 @@ class MarketService:
         (by its own clock: a provider's skewed clock does not make it stale)."""
         heard = self._heard.get(address)
         return heard is not None and trio.current_time() - heard <= RECORD_TTL_S
+
+    def serves(self, address: Address, job: ClientJob) -> bool:
+        """Whether a bidder may be chosen for a job: its record was heard lately and, for a
+        job that names its model by content hash, lists that model (a provider sees only
+        the parameters' hash when it bids: one without the model would fail the job)."""
+        if not self.recent(address):
+            return False
+        model = job.params.get("model")
+        if not is_model_digest(model):
+            return True
+        rec = self.providers.get(address)
+        return rec is not None and rec.holds(str(model))
 
     def live_providers(self) -> list[CapabilityRecord]:
         """The capability records heard within RECORD_TTL_S."""
@@ -1107,7 +1121,7 @@ class MarketService:
     def _next_bid(self, job: ClientJob, escrow: Job) -> Bid | None:
         if escrow.attempts >= MAX_ATTEMPTS:
             return None
-        left = [b for a, b in job.bids.items() if a not in job.tried and a != escrow.provider and self.recent(a)]
+        left = [b for a, b in job.bids.items() if a not in job.tried and a != escrow.provider and self.serves(a, job)]
         left = [b for b in left if b.body["price"] <= escrow.amount and self._for_hire(b.signer)]
         return select_bid(job.offer, left, self.trust(left))
 
@@ -1292,7 +1306,7 @@ class MarketService:
             check = None if self.verifier is None else self.verifier.check_of(job_id)  # as an arbiter
             return JobInfo(job_id, status, status if ended else None, "", escrow, result_available=False, check=check)
         phase = status if ended else str(tracked.phase)
-        bids = [b for b in tracked.bids.values() if self.recent(b.signer)]  # offered for choice
+        bids = [b for b in tracked.bids.values() if self.serves(b.signer, tracked)]  # offered for choice
         return JobInfo(
             job_id,
             status,
@@ -1343,6 +1357,7 @@ class MarketService:
             versions={"torch": dev.torch_version, "cuda": dev.cuda_version, "driver": dev.driver_version},
             price_per_s=cfg.price_per_s,
             load=self.load().to_wire(),
+            models=sorted(self._executor.models)[:MAX_RECORD_MODELS] if self._executor is not None else [],
             timestamp_ms=self.clock_ms(),
         )
 

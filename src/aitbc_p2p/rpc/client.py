@@ -26,6 +26,7 @@ from aitbc_p2p.crypto import PrivateKey
 from aitbc_p2p.exceptions import MarketError, RpcError
 from aitbc_p2p.market import Bid, JobOffer, escrow_amount, params_hash, select_bid
 from aitbc_p2p.market.audit import check_level
+from aitbc_p2p.market.messages import is_model_digest
 from aitbc_p2p.rpc.files import NODE_INFO, TOKEN_FILE
 from aitbc_p2p.types import Address, format_aitbc
 
@@ -245,7 +246,7 @@ class RpcClient:
         check_level(workload, verification, params)
         check_params(workload, params)
         known = await self.providers()
-        if known and (why := no_bid_reason(known, workload, max_price, max_runtime_s)):
+        if known and (why := no_bid_reason(known, workload, max_price, max_runtime_s, params)):
             raise MarketError(f"no provider can take this job: {why}")
         status = await self.status()
         offer = JobOffer.create(
@@ -282,7 +283,7 @@ class RpcClient:
                         bid = select_bid(offer, bids, trust) if bids else None
                         break
         if bid is None:
-            why = no_bid_reason(await self.providers(), workload, max_price, max_runtime_s)
+            why = no_bid_reason(await self.providers(), workload, max_price, max_runtime_s, params)
             why = why or "no provider answered"
             raise MarketError(f"no acceptable bid for job {job_id} within {bid_timeout} s: {why}")
         # Enough for the next bids too: a failover moves this escrow, and cannot add to it.
@@ -404,15 +405,27 @@ def result_image(result: dict[str, Any]) -> bytes | None:
     return bytes.fromhex(image) if isinstance(image, str) else None
 
 
-def no_bid_reason(providers: list[dict[str, Any]], workload: str, max_price: int, max_runtime_s: int) -> str | None:
+def no_bid_reason(
+    providers: list[dict[str, Any]],
+    workload: str,
+    max_price: int,
+    max_runtime_s: int,
+    params: dict[str, Any] | None = None,
+) -> str | None:
     """Why no provider among ``providers`` (capability records, as ``GET /v1/providers``
-    returns them) would bid on such a job; None when some could."""
+    returns them) would bid on such a job, or be chosen for it (one naming its model by
+    content hash needs a provider that lists that model); None when some could."""
     if not providers:
         return "no provider has announced itself to this peer"
     offering = [p for p in providers if workload in p.get("workloads", [])]
     if not offering:
         offered = sorted({w for p in providers for w in p.get("workloads", [])})
         return f"no provider offers {workload} (offered: {', '.join(offered)})"
+    model = (params or {}).get("model")
+    if is_model_digest(model):
+        offering = [p for p in offering if model in p.get("models", [])]
+        if not offering:
+            return f"no provider that offers {workload} holds the model {model}"
     caps = [int(p.get("limits", {}).get("max_runtime_s", 0)) for p in offering]
     fitting = [p for p, cap in zip(offering, caps, strict=True) if cap >= max_runtime_s]
     if not fitting:

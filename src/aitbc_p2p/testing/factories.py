@@ -180,7 +180,8 @@ async def open_test_network(
     miners' compute (the v1 miner API) instead of running an executor. ``wallet``: peer 0
     holds this wallet for ``X-Api-Key`` clients (the seeds' client API). ``models`` (in
     ``config``): every peer checks generations with these, and the providers run them.
-    ``per_peer``: more configuration for single peers (``{3: {"audit_rate": 1.0}}``).
+    ``per_peer``: more configuration for single peers (``{3: {"audit_rate": 1.0}}``; under
+    ``"provider"``, its ``ProviderConfig``'s: ``{2: {"provider": {"price_per_s": 1}}}``).
 
     The peers check big batches of signatures in worker processes, which start by
     importing the program's main module: a script that calls this at import time must do
@@ -203,10 +204,10 @@ async def open_test_network(
     async with AsyncExitStack() as stack:
         nodes: list[Node] = []
         for i, key in enumerate(keys):
+            own = dict((per_peer or {}).get(i, {}))
+            selling = {"models": dict(config.get("models", {})), **own.pop("provider", {})}
             provider = (
-                ProviderConfig(
-                    miner_id=f"peer{i}", benchmark=False, announce_interval_s=1.0, models=dict(config.get("models", {}))
-                )
+                ProviderConfig(miner_id=f"peer{i}", benchmark=False, announce_interval_s=1.0, **selling)
                 if i in providers
                 else None
             )
@@ -219,7 +220,7 @@ async def open_test_network(
                 miners=miners if provider is not None else None,
                 wallet=wallet if i == 0 else None,
                 peer_interval_s=0.2,
-                **{**config, **dict((per_peer or {}).get(i, {}))},
+                **{**config, **own},
             )
             options: dict[str, Any] = {}
             if hub is not None:
