@@ -322,6 +322,11 @@ async def test_a_third_party_auditor_challenges_a_settled_job_whose_result_is_wr
                 await client_node.chain.wait_head_change()
             escrow = client_node.store.state.job(job_id)
             assert escrow.status.value == "settled" and not escrow.challenger and not arbiter.audit.rulings
+            # Held (to answer audits) while it may be challenged, and dropped after.
+            assert provider.market.held_facts(job_id)[0] is not None
+            window = escrow.receipt_height + client_node.genesis.challenge_blocks
+            await wait_for(lambda: provider.head.height > window + 1, timeout=60)
+            assert provider.market.held_facts(job_id)[0] is None
             return
         assert "not the message sent" in auditor.audit.rulings[job_id].why
         await wait_for(lambda: client_node.store.state.job(job_id).status.value == "refunded", timeout=60)

@@ -410,6 +410,8 @@ class MarketService:
         """When each provider's latest record came (trio's clock)."""
         self.client_jobs: OrderedDict[JobId, ClientJob] = OrderedDict()
         self._held: OrderedDict[JobId, HeldJob] = OrderedDict()
+        self._hold_until: dict[JobId, int] = {}
+        """Settled held jobs, by the height after which they can no longer be challenged."""
         self._offers_seen: OrderedDict[JobId, JobOffer] = OrderedDict()
         self._provider: ProviderConfig | None = None
         self._device_of: Callable[[], DeviceInfo] | None = None
@@ -850,6 +852,13 @@ class MarketService:
                 self._mark(Side.CLIENT, job_id)
         for job_id in list(self._watched):  # their escrow may have moved on chain
             self._poke(job_id)
+        for job_id, until in list(self._hold_until.items()):
+            if height > until:  # its challenge window is over: dropped once no challenge is pending
+                escrow = self.chain.state.job(job_id)
+                if escrow is None or self._done_with(escrow):
+                    del self._hold_until[job_id]
+                    if self._held.pop(job_id, None) is not None:
+                        self._mark(Side.PROVIDER, job_id)
 
     def _on_head_job(self, job_id: JobId, job: ClientJob, height: int) -> None:
         if job.phase in (Phase.FAILED, Phase.CANCELLED) and not job.refund_sent:
@@ -1741,8 +1750,8 @@ class MarketService:
                 self._mark(Side.PROVIDER, job_id)
                 return
             if escrow.status is JobStatus.SETTLED:  # paid: held to answer audits while it may be challenged
-                await self.chain.wait_head_change()
-                continue
+                self._hold_until[job_id] = escrow.receipt_height + self.chain.rules.challenge_blocks
+                return
             if escrow.status is JobStatus.OPEN and self.chain.head.height > escrow.deadline:
                 logger.warning("receipt for %s not committed by the deadline; not settled", job_id.hex()[:16])
                 return
