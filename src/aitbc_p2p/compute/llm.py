@@ -15,6 +15,7 @@ is what the model's logits allow.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import threading
@@ -73,6 +74,13 @@ def _load(path: str, device: str) -> tuple[Any, Any]:
         return _MODELS[key]
 
 
+def _cache_argument(model: Any) -> str:
+    """The name under which the model's forward takes and returns its key/value cache:
+    ``cache`` in transformers 5 (which deprecates ``past_key_values``, to be removed in
+    5.40), ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def _uniforms(seed: int, count: int) -> Any:
     """The uniforms a seeded generation samples at, one per step, drawn up front (float64)."""
     import torch
@@ -110,10 +118,11 @@ def _torch_generate(params: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     text_so_far = ""
     past = None
     step_input = ids
+    cache = _cache_argument(model)
     with torch.inference_mode():
         for i in range(params["max_tokens"]):
-            out = model(input_ids=step_input, past_key_values=past, use_cache=True)
-            past = out.past_key_values
+            out = model(input_ids=step_input, use_cache=True, **{cache: past})
+            past = getattr(out, cache)
             logits = out.logits[:, -1, :].float().cpu()
             if temperature == 0:
                 next_id = int(torch.argmax(logits, dim=-1)[0])
