@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -468,15 +468,20 @@ class AuditService:
             logger.debug("receipt of %s not audited: %d audits running", job_id.hex()[:16], len(self._audits))
             return
         self._audits.add(job_id)
-        self._nursery.start_soon(self._third_party_guarded, job_id)
+        self._nursery.start_soon(self._guarded, self._audits, job_id, self._third_party, "third-party audit")
 
-    async def _third_party_guarded(self, job_id: JobId) -> None:
+    @staticmethod
+    async def _guarded(
+        running: set[JobId], job_id: JobId, work: Callable[[JobId], Awaitable[None]], what: str
+    ) -> None:
+        """A task edge: one job's audit or case must not end the node; ``running`` (a
+        bounded set of the jobs being worked on) forgets it however it ends."""
         try:
-            await self._third_party(job_id)
-        except Exception:  # a task edge: one audit must not end the node
-            logger.exception("third-party audit of job %s failed", job_id.hex()[:16])
+            await work(job_id)
+        except Exception:
+            logger.exception("%s of job %s failed", what, job_id.hex()[:16])
         finally:
-            self._audits.discard(job_id)
+            running.discard(job_id)
 
     async def _third_party(self, job_id: JobId) -> None:
         """Draw, ask the provider for the facts and what the check needs, judge, and
@@ -544,15 +549,7 @@ class AuditService:
         if job_id in self._cases or self._nursery is None:
             return
         self._cases.add(job_id)
-        self._nursery.start_soon(self._case_guarded, job_id)
-
-    async def _case_guarded(self, job_id: JobId) -> None:
-        try:
-            await self._case(job_id)
-        except Exception:  # a task edge: one case must not end the node
-            logger.exception("dispute of job %s not ruled", job_id.hex()[:16])
-        finally:
-            self._cases.discard(job_id)
+        self._nursery.start_soon(self._guarded, self._cases, job_id, self._case, "ruling on the dispute")
 
     async def _case(self, job_id: JobId) -> None:
         escrow = self.chain.state.job(job_id)
