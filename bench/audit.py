@@ -87,6 +87,14 @@ IMAGE_CHEATS = ("random_output", "fewer_steps", "inflated_metering")
 """The cheats measured on each workload (random_output and inflated_metering on each)."""
 
 
+def spot_offer(workload: str, params: dict[str, Any], nonce: int) -> JobOffer:
+    """The client's signed offer of a job at level ``spot``, escrowed at the bid."""
+    return JobOffer.create(
+        CLIENT, "ait-devnet", workload=workload, params_hash=params_hash(workload, params), max_price=BID,
+        max_runtime_s=60, verification="spot", timestamp_ms=1, nonce=nonce,
+    )  # fmt: skip
+
+
 def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -98,10 +106,7 @@ class BenchJob:
         from aitbc_p2p.compute.workloads import _bench_run, product_rows
 
         self.params = check_params("torch_bench", {"n": n, "iters": iters, "seed": seed})
-        self.offer = JobOffer.create(
-            CLIENT, "ait-devnet", workload="torch_bench", params_hash=params_hash("torch_bench", self.params),
-            max_price=BID, max_runtime_s=60, verification="spot", timestamp_ms=1, nonce=seed,
-        )  # fmt: skip
+        self.offer = spot_offer("torch_bench", self.params, seed)
         start = time.perf_counter()
         output = _bench_run(self.params, RunContext(device="cpu"))
         self.compute_ms = max(1, int((time.perf_counter() - start) * 1000))
@@ -138,10 +143,7 @@ class GenJob:
             "llm_gen", {"prompt": f"Job {seed}: a provider", "model": digest, "max_tokens": tokens,
                         "temperature_milli": temperature, "seed": seed}
         )  # fmt: skip
-        self.offer = JobOffer.create(
-            CLIENT, "ait-devnet", workload="llm_gen", params_hash=params_hash("llm_gen", self.params),
-            max_price=BID, max_runtime_s=60, verification="spot", timestamp_ms=1, nonce=seed,
-        )  # fmt: skip
+        self.offer = spot_offer("llm_gen", self.params, seed)
         start = time.perf_counter()
         output = self.run_gen(self.params)
         self.compute_ms = max(1, int((time.perf_counter() - start) * 1000))
@@ -225,10 +227,7 @@ class ImageJob:
             "sd_infer", {"prompt": f"job {seed}: a red cube", "model": digest, "steps": steps, "width": size,
                          "height": size, "seed": seed}
         )  # fmt: skip
-        self.offer = JobOffer.create(
-            CLIENT, "ait-devnet", workload="sd_infer", params_hash=params_hash("sd_infer", self.params),
-            max_price=BID, max_runtime_s=60, verification="spot", timestamp_ms=1, nonce=seed,
-        )  # fmt: skip
+        self.offer = spot_offer("sd_infer", self.params, seed)
         start = time.perf_counter()
         output, self.leaves = self.run_image(self.params)
         self.compute_ms = max(1, int((time.perf_counter() - start) * 1000))
