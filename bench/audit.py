@@ -39,6 +39,13 @@ proves under its ``latents_root``. Its cost (``sd_cost.verifier``) is the mean o
 challenge, each equally likely, against the job's own time; it counts toward the headline
 as the generation's does.
 
+At level ``replicate`` each job's replica is a second honest run on this machine (the same
+device class, where honest results repeat: market/replicate.py): a job is checked (the spot
+check) only when its output differs from its replica's or the checks that need no model
+(its bid, its metering) refute it. Its extra compute is the second run (1.0) plus the check
+on the honest jobs whose replicas differ. A provider that only refuses audits delivers right
+results, which a replica confirms: not counted against ``replicate`` (n/a).
+
 Prints progress and a table to stderr; its last line is JSON:
 {"bench": "audit", "level": "audit", "detect_rate_min": ..., "false_positives": 0,
  "audit_overhead": ..., "levels": {level: {"detect_rate_min", "overhead"}}, ...,
@@ -67,6 +74,7 @@ from aitbc_p2p.compute import check_params, torch_available
 from aitbc_p2p.compute.context import RunContext, module_available
 from aitbc_p2p.market import JobOffer, JobResult, params_hash
 from aitbc_p2p.market.audit import SPOT_ROWS, AuditAnswer, Evidence, Facts, challenge_rows, judge, sampled
+from aitbc_p2p.market.replicate import compare
 from aitbc_p2p.node.cheats import Cheat, Cheater
 from aitbc_p2p.testing import make_key
 
@@ -113,6 +121,7 @@ class BenchJob:
         self.elapsed_ms = self.compute_ms + BLOCK_MS
         self.gflops = int(output["gflops"])
         self.result = JobResult(self.offer.job_id, True, encode(output), "", {"compute_ms": self.compute_ms})
+        self.replica = encode(_bench_run(self.params, RunContext(device="cpu")))  # another provider's run
         self.rows = product_rows(self.params)
         self.hashes = leaf_hashes(self.rows)  # kept by the provider with the rows
 
@@ -149,6 +158,7 @@ class GenJob:
         self.compute_ms = max(1, int((time.perf_counter() - start) * 1000))
         self.elapsed_ms = self.compute_ms + BLOCK_MS
         self.result = JobResult(self.offer.job_id, True, encode(output), "", {"compute_ms": self.compute_ms})
+        self.replica = encode(self.run_gen(self.params))  # another provider's run
 
     def run_gen(self, params: dict[str, Any]) -> dict[str, Any]:
         from aitbc_p2p.compute.workloads import get_workload
@@ -174,8 +184,9 @@ class GenJob:
 
 def check_generation(params: dict[str, Any], output: dict[str, Any]) -> str | None:
     from aitbc_p2p.compute import llm
+    from aitbc_p2p.compute.context import find_model
 
-    found = llm.find_model(GEN_MODELS, params["model"])
+    found = find_model(GEN_MODELS, params["model"])
     return None if found is None else llm.check_generation(params, output, found[1])
 
 
@@ -187,16 +198,19 @@ def generation_detection(jobs: list[GenJob], cheat: str | None, trials: int) -> 
     """As :func:`detection`, for generations: each job's check is deterministic (one
     teacher-forced pass), so only level ``audit``'s draw varies between runs."""
     cheater = Cheater(Cheat(cheat)) if cheat else None
-    verdicts = []
+    verdicts, checked = [], []
     for gen in jobs:
         job, facts = gen.as_delivered(cheater)
+        checked.append(replicated(gen.replica, job, facts, gen.elapsed_ms))
         ruling = judge(
             job, Evidence("spot", facts), None, check_row, check_params, check_generation=check_generation,
             elapsed_ms=gen.elapsed_ms,
         )  # fmt: skip
         assert ruling.verdict is not None, ruling
         verdicts.append((job, ruling.verdict))
-    rates, false_positives, _ = runs([job for job, _ in verdicts], lambda k, seed: verdicts[k][1], cheater, trials)
+    rates, false_positives, _, _ = runs(
+        [job for job, _ in verdicts], lambda k, seed: verdicts[k][1], cheater, trials, checked
+    )
     return rates, false_positives
 
 
@@ -233,6 +247,7 @@ class ImageJob:
         self.compute_ms = max(1, int((time.perf_counter() - start) * 1000))
         self.elapsed_ms = self.compute_ms + BLOCK_MS
         self.result = JobResult(self.offer.job_id, True, encode(output), "", {"compute_ms": self.compute_ms})
+        self.replica = encode(self.run_image(self.params)[0])  # another provider's run
 
     def run_image(self, params: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
         from aitbc_p2p.compute import diffusion
@@ -309,7 +324,8 @@ def image_detection(jobs: list[ImageJob], cheat: str | None, trials: int) -> tup
             known[key] = image_spot(job, facts, leaves, seed, jobs[k].elapsed_ms)[0]
         return known[key]
 
-    rates, false_positives, _ = runs([job for job, _, _ in delivered], rule, cheater, trials)
+    checked = [replicated(j.replica, *d[:2], j.elapsed_ms) for j, d in zip(jobs, delivered, strict=True)]
+    rates, false_positives, _, _ = runs([job for job, _, _ in delivered], rule, cheater, trials, checked)
     return rates, false_positives
 
 
@@ -392,9 +408,10 @@ def spot(
     return verdict
 
 
-def detection(jobs: list[BenchJob], cheat: str | None, trials: int) -> tuple[dict[str, float], int, float]:
+def detection(jobs: list[BenchJob], cheat: str | None, trials: int) -> tuple[dict[str, float], int, float, float]:
     """Per level, the share of runs in which the cheat is caught within the jobs; the false
-    positives (honest jobs ruled against); and the share of jobs level ``audit`` checked."""
+    positives (honest jobs ruled against); and the shares of honest jobs levels ``audit``
+    and ``replicate`` checked."""
     cheater = Cheater(Cheat(cheat)) if cheat else None
     delivered = [j.as_delivered(cheater) for j in jobs]
 
@@ -402,23 +419,44 @@ def detection(jobs: list[BenchJob], cheat: str | None, trials: int) -> tuple[dic
         job, facts, rows = delivered[k]
         return spot(job, facts, rows, cheater, seed, jobs[k].gflops, jobs[k].elapsed_ms)
 
-    return runs([job for job, _, _ in delivered], rule, cheater, trials)
+    checked = [replicated(j.replica, *d[:2], j.elapsed_ms, j.gflops) for j, d in zip(jobs, delivered, strict=True)]
+    return runs([job for job, _, _ in delivered], rule, cheater, trials, checked)
+
+
+def replicated(replica: bytes, job: Job, facts: Facts, elapsed_ms: int, gflops: int = 0) -> bool:
+    """Whether level ``replicate`` checks a delivered job: its output differs from an honest
+    replica's (run here: the same device class, market/replicate.py), or the checks that
+    need no model (its bid, its metering) refute it before anything is compared."""
+    if compare(facts.offer.body["workload"], replica, facts.result.output):
+        return True
+    evidence = Evidence("replicate", facts)
+    return judge(job, evidence, None, check_row, check_params, gflops=gflops, elapsed_ms=elapsed_ms).verdict is (
+        Verdict.CLIENT
+    )
 
 
 def runs(
-    escrows: list[Job], rule: Callable[[int, bytes], Verdict], cheater: Cheater | None, trials: int
-) -> tuple[dict[str, float], int, float]:
+    escrows: list[Job],
+    rule: Callable[[int, bytes], Verdict],
+    cheater: Cheater | None,
+    trials: int,
+    checked: list[bool],
+) -> tuple[dict[str, float], int, float, float]:
     """``trials`` runs of the jobs at each level: a run catches the cheat when ``rule``
-    (job index, the hash of the block after its receipt) rules a checked job against it.
-    The share of runs per level, the honest jobs ruled against, the share ``audit`` drew."""
-    caught = {"none": 0, "spot": 0, "audit": 0}
+    (job index, the hash of the block after its receipt) rules a checked job against it;
+    at ``replicate`` the jobs ``checked`` says (those that differ from their replica) are.
+    The share of runs per level, the honest jobs ruled against, the share of honest jobs
+    ``audit`` drew and the share ``replicate`` checked (0 for a cheat)."""
+    caught = {"none": 0, "spot": 0, "audit": 0, "replicate": 0}
     false_positives = drawn = 0
     for trial in range(trials):
         if any(job.cost > BID for job in escrows):  # level none: the cost against the bid
             caught["none"] += 1
-        for level in ("spot", "audit"):
+        for level in ("spot", "audit", "replicate"):
             for k, job in enumerate(escrows):
                 seed = hashlib.sha256(f"block after receipt {trial}:{k}".encode()).digest()
+                if level == "replicate" and not checked[k]:
+                    continue  # agrees with its replica: acked unchecked
                 if level == "audit":
                     if not sampled(seed, job.job_id):
                         continue  # acked unchecked
@@ -430,7 +468,8 @@ def runs(
                     caught[level] += 1
                     break
     rate = drawn / (trials * len(escrows)) if cheater is None else 0.0
-    return {level: count / trials for level, count in caught.items()}, false_positives, rate
+    differ = sum(checked) / len(checked) if cheater is None else 0.0
+    return {level: count / trials for level, count in caught.items()}, false_positives, rate, differ
 
 
 def costs(job: BenchJob, repeats: int) -> dict[str, float]:
@@ -460,7 +499,14 @@ def costs(job: BenchJob, repeats: int) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in runs.items()}
 
 
+RIGHT_RESULTS = ("withheld_audits",)
+"""Cheats whose results are right (it refuses audits): level ``replicate`` compares them
+with an agreeing replica and asks nothing, so they are not counted against it."""
+
+
 def report(table: dict[str, dict[str, float]], name: str, rates: dict[str, float], fp: int, cheat: str | None) -> None:
+    if cheat in RIGHT_RESULTS:
+        del rates["replicate"]
     say(f"  {name}: caught " + ", ".join(f"at {k} {v:.3f}" for k, v in rates.items()) + f"; false positives {fp}")
     if cheat:
         table[name] = rates
@@ -473,7 +519,7 @@ def measure_generations(args: argparse.Namespace, table: dict[str, dict[str, flo
         return 0, {}
     import tempfile
 
-    from aitbc_p2p.compute import llm
+    from aitbc_p2p.compute.context import model_digest
     from aitbc_p2p.testing.models import build_tiny_causal_lm
 
     false_positives = 0
@@ -481,7 +527,7 @@ def measure_generations(args: argparse.Namespace, table: dict[str, dict[str, flo
         named = build_tiny_causal_lm(Path(tmp) / "tiny", layers=4, hidden=128)
         cheap = build_tiny_causal_lm(Path(tmp) / "cheap", layers=2, hidden=64, seed=1)
         GEN_MODELS.update(tiny=str(named), cheap=str(cheap))
-        digest = llm.model_digest(str(named))
+        digest = model_digest(str(named))
         say(f"audit: {args.jobs} llm_gen jobs of {args.tokens} tokens ({digest[:19]}..., 4 x 128) on the CPU")
         gen_jobs = [GenJob(GEN_MODELS, digest, args.tokens, seed) for seed in range(args.jobs)]
         for cheat in [None, *GENERATION_CHEATS]:
@@ -522,12 +568,13 @@ def main() -> None:
     jobs = [BenchJob(args.n, args.iters, seed) for seed in range(args.jobs)]
     say(f"  jobs run; measured {jobs[0].gflops} GFLOP/s (declared in the bids)")
     table: dict[str, dict[str, float]] = {}
-    false_positives, audit_rate = 0, 0.0
+    false_positives, audit_rate, replica_rate = 0, 0.0, 0.0
     for cheat in [None, *PRODUCT_CHEATS]:
         name = f"{cheat or 'honest'} (torch_bench)"
-        rates, fp, drawn = detection(jobs, cheat, args.trials)
+        rates, fp, drawn, differ = detection(jobs, cheat, args.trials)
         false_positives += fp
-        audit_rate = drawn or audit_rate
+        if cheat is None:
+            audit_rate, replica_rate = drawn, differ
         report(table, name, rates, fp, cheat)
     fp, llm_cost = measure_generations(args, table)
     false_positives += fp
@@ -550,24 +597,30 @@ def main() -> None:
     head = by_n[args.cost_n[-1]]
     verifier, provider, recomputed = head["verifier"], head["provider"], head["provider_recomputed"]
     worst = max(verifier + provider, llm_cost.get("verifier", 0.0), sd_cost.get("verifier", 0.0))  # the costliest
-    overhead = {"none": 0.0, "spot": worst, "audit": audit_rate * worst}
+    # replicate: a second run of every job, and the check of the honest jobs whose replicas differ
+    overhead = {"none": 0.0, "spot": worst, "audit": audit_rate * worst, "replicate": 1.0 + replica_rate * worst}
     say("")
     say(f"share of {args.trials} runs in which the cheat is caught within {args.jobs} jobs, per level (n={args.n})")
-    say(f"{'cheat':<34} {'none':>6} {'spot':>6} {'audit':>6}")
+    say(f"{'cheat':<34} {'none':>6} {'spot':>6} {'audit':>6} {'replicate':>9}")
     for name, rates in table.items():
-        say(f"{name:<34} {rates['none']:>6.3f} {rates['spot']:>6.3f} {rates['audit']:>6.3f}")
-    extra = f"{overhead['none']:>6.3f} {overhead['spot']:>6.3f} {overhead['audit']:>6.3f}"
+        replica = f"{rates['replicate']:>9.3f}" if "replicate" in rates else f"{'n/a':>9}"
+        shares = f"{rates['none']:>6.3f} {rates['spot']:>6.3f} {rates['audit']:>6.3f} {replica}"
+        say(f"{name:<34} {shares}")
+    extra = f"{overhead['none']:>6.3f} {overhead['spot']:>6.3f} {overhead['audit']:>6.3f} {overhead['replicate']:>9.3f}"
     say(f"{'extra compute':<34} {extra}  (the largest of n={args.cost_n[-1]}, the generation's and the image's)")
     say(f"false positives (honest jobs ruled against, of {args.trials * args.jobs} per level): {false_positives}")
-    say(f"level audit checked {audit_rate:.3f} of the jobs")
+    say(f"level audit checked {audit_rate:.3f} of the jobs; replicate {replica_rate:.3f} (their replicas differed)")
     say("")
     say(f"{'n':>6} {'job ms':>9} {'verifier':>9} {'provider':>9} {'recomputed':>11}   (shares of the job)")
     for n, row in by_n.items():
         shares = f"{row['verifier']:>9.4f} {row['provider']:>9.4f} {row['provider_recomputed']:>11.4f}"
         say(f"{n:>6} {row['job_ms']:>9.1f} {shares}")
     levels = {
-        level: {"detect_rate_min": min(r[level] for r in table.values()), "overhead": round(overhead[level], 4)}
-        for level in ("none", "spot", "audit")
+        level: {
+            "detect_rate_min": min(r[level] for r in table.values() if level in r),
+            "overhead": round(overhead[level], 4),
+        }
+        for level in ("none", "spot", "audit", "replicate")
     }
     print(
         json.dumps(
@@ -579,6 +632,7 @@ def main() -> None:
                 "audit_overhead": levels["audit"]["overhead"],
                 "levels": levels,
                 "audit_rate": round(audit_rate, 4),
+                "replica_differ_rate": round(replica_rate, 4),
                 "verifier_overhead": round(verifier, 4),
                 "provider_overhead": round(provider, 4),
                 "provider_overhead_recomputed": round(recomputed, 4),

@@ -136,6 +136,11 @@ def test_the_audit_bench_reports_detection_and_cost_per_level():
     assert all(rates["none"] == 0.0 for rates in report["cheats"].values())  # cost within the bid: none sees nothing
     assert set(report["costs"]) == {"64", "128"} and report["overhead_n"] == 128
     assert 0 < report["levels"]["audit"]["overhead"] < report["levels"]["spot"]["overhead"]
+    # replicate: every cheat with a wrong or overbilled result differs from its honest replica
+    # or fails the checks that need no model; one that only refuses audits is right (n/a).
+    assert report["levels"]["replicate"] == {"detect_rate_min": 1.0, "overhead": 1.0}
+    assert "replicate" not in report["cheats"]["withheld_audits (torch_bench)"]
+    assert report["replica_differ_rate"] == 0.0  # honest runs on one device class agree bit for bit
     assert "false positives" in out.stderr and "shares of the job" in out.stderr
 
 

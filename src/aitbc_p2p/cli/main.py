@@ -365,6 +365,10 @@ def _job_view(job: dict[str, Any]) -> dict[str, Any]:
             view["cost"] = f"{format_aitbc(escrow['cost'])} AITBC"
     if job.get("bids"):
         view["bids"] = len(job["bids"])
+    if job.get("check"):
+        view["check"] = f"{job['check']['verdict']}: {job['check']['why']}"
+    if job.get("replica"):
+        view["replica"] = job["replica"]
     return view
 
 
@@ -738,8 +742,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--verify",
         choices=[str(level) for level in Level],
         default="none",
-        help="what this peer checks before it pays: none, spot or audit (echo, torch_bench, embed, llm_gen with"
-        " --param model=sha256:...; specs/market.md)",
+        help="what this peer checks before it pays: none, spot or audit (echo, torch_bench, embed, llm_gen and"
+        " sd_infer with --param model=sha256:...), or replicate (a second provider runs it too, at twice the"
+        " cost, and the two results are compared; specs/market.md)",
     )
     _wait_options(submit, "settled, refunded or failed")
     submit.set_defaults(timeout=120.0)

@@ -37,6 +37,9 @@ class Level(enum.StrEnum):
     AUDIT = "audit"
     """The spot check on a sampled share of the jobs (AUDIT_RATE), drawn from the block
     after the receipt: a provider cannot know which of its results will be checked."""
+    REPLICATE = "replicate"
+    """The job run by two providers and their results compared (market/replicate.py);
+    a difference is settled by the spot check where the client's peer can run it."""
 
 
 AUDIT_RATE_BITS = 1
@@ -81,16 +84,20 @@ Normalize = Callable[[str, dict[str, Any]], dict[str, Any]]
 """``(workload, params) -> clean params`` (defaults filled in), raising on parameters the
 workload refuses: :func:`aitbc_p2p.compute.check_params`."""
 
+
 def check_level(workload: str, level: str, params: Mapping[str, Any] | None = None) -> None:
     """Raises MarketError for a verification level that is unknown, or that ``workload``
     (with ``params``) has no check for. ``llm_gen`` is checked only when its parameters
     name the model by content (``sha256:<hex>``: both sides run the same weights) and do
     not ask for Ollama (whose generations carry no token ids); ``sd_infer`` only when they
-    name the pipeline by content."""
+    name the pipeline by content. ``replicate`` compares two results instead, so takes
+    any parameters of a workload with a comparison."""
     if level not in tuple(Level):
         raise MarketError(f"verification must be one of {[str(v) for v in Level]}, not {level!r}")
     if level != Level.NONE and workload not in VERIFIABLE:
         raise MarketError(f"{workload} has no {level} check yet; verifiable: {sorted(VERIFIABLE)}")
+    if level == Level.REPLICATE:
+        return  # any model, any backend: the two results are compared, not checked
     if level != Level.NONE and workload == "llm_gen" and not checkable_generation(params or {}):
         raise MarketError(
             f"llm_gen at {level} needs the model named by its content hash (sha256:<64 hex>) and a backend other"

@@ -146,7 +146,8 @@ class JobInfo:
     check: tuple[str, str] | None = None
     """This peer's ruling on the job's result, as the client's agent or an arbiter:
     ``(verdict, why)`` (specs/market.md, "Verification"); None if it checked nothing."""
-
+    replica: JobId | None = None
+    """At verification ``replicate``: the other job of the pair."""
 
     @property
     def finished(self) -> bool:
@@ -229,8 +230,11 @@ class NodeAPI(Protocol):
 
     def block(self, height: int) -> BlockInfo | None: ...
 
-    async def submit_job(self, offer: JobOffer, workload: str, params: dict[str, Any]) -> JobId:
-        """Publish a client's signed offer and keep its payload for the chosen provider."""
+    async def submit_job(
+        self, offer: JobOffer, workload: str, params: dict[str, Any], *, replica_of: JobId | None = None
+    ) -> JobId:
+        """Publish a client's signed offer and keep its payload for the chosen provider;
+        ``replica_of``: the job it repeats at verification replicate."""
         ...
 
     def job_status(self, job: JobId | str) -> JobInfo | None:

@@ -57,6 +57,7 @@ from aitbc_p2p.market.audit import (
     Ruling,
     challenge_rows,
     challenges_of,
+    check_level,
     checkable_generation,
     facts_hold,
     image_challenges,
@@ -67,6 +68,7 @@ from aitbc_p2p.market.audit import (
     third_party_drawn,
 )
 from aitbc_p2p.market.messages import Bid, is_model_digest
+from aitbc_p2p.market.replicate import compare
 from aitbc_p2p.network.abc import Network
 from aitbc_p2p.network.protocols import AUDIT_PROTOCOL, MAX_FRAME
 from aitbc_p2p.node.abc import ChainView, OwnAccount
@@ -93,6 +95,9 @@ SCAN_BACK = 1000
 """Blocks an arbiter reads back for disputes when it starts."""
 MAX_AUDITS = 8
 """Third-party audits a peer runs at once; receipts drawn past it are left unaudited."""
+REPLICA_PATIENCE = 4
+"""At level replicate, a job's result waits for its replica's for 1/REPLICA_PATIENCE of the
+dispute window after its receipt (the rest is for its own check, where one is needed)."""
 MAX_PRODUCTS = 4
 """Recomputed products a provider keeps to answer audits of the same job again."""
 MAX_PRODUCT_N = 4096
@@ -223,7 +228,6 @@ class AuditService:
         if workload == "embed" and not module_available(EMBED_MODULE):
             return "this peer cannot check embed results: it has no embedding model (the compute extra)"
         if workload == "llm_gen" and checkable_generation(params):
-
             if self._check_generation is None:
                 return "this peer cannot check llm_gen generations: it has no causal LM (torch, transformers, models)"
             if await blocking(find_model, self.models, params["model"]) is None:
@@ -247,7 +251,9 @@ class AuditService:
 
     def check_of(self, job_id: JobId) -> tuple[str, str] | None:
         ruling = self.rulings.get(job_id)
-        return None if ruling is None or ruling.verdict is None else (ruling.verdict.value, ruling.why)
+        if ruling is None:
+            return None
+        return ("undecided" if ruling.verdict is None else ruling.verdict.value), ruling.why
 
     def _remember(self, job_id: JobId, ruling: Ruling) -> None:
         self.rulings[job_id] = ruling
@@ -349,15 +355,75 @@ class AuditService:
     # ------------------------------------------------------- client's agent
     def spot_check(self, job: ClientJob, escrow: Job) -> None:
         """Check the delivered result of ``job`` before it is acked (levels ``spot``, and
-        ``audit`` where the job is drawn)."""
+        ``audit`` where the job is drawn), or compare it with its replica's (``replicate``)."""
         if self._nursery is not None:
             self._nursery.start_soon(self._spot_guarded, job, escrow)
 
     async def _spot_guarded(self, job: ClientJob, escrow: Job) -> None:
         try:
-            await self._spot(job, escrow)
+            if job.offer.body["verification"] == Level.REPLICATE:
+                await self._replicate(job, escrow)
+            else:
+                await self._spot(job, escrow)
         except Exception:  # a task edge: one job's check must not end the node
-            logger.exception("spot check of job %s failed", job.job_id.hex()[:16])
+            logger.exception("check of job %s failed", job.job_id.hex()[:16])
+
+    async def _replicate(self, job: ClientJob, escrow: Job) -> None:
+        """Level replicate: first the checks that need no model (the bid, the metering,
+        an echo recomputed), a failure disputed at once; then the delivered result compared
+        with its replica's (another provider's run of the same job) once that is in, for a
+        quarter of the dispute window at most. Agreement: ack. A difference, a replica
+        without a result, or a replica run by the same provider: the spot check where this
+        peer can run one, else reported in the job's ``check`` and not acked
+        (specs/market.md, "Replicate")."""
+        assert job.result is not None
+        facts, bid = Facts(job.offer, job.params, job.result), job.bids.get(escrow.provider)
+        rule = self._rule(escrow, _gflops(bid, escrow))
+        no_model = {"check_vector": None, "check_generation": None, "check_image": None}
+        cheap = await blocking(lambda: rule(Evidence("replicate", facts, bid=bid), None, **no_model))
+        if cheap.verdict is Verdict.CLIENT:  # no need to compare
+            self._remember(job.job_id, cheap)
+            logger.warning("job %s failed its checks: %s", job.job_id.hex()[:16], cheap.why)
+            await self.market.dispute(job, cheap.why, Evidence(cheap.why, facts, bid=bid).encode())
+            return
+        window = self.chain.rules.dispute_blocks
+        until = escrow.receipt_height + max(1, window // REPLICA_PATIENCE)
+        other, gone = self.market.replica_result(job)
+        while other is None and not gone and self.chain.head.height <= until:
+            with trio.move_on_after(RETRY_S):
+                await self.market.next_job_change().wait()
+            other, gone = self.market.replica_result(job)
+        twin = job.twin.hex()[:16] if job.twin is not None else "?"
+        if other is None:
+            why = gone or f"its replica {twin} delivered no result within {until - escrow.receipt_height} blocks"
+            await self._settle_alone(job, escrow, why)
+            return
+        theirs = self.chain.state.job(job.twin) if job.twin is not None else None
+        if theirs is not None and theirs.provider == escrow.provider:
+            await self._settle_alone(job, escrow, f"its replica {twin} was run by the same provider")
+            return
+        differ = await blocking(compare, job.workload, job.result.output, other.output)
+        if differ:
+            await self._settle_alone(job, escrow, f"differs from its replica {twin}: {differ}")
+            return
+        self._remember(job.job_id, Ruling(Verdict.PROVIDER, f"agrees with its replica {twin}"))
+        logger.info("job %s agrees with its replica %s: acked", job.job_id.hex()[:16], twin)
+        self.market.ack_checked(job)
+
+    async def _settle_alone(self, job: ClientJob, escrow: Job, why: str) -> None:
+        """A replicated job the comparison did not settle: its own spot check if this peer
+        can run one (it acks or disputes), else ``why`` reported and no ack."""
+        try:
+            check_level(job.workload, Level.SPOT, job.params)
+            cannot = await self.cannot_check(job.workload, job.params)
+        except MarketError as e:
+            cannot = str(e)
+        if not cannot:
+            logger.info("job %s %s: spot-checked", job.job_id.hex()[:16], why)
+            await self._spot(job, escrow)
+            return
+        self._remember(job.job_id, Ruling(None, f"{why}; not checked here: {cannot}"))
+        logger.warning("job %s %s; not checked here (%s): no ack", job.job_id.hex()[:16], why, cannot)
 
     async def _spot(self, job: ClientJob, escrow: Job) -> None:
         assert job.result is not None
@@ -471,9 +537,7 @@ class AuditService:
         self._nursery.start_soon(self._guarded, self._audits, job_id, self._third_party, "third-party audit")
 
     @staticmethod
-    async def _guarded(
-        running: set[JobId], job_id: JobId, work: Callable[[JobId], Awaitable[None]], what: str
-    ) -> None:
+    async def _guarded(running: set[JobId], job_id: JobId, work: Callable[[JobId], Awaitable[None]], what: str) -> None:
         """A task edge: one job's audit or case must not end the node; ``running`` (a
         bounded set of the jobs being worked on) forgets it however it ends."""
         try:

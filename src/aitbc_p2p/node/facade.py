@@ -242,8 +242,10 @@ class Node:
         certificate = CertificateInfo(votes[0].round if votes else None, sorted(v.validator for v in votes))
         return BlockInfo(block, certificate)
 
-    async def submit_job(self, offer: JobOffer, workload: str, params: dict[str, Any]) -> JobId:
-        return await self.market.submit(offer, workload, params)
+    async def submit_job(
+        self, offer: JobOffer, workload: str, params: dict[str, Any], *, replica_of: JobId | None = None
+    ) -> JobId:
+        return await self.market.submit(offer, workload, params, replica_of=replica_of)
 
     def job_status(self, job: JobId | str) -> JobInfo | None:
         return self.market.job_status(job)

@@ -187,6 +187,9 @@ class ClientJob:
     """Progress events dropped from the front of ``events`` (the first kept is number this + 1)."""
     provider_seq: int = 0
     """The number of the last event taken from the provider now running it."""
+    twin: JobId | None = None
+    """At verification ``replicate``: the other job of the pair (the same parameters, run
+    by another provider) whose result this one's is compared with."""
     job_id: JobId = field(init=False)
     """Its offer's hash: its id here, on the job stream and on chain (the escrow's)."""
 
@@ -211,6 +214,7 @@ class ClientJob:
                 "peer": self.peer,
                 "tried": sorted(self.tried),
                 "next_bid": None if self.next_bid is None else self.next_bid.to_wire(),
+                **({} if self.twin is None else {"twin": self.twin.hex()}),
             }
         )
 
@@ -223,7 +227,9 @@ class ClientJob:
         """Read a journal record back (MarketError if it is not one); a job caught bidding
         by a restart has its window over."""
         try:
-            w = fields.record(decode(data, max_size=MAX_RECORD), CLIENT_RECORD_KEYS, "a client job record")
+            w = fields.record(
+                decode(data, max_size=MAX_RECORD), CLIENT_RECORD_KEYS, "a client job record", optional=("twin",)
+            )
             result, nxt = w["result"], w["next_bid"]
             job = cls(
                 JobOffer.from_wire(w["offer"]),
@@ -238,6 +244,7 @@ class ClientJob:
                 peer=fields.text(w, "peer"),
                 tried={Address(a) for a in fields.listing(w, "tried", max_items=MAX_ATTEMPTS + 1) if type(a) is str},
                 next_bid=None if nxt is None else Bid.from_wire(nxt),
+                twin=JobId(Hash32(fields.hex_hash32(w, "twin"))) if "twin" in w else None,
             )
             for wire in fields.listing(w, "bids", max_items=MAX_BIDS_PER_JOB):
                 bid = Bid.from_wire(wire)
@@ -795,11 +802,17 @@ class MarketService:
         return count
 
     # -------------------------------------------------------------- client
-    async def submit(self, offer: JobOffer, workload: str, params: dict[str, Any]) -> JobId:
-        """Track a client's offer, keep its payload and gossip the offer.
+    async def submit(
+        self, offer: JobOffer, workload: str, params: dict[str, Any], *, replica_of: JobId | None = None
+    ) -> JobId:
+        """Track a client's offer, keep its payload and gossip the offer. ``replica_of``:
+        at verification ``replicate``, the job this one repeats (tracked here, offered by
+        the same client with the same parameters at that level, not yet paired); the two
+        results are compared once both are in (specs/market.md, "Replicate").
 
         Raises:
-            MarketError: wrong chain, or the payload does not match the offer's params hash.
+            MarketError: wrong chain, the payload does not match the offer's params hash,
+                or no job it can be the replica of.
             ComputeError: the workload is unknown or refuses these parameters.
         """
         offer.check()
@@ -811,20 +824,43 @@ class MarketService:
             raise MarketError("max_runtime_s must be at least 1")
         check_level(workload, offer.body["verification"], params)
         check_params(workload, params)  # ComputeError: refused here, before any escrow opens
-        if offer.body["verification"] != Level.NONE and self.verifier is not None:
+        if offer.body["verification"] in (Level.SPOT, Level.AUDIT) and self.verifier is not None:
             why = await self.verifier.cannot_check(workload, params)
             if why:
                 raise MarketError(why)
         job_id = offer.job_id
+        twin = None if replica_of is None else self._pair_with(offer, replica_of)
         if job_id not in self.client_jobs:
             wanted = min(ENOUGH_BIDS, self._suitable_providers(offer))
             self.client_jobs[job_id] = ClientJob(offer, workload, params, bids_wanted=wanted)
+            if twin is not None:
+                self.client_jobs[job_id].twin, twin.twin = twin.job_id, job_id
+                self._mark(Side.CLIENT, twin.job_id)
             self._mark(Side.CLIENT, job_id)
             self._forget_old_jobs()
             await self._publish_job({"offer": offer.to_wire()})
             if self._nursery is not None:
                 self._nursery.start_soon(self._close_bidding, job_id)
         return job_id
+
+    def _pair_with(self, offer: JobOffer, replica_of: JobId) -> ClientJob:
+        """The job ``offer`` may be the replica of (MarketError: none)."""
+        if offer.body["verification"] != Level.REPLICATE:
+            raise MarketError(f"only an offer at replicate has a replica_of, not one at {offer.body['verification']}")
+        twin = self.client_jobs.get(replica_of)
+        if twin is None or twin.job_id == offer.job_id:
+            raise MarketError(f"replica_of: this peer tracks no other job {replica_of.hex()}")
+        mine, theirs = offer.body, twin.offer.body
+        if twin.offer.signer != offer.signer or (mine["workload"], mine["params_hash"]) != (
+            theirs["workload"],
+            theirs["params_hash"],
+        ):
+            raise MarketError("replica_of: that job is another client's, or has other parameters")
+        if theirs["verification"] != Level.REPLICATE:
+            raise MarketError("replica_of: that job is not at verification replicate")
+        if twin.twin is not None and twin.twin != offer.job_id:
+            raise MarketError("replica_of: that job has a replica already")
+        return twin
 
     def _forget_old_jobs(self) -> None:
         if len(self.client_jobs) <= MAX_CLIENT_JOBS:
@@ -1131,8 +1167,27 @@ class MarketService:
         if escrow.attempts >= MAX_ATTEMPTS:
             return None
         left = [b for a, b in job.bids.items() if a not in job.tried and a != escrow.provider and self.serves(a, job)]
+        other = self.replica_provider(job)
+        left = [b for b in left if b.signer != other]  # a replica's provider must be another
         left = [b for b in left if b.body["price"] <= escrow.amount and self._for_hire(b.signer)]
         return select_bid(job.offer, left, self.trust(left))
+
+    def replica_result(self, job: ClientJob) -> tuple[JobResult | None, str]:
+        """The result delivered for the job's replica, else None with why none will come
+        ("" while one still may)."""
+        twin = None if job.twin is None else self.client_jobs.get(job.twin)
+        if twin is None:
+            return None, "its replica is not tracked here"
+        if twin.result is not None and twin.result.ok:
+            return twin.result, ""
+        if twin.phase in (Phase.FAILED, Phase.CANCELLED):
+            return None, f"its replica {twin.job_id.hex()[:16]} {twin.phase}: {twin.error or 'no result'}"
+        return None, ""
+
+    def replica_provider(self, job: ClientJob) -> Address | None:
+        """The provider the job's replica was last escrowed to (at level replicate)."""
+        escrow = None if job.twin is None else self.chain.state.job(job.twin)
+        return None if escrow is None else escrow.provider
 
     def trust(self, bids: list[Bid]) -> dict[str, int]:
         """Each bidder's record on chain as a score in thousandths (rank_bids weighs by it)."""
@@ -1328,6 +1383,7 @@ class MarketService:
             bids=bids,
             trust=self.trust(bids),
             check=None if self.verifier is None else self.verifier.check_of(job_id),
+            replica=tracked.twin,
         )
 
     def recent_jobs(self, limit: int) -> list[JobInfo]:

@@ -31,7 +31,7 @@ from aitbc_p2p.node.api import NodeAPI
 from aitbc_p2p.node.client_wallet import CapExceeded
 from aitbc_p2p.rpc import miners, render, ui
 from aitbc_p2p.rpc.schemas import ClientJobBody, JobBody, TxBody
-from aitbc_p2p.types import VERSION, Address, Hash32, aitbc
+from aitbc_p2p.types import VERSION, Address, Hash32, JobId, aitbc
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -146,14 +146,17 @@ async def _body(model: type[BaseModel]) -> dict[str, Any]:
     return doc
 
 
-def _hex_field(doc: dict[str, Any], name: str) -> bytes:
+def _hex_field(doc: dict[str, Any], name: str, size: int | None = None) -> bytes:
     value = doc.get(name)
     if not isinstance(value, str):
         raise Problem(400, "BAD_REQUEST", f"field {name!r} must be a hex string")
     try:
-        return bytes.fromhex(value)
+        raw = bytes.fromhex(value)
     except ValueError as e:
         raise Problem(400, "BAD_REQUEST", f"field {name!r} is not hex") from e
+    if size is not None and len(raw) != size:
+        raise Problem(400, "BAD_REQUEST", f"field {name!r} must be {2 * size} hex digits")
+    return raw
 
 
 def _tx_hash(text: str) -> Hash32:
@@ -405,8 +408,9 @@ def create_app(
         if not isinstance(workload, str):
             raise Problem(400, "BAD_REQUEST", "workload must be a string")
         params = _job_params(doc.get("params", {}))
+        replica_of = None if doc.get("replica_of") is None else JobId(Hash32(_hex_field(doc, "replica_of", 32)))
         try:
-            job_id = await api.submit_job(JobOffer.decode(raw), workload, params)
+            job_id = await api.submit_job(JobOffer.decode(raw), workload, params, replica_of=replica_of)
         except ComputeError as e:
             raise Problem(400, "BAD_PARAMS", str(e)) from e
         except MarketError as e:
@@ -435,7 +439,7 @@ def create_app(
             except ValueError as e:
                 raise Problem(400, "BAD_REQUEST", f"max_price: {e}") from e
             if max_price < 1:
-                raise Problem(400, "BAD_REQUEST", "max_price must be a string of AITBC above 0, such as \"0.5\"")
+                raise Problem(400, "BAD_REQUEST", 'max_price must be a string of AITBC above 0, such as "0.5"')
         runtime = doc.get("max_runtime_s")
         if runtime is not None and not 1 <= runtime <= 86_400:  # an integer: ClientJobBody checked
             raise Problem(400, "BAD_REQUEST", "max_runtime_s must be an integer from 1 to 86400")

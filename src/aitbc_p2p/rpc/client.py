@@ -6,6 +6,7 @@ sends only signed bytes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import uuid
@@ -225,10 +226,14 @@ class RpcClient:
         """Offer a job, choose a bid, open escrow for that provider; returns the job's id
         in hex (its offer's hash, also its escrow's id on chain).
 
-        ``verification``: ``"none"``, or ``"spot"``: the peer checks the delivered result
+        ``verification``: ``"none"``; ``"spot"``: the peer checks the delivered result
         (rows of a product proved and recomputed, a cheap output recomputed, the metered
-        time) before it pays, and disputes it with the evidence if it fails
-        (specs/market.md, "Verification").
+        time) before it pays, and disputes it with the evidence if it fails; ``"audit"``:
+        the same on the jobs a later block draws (one in two); ``"replicate"``: a second
+        offer of the same job goes to another provider (a second escrow: it costs twice)
+        and the peer compares the two results, settling a difference by the spot check
+        where it can run one (specs/market.md, "Verification"). The job's status names the
+        other job as its ``replica``.
 
         Nothing is sent for a job that cannot run: bad parameters, a runtime cap under
         1 s, or (when this peer knows providers) one that none of them can take.
@@ -236,7 +241,7 @@ class RpcClient:
         Raises:
             ComputeError: the workload is unknown or refuses ``params``.
             MarketError: no acceptable bid (within ``bid_timeout``), with the reason
-                where it can be known.
+                where it can be known; at replicate, no bid from a second provider.
             RpcError: the node refused the offer or the escrow transaction.
         """
         if max_runtime_s < 1:
@@ -249,24 +254,68 @@ class RpcClient:
         if known and (why := no_bid_reason(known, workload, max_price, max_runtime_s, params)):
             raise MarketError(f"no provider can take this job: {why}")
         status = await self.status()
-        offer = JobOffer.create(
-            key,
-            status["chain_id"],
-            workload=workload,
-            params_hash=params_hash(workload, params),
-            max_price=max_price,
-            max_runtime_s=max_runtime_s,
-            verification=verification,
-            timestamp_ms=int(status["head_timestamp_ms"]),
-        )
-        posted = await self._call(
-            "POST", "/v1/jobs", {"offer": offer.encode().hex(), "workload": workload, "params": params}
-        )
-        job_id = offer.job_id.hex()
-        if posted["job_id"] != job_id:
-            raise MarketError(f"the node filed the offer as job {posted['job_id']}, not {job_id}")
+        copies = 2 if verification == "replicate" else 1
+        offers = [
+            JobOffer.create(
+                key,
+                status["chain_id"],
+                workload=workload,
+                params_hash=params_hash(workload, params),
+                max_price=max_price,
+                max_runtime_s=max_runtime_s,
+                verification=verification,
+                timestamp_ms=int(status["head_timestamp_ms"]),
+            )
+            for _ in range(copies)
+        ]
+        for i, offer in enumerate(offers):
+            body: dict[str, Any] = {"offer": offer.encode().hex(), "workload": workload, "params": params}
+            if i:
+                body["replica_of"] = offers[0].job_id.hex()
+            posted = await self._call("POST", "/v1/jobs", body)
+            if posted["job_id"] != offer.job_id.hex():
+                raise MarketError(f"the node filed the offer as job {posted['job_id']}, not {offer.job_id.hex()}")
+        job_id = offers[0].job_id.hex()
         await _report(progress, f"offer {job_id[:16]} published; collecting bids")
-        bid: Bid | None = None
+        heard: list[tuple[list[Bid], dict[str, int]]] = [([], {}) for _ in offers]
+
+        async def collect(i: int) -> None:
+            heard[i] = await self._bids(offers[i].job_id.hex(), bid_timeout)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(copies):
+                nursery.start_soon(collect, i)
+        chosen: list[tuple[Bid, int]] = []  # each offer's bid and its escrow's amount
+        for offer, (bids, trust) in zip(offers, heard, strict=True):
+            others = [b for b in bids if b.signer not in {c.signer for c, _ in chosen}]  # a replica: another provider
+            bid = select_bid(offer, others, trust) if others else None
+            if bid is None:
+                why = no_bid_reason(await self.providers(), workload, max_price, max_runtime_s, params)
+                why = why or "no provider answered"
+                if chosen:  # nothing escrowed yet: drop both offers
+                    why = f"no second provider bid for its replica ({len(bids)} bids, all from {chosen[0][0].signer})"
+                    for dropped in offers:
+                        with contextlib.suppress(RpcError):
+                            await self.cancel_job(dropped.job_id.hex())
+                raise MarketError(f"no acceptable bid for job {job_id} within {bid_timeout} s: {why}")
+            # Enough for the next bids too: a failover moves this escrow, and cannot add to it.
+            chosen.append((bid, escrow_amount(offer, others, MAX_ATTEMPTS, trust)))
+        for offer, (bid, amount) in zip(offers, chosen, strict=True):
+            await _report(
+                progress,
+                f"chose provider {bid.signer} at {bid.body['price']} units"
+                f"{f' for {offer.job_id.hex()[:16]}' if copies > 1 else ''}; opening escrow of {amount}",
+            )
+            deadline = int(status["height"]) + max(30, 4 * max_runtime_s)
+            # The peer tracking the job acts for the client on its escrow (settles it once the
+            # result is delivered, disputes a receipt it was not delivered); not the provider's own.
+            agent = status["address"] if status["address"] != bid.signer else key.address
+            await self.send(key, TxKind.JOB_OPEN, JobOpen(offer.job_id, bid.signer, amount, deadline, agent))
+        return job_id
+
+    async def _bids(self, job_id: str, bid_timeout: float) -> tuple[list[Bid], dict[str, int]]:
+        """The bids the peer holds for a job once its bidding closes with at least one (or
+        at ``bid_timeout``), with each bidder's trust in thousandths."""
         bids: list[Bid] = []
         trust: dict[str, int] = {}
         with trio.move_on_after(bid_timeout):
@@ -280,23 +329,8 @@ class RpcClient:
                     # failed jobs or lost disputes needs a lower price to win
                     trust = {b["provider"]: int(b.get("trust_milli", 1000)) for b in job.get("bids", [])}
                     if (bids and job["phase"] != "bidding") or event["event"] == "end":
-                        bid = select_bid(offer, bids, trust) if bids else None
                         break
-        if bid is None:
-            why = no_bid_reason(await self.providers(), workload, max_price, max_runtime_s, params)
-            why = why or "no provider answered"
-            raise MarketError(f"no acceptable bid for job {job_id} within {bid_timeout} s: {why}")
-        # Enough for the next bids too: a failover moves this escrow, and cannot add to it.
-        amount = escrow_amount(offer, bids, MAX_ATTEMPTS, trust)
-        await _report(
-            progress, f"chose provider {bid.signer} at {bid.body['price']} units; opening escrow of {amount}"
-        )
-        deadline = int(status["height"]) + max(30, 4 * max_runtime_s)
-        # The peer tracking the job acts for the client on its escrow (settles it once the
-        # result is delivered, disputes a receipt it was not delivered); not the provider's own.
-        agent = status["address"] if status["address"] != bid.signer else key.address
-        await self.send(key, TxKind.JOB_OPEN, JobOpen(offer.job_id, bid.signer, amount, deadline, agent))
-        return job_id
+        return bids, trust
 
     async def wait_job(
         self,

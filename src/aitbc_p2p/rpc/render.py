@@ -172,6 +172,7 @@ def job(j: JobInfo) -> dict[str, Any]:
     if j.offer is not None:
         view["workload"] = j.workload
         view["client"] = j.offer.signer
+        view["replica"] = None if j.replica is None else j.replica.hex()
         view["offer"] = jsonable(dict(j.offer.body))
         view["bids"] = [
             {**jsonable(dict(b.body)), "wire": b.encode().hex(), "trust_milli": j.trust.get(b.signer, 1000)}

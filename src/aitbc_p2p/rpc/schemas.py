@@ -27,6 +27,9 @@ class JobBody(_Body):
     offer: str = Field(description="hex of the signed offer (specs/market.md)")
     workload: str
     params: dict[str, Any] = Field(default_factory=dict, description="the workload's parameters (no floats)")
+    replica_of: str | None = Field(
+        None, description="at verification replicate: the id of the job this one repeats (specs/market.md)"
+    )
 
 
 class ClientJobBody(_Body):
@@ -37,7 +40,7 @@ class ClientJobBody(_Body):
     model: str | None = None
     workload: str | None = Field(None, description="instead of type: any workload, with params")
     params: dict[str, Any] | None = None
-    max_price: str | None = Field(None, description="AITBC, e.g. \"0.5\"")
+    max_price: str | None = Field(None, description='AITBC, e.g. "0.5"')
     max_runtime_s: int | None = None
 
 

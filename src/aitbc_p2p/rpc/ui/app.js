@@ -351,7 +351,8 @@ function jobView(id) {
         ["Quote (most it pays)", offer.max_price !== undefined ? aitbc(offer.max_price) : undefined],
         ["Escrowed", escrow ? aitbc(escrow.amount) : "—"], ["Cost", escrow ? aitbc(escrow.cost) : "—"],
         ["Receipt", job.receipt_id ? link(`#/tx/${job.receipt_id}`, short(job.receipt_id)) : "—"],
-        ["Check", job.check ? `${job.check.verdict}: ${job.check.why}` : undefined]]),
+        ["Check", job.check ? `${job.check.verdict}: ${job.check.why}` : undefined],
+        ["Replica", job.replica ? link(`#/job/${job.replica}`, short(job.replica)) : undefined]]),
       h("h3", {}, "Timeline"), timeline(job, seen),
       h("section", { "aria-label": "Bids" }, job.bids && job.bids.length ? [h("h3", {}, `Bids (${job.bids.length})`), table(["Provider", "Price", "Trust"], job.bids.map((b) => [
         link(`#/account/${b.provider}`, short(b.provider, 16)), aitbc(b.price), (b.trust_milli / 1000).toFixed(3)]))] : null),
