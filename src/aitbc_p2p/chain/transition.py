@@ -389,19 +389,30 @@ def _job_settle(w: _Writes, tx: Transaction, p: JobSettle, height: int, rules: C
     _release(w, job, JobStatus.SETTLED)
 
 
+def challengeable(job: Job, rules: ChainRules, height: int) -> bool:
+    """Whether a ``job_dispute`` in the block at ``height`` may challenge ``job`` once settled:
+    never disputed, and within ``challenge_blocks`` of its receipt (the chain's rule; a
+    provider holds such a job, and answers audits of it, for as long)."""
+    return (
+        job.status is JobStatus.SETTLED
+        and not job.challenger
+        and job.receipt_height > 0
+        and height <= last_challenge_height(job, rules)
+    )
+
+
+def last_challenge_height(job: Job, rules: ChainRules) -> int:
+    """The last block in which a settled ``job`` may be challenged (:func:`challengeable`)."""
+    return job.receipt_height + rules.challenge_blocks
+
+
 def _job_dispute(w: _Writes, tx: Transaction, p: JobDispute, height: int, rules: ChainRules) -> None:
     # Anyone may challenge a receipt (an audit), at the risk of its bond: the client and
     # its agent post one too. The arbiters read the evidence from this transaction. A job
     # already settled may still be challenged, once, within challenge_blocks of its receipt.
     job = _job(w.state, p)
     open_dispute = job.status is JobStatus.RECEIPTED and height <= job.receipt_height + rules.dispute_blocks
-    late = (
-        job.status is JobStatus.SETTLED
-        and not job.challenger
-        and job.receipt_height > 0
-        and height <= job.receipt_height + rules.challenge_blocks
-    )
-    if not (open_dispute or late):
+    if not (open_dispute or challengeable(job, rules, height)):
         raise TxRejected(
             "JobState",
             f"job is {job.status}; disputes close {rules.dispute_blocks} blocks after its receipt, challenges of a"

@@ -30,6 +30,7 @@ import trio
 
 from aitbc_p2p.chain.payloads import JobDispute, JobReceipt, JobResolve, Verdict
 from aitbc_p2p.chain.state import Job, JobStatus
+from aitbc_p2p.chain.transition import challengeable
 from aitbc_p2p.compute import check_params
 from aitbc_p2p.compute.context import (
     find_model,
@@ -331,8 +332,7 @@ class AuditService:
         dispute, or settled and still open to a challenge (``challenge_blocks``)."""
         if escrow.status in (JobStatus.RECEIPTED, JobStatus.DISPUTED, JobStatus.CHALLENGED):
             return True
-        window = escrow.receipt_height + self.chain.rules.challenge_blocks
-        return escrow.status is JobStatus.SETTLED and self.chain.head.height <= window
+        return challengeable(escrow, self.chain.rules, self.chain.head.height)
 
     async def _prove(self, job_id: JobId, params: dict[str, Any], indices: tuple[int, ...], device: str) -> list[Any]:
         from aitbc_p2p.compute.workloads import product_rows, prove_rows

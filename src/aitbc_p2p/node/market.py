@@ -35,6 +35,7 @@ from aitbc_p2p.chain.payloads import (
     sign_release,
 )
 from aitbc_p2p.chain.state import Job, JobStatus, read_reputation
+from aitbc_p2p.chain.transition import challengeable, last_challenge_height
 from aitbc_p2p.codec import decode, encode, fields
 from aitbc_p2p.compute import DeviceInfo, Execution, check_params
 from aitbc_p2p.crypto import recover_address
@@ -649,13 +650,12 @@ class MarketService:
                 nursery.start_soon(self._settle_when_receipted, job_id)  # settles, or holds it for challenges
 
     def _done_with(self, escrow: Job) -> bool:
-        """Whether a provider may drop a held job: refunded, or settled and past the blocks
-        in which it may still be challenged (``challenge_blocks``; until then it answers
-        audits of it)."""
+        """Whether a provider may drop a held job: refunded, or settled and no longer open to
+        a challenge (``challenge_blocks``; until then it answers audits of it)."""
         if escrow.status is JobStatus.REFUNDED:
             return True
-        window = escrow.receipt_height + self.chain.rules.challenge_blocks
-        return escrow.status is JobStatus.SETTLED and self.chain.head.height > window
+        settled = escrow.status is JobStatus.SETTLED
+        return settled and not challengeable(escrow, self.chain.rules, self.chain.head.height)
 
     async def _ensure_registered(self) -> None:
         """Stake ``min_provider_stake`` and register on chain if this provider is not yet."""
@@ -1806,7 +1806,7 @@ class MarketService:
                 self._mark(Side.PROVIDER, job_id)
                 return
             if escrow.status is JobStatus.SETTLED:  # paid: held to answer audits while it may be challenged
-                self._hold_until[job_id] = escrow.receipt_height + self.chain.rules.challenge_blocks
+                self._hold_until[job_id] = last_challenge_height(escrow, self.chain.rules)
                 return
             if escrow.status is JobStatus.OPEN and self.chain.head.height > escrow.deadline:
                 logger.warning("receipt for %s not committed by the deadline; not settled", job_id.hex()[:16])
