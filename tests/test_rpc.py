@@ -193,3 +193,35 @@ async def test_sdk_client_raises_rpc_errors(rpc):
 def test_every_rejection_reason_has_an_http_status_and_code():
     assert set(REASON_STATUS) == set(REJECTION_REASONS)
     assert reason_code("ReplacementUnderpriced") == "REPLACEMENT_UNDERPRICED"
+
+
+async def test_a_replica_that_cannot_be_paired_is_refused_and_nothing_is_offered(rpc):
+    """``replica_of`` (specs/rpc.md): not 32 bytes of hex, or naming no job of this client
+    and parameters at replicate: a clear refusal, and no job is tracked."""
+    from aitbc_p2p.market import JobOffer, params_hash
+
+    node, http, _ = rpc
+    params = {"message": "twice"}
+
+    def offer(**fields):
+        return JobOffer.create(
+            CLIENT, node.genesis.chain_id, workload="echo", params_hash=params_hash("echo", params),
+            max_price=aitbc(1), max_runtime_s=10, verification=fields.get("verification", "replicate"), timestamp_ms=1,
+        ).encode().hex()  # fmt: skip
+
+    body = {"offer": offer(), "workload": "echo", "params": params}
+    for bad in ("ab", "zz" * 32, 7):
+        assert_envelope(await http.post("/v1/jobs", json={**body, "replica_of": bad}), 400, "BAD_REQUEST")
+    err = assert_envelope(await http.post("/v1/jobs", json={**body, "replica_of": "11" * 32}), 422, "BAD_OFFER")
+    assert "tracks no other job" in err["message"]
+    assert not node.market.client_jobs
+    first = await http.post("/v1/jobs", json=body)
+    assert first.status_code == 201
+    spot = {"offer": offer(verification="spot"), "workload": "echo", "params": params}
+    paired = await http.post("/v1/jobs", json={**spot, "replica_of": first.json()["job_id"]})
+    err = assert_envelope(paired, 422, "BAD_OFFER")
+    assert "only an offer at replicate" in err["message"]
+    second = await http.post("/v1/jobs", json={**body, "offer": offer(), "replica_of": first.json()["job_id"]})
+    assert second.status_code == 201
+    status = (await http.get(f"/v1/jobs/{first.json()['job_id']}")).json()
+    assert status["replica"] == second.json()["job_id"]
