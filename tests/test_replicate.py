@@ -17,6 +17,7 @@ import pytest
 from aitbc_p2p.chain.payloads import Verdict
 from aitbc_p2p.codec import encode
 from aitbc_p2p.compute import torch_available
+from aitbc_p2p.compute.context import module_available
 from aitbc_p2p.exceptions import MarketError
 from aitbc_p2p.market.audit import check_level
 from aitbc_p2p.market.replicate import compare
@@ -241,3 +242,46 @@ async def test_a_replica_must_repeat_a_tracked_job_of_the_same_client_and_parame
                 replica_of=a,
             )  # fmt: skip
         assert client_node.market.client_jobs[a].twin == b
+
+
+needs_llm = pytest.mark.skipif(
+    not (torch_available() and module_available("transformers")), reason="torch + transformers not installed"
+)
+
+
+@needs_llm
+@pytest.mark.parametrize("cheat", [None, Cheat.SUBSTITUTED_GENERATION], ids=["honest", "substituted"])
+async def test_a_generation_by_model_name_is_replicated_without_a_model_at_the_client(
+    cheat: Cheat | None, tmp_path: Any
+) -> None:
+    """What spot cannot take: llm_gen naming its model by name, and a client's peer that
+    holds no model. The two providers' greedy generations agree (one device class) and
+    both are acked; a substituted one differs, which this peer cannot check: reported on
+    both jobs, neither acked nor disputed (nobody is slashed on a difference alone)."""
+    from aitbc_p2p.testing.models import build_tiny_causal_lm
+
+    models = {"tiny": str(build_tiny_causal_lm(tmp_path / "tiny"))}
+    params = {"prompt": "Two providers", "model": "tiny", "max_tokens": 12, "backend": "torch"}
+    selling = {1: {"price_per_s": 10_000_000, "models": models}, 2: {"price_per_s": 20_000_000, "models": models}}
+    async with open_test_network(
+        4, providers=[1, 2], alloc=ALLOC, hub=MemoryHub(), genesis_params={"arbiters": [ARBITER.address]},
+        per_peer={i: {"provider": p} for i, p in selling.items()},
+    ) as (client_node, cheap, dear, arbiter):  # fmt: skip
+        assert not client_node.audit.models  # the client's peer holds no model
+        with pytest.raises(MarketError, match="needs the model named by its content hash"):
+            check_level("llm_gen", "spot", params)
+        await wait_for(lambda: cheap.market.registered() and dear.market.registered())
+        await wait_for(lambda: {CHEAP.address, DEAR.address} <= set(client_node.market.providers))
+        cheap.market.cheater = Cheater(cheat) if cheat is not None else None
+        a, b = await _replicated(client_node, "llm_gen", params)
+        await wait_for(lambda: all(client_node.job_status(j).status == "settled" for j in (a, b)), timeout=120)
+        for job_id, other in ((a, b), (b, a)):
+            verdict, why = client_node.job_status(job_id).check
+            escrow = client_node.store.state.job(job_id)
+            assert not escrow.challenger
+            if cheat is None:
+                assert (verdict, why) == ("provider", f"agrees with its replica {other.hex()[:16]}")
+            else:
+                assert verdict == "undecided" and "ids differs" in why and f"replica {other.hex()[:16]}" in why, why
+        assert not arbiter.audit.rulings
+        assert client_node.account(CHEAP.address).account.provider  # not struck off: nothing was proved
