@@ -92,7 +92,7 @@ def test_replicate_takes_models_named_by_name_that_spot_refuses() -> None:
     check_level("sd_infer", "replicate", {"prompt": "a cat"})
     with pytest.raises(MarketError):
         check_level("llm_gen", "spot", by_name)
-    with pytest.raises(MarketError, match="no replicate check"):
+    with pytest.raises(MarketError, match="no replicate comparison"):
         check_level("mine_btc", "replicate", {})
 
 

@@ -23,6 +23,7 @@ from aitbc_p2p.crypto import sha256
 from aitbc_p2p.exceptions import CodecError, MarketError
 from aitbc_p2p.market.jobs import MAX_OUTPUT, JobResult, params_hash
 from aitbc_p2p.market.messages import Bid, JobOffer, is_model_digest
+from aitbc_p2p.market.replicate import REPLICABLE
 from aitbc_p2p.types import Hash32, JobId
 
 
@@ -94,10 +95,12 @@ def check_level(workload: str, level: str, params: Mapping[str, Any] | None = No
     any parameters of a workload with a comparison."""
     if level not in tuple(Level):
         raise MarketError(f"verification must be one of {[str(v) for v in Level]}, not {level!r}")
+    if level == Level.REPLICATE:  # any model, any backend: the two results are compared, not checked
+        if workload not in REPLICABLE:
+            raise MarketError(f"{workload} has no replicate comparison; replicable: {sorted(REPLICABLE)}")
+        return
     if level != Level.NONE and workload not in VERIFIABLE:
         raise MarketError(f"{workload} has no {level} check yet; verifiable: {sorted(VERIFIABLE)}")
-    if level == Level.REPLICATE:
-        return  # any model, any backend: the two results are compared, not checked
     if level != Level.NONE and workload == "llm_gen" and not checkable_generation(params or {}):
         raise MarketError(
             f"llm_gen at {level} needs the model named by its content hash (sha256:<64 hex>) and a backend other"

@@ -430,7 +430,7 @@ class AuditService:
         job_id = job.job_id
         facts = Facts(job.offer, job.params, job.result)
         bid = job.bids.get(escrow.provider)
-        gflops = int(bid.body["gflops"]) if bid is not None else 0
+        gflops = _gflops(bid, escrow)
         evidence = Evidence("spot check", facts, bid=bid)
         if job.offer.body["verification"] == Level.AUDIT:
             seed = await self._block_hash(escrow.receipt_height + 1)
